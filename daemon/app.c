@@ -1,0 +1,169 @@
+/*
+ * app: module wiring, signals and the shutdown sequence. See app.h.
+ *
+ * Shutdown: SIGTERM (or SIGINT) closes the main listener, turns /readyz to
+ * 503 and lets requests in flight finish. When the last main-listener
+ * connection is gone, or shutdown_grace_ms passes (the rest are then closed
+ * by force and the log says how many), every handle is closed and the loop
+ * runs dry. A second SIGTERM skips the wait.
+ */
+#include "daemon/app.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/conn.h"
+#include "daemon/log.h"
+#include "daemon/metrics.h"
+#include "daemon/ops.h"
+#include "daemon/req.h"
+#include "daemon/router.h"
+#include "daemon/server.h"
+#include "proto/mem.h"
+
+struct app {
+    uv_loop_t loop;
+    struct config *cfg;
+    struct server server;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t grace_timer;
+    bool stopping;
+    bool finished;
+};
+
+static const char *ready_check(void *arg)
+{
+    struct app *a = arg;
+    if (a->stopping)
+        return "shutting_down";
+    return NULL;
+}
+
+static void build_routers(struct app *a, struct router **main_rt, struct router **admin_rt)
+{
+    *main_rt = router_new();
+    *admin_rt = router_new();
+    ops_add_routes(a->server.has_admin ? *admin_rt : *main_rt);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Everything is done or forced: close the rest so the loop returns. */
+static void app_finish(struct app *a)
+{
+    if (a->finished)
+        return;
+    a->finished = true;
+    uv_timer_stop(&a->grace_timer);
+    server_close_all(&a->server, CONN_CLOSE_SHUTDOWN);
+    server_close(&a->server);
+    close_handle((uv_handle_t *)&a->grace_timer);
+    close_handle((uv_handle_t *)&a->sig_term);
+    close_handle((uv_handle_t *)&a->sig_int);
+    close_handle((uv_handle_t *)&a->sig_hup);
+}
+
+static void drained_cb(void *arg)
+{
+    struct app *a = arg;
+    log_info("drained", "msg_detail=\"all client connections finished\"");
+    app_finish(a);
+}
+
+static void grace_cb(uv_timer_t *t)
+{
+    struct app *a = t->data;
+    unsigned left = a->server.main.open;
+    log_warn("shutdown grace expired", "forced_connections=%u grace_ms=%lld", left,
+             (long long)a->cfg->batchd.shutdown_grace_ms);
+    server_close_all(&a->server, CONN_CLOSE_SHUTDOWN_FORCED);
+    app_finish(a);
+}
+
+static void begin_shutdown(struct app *a, const char *signame)
+{
+    if (a->stopping) {
+        log_warn("second stop signal, exiting now", "signal=%s open_connections=%u", signame,
+                 a->server.main.open);
+        server_close_all(&a->server, CONN_CLOSE_SHUTDOWN_FORCED);
+        app_finish(a);
+        return;
+    }
+    a->stopping = true;
+    log_info("shutting down", "signal=%s open_connections=%u grace_ms=%lld", signame,
+             a->server.main.open, (long long)a->cfg->batchd.shutdown_grace_ms);
+    uv_timer_start(&a->grace_timer, grace_cb, (uint64_t)a->cfg->batchd.shutdown_grace_ms, 0);
+    server_drain(&a->server, drained_cb, a);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+    struct app *a = h->data;
+    switch (signum) {
+    case SIGTERM: begin_shutdown(a, "SIGTERM"); break;
+    case SIGINT: begin_shutdown(a, "SIGINT"); break;
+    case SIGHUP: log_warn("reload is not supported yet, ignoring SIGHUP", ""); break;
+    }
+}
+
+static void start_signal(struct app *a, uv_signal_t *h, int signum)
+{
+    uv_signal_init(&a->loop, h);
+    h->data = a;
+    uv_signal_start(h, signal_cb, signum);
+}
+
+int app_run(struct config *cfg)
+{
+    struct app *a = mem_calloc(1, sizeof(*a));
+    int code = 0;
+    a->cfg = cfg;
+    log_set_level((enum log_level)cfg->batchd.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_init(&a->loop);
+
+    conn_metrics_init();
+    req_metrics_init();
+    ops_init(ready_check, a);
+
+    uv_timer_init(&a->loop, &a->grace_timer);
+    a->grace_timer.data = a;
+    start_signal(a, &a->sig_term, SIGTERM);
+    start_signal(a, &a->sig_int, SIGINT);
+    start_signal(a, &a->sig_hup, SIGHUP);
+
+    if (server_init(&a->server, &a->loop, &cfg->batchd) != 0) {
+        code = 1;
+        app_finish(a);
+        goto run;
+    }
+    struct router *main_rt, *admin_rt;
+    build_routers(a, &main_rt, &admin_rt);
+    server_set_routers(&a->server, main_rt, admin_rt);
+    if (server_start(&a->server) != 0) {
+        code = 1;
+        app_finish(a);
+        goto run;
+    }
+    log_info("started", "version=%s pid=%d config=%s", BATCHD_VERSION, (int)getpid(),
+             LOG_Q(cfg->file));
+
+run:
+    uv_run(&a->loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&a->loop);
+    if (rc != 0)
+        log_error("loop closed with handles still open", "err=%s", uv_strerror(rc));
+    if (code == 0)
+        log_info("stopped", "");
+    req_pool_drain();
+    metrics_free_all();
+    config_free(a->cfg);
+    free(a);
+    return code;
+}

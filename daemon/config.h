@@ -1,0 +1,138 @@
+/*
+ * config: the INI file, parsed with inih into typed structs.
+ *
+ * Every key is a row in one table (config_table.c): section, name, type,
+ * min/max, default, whether SIGHUP may change it, and the field it sets.
+ * config_load reports every problem it finds, each naming the file, line,
+ * section, key and the rule broken, and returns NULL if there was any.
+ */
+#ifndef BATCHD_CONFIG_H
+#define BATCHD_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "proto/buf.h"
+
+struct cfg_addr {
+    char *text;                 /* as written, for logs */
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+struct cfg_redis_url {
+    char *text;                 /* with any password masked */
+    char *host;
+    int port;
+    char *password;             /* NULL when none */
+    char *username;             /* NULL when none (Redis 6 ACL user) */
+    int db;
+};
+
+struct cfg_http_url {
+    char *text;
+    char *host;                 /* for the Host header */
+    int port;
+    struct cfg_addr addr;       /* resolved at load */
+};
+
+struct cfg_list {
+    char **items;
+    unsigned n;
+};
+
+struct cfg_batchd {
+    struct cfg_addr listen;
+    struct cfg_addr admin_listen;   /* len == 0 when not set */
+    bool reuseport;
+    int64_t max_connections;
+    int64_t header_timeout_ms;
+    int64_t idle_timeout_ms;
+    int64_t max_header_bytes;
+    int64_t max_uri_bytes;
+    int64_t max_body_bytes;
+    int64_t max_pipeline;
+    int64_t write_queue_bytes;
+    int64_t shutdown_grace_ms;
+    int64_t slow_ms;
+    int64_t log_level;              /* enum log_level */
+    char *admin_token;              /* "" when not set */
+};
+
+struct cfg_redis {
+    struct cfg_redis_url url;
+    int64_t pool_size;
+    int64_t connect_timeout_ms;
+    int64_t command_timeout_ms;
+    int64_t ping_interval_ms;
+};
+
+struct cfg_postgres {
+    char *conninfo;
+    int64_t pool_size;
+    int64_t connect_timeout_ms;
+    int64_t query_timeout_ms;
+    int64_t ping_interval_ms;
+};
+
+struct cfg_upstream {
+    struct cfg_http_url url;
+    int64_t pool_size;
+    int64_t connect_timeout_ms;
+    int64_t timeout_ms;
+    int64_t max_body_bytes;         /* 0 = no limit (bodies are streamed) */
+    int64_t buffer_bytes;           /* per direction, before reading pauses */
+};
+
+struct cfg_resource {
+    char *name;
+    int line;
+    char *path;
+    char *key;
+    int64_t ttl;
+    int64_t negative_ttl;
+    int64_t max_ids;
+    int64_t max_batch_keys;
+    int64_t batch_window_us;
+    char *by_ids;
+    struct cfg_list invalidate;
+};
+
+struct cfg_stream {
+    char *name;
+    int line;
+    char *path;
+    char *key;
+    int64_t max_len;
+    int64_t ping_interval_ms;
+    int64_t retry_ms;
+    int64_t client_queue_bytes;
+    int64_t max_event_bytes;
+    int64_t max_sse_clients;
+};
+
+struct config {
+    char *file;
+    struct cfg_batchd batchd;
+    bool has_redis, has_postgres, has_upstream;
+    struct cfg_redis redis;
+    struct cfg_postgres postgres;
+    struct cfg_upstream upstream;
+    struct cfg_resource *resources;
+    unsigned n_resources;
+    struct cfg_stream *streams;
+    unsigned n_streams;
+};
+
+/* Parses and validates `path`. On failure returns NULL and appends one line
+ * per problem to `errors`. */
+struct config *config_load(const char *path, struct buf *errors);
+void config_free(struct config *c);
+
+/* Appends a line for every setting that differs between `old` and `new` but
+ * cannot change without a restart; returns how many there were. */
+unsigned config_restart_needed(const struct config *old, const struct config *new_,
+                               struct buf *out);
+
+#endif

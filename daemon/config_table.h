@@ -1,0 +1,56 @@
+/*
+ * config_table: the table of every setting, and how each type is parsed.
+ * Internal to the config module (config.c and config_table.c).
+ */
+#ifndef BATCHD_CONFIG_TABLE_H
+#define BATCHD_CONFIG_TABLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "daemon/config.h"
+
+enum cfg_sect { SECT_BATCHD, SECT_REDIS, SECT_POSTGRES, SECT_UPSTREAM, SECT_RESOURCE, SECT_STREAM,
+                SECT__COUNT };
+
+enum cfg_type {
+    CFG_INT,
+    CFG_BOOL,
+    CFG_STR,        /* any non-empty text */
+    CFG_SECRET,     /* text never logged; may be empty */
+    CFG_ADDR,       /* host:port to listen on */
+    CFG_ADDR_OPT,   /* same, or empty for "off" */
+    CFG_LOG_LEVEL,
+    CFG_REDIS_URL,
+    CFG_HTTP_URL,
+    CFG_PATH,       /* literal URL path prefix, "/v1/sessions" */
+    CFG_PATH_TPL,   /* URL path template with {id} */
+    CFG_KEY_TPL,    /* Redis key template with {id} */
+    CFG_SQL,        /* a statement taking $1 */
+    CFG_TPL_LIST,   /* comma-separated URL path templates with {id} */
+};
+
+struct cfg_key {
+    enum cfg_sect sect;
+    const char *name;
+    enum cfg_type type;
+    int64_t min, max;     /* CFG_INT only */
+    const char *def;      /* NULL: required when the section is present */
+    bool reload;          /* SIGHUP may change it without a restart */
+    size_t off;           /* field in the section's struct */
+};
+
+extern const struct cfg_key config_keys[];
+extern const size_t config_n_keys;
+extern const char *const config_sect_names[SECT__COUNT];
+
+/* Parses `value` into the key's field of `sect_struct`, releasing what was
+ * there. Returns 0, or -1 with the rule that was broken appended to `why`. */
+int config_key_set(const struct cfg_key *k, void *sect_struct, const char *value, struct buf *why);
+/* Frees what the key's field owns. */
+void config_key_release(const struct cfg_key *k, void *sect_struct);
+/* True when the key's field holds the same value in both structs. */
+bool config_key_equal(const struct cfg_key *k, const void *a, const void *b);
+
+#endif

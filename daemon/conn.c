@@ -1,0 +1,908 @@
+/*
+ * conn: one client connection, from accept to close. See conn.h.
+ *
+ * Reading. Every connection reads into one static buffer (the loop is
+ * single-threaded and the parser copies what it keeps), so an idle
+ * keep-alive connection holds no read buffer at all. Bytes the parser
+ * cannot take yet, because it paused, are copied to `pending`.
+ *
+ * Re-entrancy. Handlers run from parser callbacks and may answer at once;
+ * answering may pop requests and want to resume parsing. Parsing is never
+ * re-entered: progress made during http_parser_execute sets resume_wanted,
+ * and the outer caller resumes when execute returns.
+ */
+#include "daemon/conn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/log.h"
+#include "daemon/metrics.h"
+#include "daemon/req.h"
+#include "daemon/server.h"
+#include "proto/mem.h"
+
+#define READ_BUF_SIZE (64 * 1024)  /* bytes per read callback */
+#define MAX_IOV 64
+#define LINGER_MS 2000
+#define LINGER_MAX_BYTES (1024 * 1024)
+#define REASON_UNSET CONN_CLOSE__COUNT
+
+static char read_buf[READ_BUF_SIZE];
+
+static const char *const reason_names[] = {
+#define X(name, text) text,
+    CONN_CLOSE_REASONS(X)
+#undef X
+};
+
+static uint64_t *m_closed[CONN_CLOSE__COUNT];
+static uint64_t *m_bytes_in, *m_bytes_out;
+static uint64_t *m_paused[5];
+
+const char *conn_close_reason_name(enum conn_close_reason reason)
+{
+    return reason < CONN_CLOSE__COUNT ? reason_names[reason] : "unknown";
+}
+
+void conn_metrics_init(void)
+{
+    char labels[64];
+    for (int i = 0; i < CONN_CLOSE__COUNT; i++) {
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", reason_names[i]);
+        m_closed[i] = metrics_counter("batchd_connections_closed_total", labels,
+                                      "Client connections closed, by reason.");
+    }
+    m_bytes_in = metrics_counter("batchd_client_bytes_total", "direction=\"in\"",
+                                 "Bytes read from and written to clients.");
+    m_bytes_out = metrics_counter("batchd_client_bytes_total", "direction=\"out\"",
+                                  "Bytes read from and written to clients.");
+    static const char *const pause_names[] = { "pipeline", "write_queue", "at_head", "body", "done" };
+    for (int i = 0; i < 5; i++) {
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", pause_names[i]);
+        m_paused[i] = metrics_counter("batchd_client_read_pauses_total", labels,
+                                      "Times reading from a client stopped, by reason.");
+    }
+}
+
+static inline struct server *srv_of(const struct conn *c)
+{
+    return c->lst->srv;
+}
+
+static inline uv_stream_t *stream_of(struct conn *c)
+{
+    return (uv_stream_t *)&c->tcp;
+}
+
+static inline struct req *req_of(struct http_request *m)
+{
+    return (struct req *)((char *)m - offsetof(struct req, msg));
+}
+
+size_t conn_write_queued(const struct conn *c)
+{
+    return c->tcp.write_queue_size;
+}
+
+static void conn_update_reading(struct conn *c);
+static void conn_update_timer(struct conn *c);
+static void conn_try_resume(struct conn *c);
+static void conn_finish(struct conn *c, enum conn_close_reason reason);
+static void conn_flush(struct conn *c);
+
+static void set_pause(struct conn *c, enum conn_pause why)
+{
+    if (!(c->pause & why)) {
+        c->pause |= why;
+        m_paused[__builtin_ctz(why)][0]++;
+    }
+}
+
+/* --- pipeline queue -------------------------------------------------------- */
+
+static void enqueue(struct conn *c, struct req *r)
+{
+    r->next = NULL;
+    if (c->tail)
+        c->tail->next = r;
+    else
+        c->head = r;
+    c->tail = r;
+    c->n_reqs++;
+}
+
+static struct req *dequeue(struct conn *c)
+{
+    struct req *r = c->head;
+    c->head = r->next;
+    if (c->head == NULL)
+        c->tail = NULL;
+    r->next = NULL;
+    c->n_reqs--;
+    return r;
+}
+
+/* --- parser callbacks ------------------------------------------------------ */
+
+static void dispatch(struct conn *c, struct req *r)
+{
+    r->state = REQ_HANDLING;
+    if (r->route == NULL) {
+        if (r->allowed_methods) {
+            struct buf allow = BUF_INIT;
+            router_format_allow(r->allowed_methods, &allow);
+            req_add_header(r, "Allow", allow.data);
+            buf_deinit(&allow);
+            req_error(r, 405, "method_not_allowed");
+        } else {
+            req_error(r, 404, "not_found");
+        }
+        return;
+    }
+    r->route->fn(r, r->route->data);
+}
+
+static void maybe_continue(struct conn *c, struct req *r)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    const struct http_request *m = &r->msg;
+    if (!m->expect_continue || r->continue_sent || m->version_minor == 0)
+        return;
+    if (m->content_length == 0 || (m->content_length == HTTP_NO_LENGTH && !m->chunked))
+        return;
+    r->continue_sent = true;
+    uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
+    conn_write(c, &b, 1, NULL, NULL);
+}
+
+static struct http_request *begin_cb(struct http_parser *p)
+{
+    struct conn *c = p->data;
+    struct req *r = req_alloc();
+    r->conn = c;
+    r->router = router_ref(c->lst->router);
+    r->start_ns = uv_hrtime();
+    enqueue(c, r);
+    c->reading = r;
+    c->head_deadline = uv_now(srv_of(c)->loop) + (uint64_t)srv_of(c)->cfg->header_timeout_ms;
+    return &r->msg;
+}
+
+static int head_cb(struct http_parser *p, struct http_request *m)
+{
+    struct conn *c = p->data;
+    struct req *r = req_of(m);
+    r->head_only = m->method == HTTP_HEAD;
+    r->head_done = true;
+    uint64_t allowed = 0;
+    enum router_result rr = router_match(r->router, m->method, m->path, &r->route, &r->params,
+                                         &allowed);
+    if (rr != ROUTER_FOUND) {
+        r->route = NULL;
+        r->allowed_methods = rr == ROUTER_BAD_METHOD ? allowed : 0;
+        return 0;
+    }
+    if (r->route->flags & ROUTE_AT_HEAD) {
+        m->body_mode = HTTP_BODY_STREAM;
+        if (r != c->head) {
+            set_pause(c, CONN_PAUSE_AT_HEAD);
+            return HTTP_PARSER_PAUSE;
+        }
+        maybe_continue(c, r);
+        dispatch(c, r);
+        if (c->state != CONN_OPEN && c->state != CONN_FINISHING)
+            return HTTP_PARSER_PAUSE;
+        return 0;
+    }
+    if (r == c->head)
+        maybe_continue(c, r);
+    return 0;
+}
+
+static int body_cb(struct http_parser *p, struct http_request *m, const char *at, size_t n)
+{
+    struct conn *c = p->data;
+    struct req *r = req_of(m);
+    if (r->body_cb == NULL)
+        return 0; /* the handler does not want it: drop */
+    int rc = r->body_cb(r, at, n);
+    if (c->state == CONN_CLOSING)
+        return HTTP_PARSER_PAUSE;
+    if (rc == HTTP_PARSER_PAUSE)
+        set_pause(c, CONN_PAUSE_BODY);
+    return rc;
+}
+
+static int complete_cb(struct http_parser *p, struct http_request *m)
+{
+    struct conn *c = p->data;
+    struct req *r = req_of(m);
+    c->reading = NULL;
+    c->served_any = true;
+    r->body_done = true;
+    bool last = !m->keep_alive || c->draining;
+    if (last) {
+        r->close_after = true;
+        set_pause(c, CONN_PAUSE_DONE);
+    }
+    /* The handler may answer, and the request be written and freed, before
+     * this returns: r is not touched after this point. */
+    if (r->state == REQ_RECEIVING)
+        dispatch(c, r);
+    else if (r->body_end_cb)
+        r->body_end_cb(r);
+    if (c->state == CONN_CLOSING || last)
+        return HTTP_PARSER_PAUSE;
+    if (c->n_reqs >= (uint32_t)srv_of(c)->cfg->max_pipeline) {
+        set_pause(c, CONN_PAUSE_PIPELINE);
+        return HTTP_PARSER_PAUSE;
+    }
+    return 0;
+}
+
+static const struct http_parser_cbs parser_cbs = {
+    .begin_cb = begin_cb,
+    .head_cb = head_cb,
+    .body_cb = body_cb,
+    .complete_cb = complete_cb,
+};
+
+/* --- rejecting bad requests ------------------------------------------------ */
+
+static enum conn_close_reason reason_for(enum http_error e)
+{
+    switch (e) {
+    case HTTP_ERR_FRAMING: return CONN_CLOSE_AMBIGUOUS_LENGTH;
+    case HTTP_ERR_URI_TOO_LONG: return CONN_CLOSE_URI_TOO_LONG;
+    case HTTP_ERR_HEADERS_TOO_LARGE: return CONN_CLOSE_HEADERS_TOO_LARGE;
+    case HTTP_ERR_BODY_TOO_LARGE: return CONN_CLOSE_BODY_TOO_LARGE;
+    case HTTP_ERR_VERSION: return CONN_CLOSE_VERSION_NOT_SUPPORTED;
+    default: return CONN_CLOSE_BAD_REQUEST;
+    }
+}
+
+/* The parser failed: answer with the error after the requests before it,
+ * then close. A request a handler already owns cannot be answered twice,
+ * so then the connection just closes. */
+static void conn_reject(struct conn *c, enum http_error err)
+{
+    enum conn_close_reason reason = reason_for(err);
+    struct req *r = c->reading;
+    c->reading = NULL;
+    if (r != NULL && r->state != REQ_RECEIVING) {
+        conn_close(c, reason);
+        return;
+    }
+    if (r == NULL) {
+        r = req_alloc();
+        r->conn = c;
+        r->router = router_ref(c->lst->router);
+        r->start_ns = uv_hrtime();
+        enqueue(c, r);
+    }
+    log_debug("request rejected", "peer=%s status=%d error=%s",
+              req_peer(r, (char[64]){ 0 }, 64), http_error_status(err), http_error_code(err));
+    r->head_only = false;
+    r->close_after = true;
+    r->state = REQ_HANDLING;
+    c->reason = (uint8_t)reason;
+    conn_finish(c, reason);
+    req_error(r, http_error_status(err), http_error_code(err));
+}
+
+/* --- feeding the parser ---------------------------------------------------- */
+
+static void drop_pending(struct conn *c)
+{
+    free(c->pending);
+    c->pending = NULL;
+    c->pending_len = c->pending_off = 0;
+}
+
+/* Parses bytes from the read buffer or from `pending`. */
+static void conn_feed(struct conn *c, const char *data, size_t n, bool from_pending)
+{
+    c->in_parse = true;
+    size_t used = http_parser_execute(&c->parser, data, n);
+    c->in_parse = false;
+    if (c->state == CONN_CLOSING)
+        return;
+    if (c->parser.failed) {
+        if (c->state == CONN_OPEN)
+            conn_reject(c, c->parser.error);
+        drop_pending(c);
+        return;
+    }
+    if (c->pause & CONN_PAUSE_DONE) {
+        drop_pending(c); /* bytes after a "Connection: close" request are not read */
+        return;
+    }
+    if (from_pending) {
+        c->pending_off += (uint32_t)used;
+        if (c->pending_off >= c->pending_len)
+            drop_pending(c);
+    } else if (used < n) {
+        c->pending_len = (uint32_t)(n - used);
+        c->pending_off = 0;
+        c->pending = mem_alloc(c->pending_len);
+        memcpy(c->pending, data + used, c->pending_len);
+    }
+}
+
+static void conn_try_resume(struct conn *c)
+{
+    if (c->in_parse) {
+        c->resume_wanted = true;
+        return;
+    }
+    const struct cfg_batchd *cfg = srv_of(c)->cfg;
+    do {
+        c->resume_wanted = false;
+        if (c->state != CONN_OPEN)
+            break;
+        if ((c->pause & CONN_PAUSE_PIPELINE) && c->n_reqs < (uint32_t)cfg->max_pipeline)
+            c->pause &= ~CONN_PAUSE_PIPELINE;
+        if ((c->pause & CONN_PAUSE_WRITEQ) &&
+            conn_write_queued(c) <= (size_t)cfg->write_queue_bytes / 2)
+            c->pause &= ~CONN_PAUSE_WRITEQ;
+        if ((c->pause & CONN_PAUSE_AT_HEAD) && c->reading && c->reading == c->head) {
+            c->pause &= ~CONN_PAUSE_AT_HEAD;
+            struct req *r = c->reading;
+            c->in_parse = true; /* the handler may answer; resume afterwards */
+            maybe_continue(c, r);
+            dispatch(c, r);
+            c->in_parse = false;
+            if (c->state != CONN_OPEN)
+                break;
+        }
+        const unsigned parse_block = CONN_PAUSE_PIPELINE | CONN_PAUSE_AT_HEAD | CONN_PAUSE_BODY |
+                                     CONN_PAUSE_DONE;
+        if (c->parser.paused && !(c->pause & parse_block)) {
+            http_parser_resume(&c->parser);
+            if (c->pending)
+                conn_feed(c, c->pending + c->pending_off, c->pending_len - c->pending_off, true);
+        }
+    } while (c->resume_wanted);
+    conn_update_reading(c);
+    conn_update_timer(c);
+}
+
+void conn_body_resume(struct conn *c)
+{
+    c->pause &= ~CONN_PAUSE_BODY;
+    conn_try_resume(c);
+}
+
+/* --- reading ----------------------------------------------------------------- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    (void)suggested;
+    b->base = read_buf;
+    b->len = sizeof(read_buf);
+}
+
+static void on_eof(struct conn *c)
+{
+    c->peer_eof = true;
+    if (c->state != CONN_OPEN) {
+        conn_close(c, CONN_CLOSE_PEER_CLOSED);
+        return;
+    }
+    /* A request cut off mid-way, nothing in flight, or a stream the client
+     * left: nothing more to say. */
+    if (c->reading || c->n_reqs == 0 || c->head->state == REQ_STREAMING) {
+        conn_close(c, CONN_CLOSE_PEER_CLOSED);
+        return;
+    }
+    /* Half-closed after sending requests: answer them, then close. */
+    conn_finish(c, CONN_CLOSE_PEER_CLOSED);
+}
+
+static void on_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct conn *c = s->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        if (nread == UV_EOF)
+            on_eof(c);
+        else
+            conn_close(c, CONN_CLOSE_READ_ERROR);
+        return;
+    }
+    *m_bytes_in += (uint64_t)nread;
+    if (c->state == CONN_LINGERING) {
+        c->linger_bytes += (uint32_t)nread;
+        if (c->linger_bytes > LINGER_MAX_BYTES)
+            conn_close(c, (enum conn_close_reason)c->reason);
+        return;
+    }
+    if (c->state != CONN_OPEN)
+        return;
+    conn_feed(c, b->base, (size_t)nread, false);
+    if (c->state == CONN_CLOSING)
+        return;
+    if (c->resume_wanted)
+        conn_try_resume(c);
+    else {
+        conn_update_reading(c);
+        conn_update_timer(c);
+    }
+}
+
+static void conn_update_reading(struct conn *c)
+{
+    bool want = (c->state == CONN_OPEN && c->pause == 0 && !c->parser.paused && c->pending == NULL) ||
+                c->state == CONN_LINGERING;
+    if (want && !c->read_active) {
+        if (uv_read_start(stream_of(c), alloc_cb, on_read_cb) == 0)
+            c->read_active = true;
+    } else if (!want && c->read_active) {
+        uv_read_stop(stream_of(c));
+        c->read_active = false;
+    }
+}
+
+/* --- timers ------------------------------------------------------------------ */
+
+static void on_timer_cb(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    switch ((enum conn_timer_kind)c->timer_kind) {
+    case CONN_TIMER_HEADER:
+        conn_close(c, CONN_CLOSE_HEADER_TIMEOUT);
+        break;
+    case CONN_TIMER_BODY:
+        conn_close(c, CONN_CLOSE_BODY_TIMEOUT);
+        break;
+    case CONN_TIMER_IDLE:
+        conn_close(c, CONN_CLOSE_IDLE_TIMEOUT);
+        break;
+    case CONN_TIMER_WRITE:
+        conn_close(c, CONN_CLOSE_WRITE_TIMEOUT);
+        break;
+    case CONN_TIMER_LINGER:
+        conn_close(c, (enum conn_close_reason)c->reason);
+        break;
+    case CONN_TIMER_NONE:
+        break;
+    }
+}
+
+static void timer_set(struct conn *c, enum conn_timer_kind kind, uint64_t ms)
+{
+    c->timer_kind = (uint8_t)kind;
+    if (kind == CONN_TIMER_NONE)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, on_timer_cb, ms, 0);
+}
+
+/* Picks the one timeout that applies now. Called after every change. */
+static void conn_update_timer(struct conn *c)
+{
+    if (c->state == CONN_CLOSING || c->state == CONN_LINGERING)
+        return;
+    const struct cfg_batchd *cfg = srv_of(c)->cfg;
+    uint64_t now = uv_now(srv_of(c)->loop);
+    uint64_t idle = (uint64_t)cfg->idle_timeout_ms;
+    if (c->writes_pending > 0) {
+        timer_set(c, CONN_TIMER_WRITE, idle);
+    } else if (c->reading && !c->reading->head_done) {
+        timer_set(c, CONN_TIMER_HEADER, c->head_deadline > now ? c->head_deadline - now : 0);
+    } else if (c->reading && c->reading->state == REQ_RECEIVING) {
+        timer_set(c, CONN_TIMER_BODY, idle);
+    } else if (c->n_reqs == 0 && c->state == CONN_OPEN) {
+        if (c->served_any)
+            timer_set(c, CONN_TIMER_IDLE, idle);
+        else
+            timer_set(c, CONN_TIMER_HEADER, c->head_deadline > now ? c->head_deadline - now : 0);
+    } else {
+        timer_set(c, CONN_TIMER_NONE, 0);
+    }
+}
+
+/* --- writing ----------------------------------------------------------------- */
+
+struct write_req {
+    uv_write_t wr;
+    struct conn *c;
+    struct req *reqs;      /* responses whose buffers this write uses */
+    void (*cb)(void *, int);
+    void *ctx;
+    size_t bytes;
+};
+
+static void release_list(struct req *r)
+{
+    while (r) {
+        struct req *next = r->next;
+        req_release(r);
+        r = next;
+    }
+}
+
+static void start_linger(struct conn *c);
+
+static void on_write_cb(uv_write_t *wr, int status)
+{
+    struct write_req *w = (struct write_req *)wr;
+    struct conn *c = w->c;
+    c->writes_pending--;
+    if (status == 0)
+        *m_bytes_out += w->bytes;
+    release_list(w->reqs);
+    if (w->cb)
+        w->cb(w->ctx, status);
+    free(w);
+    if (status < 0) {
+        conn_close(c, CONN_CLOSE_WRITE_ERROR);
+        return;
+    }
+    if (c->state == CONN_FINISHING && c->writes_pending == 0 && c->head == NULL) {
+        start_linger(c);
+        return;
+    }
+    if (c->state == CONN_OPEN)
+        conn_try_resume(c);
+    else if (c->state == CONN_FINISHING)
+        conn_update_timer(c);
+}
+
+/* Writes bufs, taking the request list `reqs` (freed once written). */
+static int write_bufs(struct conn *c, const uv_buf_t *bufs, unsigned n, struct req *reqs,
+                      void (*cb)(void *, int), void *ctx)
+{
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    if (c->state == CONN_CLOSING || c->state == CONN_LINGERING) {
+        release_list(reqs);
+        if (cb)
+            cb(ctx, UV_ECANCELED);
+        return UV_ECANCELED;
+    }
+    ssize_t done = 0;
+    if (c->writes_pending == 0) {
+        done = uv_try_write(stream_of(c), bufs, n);
+        if (done == UV_EAGAIN || done == UV_ENOSYS) {
+            done = 0;
+        } else if (done < 0) {
+            release_list(reqs);
+            if (cb)
+                cb(ctx, (int)done);
+            conn_close(c, CONN_CLOSE_WRITE_ERROR);
+            return (int)done;
+        }
+    }
+    *m_bytes_out += (uint64_t)done;
+    if ((size_t)done == total) {
+        release_list(reqs);
+        if (cb)
+            cb(ctx, 0);
+        return 0;
+    }
+    uv_buf_t rest[MAX_IOV];
+    unsigned nrest = 0;
+    size_t skip = (size_t)done;
+    for (unsigned i = 0; i < n; i++) {
+        if (skip >= bufs[i].len) {
+            skip -= bufs[i].len;
+            continue;
+        }
+        rest[nrest++] = uv_buf_init(bufs[i].base + skip, (unsigned)(bufs[i].len - skip));
+        skip = 0;
+    }
+    struct write_req *w = mem_alloc(sizeof(*w));
+    *w = (struct write_req){ .c = c, .reqs = reqs, .cb = cb, .ctx = ctx, .bytes = total - (size_t)done };
+    int rc = uv_write(&w->wr, stream_of(c), rest, nrest, on_write_cb);
+    if (rc < 0) {
+        free(w);
+        release_list(reqs);
+        if (cb)
+            cb(ctx, rc);
+        conn_close(c, CONN_CLOSE_WRITE_ERROR);
+        return rc;
+    }
+    c->writes_pending++;
+    if (conn_write_queued(c) > (size_t)srv_of(c)->cfg->write_queue_bytes)
+        set_pause(c, CONN_PAUSE_WRITEQ);
+    return 0;
+}
+
+int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void *, int), void *ctx)
+{
+    if (n > MAX_IOV) {
+        /* Callers pass a handful; more would be a bug. */
+        if (cb)
+            cb(ctx, UV_EINVAL);
+        return UV_EINVAL;
+    }
+    int rc = write_bufs(c, bufs, n, NULL, cb, ctx);
+    if (rc == 0 && c->state == CONN_OPEN && !c->in_parse) {
+        conn_update_reading(c);
+        conn_update_timer(c);
+    }
+    return rc;
+}
+
+/* Writes every response that is ready at the front of the pipeline, in one
+ * writev per batch. */
+static void conn_flush(struct conn *c)
+{
+    while (c->head && c->head->state == REQ_READY &&
+           (c->state == CONN_OPEN || c->state == CONN_FINISHING)) {
+        uv_buf_t iov[MAX_IOV];
+        unsigned n = 0;
+        struct req *batch = NULL, **tail = &batch;
+        bool last = false;
+        while (c->head && c->head->state == REQ_READY && n + 3 <= MAX_IOV) {
+            struct req *r = dequeue(c);
+            r->state = REQ_WRITING;
+            if (c->draining && c->head == NULL && c->reading == NULL)
+                r->close_after = true;
+            n += req_gather(r, iov + n);
+            req_observe(r);
+            *tail = r;
+            tail = &r->next;
+            if (r->close_after) {
+                last = true;
+                break;
+            }
+        }
+        if (last) {
+            conn_finish(c, c->reason != REASON_UNSET ? (enum conn_close_reason)c->reason
+                           : c->draining            ? CONN_CLOSE_SHUTDOWN
+                                                    : CONN_CLOSE_CONNECTION_CLOSE);
+            /* Anything queued after a closing response will never be sent. */
+            while (c->head) {
+                struct req *r = dequeue(c);
+                if (r->state == REQ_HANDLING && !r->abort_cb)
+                    r->conn = NULL;
+                else
+                    req_release(r);
+            }
+            c->reading = NULL;
+        }
+        if (write_bufs(c, iov, n, batch, NULL, NULL) != 0)
+            return;
+    }
+    if (c->state == CONN_FINISHING && c->head == NULL && c->writes_pending == 0) {
+        start_linger(c);
+        return;
+    }
+    conn_try_resume(c);
+}
+
+void conn_req_ready(struct conn *c)
+{
+    conn_flush(c);
+}
+
+void conn_req_stream_done(struct conn *c, struct req *r, bool close_conn,
+                          enum conn_close_reason reason)
+{
+    if (c->head == r)
+        dequeue(c);
+    req_observe(r);
+    req_release(r);
+    if (close_conn) {
+        if (c->reason == REASON_UNSET)
+            c->reason = (uint8_t)reason;
+        conn_finish(c, reason);
+    }
+    conn_flush(c);
+}
+
+/* --- closing ------------------------------------------------------------------- */
+
+static void on_close_cb(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    if (--c->handles_open == 0) {
+        server_conn_removed(srv_of(c), c);
+        free(c);
+    }
+}
+
+static void on_shutdown_cb(uv_shutdown_t *sr, int status)
+{
+    struct conn *c = sr->data;
+    free(sr);
+    if (status < 0 && c->state != CONN_CLOSING && status != UV_ECANCELED)
+        conn_close(c, (enum conn_close_reason)c->reason);
+}
+
+/* Our last response is written: send FIN, and keep reading (and dropping)
+ * for a moment so that unread input does not turn our close into an RST
+ * that could destroy the response on its way to the client. */
+static void start_linger(struct conn *c)
+{
+    if (c->peer_eof) {
+        conn_close(c, (enum conn_close_reason)c->reason);
+        return;
+    }
+    c->state = CONN_LINGERING;
+    uv_shutdown_t *sr = mem_alloc(sizeof(*sr));
+    sr->data = c;
+    if (uv_shutdown(sr, stream_of(c), on_shutdown_cb) != 0) {
+        free(sr);
+        conn_close(c, (enum conn_close_reason)c->reason);
+        return;
+    }
+    conn_update_reading(c);
+    timer_set(c, CONN_TIMER_LINGER, LINGER_MS);
+}
+
+static void conn_finish(struct conn *c, enum conn_close_reason reason)
+{
+    if (c->state != CONN_OPEN)
+        return;
+    if (c->reason == REASON_UNSET)
+        c->reason = (uint8_t)reason;
+    c->state = CONN_FINISHING;
+    c->pause |= CONN_PAUSE_DONE;
+    drop_pending(c);
+    conn_update_reading(c);
+    conn_update_timer(c);
+}
+
+static enum log_level close_log_level(enum conn_close_reason reason)
+{
+    switch (reason) {
+    case CONN_CLOSE_PEER_CLOSED:
+    case CONN_CLOSE_IDLE_TIMEOUT:
+    case CONN_CLOSE_CONNECTION_CLOSE:
+    case CONN_CLOSE_SHUTDOWN:
+    case CONN_CLOSE_STREAM_ENDED:
+        return LOG_DEBUG;
+    default:
+        return LOG_INFO;
+    }
+}
+
+void conn_close(struct conn *c, enum conn_close_reason reason)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    if (c->reason == REASON_UNSET)
+        c->reason = (uint8_t)reason;
+    reason = (enum conn_close_reason)c->reason;
+    c->state = CONN_CLOSING;
+    m_closed[reason][0]++;
+    enum log_level lvl = close_log_level(reason);
+    if (lvl >= log_min_level) {
+        char peer[64] = "?";
+        struct sockaddr_storage ss;
+        int len = sizeof(ss);
+        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+            if (ss.ss_family == AF_INET6)
+                uv_ip6_name((struct sockaddr_in6 *)&ss, peer, sizeof(peer));
+            else
+                uv_ip4_name((struct sockaddr_in *)&ss, peer, sizeof(peer));
+        }
+        log_write(lvl, "connection closed", "reason=%s listener=%s peer=%s requests_in_flight=%u",
+                  reason_names[reason], c->lst->name, peer, c->n_reqs);
+    }
+    if (c->read_active) {
+        uv_read_stop(stream_of(c));
+        c->read_active = false;
+    }
+    /* Hand every request back: handlers that can abort do so, the others
+     * finish orphaned and free the request when they answer. */
+    struct req *r = c->head;
+    c->head = c->tail = NULL;
+    c->n_reqs = 0;
+    c->reading = NULL;
+    while (r) {
+        struct req *next = r->next;
+        r->next = NULL;
+        if (r->state == REQ_HANDLING || r->state == REQ_STREAMING) {
+            r->conn = NULL;
+            if (r->abort_cb) {
+                r->abort_cb(r);
+                req_release(r);
+            }
+        } else {
+            req_release(r);
+        }
+        r = next;
+    }
+    drop_pending(c);
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->tcp, on_close_cb);
+    uv_close((uv_handle_t *)&c->timer, on_close_cb);
+}
+
+void conn_drain(struct conn *c)
+{
+    c->draining = true;
+    if (c->state != CONN_OPEN)
+        return;
+    if (c->n_reqs == 0) {
+        conn_close(c, CONN_CLOSE_SHUTDOWN);
+        return;
+    }
+    if (c->reading == NULL) {
+        /* The last request queued gets "Connection: close". */
+        c->tail->close_after = true;
+        conn_finish(c, CONN_CLOSE_SHUTDOWN);
+    }
+    /* Otherwise complete_cb marks the request being read as the last. */
+}
+
+/* --- accepting --------------------------------------------------------------- */
+
+static struct conn *conn_new(struct listener *lst, int *err)
+{
+    struct server *s = lst->srv;
+    struct conn *c = mem_calloc(1, sizeof(*c));
+    uv_tcp_init(s->loop, &c->tcp);
+    c->tcp.data = c;
+    int rc = uv_accept((uv_stream_t *)&lst->tcp, (uv_stream_t *)&c->tcp);
+    if (rc != 0) {
+        c->handles_open = 1;
+        c->lst = lst;
+        c->state = CONN_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        *err = rc;
+        return NULL;
+    }
+    uv_timer_init(s->loop, &c->timer);
+    c->timer.data = c;
+    c->handles_open = 2;
+    c->lst = lst;
+    c->reason = REASON_UNSET;
+    c->state = CONN_OPEN;
+    uv_tcp_nodelay(&c->tcp, 1);
+    http_parser_init(&c->parser, &parser_cbs, &s->limits, c);
+    c->head_deadline = uv_now(s->loop) + (uint64_t)s->cfg->header_timeout_ms;
+    server_conn_added(s, c);
+    return c;
+}
+
+int conn_accept(struct listener *lst)
+{
+    int err = 0;
+    struct conn *c = conn_new(lst, &err);
+    if (c == NULL)
+        return err;
+    conn_update_reading(c);
+    conn_update_timer(c);
+    return 0;
+}
+
+int conn_accept_busy(struct listener *lst)
+{
+    int err = 0;
+    struct conn *c = conn_new(lst, &err);
+    if (c == NULL)
+        return err;
+    struct req *r = req_alloc();
+    r->conn = c;
+    r->router = router_ref(lst->router);
+    r->start_ns = uv_hrtime();
+    r->close_after = true;
+    r->state = REQ_HANDLING;
+    enqueue(c, r);
+    c->reason = CONN_CLOSE_TOO_MANY_CONNECTIONS;
+    conn_finish(c, CONN_CLOSE_TOO_MANY_CONNECTIONS);
+    req_add_header(r, "Retry-After", "1");
+    req_error(r, 503, "too_many_connections");
+    return 0;
+}
+
+void conn_req_abort(struct conn *c, struct req *r, enum conn_close_reason reason)
+{
+    if (c->head == r) {
+        dequeue(c);
+        if (c->reading == r)
+            c->reading = NULL;
+    }
+    req_observe(r);
+    req_release(r);
+    conn_close(c, reason);
+}

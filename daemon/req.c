@@ -1,0 +1,405 @@
+/*
+ * req: requests, responses and their pool. See req.h.
+ *
+ * Request objects are recycled through a small free list with their
+ * buffers, so a keep-alive request costs no malloc once the process is warm.
+ * The list is bounded (REQ_POOL_MAX) and oversized buffers are not kept.
+ */
+#include "daemon/req.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon/conn.h"
+#include "daemon/metrics.h"
+#include "daemon/server.h"
+#include "proto/json.h"
+#include "proto/mem.h"
+
+#define REQ_POOL_MAX 512
+#define REQ_KEEP_HEAD_BYTES (16 * 1024)
+#define REQ_KEEP_BODY_BYTES (64 * 1024)
+
+static struct req *pool;
+static unsigned pool_len;
+
+/* requests by method and status class */
+enum { M_GET, M_HEAD, M_POST, M_PUT, M_PATCH, M_DELETE, M_PURGE, M_OPTIONS, M_OTHER, M__COUNT };
+static const char *const method_labels[M__COUNT] = { "GET",    "HEAD",  "POST",    "PUT",  "PATCH",
+                                                      "DELETE", "PURGE", "OPTIONS", "other" };
+static uint64_t *m_requests[M__COUNT][5];
+static struct metric_hist *m_duration;
+
+void req_metrics_init(void)
+{
+    char labels[64];
+    for (int m = 0; m < M__COUNT; m++) {
+        for (int c = 0; c < 5; c++) {
+            snprintf(labels, sizeof(labels), "method=\"%s\",status=\"%dxx\"", method_labels[m], c + 1);
+            m_requests[m][c] = metrics_counter("batchd_http_requests_total", labels,
+                                               "HTTP requests answered, by method and status class.");
+        }
+    }
+    m_duration = metrics_histogram("batchd_http_request_duration_seconds", "",
+                                   "Time from the first byte of a request to its response being queued.",
+                                   metrics_latency_bounds, metrics_latency_n);
+}
+
+static int method_index(const struct req *r)
+{
+    if (!r->head_done)
+        return M_OTHER;
+    switch (r->msg.method) {
+    case HTTP_GET: return M_GET;
+    case HTTP_HEAD: return M_HEAD;
+    case HTTP_POST: return M_POST;
+    case HTTP_PUT: return M_PUT;
+    case HTTP_PATCH: return M_PATCH;
+    case HTTP_DELETE: return M_DELETE;
+    case HTTP_PURGE: return M_PURGE;
+    case HTTP_OPTIONS: return M_OPTIONS;
+    default: return M_OTHER;
+    }
+}
+
+void req_observe(struct req *r)
+{
+    int cls = r->status / 100 - 1;
+    if (cls < 0 || cls > 4)
+        cls = 4;
+    m_requests[method_index(r)][cls][0]++;
+    metrics_observe(m_duration, (double)(uv_hrtime() - r->start_ns) / 1e9);
+}
+
+/* --- pool ---------------------------------------------------------------- */
+
+struct req *req_alloc(void)
+{
+    struct req *r = pool;
+    if (r) {
+        pool = r->next;
+        pool_len--;
+        r->next = NULL;
+        return r;
+    }
+    r = mem_calloc(1, sizeof(*r));
+    http_request_init(&r->msg);
+    return r;
+}
+
+void req_release(struct req *r)
+{
+    router_unref(r->router);
+    if (r->msg.head.cap > REQ_KEEP_HEAD_BYTES || r->msg.body.cap > REQ_KEEP_BODY_BYTES ||
+        r->body.cap > REQ_KEEP_BODY_BYTES || r->head_extra.cap > REQ_KEEP_HEAD_BYTES ||
+        pool_len >= REQ_POOL_MAX) {
+        http_request_deinit(&r->msg);
+        buf_deinit(&r->body);
+        buf_deinit(&r->head_extra);
+        free(r);
+        return;
+    }
+    struct http_request msg = r->msg;
+    struct buf body = r->body, extra = r->head_extra;
+    http_request_reset(&msg);
+    buf_reset(&body);
+    buf_reset(&extra);
+    memset(r, 0, offsetof(struct req, head_fixed));
+    memset((char *)r + offsetof(struct req, head_fixed) + sizeof(r->head_fixed), 0,
+           sizeof(*r) - offsetof(struct req, head_fixed) - sizeof(r->head_fixed));
+    r->msg = msg;
+    r->body = body;
+    r->head_extra = extra;
+    r->next = pool;
+    pool = r;
+    pool_len++;
+}
+
+void req_pool_drain(void)
+{
+    while (pool) {
+        struct req *r = pool;
+        pool = r->next;
+        http_request_deinit(&r->msg);
+        buf_deinit(&r->body);
+        buf_deinit(&r->head_extra);
+        free(r);
+    }
+    pool_len = 0;
+}
+
+/* --- reading the request ------------------------------------------------- */
+
+str_t req_header(const struct req *r, const char *name)
+{
+    str_t v = STR_NULL;
+    http_request_header(&r->msg, name, &v);
+    return v;
+}
+
+bool req_param(const struct req *r, const char *name, str_t *value)
+{
+    return url_params_get(&r->params, name, value);
+}
+
+int req_param_decoded(const struct req *r, const char *name, struct buf *out)
+{
+    str_t raw;
+    if (!req_param(r, name, &raw))
+        return -EINVAL;
+    return url_decode(raw, false, out);
+}
+
+const char *req_peer(const struct req *r, char *out, size_t cap)
+{
+    snprintf(out, cap, "?");
+    if (r->conn == NULL)
+        return out;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return out;
+    if (ss.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, out, cap);
+    else
+        uv_ip4_name((struct sockaddr_in *)&ss, out, cap);
+    return out;
+}
+
+/* --- building the response ----------------------------------------------- */
+
+void req_add_header(struct req *r, const char *name, const char *value)
+{
+    buf_append_str(&r->head_extra, name);
+    buf_append(&r->head_extra, ": ", 2);
+    buf_append_str(&r->head_extra, value);
+    buf_append(&r->head_extra, "\r\n", 2);
+}
+
+void req_add_headerf(struct req *r, const char *name, const char *fmt, ...)
+{
+    va_list ap;
+    buf_append_str(&r->head_extra, name);
+    buf_append(&r->head_extra, ": ", 2);
+    va_start(ap, fmt);
+    buf_vappendf(&r->head_extra, fmt, ap);
+    va_end(ap);
+    buf_append(&r->head_extra, "\r\n", 2);
+}
+
+/* The Date header changes once a second; format it once a second. */
+static const char *date_now(size_t *len)
+{
+    static char cached[32];
+    static size_t cached_len;
+    static time_t cached_sec = -1;
+    time_t now = time(NULL);
+    if (now != cached_sec) {
+        cached_len = http_date_format(now, cached);
+        cached_sec = now;
+    }
+    *len = cached_len;
+    return cached;
+}
+
+#define PUT(lit) (memcpy(p, lit, sizeof(lit) - 1), p += sizeof(lit) - 1)
+
+/* Status line and the standard headers, without the blank line. */
+static void build_head(struct req *r, int64_t content_length, bool chunked)
+{
+    char *p = r->head_fixed;
+    char num[24];
+    PUT("HTTP/1.1 ");
+    p += fmt_u64(p, (uint64_t)r->status);
+    *p++ = ' ';
+    const char *reason = http_status_reason(r->status);
+    size_t rl = strlen(reason);
+    memcpy(p, reason, rl);
+    p += rl;
+    PUT("\r\nServer: batchd\r\nDate: ");
+    size_t dl;
+    const char *date = date_now(&dl);
+    memcpy(p, date, dl);
+    p += dl;
+    if (r->content_type) {
+        PUT("\r\nContent-Type: ");
+        size_t cl = strlen(r->content_type);
+        if (cl > 120)
+            cl = 120;
+        memcpy(p, r->content_type, cl);
+        p += cl;
+    }
+    if (content_length >= 0) {
+        PUT("\r\nContent-Length: ");
+        size_t n = fmt_u64(num, (uint64_t)content_length);
+        memcpy(p, num, n);
+        p += n;
+    } else if (chunked) {
+        PUT("\r\nTransfer-Encoding: chunked");
+    }
+    if (r->close_after)
+        PUT("\r\nConnection: close");
+    else if (r->msg.version_minor == 0 && r->head_done)
+        PUT("\r\nConnection: keep-alive");
+    PUT("\r\n");
+    r->head_fixed_len = (uint32_t)(p - r->head_fixed);
+}
+
+unsigned req_gather(struct req *r, uv_buf_t *iov)
+{
+    build_head(r, (int64_t)r->body_len, false);
+    buf_append(&r->head_extra, "\r\n", 2);
+    unsigned n = 0;
+    iov[n++] = uv_buf_init(r->head_fixed, r->head_fixed_len);
+    iov[n++] = uv_buf_init(r->head_extra.data, (unsigned)r->head_extra.len);
+    if (!r->head_only && r->body_len > 0)
+        iov[n++] = uv_buf_init((char *)r->body_ptr, (unsigned)r->body_len);
+    r->bytes_out = r->head_fixed_len + r->head_extra.len + (r->head_only ? 0 : r->body_len);
+    return n;
+}
+
+/* --- answering ------------------------------------------------------------ */
+
+static void finish(struct req *r, int status, const char *content_type)
+{
+    assert(r->state == REQ_HANDLING);
+    r->status = status;
+    r->content_type = content_type;
+    r->state = REQ_READY;
+    if (r->conn == NULL) { /* the client left; nobody to answer */
+        req_observe(r);
+        req_release(r);
+        return;
+    }
+    conn_req_ready(r->conn);
+}
+
+void req_respond(struct req *r, int status, const char *content_type, const void *body, size_t len)
+{
+    buf_reset(&r->body);
+    buf_append(&r->body, body, len);
+    r->body_ptr = r->body.data;
+    r->body_len = len;
+    finish(r, status, content_type);
+}
+
+void req_respond_buf(struct req *r, int status, const char *content_type, struct buf *body)
+{
+    struct buf old = r->body;
+    r->body = *body;
+    *body = old;
+    buf_reset(body);
+    r->body_ptr = r->body.data;
+    r->body_len = r->body.len;
+    finish(r, status, content_type);
+}
+
+void req_respond_static(struct req *r, int status, const char *content_type, const char *body,
+                        size_t len)
+{
+    r->body_ptr = body;
+    r->body_len = len;
+    finish(r, status, content_type);
+}
+
+void req_error(struct req *r, int status, const char *code)
+{
+    buf_reset(&r->body);
+    buf_append_str(&r->body, "{\"error\":");
+    json_append_string(&r->body, code, strlen(code));
+    buf_append_str(&r->body, "}\n");
+    r->body_ptr = r->body.data;
+    r->body_len = r->body.len;
+    finish(r, status, "application/json");
+}
+
+/* --- streaming ----------------------------------------------------------- */
+
+void req_stream_start(struct req *r, int status, const char *content_type, bool chunked)
+{
+    assert(r->state == REQ_HANDLING);
+    assert(r->abort_cb != NULL); /* a stream must be able to let go of its client */
+    r->status = status;
+    r->content_type = content_type;
+    r->state = REQ_STREAMING;
+    r->stream_chunked = chunked;
+    if (!chunked)
+        r->close_after = true; /* the body ends when the connection does */
+    if (r->conn == NULL)
+        return;
+    build_head(r, -1, chunked);
+    buf_append(&r->head_extra, "\r\n", 2);
+    uv_buf_t iov[2] = { uv_buf_init(r->head_fixed, r->head_fixed_len),
+                        uv_buf_init(r->head_extra.data, (unsigned)r->head_extra.len) };
+    conn_write(r->conn, iov, 2, NULL, NULL);
+}
+
+void req_stream_start_raw(struct req *r, int status, struct buf *head)
+{
+    assert(r->state == REQ_HANDLING);
+    assert(r->abort_cb != NULL);
+    r->status = status;
+    r->state = REQ_STREAMING;
+    struct buf old = r->head_extra;
+    r->head_extra = *head;
+    *head = old;
+    buf_reset(head);
+    if (r->conn == NULL)
+        return;
+    uv_buf_t b = uv_buf_init(r->head_extra.data, (unsigned)r->head_extra.len);
+    conn_write(r->conn, &b, 1, NULL, NULL);
+}
+
+int req_stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx)
+{
+    if (r->conn == NULL) {
+        if (cb)
+            cb(ctx, UV_ECANCELED);
+        return UV_ECANCELED;
+    }
+    return conn_write(r->conn, bufs, n, cb, ctx);
+}
+
+size_t req_stream_queued(const struct req *r)
+{
+    return r->conn ? conn_write_queued(r->conn) : 0;
+}
+
+void req_stream_end(struct req *r)
+{
+    static const char last_chunk[] = "0\r\n\r\n";
+    struct conn *c = r->conn;
+    if (c == NULL) {
+        req_observe(r);
+        req_release(r);
+        return;
+    }
+    if (r->stream_chunked && r->state == REQ_STREAMING) {
+        uv_buf_t b = uv_buf_init((char *)last_chunk, sizeof(last_chunk) - 1);
+        conn_write(c, &b, 1, NULL, NULL);
+    }
+    bool close_conn = r->close_after;
+    conn_req_stream_done(c, r, close_conn, CONN_CLOSE_STREAM_ENDED);
+}
+
+void req_stream_abort(struct req *r, enum conn_close_reason reason)
+{
+    struct conn *c = r->conn;
+    if (c == NULL) {
+        req_observe(r);
+        req_release(r);
+        return;
+    }
+    conn_req_abort(c, r, reason);
+}
+
+void req_body_resume(struct req *r)
+{
+    if (r->conn)
+        conn_body_resume(r->conn);
+}

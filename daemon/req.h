@@ -1,0 +1,156 @@
+/*
+ * req: one HTTP request and its response, as handlers see them.
+ *
+ * Life of a request:
+ *
+ *   RECEIVING ──(head + body in)──> HANDLING ──req_respond()──> READY ──written──> freed
+ *                                      │
+ *                                      └─req_stream_start()──> STREAMING ──req_stream_end()──> freed
+ *
+ * The connection owns the request until the handler is called; from then
+ * until req_respond/req_stream_end the handler owns it. If the client goes
+ * away meanwhile:
+ *   - with an abort_cb set, the connection calls it and then frees the
+ *     request: the handler must drop every pointer to it inside abort_cb;
+ *   - without one, the request is orphaned (r->conn == NULL) and freed when
+ *     the handler responds. Batched reads work this way: they answer
+ *     whoever is still there.
+ *
+ * Responses are written in request order however the handlers finish.
+ */
+#ifndef BATCHD_REQ_H
+#define BATCHD_REQ_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/conn.h"
+#include "daemon/router.h"
+#include "proto/buf.h"
+#include "proto/http.h"
+#include "proto/url.h"
+
+struct conn;
+
+enum req_state {
+    REQ_RECEIVING,
+    REQ_HANDLING,
+    REQ_READY,
+    REQ_STREAMING,
+    REQ_WRITING,    /* handed to the socket; freed when the write completes */
+};
+
+typedef void (*req_abort_fn)(struct req *r);
+/* A piece of a streamed request body (ROUTE_AT_HEAD routes). Return 0, or
+ * HTTP_PARSER_PAUSE to stop reading until req_body_resume(). */
+typedef int (*req_body_fn)(struct req *r, const char *data, size_t n);
+/* The streamed request body is complete. */
+typedef void (*req_body_end_fn)(struct req *r);
+/* A stream write has left batchd (or failed, status < 0). */
+typedef void (*req_write_fn)(void *ctx, int status);
+
+struct req {
+    struct http_request msg;
+    struct conn *conn;          /* NULL once the client is gone */
+    struct req *next;           /* the connection's pipeline, oldest first */
+    enum req_state state;
+    bool head_only;             /* HEAD: send headers, no body */
+    bool close_after;           /* answer with Connection: close, then close */
+    bool body_done;             /* all of the request body has been read */
+    bool continue_sent;         /* "100 Continue" went out */
+    bool head_done;             /* request line and headers are in */
+    bool stream_chunked;        /* streamed response uses chunked framing */
+    const struct route *route;
+    struct router *router;      /* reference held while the request lives */
+    struct url_params params;
+    uint64_t allowed_methods;   /* for a 405: what the path accepts */
+    uint64_t start_ns;
+
+    /* response */
+    int status;
+    const char *content_type;   /* static string */
+    char head_fixed[320];       /* status line and standard headers */
+    uint32_t head_fixed_len;
+    struct buf head_extra;      /* headers added by the handler */
+    struct buf body;            /* owned body */
+    const char *body_ptr;       /* body to send: body.data or static bytes */
+    size_t body_len;
+    uint64_t bytes_out;         /* response bytes, for access logs/metrics */
+
+    /* handler hooks */
+    void *hdata;
+    req_abort_fn abort_cb;
+    req_body_fn body_cb;
+    req_body_end_fn body_end_cb;
+};
+
+/* --- reading the request --------------------------------------------------- */
+
+/* A request header's value, or an empty str_t with .p == NULL. */
+str_t req_header(const struct req *r, const char *name);
+/* The captured path parameter, raw (percent-encoded). */
+bool req_param(const struct req *r, const char *name, str_t *value);
+/* Percent-decodes a path parameter into out (appending). -EINVAL on bad escapes. */
+int req_param_decoded(const struct req *r, const char *name, struct buf *out);
+/* The client's address as text, "?" when unknown. */
+const char *req_peer(const struct req *r, char *out, size_t cap);
+/* True when the connection is still there to answer. */
+static inline bool req_alive(const struct req *r) { return r->conn != NULL; }
+
+/* --- answering ------------------------------------------------------------- */
+
+/* Adds a response header. Call before req_respond/req_stream_start.
+ * Content-Length, Date, Connection and Server are set by batchd. */
+void req_add_header(struct req *r, const char *name, const char *value);
+void req_add_headerf(struct req *r, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Completes the request. The body is copied. content_type must be a string
+ * that outlives the request (a literal). */
+void req_respond(struct req *r, int status, const char *content_type, const void *body,
+                 size_t len);
+/* Same, taking over `body`'s memory (body is left empty). */
+void req_respond_buf(struct req *r, int status, const char *content_type, struct buf *body);
+/* Same, with bytes that outlive the request (string literals). */
+void req_respond_static(struct req *r, int status, const char *content_type, const char *body,
+                       size_t len);
+/* {"error":"code"} with the status. */
+void req_error(struct req *r, int status, const char *code);
+
+/* Starts a response whose body follows in pieces, with no Content-Length
+ * (e.g. SSE). Only for ROUTE_AT_HEAD routes. With `chunked`, pieces are
+ * framed with Transfer-Encoding: chunked. */
+void req_stream_start(struct req *r, int status, const char *content_type, bool chunked);
+/* Sends raw response head bytes (a proxied head) instead of building one. */
+void req_stream_start_raw(struct req *r, int status, struct buf *head);
+/* Queues bytes on the socket. The bytes must stay valid until cb runs
+ * (cb may be NULL for bytes that live as long as the request). Returns 0, or
+ * a negative errno when the connection is gone. */
+int req_stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx);
+/* Bytes queued for this client and not yet taken by the kernel. */
+size_t req_stream_queued(const struct req *r);
+/* Ends the response (a last chunk for chunked ones) and frees the request. */
+void req_stream_end(struct req *r);
+/* Ends the response and closes the connection at once with the reason. */
+void req_stream_abort(struct req *r, enum conn_close_reason reason);
+
+/* Streamed request bodies: resume reading after body_cb paused. */
+void req_body_resume(struct req *r);
+
+/* --- for conn.c ------------------------------------------------------------ */
+
+struct req *req_alloc(void);
+/* Frees the request, or parks it for reuse. */
+void req_release(struct req *r);
+/* Drops the parked requests (at exit). */
+void req_pool_drain(void);
+/* Builds the response head (now, so that Connection: close reflects the
+ * connection's latest state) and points iov at head and body. Returns the
+ * number of iovecs used (at most 3). */
+unsigned req_gather(struct req *r, uv_buf_t *iov);
+/* Accounts a finished response in /metrics. */
+void req_observe(struct req *r);
+void req_metrics_init(void);
+
+#endif

@@ -1,0 +1,71 @@
+/*
+ * server: the listeners, the set of open connections, and draining.
+ *
+ *   main listener  (listen)        ──> conns ──> main router (resources, streams, proxy)
+ *   admin listener (admin_listen)  ──> conns ──> admin router (/healthz /readyz /metrics)
+ *
+ * With no admin_listen, the ops routes live on the main router.
+ */
+#ifndef BATCHD_SERVER_H
+#define BATCHD_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/config.h"
+#include "daemon/router.h"
+#include "proto/http.h"
+
+struct conn;
+
+struct listener {
+    uv_tcp_t tcp;
+    struct server *srv;
+    const char *name;           /* "main" or "admin", for logs and metrics */
+    struct router *router;      /* the current one; requests hold their own ref */
+    unsigned open;              /* connections open on this listener */
+    unsigned max_open;
+    bool listening;
+    int64_t *m_open;
+    uint64_t *m_accepted, *m_rejected;
+};
+
+struct server {
+    uv_loop_t *loop;
+    const struct cfg_batchd *cfg;   /* current settings; swapped on reload */
+    struct http_limits limits;
+    struct listener main, admin;
+    bool has_admin;
+    bool draining;
+    struct conn *conns;             /* every open connection */
+    void (*drained_cb)(void *arg);
+    void *drained_arg;
+    int spare_fd;                   /* released to accept-and-close on EMFILE */
+};
+
+extern struct server *server_current;
+
+/* Binds the listeners (nothing is accepted until server_start). Returns 0 or
+ * a negative errno, having logged what failed. */
+int server_init(struct server *s, uv_loop_t *loop, const struct cfg_batchd *cfg)
+    __attribute__((warn_unused_result));
+int server_start(struct server *s) __attribute__((warn_unused_result));
+/* Takes new reload-safe settings (timeouts, limits). */
+void server_configure(struct server *s, const struct cfg_batchd *cfg);
+/* Installs routers; the server takes the references passed in. */
+void server_set_routers(struct server *s, struct router *main_rt, struct router *admin_rt);
+
+/* Stops accepting on the main listener and drains connections; calls
+ * done(arg) once no main-listener connection is left. */
+void server_drain(struct server *s, void (*done)(void *arg), void *arg);
+/* Closes every remaining connection with the given reason. */
+void server_close_all(struct server *s, int reason);
+/* Closes the listeners. */
+void server_close(struct server *s);
+
+/* conn.c bookkeeping */
+void server_conn_added(struct server *s, struct conn *c);
+void server_conn_removed(struct server *s, struct conn *c);
+
+#endif

@@ -1,0 +1,147 @@
+/*
+ * http: HTTP/1.1 request parsing over llhttp, with limits, and the small
+ * pieces of response assembly that need no I/O.
+ *
+ *   bytes from a socket ──> http_parser_execute ──> begin_cb   (owner gives storage)
+ *                                                ├─> head_cb    (route, pick body mode)
+ *                                                ├─> body_cb    (streamed bodies only)
+ *                                                └─> complete_cb (request is whole)
+ *
+ * The parser copies the request line and headers into the request's own
+ * `head` buffer, so the caller's read buffer may be reused as soon as
+ * http_parser_execute returns. It enforces the header, URI and body limits
+ * and rejects ambiguous framing (request smuggling) itself, whatever the
+ * llhttp version does.
+ */
+#ifndef BATCHD_PROTO_HTTP_H
+#define BATCHD_PROTO_HTTP_H
+
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "proto/buf.h"
+
+/* Why a request was rejected; each maps to one status and one JSON code. */
+enum http_error {
+    HTTP_OK = 0,
+    HTTP_ERR_MALFORMED,         /* 400 bad_request */
+    HTTP_ERR_FRAMING,           /* 400 ambiguous_length: CL+TE, several CL, bad TE */
+    HTTP_ERR_URI_TOO_LONG,      /* 414 uri_too_long */
+    HTTP_ERR_HEADERS_TOO_LARGE, /* 431 headers_too_large */
+    HTTP_ERR_BODY_TOO_LARGE,    /* 413 body_too_large */
+    HTTP_ERR_METHOD,            /* 405 / 501 handled by owner; parser: unknown method -> 501 */
+    HTTP_ERR_VERSION,           /* 505 version_not_supported */
+    HTTP_ERR__COUNT
+};
+
+int http_error_status(enum http_error e);
+const char *http_error_code(enum http_error e);
+
+enum http_body_mode {
+    HTTP_BODY_BUFFER = 0, /* collect into req->body, bounded by limits->max_body_bytes */
+    HTTP_BODY_STREAM,     /* hand each piece to body_cb, no bound here */
+    HTTP_BODY_DISCARD,    /* read and drop */
+};
+
+struct http_limits {
+    size_t max_header_bytes; /* request line + headers as sent on the wire */
+    size_t max_uri_bytes;
+    size_t max_body_bytes;   /* for HTTP_BODY_BUFFER; 0 means no body allowed */
+    unsigned max_headers;
+};
+
+/* A header as offsets into http_request.head (the buffer may move while parsing). */
+struct http_header {
+    uint32_t name_off, name_len;
+    uint32_t value_off, value_len;
+};
+
+#define HTTP_NO_LENGTH UINT64_MAX
+
+struct http_request {
+    struct buf head;            /* URL, then header names and values */
+    struct http_header *headers;
+    uint32_t n_headers, cap_headers;
+    uint32_t url_len;           /* the URL is head.data[0 .. url_len) */
+    uint32_t wire_head_bytes;   /* estimate of the head's size on the wire */
+    uint8_t method;             /* llhttp_method_t */
+    uint8_t version_major, version_minor;
+    bool keep_alive;            /* valid after complete_cb */
+    bool chunked;
+    bool expect_continue;
+    uint8_t n_content_length;   /* how many Content-Length fields were sent */
+    uint8_t n_transfer_encoding;
+    uint64_t content_length;    /* HTTP_NO_LENGTH when absent */
+    enum http_body_mode body_mode;
+    struct buf body;            /* HTTP_BODY_BUFFER only */
+    str_t path, query;          /* set before head_cb; raw (not percent-decoded) */
+};
+
+void http_request_init(struct http_request *m);
+void http_request_deinit(struct http_request *m);
+/* Resets for reuse, keeping buffers' memory. */
+void http_request_reset(struct http_request *m);
+
+static inline str_t http_header_name(const struct http_request *m, uint32_t i)
+{
+    return str_make(m->head.data + m->headers[i].name_off, m->headers[i].name_len);
+}
+static inline str_t http_header_value(const struct http_request *m, uint32_t i)
+{
+    return str_make(m->head.data + m->headers[i].value_off, m->headers[i].value_len);
+}
+/* First header named `name` (case-insensitive); false when absent. */
+bool http_request_header(const struct http_request *m, const char *name, str_t *value);
+const char *http_method_name(uint8_t method);
+
+struct http_parser;
+
+struct http_parser_cbs {
+    /* A new request starts: return storage for it (initialised with
+     * http_request_init or reset). The parser fills it until complete_cb. */
+    struct http_request *(*begin_cb)(struct http_parser *p);
+    /* Request line and headers are whole. Set m->body_mode if not BUFFER.
+     * Return 0, an http_error to reject, or HTTP_PARSER_PAUSE to stop here
+     * (the body has not been read yet). */
+    int (*head_cb)(struct http_parser *p, struct http_request *m);
+    /* A piece of a HTTP_BODY_STREAM body. Return 0, an http_error or HTTP_PARSER_PAUSE. */
+    int (*body_cb)(struct http_parser *p, struct http_request *m, const char *at, size_t n);
+    /* The request is whole. Return 0 or HTTP_PARSER_PAUSE (stop before the next one). */
+    int (*complete_cb)(struct http_parser *p, struct http_request *m);
+};
+
+#define HTTP_PARSER_PAUSE (-1)
+
+struct http_parser {
+    llhttp_t ll;
+    const struct http_parser_cbs *cbs;
+    const struct http_limits *limits;
+    void *data;                  /* owner's pointer */
+    struct http_request *req;    /* being parsed; NULL between requests */
+    enum http_error error;
+    bool in_field;               /* inside a header name (it may span reads) */
+    bool paused;
+    bool failed;
+};
+
+void http_parser_init(struct http_parser *p, const struct http_parser_cbs *cbs,
+                      const struct http_limits *limits, void *data);
+
+/* Feeds bytes. Returns how many were consumed: all of them unless the parser
+ * paused (see http_parser_resume) or failed (p->error says why; the
+ * connection must answer with that error and close). */
+size_t http_parser_execute(struct http_parser *p, const char *data, size_t len);
+/* Clears a pause so that http_parser_execute continues where it stopped. */
+void http_parser_resume(struct http_parser *p);
+/* The peer closed its side: true when a request was cut off mid-way. */
+bool http_parser_eof_mid_request(const struct http_parser *p);
+
+/* Response helpers. */
+const char *http_status_reason(int status);
+/* "Sun, 06 Nov 1994 08:49:37 GMT" into out (at least 30 bytes); returns the length. */
+size_t http_date_format(time_t t, char *out);
+
+#endif

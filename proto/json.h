@@ -1,0 +1,31 @@
+/*
+ * json: the two JSON jobs on batchd's hot path, with no allocation.
+ *
+ * json_append_string writes a quoted, escaped JSON string. json_valid checks
+ * that bytes are one complete RFC 8259 JSON text, which is how a cached
+ * value is trusted before it is sent verbatim. Parsing request bodies into
+ * values is left to jansson (daemon side); this file never builds a tree.
+ */
+#ifndef BATCHD_PROTO_JSON_H
+#define BATCHD_PROTO_JSON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "proto/buf.h"
+
+/* Nesting deeper than this is rejected by json_valid. */
+#define JSON_MAX_DEPTH 256
+
+/* Appends s as a JSON string literal with quotes. Control characters are
+ * escaped; invalid UTF-8 bytes become U+FFFD, so the output is always valid. */
+void json_append_string(struct buf *out, const char *s, size_t n);
+
+/* True when s[0..n) is exactly one JSON value, optionally surrounded by
+ * whitespace, with valid UTF-8 in its strings. */
+bool json_valid(const char *s, size_t n);
+
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is invalid. */
+size_t json_utf8_seq_len(const unsigned char *s, size_t n);
+
+#endif
