@@ -181,6 +181,8 @@ static int head_cb(struct http_parser *p, struct http_request *m)
     if (rr != ROUTER_FOUND) {
         r->route = NULL;
         r->allowed_methods = rr == ROUTER_BAD_METHOD ? allowed : 0;
+        if (r == c->head)
+            maybe_continue(c, r);
         return 0;
     }
     if (r->route->flags & ROUTE_AT_HEAD) {
@@ -238,6 +240,9 @@ static int complete_cb(struct http_parser *p, struct http_request *m)
         set_pause(c, CONN_PAUSE_PIPELINE);
         return HTTP_PARSER_PAUSE;
     }
+    /* The client is not reading its answers: parse no further ahead. */
+    if (c->pause & CONN_PAUSE_WRITEQ)
+        return HTTP_PARSER_PAUSE;
     return 0;
 }
 
@@ -356,12 +361,16 @@ static void conn_try_resume(struct conn *c)
             if (c->state != CONN_OPEN)
                 break;
         }
-        const unsigned parse_block = CONN_PAUSE_PIPELINE | CONN_PAUSE_AT_HEAD | CONN_PAUSE_BODY |
-                                     CONN_PAUSE_DONE;
+        const unsigned parse_block = CONN_PAUSE_PIPELINE | CONN_PAUSE_WRITEQ | CONN_PAUSE_AT_HEAD |
+                                     CONN_PAUSE_BODY | CONN_PAUSE_DONE;
         if (c->parser.paused && !(c->pause & parse_block)) {
             http_parser_resume(&c->parser);
+            /* Execute even with nothing pending: a request paused on the last
+             * byte of a read completes only on the next execute call. */
             if (c->pending)
                 conn_feed(c, c->pending + c->pending_off, c->pending_len - c->pending_off, true);
+            else
+                conn_feed(c, "", 0, false);
         }
     } while (c->resume_wanted);
     conn_update_reading(c);
@@ -440,6 +449,10 @@ static void conn_update_reading(struct conn *c)
     if (want && !c->read_active) {
         if (uv_read_start(stream_of(c), alloc_cb, on_read_cb) == 0)
             c->read_active = true;
+        /* Time batchd spent not reading is not the client's: a request head
+         * cut off by a pause gets a fresh header_timeout. */
+        if (c->reading && !c->reading->head_done && c->state == CONN_OPEN)
+            c->head_deadline = uv_now(srv_of(c)->loop) + (uint64_t)srv_of(c)->cfg->header_timeout_ms;
     } else if (!want && c->read_active) {
         uv_read_stop(stream_of(c));
         c->read_active = false;

@@ -135,10 +135,33 @@ static int on_url(llhttp_t *ll, const char *at, size_t n)
     return 0;
 }
 
+/* Trailer fields (after the last chunk) count against max_header_bytes but
+ * are not stored: head_cb has already been given path, query and route
+ * parameters as slices of `head`, and appending could move it under them. */
+static inline bool in_trailer(const struct http_parser *p)
+{
+    return (p->ll.flags & F_TRAILING) != 0;
+}
+
+/* RFC 9110 tchar. llhttp 8 lets a space through inside a field name, so
+ * "Host : x" would arrive as a header named "Host " (RFC 9112 5.1: reject). */
+static bool is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
 static int on_header_field(llhttp_t *ll, const char *at, size_t n)
 {
     struct http_parser *p = parser_of(ll);
     struct http_request *m = p->req;
+    if (in_trailer(p)) {
+        bool first = !p->in_field;
+        p->in_field = true;
+        if (first && count_wire(p, WIRE_HEADER_OVERHEAD))
+            return HPE_USER;
+        return count_wire(p, n);
+    }
     if (!p->in_field) { /* a new header; otherwise a name split across reads */
         if (m->n_headers >= p->limits->max_headers)
             return fail(p, HTTP_ERR_HEADERS_TOO_LARGE);
@@ -168,9 +191,17 @@ static int on_header_field_complete(llhttp_t *ll)
     struct http_request *m = p->req;
     if (!p->in_field)
         return fail(p, HTTP_ERR_MALFORMED);
-    /* An empty value gets no on_header_value call, so start it here. */
-    m->headers[m->n_headers - 1].value_off = (uint32_t)m->head.len;
     p->in_field = false;
+    if (in_trailer(p))
+        return 0;
+    struct http_header *h = &m->headers[m->n_headers - 1];
+    if (h->name_len == 0) /* llhttp 8 accepts ": value" too */
+        return fail(p, HTTP_ERR_MALFORMED);
+    for (uint32_t i = 0; i < h->name_len; i++)
+        if (!is_tchar((unsigned char)m->head.data[h->name_off + i]))
+            return fail(p, HTTP_ERR_MALFORMED);
+    /* An empty value gets no on_header_value call, so start it here. */
+    h->value_off = (uint32_t)m->head.len;
     return 0;
 }
 
@@ -180,6 +211,8 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t n)
     struct http_request *m = p->req;
     if (count_wire(p, n))
         return HPE_USER;
+    if (in_trailer(p))
+        return 0;
     buf_append(&m->head, at, n);
     m->headers[m->n_headers - 1].value_len += (uint32_t)n;
     return 0;
@@ -189,6 +222,8 @@ static int on_header_value_complete(llhttp_t *ll)
 {
     struct http_parser *p = parser_of(ll);
     struct http_request *m = p->req;
+    if (in_trailer(p))
+        return 0;
     struct http_header *h = &m->headers[m->n_headers - 1];
     while (h->value_len > 0) {
         char c = m->head.data[h->value_off + h->value_len - 1];
@@ -201,7 +236,8 @@ static int on_header_value_complete(llhttp_t *ll)
         if (++m->n_content_length > 1)
             return fail(p, HTTP_ERR_FRAMING);
     } else if (str_eq_ci(name, STR_LIT("transfer-encoding"))) {
-        m->n_transfer_encoding++;
+        if (m->n_transfer_encoding < UINT8_MAX) /* 256 must not wrap to "none" */
+            m->n_transfer_encoding++;
     } else if (str_eq_ci(name, STR_LIT("expect"))) {
         if (str_eq_ci(http_header_value(m, m->n_headers - 1), STR_LIT("100-continue")))
             m->expect_continue = true;
@@ -264,6 +300,10 @@ static int on_headers_complete(llhttp_t *ll)
     m->chunked = (ll->flags & F_CHUNKED) != 0;
     if (m->n_transfer_encoding == 1 && !m->chunked)
         return fail(p, HTTP_ERR_FRAMING);
+    /* "Content-Length: 18446744073709551615" would read as HTTP_NO_LENGTH
+     * (no body) while llhttp goes on to read that many body bytes. */
+    if ((ll->flags & F_CONTENT_LENGTH) && ll->content_length == HTTP_NO_LENGTH)
+        return fail(p, HTTP_ERR_BODY_TOO_LARGE);
     m->content_length = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : HTTP_NO_LENGTH;
     if (split_target(m) != 0)
         return fail(p, HTTP_ERR_MALFORMED);
@@ -294,6 +334,10 @@ static int on_body(llhttp_t *ll, const char *at, size_t n)
 {
     struct http_parser *p = parser_of(ll);
     struct http_request *m = p->req;
+    /* llhttp flushes an open body span at the end of every execute, so an
+     * execute with no bytes inside a body reports an empty piece. */
+    if (n == 0)
+        return 0;
     switch (m->body_mode) {
     case HTTP_BODY_BUFFER:
         if (m->body.len + n > p->limits->max_body_bytes)

@@ -134,7 +134,10 @@ void http_parser_init(struct http_parser *p, const struct http_parser_cbs *cbs,
  * paused (see http_parser_resume) or failed (p->error says why; the
  * connection must answer with that error and close). */
 size_t http_parser_execute(struct http_parser *p, const char *data, size_t len);
-/* Clears a pause so that http_parser_execute continues where it stopped. */
+/* Clears a pause so that http_parser_execute continues where it stopped.
+ * Call http_parser_execute after it even when no bytes are left over (with
+ * len 0 and a non-NULL data): a request paused in head_cb or body_cb at the
+ * end of a read has no more bytes to wait for, yet completes only then. */
 void http_parser_resume(struct http_parser *p);
 /* The peer closed its side: true when a request was cut off mid-way. */
 bool http_parser_eof_mid_request(const struct http_parser *p);
