@@ -133,7 +133,7 @@ static void on_connection_cb(uv_stream_t *ls, int status)
         return;
     }
     int rc;
-    if (l->open >= l->max_open || l->srv->draining) {
+    if (l->open >= l->max_open) {
         (*l->m_rejected)++;
         rc = conn_accept_busy(l);
     } else {
