@@ -18,7 +18,10 @@
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "daemon/ops.h"
+#include "daemon/pg_pool.h"
+#include "daemon/redis_pool.h"
 #include "daemon/req.h"
+#include "daemon/resource.h"
 #include "daemon/router.h"
 #include "daemon/server.h"
 #include "proto/mem.h"
@@ -27,6 +30,9 @@ struct app {
     uv_loop_t loop;
     struct config *cfg;
     struct server server;
+    struct redis_pool *redis;
+    struct pg_pool *pg;
+    struct resource_set *resources;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t grace_timer;
     bool stopping;
@@ -38,7 +44,7 @@ static const char *ready_check(void *arg)
     struct app *a = arg;
     if (a->stopping)
         return "shutting_down";
-    return NULL;
+    return a->resources ? resource_set_not_ready(a->resources) : NULL;
 }
 
 static void build_routers(struct app *a, struct router **main_rt, struct router **admin_rt)
@@ -46,6 +52,7 @@ static void build_routers(struct app *a, struct router **main_rt, struct router 
     *main_rt = router_new();
     *admin_rt = router_new();
     ops_add_routes(a->server.has_admin ? *admin_rt : *main_rt);
+    resource_set_add_routes(a->resources, *main_rt);
 }
 
 static void close_handle(uv_handle_t *h)
@@ -63,6 +70,13 @@ static void app_finish(struct app *a)
     uv_timer_stop(&a->grace_timer);
     server_close_all(&a->server, CONN_CLOSE_SHUTDOWN);
     server_close(&a->server);
+    /* Pools first: their cancelled callbacks still land in the resources. */
+    pg_pool_free(a->pg);
+    redis_pool_free(a->redis);
+    resource_set_free(a->resources);
+    a->pg = NULL;
+    a->redis = NULL;
+    a->resources = NULL;
     close_handle((uv_handle_t *)&a->grace_timer);
     close_handle((uv_handle_t *)&a->sig_term);
     close_handle((uv_handle_t *)&a->sig_int);
@@ -131,6 +145,13 @@ int app_run(struct config *cfg)
     conn_metrics_init();
     req_metrics_init();
     ops_init(ready_check, a);
+
+    srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
+    if (cfg->has_redis)
+        a->redis = redis_pool_new(&a->loop, &cfg->redis, cfg->batchd.slow_ms);
+    if (cfg->has_postgres)
+        a->pg = pg_pool_new(&a->loop, &cfg->postgres, cfg->batchd.slow_ms);
+    a->resources = resource_set_new(&a->loop, cfg, a->redis, a->pg);
 
     uv_timer_init(&a->loop, &a->grace_timer);
     a->grace_timer.data = a;

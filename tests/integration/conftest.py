@@ -56,7 +56,7 @@ def redis(redis_server):
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):
-    pg = PgServer(tmp_path_factory.mktemp("pg")).init().start().setup_app()
+    pg = PgServer(tmp_path_factory.mktemp("pg")).init().start().setup_app(demo_sessions=1000)
     yield pg
     pg.stop("immediate")
 

@@ -1,0 +1,14 @@
+/*
+ * auth: the admin bearer token that guards PURGE and event publishing.
+ */
+#ifndef BATCHD_AUTH_H
+#define BATCHD_AUTH_H
+
+struct req;
+
+/* Checks "Authorization: Bearer <token>" against `token` in constant time.
+ * Returns 0 when it matches; otherwise answers the request (401, or 403
+ * when no admin_token is configured) and returns -1. */
+int auth_require(struct req *r, const char *token);
+
+#endif

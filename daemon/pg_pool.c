@@ -1,0 +1,695 @@
+/*
+ * pg_pool: libpq connections in pipeline mode, driven by uv_poll.
+ * See pg_pool.h.
+ *
+ * Per connection the queries in flight form a FIFO. In pipeline mode the
+ * server answers each (query, Sync) pair with the query's result, a NULL
+ * from PQgetResult, and a PGRES_PIPELINE_SYNC; the FIFO head completes on
+ * its SYNC. Internal work (SET statement_timeout, PREPARE, the SELECT 1
+ * health check) travels through the same FIFO.
+ *
+ * The uv_poll handle is closed before PQfinish closes the socket under it,
+ * and is heap-allocated because it outlives the connection attempt until
+ * its close callback.
+ */
+#include "daemon/pg_pool.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/log.h"
+#include "daemon/metrics.h"
+#include "proto/mem.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define DEADLINE_GRACE_MS 1000
+#define TEXTARRAYOID 1009
+
+enum pconn_state { PC_WAITING, PC_CONNECTING, PC_READY, PC_CLOSED };
+enum pgq_kind { Q_USER, Q_SETUP, Q_PREPARE, Q_PING };
+
+struct pgq {
+    struct pgq *next;
+    enum pgq_kind kind;
+    int stmt;
+    char *param;
+    size_t param_len;
+    unsigned batch;
+    bool retried;
+    pg_result_fn cb;
+    void *ctx;
+    PGresult *result;
+    uint64_t start_ns, start_ms;
+};
+
+struct pconn {
+    struct pg_pool *pool;
+    unsigned index;
+    enum pconn_state state;
+    PGconn *pg;
+    uv_poll_t *poll;
+    int fd;
+    int poll_events;
+    uv_timer_t timer;
+    struct pgq *head, *tail;
+    unsigned pending;
+    unsigned n_prepared;       /* statements [0, n_prepared) are prepared here */
+    unsigned attempt;
+    uint64_t last_activity_ms;
+};
+
+struct stmt {
+    char *sql;
+    char name[24];
+};
+
+struct pg_pool {
+    uv_loop_t *loop;
+    const struct cfg_postgres *cfg;
+    int64_t slow_ms;
+    struct pconn *conns;
+    unsigned n;
+    unsigned ready;
+    bool up_logged;
+    bool freeing;
+    unsigned timers_open;
+    struct stmt *stmts;
+    unsigned n_stmts;
+};
+
+static uint64_t *m_err_timeout, *m_err_conn, *m_err_query, *m_retries, *m_connects, *m_slow;
+static int64_t *m_up;
+static struct metric_hist *m_latency;
+
+static double gauge_ready(void *arg)
+{
+    return ((struct pg_pool *)arg)->ready;
+}
+
+static double gauge_pending(void *arg)
+{
+    struct pg_pool *p = arg;
+    unsigned n = 0;
+    for (unsigned i = 0; i < p->n; i++)
+        n += p->conns[i].pending;
+    return n;
+}
+
+static void metrics_init(struct pg_pool *p)
+{
+    const char *h = "PostgreSQL query failures: timeout, connection lost, or a server error.";
+    m_err_timeout = metrics_counter("batchd_pg_errors_total", "kind=\"timeout\"", h);
+    m_err_conn = metrics_counter("batchd_pg_errors_total", "kind=\"connection\"", h);
+    m_err_query = metrics_counter("batchd_pg_errors_total", "kind=\"query\"", h);
+    m_retries = metrics_counter("batchd_pg_retries_total", "",
+                                "Queries retried on another connection after theirs died.");
+    m_connects = metrics_counter("batchd_pg_connects_total", "", "PostgreSQL connections established.");
+    m_slow = metrics_counter("batchd_pg_slow_queries_total", "", "PostgreSQL queries slower than slow_ms.");
+    m_up = metrics_gauge("batchd_pg_up", "", "1 when a PostgreSQL connection is ready.");
+    m_latency = metrics_histogram("batchd_pg_query_duration_seconds", "",
+                                  "Time from sending a PostgreSQL query to its result.",
+                                  metrics_latency_bounds, metrics_latency_n);
+    metrics_gauge_fn("batchd_pg_pool_connections", "state=\"ready\"",
+                     "PostgreSQL pool connections by state.", gauge_ready, p);
+    metrics_gauge_fn("batchd_pg_pending_queries", "", "PostgreSQL queries in flight.", gauge_pending, p);
+}
+
+static uint64_t now_ms(struct pg_pool *p)
+{
+    return uv_now(p->loop);
+}
+
+static void pool_update_up(struct pg_pool *p, const char *reason)
+{
+    unsigned ready = 0;
+    for (unsigned i = 0; i < p->n; i++)
+        ready += p->conns[i].state == PC_READY;
+    p->ready = ready;
+    *m_up = ready > 0;
+    if (ready > 0 && !p->up_logged) {
+        p->up_logged = true;
+        log_info("postgres up", "ready_connections=%u", ready);
+    } else if (ready == 0 && p->up_logged) {
+        p->up_logged = false;
+        log_warn("postgres down", "reason=%s", LOG_Q(reason));
+    }
+}
+
+static void pgq_free(struct pgq *q)
+{
+    if (q->result)
+        PQclear(q->result);
+    free(q->param);
+    free(q);
+}
+
+/* --- connection lifecycle ------------------------------------------------------- */
+
+static void pconn_timer_cb(uv_timer_t *t);
+static void pconn_connect(struct pconn *c);
+static void pconn_arm(struct pconn *c);
+static int dispatch(struct pg_pool *p, struct pgq *q);
+static void on_poll_cb(uv_poll_t *h, int status, int events);
+
+static void poll_closed_cb(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void poll_close(struct pconn *c)
+{
+    if (c->poll) {
+        uv_close((uv_handle_t *)c->poll, poll_closed_cb);
+        c->poll = NULL;
+    }
+    c->fd = -1;
+    c->poll_events = 0;
+}
+
+static void poll_want(struct pconn *c, int events)
+{
+    int fd = PQsocket(c->pg);
+    if (fd != c->fd) { /* libpq may move to another socket (another host) */
+        poll_close(c);
+        c->poll = mem_alloc(sizeof(*c->poll));
+        if (uv_poll_init(c->pool->loop, c->poll, fd) != 0) {
+            free(c->poll);
+            c->poll = NULL;
+            return;
+        }
+        c->poll->data = c;
+        c->fd = fd;
+    }
+    if (events != c->poll_events) {
+        c->poll_events = events;
+        uv_poll_start(c->poll, events, on_poll_cb);
+    }
+}
+
+static void schedule_reconnect(struct pconn *c)
+{
+    if (c->pool->freeing)
+        return;
+    unsigned cap = BACKOFF_MIN_MS << (c->attempt < 6 ? c->attempt : 6);
+    if (cap > BACKOFF_MAX_MS)
+        cap = BACKOFF_MAX_MS;
+    c->attempt++;
+    c->state = PC_WAITING;
+    uv_timer_start(&c->timer, pconn_timer_cb, (uint64_t)(random() % (cap + 1)), 0);
+}
+
+static void complete(struct pconn *c, struct pgq *q, int err);
+
+/* Tears the connection down. Pending user queries are retried once on
+ * another connection when the connection was lost (not on a timeout). */
+static void pconn_fail(struct pconn *c, int err, const char *why)
+{
+    struct pg_pool *p = c->pool;
+    /* `why` may be PQerrorMessage(), which PQfinish frees: copy it first. */
+    char reason[200];
+    snprintf(reason, sizeof(reason), "%s", why ? why : "");
+    reason[strcspn(reason, "\n")] = '\0';
+    bool was_ready = c->state == PC_READY;
+    if (c->state != PC_CLOSED)
+        c->state = PC_WAITING;
+    poll_close(c);
+    if (c->pg) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+    c->n_prepared = 0;
+    struct pgq *q = c->head;
+    c->head = c->tail = NULL;
+    c->pending = 0;
+    if (was_ready || c->state == PC_CLOSED)
+        log_debug("postgres connection lost", "conn=%u reason=%s", c->index, LOG_Q(reason));
+    pool_update_up(p, reason);
+    while (q) {
+        struct pgq *next = q->next;
+        q->next = NULL;
+        if (q->result) {
+            PQclear(q->result);
+            q->result = NULL;
+        }
+        if (q->kind == Q_USER && err == -ECONNRESET && !q->retried && !p->freeing) {
+            q->retried = true;
+            (*m_retries)++;
+            if (dispatch(p, q) == 0) {
+                q = next;
+                continue;
+            }
+        }
+        if (q->kind == Q_USER)
+            complete(c, q, err);
+        else
+            pgq_free(q);
+        q = next;
+    }
+    schedule_reconnect(c);
+}
+
+/* --- sending ------------------------------------------------------------------------ */
+
+static void pconn_flush(struct pconn *c)
+{
+    int rc = PQflush(c->pg);
+    if (rc < 0) {
+        pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
+        return;
+    }
+    poll_want(c, UV_READABLE | (rc == 1 ? UV_WRITABLE : 0));
+}
+
+static void enqueue(struct pconn *c, struct pgq *q)
+{
+    q->next = NULL;
+    if (c->tail)
+        c->tail->next = q;
+    else
+        c->head = q;
+    c->tail = q;
+    if (c->pending++ == 0)
+        pconn_arm(c);
+}
+
+static struct pgq *pgq_new(enum pgq_kind kind)
+{
+    struct pgq *q = mem_calloc(1, sizeof(*q));
+    q->kind = kind;
+    q->start_ns = uv_hrtime();
+    return q;
+}
+
+/* Sends the internal queries that make a fresh connection usable, and
+ * prepares statements registered since. */
+static int send_prepares(struct pconn *c)
+{
+    struct pg_pool *p = c->pool;
+    while (c->n_prepared < p->n_stmts) {
+        struct stmt *s = &p->stmts[c->n_prepared];
+        Oid types[1] = { TEXTARRAYOID };
+        if (!PQsendPrepare(c->pg, s->name, s->sql, 1, types) || !PQpipelineSync(c->pg))
+            return -EIO;
+        struct pgq *q = pgq_new(Q_PREPARE);
+        q->stmt = (int)c->n_prepared;
+        q->start_ms = now_ms(p);
+        enqueue(c, q);
+        c->n_prepared++;
+    }
+    return 0;
+}
+
+static int send_query(struct pconn *c, struct pgq *q)
+{
+    struct pg_pool *p = c->pool;
+    if (send_prepares(c) != 0)
+        return -EIO;
+    int ok;
+    if (q->kind == Q_PING) {
+        ok = PQsendQueryParams(c->pg, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0);
+    } else {
+        const char *values[1] = { q->param };
+        int lengths[1] = { (int)q->param_len };
+        int formats[1] = { 0 };
+        ok = PQsendQueryPrepared(c->pg, p->stmts[q->stmt].name, 1, values, lengths, formats, 0);
+    }
+    if (!ok || !PQpipelineSync(c->pg))
+        return -EIO;
+    q->start_ms = now_ms(p);
+    enqueue(c, q);
+    return 0;
+}
+
+static int dispatch(struct pg_pool *p, struct pgq *q)
+{
+    struct pconn *best = NULL;
+    for (unsigned i = 0; i < p->n; i++) {
+        struct pconn *c = &p->conns[i];
+        if (c->state == PC_READY && (best == NULL || c->pending < best->pending))
+            best = c;
+    }
+    if (best == NULL)
+        return -EAGAIN;
+    if (send_query(best, q) != 0) {
+        pconn_fail(best, -ECONNRESET, PQerrorMessage(best->pg));
+        return dispatch(p, q);
+    }
+    pconn_flush(best);
+    return 0;
+}
+
+/* --- receiving ------------------------------------------------------------------------ */
+
+static void complete(struct pconn *c, struct pgq *q, int err)
+{
+    struct pg_pool *p = c->pool;
+    uint64_t ns = uv_hrtime() - q->start_ns;
+    metrics_observe(m_latency, (double)ns / 1e9);
+    if (err == -ETIMEDOUT)
+        (*m_err_timeout)++;
+    else if (err == -EIO)
+        (*m_err_query)++;
+    else if (err < 0)
+        (*m_err_conn)++;
+    if (p->slow_ms > 0 && ns / 1000000 >= (uint64_t)p->slow_ms) {
+        (*m_slow)++;
+        char sql[160];
+        snprintf(sql, sizeof(sql), "%s", q->stmt < (int)p->n_stmts ? p->stmts[q->stmt].sql : "?");
+        log_warn("slow postgres query", "statement=%s batch=%u duration_ms=%.1f err=%d", LOG_Q(sql),
+                 q->batch, (double)ns / 1e6, err);
+    }
+    if (q->cb)
+        q->cb(q->ctx, err == 0 || err == -EIO ? q->result : NULL, err);
+    pgq_free(q);
+}
+
+static int result_error(const PGresult *res)
+{
+    switch (PQresultStatus(res)) {
+    case PGRES_TUPLES_OK:
+    case PGRES_COMMAND_OK:
+        return 0;
+    default:
+        return -EIO;
+    }
+}
+
+/* One query's results are in (its SYNC arrived). */
+static void finish_head(struct pconn *c)
+{
+    struct pgq *q = c->head;
+    c->head = q->next;
+    if (c->head == NULL)
+        c->tail = NULL;
+    c->pending--;
+    q->next = NULL;
+    int err = q->result ? result_error(q->result) : -EIO;
+    switch (q->kind) {
+    case Q_USER:
+        complete(c, q, err);
+        return;
+    case Q_SETUP:
+        if (err) {
+            log_error("postgres connection setup failed", "conn=%u err=%s", c->index,
+                      LOG_Q(q->result ? PQresultErrorMessage(q->result) : "no result"));
+            pgq_free(q);
+            pconn_fail(c, -ECONNRESET, "setup failed");
+            return;
+        }
+        break;
+    case Q_PREPARE:
+        if (err)
+            log_error("cannot prepare statement", "conn=%u statement=%s err=%s", c->index,
+                      LOG_Q(c->pool->stmts[q->stmt].sql),
+                      LOG_Q(q->result ? PQresultErrorMessage(q->result) : "no result"));
+        break;
+    case Q_PING:
+        if (err) {
+            pgq_free(q);
+            pconn_fail(c, -ECONNRESET, "health check failed");
+            return;
+        }
+        break;
+    }
+    pgq_free(q);
+}
+
+static void read_results(struct pconn *c)
+{
+    if (!PQconsumeInput(c->pg)) {
+        pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
+        return;
+    }
+    c->last_activity_ms = now_ms(c->pool);
+    bool progressed = false;
+    while (c->head && c->state == PC_READY) {
+        if (PQisBusy(c->pg))
+            break;
+        PGresult *res = PQgetResult(c->pg);
+        if (res == NULL)
+            continue; /* end of this query's results; its SYNC comes next */
+        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            finish_head(c);
+            progressed = true;
+            continue;
+        }
+        if (c->head->result == NULL)
+            c->head->result = res;
+        else
+            PQclear(res);
+    }
+    if (c->state == PC_READY && PQstatus(c->pg) == CONNECTION_BAD) {
+        pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
+        return;
+    }
+    if (progressed && c->state == PC_READY)
+        pconn_arm(c);
+}
+
+/* --- connecting ------------------------------------------------------------------------- */
+
+static void notice_cb(void *arg, const char *message)
+{
+    (void)arg;
+    log_debug("postgres notice", "msg_text=%s", LOG_Q(message));
+}
+
+static void on_connected(struct pconn *c)
+{
+    struct pg_pool *p = c->pool;
+    if (PQsetnonblocking(c->pg, 1) != 0 || !PQenterPipelineMode(c->pg)) {
+        pconn_fail(c, -ECONNRESET, "cannot enter pipeline mode");
+        return;
+    }
+    PQsetNoticeProcessor(c->pg, notice_cb, NULL);
+    c->state = PC_READY;
+    c->attempt = 0;
+    c->last_activity_ms = now_ms(p);
+    (*m_connects)++;
+    char sql[64];
+    snprintf(sql, sizeof(sql), "SET statement_timeout = %lld", (long long)p->cfg->query_timeout_ms);
+    if (!PQsendQueryParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0) || !PQpipelineSync(c->pg)) {
+        pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
+        return;
+    }
+    struct pgq *q = pgq_new(Q_SETUP);
+    q->start_ms = now_ms(p);
+    enqueue(c, q);
+    if (send_prepares(c) != 0) {
+        pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
+        return;
+    }
+    log_debug("postgres connection ready", "conn=%u", c->index);
+    pool_update_up(p, "ready");
+    pconn_flush(c);
+}
+
+static void continue_connect(struct pconn *c)
+{
+    switch (PQconnectPoll(c->pg)) {
+    case PGRES_POLLING_READING:
+        poll_want(c, UV_READABLE);
+        break;
+    case PGRES_POLLING_WRITING:
+        poll_want(c, UV_WRITABLE);
+        break;
+    case PGRES_POLLING_OK:
+        on_connected(c);
+        break;
+    default: {
+        char err[256];
+        snprintf(err, sizeof(err), "%s", PQerrorMessage(c->pg));
+        err[strcspn(err, "\n")] = '\0';
+        log_debug("postgres connect failed", "conn=%u err=%s", c->index, LOG_Q(err));
+        pconn_fail(c, -ECONNRESET, err);
+    }
+    }
+}
+
+static void on_poll_cb(uv_poll_t *h, int status, int events)
+{
+    struct pconn *c = h->data;
+    if (status < 0) {
+        pconn_fail(c, -ECONNRESET, uv_strerror(status));
+        return;
+    }
+    if (c->state == PC_CONNECTING) {
+        continue_connect(c);
+        return;
+    }
+    if (c->state != PC_READY)
+        return;
+    if (events & UV_WRITABLE) {
+        pconn_flush(c);
+        if (c->state != PC_READY)
+            return;
+    }
+    if (events & UV_READABLE)
+        read_results(c);
+}
+
+static void pconn_connect(struct pconn *c)
+{
+    struct pg_pool *p = c->pool;
+    /* application_name first: the user's conninfo (expanded from dbname)
+     * may override it. */
+    const char *keys[] = { "application_name", "dbname", NULL };
+    const char *vals[] = { "batchd", p->cfg->conninfo, NULL };
+    c->state = PC_CONNECTING;
+    c->fd = -1;
+    c->pg = PQconnectStartParams(keys, vals, 1);
+    if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
+        pconn_fail(c, -ECONNRESET, c->pg ? PQerrorMessage(c->pg) : "out of memory");
+        return;
+    }
+    uv_timer_start(&c->timer, pconn_timer_cb, (uint64_t)p->cfg->connect_timeout_ms, 0);
+    continue_connect(c);
+}
+
+/* --- timers -------------------------------------------------------------------------------- */
+
+static void pconn_arm(struct pconn *c)
+{
+    struct pg_pool *p = c->pool;
+    if (c->state != PC_READY)
+        return;
+    uint64_t now = now_ms(p), deadline;
+    if (c->head)
+        deadline = c->head->start_ms + (uint64_t)p->cfg->query_timeout_ms + DEADLINE_GRACE_MS;
+    else
+        deadline = c->last_activity_ms + (uint64_t)p->cfg->ping_interval_ms;
+    uv_timer_start(&c->timer, pconn_timer_cb, deadline > now ? deadline - now : 0, 0);
+}
+
+static void pconn_timer_cb(uv_timer_t *t)
+{
+    struct pconn *c = t->data;
+    struct pg_pool *p = c->pool;
+    switch (c->state) {
+    case PC_WAITING:
+        pconn_connect(c);
+        return;
+    case PC_CONNECTING:
+        log_debug("postgres connect timeout", "conn=%u", c->index);
+        pconn_fail(c, -ETIMEDOUT, "connect timeout");
+        return;
+    case PC_READY: {
+        uint64_t now = now_ms(p);
+        if (c->head) {
+            if (now - c->head->start_ms >= (uint64_t)p->cfg->query_timeout_ms + DEADLINE_GRACE_MS) {
+                log_warn("postgres query deadline passed", "conn=%u pending=%u", c->index, c->pending);
+                pconn_fail(c, -ETIMEDOUT, "query deadline");
+                return;
+            }
+        } else if (now - c->last_activity_ms >= (uint64_t)p->cfg->ping_interval_ms) {
+            struct pgq *q = pgq_new(Q_PING);
+            if (send_query(c, q) != 0) {
+                pgq_free(q);
+                pconn_fail(c, -ECONNRESET, "cannot send health check");
+                return;
+            }
+            pconn_flush(c);
+            if (c->state != PC_READY)
+                return;
+        }
+        pconn_arm(c);
+        return;
+    }
+    case PC_CLOSED:
+        return;
+    }
+}
+
+/* --- API ------------------------------------------------------------------------------------- */
+
+struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct cfg_postgres *cfg, int64_t slow_ms)
+{
+    struct pg_pool *p = mem_calloc(1, sizeof(*p));
+    p->loop = loop;
+    p->cfg = cfg;
+    p->slow_ms = slow_ms;
+    p->n = (unsigned)cfg->pool_size;
+    p->conns = mem_calloc(p->n, sizeof(*p->conns));
+    metrics_init(p);
+    for (unsigned i = 0; i < p->n; i++) {
+        struct pconn *c = &p->conns[i];
+        c->pool = p;
+        c->index = i;
+        c->fd = -1;
+        uv_timer_init(loop, &c->timer);
+        c->timer.data = c;
+        p->timers_open++;
+        pconn_connect(c);
+    }
+    return p;
+}
+
+void pg_pool_configure(struct pg_pool *p, const struct cfg_postgres *cfg, int64_t slow_ms)
+{
+    p->cfg = cfg;
+    p->slow_ms = slow_ms;
+}
+
+int pg_pool_prepare(struct pg_pool *p, const char *sql)
+{
+    p->stmts = mem_realloc(p->stmts, (p->n_stmts + 1) * sizeof(*p->stmts));
+    struct stmt *s = &p->stmts[p->n_stmts];
+    s->sql = mem_strdup(sql);
+    snprintf(s->name, sizeof(s->name), "batchd_%u", p->n_stmts);
+    return (int)p->n_stmts++;
+}
+
+int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_len, unsigned batch,
+                 pg_result_fn cb, void *ctx)
+{
+    if (p->ready == 0)
+        return -EAGAIN;
+    struct pgq *q = pgq_new(Q_USER);
+    q->stmt = stmt;
+    q->param = mem_strndup(param, param_len);
+    q->param_len = param_len;
+    q->batch = batch;
+    q->cb = cb;
+    q->ctx = ctx;
+    int rc = dispatch(p, q);
+    if (rc != 0) {
+        q->cb = NULL;
+        pgq_free(q);
+    }
+    return rc;
+}
+
+bool pg_pool_up(const struct pg_pool *p)
+{
+    return p->ready > 0;
+}
+
+static void timer_closed_cb(uv_handle_t *h)
+{
+    struct pconn *c = h->data;
+    struct pg_pool *p = c->pool;
+    if (--p->timers_open == 0) {
+        for (unsigned i = 0; i < p->n_stmts; i++)
+            free(p->stmts[i].sql);
+        free(p->stmts);
+        free(p->conns);
+        free(p);
+    }
+}
+
+void pg_pool_free(struct pg_pool *p)
+{
+    if (p == NULL)
+        return;
+    p->freeing = true;
+    for (unsigned i = 0; i < p->n; i++) {
+        struct pconn *c = &p->conns[i];
+        c->state = PC_CLOSED;
+        pconn_fail(c, -ECANCELED, "shutdown");
+        uv_close((uv_handle_t *)&c->timer, timer_closed_cb);
+    }
+    *m_up = 0;
+}

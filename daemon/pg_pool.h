@@ -1,0 +1,52 @@
+/*
+ * pg_pool: pool_size libpq connections in pipeline mode on the libuv loop.
+ *
+ *   pg_pool_exec ──> least-busy READY conn ──> PQsendQueryPrepared + Sync ──> postgres
+ *         cb(ctx, res, err) <── exactly once: result, error, timeout, lost
+ *
+ * Connections are opened with PQconnectStartParams/PQconnectPoll and watched
+ * with uv_poll on PQsocket(). Each one sets statement_timeout from
+ * query_timeout_ms and prepares every registered statement once. Several
+ * queries are in flight per connection, each followed by its own sync
+ * point so one failure cannot abort the next. A client-side deadline
+ * (query_timeout_ms + 1 s) catches a server that stops answering. A query
+ * on a connection that dies is retried once on another; a connection idle
+ * for ping_interval_ms runs SELECT 1. Reconnects back off 100 ms to 5 s
+ * with full jitter.
+ */
+#ifndef BATCHD_PG_POOL_H
+#define BATCHD_PG_POOL_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/config.h"
+
+struct pg_pool;
+
+/* err == 0: res is the result (PGRES_TUPLES_OK or PGRES_COMMAND_OK).
+ * err == -EIO: the server reported an error; res holds it.
+ * err < 0 otherwise (-ETIMEDOUT, -ECONNRESET, -ECANCELED): res is NULL.
+ * res is valid only during the call. */
+typedef void (*pg_result_fn)(void *ctx, const PGresult *res, int err);
+
+struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct cfg_postgres *cfg, int64_t slow_ms);
+void pg_pool_configure(struct pg_pool *p, const struct cfg_postgres *cfg, int64_t slow_ms);
+/* Completes pending queries with -ECANCELED; memory goes once handles close. */
+void pg_pool_free(struct pg_pool *p);
+
+/* Registers a statement taking one text[] parameter; every connection
+ * prepares it (now or at connect). Returns its id. */
+int pg_pool_prepare(struct pg_pool *p, const char *sql);
+
+/* Runs statement `stmt` with one parameter (copied). `batch` is only for
+ * the slow log. Returns 0 (cb will run exactly once) or -EAGAIN when no
+ * connection is READY (cb is not called). */
+int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_len, unsigned batch,
+                 pg_result_fn cb, void *ctx) __attribute__((warn_unused_result));
+
+bool pg_pool_up(const struct pg_pool *p);
+
+#endif

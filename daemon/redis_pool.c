@@ -1,0 +1,686 @@
+/*
+ * redis_pool: hiredis async connections with timeouts, pings and reconnects.
+ * See redis_pool.h.
+ *
+ * Every command is tracked in a FIFO per connection (replies come back in
+ * order), so its age can be checked against command_timeout_ms and each
+ * callback can be guaranteed to run once: when a connection breaks, hiredis
+ * runs the pending callbacks with a NULL reply, and the FIFO turns each into
+ * an error with the reason the connection died.
+ *
+ * The pub/sub connection never carries ordinary commands: hiredis 0.14
+ * hands any reply to a pending ordinary callback first, so a message could
+ * land in a PING's callback. Its health check is a SUBSCRIBE to a private
+ * heartbeat channel, whose confirmation is routed by channel name.
+ */
+#include "daemon/redis_pool.h"
+
+#include <errno.h>
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "daemon/log.h"
+#include "daemon/metrics.h"
+#include "proto/mem.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define HEARTBEAT_CHANNEL "__batchd:heartbeat"
+
+enum rconn_state {
+    RC_WAITING,     /* not connected; the timer reconnects */
+    RC_CONNECTING,  /* TCP connect in progress */
+    RC_HANDSHAKE,   /* AUTH / SELECT / PING sent */
+    RC_READY,
+    RC_CLOSED,      /* pool is being freed */
+};
+
+static const char *const state_names[] = { "waiting", "connecting", "handshake", "ready", "closed" };
+
+struct rcmd {
+    struct rcmd *next;
+    struct rconn *conn;
+    redis_reply_fn cb;
+    void *ctx;
+    uint64_t start_ns;
+    uint64_t start_ms;
+    unsigned cmd;       /* index into cmd_names */
+    unsigned nargs;
+    char first_arg[48]; /* for the slow log */
+};
+
+struct rconn {
+    struct redis_pool *pool;
+    unsigned index;
+    bool pubsub;
+    redisAsyncContext *ac;
+    enum rconn_state state;
+    struct rcmd *head, *tail;
+    unsigned pending;
+    uv_timer_t timer;
+    unsigned attempt;
+    int fail_err;           /* error given to callbacks when the connection dies */
+    uint64_t last_reply_ms;
+    uint64_t heartbeat_sent_ms;  /* pub/sub: 0 when none outstanding */
+    bool timer_closed;
+};
+
+struct channel {
+    struct channel *next;
+    char *name;
+};
+
+struct redis_pool {
+    uv_loop_t *loop;
+    const struct cfg_redis *cfg;
+    struct rconn *conns;
+    unsigned n;
+    unsigned ready;
+    bool up_logged;
+    struct rconn *sub;          /* pub/sub connection, NULL until started */
+    redis_message_fn sub_fn;
+    void *sub_arg;
+    struct channel *channels;
+    bool freeing;
+    unsigned timers_open;
+    int64_t slow_ms;
+};
+
+/* --- metrics ----------------------------------------------------------- */
+
+static const char *const cmd_names[] = { "GET",  "MGET",   "SET",    "DEL",     "PING",        "AUTH",
+                                         "SELECT", "EVALSHA", "EVAL", "SCRIPT", "XADD",   "XRANGE",
+                                         "XREVRANGE", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "other" };
+#define N_CMDS (sizeof(cmd_names) / sizeof(cmd_names[0]))
+
+static uint64_t *m_cmds[N_CMDS];
+static uint64_t *m_err_timeout, *m_err_conn, *m_err_reply, *m_connects, *m_slow;
+static int64_t *m_up, *m_pubsub_up;
+static struct metric_hist *m_latency;
+
+static double gauge_pending(void *arg)
+{
+    struct redis_pool *p = arg;
+    unsigned n = 0;
+    for (unsigned i = 0; i < p->n; i++)
+        n += p->conns[i].pending;
+    return n;
+}
+
+static double gauge_ready(void *arg)
+{
+    return ((struct redis_pool *)arg)->ready;
+}
+
+static void metrics_init(struct redis_pool *p)
+{
+    char labels[64];
+    for (unsigned i = 0; i < N_CMDS; i++) {
+        snprintf(labels, sizeof(labels), "cmd=\"%s\"", cmd_names[i]);
+        m_cmds[i] = metrics_counter("batchd_redis_commands_total", labels, "Redis commands sent, by command.");
+    }
+    const char *h = "Redis command failures: timeout, connection lost, or an error reply.";
+    m_err_timeout = metrics_counter("batchd_redis_errors_total", "kind=\"timeout\"", h);
+    m_err_conn = metrics_counter("batchd_redis_errors_total", "kind=\"connection\"", h);
+    m_err_reply = metrics_counter("batchd_redis_errors_total", "kind=\"reply\"", h);
+    m_connects = metrics_counter("batchd_redis_connects_total", "", "Redis connections established.");
+    m_slow = metrics_counter("batchd_redis_slow_commands_total", "", "Redis commands slower than slow_ms.");
+    m_up = metrics_gauge("batchd_redis_up", "", "1 when a Redis command connection is ready.");
+    m_pubsub_up = metrics_gauge("batchd_redis_pubsub_up", "", "1 when the pub/sub connection is ready.");
+    m_latency = metrics_histogram("batchd_redis_command_duration_seconds", "",
+                                  "Time from sending a Redis command to its reply.",
+                                  metrics_latency_bounds, metrics_latency_n);
+    metrics_gauge_fn("batchd_redis_pool_connections", "state=\"ready\"",
+                     "Redis pool connections by state.", gauge_ready, p);
+    metrics_gauge_fn("batchd_redis_pending_replies", "", "Redis replies outstanding.", gauge_pending, p);
+}
+
+static unsigned cmd_index(const char *name, size_t len)
+{
+    for (unsigned i = 0; i + 1 < N_CMDS; i++)
+        if (strlen(cmd_names[i]) == len && strncasecmp(cmd_names[i], name, len) == 0)
+            return i;
+    return N_CMDS - 1;
+}
+
+/* --- pool state ----------------------------------------------------------- */
+
+static void pool_update_up(struct redis_pool *p, const char *reason)
+{
+    unsigned ready = 0;
+    for (unsigned i = 0; i < p->n; i++)
+        ready += p->conns[i].state == RC_READY;
+    p->ready = ready;
+    *m_up = ready > 0;
+    if (ready > 0 && !p->up_logged) {
+        p->up_logged = true;
+        log_info("redis up", "addr=%s:%d ready_connections=%u", p->cfg->url.host, p->cfg->url.port, ready);
+    } else if (ready == 0 && p->up_logged) {
+        p->up_logged = false;
+        log_warn("redis down", "addr=%s:%d reason=%s", p->cfg->url.host, p->cfg->url.port, LOG_Q(reason));
+    }
+}
+
+static uint64_t now_ms(struct redis_pool *p)
+{
+    return uv_now(p->loop);
+}
+
+/* --- connection lifecycle ------------------------------------------------------ */
+
+static void rconn_connect(struct rconn *c);
+static void rconn_arm(struct rconn *c);
+static void sub_resubscribe(struct rconn *c);
+
+static void rconn_timer_cb(uv_timer_t *t);
+
+static void schedule_reconnect(struct rconn *c)
+{
+    if (c->pool->freeing)
+        return;
+    unsigned cap = BACKOFF_MIN_MS << (c->attempt < 6 ? c->attempt : 6);
+    if (cap > BACKOFF_MAX_MS)
+        cap = BACKOFF_MAX_MS;
+    c->attempt++;
+    c->state = RC_WAITING;
+    /* Full jitter: a fleet of sidecars does not reconnect in step. */
+    uint64_t delay = (uint64_t)(random() % (cap + 1));
+    uv_timer_start(&c->timer, rconn_timer_cb, delay, 0);
+}
+
+/* The connection is gone (ac already freed or being freed by hiredis). */
+static void rconn_lost(struct rconn *c, const char *reason)
+{
+    bool was_ready = c->state == RC_READY;
+    c->ac = NULL;
+    c->heartbeat_sent_ms = 0;
+    if (c->state != RC_CLOSED)
+        c->state = RC_WAITING;
+    log_debug("redis connection lost", "conn=%u pubsub=%d state=%s reason=%s", c->index, c->pubsub,
+              state_names[c->state], LOG_Q(reason));
+    if (c->pubsub) {
+        *m_pubsub_up = 0;
+        if (was_ready && c->pool->sub_fn)
+            c->pool->sub_fn(c->pool->sub_arg, NULL, 0, NULL, 0, -ECONNRESET);
+        if (was_ready)
+            log_warn("redis pub/sub down", "reason=%s", LOG_Q(reason));
+    } else {
+        pool_update_up(c->pool, reason);
+    }
+    schedule_reconnect(c);
+}
+
+/* Breaks a live connection on our side (timeout, bad handshake). Pending
+ * callbacks run now, from inside redisAsyncFree, with c->fail_err. */
+static void rconn_break(struct rconn *c, int err, const char *reason)
+{
+    redisAsyncContext *ac = c->ac;
+    if (ac == NULL)
+        return;
+    c->fail_err = err;
+    enum rconn_state old = c->state;
+    c->state = RC_WAITING; /* nothing new is routed here from the callbacks */
+    ac->data = NULL;       /* our disconnect callback ignores it */
+    redisAsyncFree(ac);
+    c->state = old;
+    rconn_lost(c, reason);
+}
+
+static void on_disconnect_cb(const redisAsyncContext *ac, int status)
+{
+    struct rconn *c = ac->data;
+    if (c == NULL)
+        return; /* we freed it ourselves */
+    rconn_lost(c, status == REDIS_OK ? "closed" : (ac->errstr[0] ? ac->errstr : "error"));
+}
+
+/* --- commands ------------------------------------------------------------------- */
+
+static void finish_cmd(struct rconn *c, struct rcmd *k, const redisReply *reply, int err)
+{
+    struct redis_pool *p = c->pool;
+    uint64_t ns = uv_hrtime() - k->start_ns;
+    metrics_observe(m_latency, (double)ns / 1e9);
+    if (err == -ETIMEDOUT)
+        (*m_err_timeout)++;
+    else if (err < 0)
+        (*m_err_conn)++;
+    else if (reply && reply->type == REDIS_REPLY_ERROR)
+        (*m_err_reply)++;
+    if (p->slow_ms > 0 && ns / 1000000 >= (uint64_t)p->slow_ms) {
+        (*m_slow)++;
+        log_warn("slow redis command", "cmd=%s args=%u first=%s duration_ms=%.1f err=%d",
+                 cmd_names[k->cmd], k->nargs, LOG_Q(k->first_arg), (double)ns / 1e6, err);
+    }
+    if (k->cb)
+        k->cb(k->ctx, reply, err);
+    free(k);
+}
+
+/* hiredis callback: replies arrive in order, so this is the FIFO head. */
+static void on_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct rcmd *k = privdata;
+    struct rconn *c = k->conn;
+    (void)ac;
+    if (c->head == k) {
+        c->head = k->next;
+        if (c->head == NULL)
+            c->tail = NULL;
+    }
+    c->pending--;
+    const redisReply *reply = r;
+    if (reply != NULL)
+        c->last_reply_ms = now_ms(c->pool);
+    finish_cmd(c, k, reply, reply ? 0 : (c->fail_err ? c->fail_err : -ECONNRESET));
+    if (c->state == RC_READY && reply != NULL)
+        rconn_arm(c);
+}
+
+static int send_cmd(struct rconn *c, redis_reply_fn cb, void *ctx, int argc, const char **argv,
+                    const size_t *argvlen)
+{
+    struct rcmd *k = mem_alloc(sizeof(*k));
+    k->next = NULL;
+    k->conn = c;
+    k->cb = cb;
+    k->ctx = ctx;
+    k->start_ns = uv_hrtime();
+    k->start_ms = now_ms(c->pool);
+    k->cmd = cmd_index(argv[0], argvlen[0]);
+    k->nargs = (unsigned)argc - 1;
+    k->first_arg[0] = '\0';
+    if (argc > 1) {
+        size_t n = argvlen[1] < sizeof(k->first_arg) - 1 ? argvlen[1] : sizeof(k->first_arg) - 1;
+        memcpy(k->first_arg, argv[1], n);
+        k->first_arg[n] = '\0';
+    }
+    if (redisAsyncCommandArgv(c->ac, on_reply_cb, k, argc, argv, argvlen) != REDIS_OK) {
+        free(k);
+        return -EIO;
+    }
+    (*m_cmds[k->cmd])++;
+    if (c->tail)
+        c->tail->next = k;
+    else
+        c->head = k;
+    c->tail = k;
+    if (c->pending++ == 0 && c->state == RC_READY)
+        rconn_arm(c);
+    return 0;
+}
+
+int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int argc,
+                       const char **argv, const size_t *argvlen)
+{
+    struct rconn *best = NULL;
+    for (unsigned i = 0; i < p->n; i++) {
+        struct rconn *c = &p->conns[i];
+        if (c->state == RC_READY && (best == NULL || c->pending < best->pending))
+            best = c;
+    }
+    if (best == NULL)
+        return -EAGAIN;
+    return send_cmd(best, cb, ctx, argc, argv, argvlen);
+}
+
+void redis_pool_flush(struct redis_pool *p)
+{
+    for (unsigned i = 0; i < p->n; i++) {
+        struct rconn *c = &p->conns[i];
+        if (c->state == RC_READY && c->pending > 0 && c->ac)
+            redisAsyncHandleWrite(c->ac);
+    }
+}
+
+bool redis_pool_up(const struct redis_pool *p)
+{
+    return p->ready > 0;
+}
+
+/* --- handshake -------------------------------------------------------------------- */
+
+static void handshake_step_cb(void *ctx, const redisReply *reply, int err);
+
+static void handshake_done(struct rconn *c)
+{
+    c->state = RC_READY;
+    c->attempt = 0;
+    c->last_reply_ms = now_ms(c->pool);
+    (*m_connects)++;
+    log_debug("redis connection ready", "conn=%u pubsub=%d", c->index, c->pubsub);
+    if (c->pubsub) {
+        *m_pubsub_up = 1;
+        sub_resubscribe(c);
+    } else {
+        pool_update_up(c->pool, "ready");
+    }
+    rconn_arm(c);
+}
+
+/* The last handshake command's reply decides; earlier ones fail it too. */
+static void handshake_step_cb(void *ctx, const redisReply *reply, int err)
+{
+    struct rconn *c = ctx;
+    if (c->state != RC_HANDSHAKE)
+        return;
+    if (err < 0)
+        return; /* the connection is already being torn down */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_warn("redis handshake failed", "conn=%u err=%s", c->index, LOG_Q(reply->str));
+        rconn_break(c, -ECONNREFUSED, reply->str);
+        return;
+    }
+    if (c->pending == 0)
+        handshake_done(c);
+}
+
+static void on_connect_cb(const redisAsyncContext *ac, int status)
+{
+    struct rconn *c = ac->data;
+    if (c == NULL)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this returns. */
+        c->ac = NULL;
+        rconn_lost(c, ac->errstr[0] ? ac->errstr : "connect failed");
+        return;
+    }
+    const struct cfg_redis_url *u = &c->pool->cfg->url;
+    c->state = RC_HANDSHAKE;
+    if (u->password) {
+        const char *argv[3] = { "AUTH", u->username ? u->username : u->password, u->password };
+        size_t lens[3] = { 4, strlen(argv[1]), strlen(argv[2]) };
+        (void)send_cmd(c, handshake_step_cb, c, u->username ? 3 : 2, argv, lens);
+    }
+    if (u->db != 0 && !c->pubsub) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", u->db);
+        const char *argv[2] = { "SELECT", db };
+        size_t lens[2] = { 6, strlen(db) };
+        (void)send_cmd(c, handshake_step_cb, c, 2, argv, lens);
+    }
+    const char *argv[1] = { "PING" };
+    size_t lens[1] = { 4 };
+    (void)send_cmd(c, handshake_step_cb, c, 1, argv, lens);
+}
+
+static void rconn_connect(struct rconn *c)
+{
+    struct redis_pool *p = c->pool;
+    const struct cfg_redis_url *u = &p->cfg->url;
+    c->state = RC_CONNECTING;
+    c->fail_err = -ECONNRESET;
+    redisAsyncContext *ac = redisAsyncConnect(u->host, u->port);
+    if (ac == NULL || ac->err) {
+        log_debug("redis connect failed", "conn=%u err=%s", c->index, LOG_Q(ac ? ac->errstr : "oom"));
+        if (ac)
+            redisAsyncFree(ac);
+        rconn_lost(c, "connect failed");
+        return;
+    }
+    ac->data = c;
+    if (redisLibuvAttach(ac, p->loop) != REDIS_OK) {
+        ac->data = NULL;
+        redisAsyncFree(ac);
+        rconn_lost(c, "attach failed");
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect_cb);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect_cb);
+    c->ac = ac;
+    uv_timer_start(&c->timer, rconn_timer_cb, (uint64_t)p->cfg->connect_timeout_ms, 0);
+}
+
+/* --- timers: connect timeout, reply timeout, ping, reconnect ------------------------ */
+
+static void send_ping(struct rconn *c);
+
+static void rconn_arm(struct rconn *c)
+{
+    struct redis_pool *p = c->pool;
+    uint64_t now = now_ms(p), deadline;
+    if (c->pubsub)
+        deadline = c->heartbeat_sent_ms ? c->heartbeat_sent_ms + (uint64_t)p->cfg->command_timeout_ms
+                                        : c->last_reply_ms + (uint64_t)p->cfg->ping_interval_ms;
+    else if (c->head)
+        deadline = c->head->start_ms + (uint64_t)p->cfg->command_timeout_ms;
+    else
+        deadline = c->last_reply_ms + (uint64_t)p->cfg->ping_interval_ms;
+    uv_timer_start(&c->timer, rconn_timer_cb, deadline > now ? deadline - now : 0, 0);
+}
+
+static void rconn_timer_cb(uv_timer_t *t)
+{
+    struct rconn *c = t->data;
+    struct redis_pool *p = c->pool;
+    uint64_t now = now_ms(p);
+    switch (c->state) {
+    case RC_WAITING:
+        rconn_connect(c);
+        return;
+    case RC_CONNECTING:
+    case RC_HANDSHAKE:
+        if (c->ac)
+            rconn_break(c, -ETIMEDOUT, "connect timeout");
+        else
+            rconn_lost(c, "connect timeout");
+        return;
+    case RC_READY:
+        if (c->pubsub) {
+            if (c->heartbeat_sent_ms && now - c->heartbeat_sent_ms >= (uint64_t)p->cfg->command_timeout_ms) {
+                rconn_break(c, -ETIMEDOUT, "heartbeat timeout");
+                return;
+            }
+            if (!c->heartbeat_sent_ms && now - c->last_reply_ms >= (uint64_t)p->cfg->ping_interval_ms)
+                send_ping(c);
+        } else if (c->head && now - c->head->start_ms >= (uint64_t)p->cfg->command_timeout_ms) {
+            log_warn("redis reply timeout", "conn=%u pending=%u timeout_ms=%lld", c->index, c->pending,
+                     (long long)p->cfg->command_timeout_ms);
+            rconn_break(c, -ETIMEDOUT, "reply timeout");
+            return;
+        } else if (!c->head && now - c->last_reply_ms >= (uint64_t)p->cfg->ping_interval_ms) {
+            send_ping(c);
+        }
+        rconn_arm(c);
+        return;
+    case RC_CLOSED:
+        return;
+    }
+}
+
+static void ping_cb(void *ctx, const redisReply *reply, int err)
+{
+    (void)ctx;
+    (void)reply;
+    (void)err; /* a failed PING breaks the connection through its timeout */
+}
+
+/* --- pub/sub -------------------------------------------------------------------- */
+
+static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct rconn *c = privdata;
+    redisReply *reply = r;
+    (void)ac;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
+        return;
+    const redisReply *kind = reply->element[0], *chan = reply->element[1], *msg = reply->element[2];
+    if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING)
+        return;
+    c->last_reply_ms = now_ms(c->pool);
+    bool heartbeat = chan->len == sizeof(HEARTBEAT_CHANNEL) - 1 &&
+                     memcmp(chan->str, HEARTBEAT_CHANNEL, chan->len) == 0;
+    if (heartbeat) {
+        c->heartbeat_sent_ms = 0;
+        rconn_arm(c);
+        return;
+    }
+    if (strcasecmp(kind->str, "message") == 0 && msg->type == REDIS_REPLY_STRING && c->pool->sub_fn)
+        c->pool->sub_fn(c->pool->sub_arg, chan->str, chan->len, msg->str, msg->len, 1);
+}
+
+static void sub_send(struct rconn *c, const char *verb, const char *channel)
+{
+    if (c->state != RC_READY || c->ac == NULL)
+        return;
+    const char *argv[2] = { verb, channel };
+    size_t lens[2] = { strlen(verb), strlen(channel) };
+    if (redisAsyncCommandArgv(c->ac, on_sub_message_cb, c, 2, argv, lens) == REDIS_OK)
+        (*m_cmds[cmd_index(verb, lens[0])])++;
+}
+
+static void send_ping(struct rconn *c)
+{
+    if (c->pubsub) {
+        c->heartbeat_sent_ms = now_ms(c->pool);
+        sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
+        return;
+    }
+    const char *argv[1] = { "PING" };
+    size_t lens[1] = { 4 };
+    (void)send_cmd(c, ping_cb, NULL, 1, argv, lens);
+}
+
+static void sub_resubscribe(struct rconn *c)
+{
+    struct redis_pool *p = c->pool;
+    sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
+    for (struct channel *ch = p->channels; ch; ch = ch->next)
+        sub_send(c, "SUBSCRIBE", ch->name);
+    if (c->ac)
+        redisAsyncHandleWrite(c->ac);
+    unsigned n = 0;
+    for (struct channel *ch = p->channels; ch; ch = ch->next)
+        n++;
+    log_info("redis pub/sub up", "channels=%u", n);
+    if (p->sub_fn)
+        p->sub_fn(p->sub_arg, NULL, 0, NULL, 0, 0);
+}
+
+void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *arg)
+{
+    p->sub_fn = fn;
+    p->sub_arg = arg;
+    if (p->sub)
+        return;
+    struct rconn *c = mem_calloc(1, sizeof(*c));
+    c->pool = p;
+    c->index = p->n;
+    c->pubsub = true;
+    uv_timer_init(p->loop, &c->timer);
+    c->timer.data = c;
+    p->timers_open++;
+    p->sub = c;
+    rconn_connect(c);
+}
+
+void redis_pool_subscribe(struct redis_pool *p, const char *channel)
+{
+    struct channel *ch = mem_calloc(1, sizeof(*ch));
+    ch->name = mem_strdup(channel);
+    ch->next = p->channels;
+    p->channels = ch;
+    if (p->sub) {
+        sub_send(p->sub, "SUBSCRIBE", channel);
+        if (p->sub->ac && p->sub->state == RC_READY)
+            redisAsyncHandleWrite(p->sub->ac);
+    }
+}
+
+void redis_pool_unsubscribe(struct redis_pool *p, const char *channel)
+{
+    for (struct channel **pp = &p->channels; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->name, channel) == 0) {
+            struct channel *ch = *pp;
+            *pp = ch->next;
+            free(ch->name);
+            free(ch);
+            break;
+        }
+    }
+    if (p->sub)
+        sub_send(p->sub, "UNSUBSCRIBE", channel);
+}
+
+bool redis_pool_pubsub_up(const struct redis_pool *p)
+{
+    return p->sub && p->sub->state == RC_READY;
+}
+
+/* --- pool ---------------------------------------------------------------------------- */
+
+struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms)
+{
+    struct redis_pool *p = mem_calloc(1, sizeof(*p));
+    p->loop = loop;
+    p->cfg = cfg;
+    p->slow_ms = slow_ms;
+    p->n = (unsigned)cfg->pool_size;
+    p->conns = mem_calloc(p->n, sizeof(*p->conns));
+    metrics_init(p);
+    for (unsigned i = 0; i < p->n; i++) {
+        struct rconn *c = &p->conns[i];
+        c->pool = p;
+        c->index = i;
+        uv_timer_init(loop, &c->timer);
+        c->timer.data = c;
+        p->timers_open++;
+        rconn_connect(c);
+    }
+    return p;
+}
+
+void redis_pool_configure(struct redis_pool *p, const struct cfg_redis *cfg, int64_t slow_ms)
+{
+    p->cfg = cfg;
+    p->slow_ms = slow_ms;
+}
+
+static void pool_timer_closed_cb(uv_handle_t *h)
+{
+    struct rconn *c = h->data;
+    struct redis_pool *p = c->pool;
+    if (c->pubsub)
+        free(c);
+    if (--p->timers_open == 0) {
+        free(p->conns);
+        free(p);
+    }
+}
+
+static void rconn_close(struct rconn *c)
+{
+    c->state = RC_CLOSED;
+    if (c->ac) {
+        redisAsyncContext *ac = c->ac;
+        c->fail_err = -ECANCELED;
+        ac->data = NULL;
+        c->ac = NULL;
+        redisAsyncFree(ac);
+    }
+    uv_close((uv_handle_t *)&c->timer, pool_timer_closed_cb);
+}
+
+void redis_pool_free(struct redis_pool *p)
+{
+    if (p == NULL)
+        return;
+    p->freeing = true;
+    while (p->channels) {
+        struct channel *ch = p->channels;
+        p->channels = ch->next;
+        free(ch->name);
+        free(ch);
+    }
+    p->sub_fn = NULL;
+    for (unsigned i = 0; i < p->n; i++)
+        rconn_close(&p->conns[i]);
+    if (p->sub)
+        rconn_close(p->sub);
+    *m_up = 0;
+    *m_pubsub_up = 0;
+}

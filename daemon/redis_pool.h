@@ -1,0 +1,66 @@
+/*
+ * redis_pool: pool_size hiredis async connections on the libuv loop, plus
+ * one dedicated pub/sub connection on request.
+ *
+ *   redis_pool_command ──> least-busy READY conn ──> hiredis ──> redis-server
+ *         cb(ctx, reply, err) <── exactly once: reply, timeout or disconnect
+ *
+ * Each connection: connect (connect_timeout_ms) -> AUTH/SELECT/PING
+ * handshake -> READY. A reply overdue by command_timeout_ms marks the
+ * connection broken; so does a failed PING (sent every ping_interval_ms
+ * when idle). A broken connection completes all its pending callbacks with
+ * an error and reconnects after 100 ms doubling to 5 s, with full jitter.
+ * Commands issued in one loop iteration leave in one write (pipelining).
+ */
+#ifndef BATCHD_REDIS_POOL_H
+#define BATCHD_REDIS_POOL_H
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/config.h"
+
+struct redis_pool;
+
+/* A reply, or err < 0 (-ETIMEDOUT, -ECONNRESET, -ECANCELED) with reply
+ * NULL. An error reply from Redis arrives as a reply of type
+ * REDIS_REPLY_ERROR with err 0. The reply is valid only during the call. */
+typedef void (*redis_reply_fn)(void *ctx, const redisReply *reply, int err);
+
+/* Pub/sub: a message on a subscribed channel, or (message NULL) the
+ * subscription connection went down (err < 0) or came back (err == 0,
+ * after every channel was subscribed again). */
+typedef void (*redis_message_fn)(void *arg, const char *channel, size_t channel_len,
+                                 const char *message, size_t message_len, int err);
+
+/* Starts connecting at once. Commands slower than slow_ms are logged. */
+struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms);
+/* Takes reload-safe settings (timeouts, ping interval, slow_ms). */
+void redis_pool_configure(struct redis_pool *p, const struct cfg_redis *cfg, int64_t slow_ms);
+/* Completes pending commands with -ECANCELED and frees the pool once its
+ * handles are closed (the loop must run on). */
+void redis_pool_free(struct redis_pool *p);
+
+/* Sends a command. Returns 0 (cb will run exactly once), or -EAGAIN when no
+ * connection is READY (cb is not called). argv is copied. */
+int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int argc,
+                       const char **argv, const size_t *argvlen)
+    __attribute__((warn_unused_result));
+/* Writes commands queued so far now rather than on the next poll. */
+void redis_pool_flush(struct redis_pool *p);
+
+/* True when at least one command connection is READY. */
+bool redis_pool_up(const struct redis_pool *p);
+
+/* Starts the pub/sub connection; messages and its state go to fn(arg). */
+void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *arg);
+/* SUBSCRIBE / UNSUBSCRIBE a channel on the pub/sub connection. Channels are
+ * remembered and subscribed again after a reconnect. */
+void redis_pool_subscribe(struct redis_pool *p, const char *channel);
+void redis_pool_unsubscribe(struct redis_pool *p, const char *channel);
+bool redis_pool_pubsub_up(const struct redis_pool *p);
+
+#endif

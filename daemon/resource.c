@@ -1,0 +1,890 @@
+/*
+ * resource: coalesced cache-aside reads. See resource.h.
+ *
+ * A flush takes every queued entry of one resource and sends its keys as
+ * MGETs (one per max_batch_keys). The flight object waits for all of them,
+ * gathers the misses, and sends those as by_ids executions (again split at
+ * max_batch_keys): one of each per flush in the usual case. Entries loaded
+ * from PostgreSQL stay joinable until their SET is acknowledged, so a reader
+ * arriving in between neither queries again nor misses the cache.
+ *
+ * A missing row is cached as ABSENT_MARKER for negative_ttl seconds. The
+ * marker starts with a NUL byte, so it can never be a JSON document.
+ */
+#include "daemon/resource.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/auth.h"
+#include "daemon/log.h"
+#include "daemon/metrics.h"
+#include "daemon/pg_pool.h"
+#include "daemon/redis_pool.h"
+#include "daemon/req.h"
+#include "proto/batch.h"
+#include "proto/ids.h"
+#include "proto/json.h"
+#include "proto/mem.h"
+#include "proto/url.h"
+
+static const char ABSENT_MARKER[] = "\0batchd:absent";
+#define ABSENT_LEN (sizeof(ABSENT_MARKER) - 1)
+
+enum fail_kind { FAIL_NONE = 0, FAIL_DB_UNAVAILABLE, FAIL_QUERY, FAIL_DOCUMENT, FAIL_SHUTDOWN };
+
+static const double size_bounds[] = { 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000 };
+
+struct resource {
+    struct resource_set *set;
+    const struct cfg_resource *cfg;
+    int stmt;
+    struct batch_table table;
+    struct batch_entry *queue_head, **queue_tail;
+    unsigned n_queued;
+    uv_timer_t window;
+    bool window_armed;
+    uint64_t *m_hit, *m_miss, *m_absent, *m_pg_queries, *m_degraded, *m_joins, *m_writebacks;
+    uint64_t *m_err[5];
+    uint64_t *m_requests[3];
+    struct metric_hist *m_mget_keys, *m_query_ids;
+};
+
+struct resource_set {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    struct redis_pool *redis;
+    struct pg_pool *pg;
+    struct resource *res;
+    unsigned n;
+    uv_check_t check;
+    unsigned handles_open;
+    bool freeing;
+};
+
+/* One flush of one resource: its MGETs, then its misses. */
+struct flight {
+    struct resource *res;
+    unsigned outstanding;
+    struct batch_entry *misses;
+    unsigned n_misses;
+};
+
+struct chunk {
+    struct flight *flight;       /* MGET chunks */
+    struct resource *res;
+    uint64_t start_ns;
+    unsigned n;
+    struct batch_entry *entries[];
+};
+
+/* A client request waiting on its slots. */
+struct read {
+    struct batch_read rd;
+    struct resource *res;
+    struct req *r;
+    bool single;
+};
+
+/* --- helpers ---------------------------------------------------------------- */
+
+static void key_of(const struct resource *res, const char *id, size_t len, struct buf *out)
+{
+    url_template_expand(res->cfg->key, "id", str_make(id, len), out);
+}
+
+static uint32_t us_since(uint64_t start_ns)
+{
+    uint64_t us = (uv_hrtime() - start_ns) / 1000;
+    return us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+}
+
+static void answer(struct read *rd);
+
+static void answer_all(struct batch_read *done)
+{
+    while (done) {
+        struct batch_read *next = done->next_done;
+        answer((struct read *)done);
+        done = next;
+    }
+}
+
+static void queue_push(struct resource *res, struct batch_entry *e)
+{
+    e->next = NULL;
+    *res->queue_tail = e;
+    res->queue_tail = &e->next;
+    res->n_queued++;
+}
+
+/* --- answering ---------------------------------------------------------------- */
+
+static void append_timing(struct req *r, uint32_t cache_us, uint32_t db_us, bool used_cache, bool used_db)
+{
+    char v[96];
+    int n = 0;
+    if (used_cache)
+        n += snprintf(v + n, sizeof(v) - (size_t)n, "cache;dur=%.3f", cache_us / 1000.0);
+    if (used_db)
+        n += snprintf(v + n, sizeof(v) - (size_t)n, "%sdb;dur=%.3f", n ? ", " : "", db_us / 1000.0);
+    if (n)
+        req_add_header(r, "Server-Timing", v);
+}
+
+static void answer_failure(struct resource *res, struct req *r, enum fail_kind kind)
+{
+    switch (kind) {
+    case FAIL_QUERY:
+        req_error(r, 500, "query_failed");
+        break;
+    case FAIL_DOCUMENT:
+        req_error(r, 500, "invalid_document");
+        break;
+    default:
+        req_add_header(r, "Retry-After", "1");
+        req_error(r, 503, kind == FAIL_SHUTDOWN ? "shutting_down" : "db_unavailable");
+        break;
+    }
+    (void)res;
+}
+
+static void answer(struct read *rd)
+{
+    struct resource *res = rd->res;
+    struct req *r = rd->r;
+    enum fail_kind fail = FAIL_NONE;
+    uint32_t cache_us = 0, db_us = 0;
+    bool used_cache = false, used_db = false, all_cached = true;
+    for (unsigned i = 0; i < rd->rd.n; i++) {
+        struct batch_entry *e = rd->rd.slots[i];
+        if (e->result == BATCH_FAILED) {
+            if (fail == FAIL_NONE || e->err > (int)fail)
+                fail = (enum fail_kind)e->err;
+            continue;
+        }
+        if (e->cache_us) {
+            used_cache = true;
+            if (e->cache_us > cache_us)
+                cache_us = e->cache_us;
+        }
+        if (!e->from_cache) {
+            all_cached = false;
+            used_db = true;
+            if (e->db_us > db_us)
+                db_us = e->db_us;
+            (*res->m_miss)++;
+        } else if (e->result == BATCH_ABSENT) {
+            (*res->m_absent)++;
+        } else {
+            (*res->m_hit)++;
+        }
+    }
+    if (fail != FAIL_NONE) {
+        answer_failure(res, r, fail);
+    } else if (rd->single) {
+        struct batch_entry *e = rd->rd.slots[0];
+        req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
+        append_timing(r, cache_us, db_us, used_cache, used_db);
+        if (e->result == BATCH_FOUND)
+            req_respond(r, 200, "application/json", e->doc, e->doc_len);
+        else
+            req_error(r, 404, "not_found");
+    } else {
+        struct buf body = BUF_INIT;
+        size_t total = 2;
+        for (unsigned i = 0; i < rd->rd.n; i++)
+            total += (rd->rd.slots[i]->result == BATCH_FOUND ? rd->rd.slots[i]->doc_len : 4) + 1;
+        buf_reserve(&body, total);
+        buf_append_char(&body, '[');
+        for (unsigned i = 0; i < rd->rd.n; i++) {
+            struct batch_entry *e = rd->rd.slots[i];
+            if (i)
+                buf_append_char(&body, ',');
+            if (e->result == BATCH_FOUND)
+                buf_append(&body, e->doc, e->doc_len);
+            else
+                buf_append(&body, "null", 4);
+        }
+        buf_append_char(&body, ']');
+        req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
+        append_timing(r, cache_us, db_us, used_cache, used_db);
+        req_respond_buf(r, 200, "application/json", &body);
+        buf_deinit(&body);
+    }
+    batch_read_release(&rd->rd);
+    free(rd);
+}
+
+/* --- write-back ------------------------------------------------------------------ */
+
+static void writeback_cb(void *ctx, const redisReply *reply, int err)
+{
+    struct batch_entry *e = ctx;
+    struct resource *res = e->owner;
+    (void)reply;
+    (void)err;
+    /* Written (or not): either way the next reader asks Redis again. */
+    if (res && !res->set->freeing)
+        batch_table_remove(&res->table, e);
+    batch_entry_unref(e);
+}
+
+/* Caches a PostgreSQL result. The entry stays joinable until Redis
+ * acknowledges, so a reader in between gets it without a second query. */
+static void write_back(struct resource *res, struct batch_entry *e)
+{
+    struct redis_pool *redis = res->set->redis;
+    int64_t ttl = e->result == BATCH_FOUND ? res->cfg->ttl : res->cfg->negative_ttl;
+    if (redis == NULL || e->result == BATCH_FAILED || ttl <= 0) {
+        batch_table_remove(&res->table, e);
+        return;
+    }
+    struct buf key = BUF_INIT;
+    key_of(res, e->id, e->id_len, &key);
+    char ttl_s[24];
+    snprintf(ttl_s, sizeof(ttl_s), "%lld", (long long)ttl);
+    const char *argv[5] = { "SET", key.data, e->result == BATCH_FOUND ? e->doc : ABSENT_MARKER, "EX", ttl_s };
+    size_t lens[5] = { 3, key.len, e->result == BATCH_FOUND ? e->doc_len : ABSENT_LEN, 2, strlen(ttl_s) };
+    e->owner = res;
+    batch_entry_ref(e);
+    if (redis_pool_command(redis, writeback_cb, e, 5, argv, lens) != 0) {
+        batch_entry_unref(e);
+        batch_table_remove(&res->table, e);
+    } else {
+        (*res->m_writebacks)++;
+    }
+    buf_deinit(&key);
+}
+
+/* --- PostgreSQL ---------------------------------------------------------------------- */
+
+static struct batch_entry *chunk_find(struct chunk *ch, const char *id, size_t len)
+{
+    struct batch_entry *e = batch_table_find(&ch->res->table, id, len);
+    if (e && e->owner == ch)
+        return e;
+    for (unsigned i = 0; i < ch->n; i++) { /* removed from the table meanwhile */
+        e = ch->entries[i];
+        if (e->owner == ch && e->id_len == len && memcmp(e->id, id, len) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static void db_cb(void *ctx, const PGresult *pgres, int err)
+{
+    struct chunk *ch = ctx;
+    struct resource *res = ch->res;
+    struct batch_read *done = NULL;
+    uint32_t us = us_since(ch->start_ns);
+    if (err != 0) {
+        enum fail_kind kind = err == -EIO ? FAIL_QUERY
+                            : err == -ECANCELED ? FAIL_SHUTDOWN
+                                                : FAIL_DB_UNAVAILABLE;
+        (*res->m_err[kind])++;
+        if (err == -EIO)
+            log_error("by_ids failed", "resource=%s err=%s", res->cfg->name,
+                      LOG_Q(pgres ? PQresultErrorMessage(pgres) : "?"));
+        for (unsigned i = 0; i < ch->n; i++) {
+            struct batch_entry *e = ch->entries[i];
+            e->db_us = us;
+            batch_entry_resolve(e, BATCH_FAILED, kind, NULL, 0, &done);
+            batch_table_remove(&res->table, e); /* a failed load is never cached */
+        }
+    } else {
+        bool shape_ok = PQnfields(pgres) >= 2;
+        int rows = shape_ok ? PQntuples(pgres) : 0;
+        if (!shape_ok)
+            log_error("by_ids must return (id, document)", "resource=%s columns=%d", res->cfg->name,
+                      PQnfields(pgres));
+        for (int i = 0; i < rows; i++) {
+            if (PQgetisnull(pgres, i, 0))
+                continue;
+            const char *id = PQgetvalue(pgres, i, 0);
+            struct batch_entry *e = chunk_find(ch, id, (size_t)PQgetlength(pgres, i, 0));
+            if (e == NULL || e->state != BATCH_DB)
+                continue; /* not asked for, or a duplicate row */
+            e->db_us = us;
+            const char *doc = PQgetvalue(pgres, i, 1);
+            size_t len = (size_t)PQgetlength(pgres, i, 1);
+            if (PQgetisnull(pgres, i, 1)) {
+                batch_entry_resolve(e, BATCH_ABSENT, 0, NULL, 0, &done);
+            } else if (!json_valid(doc, len)) {
+                (*res->m_err[FAIL_DOCUMENT])++;
+                log_warn("by_ids returned a document that is not JSON", "resource=%s id=%s",
+                         res->cfg->name, LOG_Q(e->id));
+                batch_entry_resolve(e, BATCH_FAILED, FAIL_DOCUMENT, NULL, 0, &done);
+            } else {
+                batch_entry_resolve(e, BATCH_FOUND, 0, doc, len, &done);
+            }
+            write_back(res, e);
+        }
+        for (unsigned i = 0; i < ch->n; i++) {
+            struct batch_entry *e = ch->entries[i];
+            if (e->state != BATCH_DB)
+                continue;
+            e->db_us = us;
+            batch_entry_resolve(e, shape_ok ? BATCH_ABSENT : BATCH_FAILED, shape_ok ? 0 : FAIL_QUERY,
+                                NULL, 0, &done);
+            write_back(res, e);
+        }
+        if (res->set->redis)
+            redis_pool_flush(res->set->redis);
+    }
+    for (unsigned i = 0; i < ch->n; i++)
+        batch_entry_unref(ch->entries[i]);
+    free(ch);
+    answer_all(done);
+}
+
+static void fail_entries(struct resource *res, struct batch_entry *list, enum fail_kind kind,
+                         struct batch_read **done)
+{
+    while (list) {
+        struct batch_entry *next = list->next;
+        (*res->m_err[kind])++;
+        batch_entry_resolve(list, BATCH_FAILED, kind, NULL, 0, done);
+        batch_table_remove(&res->table, list);
+        batch_entry_unref(list);
+        list = next;
+    }
+}
+
+/* The MGETs of a flush are all in: query the misses. */
+static void flight_db(struct flight *f)
+{
+    struct resource *res = f->res;
+    struct pg_pool *pg = res->set->pg;
+    struct batch_read *done = NULL;
+    struct batch_entry *e = f->misses;
+    if (pg == NULL || !pg_pool_up(pg)) {
+        fail_entries(res, e, FAIL_DB_UNAVAILABLE, &done);
+        e = NULL;
+    }
+    while (e) {
+        unsigned n = 0;
+        for (struct batch_entry *x = e; x && n < (unsigned)res->cfg->max_batch_keys; x = x->next)
+            n++;
+        struct chunk *ch = mem_alloc(sizeof(*ch) + n * sizeof(ch->entries[0]));
+        ch->flight = NULL;
+        ch->res = res;
+        ch->n = n;
+        ch->start_ns = uv_hrtime();
+        struct buf param = BUF_INIT;
+        buf_append_char(&param, '{');
+        for (unsigned i = 0; i < n; i++) {
+            struct batch_entry *next = e->next;
+            e->next = NULL;
+            e->state = BATCH_DB;
+            e->owner = ch;
+            ch->entries[i] = e; /* takes over the flight's reference */
+            if (i)
+                buf_append_char(&param, ',');
+            buf_append_char(&param, '"');
+            buf_append(&param, e->id, e->id_len);
+            buf_append_char(&param, '"');
+            e = next;
+        }
+        buf_append_char(&param, '}');
+        metrics_observe(res->m_query_ids, n);
+        if (pg_pool_exec(pg, res->stmt, param.data, param.len, n, db_cb, ch) == 0) {
+            (*res->m_pg_queries)++;
+        } else {
+            for (unsigned i = 0; i < n; i++) {
+                ch->entries[i]->next = i + 1 < n ? ch->entries[i + 1] : NULL;
+            }
+            fail_entries(res, ch->entries[0], FAIL_DB_UNAVAILABLE, &done);
+            free(ch);
+        }
+        buf_deinit(&param);
+    }
+    free(f);
+    answer_all(done);
+}
+
+/* --- Redis ------------------------------------------------------------------------------ */
+
+static void add_miss(struct flight *f, struct batch_entry *e)
+{
+    e->next = f->misses;
+    f->misses = e;
+    f->n_misses++;
+}
+
+static void mget_cb(void *ctx, const redisReply *reply, int err)
+{
+    struct chunk *ch = ctx;
+    struct flight *f = ch->flight;
+    struct resource *res = f->res;
+    struct batch_read *done = NULL;
+    uint32_t us = us_since(ch->start_ns);
+    bool ok = err == 0 && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == ch->n;
+    if (!ok && !res->set->freeing)
+        (*res->m_degraded) += ch->n;
+    for (unsigned i = 0; i < ch->n; i++) {
+        struct batch_entry *e = ch->entries[i];
+        e->cache_us = us;
+        if (e->state != BATCH_CACHE) {
+            batch_entry_unref(e);
+            continue;
+        }
+        const redisReply *el = ok ? reply->element[i] : NULL;
+        if (el && el->type == REDIS_REPLY_STRING) {
+            if (el->len == ABSENT_LEN && memcmp(el->str, ABSENT_MARKER, ABSENT_LEN) == 0) {
+                e->from_cache = true;
+                batch_entry_resolve(e, BATCH_ABSENT, 0, NULL, 0, &done);
+            } else if (json_valid(el->str, el->len)) {
+                e->from_cache = true;
+                batch_entry_resolve(e, BATCH_FOUND, 0, el->str, el->len, &done);
+            } else {
+                (*res->m_err[0])++; /* invalid cached value: heal it from PostgreSQL */
+            }
+        }
+        if (e->state == BATCH_DONE) {
+            batch_table_remove(&res->table, e);
+            batch_entry_unref(e);
+        } else {
+            add_miss(f, e); /* the flight takes the chunk's reference */
+        }
+    }
+    free(ch);
+    answer_all(done);
+    if (--f->outstanding == 0)
+        flight_db(f);
+}
+
+static void resource_flush(struct resource *res)
+{
+    struct redis_pool *redis = res->set->redis;
+    struct batch_entry *e = res->queue_head;
+    res->queue_head = NULL;
+    res->queue_tail = &res->queue_head;
+    res->n_queued = 0;
+    if (e == NULL)
+        return;
+    struct flight *f = mem_calloc(1, sizeof(*f));
+    f->res = res;
+    f->outstanding = 1; /* held until every MGET is sent */
+    bool cache = redis != NULL && redis_pool_up(redis);
+    while (e) {
+        if (!cache) {
+            struct batch_entry *next = e->next;
+            if (redis)
+                (*res->m_degraded)++;
+            batch_entry_ref(e);
+            add_miss(f, e);
+            e = next;
+            continue;
+        }
+        unsigned n = 0;
+        for (struct batch_entry *x = e; x && n < (unsigned)res->cfg->max_batch_keys; x = x->next)
+            n++;
+        struct chunk *ch = mem_alloc(sizeof(*ch) + n * sizeof(ch->entries[0]));
+        ch->flight = f;
+        ch->res = res;
+        ch->n = n;
+        ch->start_ns = uv_hrtime();
+        struct buf keys = BUF_INIT;
+        size_t *offs = mem_alloc((n + 1) * sizeof(size_t));
+        const char **argv = mem_alloc((n + 1) * sizeof(char *));
+        size_t *lens = mem_alloc((n + 1) * sizeof(size_t));
+        for (unsigned i = 0; i < n; i++) {
+            struct batch_entry *next = e->next;
+            e->next = NULL;
+            e->state = BATCH_CACHE;
+            batch_entry_ref(e);
+            ch->entries[i] = e;
+            offs[i] = keys.len;
+            key_of(res, e->id, e->id_len, &keys);
+            lens[i + 1] = keys.len - offs[i];
+            e = next;
+        }
+        argv[0] = "MGET";
+        lens[0] = 4;
+        for (unsigned i = 0; i < n; i++)
+            argv[i + 1] = keys.data + offs[i];
+        metrics_observe(res->m_mget_keys, n);
+        if (redis_pool_command(redis, mget_cb, ch, (int)n + 1, argv, lens) == 0) {
+            f->outstanding++;
+        } else {
+            (*res->m_degraded) += n;
+            for (unsigned i = 0; i < n; i++)
+                add_miss(f, ch->entries[i]);
+            free(ch);
+        }
+        buf_deinit(&keys);
+        free(offs);
+        free(argv);
+        free(lens);
+    }
+    if (cache)
+        redis_pool_flush(redis);
+    if (--f->outstanding == 0)
+        flight_db(f);
+}
+
+static void check_cb(uv_check_t *h)
+{
+    struct resource_set *s = h->data;
+    for (unsigned i = 0; i < s->n; i++) {
+        struct resource *res = &s->res[i];
+        if (res->n_queued && res->cfg->batch_window_us == 0)
+            resource_flush(res);
+    }
+}
+
+static void window_cb(uv_timer_t *t)
+{
+    struct resource *res = t->data;
+    res->window_armed = false;
+    resource_flush(res);
+}
+
+/* --- requests ------------------------------------------------------------------------------- */
+
+static void start_read(struct resource *res, struct req *r, const struct id_list *ids, bool single)
+{
+    struct read *rd = mem_calloc(1, sizeof(*rd));
+    batch_read_init(&rd->rd, ids->n);
+    rd->res = res;
+    rd->r = r;
+    rd->single = single;
+    for (unsigned i = 0; i < ids->n; i++) {
+        str_t id = id_list_get(ids, i);
+        bool created;
+        struct batch_entry *e = batch_table_get(&res->table, id.p, id.len, &created);
+        if (created)
+            queue_push(res, e);
+        else
+            (*res->m_joins)++;
+        batch_read_set(&rd->rd, i, e);
+    }
+    if (rd->rd.pending == 0) {
+        answer(rd);
+        return;
+    }
+    if (res->cfg->batch_window_us > 0 && !res->window_armed && res->n_queued) {
+        res->window_armed = true;
+        uv_timer_start(&res->window, window_cb, (uint64_t)(res->cfg->batch_window_us + 999) / 1000, 0);
+    }
+}
+
+static void bad_ids(struct req *r, int rc)
+{
+    req_error(r, 400, rc == -E2BIG ? "too_many_ids" : "invalid_id");
+}
+
+static void handle_single(struct req *r, void *data)
+{
+    struct resource *res = data;
+    (*res->m_requests[0])++;
+    struct buf raw = BUF_INIT;
+    struct id_list ids;
+    id_list_init(&ids);
+    int rc = req_param_decoded(r, "id", &raw);
+    if (rc == 0)
+        rc = id_list_add(&ids, raw.data, raw.len, 1);
+    if (rc != 0)
+        bad_ids(r, rc);
+    else
+        start_read(res, r, &ids, true);
+    id_list_deinit(&ids);
+    buf_deinit(&raw);
+}
+
+static void handle_list(struct req *r, void *data)
+{
+    struct resource *res = data;
+    (*res->m_requests[1])++;
+    struct id_list ids;
+    id_list_init(&ids);
+    str_t rest = r->msg.query, k, v;
+    struct buf key = BUF_INIT, val = BUF_INIT;
+    bool seen = false;
+    int rc = 0;
+    while (rc == 0 && url_query_next(&rest, &k, &v)) {
+        buf_reset(&key);
+        if (url_decode(k, true, &key) != 0 || !str_eq(buf_str(&key), STR_LIT("ids")))
+            continue;
+        seen = true;
+        buf_reset(&val);
+        rc = url_decode(v, true, &val) != 0 ? -EINVAL
+                                             : id_list_add_csv(&ids, buf_str(&val), (unsigned)res->cfg->max_ids);
+    }
+    if (rc != 0)
+        bad_ids(r, rc);
+    else if (!seen)
+        req_error(r, 400, "missing_ids");
+    else
+        start_read(res, r, &ids, false);
+    buf_deinit(&key);
+    buf_deinit(&val);
+    id_list_deinit(&ids);
+}
+
+static void handle_batch(struct req *r, void *data)
+{
+    struct resource *res = data;
+    (*res->m_requests[2])++;
+    json_error_t jerr;
+    json_t *doc = json_loadb(r->msg.body.data ? r->msg.body.data : "", r->msg.body.len, 0, &jerr);
+    json_t *arr = doc ? json_object_get(doc, "ids") : NULL;
+    if (doc == NULL || !json_is_object(doc)) {
+        req_error(r, 400, "bad_json");
+    } else if (!json_is_array(arr)) {
+        req_error(r, 400, "missing_ids");
+    } else {
+        struct id_list ids;
+        id_list_init(&ids);
+        int rc = 0;
+        size_t i;
+        json_t *v;
+        json_array_foreach(arr, i, v) {
+            if (!json_is_string(v)) {
+                rc = -EINVAL;
+                break;
+            }
+            rc = id_list_add(&ids, json_string_value(v), json_string_length(v), (unsigned)res->cfg->max_ids);
+            if (rc != 0)
+                break;
+        }
+        if (rc != 0)
+            bad_ids(r, rc);
+        else if (ids.n == 0)
+            req_error(r, 400, "missing_ids");
+        else
+            start_read(res, r, &ids, false);
+        id_list_deinit(&ids);
+    }
+    json_decref(doc);
+}
+
+struct purge {
+    struct req *r;
+    char id[IDS_MAX_LEN + 1];
+};
+
+static void purge_done_cb(void *ctx, int err)
+{
+    struct purge *p = ctx;
+    if (err < 0) {
+        req_add_header(p->r, "Retry-After", "1");
+        req_error(p->r, 503, "cache_unavailable");
+    } else {
+        struct buf body = BUF_INIT;
+        buf_append_str(&body, "{\"purged\":");
+        json_append_string(&body, p->id, strlen(p->id));
+        buf_append_str(&body, "}\n");
+        req_respond_buf(p->r, 200, "application/json", &body);
+        buf_deinit(&body);
+    }
+    free(p);
+}
+
+static void handle_purge(struct req *r, void *data)
+{
+    struct resource *res = data;
+    if (auth_require(r, res->set->cfg->batchd.admin_token) != 0)
+        return;
+    struct buf raw = BUF_INIT;
+    if (req_param_decoded(r, "id", &raw) != 0 || !ids_valid(raw.data, raw.len)) {
+        req_error(r, 400, "invalid_id");
+    } else {
+        struct purge *p = mem_calloc(1, sizeof(*p));
+        p->r = r;
+        memcpy(p->id, raw.data, raw.len);
+        if (resource_set_invalidate(res->set, res->cfg->name, raw.data, raw.len, purge_done_cb, p) != 0)
+            purge_done_cb(p, -EAGAIN);
+    }
+    buf_deinit(&raw);
+}
+
+/* --- invalidation ------------------------------------------------------------------------------- */
+
+struct invalidation {
+    void (*cb)(void *ctx, int err);
+    void *ctx;
+};
+
+static void del_cb(void *ctx, const redisReply *reply, int err)
+{
+    struct invalidation *inv = ctx;
+    if (err == 0 && reply && reply->type == REDIS_REPLY_ERROR)
+        err = -EIO;
+    if (inv->cb)
+        inv->cb(inv->ctx, err);
+    free(inv);
+}
+
+int resource_set_invalidate(struct resource_set *s, const char *resource, const char *id,
+                            size_t id_len, void (*cb)(void *ctx, int err), void *ctx)
+{
+    struct resource *res = NULL;
+    for (unsigned i = 0; i < s->n; i++)
+        if (strcmp(s->res[i].cfg->name, resource) == 0)
+            res = &s->res[i];
+    if (res == NULL || s->redis == NULL)
+        return -ENOENT;
+    /* Readers after this point start a fresh load instead of joining one
+     * that may carry the old value. */
+    struct batch_entry *e = batch_table_find(&res->table, id, id_len);
+    if (e && e->state != BATCH_QUEUED)
+        batch_table_remove(&res->table, e);
+    struct buf key = BUF_INIT;
+    key_of(res, id, id_len, &key);
+    const char *argv[2] = { "DEL", key.data };
+    size_t lens[2] = { 3, key.len };
+    struct invalidation *inv = mem_alloc(sizeof(*inv));
+    inv->cb = cb;
+    inv->ctx = ctx;
+    int rc = redis_pool_command(s->redis, del_cb, inv, 2, argv, lens);
+    buf_deinit(&key);
+    if (rc != 0) {
+        free(inv);
+        return rc;
+    }
+    redis_pool_flush(s->redis);
+    return 0;
+}
+
+/* --- set ------------------------------------------------------------------------------------------- */
+
+static void resource_metrics(struct resource *res)
+{
+    char l[160];
+    const char *n = res->cfg->name;
+    const char *h = "Ids answered, by where the answer came from: hit (Redis), absent (cached as missing), miss (PostgreSQL).";
+    snprintf(l, sizeof(l), "resource=\"%s\",result=\"hit\"", n);
+    res->m_hit = metrics_counter("batchd_cache_results_total", l, h);
+    snprintf(l, sizeof(l), "resource=\"%s\",result=\"miss\"", n);
+    res->m_miss = metrics_counter("batchd_cache_results_total", l, h);
+    snprintf(l, sizeof(l), "resource=\"%s\",result=\"absent\"", n);
+    res->m_absent = metrics_counter("batchd_cache_results_total", l, h);
+    snprintf(l, sizeof(l), "resource=\"%s\"", n);
+    res->m_pg_queries = metrics_counter("batchd_pg_queries_total", l, "by_ids executions.");
+    res->m_degraded = metrics_counter("batchd_cache_degraded_total", l,
+                                      "Ids read from PostgreSQL without asking Redis, because Redis was unavailable.");
+    res->m_joins = metrics_counter("batchd_singleflight_joins_total", l,
+                                   "Ids that joined a load already in flight instead of starting one.");
+    res->m_writebacks = metrics_counter("batchd_cache_writebacks_total", l,
+                                        "SETs that cache a PostgreSQL result (found or absent).");
+    res->m_mget_keys = metrics_histogram("batchd_mget_keys", l, "Keys per MGET.", size_bounds,
+                                         sizeof(size_bounds) / sizeof(double));
+    res->m_query_ids = metrics_histogram("batchd_by_ids_ids", l, "Ids per by_ids execution.",
+                                         size_bounds, sizeof(size_bounds) / sizeof(double));
+    static const char *const errs[5] = { "invalid_cached", "db_unavailable", "query_failed",
+                                         "invalid_document", "shutdown" };
+    for (int i = 0; i < 5; i++) {
+        snprintf(l, sizeof(l), "resource=\"%s\",kind=\"%s\"", n, errs[i]);
+        res->m_err[i] = metrics_counter("batchd_resource_errors_total", l,
+                                        "Read problems: cached values that were not JSON (healed), PostgreSQL unavailable, query errors, bad documents.");
+    }
+    static const char *const kinds[3] = { "single", "list", "batch" };
+    for (int i = 0; i < 3; i++) {
+        snprintf(l, sizeof(l), "resource=\"%s\",kind=\"%s\"", n, kinds[i]);
+        res->m_requests[i] = metrics_counter("batchd_resource_requests_total", l,
+                                             "Read requests, by form: /{id}, ?ids=, _batch.");
+    }
+}
+
+static void set_handle_closed(struct resource_set *s)
+{
+    if (--s->handles_open == 0) {
+        free(s->res);
+        free(s);
+    }
+}
+
+static void check_closed_cb(uv_handle_t *h)
+{
+    set_handle_closed(h->data);
+}
+
+static void window_closed_cb(uv_handle_t *h)
+{
+    set_handle_closed(((struct resource *)h->data)->set);
+}
+
+struct resource_set *resource_set_new(uv_loop_t *loop, const struct config *cfg,
+                                      struct redis_pool *redis, struct pg_pool *pg)
+{
+    struct resource_set *s = mem_calloc(1, sizeof(*s));
+    s->loop = loop;
+    s->cfg = cfg;
+    s->redis = redis;
+    s->pg = pg;
+    s->n = cfg->n_resources;
+    s->res = mem_calloc(s->n ? s->n : 1, sizeof(*s->res));
+    for (unsigned i = 0; i < s->n; i++) {
+        struct resource *res = &s->res[i];
+        res->set = s;
+        res->cfg = &cfg->resources[i];
+        res->queue_tail = &res->queue_head;
+        batch_table_init(&res->table);
+        res->stmt = pg ? pg_pool_prepare(pg, res->cfg->by_ids) : -1;
+        uv_timer_init(loop, &res->window);
+        res->window.data = res;
+        uv_unref((uv_handle_t *)&res->window);
+        s->handles_open++;
+        resource_metrics(res);
+        if (redis == NULL)
+            log_warn("resource has no cache", "resource=%s hint=\"add a [redis] section\"", res->cfg->name);
+    }
+    uv_check_init(loop, &s->check);
+    s->check.data = s;
+    s->handles_open++;
+    uv_check_start(&s->check, check_cb);
+    uv_unref((uv_handle_t *)&s->check);
+    return s;
+}
+
+void resource_set_add_routes(struct resource_set *s, struct router *rt)
+{
+    for (unsigned i = 0; i < s->n; i++) {
+        struct resource *res = &s->res[i];
+        struct buf p = BUF_INIT;
+        buf_appendf(&p, "%s/{id}", res->cfg->path);
+        router_add(rt, ROUTE_M(HTTP_GET), p.data, handle_single, res, 0);
+        router_add(rt, ROUTE_M(HTTP_PURGE), p.data, handle_purge, res, 0);
+        buf_reset(&p);
+        buf_appendf(&p, "%s/_batch", res->cfg->path);
+        router_add(rt, ROUTE_M(HTTP_POST), p.data, handle_batch, res, 0);
+        router_add(rt, ROUTE_M(HTTP_GET), res->cfg->path, handle_list, res, 0);
+        buf_deinit(&p);
+    }
+}
+
+const char *resource_set_not_ready(const struct resource_set *s)
+{
+    if (s->n == 0)
+        return NULL;
+    if ((s->pg && pg_pool_up(s->pg)) || (s->redis && redis_pool_up(s->redis)))
+        return NULL;
+    return "no_backend";
+}
+
+void resource_set_free(struct resource_set *s)
+{
+    if (s == NULL)
+        return;
+    s->freeing = true;
+    for (unsigned i = 0; i < s->n; i++) {
+        struct resource *res = &s->res[i];
+        struct batch_read *done = NULL;
+        struct batch_entry *e = res->queue_head;
+        res->queue_head = NULL;
+        res->queue_tail = &res->queue_head;
+        while (e) {
+            struct batch_entry *next = e->next;
+            batch_entry_resolve(e, BATCH_FAILED, FAIL_SHUTDOWN, NULL, 0, &done);
+            e = next;
+        }
+        answer_all(done);
+        batch_table_deinit(&res->table);
+        uv_close((uv_handle_t *)&res->window, window_closed_cb);
+    }
+    uv_close((uv_handle_t *)&s->check, check_closed_cb);
+}

@@ -1,0 +1,197 @@
+/* batch: coalesced-read bookkeeping. See batch.h. */
+#include "proto/batch.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/mem.h"
+
+static uint32_t hash_id(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+void batch_table_init(struct batch_table *t)
+{
+    t->nbuckets = 64;
+    t->buckets = mem_calloc(t->nbuckets, sizeof(*t->buckets));
+    t->count = 0;
+}
+
+void batch_table_deinit(struct batch_table *t)
+{
+    for (unsigned i = 0; i < t->nbuckets; i++) {
+        struct batch_entry *e = t->buckets[i];
+        while (e) {
+            struct batch_entry *next = e->hnext;
+            e->in_table = false;
+            e->hnext = NULL;
+            batch_entry_unref(e);
+            e = next;
+        }
+    }
+    free(t->buckets);
+    t->buckets = NULL;
+    t->nbuckets = t->count = 0;
+}
+
+static void grow(struct batch_table *t)
+{
+    unsigned n = t->nbuckets * 2;
+    struct batch_entry **b = mem_calloc(n, sizeof(*b));
+    for (unsigned i = 0; i < t->nbuckets; i++) {
+        struct batch_entry *e = t->buckets[i];
+        while (e) {
+            struct batch_entry *next = e->hnext;
+            e->hnext = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+            e = next;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
+}
+
+static struct batch_entry *lookup(const struct batch_table *t, const char *id, size_t len, uint32_t h)
+{
+    for (struct batch_entry *e = t->buckets[h & (t->nbuckets - 1)]; e; e = e->hnext)
+        if (e->hash == h && e->id_len == len && memcmp(e->id, id, len) == 0)
+            return e;
+    return NULL;
+}
+
+struct batch_entry *batch_table_find(const struct batch_table *t, const char *id, size_t len)
+{
+    return lookup(t, id, len, hash_id(id, len));
+}
+
+struct batch_entry *batch_table_get(struct batch_table *t, const char *id, size_t len, bool *created)
+{
+    uint32_t h = hash_id(id, len);
+    struct batch_entry *e = lookup(t, id, len, h);
+    if (e) {
+        *created = false;
+        return e;
+    }
+    if (t->count >= t->nbuckets * 2)
+        grow(t);
+    e = mem_calloc(1, sizeof(*e) + len + 1);
+    e->hash = h;
+    e->refs = 1; /* the table's */
+    e->state = BATCH_QUEUED;
+    e->in_table = true;
+    e->id_len = (uint16_t)len;
+    memcpy(e->id, id, len);
+    e->id[len] = '\0';
+    e->hnext = t->buckets[h & (t->nbuckets - 1)];
+    t->buckets[h & (t->nbuckets - 1)] = e;
+    t->count++;
+    *created = true;
+    return e;
+}
+
+void batch_table_remove(struct batch_table *t, struct batch_entry *e)
+{
+    if (!e->in_table)
+        return;
+    for (struct batch_entry **pp = &t->buckets[e->hash & (t->nbuckets - 1)]; *pp; pp = &(*pp)->hnext) {
+        if (*pp == e) {
+            *pp = e->hnext;
+            break;
+        }
+    }
+    e->hnext = NULL;
+    e->in_table = false;
+    t->count--;
+    batch_entry_unref(e);
+}
+
+void batch_entry_ref(struct batch_entry *e)
+{
+    e->refs++;
+}
+
+void batch_entry_unref(struct batch_entry *e)
+{
+    if (--e->refs > 0)
+        return;
+    free(e->doc);
+    free(e->waiters);
+    free(e);
+}
+
+void batch_read_init(struct batch_read *rd, unsigned n)
+{
+    rd->n = n;
+    rd->pending = 0;
+    rd->slots = mem_calloc(n ? n : 1, sizeof(*rd->slots));
+    rd->next_done = NULL;
+}
+
+void batch_read_set(struct batch_read *rd, unsigned i, struct batch_entry *e)
+{
+    batch_entry_ref(e);
+    rd->slots[i] = e;
+    if (e->state == BATCH_DONE)
+        return;
+    rd->pending++;
+    if (e->n_waiters == e->cap_waiters) {
+        e->cap_waiters = e->cap_waiters ? e->cap_waiters * 2 : 2;
+        e->waiters = mem_realloc(e->waiters, e->cap_waiters * sizeof(*e->waiters));
+    }
+    e->waiters[e->n_waiters++] = (struct batch_waiter){ rd, i };
+}
+
+void batch_read_release(struct batch_read *rd)
+{
+    for (unsigned i = 0; i < rd->n; i++) {
+        struct batch_entry *e = rd->slots[i];
+        if (e == NULL)
+            continue;
+        /* A read that gives up early stops waiting. */
+        if (e->state != BATCH_DONE) {
+            for (unsigned w = 0; w < e->n_waiters; w++) {
+                if (e->waiters[w].rd == rd) {
+                    e->waiters[w] = e->waiters[--e->n_waiters];
+                    w--;
+                }
+            }
+        }
+        batch_entry_unref(e);
+    }
+    free(rd->slots);
+    rd->slots = NULL;
+    rd->n = 0;
+}
+
+void batch_entry_resolve(struct batch_entry *e, enum batch_result result, int err,
+                         const char *doc, size_t doc_len, struct batch_read **done)
+{
+    if (e->state == BATCH_DONE)
+        return;
+    e->state = BATCH_DONE;
+    e->result = result;
+    e->err = err;
+    if (result == BATCH_FOUND) {
+        e->doc = mem_alloc(doc_len + 1);
+        memcpy(e->doc, doc, doc_len);
+        e->doc[doc_len] = '\0';
+        e->doc_len = doc_len;
+    }
+    for (unsigned w = 0; w < e->n_waiters; w++) {
+        struct batch_read *rd = e->waiters[w].rd;
+        if (--rd->pending == 0) {
+            rd->next_done = *done;
+            *done = rd;
+        }
+    }
+    free(e->waiters);
+    e->waiters = NULL;
+    e->n_waiters = e->cap_waiters = 0;
+}

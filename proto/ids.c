@@ -1,0 +1,82 @@
+/* ids: id validation, id lists and their PostgreSQL array form. See ids.h. */
+#include "proto/ids.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "proto/mem.h"
+
+bool ids_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > IDS_MAX_LEN)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '.' || c == ':' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+void id_list_init(struct id_list *l)
+{
+    *l = (struct id_list){ .bytes = BUF_INIT };
+}
+
+void id_list_deinit(struct id_list *l)
+{
+    buf_deinit(&l->bytes);
+    free(l->off);
+    free(l->len);
+    *l = (struct id_list){ .bytes = BUF_INIT };
+}
+
+int id_list_add(struct id_list *l, const char *s, size_t n, unsigned max)
+{
+    if (!ids_valid(s, n))
+        return -EINVAL;
+    if (l->n >= max)
+        return -E2BIG;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 8;
+        l->off = mem_realloc(l->off, l->cap * sizeof(*l->off));
+        l->len = mem_realloc(l->len, l->cap * sizeof(*l->len));
+    }
+    l->off[l->n] = (uint32_t)l->bytes.len;
+    l->len[l->n] = (uint8_t)n;
+    l->n++;
+    buf_append(&l->bytes, s, n);
+    return 0;
+}
+
+int id_list_add_csv(struct id_list *l, str_t csv, unsigned max)
+{
+    size_t i = 0;
+    for (;;) {
+        size_t start = i;
+        while (i < csv.len && csv.p[i] != ',')
+            i++;
+        int rc = id_list_add(l, csv.p + start, i - start, max);
+        if (rc != 0)
+            return rc;
+        if (i == csv.len)
+            return 0;
+        i++; /* skip ',' */
+    }
+}
+
+void ids_append_pg_array(struct buf *out, const struct id_list *l)
+{
+    buf_append_char(out, '{');
+    for (unsigned i = 0; i < l->n; i++) {
+        if (i)
+            buf_append_char(out, ',');
+        /* Valid ids hold no '"' or '\\', but quoting keeps "NULL" an id. */
+        buf_append_char(out, '"');
+        buf_append(out, l->bytes.data + l->off[i], l->len[i]);
+        buf_append_char(out, '"');
+    }
+    buf_append_char(out, '}');
+}
