@@ -24,6 +24,8 @@
 #include "daemon/resource.h"
 #include "daemon/router.h"
 #include "daemon/server.h"
+#include "proto/batch.h"
+#include "proto/json.h"
 #include "proto/mem.h"
 
 struct app {
@@ -147,6 +149,7 @@ int app_run(struct config *cfg)
     ops_init(ready_check, a);
 
     srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
+    json_cache_seed(((uint64_t)random() << 32) ^ (uint64_t)random() ^ uv_hrtime());
     if (cfg->has_redis)
         a->redis = redis_pool_new(&a->loop, &cfg->redis, cfg->batchd.slow_ms);
     if (cfg->has_postgres)
@@ -183,6 +186,7 @@ run:
     if (code == 0)
         log_info("stopped", "");
     req_pool_drain();
+    batch_pool_drain();
     metrics_free_all();
     config_free(a->cfg);
     free(a);

@@ -49,6 +49,11 @@ void redis_pool_free(struct redis_pool *p);
 int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int argc,
                        const char **argv, const size_t *argvlen)
     __attribute__((warn_unused_result));
+/* Keeps a reply given to a redis_reply_fn (the top-level one) valid after
+ * the callback returns, strings included; each retain needs one release. */
+void *redis_reply_retain(const redisReply *reply);
+void redis_reply_release(void *ref);
+
 /* Writes commands queued so far now rather than on the next poll. */
 void redis_pool_flush(struct redis_pool *p);
 

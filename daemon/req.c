@@ -299,6 +299,13 @@ void req_respond_buf(struct req *r, int status, const char *content_type, struct
     finish(r, status, content_type);
 }
 
+void req_respond_body(struct req *r, int status, const char *content_type)
+{
+    r->body_ptr = r->body.data;
+    r->body_len = r->body.len;
+    finish(r, status, content_type);
+}
+
 void req_respond_static(struct req *r, int status, const char *content_type, const char *body,
                         size_t len)
 {

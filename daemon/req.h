@@ -112,6 +112,9 @@ void req_respond(struct req *r, int status, const char *content_type, const void
                  size_t len);
 /* Same, taking over `body`'s memory (body is left empty). */
 void req_respond_buf(struct req *r, int status, const char *content_type, struct buf *body);
+/* Same, with the body the handler built in r->body (whose memory is
+ * recycled with the request: no allocation in the common case). */
+void req_respond_body(struct req *r, int status, const char *content_type);
 /* Same, with bytes that outlive the request (string literals). */
 void req_respond_static(struct req *r, int status, const char *content_type, const char *body,
                        size_t len);

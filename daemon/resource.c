@@ -41,6 +41,10 @@ struct resource {
     struct resource_set *set;
     const struct cfg_resource *cfg;
     int stmt;
+    /* The key template split around its first {id}; key_split is false when
+     * it has several (key_of then expands the template in full). */
+    bool key_split;
+    str_t key_prefix, key_suffix;
     struct batch_table table;
     struct batch_entry *queue_head, **queue_tail;
     unsigned n_queued;
@@ -92,7 +96,25 @@ struct read {
 
 static void key_of(const struct resource *res, const char *id, size_t len, struct buf *out)
 {
-    url_template_expand(res->cfg->key, "id", str_make(id, len), out);
+    if (!res->key_split) {
+        url_template_expand(res->cfg->key, "id", str_make(id, len), out);
+        return;
+    }
+    buf_reserve(out, res->key_prefix.len + len + res->key_suffix.len);
+    buf_append(out, res->key_prefix.p, res->key_prefix.len);
+    buf_append(out, id, len);
+    buf_append(out, res->key_suffix.p, res->key_suffix.len);
+}
+
+static void key_compile(struct resource *res)
+{
+    const char *k = res->cfg->key;
+    const char *at = strstr(k, "{id}");
+    res->key_split = at && strstr(at + 4, "{id}") == NULL;
+    if (res->key_split) {
+        res->key_prefix = str_make(k, (size_t)(at - k));
+        res->key_suffix = str_cstr(at + 4);
+    }
 }
 
 static uint32_t us_since(uint64_t start_ns)
@@ -122,16 +144,39 @@ static void queue_push(struct resource *res, struct batch_entry *e)
 
 /* --- answering ---------------------------------------------------------------- */
 
+/* "12.345" for a duration in µs, without printf's floating point. */
+static size_t fmt_ms(char *out, uint32_t us)
+{
+    size_t n = fmt_u64(out, us / 1000);
+    out[n++] = '.';
+    out[n++] = (char)('0' + (us / 100) % 10);
+    out[n++] = (char)('0' + (us / 10) % 10);
+    out[n++] = (char)('0' + us % 10);
+    out[n] = '\0';
+    return n;
+}
+
 static void append_timing(struct req *r, uint32_t cache_us, uint32_t db_us, bool used_cache, bool used_db)
 {
     char v[96];
-    int n = 0;
-    if (used_cache)
-        n += snprintf(v + n, sizeof(v) - (size_t)n, "cache;dur=%.3f", cache_us / 1000.0);
-    if (used_db)
-        n += snprintf(v + n, sizeof(v) - (size_t)n, "%sdb;dur=%.3f", n ? ", " : "", db_us / 1000.0);
-    if (n)
+    size_t n = 0;
+    if (used_cache) {
+        memcpy(v, "cache;dur=", 10);
+        n = 10 + fmt_ms(v + 10, cache_us);
+    }
+    if (used_db) {
+        if (n) {
+            v[n++] = ',';
+            v[n++] = ' ';
+        }
+        memcpy(v + n, "db;dur=", 7);
+        n += 7;
+        n += fmt_ms(v + n, db_us);
+    }
+    if (n) {
+        v[n] = '\0';
         req_add_header(r, "Server-Timing", v);
+    }
 }
 
 static void answer_failure(struct resource *res, struct req *r, enum fail_kind kind)
@@ -193,26 +238,33 @@ static void answer(struct read *rd)
         else
             req_error(r, 404, "not_found");
     } else {
-        struct buf body = BUF_INIT;
+        /* Built in the request's own (recycled) body buffer. */
+        struct buf *body = &r->body;
         size_t total = 2;
         for (unsigned i = 0; i < rd->rd.n; i++)
             total += (rd->rd.slots[i]->result == BATCH_FOUND ? rd->rd.slots[i]->doc_len : 4) + 1;
-        buf_reserve(&body, total);
-        buf_append_char(&body, '[');
+        buf_reset(body);
+        buf_reserve(body, total);
+        char *p = body->data;
+        *p++ = '[';
         for (unsigned i = 0; i < rd->rd.n; i++) {
             struct batch_entry *e = rd->rd.slots[i];
             if (i)
-                buf_append_char(&body, ',');
-            if (e->result == BATCH_FOUND)
-                buf_append(&body, e->doc, e->doc_len);
-            else
-                buf_append(&body, "null", 4);
+                *p++ = ',';
+            if (e->result == BATCH_FOUND) {
+                memcpy(p, e->doc, e->doc_len);
+                p += e->doc_len;
+            } else {
+                memcpy(p, "null", 4);
+                p += 4;
+            }
         }
-        buf_append_char(&body, ']');
+        *p++ = ']';
+        body->len = (size_t)(p - body->data);
+        body->data[body->len] = '\0';
         req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
         append_timing(r, cache_us, db_us, used_cache, used_db);
-        req_respond_buf(r, 200, "application/json", &body);
-        buf_deinit(&body);
+        req_respond_body(r, 200, "application/json");
     }
     batch_read_release(&rd->rd);
     free(rd);
@@ -436,9 +488,11 @@ static void mget_cb(void *ctx, const redisReply *reply, int err)
             if (el->len == ABSENT_LEN && memcmp(el->str, ABSENT_MARKER, ABSENT_LEN) == 0) {
                 e->from_cache = true;
                 batch_entry_resolve(e, BATCH_ABSENT, 0, NULL, 0, &done);
-            } else if (json_valid(el->str, el->len)) {
+            } else if (json_valid_cached(el->str, el->len)) {
                 e->from_cache = true;
-                batch_entry_resolve(e, BATCH_FOUND, 0, el->str, el->len, &done);
+                /* The entry keeps the reply alive instead of copying it. */
+                batch_entry_resolve_borrowed(e, el->str, el->len, redis_reply_release,
+                                             redis_reply_retain(reply), &done);
             } else {
                 (*res->m_err[0])++; /* invalid cached value: heal it from PostgreSQL */
             }
@@ -487,10 +541,17 @@ static void resource_flush(struct resource *res)
         ch->res = res;
         ch->n = n;
         ch->start_ns = uv_hrtime();
-        struct buf keys = BUF_INIT;
-        size_t *offs = mem_alloc((n + 1) * sizeof(size_t));
-        const char **argv = mem_alloc((n + 1) * sizeof(char *));
-        size_t *lens = mem_alloc((n + 1) * sizeof(size_t));
+        /* Scratch space reused from flush to flush (one loop, one thread). */
+        static struct buf keys;
+        static size_t *offs, *lens, cap;
+        static const char **argv;
+        if (cap < n + 1) {
+            cap = n + 1;
+            offs = mem_realloc(offs, cap * sizeof(*offs));
+            lens = mem_realloc(lens, cap * sizeof(*lens));
+            argv = mem_realloc(argv, cap * sizeof(*argv));
+        }
+        buf_reset(&keys);
         for (unsigned i = 0; i < n; i++) {
             struct batch_entry *next = e->next;
             e->next = NULL;
@@ -515,10 +576,6 @@ static void resource_flush(struct resource *res)
                 add_miss(f, ch->entries[i]);
             free(ch);
         }
-        buf_deinit(&keys);
-        free(offs);
-        free(argv);
-        free(lens);
     }
     if (cache)
         redis_pool_flush(redis);
@@ -823,6 +880,7 @@ struct resource_set *resource_set_new(uv_loop_t *loop, const struct config *cfg,
         res->set = s;
         res->cfg = &cfg->resources[i];
         res->queue_tail = &res->queue_head;
+        key_compile(res);
         batch_table_init(&res->table);
         res->stmt = pg ? pg_pool_prepare(pg, res->cfg->by_ids) : -1;
         uv_timer_init(loop, &res->window);

@@ -6,6 +6,48 @@
 
 #include "proto/mem.h"
 
+/* Entries come and go by the thousand per second; short-id entries are
+ * one size, so freed ones are kept (up to POOL_MAX) and reused. */
+#define POOL_MAX 8192
+#define POOLED_SIZE (sizeof(struct batch_entry) + BATCH_POOLED_ID_MAX + 1)
+
+static struct batch_entry *pool;
+static unsigned pool_len;
+
+static struct batch_entry *entry_alloc(size_t id_len)
+{
+    struct batch_entry *e;
+    if (id_len <= BATCH_POOLED_ID_MAX && pool) {
+        e = pool;
+        pool = e->next;
+        pool_len--;
+        memset(e, 0, sizeof(*e));
+        return e;
+    }
+    return mem_calloc(1, id_len <= BATCH_POOLED_ID_MAX ? POOLED_SIZE : sizeof(*e) + id_len + 1);
+}
+
+static void entry_free(struct batch_entry *e)
+{
+    if (e->id_len <= BATCH_POOLED_ID_MAX && pool_len < POOL_MAX) {
+        e->next = pool;
+        pool = e;
+        pool_len++;
+        return;
+    }
+    free(e);
+}
+
+void batch_pool_drain(void)
+{
+    while (pool) {
+        struct batch_entry *e = pool;
+        pool = e->next;
+        free(e);
+    }
+    pool_len = 0;
+}
+
 static uint32_t hash_id(const char *s, size_t n)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
@@ -81,7 +123,7 @@ struct batch_entry *batch_table_get(struct batch_table *t, const char *id, size_
     }
     if (t->count >= t->nbuckets * 2)
         grow(t);
-    e = mem_calloc(1, sizeof(*e) + len + 1);
+    e = entry_alloc(len);
     e->hash = h;
     e->refs = 1; /* the table's */
     e->state = BATCH_QUEUED;
@@ -121,9 +163,13 @@ void batch_entry_unref(struct batch_entry *e)
 {
     if (--e->refs > 0)
         return;
-    free(e->doc);
-    free(e->waiters);
-    free(e);
+    if (e->doc_release)
+        e->doc_release(e->doc_ref);
+    else
+        free(e->doc);
+    if (e->waiters != &e->one_waiter)
+        free(e->waiters);
+    entry_free(e);
 }
 
 void batch_read_init(struct batch_read *rd, unsigned n)
@@ -142,8 +188,18 @@ void batch_read_set(struct batch_read *rd, unsigned i, struct batch_entry *e)
         return;
     rd->pending++;
     if (e->n_waiters == e->cap_waiters) {
-        e->cap_waiters = e->cap_waiters ? e->cap_waiters * 2 : 2;
-        e->waiters = mem_realloc(e->waiters, e->cap_waiters * sizeof(*e->waiters));
+        if (e->cap_waiters == 0) { /* most ids have one reader */
+            e->waiters = &e->one_waiter;
+            e->cap_waiters = 1;
+        } else {
+            unsigned cap = e->cap_waiters * 4;
+            struct batch_waiter *w = mem_alloc(cap * sizeof(*w));
+            memcpy(w, e->waiters, e->n_waiters * sizeof(*w));
+            if (e->waiters != &e->one_waiter)
+                free(e->waiters);
+            e->waiters = w;
+            e->cap_waiters = cap;
+        }
     }
     e->waiters[e->n_waiters++] = (struct batch_waiter){ rd, i };
 }
@@ -170,6 +226,21 @@ void batch_read_release(struct batch_read *rd)
     rd->n = 0;
 }
 
+static void wake_waiters(struct batch_entry *e, struct batch_read **done)
+{
+    for (unsigned w = 0; w < e->n_waiters; w++) {
+        struct batch_read *rd = e->waiters[w].rd;
+        if (--rd->pending == 0) {
+            rd->next_done = *done;
+            *done = rd;
+        }
+    }
+    if (e->waiters != &e->one_waiter)
+        free(e->waiters);
+    e->waiters = NULL;
+    e->n_waiters = e->cap_waiters = 0;
+}
+
 void batch_entry_resolve(struct batch_entry *e, enum batch_result result, int err,
                          const char *doc, size_t doc_len, struct batch_read **done)
 {
@@ -184,14 +255,22 @@ void batch_entry_resolve(struct batch_entry *e, enum batch_result result, int er
         e->doc[doc_len] = '\0';
         e->doc_len = doc_len;
     }
-    for (unsigned w = 0; w < e->n_waiters; w++) {
-        struct batch_read *rd = e->waiters[w].rd;
-        if (--rd->pending == 0) {
-            rd->next_done = *done;
-            *done = rd;
-        }
+    wake_waiters(e, done);
+}
+
+void batch_entry_resolve_borrowed(struct batch_entry *e, const char *doc, size_t doc_len,
+                                  void (*release)(void *ref), void *ref, struct batch_read **done)
+{
+    if (e->state == BATCH_DONE) {
+        release(ref);
+        return;
     }
-    free(e->waiters);
-    e->waiters = NULL;
-    e->n_waiters = e->cap_waiters = 0;
+    e->state = BATCH_DONE;
+    e->result = BATCH_FOUND;
+    e->err = 0;
+    e->doc = (char *)doc;
+    e->doc_len = doc_len;
+    e->doc_release = release;
+    e->doc_ref = ref;
+    wake_waiters(e, done);
 }

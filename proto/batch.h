@@ -58,8 +58,11 @@ struct batch_entry {
     uint64_t gen;                   /* owner's stamp (invalidation guard) */
     char *doc;                      /* BATCH_FOUND: the document */
     size_t doc_len;
-    struct batch_waiter *waiters;
+    void (*doc_release)(void *ref); /* set when doc is borrowed from ref */
+    void *doc_ref;
+    struct batch_waiter *waiters;   /* &one_waiter until a second one comes */
     unsigned n_waiters, cap_waiters;
+    struct batch_waiter one_waiter;
     uint16_t id_len;
     char id[];                      /* id_len bytes, then NUL */
 };
@@ -70,6 +73,9 @@ struct batch_read {
     struct batch_entry **slots;
     struct batch_read *next_done;   /* link on the completed list */
 };
+
+/* Ids up to this long get pooled, fixed-size entries (all valid ids do). */
+#define BATCH_POOLED_ID_MAX 128
 
 struct batch_table {
     struct batch_entry **buckets;
@@ -90,6 +96,8 @@ void batch_table_remove(struct batch_table *t, struct batch_entry *e);
 
 void batch_entry_ref(struct batch_entry *e);
 void batch_entry_unref(struct batch_entry *e);
+/* Frees the pooled entries kept for reuse (at exit). */
+void batch_pool_drain(void);
 
 void batch_read_init(struct batch_read *rd, unsigned n);
 /* Points slot i at e. A resolved entry fills the slot at once; otherwise the
@@ -102,5 +110,9 @@ void batch_read_release(struct batch_read *rd);
  * pushed onto *done. */
 void batch_entry_resolve(struct batch_entry *e, enum batch_result result, int err,
                          const char *doc, size_t doc_len, struct batch_read **done);
+/* Resolves e as BATCH_FOUND with a document that stays valid until
+ * release(ref), which the entry calls when it is freed (no copy). */
+void batch_entry_resolve_borrowed(struct batch_entry *e, const char *doc, size_t doc_len,
+                                  void (*release)(void *ref), void *ref, struct batch_read **done);
 
 #endif

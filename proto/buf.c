@@ -81,7 +81,7 @@ void buf_reserve(struct buf *b, size_t extra)
     b->cap = cap;
 }
 
-void buf_append(struct buf *b, const void *p, size_t n)
+void buf_append_slow(struct buf *b, const void *p, size_t n)
 {
     buf_reserve(b, n);
     if (n)
@@ -93,13 +93,6 @@ void buf_append(struct buf *b, const void *p, size_t n)
 void buf_append_str(struct buf *b, const char *s)
 {
     buf_append(b, s, strlen(s));
-}
-
-void buf_append_char(struct buf *b, char c)
-{
-    buf_reserve(b, 1);
-    b->data[b->len++] = c;
-    b->data[b->len] = '\0';
 }
 
 size_t fmt_u64(char *out, uint64_t v)

@@ -47,9 +47,28 @@ void buf_init(struct buf *b);
 void buf_deinit(struct buf *b);
 /* Makes room for `extra` more bytes (plus the trailing NUL). */
 void buf_reserve(struct buf *b, size_t extra);
-void buf_append(struct buf *b, const void *p, size_t n);
+void buf_append_slow(struct buf *b, const void *p, size_t n);
+/* Appends n bytes (inline when they fit: this is on every hot path). */
+static inline void buf_append(struct buf *b, const void *p, size_t n)
+{
+    if (b->cap - b->len > n) {
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+    } else {
+        buf_append_slow(b, p, n);
+    }
+}
+static inline void buf_append_char(struct buf *b, char c)
+{
+    if (b->cap - b->len > 1) {
+        b->data[b->len++] = c;
+        b->data[b->len] = '\0';
+    } else {
+        buf_append_slow(b, &c, 1);
+    }
+}
 void buf_append_str(struct buf *b, const char *s);
-void buf_append_char(struct buf *b, char c);
 void buf_append_u64(struct buf *b, uint64_t v);
 void buf_append_i64(struct buf *b, int64_t v);
 void buf_appendf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

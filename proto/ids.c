@@ -6,18 +6,19 @@
 
 #include "proto/mem.h"
 
+static const uint8_t id_byte[256] = {
+    ['0' ... '9'] = 1, ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1,
+    ['_'] = 1, ['.'] = 1, [':'] = 1, ['-'] = 1,
+};
+
 bool ids_valid(const char *s, size_t n)
 {
     if (n == 0 || n > IDS_MAX_LEN)
         return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '_' || c == '.' || c == ':' || c == '-';
-        if (!ok)
-            return false;
-    }
-    return true;
+    unsigned ok = 1;
+    for (size_t i = 0; i < n; i++)
+        ok &= id_byte[(unsigned char)s[i]];
+    return ok;
 }
 
 void id_list_init(struct id_list *l)

@@ -106,47 +106,57 @@ static inline bool is_digit(unsigned char ch)
     return ch >= '0' && ch <= '9';
 }
 
+/* 1 for bytes that may appear in a string as they are: printable ASCII
+ * other than '"' and '\\'. Strings are most of a document and this runs on
+ * every cache hit, so the common bytes cost one table load each. */
+static const uint8_t plain_byte[256] = {
+    [0x20] = 1, [0x21] = 1, [0x23 ... 0x5b] = 1, [0x5d ... 0x7f] = 1,
+};
+
 /* c->i is at the opening quote. */
 static bool scan_string(struct cursor *c)
 {
-    c->i++;
-    while (c->i < c->n) {
-        unsigned char ch = c->s[c->i];
+    const unsigned char *p = c->s + c->i + 1, *end = c->s + c->n;
+    for (;;) {
+        while (end - p >= 4 && plain_byte[p[0]] && plain_byte[p[1]] && plain_byte[p[2]] &&
+               plain_byte[p[3]])
+            p += 4;
+        while (p < end && plain_byte[*p])
+            p++;
+        if (p >= end)
+            return false;
+        unsigned char ch = *p;
         if (ch == '"') {
-            c->i++;
+            c->i = (size_t)(p + 1 - c->s);
             return true;
         }
         if (ch < 0x20)
             return false;
         if (ch == '\\') {
-            if (++c->i >= c->n)
+            if (++p >= end)
                 return false;
-            ch = c->s[c->i];
+            ch = *p;
             if (ch == 'u') {
-                if (c->i + 4 >= c->n)
+                if (end - p < 5)
                     return false;
                 for (int k = 1; k <= 4; k++)
-                    if (!is_hex(c->s[c->i + k]))
+                    if (!is_hex(p[k]))
                         return false;
-                c->i += 5;
+                p += 5;
                 continue;
             }
             if (ch != '"' && ch != '\\' && ch != '/' && ch != 'b' && ch != 'f' && ch != 'n' &&
                 ch != 'r' && ch != 't')
                 return false;
-            c->i++;
+            p++;
             continue;
         }
-        if (ch >= 0x80) {
-            size_t len = json_utf8_seq_len(c->s + c->i, c->n - c->i);
-            if (len == 0)
-                return false;
-            c->i += len;
-            continue;
-        }
-        c->i++;
+        /* ch >= 0x80 */
+        size_t len = json_utf8_seq_len(p, (size_t)(end - p));
+        if (len == 0)
+            return false;
+        p += len;
     }
-    return false;
 }
 
 static bool scan_digits(struct cursor *c)
@@ -282,4 +292,57 @@ after:
     default:
         return false;
     }
+}
+
+/* --- memo of valid documents ------------------------------------------------ */
+
+#define MEMO_SLOTS (1u << 15) /* 256 KiB of hashes */
+
+static uint64_t memo[MEMO_SLOTS];
+static uint64_t memo_seed = 0x9e3779b97f4a7c15ULL;
+
+void json_cache_seed(uint64_t seed)
+{
+    memo_seed = seed | 1;
+    memset(memo, 0, sizeof(memo));
+}
+
+static inline uint64_t mix(uint64_t h, uint64_t w)
+{
+    h ^= w;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 32;
+    return h;
+}
+
+uint64_t json_hash(const char *s, size_t n, uint64_t seed)
+{
+    uint64_t h = seed ^ ((uint64_t)n * 0xc4ceb9fe1a85ec53ULL);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        h = mix(h, w);
+    }
+    if (i < n) {
+        uint64_t w = 0;
+        memcpy(&w, s + i, n - i);
+        h = mix(h, w ^ ((uint64_t)(n - i) << 56));
+    }
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 31;
+    return h | 1; /* 0 marks an empty slot */
+}
+
+bool json_valid_cached(const char *s, size_t n)
+{
+    uint64_t h = json_hash(s, n, memo_seed);
+    uint64_t *slot = &memo[h & (MEMO_SLOTS - 1)];
+    if (*slot == h)
+        return true;
+    if (!json_valid(s, n))
+        return false;
+    *slot = h;
+    return true;
 }

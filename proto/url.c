@@ -18,21 +18,29 @@ static int hexval(char c)
 int url_decode(str_t src, bool plus_is_space, struct buf *out)
 {
     buf_reserve(out, src.len);
-    for (size_t i = 0; i < src.len; i++) {
-        char c = src.p[i];
-        if (c == '%') {
-            if (i + 2 >= src.len)
-                return -EINVAL;
-            int hi = hexval(src.p[i + 1]), lo = hexval(src.p[i + 2]);
-            if (hi < 0 || lo < 0)
-                return -EINVAL;
-            buf_append_char(out, (char)(hi * 16 + lo));
-            i += 2;
-        } else if (c == '+' && plus_is_space) {
-            buf_append_char(out, ' ');
-        } else {
-            buf_append_char(out, c);
+    size_t i = 0;
+    while (i < src.len) {
+        /* Copy the run up to the next escape in one go. */
+        size_t run = i;
+        while (run < src.len && src.p[run] != '%' && !(plus_is_space && src.p[run] == '+'))
+            run++;
+        if (run > i) {
+            buf_append(out, src.p + i, run - i);
+            i = run;
+            continue;
         }
+        if (src.p[i] == '+') {
+            buf_append_char(out, ' ');
+            i++;
+            continue;
+        }
+        if (i + 2 >= src.len)
+            return -EINVAL;
+        int hi = hexval(src.p[i + 1]), lo = hexval(src.p[i + 2]);
+        if (hi < 0 || lo < 0)
+            return -EINVAL;
+        buf_append_char(out, (char)(hi * 16 + lo));
+        i += 3;
     }
     return 0;
 }

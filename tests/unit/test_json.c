@@ -259,9 +259,42 @@ static void test_valid_depth(void **state)
     free(s);
 }
 
+
+static void test_valid_cached_agrees(void **state)
+{
+    (void)state;
+    static const char *const docs[] = { "{\"a\":1}", "[1,2,3]", "\"x\"", "{bad", "[1,]", "", "null",
+                                        "{\"id\":\"s1\",\"n\":[true,false,null]}", "\"\xff\"" };
+    json_cache_seed(12345);
+    for (int round = 0; round < 3; round++) /* second and third rounds hit the memo */
+        for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++)
+            assert_int_equal(json_valid_cached(docs[i], strlen(docs[i])), json_valid(docs[i], strlen(docs[i])));
+}
+
+static void test_hash_depends_on_every_byte_and_seed(void **state)
+{
+    (void)state;
+    char doc[64];
+    for (size_t n = 1; n < sizeof(doc); n++) {
+        memset(doc, 'a', n);
+        uint64_t h = json_hash(doc, n, 7);
+        assert_true(h & 1);
+        for (size_t i = 0; i < n; i++) {
+            doc[i] = 'b';
+            assert_true(json_hash(doc, n, 7) != h);
+            doc[i] = 'a';
+        }
+        assert_true(json_hash(doc, n, 8) != h);
+        if (n > 1)
+            assert_true(json_hash(doc, n - 1, 7) != h);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_valid_cached_agrees),
+        cmocka_unit_test(test_hash_depends_on_every_byte_and_seed),
         cmocka_unit_test(test_append_string),
         cmocka_unit_test(test_append_string_appends),
         cmocka_unit_test(test_append_string_every_byte),
