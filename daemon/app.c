@@ -17,6 +17,7 @@
 #include "daemon/conn.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
+#include "daemon/notify.h"
 #include "daemon/ops.h"
 #include "daemon/pg_pool.h"
 #include "daemon/redis_pool.h"
@@ -83,6 +84,7 @@ static void app_finish(struct app *a)
     close_handle((uv_handle_t *)&a->sig_term);
     close_handle((uv_handle_t *)&a->sig_int);
     close_handle((uv_handle_t *)&a->sig_hup);
+    notify_close();
 }
 
 static void drained_cb(void *arg)
@@ -112,6 +114,7 @@ static void begin_shutdown(struct app *a, const char *signame)
         return;
     }
     a->stopping = true;
+    notify_stopping();
     log_info("shutting down", "signal=%s open_connections=%u grace_ms=%lld", signame,
              a->server.main.open, (long long)a->cfg->batchd.shutdown_grace_ms);
     uv_timer_start(&a->grace_timer, grace_cb, (uint64_t)a->cfg->batchd.shutdown_grace_ms, 0);
@@ -161,6 +164,7 @@ int app_run(struct config *cfg)
     start_signal(a, &a->sig_term, SIGTERM);
     start_signal(a, &a->sig_int, SIGINT);
     start_signal(a, &a->sig_hup, SIGHUP);
+    notify_init(&a->loop);
 
     if (server_init(&a->server, &a->loop, &cfg->batchd) != 0) {
         code = 1;
@@ -177,6 +181,7 @@ int app_run(struct config *cfg)
     }
     log_info("started", "version=%s pid=%d config=%s", BATCHD_VERSION, (int)getpid(),
              LOG_Q(cfg->file));
+    notify_ready();
 
 run:
     uv_run(&a->loop, UV_RUN_DEFAULT);
