@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "daemon/conn.h"
+#include "daemon/events.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "daemon/notify.h"
@@ -36,6 +37,7 @@ struct app {
     struct redis_pool *redis;
     struct pg_pool *pg;
     struct resource_set *resources;
+    struct events *events;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t grace_timer;
     bool stopping;
@@ -56,6 +58,7 @@ static void build_routers(struct app *a, struct router **main_rt, struct router 
     *admin_rt = router_new();
     ops_add_routes(a->server.has_admin ? *admin_rt : *main_rt);
     resource_set_add_routes(a->resources, *main_rt);
+    events_add_routes(a->events, *main_rt);
 }
 
 static void close_handle(uv_handle_t *h)
@@ -73,13 +76,16 @@ static void app_finish(struct app *a)
     uv_timer_stop(&a->grace_timer);
     server_close_all(&a->server, CONN_CLOSE_SHUTDOWN);
     server_close(&a->server);
-    /* Pools first: their cancelled callbacks still land in the resources. */
+    /* Pools first: their cancelled callbacks still land in the resources
+     * and the event hub. */
     pg_pool_free(a->pg);
     redis_pool_free(a->redis);
     resource_set_free(a->resources);
+    events_free(a->events);
     a->pg = NULL;
     a->redis = NULL;
     a->resources = NULL;
+    a->events = NULL;
     close_handle((uv_handle_t *)&a->grace_timer);
     close_handle((uv_handle_t *)&a->sig_term);
     close_handle((uv_handle_t *)&a->sig_int);
@@ -115,6 +121,7 @@ static void begin_shutdown(struct app *a, const char *signame)
     }
     a->stopping = true;
     notify_stopping();
+    events_drain(a->events);
     log_info("shutting down", "signal=%s open_connections=%u grace_ms=%lld", signame,
              a->server.main.open, (long long)a->cfg->batchd.shutdown_grace_ms);
     uv_timer_start(&a->grace_timer, grace_cb, (uint64_t)a->cfg->batchd.shutdown_grace_ms, 0);
@@ -158,6 +165,7 @@ int app_run(struct config *cfg)
     if (cfg->has_postgres)
         a->pg = pg_pool_new(&a->loop, &cfg->postgres, cfg->batchd.slow_ms);
     a->resources = resource_set_new(&a->loop, cfg, a->redis, a->pg);
+    a->events = events_new(&a->loop, cfg, a->redis);
 
     uv_timer_init(&a->loop, &a->grace_timer);
     a->grace_timer.data = a;

@@ -232,6 +232,8 @@ static int complete_cb(struct http_parser *p, struct http_request *m)
      * this returns: r is not touched after this point. */
     if (r->state == REQ_RECEIVING)
         dispatch(c, r);
+    else if (r->state == REQ_READY)
+        conn_flush(c); /* answered from its head; writable now that it is read */
     else if (r->body_end_cb)
         r->body_end_cb(r);
     if (c->state == CONN_CLOSING || last)
@@ -646,13 +648,15 @@ int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void
  * writev per batch. */
 static void conn_flush(struct conn *c)
 {
-    while (c->head && c->head->state == REQ_READY &&
+    /* A request still being read is not written (and freed) yet: the
+     * parser holds it until complete_cb. */
+    while (c->head && c->head->state == REQ_READY && c->head != c->reading &&
            (c->state == CONN_OPEN || c->state == CONN_FINISHING)) {
         uv_buf_t iov[MAX_IOV];
         unsigned n = 0;
         struct req *batch = NULL, **tail = &batch;
         bool last = false;
-        while (c->head && c->head->state == REQ_READY && n + 3 <= MAX_IOV) {
+        while (c->head && c->head->state == REQ_READY && c->head != c->reading && n + 3 <= MAX_IOV) {
             struct req *r = dequeue(c);
             r->state = REQ_WRITING;
             if (c->draining && c->head == NULL && c->reading == NULL)

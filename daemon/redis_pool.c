@@ -387,7 +387,7 @@ static void rconn_lost(struct rconn *c, const char *reason)
     if (c->pubsub) {
         *m_pubsub_up = 0;
         if (was_ready && c->pool->sub_fn)
-            c->pool->sub_fn(c->pool->sub_arg, NULL, 0, NULL, 0, -ECONNRESET);
+            c->pool->sub_fn(c->pool->sub_arg, REDIS_SUB_DOWN, NULL, 0, NULL, 0);
         if (was_ready)
             log_warn("redis pub/sub down", "reason=%s", LOG_Q(reason));
     } else {
@@ -722,8 +722,12 @@ static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
         rconn_arm(c);
         return;
     }
-    if (strcasecmp(kind->str, "message") == 0 && msg->type == REDIS_REPLY_STRING && c->pool->sub_fn)
-        c->pool->sub_fn(c->pool->sub_arg, chan->str, chan->len, msg->str, msg->len, 1);
+    if (c->pool->sub_fn == NULL)
+        return;
+    if (strcasecmp(kind->str, "message") == 0 && msg->type == REDIS_REPLY_STRING)
+        c->pool->sub_fn(c->pool->sub_arg, REDIS_SUB_MESSAGE, chan->str, chan->len, msg->str, msg->len);
+    else if (strcasecmp(kind->str, "subscribe") == 0)
+        c->pool->sub_fn(c->pool->sub_arg, REDIS_SUB_SUBSCRIBED, chan->str, chan->len, NULL, 0);
 }
 
 static void sub_send(struct rconn *c, const char *verb, const char *channel)
@@ -761,7 +765,7 @@ static void sub_resubscribe(struct rconn *c)
         n++;
     log_info("redis pub/sub up", "channels=%u", n);
     if (p->sub_fn)
-        p->sub_fn(p->sub_arg, NULL, 0, NULL, 0, 0);
+        p->sub_fn(p->sub_arg, REDIS_SUB_UP, NULL, 0, NULL, 0);
 }
 
 void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *arg)

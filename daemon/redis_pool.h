@@ -30,11 +30,18 @@ struct redis_pool;
  * REDIS_REPLY_ERROR with err 0. The reply is valid only during the call. */
 typedef void (*redis_reply_fn)(void *ctx, const redisReply *reply, int err);
 
-/* Pub/sub: a message on a subscribed channel, or (message NULL) the
- * subscription connection went down (err < 0) or came back (err == 0,
- * after every channel was subscribed again). */
-typedef void (*redis_message_fn)(void *arg, const char *channel, size_t channel_len,
-                                 const char *message, size_t message_len, int err);
+/* What the pub/sub connection reports. */
+enum redis_sub_event {
+    REDIS_SUB_MESSAGE,     /* a message on channel */
+    REDIS_SUB_SUBSCRIBED,  /* channel's SUBSCRIBE is confirmed: messages flow from here on */
+    REDIS_SUB_DOWN,        /* the connection dropped: no channel is subscribed */
+    REDIS_SUB_UP,          /* reconnected; every channel's SUBSCRIBE has been sent again */
+};
+
+/* channel/message are valid only during the call; message only for
+ * REDIS_SUB_MESSAGE, channel for MESSAGE and SUBSCRIBED. */
+typedef void (*redis_message_fn)(void *arg, enum redis_sub_event ev, const char *channel,
+                                 size_t channel_len, const char *message, size_t message_len);
 
 /* Starts connecting at once. Commands slower than slow_ms are logged. */
 struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms);

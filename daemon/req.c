@@ -372,6 +372,14 @@ int req_stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_
     return conn_write(r->conn, bufs, n, cb, ctx);
 }
 
+void req_stream_compact(struct req *r)
+{
+    http_request_deinit(&r->msg);
+    http_request_init(&r->msg);
+    r->params.n = 0;
+    /* head_extra stays: the response head may still be queued for writing. */
+}
+
 size_t req_stream_queued(const struct req *r)
 {
     return r->conn ? conn_write_queued(r->conn) : 0;

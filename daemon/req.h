@@ -131,6 +131,9 @@ void req_stream_start_raw(struct req *r, int status, struct buf *head);
  * (cb may be NULL for bytes that live as long as the request). Returns 0, or
  * a negative errno when the connection is gone. */
 int req_stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx);
+/* Frees the request's line, headers and body once a long-lived stream no
+ * longer needs them (path parameters and headers are gone afterwards). */
+void req_stream_compact(struct req *r);
 /* Bytes queued for this client and not yet taken by the kernel. */
 size_t req_stream_queued(const struct req *r);
 /* Ends the response (a last chunk for chunked ones) and frees the request. */

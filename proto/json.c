@@ -32,6 +32,23 @@ size_t json_utf8_seq_len(const unsigned char *s, size_t n)
     return len;
 }
 
+bool json_utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        if (u[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len = json_utf8_seq_len(u + i, n - i);
+        if (len == 0)
+            return false;
+        i += len;
+    }
+    return true;
+}
+
 void json_append_string(struct buf *out, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";

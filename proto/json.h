@@ -37,6 +37,9 @@ void json_cache_seed(uint64_t seed);
 /* The hash itself, exposed for tests. */
 uint64_t json_hash(const char *s, size_t n, uint64_t seed);
 
+/* True when s[0..n) is valid UTF-8 (no overlongs, no surrogates). */
+bool json_utf8_valid(const char *s, size_t n);
+
 /* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is invalid. */
 size_t json_utf8_seq_len(const unsigned char *s, size_t n);
 

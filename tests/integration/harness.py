@@ -321,6 +321,14 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
 
+    def shutdown_save(self):
+        """SHUTDOWN SAVE: the data is back after start() (same dir)."""
+        try:
+            self.client().shutdown(save=True)
+        except Exception:
+            pass  # the connection drops as the server exits
+        self.proc.wait(10)
+
     def kill(self):
         if self.proc and self.proc.poll() is None:
             self.proc.kill()

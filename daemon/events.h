@@ -1,0 +1,38 @@
+/*
+ * events: Server-Sent Events for each [stream NAME], fanned out from one
+ * Redis subscription per channel, resumable from a Redis Stream.
+ *
+ *   POST {path} ──EVALSHA──> XADD key MAXLEN ~ n * event T data D ; PUBLISH key "id\nT\nD"
+ *
+ *   redis pub/sub ──> channel (one per key) ──> event serialised once ──> every client's queue
+ *                                                (refcounted)               │ flushed once per
+ *   GET {path} ──> client ── Last-Event-ID? ──> XRANGE key (id + ──────────>│ loop iteration
+ *
+ * A client's queue (batchd's part plus libuv's write queue) is bounded by
+ * client_queue_bytes; past it the client is dropped (sse_queue_overflow)
+ * and resumes from history with Last-Event-ID. When the pub/sub connection
+ * drops, clients stay connected; each channel is subscribed again and its
+ * gap is read from the Stream, so no event that reached the Stream is
+ * lost, and none is sent twice (ids only go up, per client).
+ */
+#ifndef BATCHD_EVENTS_H
+#define BATCHD_EVENTS_H
+
+#include <uv.h>
+
+#include "daemon/config.h"
+#include "daemon/router.h"
+
+struct redis_pool;
+struct events;
+
+/* Creates the hub for cfg's streams (none is fine). redis may be NULL only
+ * when there are no streams. Starts the pool's pub/sub connection. */
+struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redis_pool *redis);
+void events_add_routes(struct events *h, struct router *rt);
+/* Shutdown: every client gets a last "retry:" and its stream ends. */
+void events_drain(struct events *h);
+/* Frees the hub; clients must be gone (after the server closed them). */
+void events_free(struct events *h);
+
+#endif
