@@ -26,6 +26,7 @@
 #include "daemon/resource.h"
 #include "daemon/router.h"
 #include "daemon/server.h"
+#include "daemon/upstream.h"
 #include "proto/batch.h"
 #include "proto/json.h"
 #include "proto/mem.h"
@@ -38,6 +39,9 @@ struct app {
     struct pg_pool *pg;
     struct resource_set *resources;
     struct events *events;
+    struct upstream *upstream;
+    struct config **retired;    /* configs replaced by reloads: long-lived work may point into them */
+    unsigned n_retired;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t grace_timer;
     bool stopping;
@@ -59,6 +63,8 @@ static void build_routers(struct app *a, struct router **main_rt, struct router 
     ops_add_routes(a->server.has_admin ? *admin_rt : *main_rt);
     resource_set_add_routes(a->resources, *main_rt);
     events_add_routes(a->events, *main_rt);
+    if (a->upstream)
+        upstream_add_routes(a->upstream, *main_rt);
 }
 
 static void close_handle(uv_handle_t *h)
@@ -82,6 +88,8 @@ static void app_finish(struct app *a)
     redis_pool_free(a->redis);
     resource_set_free(a->resources);
     events_free(a->events);
+    upstream_free(a->upstream);
+    a->upstream = NULL;
     a->pg = NULL;
     a->redis = NULL;
     a->resources = NULL;
@@ -128,13 +136,72 @@ static void begin_shutdown(struct app *a, const char *signame)
     server_drain(&a->server, drained_cb, a);
 }
 
+/* Logs every line of buf with the given message. */
+static void log_lines(enum log_level level, const char *msg, const char *key, const struct buf *b)
+{
+    const char *p = b->data;
+    while (p && *p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        char line[512];
+        snprintf(line, sizeof(line), "%.*s", (int)n, p);
+        log_write(level, msg, "%s=%s", key, LOG_Q(line));
+        p = nl ? nl + 1 : NULL;
+    }
+}
+
+/* SIGHUP: read and check the whole file first; apply it only when valid.
+ * Settings that need a restart keep their running values (and are logged);
+ * everything else changes in place, without dropping a connection. */
+static void app_reload(struct app *a)
+{
+    if (a->stopping)
+        return;
+    notify_reloading();
+    struct buf errors = BUF_INIT;
+    struct config *next = config_load(a->cfg->file, &errors);
+    if (next == NULL) {
+        log_lines(LOG_ERROR, "reload rejected", "error", &errors);
+        log_error("reload rejected, the running configuration stays", "file=%s", LOG_Q(a->cfg->file));
+        buf_deinit(&errors);
+        notify_ready();
+        return;
+    }
+    buf_deinit(&errors);
+    struct buf restart = BUF_INIT;
+    if (config_restart_needed(a->cfg, next, &restart))
+        log_lines(LOG_WARN, "setting changed but needs restart", "setting", &restart);
+    buf_deinit(&restart);
+    config_keep_restart_settings(a->cfg, next);
+
+    log_set_level((enum log_level)next->batchd.log_level);
+    server_configure(&a->server, &next->batchd);
+    if (a->redis)
+        redis_pool_configure(a->redis, &next->redis, next->batchd.slow_ms);
+    if (a->pg)
+        pg_pool_configure(a->pg, &next->postgres, next->batchd.slow_ms);
+    resource_set_reconfigure(a->resources, next);
+    events_reconfigure(a->events, next);
+    if (a->upstream)
+        upstream_configure(a->upstream, &next->upstream, a->resources);
+    a->retired = mem_realloc(a->retired, (a->n_retired + 1) * sizeof(*a->retired));
+    a->retired[a->n_retired++] = a->cfg;
+    a->cfg = next;
+    struct router *main_rt, *admin_rt;
+    build_routers(a, &main_rt, &admin_rt);
+    server_set_routers(&a->server, main_rt, admin_rt);
+    log_info("reloaded", "file=%s resources=%u streams=%u", LOG_Q(next->file), next->n_resources,
+             next->n_streams);
+    notify_ready();
+}
+
 static void signal_cb(uv_signal_t *h, int signum)
 {
     struct app *a = h->data;
     switch (signum) {
     case SIGTERM: begin_shutdown(a, "SIGTERM"); break;
     case SIGINT: begin_shutdown(a, "SIGINT"); break;
-    case SIGHUP: log_warn("reload is not supported yet, ignoring SIGHUP", ""); break;
+    case SIGHUP: app_reload(a); break;
     }
 }
 
@@ -166,6 +233,8 @@ int app_run(struct config *cfg)
         a->pg = pg_pool_new(&a->loop, &cfg->postgres, cfg->batchd.slow_ms);
     a->resources = resource_set_new(&a->loop, cfg, a->redis, a->pg);
     a->events = events_new(&a->loop, cfg, a->redis);
+    if (cfg->has_upstream)
+        a->upstream = upstream_new(&a->loop, &cfg->upstream, a->resources);
 
     uv_timer_init(&a->loop, &a->grace_timer);
     a->grace_timer.data = a;
@@ -202,6 +271,9 @@ run:
     batch_pool_drain();
     metrics_free_all();
     config_free(a->cfg);
+    for (unsigned i = 0; i < a->n_retired; i++)
+        config_free(a->retired[i]);
+    free(a->retired);
     free(a);
     return code;
 }

@@ -445,3 +445,43 @@ unsigned config_restart_needed(const struct config *old, const struct config *ne
     }
     return n;
 }
+
+/* Swaps n bytes between a and b. */
+static void swap_bytes(void *a, void *b, size_t n)
+{
+    unsigned char *x = a, *y = b;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char t = x[i];
+        x[i] = y[i];
+        y[i] = t;
+    }
+}
+
+void config_keep_restart_settings(struct config *running, struct config *next)
+{
+    bool *present[2][SECT_UPSTREAM + 1] = {
+        { NULL, &running->has_redis, &running->has_postgres, &running->has_upstream },
+        { NULL, &next->has_redis, &next->has_postgres, &next->has_upstream },
+    };
+    for (int sect = SECT_BATCHD; sect <= SECT_UPSTREAM; sect++) {
+        void *a = sect_struct(running, (enum cfg_sect)sect, 0);
+        void *b = sect_struct(next, (enum cfg_sect)sect, 0);
+        if (sect != SECT_BATCHD && *present[0][sect] != *present[1][sect]) {
+            /* A section added or removed: the whole of it waits for a restart. */
+            size_t size = sect == SECT_REDIS      ? sizeof(struct cfg_redis)
+                        : sect == SECT_POSTGRES ? sizeof(struct cfg_postgres)
+                                                : sizeof(struct cfg_upstream);
+            swap_bytes(a, b, size);
+            bool t = *present[0][sect];
+            *present[0][sect] = *present[1][sect];
+            *present[1][sect] = t;
+            continue;
+        }
+        for (size_t i = 0; i < config_n_keys; i++) {
+            const struct cfg_key *k = &config_keys[i];
+            if ((int)k->sect != sect || k->reload || config_key_equal(k, a, b))
+                continue;
+            swap_bytes((char *)a + k->off, (char *)b + k->off, config_key_size(k));
+        }
+    }
+}

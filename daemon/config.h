@@ -81,6 +81,7 @@ struct cfg_upstream {
     int64_t pool_size;
     int64_t connect_timeout_ms;
     int64_t timeout_ms;
+    int64_t idle_timeout_ms;        /* keep-alive connections idle this long are closed */
     int64_t max_body_bytes;         /* 0 = no limit (bodies are streamed) */
     int64_t buffer_bytes;           /* per direction, before reading pauses */
 };
@@ -134,5 +135,11 @@ void config_free(struct config *c);
  * cannot change without a restart; returns how many there were. */
 unsigned config_restart_needed(const struct config *old, const struct config *new_,
                                struct buf *out);
+
+/* For a reload: settings of `next` that need a restart take the running
+ * values (the two swap), so the process keeps running as it was started
+ * while everything reloadable comes from `next`. Use after
+ * config_restart_needed has reported the differences. */
+void config_keep_restart_settings(struct config *running, struct config *next);
 
 #endif

@@ -73,6 +73,7 @@ const struct cfg_key config_keys[] = {
     U(pool_size, CFG_INT, 1, 10000, "64", false),
     U(connect_timeout_ms, CFG_INT, 10, 600000, "2000", true),
     U(timeout_ms, CFG_INT, 10, 3600000, "30000", true),
+    U(idle_timeout_ms, CFG_INT, 100, 3600000, "4000", true),
     U(max_body_bytes, CFG_INT, 0, 1024 * GB, "0", true),
     U(buffer_bytes, CFG_INT, 4 * KB, 64 * MB, "262144", true),
 
@@ -524,6 +525,28 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
         return parse_tpl_list(v, FIELD(struct cfg_list, s, k), why);
     }
     return -1;
+}
+
+size_t config_key_size(const struct cfg_key *k)
+{
+    switch (k->type) {
+    case CFG_INT:
+    case CFG_LOG_LEVEL:
+        return sizeof(int64_t);
+    case CFG_BOOL:
+        return sizeof(bool);
+    case CFG_ADDR:
+    case CFG_ADDR_OPT:
+        return sizeof(struct cfg_addr);
+    case CFG_REDIS_URL:
+        return sizeof(struct cfg_redis_url);
+    case CFG_HTTP_URL:
+        return sizeof(struct cfg_http_url);
+    case CFG_TPL_LIST:
+        return sizeof(struct cfg_list);
+    default:
+        return sizeof(char *);
+    }
 }
 
 static bool str_same(const char *a, const char *b)

@@ -50,6 +50,8 @@ extern const char *const config_sect_names[SECT__COUNT];
 int config_key_set(const struct cfg_key *k, void *sect_struct, const char *value, struct buf *why);
 /* Frees what the key's field owns. */
 void config_key_release(const struct cfg_key *k, void *sect_struct);
+/* Bytes the key's field takes in its struct. */
+size_t config_key_size(const struct cfg_key *k);
 /* True when the key's field holds the same value in both structs. */
 bool config_key_equal(const struct cfg_key *k, const void *a, const void *b);
 

@@ -313,6 +313,10 @@ static void conn_feed(struct conn *c, const char *data, size_t n, bool from_pend
     c->in_parse = true;
     size_t used = http_parser_execute(&c->parser, data, n);
     c->in_parse = false;
+    if (c->zombie) {
+        req_release(c->zombie);
+        c->zombie = NULL;
+    }
     if (c->state == CONN_CLOSING)
         return;
     if (c->parser.failed) {
@@ -811,20 +815,26 @@ void conn_close(struct conn *c, enum conn_close_reason reason)
     /* Hand every request back: handlers that can abort do so, the others
      * finish orphaned and free the request when they answer. */
     struct req *r = c->head;
+    struct req *parsing = c->in_parse ? c->reading : NULL;
     c->head = c->tail = NULL;
     c->n_reqs = 0;
     c->reading = NULL;
     while (r) {
         struct req *next = r->next;
         r->next = NULL;
+        bool keep = false;
         if (r->state == REQ_HANDLING || r->state == REQ_STREAMING) {
             r->conn = NULL;
-            if (r->abort_cb) {
+            if (r->abort_cb)
                 r->abort_cb(r);
+            else
+                keep = true; /* orphaned: freed when its handler answers */
+        }
+        if (!keep) {
+            if (r == parsing)
+                c->zombie = r; /* the parser's callbacks still hold it */
+            else
                 req_release(r);
-            }
-        } else {
-            req_release(r);
         }
         r = next;
     }
@@ -914,12 +924,17 @@ int conn_accept_busy(struct listener *lst)
 
 void conn_req_abort(struct conn *c, struct req *r, enum conn_close_reason reason)
 {
-    if (c->head == r) {
+    if (c->head == r)
         dequeue(c);
-        if (c->reading == r)
-            c->reading = NULL;
-    }
     req_observe(r);
-    req_release(r);
+    if (c->reading == r) {
+        c->reading = NULL;
+        if (c->in_parse)
+            c->zombie = r; /* released when the parser returns */
+        else
+            req_release(r);
+    } else {
+        req_release(r);
+    }
     conn_close(c, reason);
 }

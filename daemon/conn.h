@@ -87,6 +87,7 @@ struct conn {
     struct http_parser parser;
     struct req *head, *tail;      /* pipeline: requests not yet written */
     struct req *reading;          /* the request being received, if any */
+    struct req *zombie;           /* closed mid-parse: freed once the parser returns */
     char *pending;                /* input the parser has not consumed yet */
     uint32_t pending_len, pending_off;
     uint32_t n_reqs;

@@ -122,6 +122,7 @@ enum cl_state { CL_WAITING, CL_REPLAYING, CL_LIVE };
 struct stream_def {
     struct events *hub;
     const struct cfg_stream *cfg;
+    bool retired;               /* dropped by a reload: no new clients */
     unsigned n_clients;
     uint64_t *m_published, *m_delivered, *m_overflow, *m_replayed, *m_resets, *m_resyncs;
     uint64_t *m_rejected;
@@ -179,7 +180,7 @@ struct events {
     uv_loop_t *loop;
     const struct config *cfg;
     struct redis_pool *redis;
-    struct stream_def *defs;
+    struct stream_def **defs;   /* stable addresses: channels point at them */
     unsigned n_defs;
     struct channel **buckets;
     unsigned nbuckets, n_channels;
@@ -187,7 +188,7 @@ struct events {
     uv_check_t flush;
     uv_timer_t ping;
     unsigned handles_open;
-    char sha[48];
+    struct redis_script publish_script;
     struct ev *ping_ev;
     bool draining;
     uint64_t *m_publish_errors, *m_history_errors;
@@ -882,16 +883,12 @@ struct publish {
     struct req *r;
     struct events *hub;
     struct stream_def *def;
-    char *key;
-    char event[65];
-    bool reloaded;
 };
 
-static void publish_send(struct publish *p);
-
-static void publish_done(struct publish *p, int status, const char *error, const redisReply *reply)
+static void publish_cb(void *ctx, const redisReply *reply, int err)
 {
-    if (status == 201) {
+    struct publish *p = ctx;
+    if (err == 0 && reply->type == REDIS_REPLY_STRING) {
         struct buf body = BUF_INIT;
         buf_append_str(&body, "{\"id\":");
         json_append_string(&body, reply->str, reply->len);
@@ -900,69 +897,13 @@ static void publish_done(struct publish *p, int status, const char *error, const
         req_respond_buf(p->r, 201, "application/json", &body);
         buf_deinit(&body);
     } else {
+        if (err == 0 && reply && reply->type == REDIS_REPLY_ERROR)
+            log_warn("publish failed", "stream=%s err=%s", p->def->cfg->name, LOG_Q(reply->str));
         (*p->hub->m_publish_errors)++;
-        if (status == 503)
-            req_add_header(p->r, "Retry-After", "1");
-        req_error(p->r, status, error);
+        req_add_header(p->r, "Retry-After", "1");
+        req_error(p->r, 503, "redis_unavailable");
     }
-    free(p->key);
     free(p);
-}
-
-static void script_load_cb(void *ctx, const redisReply *reply, int err)
-{
-    struct publish *p = ctx;
-    if (err == 0 && reply->type == REDIS_REPLY_STRING && reply->len < sizeof(p->hub->sha)) {
-        memcpy(p->hub->sha, reply->str, reply->len);
-        p->hub->sha[reply->len] = '\0';
-        publish_send(p);
-        return;
-    }
-    log_warn("cannot load the publish script", "err=%d reply=%s", err,
-             LOG_Q(err == 0 && reply->type == REDIS_REPLY_ERROR ? reply->str : ""));
-    publish_done(p, 503, "redis_unavailable", NULL);
-}
-
-static void publish_cb(void *ctx, const redisReply *reply, int err)
-{
-    struct publish *p = ctx;
-    if (err == 0 && reply->type == REDIS_REPLY_STRING) {
-        publish_done(p, 201, NULL, reply);
-        return;
-    }
-    if (err == 0 && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
-        !p->reloaded) {
-        /* Redis restarted or SCRIPT FLUSH: load it again, retry once. */
-        p->reloaded = true;
-        p->hub->sha[0] = '\0';
-        publish_send(p);
-        return;
-    }
-    if (err == 0 && reply->type == REDIS_REPLY_ERROR)
-        log_warn("publish failed", "stream=%s err=%s", p->def->cfg->name, LOG_Q(reply->str));
-    publish_done(p, 503, "redis_unavailable", NULL);
-}
-
-static void publish_send(struct publish *p)
-{
-    struct events *h = p->hub;
-    int rc;
-    if (h->sha[0] == '\0') {
-        const char *argv[3] = { "SCRIPT", "LOAD", PUBLISH_SCRIPT };
-        size_t lens[3] = { 6, 4, sizeof(PUBLISH_SCRIPT) - 1 };
-        rc = redis_pool_command(h->redis, script_load_cb, p, 3, argv, lens);
-    } else {
-        char maxlen[24];
-        snprintf(maxlen, sizeof(maxlen), "%lld", (long long)p->def->cfg->max_len);
-        const struct http_request *m = &p->r->msg;
-        const char *argv[7] = { "EVALSHA", h->sha, "1", p->key, maxlen, p->event, m->body.data ? m->body.data : "" };
-        size_t lens[7] = { 7, strlen(h->sha), 1, strlen(p->key), strlen(maxlen), strlen(p->event), m->body.len };
-        rc = redis_pool_command(h->redis, publish_cb, p, 7, argv, lens);
-    }
-    if (rc != 0)
-        publish_done(p, 503, "redis_unavailable", NULL);
-    else
-        redis_pool_flush(h->redis);
 }
 
 static void publish_handler(struct req *r, void *data)
@@ -996,9 +937,16 @@ static void publish_handler(struct req *r, void *data)
         p->def = def;
         struct buf key = BUF_INIT;
         url_template_expand(def->cfg->key, "id", buf_str(&id), &key);
-        p->key = key.data;
-        snprintf(p->event, sizeof(p->event), "%s", event.len ? event.data : "message");
-        publish_send(p);
+        char maxlen[24];
+        snprintf(maxlen, sizeof(maxlen), "%lld", (long long)def->cfg->max_len);
+        const char *ev = event.len ? event.data : "message";
+        const char *argv[5] = { "1", key.data, maxlen, ev, body->data ? body->data : "" };
+        size_t lens[5] = { 1, key.len, strlen(maxlen), strlen(ev), body->len };
+        if (redis_pool_script(h->redis, &h->publish_script, publish_cb, p, 5, argv, lens) == 0)
+            redis_pool_flush(h->redis);
+        else
+            publish_cb(p, NULL, -EAGAIN);
+        buf_deinit(&key);
     }
     buf_deinit(&id);
     buf_deinit(&event);
@@ -1068,7 +1016,7 @@ static double gauge_clients(void *arg)
     struct events *h = arg;
     unsigned n = 0;
     for (unsigned i = 0; i < h->n_defs; i++)
-        n += h->defs[i].n_clients;
+        n += h->defs[i]->n_clients;
     return n;
 }
 
@@ -1105,14 +1053,40 @@ static void def_metrics(struct stream_def *d)
     d->m_rejected = metrics_counter("batchd_sse_rejected_total", l, "SSE requests refused at max_sse_clients.");
 }
 
+static void def_add(struct events *h, const struct cfg_stream *sc)
+{
+    struct stream_def *d = mem_calloc(1, sizeof(*d));
+    d->hub = h;
+    d->cfg = sc;
+    def_metrics(d);
+    h->defs = mem_realloc(h->defs, (h->n_defs + 1) * sizeof(*h->defs));
+    h->defs[h->n_defs++] = d;
+}
+
+/* The ping timer ticks at a quarter of the shortest ping interval, so a
+ * ping is at most that late. */
+static void ping_arm(struct events *h)
+{
+    uint64_t ping_ms = 0;
+    for (unsigned i = 0; i < h->n_defs; i++) {
+        uint64_t p = (uint64_t)h->defs[i]->cfg->ping_interval_ms;
+        if (!h->defs[i]->retired && (ping_ms == 0 || p < ping_ms))
+            ping_ms = p;
+    }
+    uv_timer_stop(&h->ping);
+    if (ping_ms) {
+        uint64_t tick = ping_ms / 4 ? ping_ms / 4 : 1;
+        uv_timer_start(&h->ping, ping_cb, tick, tick);
+    }
+}
+
 struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redis_pool *redis)
 {
     struct events *h = mem_calloc(1, sizeof(*h));
     h->loop = loop;
     h->cfg = cfg;
     h->redis = redis;
-    h->n_defs = cfg->n_streams;
-    h->defs = mem_calloc(h->n_defs ? h->n_defs : 1, sizeof(*h->defs));
+    h->publish_script.src = PUBLISH_SCRIPT;
     h->nbuckets = 256;
     h->buckets = mem_calloc(h->nbuckets, sizeof(*h->buckets));
     struct buf b = BUF_INIT;
@@ -1130,38 +1104,53 @@ struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redi
     metrics_gauge_fn("batchd_sse_queued_bytes", "",
                      "Bytes waiting for SSE clients: batchd's queues plus the sockets' write queues.",
                      gauge_queued, h);
-    uint64_t ping_ms = 0;
-    for (unsigned i = 0; i < h->n_defs; i++) {
-        h->defs[i].hub = h;
-        h->defs[i].cfg = &cfg->streams[i];
-        def_metrics(&h->defs[i]);
-        uint64_t p = (uint64_t)cfg->streams[i].ping_interval_ms;
-        if (ping_ms == 0 || p < ping_ms)
-            ping_ms = p;
-    }
+    for (unsigned i = 0; i < cfg->n_streams; i++)
+        def_add(h, &cfg->streams[i]);
     uv_check_init(loop, &h->flush);
     h->flush.data = h;
     uv_check_start(&h->flush, flush_cb);
     uv_unref((uv_handle_t *)&h->flush);
     uv_timer_init(loop, &h->ping);
     h->ping.data = h;
+    uv_unref((uv_handle_t *)&h->ping);
     h->handles_open = 2;
-    if (ping_ms) {
-        /* Ticks at a quarter of the shortest interval: a ping is at most
-         * that late. */
-        uint64_t tick = ping_ms / 4 ? ping_ms / 4 : 1;
-        uv_timer_start(&h->ping, ping_cb, tick, tick);
-        uv_unref((uv_handle_t *)&h->ping);
-    }
+    ping_arm(h);
     if (h->n_defs && redis)
         redis_pool_pubsub_start(redis, sub_cb, h);
     return h;
 }
 
+void events_reconfigure(struct events *h, const struct config *cfg)
+{
+    h->cfg = cfg;
+    for (unsigned i = 0; i < h->n_defs; i++)
+        h->defs[i]->retired = true;
+    for (unsigned k = 0; k < cfg->n_streams; k++) {
+        const struct cfg_stream *sc = &cfg->streams[k];
+        struct stream_def *d = NULL;
+        for (unsigned i = 0; i < h->n_defs && d == NULL; i++)
+            if (strcmp(h->defs[i]->cfg->name, sc->name) == 0)
+                d = h->defs[i];
+        if (d == NULL) {
+            def_add(h, sc);
+            continue;
+        }
+        /* Connected clients keep their channel (and key); the new limits,
+         * pings and retry apply to them from now on. */
+        d->cfg = sc;
+        d->retired = false;
+    }
+    ping_arm(h);
+    if (h->n_defs && h->redis)
+        redis_pool_pubsub_start(h->redis, sub_cb, h);
+}
+
 void events_add_routes(struct events *h, struct router *rt)
 {
     for (unsigned i = 0; i < h->n_defs; i++) {
-        struct stream_def *d = &h->defs[i];
+        struct stream_def *d = h->defs[i];
+        if (d->retired)
+            continue;
         router_add(rt, ROUTE_M(HTTP_GET), d->cfg->path, subscribe_handler, d, ROUTE_AT_HEAD);
         router_add(rt, ROUTE_M(HTTP_POST), d->cfg->path, publish_handler, d, 0);
     }
@@ -1174,6 +1163,8 @@ static void handle_closed_cb(uv_handle_t *hnd)
         return;
     ev_unref(h->ping_ev);
     free(h->buckets);
+    for (unsigned i = 0; i < h->n_defs; i++)
+        free(h->defs[i]);
     free(h->defs);
     free(h);
 }

@@ -29,6 +29,10 @@ struct events;
 /* Creates the hub for cfg's streams (none is fine). redis may be NULL only
  * when there are no streams. Starts the pool's pub/sub connection. */
 struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redis_pool *redis);
+/* Applies a reloaded config: streams are matched by name and updated in
+ * place (connected clients stay); removed ones take no new clients.
+ * `cfg` must outlive the hub. */
+void events_reconfigure(struct events *h, const struct config *cfg);
 void events_add_routes(struct events *h, struct router *rt);
 /* Shutdown: every client gets a last "retry:" and its stream ends. */
 void events_drain(struct events *h);

@@ -635,6 +635,9 @@ void pg_pool_configure(struct pg_pool *p, const struct cfg_postgres *cfg, int64_
 
 int pg_pool_prepare(struct pg_pool *p, const char *sql)
 {
+    for (unsigned i = 0; i < p->n_stmts; i++)
+        if (strcmp(p->stmts[i].sql, sql) == 0)
+            return (int)i; /* a reload that keeps by_ids */
     p->stmts = mem_realloc(p->stmts, (p->n_stmts + 1) * sizeof(*p->stmts));
     struct stmt *s = &p->stmts[p->n_stmts];
     s->sql = mem_strdup(sql);

@@ -463,8 +463,10 @@ static void on_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         rconn_arm(c);
 }
 
-static int send_cmd(struct rconn *c, redis_reply_fn cb, void *ctx, int argc, const char **argv,
-                    const size_t *argvlen)
+/* Sends an already RESP-formatted command; `name` names it for metrics and
+ * `first` (may be empty) for the slow log. */
+static int send_formatted(struct rconn *c, redis_reply_fn cb, void *ctx, const char *cmd, size_t len,
+                          str_t name, unsigned nargs, str_t first)
 {
     struct rcmd *k = mem_alloc(sizeof(*k));
     k->next = NULL;
@@ -473,34 +475,16 @@ static int send_cmd(struct rconn *c, redis_reply_fn cb, void *ctx, int argc, con
     k->ctx = ctx;
     k->start_ns = uv_hrtime();
     k->start_ms = now_ms(c->pool);
-    k->cmd = cmd_index(argv[0], argvlen[0]);
-    k->nargs = (unsigned)argc - 1;
-    k->first_arg[0] = '\0';
-    if (argc > 1) {
-        size_t n = argvlen[1] < sizeof(k->first_arg) - 1 ? argvlen[1] : sizeof(k->first_arg) - 1;
-        memcpy(k->first_arg, argv[1], n);
-        k->first_arg[n] = '\0';
-    }
-    /* RESP formatted here: hiredis's printf-style formatter was a visible
-     * share of the profile for 50-key MGETs. */
-    static struct buf resp;
-    buf_reset(&resp);
-    buf_append_char(&resp, '*');
-    buf_append_u64(&resp, (uint64_t)argc);
-    buf_append(&resp, "\r\n", 2);
-    for (int i = 0; i < argc; i++) {
-        buf_append_char(&resp, '$');
-        buf_append_u64(&resp, argvlen[i]);
-        buf_append(&resp, "\r\n", 2);
-        buf_append(&resp, argv[i], argvlen[i]);
-        buf_append(&resp, "\r\n", 2);
-    }
-    if (redisAsyncFormattedCommand(c->ac, on_reply_cb, k, resp.data, resp.len) != REDIS_OK) {
+    k->cmd = cmd_index(name.p, name.len);
+    k->nargs = nargs;
+    size_t n = first.len < sizeof(k->first_arg) - 1 ? first.len : sizeof(k->first_arg) - 1;
+    if (n)
+        memcpy(k->first_arg, first.p, n);
+    k->first_arg[n] = '\0';
+    if (redisAsyncFormattedCommand(c->ac, on_reply_cb, k, cmd, len) != REDIS_OK) {
         free(k);
         return -EIO;
     }
-    if (resp.cap > 1024 * 1024)
-        buf_deinit(&resp); /* do not hold on to a rare huge command */
     (*m_cmds[k->cmd])++;
     if (c->tail)
         c->tail->next = k;
@@ -512,8 +496,36 @@ static int send_cmd(struct rconn *c, redis_reply_fn cb, void *ctx, int argc, con
     return 0;
 }
 
-int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int argc,
-                       const char **argv, const size_t *argvlen)
+static void resp_args(struct buf *out, int argc, const char **argv, const size_t *argvlen)
+{
+    for (int i = 0; i < argc; i++) {
+        buf_append_char(out, '$');
+        buf_append_u64(out, argvlen[i]);
+        buf_append(out, "\r\n", 2);
+        buf_append(out, argv[i], argvlen[i]);
+        buf_append(out, "\r\n", 2);
+    }
+}
+
+static int send_cmd(struct rconn *c, redis_reply_fn cb, void *ctx, int argc, const char **argv,
+                    const size_t *argvlen)
+{
+    /* RESP formatted here: hiredis's printf-style formatter was a visible
+     * share of the profile for 50-key MGETs. */
+    static struct buf resp;
+    buf_reset(&resp);
+    buf_append_char(&resp, '*');
+    buf_append_u64(&resp, (uint64_t)argc);
+    buf_append(&resp, "\r\n", 2);
+    resp_args(&resp, argc, argv, argvlen);
+    int rc = send_formatted(c, cb, ctx, resp.data, resp.len, str_make(argv[0], argvlen[0]),
+                            (unsigned)argc - 1, argc > 1 ? str_make(argv[1], argvlen[1]) : STR_NULL);
+    if (resp.cap > 1024 * 1024)
+        buf_deinit(&resp); /* do not hold on to a rare huge command */
+    return rc;
+}
+
+static struct rconn *pick(struct redis_pool *p)
 {
     struct rconn *best = NULL;
     for (unsigned i = 0; i < p->n; i++) {
@@ -521,9 +533,109 @@ int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int a
         if (c->state == RC_READY && (best == NULL || c->pending < best->pending))
             best = c;
     }
-    if (best == NULL)
+    return best;
+}
+
+/* --- scripts ------------------------------------------------------------------ */
+
+struct scall {
+    struct redis_pool *pool;
+    struct redis_script *script;
+    redis_reply_fn cb;
+    void *ctx;
+    struct buf tail;            /* the arguments, RESP-encoded */
+    int argc;
+    char first[48];             /* first key, for the slow log */
+    bool retried;
+};
+
+static int scall_send(struct scall *sc);
+
+static void scall_finish(struct scall *sc, const redisReply *reply, int err)
+{
+    sc->cb(sc->ctx, reply, err);
+    buf_deinit(&sc->tail);
+    free(sc);
+}
+
+static void script_load_cb(void *ctx, const redisReply *reply, int err)
+{
+    struct scall *sc = ctx;
+    if (err == 0 && reply->type == REDIS_REPLY_STRING && reply->len < sizeof(sc->script->sha)) {
+        memcpy(sc->script->sha, reply->str, reply->len);
+        sc->script->sha[reply->len] = '\0';
+        if (scall_send(sc) == 0)
+            return;
+        err = -EAGAIN;
+    }
+    scall_finish(sc, err ? NULL : reply, err);
+}
+
+static void script_call_cb(void *ctx, const redisReply *reply, int err)
+{
+    struct scall *sc = ctx;
+    if (err == 0 && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
+        !sc->retried) {
+        /* Redis restarted, or SCRIPT FLUSH: load it again and retry once. */
+        sc->retried = true;
+        sc->script->sha[0] = '\0';
+        if (scall_send(sc) == 0)
+            return;
+        err = -EAGAIN;
+        reply = NULL;
+    }
+    scall_finish(sc, reply, err);
+}
+
+static int scall_send(struct scall *sc)
+{
+    struct rconn *c = pick(sc->pool);
+    if (c == NULL)
         return -EAGAIN;
-    return send_cmd(best, cb, ctx, argc, argv, argvlen);
+    struct redis_script *s = sc->script;
+    if (s->sha[0] == '\0') {
+        const char *argv[3] = { "SCRIPT", "LOAD", s->src };
+        size_t lens[3] = { 6, 4, strlen(s->src) };
+        return send_cmd(c, script_load_cb, sc, 3, argv, lens);
+    }
+    static struct buf cmd;
+    buf_reset(&cmd);
+    buf_appendf(&cmd, "*%d\r\n$7\r\nEVALSHA\r\n$%zu\r\n%s\r\n", sc->argc + 2, strlen(s->sha), s->sha);
+    buf_append(&cmd, sc->tail.data, sc->tail.len);
+    int rc = send_formatted(c, script_call_cb, sc, cmd.data, cmd.len, STR_LIT("EVALSHA"),
+                            (unsigned)sc->argc + 1, str_cstr(sc->first));
+    if (cmd.cap > 1024 * 1024)
+        buf_deinit(&cmd);
+    return rc;
+}
+
+int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_reply_fn cb, void *ctx,
+                      int argc, const char **argv, const size_t *argvlen)
+{
+    struct scall *sc = mem_calloc(1, sizeof(*sc));
+    sc->pool = p;
+    sc->script = script;
+    sc->cb = cb;
+    sc->ctx = ctx;
+    sc->argc = argc;
+    resp_args(&sc->tail, argc, argv, argvlen);
+    if (argc > 1)
+        snprintf(sc->first, sizeof(sc->first), "%.*s", (int)argvlen[1], argv[1]);
+    int rc = scall_send(sc);
+    if (rc != 0) {
+        buf_deinit(&sc->tail);
+        free(sc);
+    }
+    return rc;
+}
+
+int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int argc,
+                       const char **argv, const size_t *argvlen)
+{
+    struct rconn *c = pick(p);
+    if (c == NULL)
+        return -EAGAIN;
+    return send_cmd(c, cb, ctx, argc, argv, argvlen);
 }
 
 void redis_pool_flush(struct redis_pool *p)

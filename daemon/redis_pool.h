@@ -56,6 +56,19 @@ void redis_pool_free(struct redis_pool *p);
 int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int argc,
                        const char **argv, const size_t *argvlen)
     __attribute__((warn_unused_result));
+/* A Lua script run with EVALSHA: loaded with SCRIPT LOAD on first use and
+ * again when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH). */
+struct redis_script {
+    const char *src;
+    char sha[48];               /* empty until loaded */
+};
+
+/* EVALSHA script argv... (argv starts with numkeys). Same contract as
+ * redis_pool_command; the first key is shown in the slow log. */
+int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_reply_fn cb, void *ctx,
+                      int argc, const char **argv, const size_t *argvlen)
+    __attribute__((warn_unused_result));
+
 /* Keeps a reply given to a redis_reply_fn (the top-level one) valid after
  * the callback returns, strings included; each retain needs one release. */
 void *redis_reply_retain(const redisReply *reply);

@@ -346,12 +346,20 @@ void req_stream_start(struct req *r, int status, const char *content_type, bool 
     conn_write(r->conn, iov, 2, NULL, NULL);
 }
 
-void req_stream_start_raw(struct req *r, int status, struct buf *head)
+bool req_should_close(const struct req *r)
+{
+    return r->close_after || (r->conn && r->conn->draining);
+}
+
+void req_stream_start_raw(struct req *r, int status, struct buf *head, bool chunked)
 {
     assert(r->state == REQ_HANDLING);
     assert(r->abort_cb != NULL);
     r->status = status;
     r->state = REQ_STREAMING;
+    r->stream_chunked = chunked;
+    if (req_should_close(r))
+        r->close_after = true;
     struct buf old = r->head_extra;
     r->head_extra = *head;
     *head = old;

@@ -125,8 +125,13 @@ void req_error(struct req *r, int status, const char *code);
  * (e.g. SSE). Only for ROUTE_AT_HEAD routes. With `chunked`, pieces are
  * framed with Transfer-Encoding: chunked. */
 void req_stream_start(struct req *r, int status, const char *content_type, bool chunked);
-/* Sends raw response head bytes (a proxied head) instead of building one. */
-void req_stream_start_raw(struct req *r, int status, struct buf *head);
+/* Sends raw response head bytes (a proxied head) instead of building one.
+ * With `chunked`, the head says Transfer-Encoding: chunked and the caller
+ * frames the pieces (req_stream_end writes the last chunk). */
+void req_stream_start_raw(struct req *r, int status, struct buf *head, bool chunked);
+/* True when this response must say Connection: close (the client asked,
+ * HTTP/1.0 without keep-alive, or batchd is draining). */
+bool req_should_close(const struct req *r);
 /* Queues bytes on the socket. The bytes must stay valid until cb runs
  * (cb may be NULL for bytes that live as long as the request). Returns 0, or
  * a negative errno when the connection is gone. */

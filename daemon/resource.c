@@ -10,6 +10,19 @@
  *
  * A missing row is cached as ABSENT_MARKER for negative_ttl seconds. The
  * marker starts with a NUL byte, so it can never be a JSON document.
+ *
+ * Invalidation and the race guard. A load whose PostgreSQL read began
+ * before a write committed could cache the old row after the write's
+ * invalidation. So an invalidation (PURGE, or a write through the proxy):
+ *   - marks loads of that id in flight in this process as stale: they
+ *     answer their readers but are not cached;
+ *   - for a write-back already sent, deletes the key again once Redis has
+ *     stored it, and only then reports done;
+ *   - deletes the key and leaves a tombstone, batchd:inval:<key> = the
+ *     invalidation's wall-clock ms, for query_timeout_ms + 5 s. Write-backs
+ *     run WRITEBACK_SCRIPT, which skips a key whose tombstone is not older
+ *     than the fill's start (minus CLOCK_SKEW_MS): the guard across batchd
+ *     processes and hosts.
  */
 #include "daemon/resource.h"
 
@@ -17,6 +30,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "daemon/auth.h"
 #include "daemon/log.h"
@@ -32,6 +46,31 @@
 
 static const char ABSENT_MARKER[] = "\0batchd:absent";
 #define ABSENT_LEN (sizeof(ABSENT_MARKER) - 1)
+#define TOMBSTONE_PREFIX "batchd:inval:"
+#define TOMBSTONE_EXTRA_MS 5000
+/* Hosts' clocks may differ by this much; fills starting within it of an
+ * invalidation are not cached. */
+#define CLOCK_SKEW_MS 250
+
+static const char WRITEBACK_SCRIPT[] =
+    "local n = #KEYS / 2\n"
+    "local start = tonumber(ARGV[1])\n"
+    "local written = 0\n"
+    "for i = 1, n do\n"
+    "  local t = redis.call('GET', KEYS[n + i])\n"
+    "  if not t or tonumber(t) < start then\n"
+    "    redis.call('SET', KEYS[i], ARGV[2 * i], 'EX', ARGV[2 * i + 1])\n"
+    "    written = written + 1\n"
+    "  end\n"
+    "end\n"
+    "return written\n";
+
+static const char INVALIDATE_SCRIPT[] =
+    "redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
+    "return redis.call('DEL', KEYS[1])\n";
+
+static struct redis_script writeback_script = { WRITEBACK_SCRIPT, "" };
+static struct redis_script invalidate_script = { INVALIDATE_SCRIPT, "" };
 
 enum fail_kind { FAIL_NONE = 0, FAIL_DB_UNAVAILABLE, FAIL_QUERY, FAIL_DOCUMENT, FAIL_SHUTDOWN };
 
@@ -45,6 +84,8 @@ struct resource {
      * it has several (key_of then expands the template in full). */
     bool key_split;
     str_t key_prefix, key_suffix;
+    struct wb *wbs;             /* write-backs in flight */
+    bool retired;               /* dropped from the config: no routes, finishing work */
     struct batch_table table;
     struct batch_entry *queue_head, **queue_tail;
     unsigned n_queued;
@@ -61,7 +102,7 @@ struct resource_set {
     const struct config *cfg;
     struct redis_pool *redis;
     struct pg_pool *pg;
-    struct resource *res;
+    struct resource **res;      /* stable addresses: in-flight work points at them */
     unsigned n;
     uv_check_t check;
     unsigned handles_open;
@@ -80,6 +121,7 @@ struct chunk {
     struct flight *flight;       /* MGET chunks */
     struct resource *res;
     uint64_t start_ns;
+    uint64_t start_wall_ms;      /* DB chunks: when the read was sent */
     unsigned n;
     struct batch_entry *entries[];
 };
@@ -270,45 +312,230 @@ static void answer(struct read *rd)
     free(rd);
 }
 
+/* --- invalidation ------------------------------------------------------------------- */
+
+struct invalidation {
+    void (*cb)(void *ctx, int err);
+    void *ctx;
+    unsigned pending;
+    int err;
+};
+
+/* A write-back in flight, and the invalidations waiting for it to land. */
+struct wb_waiter {
+    struct invalidation *op;
+    unsigned idx;
+};
+
+struct wb {
+    struct wb *prev, *next;
+    struct resource *res;
+    struct wb_waiter *waiters;
+    unsigned n_waiters;
+    unsigned n;
+    struct batch_entry *e[];
+};
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void inval_part_done(struct invalidation *op, int err)
+{
+    if (err < 0 && op->err == 0)
+        op->err = err;
+    if (--op->pending == 0) {
+        if (op->cb)
+            op->cb(op->ctx, op->err);
+        free(op);
+    }
+}
+
+static void inval_script_cb(void *ctx, const redisReply *reply, int err)
+{
+    if (err == 0 && reply && reply->type == REDIS_REPLY_ERROR)
+        err = -EIO;
+    inval_part_done(ctx, err);
+}
+
+/* Deletes the key and leaves the tombstone; counts as one part of op. */
+static int send_invalidate(struct resource *res, const char *id, size_t len, struct invalidation *op)
+{
+    struct buf key = BUF_INIT, tomb = BUF_INIT;
+    key_of(res, id, len, &key);
+    buf_append_str(&tomb, TOMBSTONE_PREFIX);
+    buf_append(&tomb, key.data, key.len);
+    char now[24], ttl[24];
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wall_ms());
+    snprintf(ttl, sizeof(ttl), "%lld",
+             (long long)(res->set->cfg->postgres.query_timeout_ms + TOMBSTONE_EXTRA_MS));
+    const char *argv[5] = { "2", key.data, tomb.data, now, ttl };
+    size_t lens[5] = { 1, key.len, tomb.len, strlen(now), strlen(ttl) };
+    op->pending++;
+    int rc = redis_pool_script(res->set->redis, &invalidate_script, inval_script_cb, op, 5, argv, lens);
+    if (rc != 0)
+        op->pending--;
+    buf_deinit(&key);
+    buf_deinit(&tomb);
+    return rc;
+}
+
+int resource_invalidate(struct resource *res, const char *id, size_t id_len,
+                        void (*cb)(void *ctx, int err), void *ctx)
+{
+    if (res->set->redis == NULL)
+        return -ENOENT;
+    struct invalidation *op = mem_calloc(1, sizeof(*op));
+    op->cb = cb;
+    op->ctx = ctx;
+    op->pending = 1; /* held while the parts are being sent */
+    /* Loads in flight may carry the old row: answer, but do not cache. */
+    struct batch_entry *e = batch_table_find(&res->table, id, id_len);
+    if (e && e->state != BATCH_QUEUED) {
+        e->stale = true;
+        batch_table_remove(&res->table, e);
+    }
+    /* A write-back already sent may land after the delete: delete again
+     * when it has, and finish only then. */
+    for (struct wb *w = res->wbs; w; w = w->next) {
+        for (unsigned i = 0; i < w->n; i++) {
+            if (w->e[i]->id_len != id_len || memcmp(w->e[i]->id, id, id_len) != 0)
+                continue;
+            w->e[i]->stale = true;
+            w->waiters = mem_realloc(w->waiters, (w->n_waiters + 1) * sizeof(*w->waiters));
+            w->waiters[w->n_waiters++] = (struct wb_waiter){ op, i };
+            op->pending++;
+        }
+    }
+    int rc = send_invalidate(res, id, id_len, op);
+    if (rc != 0 && op->pending == 1) {
+        free(op); /* nothing sent: the caller hears it from the return value */
+        return rc;
+    }
+    if (rc != 0)
+        op->err = rc;
+    inval_part_done(op, 0);
+    redis_pool_flush(res->set->redis);
+    return 0;
+}
+
 /* --- write-back ------------------------------------------------------------------ */
 
 static void writeback_cb(void *ctx, const redisReply *reply, int err)
 {
-    struct batch_entry *e = ctx;
-    struct resource *res = e->owner;
+    struct wb *w = ctx;
+    struct resource *res = w->res;
     (void)reply;
-    (void)err;
-    /* Written (or not): either way the next reader asks Redis again. */
-    if (res && !res->set->freeing)
-        batch_table_remove(&res->table, e);
-    batch_entry_unref(e);
+    (void)err; /* written or not, the next reader asks Redis again */
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        res->wbs = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    for (unsigned i = 0; i < w->n; i++)
+        if (!res->set->freeing)
+            batch_table_remove(&res->table, w->e[i]);
+    for (unsigned k = 0; k < w->n_waiters; k++) {
+        struct wb_waiter *wt = &w->waiters[k];
+        struct batch_entry *e = w->e[wt->idx];
+        /* The second delete becomes a part of its own; then the waiter's
+         * part is done. */
+        int rc = send_invalidate(res, e->id, e->id_len, wt->op);
+        inval_part_done(wt->op, rc);
+    }
+    if (w->n_waiters && res->set->redis)
+        redis_pool_flush(res->set->redis);
+    for (unsigned i = 0; i < w->n; i++)
+        batch_entry_unref(w->e[i]);
+    free(w->waiters);
+    free(w);
 }
 
-/* Caches a PostgreSQL result. The entry stays joinable until Redis
- * acknowledges, so a reader in between gets it without a second query. */
-static void write_back(struct resource *res, struct batch_entry *e)
+/* Caches the rows (and absences) a by_ids chunk loaded, in one script call
+ * that respects invalidation tombstones. The entries stay joinable until
+ * Redis acknowledges, so a reader in between gets them without a query. */
+static void write_back(struct resource *res, struct chunk *ch)
 {
     struct redis_pool *redis = res->set->redis;
-    int64_t ttl = e->result == BATCH_FOUND ? res->cfg->ttl : res->cfg->negative_ttl;
-    if (redis == NULL || e->result == BATCH_FAILED || ttl <= 0) {
-        batch_table_remove(&res->table, e);
+    unsigned n = 0;
+    for (unsigned i = 0; i < ch->n; i++) {
+        struct batch_entry *e = ch->entries[i];
+        int64_t ttl = e->result == BATCH_FOUND ? res->cfg->ttl : res->cfg->negative_ttl;
+        if (e->state == BATCH_DONE && e->result != BATCH_FAILED && !e->stale && ttl > 0 && e->in_table &&
+            redis != NULL)
+            n++;
+        else
+            batch_table_remove(&res->table, e);
+    }
+    if (n == 0)
         return;
+    struct wb *w = mem_calloc(1, sizeof(*w) + n * sizeof(w->e[0]));
+    w->res = res;
+    struct buf keys = BUF_INIT, ttls = BUF_INIT;
+    size_t *koff = mem_alloc(2 * n * sizeof(size_t)), *toff = mem_alloc(n * sizeof(size_t));
+    for (unsigned i = 0; i < ch->n; i++) {
+        struct batch_entry *e = ch->entries[i];
+        if (!e->in_table)
+            continue;
+        batch_entry_ref(e);
+        koff[w->n] = keys.len;
+        key_of(res, e->id, e->id_len, &keys);
+        buf_append_char(&keys, '\0');
+        toff[w->n] = ttls.len;
+        buf_append_i64(&ttls, e->result == BATCH_FOUND ? res->cfg->ttl : res->cfg->negative_ttl);
+        buf_append_char(&ttls, '\0');
+        w->e[w->n++] = e;
     }
-    struct buf key = BUF_INIT;
-    key_of(res, e->id, e->id_len, &key);
-    char ttl_s[24];
-    snprintf(ttl_s, sizeof(ttl_s), "%lld", (long long)ttl);
-    const char *argv[5] = { "SET", key.data, e->result == BATCH_FOUND ? e->doc : ABSENT_MARKER, "EX", ttl_s };
-    size_t lens[5] = { 3, key.len, e->result == BATCH_FOUND ? e->doc_len : ABSENT_LEN, 2, strlen(ttl_s) };
-    e->owner = res;
-    batch_entry_ref(e);
-    if (redis_pool_command(redis, writeback_cb, e, 5, argv, lens) != 0) {
-        batch_entry_unref(e);
-        batch_table_remove(&res->table, e);
+    size_t key_bytes = keys.len; /* appending may move keys.data: copy from a stable snapshot */
+    char *snapshot = mem_alloc(key_bytes ? key_bytes : 1);
+    memcpy(snapshot, keys.data, key_bytes);
+    for (unsigned i = 0; i < n; i++) {
+        koff[n + i] = keys.len;
+        buf_append_str(&keys, TOMBSTONE_PREFIX);
+        buf_append_str(&keys, snapshot + koff[i]);
+        buf_append_char(&keys, '\0');
+    }
+    free(snapshot);
+    char nkeys[16], start[24];
+    snprintf(nkeys, sizeof(nkeys), "%u", 2 * n);
+    snprintf(start, sizeof(start), "%llu", (unsigned long long)(ch->start_wall_ms - CLOCK_SKEW_MS));
+    unsigned argc = 2 + 2 * n + 2 * n;
+    const char **argv = mem_alloc(argc * sizeof(char *));
+    size_t *lens = mem_alloc(argc * sizeof(size_t));
+    unsigned a = 0;
+    argv[a] = nkeys, lens[a++] = strlen(nkeys);
+    for (unsigned i = 0; i < 2 * n; i++)
+        argv[a] = keys.data + koff[i], lens[a++] = strlen(keys.data + koff[i]);
+    argv[a] = start, lens[a++] = strlen(start);
+    for (unsigned i = 0; i < n; i++) {
+        struct batch_entry *e = w->e[i];
+        argv[a] = e->result == BATCH_FOUND ? e->doc : ABSENT_MARKER;
+        lens[a++] = e->result == BATCH_FOUND ? e->doc_len : ABSENT_LEN;
+        argv[a] = ttls.data + toff[i], lens[a++] = strlen(ttls.data + toff[i]);
+    }
+    if (redis_pool_script(redis, &writeback_script, writeback_cb, w, (int)argc, argv, lens) == 0) {
+        (*res->m_writebacks) += n;
+        w->next = res->wbs;
+        if (res->wbs)
+            res->wbs->prev = w;
+        res->wbs = w;
     } else {
-        (*res->m_writebacks)++;
+        for (unsigned i = 0; i < w->n; i++) {
+            batch_table_remove(&res->table, w->e[i]);
+            batch_entry_unref(w->e[i]);
+        }
+        free(w);
     }
-    buf_deinit(&key);
+    free(argv);
+    free(lens);
+    free(koff);
+    free(toff);
+    buf_deinit(&keys);
+    buf_deinit(&ttls);
 }
 
 /* --- PostgreSQL ---------------------------------------------------------------------- */
@@ -372,7 +599,6 @@ static void db_cb(void *ctx, const PGresult *pgres, int err)
             } else {
                 batch_entry_resolve(e, BATCH_FOUND, 0, doc, len, &done);
             }
-            write_back(res, e);
         }
         for (unsigned i = 0; i < ch->n; i++) {
             struct batch_entry *e = ch->entries[i];
@@ -381,8 +607,8 @@ static void db_cb(void *ctx, const PGresult *pgres, int err)
             e->db_us = us;
             batch_entry_resolve(e, shape_ok ? BATCH_ABSENT : BATCH_FAILED, shape_ok ? 0 : FAIL_QUERY,
                                 NULL, 0, &done);
-            write_back(res, e);
         }
+        write_back(res, ch);
         if (res->set->redis)
             redis_pool_flush(res->set->redis);
     }
@@ -425,6 +651,7 @@ static void flight_db(struct flight *f)
         ch->res = res;
         ch->n = n;
         ch->start_ns = uv_hrtime();
+        ch->start_wall_ms = wall_ms();
         struct buf param = BUF_INIT;
         buf_append_char(&param, '{');
         for (unsigned i = 0; i < n; i++) {
@@ -587,7 +814,7 @@ static void check_cb(uv_check_t *h)
 {
     struct resource_set *s = h->data;
     for (unsigned i = 0; i < s->n; i++) {
-        struct resource *res = &s->res[i];
+        struct resource *res = s->res[i];
         if (res->n_queued && res->cfg->batch_window_us == 0)
             resource_flush(res);
     }
@@ -759,52 +986,45 @@ static void handle_purge(struct req *r, void *data)
     buf_deinit(&raw);
 }
 
-/* --- invalidation ------------------------------------------------------------------------------- */
-
-struct invalidation {
-    void (*cb)(void *ctx, int err);
-    void *ctx;
-};
-
-static void del_cb(void *ctx, const redisReply *reply, int err)
-{
-    struct invalidation *inv = ctx;
-    if (err == 0 && reply && reply->type == REDIS_REPLY_ERROR)
-        err = -EIO;
-    if (inv->cb)
-        inv->cb(inv->ctx, err);
-    free(inv);
-}
+/* --- lookups for PURGE and the proxy ------------------------------------------------------ */
 
 int resource_set_invalidate(struct resource_set *s, const char *resource, const char *id,
                             size_t id_len, void (*cb)(void *ctx, int err), void *ctx)
 {
-    struct resource *res = NULL;
     for (unsigned i = 0; i < s->n; i++)
-        if (strcmp(s->res[i].cfg->name, resource) == 0)
-            res = &s->res[i];
-    if (res == NULL || s->redis == NULL)
-        return -ENOENT;
-    /* Readers after this point start a fresh load instead of joining one
-     * that may carry the old value. */
-    struct batch_entry *e = batch_table_find(&res->table, id, id_len);
-    if (e && e->state != BATCH_QUEUED)
-        batch_table_remove(&res->table, e);
-    struct buf key = BUF_INIT;
-    key_of(res, id, id_len, &key);
-    const char *argv[2] = { "DEL", key.data };
-    size_t lens[2] = { 3, key.len };
-    struct invalidation *inv = mem_alloc(sizeof(*inv));
-    inv->cb = cb;
-    inv->ctx = ctx;
-    int rc = redis_pool_command(s->redis, del_cb, inv, 2, argv, lens);
-    buf_deinit(&key);
-    if (rc != 0) {
-        free(inv);
-        return rc;
+        if (!s->res[i]->retired && strcmp(s->res[i]->cfg->name, resource) == 0)
+            return resource_invalidate(s->res[i], id, id_len, cb, ctx);
+    return -ENOENT;
+}
+
+unsigned resource_set_match_write(struct resource_set *s, str_t path, struct resource_match *out,
+                                  unsigned max)
+{
+    unsigned n = 0;
+    if (s == NULL)
+        return 0;
+    for (unsigned i = 0; i < s->n && n < max; i++) {
+        if (s->res[i]->retired)
+            continue;
+        const struct cfg_list *l = &s->res[i]->cfg->invalidate;
+        for (unsigned k = 0; k < l->n && n < max; k++) {
+            struct url_params params;
+            str_t raw;
+            if (url_template_match(l->items[k], path, &params) < 0 || !url_params_get(&params, "id", &raw))
+                continue;
+            struct buf id = BUF_INIT;
+            if (url_decode(raw, false, &id) == 0 && ids_valid(id.data, id.len)) {
+                out[n].res = s->res[i];
+                memcpy(out[n].id, id.data, id.len);
+                out[n].id[id.len] = '\0';
+                out[n].id_len = id.len;
+                n++;
+            }
+            buf_deinit(&id);
+            break; /* one match per resource */
+        }
     }
-    redis_pool_flush(s->redis);
-    return 0;
+    return n;
 }
 
 /* --- set ------------------------------------------------------------------------------------------- */
@@ -850,6 +1070,8 @@ static void resource_metrics(struct resource *res)
 static void set_handle_closed(struct resource_set *s)
 {
     if (--s->handles_open == 0) {
+        for (unsigned i = 0; i < s->n; i++)
+            free(s->res[i]);
         free(s->res);
         free(s);
     }
@@ -865,6 +1087,26 @@ static void window_closed_cb(uv_handle_t *h)
     set_handle_closed(((struct resource *)h->data)->set);
 }
 
+static void resource_add(struct resource_set *s, const struct cfg_resource *rc)
+{
+    struct resource *res = mem_calloc(1, sizeof(*res));
+    res->set = s;
+    res->cfg = rc;
+    res->queue_tail = &res->queue_head;
+    key_compile(res);
+    batch_table_init(&res->table);
+    res->stmt = s->pg ? pg_pool_prepare(s->pg, rc->by_ids) : -1;
+    uv_timer_init(s->loop, &res->window);
+    res->window.data = res;
+    uv_unref((uv_handle_t *)&res->window);
+    s->handles_open++;
+    resource_metrics(res);
+    if (s->redis == NULL)
+        log_warn("resource has no cache", "resource=%s hint=\"add a [redis] section\"", rc->name);
+    s->res = mem_realloc(s->res, (s->n + 1) * sizeof(*s->res));
+    s->res[s->n++] = res;
+}
+
 struct resource_set *resource_set_new(uv_loop_t *loop, const struct config *cfg,
                                       struct redis_pool *redis, struct pg_pool *pg)
 {
@@ -873,24 +1115,8 @@ struct resource_set *resource_set_new(uv_loop_t *loop, const struct config *cfg,
     s->cfg = cfg;
     s->redis = redis;
     s->pg = pg;
-    s->n = cfg->n_resources;
-    s->res = mem_calloc(s->n ? s->n : 1, sizeof(*s->res));
-    for (unsigned i = 0; i < s->n; i++) {
-        struct resource *res = &s->res[i];
-        res->set = s;
-        res->cfg = &cfg->resources[i];
-        res->queue_tail = &res->queue_head;
-        key_compile(res);
-        batch_table_init(&res->table);
-        res->stmt = pg ? pg_pool_prepare(pg, res->cfg->by_ids) : -1;
-        uv_timer_init(loop, &res->window);
-        res->window.data = res;
-        uv_unref((uv_handle_t *)&res->window);
-        s->handles_open++;
-        resource_metrics(res);
-        if (redis == NULL)
-            log_warn("resource has no cache", "resource=%s hint=\"add a [redis] section\"", res->cfg->name);
-    }
+    for (unsigned i = 0; i < cfg->n_resources; i++)
+        resource_add(s, &cfg->resources[i]);
     uv_check_init(loop, &s->check);
     s->check.data = s;
     s->handles_open++;
@@ -899,10 +1125,42 @@ struct resource_set *resource_set_new(uv_loop_t *loop, const struct config *cfg,
     return s;
 }
 
+void resource_set_reconfigure(struct resource_set *s, const struct config *cfg)
+{
+    s->cfg = cfg;
+    for (unsigned i = 0; i < s->n; i++)
+        s->res[i]->retired = true;
+    for (unsigned k = 0; k < cfg->n_resources; k++) {
+        const struct cfg_resource *rc = &cfg->resources[k];
+        struct resource *res = NULL;
+        for (unsigned i = 0; i < s->n && res == NULL; i++)
+            if (strcmp(s->res[i]->cfg->name, rc->name) == 0)
+                res = s->res[i];
+        if (res == NULL) {
+            resource_add(s, rc);
+            log_info("resource added", "resource=%s path=%s", rc->name, rc->path);
+            continue;
+        }
+        /* Same name: new TTLs, limits, key and statement from here on;
+         * work in flight finishes with what it started with. */
+        bool new_sql = strcmp(res->cfg->by_ids, rc->by_ids) != 0;
+        res->cfg = rc;
+        res->retired = false;
+        key_compile(res);
+        if (new_sql && s->pg)
+            res->stmt = pg_pool_prepare(s->pg, rc->by_ids);
+    }
+    for (unsigned i = 0; i < s->n; i++)
+        if (s->res[i]->retired)
+            log_info("resource removed", "resource=%s", s->res[i]->cfg->name);
+}
+
 void resource_set_add_routes(struct resource_set *s, struct router *rt)
 {
     for (unsigned i = 0; i < s->n; i++) {
-        struct resource *res = &s->res[i];
+        struct resource *res = s->res[i];
+        if (res->retired)
+            continue;
         struct buf p = BUF_INIT;
         buf_appendf(&p, "%s/{id}", res->cfg->path);
         router_add(rt, ROUTE_M(HTTP_GET), p.data, handle_single, res, 0);
@@ -930,7 +1188,7 @@ void resource_set_free(struct resource_set *s)
         return;
     s->freeing = true;
     for (unsigned i = 0; i < s->n; i++) {
-        struct resource *res = &s->res[i];
+        struct resource *res = s->res[i];
         struct batch_read *done = NULL;
         struct batch_entry *e = res->queue_head;
         res->queue_head = NULL;

@@ -24,6 +24,7 @@
 
 #include "daemon/config.h"
 #include "daemon/router.h"
+#include "proto/buf.h"
 
 struct redis_pool;
 struct pg_pool;
@@ -33,13 +34,36 @@ struct resource_set;
  * when the section is absent. */
 struct resource_set *resource_set_new(uv_loop_t *loop, const struct config *cfg,
                                       struct redis_pool *redis, struct pg_pool *pg);
+/* Applies a reloaded config: resources are matched by name and updated in
+ * place; new ones start; removed ones lose their routes and finish their
+ * work in flight. `cfg` must outlive the set. */
+void resource_set_reconfigure(struct resource_set *s, const struct config *cfg);
 /* Adds every resource's routes to rt. */
 void resource_set_add_routes(struct resource_set *s, struct router *rt);
 /* NULL when reads can be served, else a reason for /readyz. */
 const char *resource_set_not_ready(const struct resource_set *s);
-/* Removes the cached entry of `id` in `resource` (by name), the shared path
- * of PURGE and write-through invalidation. cb(ctx, err) runs once the
- * delete is acknowledged; err < 0 when Redis could not be reached. */
+struct resource;
+
+/* A resource whose `invalidate` template matched a write's path. */
+struct resource_match {
+    struct resource *res;
+    char id[129];
+    size_t id_len;
+};
+
+/* The resources whose invalidate templates match path, each with its {id}
+ * (percent-decoded, valid). Returns how many were written to out. */
+unsigned resource_set_match_write(struct resource_set *s, str_t path, struct resource_match *out,
+                                  unsigned max);
+
+/* Deletes the cached entry of id, with the race guard (resource.c): loads
+ * in flight are not cached, write-backs in flight are deleted again after
+ * they land, and a tombstone stops other processes' fills. cb(ctx, err)
+ * runs once every delete is acknowledged (err < 0: Redis unreachable).
+ * Returns 0, or a negative errno when nothing could be sent (cb not called). */
+int resource_invalidate(struct resource *res, const char *id, size_t id_len,
+                        void (*cb)(void *ctx, int err), void *ctx);
+/* The same, by resource name (PURGE). */
 int resource_set_invalidate(struct resource_set *s, const char *resource, const char *id,
                             size_t id_len, void (*cb)(void *ctx, int err), void *ctx);
 /* Releases everything; call after the pools have completed their callbacks. */

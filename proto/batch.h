@@ -53,6 +53,7 @@ struct batch_entry {
     enum batch_result result;
     bool in_table;
     bool from_cache;
+    bool stale;                     /* owner's: invalidated while loading */
     int err;                        /* for BATCH_FAILED: owner's code */
     uint32_t cache_us, db_us;       /* time spent in Redis / PostgreSQL */
     uint64_t gen;                   /* owner's stamp (invalidation guard) */

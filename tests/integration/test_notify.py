@@ -119,6 +119,22 @@ def test_ready_after_listeners_then_stopping_before_exit(start_batchd, receiver)
     assert not any("READY" in m for m in late), f"READY=1 after STOPPING=1: {late}"
 
 
+def test_reload_is_bracketed_by_reloading_and_ready(start_batchd, receiver):
+    b = start_batchd(env=receiver.env(), wait=False)
+    receiver.wait_for("READY")
+    b.conf.write_text(b.conf.read_text().replace("log_level = debug", "log_level = info"))
+    b.send_signal(signal.SIGHUP)
+    reloading = receiver.wait_for("RELOADING")
+    assert reloading["RELOADING"] == "1" and int(reloading["MONOTONIC_USEC"]) > 0
+    assert receiver.wait_for("READY")["READY"] == "1"
+    # A rejected file still ends the reload with READY=1 (the old config runs).
+    b.conf.write_text(b.conf.read_text() + "\nnonsense line\n")
+    b.send_signal(signal.SIGHUP)
+    receiver.wait_for("RELOADING")
+    receiver.wait_for("READY")
+    assert "reload rejected" in b.log()
+
+
 def test_watchdog_pings_every_half_timeout(start_batchd, receiver):
     b = start_batchd(env=receiver.env(WATCHDOG_USEC="200000"), wait=False)
     receiver.wait_for("READY")

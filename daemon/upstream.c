@@ -1,0 +1,1042 @@
+/*
+ * upstream: reverse proxy with a keep-alive pool. See upstream.h.
+ *
+ * A proxied request (struct proxy) runs:
+ *
+ *   WAIT_CONN ──conn──> SENDING ──response head──> [INVALIDATING] ──> RELAYING ──> done
+ *
+ * The request head is built at once; body pieces are copied (the client's
+ * read buffer is shared) and written as they come, re-framed as chunks when
+ * the client sent chunks. The response is parsed with http_rparser; while
+ * an invalidation runs, that parser is paused and the rest of the read kept.
+ *
+ * A request is retried once on a fresh connection when a reused keep-alive
+ * connection fails before any response byte and the request has no body:
+ * the app server may close an idle connection just as it is picked.
+ *
+ * The client request is ended only after its body has been read in full,
+ * even when the app answers early, so the connection never frees a request
+ * its parser still holds.
+ */
+#include "daemon/upstream.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/log.h"
+#include "daemon/metrics.h"
+#include "daemon/req.h"
+#include "daemon/resource.h"
+#include "proto/http_response.h"
+#include "proto/mem.h"
+
+#define UPSTREAM_HEAD_MAX (64 * 1024)
+#define UPSTREAM_READ_BUF (64 * 1024)
+#define SWEEP_MS 1000
+#define MAX_MATCHES 4
+
+enum uc_state { UC_CONNECTING, UC_IDLE, UC_BUSY, UC_CLOSING };
+enum px_state { PX_WAIT_CONN, PX_SENDING, PX_INVALIDATING, PX_RELAYING, PX_DONE };
+
+struct proxy;
+
+struct uconn {
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    struct upstream *up;
+    struct proxy *px;
+    enum uc_state state;
+    struct http_rparser parser;
+    uint64_t idle_since;
+    unsigned served;
+    bool reading;
+    bool complete;              /* complete_cb ran during this parse */
+    bool keep;                  /* ... and the connection may be reused */
+    char *pending;              /* unparsed response bytes while paused */
+    size_t pending_len, pending_off;
+    struct uconn *next;         /* idle list */
+};
+
+/* A piece of body on its way, owning its bytes. */
+struct piece {
+    uv_write_t wr;              /* first: the write callback gets it back */
+    struct piece *next;
+    struct proxy *px;
+    size_t len;
+    char data[];
+};
+
+struct proxy {
+    struct req *r;
+    struct upstream *up;
+    struct uconn *uc;
+    enum px_state state;
+    struct buf head;            /* request head for the app */
+    struct piece *q_head, *q_tail; /* body waiting for the connection */
+    size_t q_bytes;
+    uint64_t body_bytes;
+    bool req_chunked;           /* re-chunk the request body */
+    bool req_has_body;
+    bool req_body_done;
+    bool head_sent;
+    bool client_paused;         /* we paused the client's body */
+    bool resp_chunked;          /* re-chunk the response to the client */
+    bool resp_started;
+    bool resp_body_allowed;
+    bool end_pending;           /* response done, waiting for the request body */
+    bool retried;
+    bool got_response_byte;
+    bool upstream_paused;       /* response reading stopped for the client */
+    unsigned inval_pending;
+    unsigned pieces;            /* pieces alive (queued or being written) */
+    int status;
+    unsigned n_matches;
+    struct resource_match matches[MAX_MATCHES];
+    uint64_t start_ns;
+    uv_timer_t timer;
+    struct proxy *wait_next;
+};
+
+struct upstream {
+    uv_loop_t *loop;
+    const struct cfg_upstream *cfg;
+    struct resource_set *resources;
+    struct uconn *idle;
+    unsigned n_conns, n_idle;
+    struct proxy *wait_head, *wait_tail;
+    unsigned n_waiting;
+    uv_timer_t sweep;
+    bool freeing;
+    uint64_t *m_status[5];
+    uint64_t *m_err_refused, *m_err_reset, *m_err_timeout, *m_err_bad, *m_connects, *m_retries;
+    uint64_t *m_inval, *m_inval_err;
+    struct metric_hist *m_latency;
+};
+
+static char read_buf[UPSTREAM_READ_BUF];
+
+/* --- metrics ------------------------------------------------------------------ */
+
+static double gauge_idle(void *arg)
+{
+    return ((struct upstream *)arg)->n_idle;
+}
+
+static double gauge_busy(void *arg)
+{
+    struct upstream *u = arg;
+    return u->n_conns - u->n_idle;
+}
+
+static double gauge_waiting(void *arg)
+{
+    return ((struct upstream *)arg)->n_waiting;
+}
+
+static void metrics_init(struct upstream *u)
+{
+    char l[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(l, sizeof(l), "status=\"%dxx\"", i + 1);
+        u->m_status[i] = metrics_counter("batchd_upstream_responses_total", l,
+                                         "Responses from the app server, by status class.");
+    }
+    const char *h = "Proxied requests that failed: refused, reset, timeout, bad_response.";
+    u->m_err_refused = metrics_counter("batchd_upstream_errors_total", "kind=\"refused\"", h);
+    u->m_err_reset = metrics_counter("batchd_upstream_errors_total", "kind=\"reset\"", h);
+    u->m_err_timeout = metrics_counter("batchd_upstream_errors_total", "kind=\"timeout\"", h);
+    u->m_err_bad = metrics_counter("batchd_upstream_errors_total", "kind=\"bad_response\"", h);
+    u->m_connects = metrics_counter("batchd_upstream_connects_total", "", "Connections opened to the app server.");
+    u->m_retries = metrics_counter("batchd_upstream_retries_total", "",
+                                   "Requests retried on a fresh connection after a reused one failed.");
+    u->m_inval = metrics_counter("batchd_invalidations_total", "",
+                                 "Cache entries deleted because a write through the proxy succeeded.");
+    u->m_inval_err = metrics_counter("batchd_invalidation_errors_total", "",
+                                     "Invalidations that could not reach Redis (the entry expires by TTL).");
+    u->m_latency = metrics_histogram("batchd_upstream_response_seconds", "",
+                                     "Time from receiving a request to the app server's response head.",
+                                     metrics_latency_bounds, metrics_latency_n);
+    metrics_gauge_fn("batchd_upstream_connections", "state=\"idle\"", "Connections to the app server.",
+                     gauge_idle, u);
+    metrics_gauge_fn("batchd_upstream_connections", "state=\"busy\"", "Connections to the app server.",
+                     gauge_busy, u);
+    metrics_gauge_fn("batchd_upstream_waiting", "", "Requests waiting for a free pool connection.",
+                     gauge_waiting, u);
+}
+
+/* --- small helpers ---------------------------------------------------------------- */
+
+static bool hop_by_hop(str_t name, str_t connection)
+{
+    static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "te", "trailer",
+                                       "transfer-encoding", "upgrade", "expect", "proxy-authenticate" };
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        if (str_eq_ci(name, str_cstr(hop[i])))
+            return true;
+    /* Headers the sender named in Connection are for this hop only. */
+    return connection.len && str_list_has_token(connection, name);
+}
+
+static struct piece *piece_new(struct proxy *px, const char *data, size_t n, bool chunked)
+{
+    char hex[20];
+    int hn = chunked ? snprintf(hex, sizeof(hex), "%zx\r\n", n) : 0;
+    size_t len = (size_t)hn + n + (chunked ? 2 : 0);
+    struct piece *p = mem_alloc(sizeof(*p) + len);
+    p->next = NULL;
+    p->px = px;
+    p->len = len;
+    px->pieces++;
+    memcpy(p->data, hex, (size_t)hn);
+    memcpy(p->data + hn, data, n);
+    if (chunked)
+        memcpy(p->data + hn + n, "\r\n", 2);
+    return p;
+}
+
+static struct piece *piece_lit(struct proxy *px, const char *s)
+{
+    size_t n = strlen(s);
+    struct piece *p = mem_alloc(sizeof(*p) + n);
+    p->next = NULL;
+    p->px = px;
+    p->len = n;
+    px->pieces++;
+    memcpy(p->data, s, n);
+    return p;
+}
+
+static void px_maybe_free(struct proxy *px);
+
+static void piece_free(struct piece *pc)
+{
+    struct proxy *px = pc->px;
+    free(pc);
+    px->pieces--;
+    px_maybe_free(px);
+}
+
+/* --- connections -------------------------------------------------------------------- */
+
+static void uconn_read_start(struct uconn *uc);
+static void px_conn_ready(struct proxy *px);
+static void px_fail(struct proxy *px, int kind, const char *why);
+static void px_maybe_free(struct proxy *px);
+static void upstream_next_waiter(struct upstream *u);
+
+static void sweep_closed_cb(uv_handle_t *h)
+{
+    free(h->data); /* the pool */
+}
+
+static void uconn_closed_cb(uv_handle_t *h)
+{
+    struct uconn *uc = h->data;
+    struct upstream *u = uc->up;
+    http_rparser_deinit(&uc->parser);
+    free(uc->pending);
+    free(uc);
+    u->n_conns--;
+    if (!u->freeing)
+        upstream_next_waiter(u);
+    else if (u->n_conns == 0 && !uv_is_closing((uv_handle_t *)&u->sweep))
+        uv_close((uv_handle_t *)&u->sweep, sweep_closed_cb);
+}
+
+static void uconn_close(struct uconn *uc)
+{
+    if (uc->state == UC_CLOSING)
+        return;
+    if (uc->state == UC_IDLE) {
+        struct upstream *u = uc->up;
+        for (struct uconn **pp = &u->idle; *pp; pp = &(*pp)->next) {
+            if (*pp == uc) {
+                *pp = uc->next;
+                u->n_idle--;
+                break;
+            }
+        }
+    }
+    uc->state = UC_CLOSING;
+    uc->px = NULL;
+    uv_close((uv_handle_t *)&uc->tcp, uconn_closed_cb);
+}
+
+static void uconn_release(struct uconn *uc, bool keep)
+{
+    struct upstream *u = uc->up;
+    uc->px = NULL;
+    if (!keep || u->freeing || uc->pending) {
+        uconn_close(uc);
+        return;
+    }
+    uc->state = UC_IDLE;
+    http_rparser_reset(&uc->parser, false);
+    uc->idle_since = uv_now(u->loop);
+    uc->served++;
+    uc->next = u->idle;
+    u->idle = uc;
+    u->n_idle++;
+    /* Keep reading while idle: an EOF means the app closed it. */
+    uconn_read_start(uc);
+    upstream_next_waiter(u);
+}
+
+/* --- response parsing ------------------------------------------------------------------ */
+
+static void relay_head(struct proxy *px);
+
+static void inval_done_cb(void *ctx, int err)
+{
+    struct proxy *px = ctx;
+    if (err < 0) {
+        (*px->up->m_inval_err)++;
+        log_warn("invalidation failed; the entry expires by its TTL", "err=%d", err);
+    } else {
+        (*px->up->m_inval)++;
+    }
+    if (--px->inval_pending > 0)
+        return;
+    if (px->state == PX_DONE) { /* the client left meanwhile */
+        px_maybe_free(px);
+        return;
+    }
+    relay_head(px);
+    /* Let the parser go on with the body it stopped at. */
+    struct uconn *uc = px->uc;
+    if (uc) {
+        http_rparser_resume(&uc->parser);
+        uconn_read_start(uc);
+    }
+}
+
+static int rhead_cb(struct http_rparser *p, struct http_response *resp)
+{
+    struct uconn *uc = p->data;
+    struct proxy *px = uc->px;
+    if (px == NULL)
+        return HTTP_PARSER_PAUSE;
+    px->got_response_byte = true;
+    px->status = resp->status;
+    uv_timer_stop(&px->timer);
+    metrics_observe(px->up->m_latency, (double)(uv_hrtime() - px->start_ns) / 1e9);
+    (*px->up->m_status[(resp->status / 100 - 1) % 5])++;
+    if (px->n_matches && resp->status >= 200 && resp->status < 300) {
+        /* The write succeeded: delete the cached copies before the client
+         * sees the answer, so it reads its own write. */
+        px->state = PX_INVALIDATING;
+        px->inval_pending = 1; /* held until every invalidation is sent */
+        for (unsigned i = 0; i < px->n_matches; i++) {
+            struct resource_match *m = &px->matches[i];
+            px->inval_pending++;
+            if (resource_invalidate(m->res, m->id, m->id_len, inval_done_cb, px) != 0) {
+                px->inval_pending--;
+                (*px->up->m_inval_err)++;
+                log_warn("invalidation failed; the entry expires by its TTL", "err=%s", "redis_unavailable");
+            }
+        }
+        if (--px->inval_pending > 0)
+            return HTTP_PARSER_PAUSE; /* relayed from inval_done_cb */
+    }
+    relay_head(px);
+    return 0;
+}
+
+static void client_write_cb(void *ctx, int status);
+
+static int rbody_cb(struct http_rparser *p, const char *at, size_t n)
+{
+    struct uconn *uc = p->data;
+    struct proxy *px = uc->px;
+    if (px == NULL || !px->resp_body_allowed || px->state == PX_DONE)
+        return 0;
+    struct piece *pc = piece_new(px, at, n, px->resp_chunked);
+    uv_buf_t b = uv_buf_init(pc->data, (unsigned)pc->len);
+    if (req_stream_write(px->r, &b, 1, client_write_cb, pc) != 0)
+        return HTTP_PARSER_PAUSE; /* the client is gone; client_abort_cb cleans up */
+    if (req_stream_queued(px->r) > (size_t)px->up->cfg->buffer_bytes) {
+        px->upstream_paused = true; /* the client is slow: stop reading the app */
+        return HTTP_PARSER_PAUSE;
+    }
+    return 0;
+}
+
+static void px_response_done(struct proxy *px);
+
+static int rcomplete_cb(struct http_rparser *p, struct http_response *resp)
+{
+    struct uconn *uc = p->data;
+    /* Finished after the parse returns (uconn_after_parse): releasing the
+     * connection here would let a new request use it mid-parse. */
+    uc->complete = true;
+    uc->keep = resp->keep_alive;
+    return HTTP_PARSER_PAUSE;
+}
+
+static const struct http_rparser_cbs rparser_cbs = {
+    .head_cb = rhead_cb,
+    .body_cb = rbody_cb,
+    .complete_cb = rcomplete_cb,
+};
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    (void)suggested;
+    b->base = read_buf;
+    b->len = sizeof(read_buf);
+}
+
+/* A response completed during the last parse: hand the connection back
+ * (reusable only when nothing followed the response) and end the request. */
+static void uconn_after_parse(struct uconn *uc, bool leftover)
+{
+    struct proxy *px = uc->px;
+    uc->complete = false;
+    free(uc->pending);
+    uc->pending = NULL;
+    uc->pending_len = uc->pending_off = 0;
+    if (px == NULL) {
+        uconn_close(uc);
+        return;
+    }
+    bool keep = uc->keep && !leftover && px->req_body_done;
+    px->uc = NULL;
+    uconn_release(uc, keep);
+    px_response_done(px);
+}
+
+static void uconn_feed(struct uconn *uc, const char *data, size_t n, bool from_pending)
+{
+    size_t used = http_rparser_execute(&uc->parser, data, n);
+    if (uc->complete) {
+        uconn_after_parse(uc, used < n);
+        return;
+    }
+    if (uc->parser.failed) {
+        struct proxy *px = uc->px;
+        log_warn("bad response from the app server", "err=%s", LOG_Q(uc->parser.error));
+        uconn_close(uc);
+        if (px) {
+            px->uc = NULL;
+            px_fail(px, 3, "bad_upstream_response");
+        }
+        return;
+    }
+    if (uc->state != UC_BUSY)
+        return;
+    if (from_pending) {
+        uc->pending_off += used;
+        if (uc->pending_off >= uc->pending_len) {
+            free(uc->pending);
+            uc->pending = NULL;
+            uc->pending_len = uc->pending_off = 0;
+        }
+    } else if (used < n && uc->parser.paused) {
+        uc->pending_len = n - used;
+        uc->pending_off = 0;
+        uc->pending = mem_alloc(uc->pending_len);
+        memcpy(uc->pending, data + used, uc->pending_len);
+    }
+    if (uc->parser.paused && uc->reading) {
+        uv_read_stop((uv_stream_t *)&uc->tcp);
+        uc->reading = false;
+    }
+}
+
+static void on_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct uconn *uc = s->data;
+    if (nread == 0)
+        return;
+    struct proxy *px = uc->px;
+    if (nread < 0) {
+        if (uc->state == UC_IDLE) { /* the app closed a kept-alive connection */
+            uconn_close(uc);
+            return;
+        }
+        if (nread == UV_EOF && px && px->got_response_byte) {
+            http_rparser_finish(&uc->parser); /* a close-delimited body ends here */
+            if (uc->complete) {
+                uc->keep = false;
+                uconn_after_parse(uc, false);
+                return;
+            }
+        }
+        uconn_close(uc);
+        if (px) {
+            px->uc = NULL;
+            px_fail(px, 1, "upstream_unavailable");
+        }
+        return;
+    }
+    if (uc->state == UC_IDLE) { /* bytes nobody asked for */
+        uconn_close(uc);
+        return;
+    }
+    uconn_feed(uc, b->base, (size_t)nread, false);
+}
+
+static void uconn_read_start(struct uconn *uc)
+{
+    if (uc->state == UC_CLOSING)
+        return;
+    /* Parse what was held back first. */
+    if (uc->pending && !uc->parser.paused)
+        uconn_feed(uc, uc->pending + uc->pending_off, uc->pending_len - uc->pending_off, true);
+    if (uc->state == UC_CLOSING || (uc->state == UC_IDLE && uc->pending))
+        return;
+    if (uc->state != UC_IDLE && (uc->parser.paused || uc->pending))
+        return;
+    if (!uc->reading && uv_read_start((uv_stream_t *)&uc->tcp, alloc_cb, on_read_cb) == 0)
+        uc->reading = true;
+}
+
+static void on_connect_cb(uv_connect_t *cr, int status)
+{
+    struct uconn *uc = cr->data;
+    struct upstream *u = uc->up;
+    struct proxy *px = uc->px;
+    if (uc->state == UC_CLOSING)
+        return;
+    if (status != 0) {
+        log_warn("cannot connect to the app server", "addr=%s err=%s", u->cfg->url.addr.text,
+                 uv_strerror(status));
+        uconn_close(uc);
+        if (px) {
+            px->uc = NULL;
+            px_fail(px, 0, "upstream_unavailable");
+        }
+        return;
+    }
+    (*u->m_connects)++;
+    uv_tcp_nodelay(&uc->tcp, 1);
+    uc->state = UC_BUSY;
+    if (px == NULL) { /* its request went away: keep it for the next */
+        uconn_release(uc, true);
+        return;
+    }
+    px_conn_ready(px);
+}
+
+static struct uconn *uconn_connect(struct upstream *u)
+{
+    struct uconn *uc = mem_calloc(1, sizeof(*uc));
+    uc->up = u;
+    uc->state = UC_CONNECTING;
+    uv_tcp_init(u->loop, &uc->tcp);
+    uc->tcp.data = uc;
+    uc->connect_req.data = uc;
+    http_rparser_init(&uc->parser, &rparser_cbs, UPSTREAM_HEAD_MAX, uc);
+    u->n_conns++;
+    int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (const struct sockaddr *)&u->cfg->url.addr.ss,
+                            on_connect_cb);
+    if (rc != 0) {
+        uc->state = UC_BUSY; /* so uconn_close runs the normal path */
+        uconn_close(uc);
+        return NULL;
+    }
+    return uc;
+}
+
+/* --- proxy lifecycle ----------------------------------------------------------------------- */
+
+static void timer_closed_cb(uv_handle_t *h)
+{
+    struct proxy *px = h->data;
+    buf_deinit(&px->head);
+    free(px);
+}
+
+/* Frees the proxy once nothing refers to it any more: its request, its
+ * connection, pending invalidations and pieces being written. */
+static void px_maybe_free(struct proxy *px)
+{
+    if (px->state != PX_DONE || px->r || px->uc || px->inval_pending)
+        return;
+    struct piece *pc = px->q_head; /* never sent */
+    px->q_head = px->q_tail = NULL;
+    px->q_bytes = 0;
+    while (pc) {
+        struct piece *next = pc->next;
+        free(pc);
+        px->pieces--;
+        pc = next;
+    }
+    if (px->pieces == 0 && !uv_is_closing((uv_handle_t *)&px->timer))
+        uv_close((uv_handle_t *)&px->timer, timer_closed_cb);
+}
+
+static void wait_remove(struct upstream *u, struct proxy *px)
+{
+    for (struct proxy **pp = &u->wait_head; *pp; pp = &(*pp)->wait_next) {
+        if (*pp == px) {
+            *pp = px->wait_next;
+            if (u->wait_tail == px) {
+                u->wait_tail = NULL;
+                for (struct proxy *q = u->wait_head; q; q = q->wait_next)
+                    u->wait_tail = q;
+            }
+            u->n_waiting--;
+            return;
+        }
+    }
+}
+
+/* The client went away: drop the app connection (its response is unwanted). */
+static void client_abort_cb(struct req *r)
+{
+    struct proxy *px = r->hdata;
+    px->r = NULL;
+    if (px->state == PX_WAIT_CONN)
+        wait_remove(px->up, px);
+    if (px->uc) {
+        uconn_close(px->uc);
+        px->uc = NULL;
+    }
+    px->state = PX_DONE;
+    px_maybe_free(px);
+}
+
+static void px_end_client(struct proxy *px)
+{
+    struct req *r = px->r;
+    px->r = NULL;
+    px->state = PX_DONE;
+    r->hdata = NULL;
+    r->abort_cb = NULL;
+    r->body_cb = NULL;
+    r->body_end_cb = NULL;
+    req_stream_end(r);
+    px_maybe_free(px);
+}
+
+static void px_response_done(struct proxy *px)
+{
+    if (px->r == NULL) {
+        px->state = PX_DONE;
+        px_maybe_free(px);
+        return;
+    }
+    if (!px->req_body_done) {
+        px->end_pending = true; /* ended once the request body is read */
+        return;
+    }
+    px_end_client(px);
+}
+
+/* kind: 0 refused, 1 reset, 2 timeout, 3 bad response */
+static void px_fail(struct proxy *px, int kind, const char *why)
+{
+    struct upstream *u = px->up;
+    if (px->state == PX_DONE)
+        return;
+    /* A reused connection the app had just closed: try once more on a new one. */
+    if (kind == 1 && !px->got_response_byte && !px->retried && !px->req_has_body && px->r) {
+        px->retried = true;
+        (*u->m_retries)++;
+        px->head_sent = false;
+        px->state = PX_WAIT_CONN;
+        struct uconn *uc = uconn_connect(u);
+        if (uc) {
+            uc->px = px;
+            px->uc = uc;
+            return;
+        }
+    }
+    uint64_t *m[4] = { u->m_err_refused, u->m_err_reset, u->m_err_timeout, u->m_err_bad };
+    (*m[kind])++;
+    if (px->uc) {
+        uconn_close(px->uc);
+        px->uc = NULL;
+    }
+    struct req *r = px->r;
+    if (r == NULL) {
+        px->state = PX_DONE;
+        px_maybe_free(px);
+        return;
+    }
+    if (px->resp_started) {
+        /* Part of the answer went out: the client can only see it cut. */
+        px->r = NULL;
+        px->state = PX_DONE;
+        r->hdata = NULL;
+        r->abort_cb = NULL;
+        r->body_cb = NULL;
+        r->body_end_cb = NULL;
+        req_stream_abort(r, CONN_CLOSE_UPSTREAM_ERROR);
+        px_maybe_free(px);
+        return;
+    }
+    px->r = NULL;
+    px->state = PX_DONE;
+    r->hdata = NULL;
+    r->abort_cb = NULL;
+    r->body_cb = NULL;
+    r->body_end_cb = NULL;
+    if (kind == 2)
+        req_error(r, 504, why);
+    else
+        req_error(r, 502, why);
+    px_maybe_free(px);
+}
+
+static void timeout_cb(uv_timer_t *t)
+{
+    struct proxy *px = t->data;
+    if (px->state == PX_WAIT_CONN)
+        wait_remove(px->up, px);
+    log_warn("app server did not answer in time", "timeout_ms=%lld", (long long)px->up->cfg->timeout_ms);
+    px_fail(px, 2, "upstream_timeout");
+}
+
+/* --- sending the request ---------------------------------------------------------------------- */
+
+static void upstream_write_cb(uv_write_t *wr, int status)
+{
+    struct piece *pc = (struct piece *)wr;
+    struct proxy *px = pc->px;
+    /* A failed write shows up on the read side too (EOF or reset). */
+    if (status == 0 && px->client_paused && px->r && px->uc &&
+        px->uc->tcp.write_queue_size <= (size_t)px->up->cfg->buffer_bytes / 2) {
+        px->client_paused = false;
+        req_body_resume(px->r);
+    }
+    piece_free(pc);
+}
+
+static void send_piece(struct proxy *px, struct piece *pc)
+{
+    struct uconn *uc = px->uc;
+    if (uc == NULL || uc->state != UC_BUSY || !px->head_sent) {
+        if (px->q_tail)
+            px->q_tail->next = pc;
+        else
+            px->q_head = pc;
+        px->q_tail = pc;
+        px->q_bytes += pc->len;
+        return;
+    }
+    uv_buf_t b = uv_buf_init(pc->data, (unsigned)pc->len);
+    /* uv_write, never uv_try_write: a failure must come back through the
+     * callback, not in the middle of the client's parser. */
+    if (uv_write(&pc->wr, (uv_stream_t *)&uc->tcp, &b, 1, upstream_write_cb) != 0) {
+        /* Only on a closing handle; the read side reports the failure. */
+        piece_free(pc);
+    }
+}
+
+static void px_conn_ready(struct proxy *px)
+{
+    struct uconn *uc = px->uc;
+    http_rparser_reset(&uc->parser, px->r && px->r->msg.method == HTTP_HEAD);
+    struct piece *head = piece_new(px, px->head.data, px->head.len, false);
+    px->state = PX_SENDING;
+    px->head_sent = true;
+    send_piece(px, head);
+    struct piece *q = px->q_head;
+    px->q_head = px->q_tail = NULL;
+    px->q_bytes = 0;
+    while (q) {
+        struct piece *next = q->next;
+        q->next = NULL;
+        send_piece(px, q);
+        q = next;
+    }
+    uconn_read_start(uc);
+}
+
+static void upstream_acquire(struct upstream *u, struct proxy *px)
+{
+    if (u->idle) {
+        struct uconn *uc = u->idle;
+        u->idle = uc->next;
+        u->n_idle--;
+        uc->next = NULL;
+        uc->state = UC_BUSY;
+        uc->px = px;
+        px->uc = uc;
+        px_conn_ready(px);
+        return;
+    }
+    if (u->n_conns < (unsigned)u->cfg->pool_size) {
+        struct uconn *uc = uconn_connect(u);
+        if (uc == NULL) {
+            px_fail(px, 0, "upstream_unavailable");
+            return;
+        }
+        uc->px = px;
+        px->uc = uc;
+        return;
+    }
+    px->wait_next = NULL;
+    if (u->wait_tail)
+        u->wait_tail->wait_next = px;
+    else
+        u->wait_head = px;
+    u->wait_tail = px;
+    u->n_waiting++;
+}
+
+static void upstream_next_waiter(struct upstream *u)
+{
+    while (u->wait_head && (u->idle || u->n_conns < (unsigned)u->cfg->pool_size)) {
+        struct proxy *px = u->wait_head;
+        u->wait_head = px->wait_next;
+        if (u->wait_head == NULL)
+            u->wait_tail = NULL;
+        u->n_waiting--;
+        upstream_acquire(u, px);
+    }
+}
+
+/* --- client side -------------------------------------------------------------------------------- */
+
+static int body_cb(struct req *r, const char *data, size_t n)
+{
+    struct proxy *px = r->hdata;
+    if (px == NULL || px->state == PX_DONE || px->end_pending)
+        return 0; /* answered already: the rest is read and dropped */
+    px->body_bytes += n;
+    int64_t max = px->up->cfg->max_body_bytes;
+    if (max > 0 && px->body_bytes > (uint64_t)max) {
+        if (!px->resp_started && px->uc) {
+            uconn_close(px->uc);
+            px->uc = NULL;
+        }
+        if (px->state == PX_WAIT_CONN)
+            wait_remove(px->up, px);
+        px->r = NULL;
+        px->state = PX_DONE;
+        r->hdata = NULL;
+        r->abort_cb = NULL;
+        r->body_cb = NULL;
+        r->body_end_cb = NULL;
+        if (px->resp_started)
+            req_stream_abort(r, CONN_CLOSE_BODY_TOO_LARGE);
+        else
+            req_error(r, 413, "body_too_large");
+        px_maybe_free(px);
+        return 0;
+    }
+    send_piece(px, piece_new(px, data, n, px->req_chunked));
+    size_t queued = px->q_bytes + (px->uc ? px->uc->tcp.write_queue_size : 0);
+    if (queued > (size_t)px->up->cfg->buffer_bytes) {
+        px->client_paused = true; /* the app reads slower than the client sends */
+        return HTTP_PARSER_PAUSE;
+    }
+    return 0;
+}
+
+static void body_end_cb(struct req *r)
+{
+    struct proxy *px = r->hdata;
+    if (px == NULL)
+        return;
+    px->req_body_done = true;
+    if (px->req_chunked && px->state != PX_DONE && !px->end_pending)
+        send_piece(px, piece_lit(px, "0\r\n\r\n"));
+    if (px->end_pending)
+        px_end_client(px);
+}
+
+static void client_write_cb(void *ctx, int status)
+{
+    struct piece *pc = ctx;
+    struct proxy *px = pc->px;
+    if (status == 0 && px->state != PX_DONE && px->r && px->upstream_paused && px->uc &&
+        req_stream_queued(px->r) <= (size_t)px->up->cfg->buffer_bytes / 2) {
+        px->upstream_paused = false;
+        http_rparser_resume(&px->uc->parser);
+        uconn_read_start(px->uc);
+    }
+    piece_free(pc);
+}
+
+static void relay_head(struct proxy *px)
+{
+    struct req *r = px->r;
+    struct http_response *resp = px->uc ? &px->uc->parser.resp : NULL;
+    if (r == NULL || resp == NULL)
+        return;
+    px->state = PX_RELAYING;
+    int status = resp->status;
+    bool head_req = r->msg.method == HTTP_HEAD;
+    px->resp_body_allowed = !(head_req || status == 204 || status == 304);
+    bool http10 = r->msg.version_minor == 0;
+    bool has_length = resp->content_length != HTTP_NO_LENGTH && !resp->chunked;
+    bool needs_framing = px->resp_body_allowed && !has_length;
+    px->resp_chunked = needs_framing && !http10;
+    if (needs_framing && http10)
+        r->close_after = true; /* the body ends when the connection does */
+    bool close = req_should_close(r);
+
+    str_t connection = STR_NULL;
+    http_response_header(resp, "connection", &connection);
+    struct buf h = BUF_INIT;
+    buf_appendf(&h, "HTTP/1.1 %d %.*s\r\n", status, (int)resp->reason_len, resp->head.data);
+    bool via = false;
+    for (uint32_t i = 0; i < resp->n_headers; i++) {
+        str_t n = http_response_header_name(resp, i), v = http_response_header_value(resp, i);
+        if (hop_by_hop(n, connection))
+            continue;
+        if (str_eq_ci(n, STR_LIT("content-length")) && resp->chunked)
+            continue;
+        if (str_eq_ci(n, STR_LIT("via"))) {
+            buf_append(&h, n.p, n.len);
+            buf_appendf(&h, ": %.*s, 1.1 batchd\r\n", (int)v.len, v.p);
+            via = true;
+            continue;
+        }
+        buf_append(&h, n.p, n.len);
+        buf_append(&h, ": ", 2);
+        buf_append(&h, v.p, v.len);
+        buf_append(&h, "\r\n", 2);
+    }
+    if (!via)
+        buf_append_str(&h, "Via: 1.1 batchd\r\n");
+    if (px->resp_chunked)
+        buf_append_str(&h, "Transfer-Encoding: chunked\r\n");
+    if (close)
+        buf_append_str(&h, "Connection: close\r\n");
+    else if (http10)
+        buf_append_str(&h, "Connection: keep-alive\r\n");
+    buf_append(&h, "\r\n", 2);
+    px->resp_started = true;
+    req_stream_start_raw(r, status, &h, px->resp_chunked);
+    buf_deinit(&h);
+}
+
+static void build_request_head(struct proxy *px, struct req *r)
+{
+    const struct http_request *m = &r->msg;
+    struct buf *h = &px->head;
+    str_t connection = STR_NULL, xff = STR_NULL, xfp = STR_NULL, via = STR_NULL;
+    http_request_header(m, "connection", &connection);
+    buf_appendf(h, "%s %.*s", http_method_name(m->method), (int)m->path.len, m->path.p);
+    if (m->query.p)
+        buf_appendf(h, "?%.*s", (int)m->query.len, m->query.p);
+    buf_append_str(h, " HTTP/1.1\r\n");
+    for (uint32_t i = 0; i < m->n_headers; i++) {
+        str_t n = http_header_name(m, i), v = http_header_value(m, i);
+        if (hop_by_hop(n, connection))
+            continue;
+        if (str_eq_ci(n, STR_LIT("x-forwarded-for"))) {
+            xff = v;
+            continue;
+        }
+        if (str_eq_ci(n, STR_LIT("x-forwarded-proto")))
+            xfp = v;
+        if (str_eq_ci(n, STR_LIT("via"))) {
+            via = v;
+            continue;
+        }
+        buf_append(h, n.p, n.len);
+        buf_append(h, ": ", 2);
+        buf_append(h, v.p, v.len);
+        buf_append(h, "\r\n", 2);
+    }
+    char peer[64];
+    req_peer(r, peer, sizeof(peer));
+    if (xff.len)
+        buf_appendf(h, "X-Forwarded-For: %.*s, %s\r\n", (int)xff.len, xff.p, peer);
+    else
+        buf_appendf(h, "X-Forwarded-For: %s\r\n", peer);
+    if (xfp.p == NULL) /* behind a TLS terminator, its value stands */
+        buf_append_str(h, "X-Forwarded-Proto: http\r\n");
+    if (via.len)
+        buf_appendf(h, "Via: %.*s, 1.%d batchd\r\n", (int)via.len, via.p, m->version_minor);
+    else
+        buf_appendf(h, "Via: 1.%d batchd\r\n", m->version_minor);
+    if (px->req_chunked)
+        buf_append_str(h, "Transfer-Encoding: chunked\r\n");
+    buf_append(h, "\r\n", 2);
+}
+
+static void proxy_handler(struct req *r, void *data)
+{
+    struct upstream *u = data;
+    const struct http_request *m = &r->msg;
+    int64_t max = u->cfg->max_body_bytes;
+    if (max > 0 && m->content_length != HTTP_NO_LENGTH && m->content_length > (uint64_t)max) {
+        req_error(r, 413, "body_too_large");
+        return;
+    }
+    struct proxy *px = mem_calloc(1, sizeof(*px));
+    px->r = r;
+    px->up = u;
+    px->start_ns = uv_hrtime();
+    px->req_chunked = m->chunked;
+    px->req_has_body = m->chunked || (m->content_length != HTTP_NO_LENGTH && m->content_length > 0);
+    px->req_body_done = !px->req_has_body && r->body_done;
+    if (!px->req_has_body)
+        px->req_body_done = true;
+    if (m->method == HTTP_PUT || m->method == HTTP_PATCH || m->method == HTTP_POST || m->method == HTTP_DELETE)
+        px->n_matches = resource_set_match_write(u->resources, m->path, px->matches, MAX_MATCHES);
+    build_request_head(px, r);
+    uv_timer_init(u->loop, &px->timer);
+    px->timer.data = px;
+    uv_timer_start(&px->timer, timeout_cb, (uint64_t)u->cfg->timeout_ms, 0);
+    r->hdata = px;
+    r->abort_cb = client_abort_cb;
+    r->body_cb = body_cb;
+    r->body_end_cb = body_end_cb;
+    px->state = PX_WAIT_CONN;
+    upstream_acquire(u, px);
+}
+
+/* --- pool --------------------------------------------------------------------------------------------- */
+
+static void sweep_cb(uv_timer_t *t)
+{
+    struct upstream *u = t->data;
+    uint64_t now = uv_now(u->loop);
+    struct uconn *uc = u->idle;
+    while (uc) {
+        struct uconn *next = uc->next;
+        if (now - uc->idle_since >= (uint64_t)u->cfg->idle_timeout_ms)
+            uconn_close(uc);
+        uc = next;
+    }
+}
+
+struct upstream *upstream_new(uv_loop_t *loop, const struct cfg_upstream *cfg,
+                              struct resource_set *resources)
+{
+    struct upstream *u = mem_calloc(1, sizeof(*u));
+    u->loop = loop;
+    u->cfg = cfg;
+    u->resources = resources;
+    metrics_init(u);
+    uv_timer_init(loop, &u->sweep);
+    u->sweep.data = u;
+    uv_timer_start(&u->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
+    uv_unref((uv_handle_t *)&u->sweep);
+    return u;
+}
+
+void upstream_configure(struct upstream *u, const struct cfg_upstream *cfg,
+                        struct resource_set *resources)
+{
+    u->cfg = cfg;
+    u->resources = resources;
+}
+
+void upstream_add_routes(struct upstream *u, struct router *rt)
+{
+    router_set_fallback(rt, proxy_handler, u, ROUTE_AT_HEAD);
+}
+
+void upstream_free(struct upstream *u)
+{
+    if (u == NULL)
+        return;
+    u->freeing = true;
+    while (u->idle)
+        uconn_close(u->idle);
+    if (u->n_conns == 0)
+        uv_close((uv_handle_t *)&u->sweep, sweep_closed_cb);
+    /* Otherwise the last connection's close callback closes the sweep timer,
+     * whose data is u: the pool is freed with it. */
+}

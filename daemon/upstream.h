@@ -1,0 +1,39 @@
+/*
+ * upstream: the reverse proxy to the application server.
+ *
+ *   client ──req──> batchd ──keep-alive pool (pool_size)──> app server
+ *          <──────── response head + body, streamed ────────
+ *
+ * Requests no batchd route owns are forwarded. Bodies stream both ways and
+ * are never held whole: reading one side stops while the other side's
+ * write queue is over buffer_bytes. Hop-by-hop headers are dropped;
+ * X-Forwarded-For, X-Forwarded-Proto and Via are added. A PUT, PATCH, POST
+ * or DELETE to a path a resource lists under `invalidate` that is answered
+ * 2xx first deletes that cache entry, then relays the answer.
+ *
+ * Errors: 502 upstream_unavailable (refused, reset), 504 upstream_timeout
+ * (no response head within timeout_ms), 502 bad_upstream_response.
+ */
+#ifndef BATCHD_UPSTREAM_H
+#define BATCHD_UPSTREAM_H
+
+#include <uv.h>
+
+#include "daemon/config.h"
+#include "daemon/router.h"
+
+struct upstream;
+struct resource_set;
+
+struct upstream *upstream_new(uv_loop_t *loop, const struct cfg_upstream *cfg,
+                              struct resource_set *resources);
+/* Takes reload-safe settings (timeouts, buffer and body limits). */
+void upstream_configure(struct upstream *u, const struct cfg_upstream *cfg,
+                        struct resource_set *resources);
+/* Makes the proxy the router's fallback. */
+void upstream_add_routes(struct upstream *u, struct router *rt);
+/* Closes idle connections; busy ones close with their requests. Frees the
+ * pool once every handle is closed. */
+void upstream_free(struct upstream *u);
+
+#endif

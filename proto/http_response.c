@@ -1,0 +1,243 @@
+/* http_response: upstream response parsing over llhttp. See http_response.h. */
+#include "proto/http_response.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/mem.h"
+
+void http_response_init(struct http_response *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->content_length = HTTP_NO_LENGTH;
+}
+
+void http_response_deinit(struct http_response *r)
+{
+    buf_deinit(&r->head);
+    free(r->headers);
+    memset(r, 0, sizeof(*r));
+}
+
+static void response_reset(struct http_response *r)
+{
+    struct buf head = r->head;
+    struct http_header *h = r->headers;
+    uint32_t cap = r->cap_headers;
+    memset(r, 0, sizeof(*r));
+    r->head = head;
+    r->headers = h;
+    r->cap_headers = cap;
+    buf_reset(&r->head);
+    r->content_length = HTTP_NO_LENGTH;
+}
+
+bool http_response_header(const struct http_response *r, const char *name, str_t *value)
+{
+    str_t want = str_cstr(name);
+    for (uint32_t i = 0; i < r->n_headers; i++) {
+        if (str_eq_ci(http_response_header_name(r, i), want)) {
+            *value = http_response_header_value(r, i);
+            return true;
+        }
+    }
+    return false;
+}
+
+static inline struct http_rparser *parser_of(llhttp_t *ll)
+{
+    return (struct http_rparser *)ll->data;
+}
+
+static int fail(struct http_rparser *p, const char *why)
+{
+    p->error = why;
+    return HPE_USER;
+}
+
+static int count(struct http_rparser *p, size_t n)
+{
+    p->head_bytes += n;
+    return p->head_bytes > p->max_head_bytes ? fail(p, "response head too large") : 0;
+}
+
+static int on_message_begin(llhttp_t *ll)
+{
+    struct http_rparser *p = parser_of(ll);
+    response_reset(&p->resp);
+    p->head_bytes = 0;
+    p->in_field = false;
+    return 0;
+}
+
+static int on_status(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_rparser *p = parser_of(ll);
+    if (count(p, n))
+        return HPE_USER;
+    buf_append(&p->resp.head, at, n);
+    p->resp.reason_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_rparser *p = parser_of(ll);
+    struct http_response *r = &p->resp;
+    if (count(p, n + 4))
+        return HPE_USER;
+    if (!p->in_field) {
+        if (r->n_headers >= 200)
+            return fail(p, "too many response headers");
+        if (r->n_headers == r->cap_headers) {
+            r->cap_headers = r->cap_headers ? r->cap_headers * 2 : 16;
+            r->headers = mem_realloc(r->headers, r->cap_headers * sizeof(*r->headers));
+        }
+        struct http_header *h = &r->headers[r->n_headers++];
+        h->name_off = h->value_off = (uint32_t)r->head.len;
+        h->name_len = h->value_len = 0;
+        p->in_field = true;
+    }
+    buf_append(&r->head, at, n);
+    r->headers[r->n_headers - 1].name_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *ll)
+{
+    struct http_rparser *p = parser_of(ll);
+    struct http_response *r = &p->resp;
+    if (!p->in_field)
+        return fail(p, "empty header name");
+    r->headers[r->n_headers - 1].value_off = (uint32_t)r->head.len;
+    p->in_field = false;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_rparser *p = parser_of(ll);
+    struct http_response *r = &p->resp;
+    if (count(p, n))
+        return HPE_USER;
+    buf_append(&r->head, at, n);
+    r->headers[r->n_headers - 1].value_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *ll)
+{
+    struct http_rparser *p = parser_of(ll);
+    struct http_response *r = &p->resp;
+    r->status = ll->status_code;
+    r->version_minor = ll->http_minor;
+    if (r->status >= 100 && r->status < 200) {
+        p->interim = true; /* 100 Continue and friends: not relayed */
+        return 0;
+    }
+    p->interim = false;
+    r->chunked = (ll->flags & F_CHUNKED) != 0;
+    r->content_length = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : HTTP_NO_LENGTH;
+    int rc = p->cbs->head_cb(p, r);
+    if (rc == HTTP_PARSER_PAUSE)
+        return HPE_PAUSED;
+    /* A HEAD answer has no body, whatever Content-Length says. */
+    return p->head_request ? 1 : 0;
+}
+
+static int on_body(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_rparser *p = parser_of(ll);
+    if (n == 0)
+        return 0;
+    return p->cbs->body_cb(p, at, n) == HTTP_PARSER_PAUSE ? HPE_PAUSED : 0;
+}
+
+static int on_message_complete(llhttp_t *ll)
+{
+    struct http_rparser *p = parser_of(ll);
+    if (p->interim) {
+        p->interim = false;
+        return 0;
+    }
+    p->resp.keep_alive = llhttp_should_keep_alive(ll) != 0;
+    return p->cbs->complete_cb(p, &p->resp) == HTTP_PARSER_PAUSE ? HPE_PAUSED : 0;
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void http_rparser_init(struct http_rparser *p, const struct http_rparser_cbs *cbs,
+                       size_t max_head_bytes, void *data)
+{
+    memset(p, 0, sizeof(*p));
+    llhttp_init(&p->ll, HTTP_RESPONSE, &settings);
+    p->ll.data = p;
+    p->cbs = cbs;
+    p->data = data;
+    p->max_head_bytes = max_head_bytes;
+    http_response_init(&p->resp);
+}
+
+void http_rparser_deinit(struct http_rparser *p)
+{
+    http_response_deinit(&p->resp);
+}
+
+void http_rparser_reset(struct http_rparser *p, bool head_request)
+{
+    llhttp_reset(&p->ll);
+    p->ll.data = p;
+    p->head_request = head_request;
+    p->paused = p->failed = p->interim = false;
+    p->error = NULL;
+}
+
+size_t http_rparser_execute(struct http_rparser *p, const char *data, size_t len)
+{
+    if (p->failed)
+        return 0;
+    llhttp_errno_t e = llhttp_execute(&p->ll, data, len);
+    if (e == HPE_OK)
+        return len;
+    size_t used = 0;
+    const char *pos = llhttp_get_error_pos(&p->ll);
+    if (pos >= data && pos <= data + len)
+        used = (size_t)(pos - data);
+    if (e == HPE_PAUSED) {
+        p->paused = true;
+        return used;
+    }
+    p->failed = true;
+    if (p->error == NULL)
+        p->error = llhttp_errno_name(e);
+    return used;
+}
+
+void http_rparser_resume(struct http_rparser *p)
+{
+    if (p->paused) {
+        llhttp_resume(&p->ll);
+        p->paused = false;
+    }
+}
+
+void http_rparser_finish(struct http_rparser *p)
+{
+    if (p->failed)
+        return;
+    llhttp_errno_t e = llhttp_finish(&p->ll);
+    if (e != HPE_OK && e != HPE_PAUSED) {
+        p->failed = true;
+        if (p->error == NULL)
+            p->error = "connection closed mid-response";
+    }
+}

@@ -1,0 +1,82 @@
+/*
+ * http_response: HTTP/1.x response parsing over llhttp, for the upstream
+ * side of the proxy. Like the request parser, it copies the status line
+ * and headers into the response's own buffer, bounds them, and hands the
+ * body over in pieces.
+ *
+ *   bytes from the app server ──> http_rparser_execute ──> head_cb (status, headers)
+ *                                                     ├─> body_cb (decoded pieces)
+ *                                                     └─> complete_cb
+ */
+#ifndef BATCHD_PROTO_HTTP_RESPONSE_H
+#define BATCHD_PROTO_HTTP_RESPONSE_H
+
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "proto/buf.h"
+#include "proto/http.h"
+
+struct http_response {
+    int status;
+    uint8_t version_minor;
+    bool chunked;
+    bool keep_alive;            /* valid after complete_cb */
+    uint64_t content_length;    /* HTTP_NO_LENGTH when absent */
+    struct buf head;            /* reason phrase, then header names and values */
+    uint32_t reason_len;        /* head.data[0 .. reason_len) */
+    struct http_header *headers;
+    uint32_t n_headers, cap_headers;
+};
+
+void http_response_init(struct http_response *r);
+void http_response_deinit(struct http_response *r);
+static inline str_t http_response_header_name(const struct http_response *r, uint32_t i)
+{
+    return str_make(r->head.data + r->headers[i].name_off, r->headers[i].name_len);
+}
+static inline str_t http_response_header_value(const struct http_response *r, uint32_t i)
+{
+    return str_make(r->head.data + r->headers[i].value_off, r->headers[i].value_len);
+}
+bool http_response_header(const struct http_response *r, const char *name, str_t *value);
+
+struct http_rparser;
+
+struct http_rparser_cbs {
+    /* Status line and headers are in. Return 0 or HTTP_PARSER_PAUSE. */
+    int (*head_cb)(struct http_rparser *p, struct http_response *r);
+    /* A piece of the decoded body. Return 0 or HTTP_PARSER_PAUSE. */
+    int (*body_cb)(struct http_rparser *p, const char *at, size_t n);
+    /* The response is whole (1xx responses are skipped before head_cb). */
+    int (*complete_cb)(struct http_rparser *p, struct http_response *r);
+};
+
+struct http_rparser {
+    llhttp_t ll;
+    const struct http_rparser_cbs *cbs;
+    void *data;
+    struct http_response resp;
+    size_t max_head_bytes;
+    size_t head_bytes;
+    bool head_request;          /* answer to HEAD: no body whatever the headers say */
+    bool in_field;
+    bool interim;               /* a 1xx being skipped */
+    bool paused;
+    bool failed;
+    const char *error;
+};
+
+void http_rparser_init(struct http_rparser *p, const struct http_rparser_cbs *cbs,
+                       size_t max_head_bytes, void *data);
+void http_rparser_deinit(struct http_rparser *p);
+/* Prepares for the next response on a kept-alive connection. */
+void http_rparser_reset(struct http_rparser *p, bool head_request);
+/* Feeds bytes; returns how many were consumed (all unless paused or failed). */
+size_t http_rparser_execute(struct http_rparser *p, const char *data, size_t len);
+void http_rparser_resume(struct http_rparser *p);
+/* The server closed: completes a close-delimited body, or fails. */
+void http_rparser_finish(struct http_rparser *p);
+
+#endif

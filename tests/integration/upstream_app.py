@@ -1,0 +1,157 @@
+"""A small HTTP/1.1 application server for the proxy tests (standard library
+plus psycopg2 from Debian). It speaks keep-alive, reads Content-Length and
+chunked bodies as they stream, and answers in either framing, so the tests
+see what batchd really forwarded.
+
+Run:  python3 upstream_app.py PORT [POSTGRES_CONNINFO]
+
+  GET|POST|PUT /echo        JSON: method, path, query, headers, body length and sha256
+  GET /big?size=N&chunked=1 N bytes of a known pattern, chunked or with a length
+  POST /upload              body read as it streams; JSON length and sha256
+  GET /slow?ms=N            the response head only after N ms
+  GET /sse?n=N&gap_ms=M     N SSE events, M ms apart, on a chunked response
+  GET /stats                connections accepted and requests served
+  PUT /api/sessions/{id}?title=T   UPDATE sessions SET title = T; 200 (404 when no row)
+  GET /close                answers with Connection: close
+"""
+
+import asyncio
+import hashlib
+import json
+import sys
+from urllib.parse import parse_qs, urlsplit
+
+STATS = {"connections": 0, "requests": 0}
+PG = None
+
+
+def pattern(n):
+    block = bytes(range(256)) * 64
+    out = bytearray()
+    while len(out) < n:
+        out += block
+    return bytes(out[:n])
+
+
+async def read_body(reader, headers):
+    """Yields the body in pieces as they arrive."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass
+                return
+            yield await reader.readexactly(size)
+            await reader.readexactly(2)
+    n = int(headers.get("content-length", "0"))
+    while n > 0:
+        piece = await reader.read(min(n, 65536))
+        if not piece:
+            raise ConnectionError("body cut short")
+        n -= len(piece)
+        yield piece
+
+
+def response(status, body=b"", ctype="application/json", extra=None, close=False):
+    reason = {200: "OK", 201: "Created", 404: "Not Found", 500: "Internal Server Error"}.get(status, "X")
+    head = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}"]
+    head += extra or []
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def handle(reader, writer):
+    STATS["connections"] += 1
+    try:
+        while True:
+            try:
+                line = await reader.readuntil(b"\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            method, target, _ = line.decode().rstrip("\r\n").split(" ", 2)
+            headers, raw = {}, []
+            while True:
+                h = (await reader.readuntil(b"\r\n")).decode().rstrip("\r\n")
+                if not h:
+                    break
+                k, _, v = h.partition(":")
+                headers[k.strip().lower()] = v.strip()
+                raw.append([k.strip(), v.strip()])
+            STATS["requests"] += 1
+            url = urlsplit(target)
+            q = {k: v[0] for k, v in parse_qs(url.query).items()}
+            sha, length = hashlib.sha256(), 0
+            async for piece in read_body(reader, headers):
+                sha.update(piece)
+                length += len(piece)
+                if url.path == "/upload":
+                    await asyncio.sleep(0)  # consume as it streams
+            path = url.path
+            if path == "/echo":
+                body = json.dumps({"method": method, "path": path, "query": url.query, "headers": raw,
+                                   "length": length, "sha256": sha.hexdigest()}).encode()
+                writer.write(response(200, body))
+            elif path == "/upload":
+                writer.write(response(200, json.dumps({"length": length, "sha256": sha.hexdigest()}).encode()))
+            elif path == "/big":
+                n = int(q.get("size", "0"))
+                data = pattern(n)
+                if q.get("chunked") == "1":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n")
+                    for i in range(0, n, 100000):
+                        part = data[i:i + 100000]
+                        writer.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                        await writer.drain()
+                    writer.write(b"0\r\n\r\n")
+                else:
+                    writer.write(response(200, data, "application/octet-stream"))
+            elif path == "/slow":
+                await asyncio.sleep(int(q.get("ms", "1000")) / 1000)
+                writer.write(response(200, b'{"slow":true}'))
+            elif path == "/sse":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+                for i in range(int(q.get("n", "3"))):
+                    ev = f"id: {i}\ndata: tick {i}\n\n".encode()
+                    writer.write(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(int(q.get("gap_ms", "200")) / 1000)
+                writer.write(b"0\r\n\r\n")
+            elif path == "/stats":
+                writer.write(response(200, json.dumps(STATS).encode()))
+            elif path == "/close":
+                writer.write(response(200, b'{"bye":true}', close=True))
+                await writer.drain()
+                writer.close()
+                return
+            elif path.startswith("/api/sessions/") and method == "PUT":
+                sid = path.rsplit("/", 1)[1]
+                new_title = q.get("title", "")
+                cur = PG.cursor()
+                cur.execute("UPDATE sessions SET title = %s WHERE id = %s", (new_title, sid))
+                PG.commit()
+                writer.write(response(200 if cur.rowcount else 404, json.dumps({"id": sid}).encode()))
+            else:
+                writer.write(response(404, b'{"error":"no such path"}'))
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main(port):
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        import psycopg2
+        PG = psycopg2.connect(sys.argv[2])
+    asyncio.run(main(int(sys.argv[1])))
