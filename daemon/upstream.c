@@ -109,7 +109,8 @@ struct upstream {
     uv_timer_t sweep;
     bool freeing;
     uint64_t *m_status[5];
-    uint64_t *m_err_refused, *m_err_reset, *m_err_timeout, *m_err_bad, *m_connects, *m_retries;
+    uint64_t *m_err_refused, *m_err_reset, *m_err_timeout, *m_err_bad, *m_err_body, *m_connects, *m_retries;
+    uint64_t *m_pause_req, *m_pause_resp;
     uint64_t *m_inval, *m_inval_err;
     struct metric_hist *m_latency;
 };
@@ -147,6 +148,10 @@ static void metrics_init(struct upstream *u)
     u->m_err_reset = metrics_counter("batchd_upstream_errors_total", "kind=\"reset\"", h);
     u->m_err_timeout = metrics_counter("batchd_upstream_errors_total", "kind=\"timeout\"", h);
     u->m_err_bad = metrics_counter("batchd_upstream_errors_total", "kind=\"bad_response\"", h);
+    u->m_err_body = metrics_counter("batchd_upstream_errors_total", "kind=\"body_too_large\"", h);
+    const char *ph = "Times one side of a proxied request stopped being read because the other side's queue passed buffer_bytes.";
+    u->m_pause_req = metrics_counter("batchd_upstream_pauses_total", "side=\"client_body\"", ph);
+    u->m_pause_resp = metrics_counter("batchd_upstream_pauses_total", "side=\"app_response\"", ph);
     u->m_connects = metrics_counter("batchd_upstream_connects_total", "", "Connections opened to the app server.");
     u->m_retries = metrics_counter("batchd_upstream_retries_total", "",
                                    "Requests retried on a fresh connection after a reused one failed.");
@@ -357,6 +362,7 @@ static int rbody_cb(struct http_rparser *p, const char *at, size_t n)
         return HTTP_PARSER_PAUSE; /* the client is gone; client_abort_cb cleans up */
     if (req_stream_queued(px->r) > (size_t)px->up->cfg->buffer_bytes) {
         px->upstream_paused = true; /* the client is slow: stop reading the app */
+        (*px->up->m_pause_resp)++;
         return HTTP_PARSER_PAUSE;
     }
     return 0;
@@ -801,6 +807,7 @@ static int body_cb(struct req *r, const char *data, size_t n)
     px->body_bytes += n;
     int64_t max = px->up->cfg->max_body_bytes;
     if (max > 0 && px->body_bytes > (uint64_t)max) {
+        (*px->up->m_err_body)++;
         if (!px->resp_started && px->uc) {
             uconn_close(px->uc);
             px->uc = NULL;
@@ -824,6 +831,7 @@ static int body_cb(struct req *r, const char *data, size_t n)
     size_t queued = px->q_bytes + (px->uc ? px->uc->tcp.write_queue_size : 0);
     if (queued > (size_t)px->up->cfg->buffer_bytes) {
         px->client_paused = true; /* the app reads slower than the client sends */
+        (*px->up->m_pause_req)++;
         return HTTP_PARSER_PAUSE;
     }
     return 0;
@@ -960,6 +968,7 @@ static void proxy_handler(struct req *r, void *data)
     const struct http_request *m = &r->msg;
     int64_t max = u->cfg->max_body_bytes;
     if (max > 0 && m->content_length != HTTP_NO_LENGTH && m->content_length > (uint64_t)max) {
+        (*u->m_err_body)++;
         req_error(r, 413, "body_too_large");
         return;
     }

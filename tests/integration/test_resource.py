@@ -327,6 +327,7 @@ def test_query_retried_on_another_connection(app, pg):
 def test_redis_reply_timeout_breaks_connection(app, redis):
     b = app()
     assert get(b.port, "/v1/sessions/s12").status == 200
+    wait_until(lambda: redis.client().exists("session:s12"), what="write-back")
     # CLIENT PAUSE stalls every client past command_timeout_ms (1000).
     redis.client().execute_command("CLIENT", "PAUSE", "1500", "ALL")
     r = get(b.port, "/v1/sessions/s12")
