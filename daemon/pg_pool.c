@@ -18,12 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/backoff.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "proto/mem.h"
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
 #define DEADLINE_GRACE_MS 1000
 #define TEXTARRAYOID 1009
 
@@ -192,12 +191,8 @@ static void schedule_reconnect(struct pconn *c)
 {
     if (c->pool->freeing)
         return;
-    unsigned cap = BACKOFF_MIN_MS << (c->attempt < 6 ? c->attempt : 6);
-    if (cap > BACKOFF_MAX_MS)
-        cap = BACKOFF_MAX_MS;
-    c->attempt++;
     c->state = PC_WAITING;
-    uv_timer_start(&c->timer, pconn_timer_cb, (uint64_t)(random() % (cap + 1)), 0);
+    uv_timer_start(&c->timer, pconn_timer_cb, backoff_next_ms(&c->attempt), 0);
 }
 
 static void complete(struct pconn *c, struct pgq *q, int err);

@@ -22,12 +22,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include "daemon/backoff.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "proto/mem.h"
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
 #define HEARTBEAT_CHANNEL "__batchd:heartbeat"
 
 enum rconn_state {
@@ -364,14 +363,8 @@ static void schedule_reconnect(struct rconn *c)
 {
     if (c->pool->freeing)
         return;
-    unsigned cap = BACKOFF_MIN_MS << (c->attempt < 6 ? c->attempt : 6);
-    if (cap > BACKOFF_MAX_MS)
-        cap = BACKOFF_MAX_MS;
-    c->attempt++;
     c->state = RC_WAITING;
-    /* Full jitter: a fleet of sidecars does not reconnect in step. */
-    uint64_t delay = (uint64_t)(random() % (cap + 1));
-    uv_timer_start(&c->timer, rconn_timer_cb, delay, 0);
+    uv_timer_start(&c->timer, rconn_timer_cb, backoff_next_ms(&c->attempt), 0);
 }
 
 /* The connection is gone (ac already freed or being freed by hiredis). */

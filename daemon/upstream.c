@@ -605,7 +605,8 @@ static void client_abort_cb(struct req *r)
     px_maybe_free(px);
 }
 
-static void px_end_client(struct proxy *px)
+/* Takes the client request from the proxy: its hooks no longer lead here. */
+static struct req *px_take_req(struct proxy *px)
 {
     struct req *r = px->r;
     px->r = NULL;
@@ -614,6 +615,12 @@ static void px_end_client(struct proxy *px)
     r->abort_cb = NULL;
     r->body_cb = NULL;
     r->body_end_cb = NULL;
+    return r;
+}
+
+static void px_end_client(struct proxy *px)
+{
+    struct req *r = px_take_req(px);
     req_stream_end(r);
     px_maybe_free(px);
 }
@@ -663,24 +670,13 @@ static void px_fail(struct proxy *px, int kind, const char *why)
         px_maybe_free(px);
         return;
     }
+    px_take_req(px);
     if (px->resp_started) {
         /* Part of the answer went out: the client can only see it cut. */
-        px->r = NULL;
-        px->state = PX_DONE;
-        r->hdata = NULL;
-        r->abort_cb = NULL;
-        r->body_cb = NULL;
-        r->body_end_cb = NULL;
         req_stream_abort(r, CONN_CLOSE_UPSTREAM_ERROR);
         px_maybe_free(px);
         return;
     }
-    px->r = NULL;
-    px->state = PX_DONE;
-    r->hdata = NULL;
-    r->abort_cb = NULL;
-    r->body_cb = NULL;
-    r->body_end_cb = NULL;
     if (kind == 2)
         req_error(r, 504, why);
     else
@@ -814,12 +810,7 @@ static int body_cb(struct req *r, const char *data, size_t n)
         }
         if (px->state == PX_WAIT_CONN)
             wait_remove(px->up, px);
-        px->r = NULL;
-        px->state = PX_DONE;
-        r->hdata = NULL;
-        r->abort_cb = NULL;
-        r->body_cb = NULL;
-        r->body_end_cb = NULL;
+        px_take_req(px);
         if (px->resp_started)
             req_stream_abort(r, CONN_CLOSE_BODY_TOO_LARGE);
         else

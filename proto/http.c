@@ -402,17 +402,23 @@ static enum http_error map_llhttp_error(llhttp_errno_t e)
     }
 }
 
+size_t http_llhttp_run(llhttp_t *ll, const char *data, size_t len, llhttp_errno_t *e)
+{
+    *e = llhttp_execute(ll, data, len);
+    if (*e == HPE_OK)
+        return len;
+    const char *pos = llhttp_get_error_pos(ll);
+    return (pos >= data && pos <= data + len) ? (size_t)(pos - data) : 0;
+}
+
 size_t http_parser_execute(struct http_parser *p, const char *data, size_t len)
 {
     if (p->failed)
         return 0;
-    llhttp_errno_t e = llhttp_execute(&p->ll, data, len);
+    llhttp_errno_t e;
+    size_t used = http_llhttp_run(&p->ll, data, len, &e);
     if (e == HPE_OK)
-        return len;
-    size_t used = 0;
-    const char *pos = llhttp_get_error_pos(&p->ll);
-    if (pos >= data && pos <= data + len)
-        used = (size_t)(pos - data);
+        return used;
     if (e == HPE_PAUSED) {
         p->paused = true;
         return used;

@@ -142,6 +142,11 @@ void http_parser_resume(struct http_parser *p);
 /* The peer closed its side: true when a request was cut off mid-way. */
 bool http_parser_eof_mid_request(const struct http_parser *p);
 
+/* llhttp_execute, telling how many bytes were used: all of them, or up to
+ * where the parser paused (*e == HPE_PAUSED) or failed. Shared with the
+ * response parser. */
+size_t http_llhttp_run(llhttp_t *ll, const char *data, size_t len, llhttp_errno_t *e);
+
 /* Response helpers. */
 const char *http_status_reason(int status);
 /* "Sun, 06 Nov 1994 08:49:37 GMT" into out (at least 30 bytes); returns the length. */

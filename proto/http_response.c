@@ -205,13 +205,10 @@ size_t http_rparser_execute(struct http_rparser *p, const char *data, size_t len
 {
     if (p->failed)
         return 0;
-    llhttp_errno_t e = llhttp_execute(&p->ll, data, len);
+    llhttp_errno_t e;
+    size_t used = http_llhttp_run(&p->ll, data, len, &e);
     if (e == HPE_OK)
-        return len;
-    size_t used = 0;
-    const char *pos = llhttp_get_error_pos(&p->ll);
-    if (pos >= data && pos <= data + len)
-        used = (size_t)(pos - data);
+        return used;
     if (e == HPE_PAUSED) {
         p->paused = true;
         return used;
