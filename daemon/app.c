@@ -269,6 +269,7 @@ run:
         log_info("stopped", "");
     req_pool_drain();
     batch_pool_drain();
+    resource_pool_drain();
     metrics_free_all();
     config_free(a->cfg);
     for (unsigned i = 0; i < a->n_retired; i++)

@@ -533,6 +533,7 @@ struct write_req {
     void (*cb)(void *, int);
     void *ctx;
     size_t bytes;
+    char *owned;           /* a copy of the bytes (conn_write_copy), freed after */
 };
 
 static void release_list(struct req *r)
@@ -556,6 +557,7 @@ static void on_write_cb(uv_write_t *wr, int status)
     release_list(w->reqs);
     if (w->cb)
         w->cb(w->ctx, status);
+    free(w->owned);
     free(w);
     if (status < 0) {
         conn_close(c, CONN_CLOSE_WRITE_ERROR);
@@ -565,15 +567,19 @@ static void on_write_cb(uv_write_t *wr, int status)
         start_linger(c);
         return;
     }
+    if (c->head && c->head->state == REQ_STREAMING && c->head->drain_cb)
+        c->head->drain_cb(c->head);
     if (c->state == CONN_OPEN)
         conn_try_resume(c);
     else if (c->state == CONN_FINISHING)
         conn_update_timer(c);
 }
 
-/* Writes bufs, taking the request list `reqs` (freed once written). */
+/* Writes bufs, taking the request list `reqs` (freed once written). With
+ * `copy`, what cannot be written at once is copied, so the caller's bytes
+ * are free to reuse when this returns. */
 static int write_bufs(struct conn *c, const uv_buf_t *bufs, unsigned n, struct req *reqs,
-                      void (*cb)(void *, int), void *ctx)
+                      void (*cb)(void *, int), void *ctx, bool copy)
 {
     size_t total = 0;
     for (unsigned i = 0; i < n; i++)
@@ -617,8 +623,19 @@ static int write_bufs(struct conn *c, const uv_buf_t *bufs, unsigned n, struct r
     }
     struct write_req *w = mem_alloc(sizeof(*w));
     *w = (struct write_req){ .c = c, .reqs = reqs, .cb = cb, .ctx = ctx, .bytes = total - (size_t)done };
+    if (copy) {
+        w->owned = mem_alloc(w->bytes);
+        size_t off = 0;
+        for (unsigned i = 0; i < nrest; i++) {
+            memcpy(w->owned + off, rest[i].base, rest[i].len);
+            off += rest[i].len;
+        }
+        rest[0] = uv_buf_init(w->owned, (unsigned)w->bytes);
+        nrest = 1;
+    }
     int rc = uv_write(&w->wr, stream_of(c), rest, nrest, on_write_cb);
     if (rc < 0) {
+        free(w->owned);
         free(w);
         release_list(reqs);
         if (cb)
@@ -632,7 +649,8 @@ static int write_bufs(struct conn *c, const uv_buf_t *bufs, unsigned n, struct r
     return 0;
 }
 
-int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void *, int), void *ctx)
+static int write_checked(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void *, int),
+                         void *ctx, bool copy)
 {
     if (n > MAX_IOV) {
         /* Callers pass a handful; more would be a bug. */
@@ -640,12 +658,22 @@ int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void
             cb(ctx, UV_EINVAL);
         return UV_EINVAL;
     }
-    int rc = write_bufs(c, bufs, n, NULL, cb, ctx);
+    int rc = write_bufs(c, bufs, n, NULL, cb, ctx, copy);
     if (rc == 0 && c->state == CONN_OPEN && !c->in_parse) {
         conn_update_reading(c);
         conn_update_timer(c);
     }
     return rc;
+}
+
+int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void *, int), void *ctx)
+{
+    return write_checked(c, bufs, n, cb, ctx, false);
+}
+
+int conn_write_copy(struct conn *c, const uv_buf_t *bufs, unsigned n)
+{
+    return write_checked(c, bufs, n, NULL, NULL, true);
 }
 
 /* Writes every response that is ready at the front of the pipeline, in one
@@ -688,7 +716,7 @@ static void conn_flush(struct conn *c)
             }
             c->reading = NULL;
         }
-        if (write_bufs(c, iov, n, batch, NULL, NULL) != 0)
+        if (write_bufs(c, iov, n, batch, NULL, NULL, false) != 0)
             return;
     }
     if (c->state == CONN_FINISHING && c->head == NULL && c->writes_pending == 0) {

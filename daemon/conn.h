@@ -133,6 +133,9 @@ void conn_req_abort(struct conn *c, struct req *r, enum conn_close_reason reason
  * negative libuv error. */
 int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void *, int),
                void *ctx);
+/* The same, for bytes the caller reuses at once (a shared read buffer):
+ * what the socket does not take now is copied. */
+int conn_write_copy(struct conn *c, const uv_buf_t *bufs, unsigned n);
 size_t conn_write_queued(const struct conn *c);
 void conn_body_resume(struct conn *c);
 void conn_metrics_init(void);

@@ -341,9 +341,11 @@ void req_stream_start(struct req *r, int status, const char *content_type, bool 
         return;
     build_head(r, -1, chunked);
     buf_append(&r->head_extra, "\r\n", 2);
+    /* Copied if not written at once: the request may end before a queued
+     * write would have finished. */
     uv_buf_t iov[2] = { uv_buf_init(r->head_fixed, r->head_fixed_len),
                         uv_buf_init(r->head_extra.data, (unsigned)r->head_extra.len) };
-    conn_write(r->conn, iov, 2, NULL, NULL);
+    conn_write_copy(r->conn, iov, 2);
 }
 
 bool req_should_close(const struct req *r)
@@ -364,20 +366,52 @@ void req_stream_start_raw(struct req *r, int status, struct buf *head, bool chun
     r->head_extra = *head;
     *head = old;
     buf_reset(head);
-    if (r->conn == NULL)
-        return;
-    uv_buf_t b = uv_buf_init(r->head_extra.data, (unsigned)r->head_extra.len);
-    conn_write(r->conn, &b, 1, NULL, NULL);
+    r->head_pending = true;
 }
 
-int req_stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx)
+/* The pending head first, then bufs, as one write. */
+static int stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx,
+                        bool copy)
 {
     if (r->conn == NULL) {
         if (cb)
             cb(ctx, UV_ECANCELED);
         return UV_ECANCELED;
     }
-    return conn_write(r->conn, bufs, n, cb, ctx);
+    uv_buf_t iov[64];
+    unsigned k = 0;
+    if (r->head_pending) {
+        r->head_pending = false;
+        if (copy || cb == NULL) {
+            iov[k++] = uv_buf_init(r->head_extra.data, (unsigned)r->head_extra.len);
+        } else {
+            /* The caller's bytes outlive the write, the head might not. */
+            uv_buf_t h = uv_buf_init(r->head_extra.data, (unsigned)r->head_extra.len);
+            int rc = conn_write_copy(r->conn, &h, 1);
+            if (rc != 0) {
+                if (cb)
+                    cb(ctx, rc);
+                return rc;
+            }
+        }
+    }
+    for (unsigned i = 0; i < n && k < 64; i++)
+        iov[k++] = bufs[i];
+    /* Without a callback nothing tells when the bytes are free: copy what
+     * the socket does not take at once. */
+    if (copy || cb == NULL)
+        return conn_write_copy(r->conn, iov, k);
+    return conn_write(r->conn, iov, k, cb, ctx);
+}
+
+int req_stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx)
+{
+    return stream_write(r, bufs, n, cb, ctx, false);
+}
+
+int req_stream_write_copy(struct req *r, const uv_buf_t *bufs, unsigned n)
+{
+    return stream_write(r, bufs, n, NULL, NULL, true);
 }
 
 void req_stream_compact(struct req *r)
@@ -402,9 +436,9 @@ void req_stream_end(struct req *r)
         req_release(r);
         return;
     }
-    if (r->stream_chunked && r->state == REQ_STREAMING) {
+    if (r->state == REQ_STREAMING && (r->stream_chunked || r->head_pending)) {
         uv_buf_t b = uv_buf_init((char *)last_chunk, sizeof(last_chunk) - 1);
-        conn_write(c, &b, 1, NULL, NULL);
+        stream_write(r, &b, r->stream_chunked ? 1 : 0, NULL, NULL, true);
     }
     bool close_conn = r->close_after;
     conn_req_stream_done(c, r, close_conn, CONN_CLOSE_STREAM_ENDED);

@@ -61,6 +61,7 @@ struct req {
     bool continue_sent;         /* "100 Continue" went out */
     bool head_done;             /* request line and headers are in */
     bool stream_chunked;        /* streamed response uses chunked framing */
+    bool head_pending;          /* a streamed head not written yet (goes with the first piece) */
     const struct route *route;
     struct router *router;      /* reference held while the request lives */
     struct url_params params;
@@ -83,6 +84,9 @@ struct req {
     req_abort_fn abort_cb;
     req_body_fn body_cb;
     req_body_end_fn body_end_cb;
+    /* A queued write of this streamed response finished: a producer that
+     * paused because the client fell behind checks req_stream_queued. */
+    void (*drain_cb)(struct req *r);
 };
 
 /* --- reading the request --------------------------------------------------- */
@@ -125,9 +129,11 @@ void req_error(struct req *r, int status, const char *code);
  * (e.g. SSE). Only for ROUTE_AT_HEAD routes. With `chunked`, pieces are
  * framed with Transfer-Encoding: chunked. */
 void req_stream_start(struct req *r, int status, const char *content_type, bool chunked);
-/* Sends raw response head bytes (a proxied head) instead of building one.
- * With `chunked`, the head says Transfer-Encoding: chunked and the caller
- * frames the pieces (req_stream_end writes the last chunk). */
+/* Starts a stream with raw head bytes (a proxied head) instead of building
+ * one. With `chunked`, the head says Transfer-Encoding: chunked and the
+ * caller frames the pieces (req_stream_end writes the last chunk). The head
+ * goes out with the first piece, or at the end: one write for a small
+ * answer. */
 void req_stream_start_raw(struct req *r, int status, struct buf *head, bool chunked);
 /* True when this response must say Connection: close (the client asked,
  * HTTP/1.0 without keep-alive, or batchd is draining). */
@@ -139,6 +145,9 @@ int req_stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_
 /* Frees the request's line, headers and body once a long-lived stream no
  * longer needs them (path parameters and headers are gone afterwards). */
 void req_stream_compact(struct req *r);
+/* req_stream_write for bytes the caller reuses at once (a shared read
+ * buffer): what the socket does not take now is copied. */
+int req_stream_write_copy(struct req *r, const uv_buf_t *bufs, unsigned n);
 /* Bytes queued for this client and not yet taken by the kernel. */
 size_t req_stream_queued(const struct req *r);
 /* Ends the response (a last chunk for chunked ones) and frees the request. */

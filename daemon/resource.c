@@ -166,6 +166,7 @@ static uint32_t us_since(uint64_t start_ns)
 }
 
 static void answer(struct read *rd);
+static void read_free(struct read *rd);
 
 static void answer_all(struct batch_read *done)
 {
@@ -309,7 +310,7 @@ static void answer(struct read *rd)
         req_respond_body(r, 200, "application/json");
     }
     batch_read_release(&rd->rd);
-    free(rd);
+    read_free(rd);
 }
 
 /* --- invalidation ------------------------------------------------------------------- */
@@ -829,17 +830,54 @@ static void window_cb(uv_timer_t *t)
 
 /* --- requests ------------------------------------------------------------------------------- */
 
-static void start_read(struct resource *res, struct req *r, const struct id_list *ids, bool single)
+/* Reads are recycled: a hot path allocates none once warm. */
+#define READ_POOL_MAX 1024
+static struct read *read_pool;
+static unsigned read_pool_len;
+
+static struct read *read_alloc(void)
 {
-    struct read *rd = mem_calloc(1, sizeof(*rd));
-    batch_read_init(&rd->rd, ids->n);
+    struct read *rd = read_pool;
+    if (rd) {
+        read_pool = (struct read *)rd->rd.next_done;
+        read_pool_len--;
+        memset(rd, 0, sizeof(*rd));
+        return rd;
+    }
+    return mem_calloc(1, sizeof(*rd));
+}
+
+static void read_free(struct read *rd)
+{
+    if (read_pool_len < READ_POOL_MAX) {
+        rd->rd.next_done = (struct batch_read *)read_pool;
+        read_pool = rd;
+        read_pool_len++;
+        return;
+    }
+    free(rd);
+}
+
+void resource_pool_drain(void)
+{
+    while (read_pool) {
+        struct read *rd = read_pool;
+        read_pool = (struct read *)rd->rd.next_done;
+        free(rd);
+    }
+    read_pool_len = 0;
+}
+
+static void start_read(struct resource *res, struct req *r, const str_t *ids, unsigned n, bool single)
+{
+    struct read *rd = read_alloc();
+    batch_read_init(&rd->rd, n);
     rd->res = res;
     rd->r = r;
     rd->single = single;
-    for (unsigned i = 0; i < ids->n; i++) {
-        str_t id = id_list_get(ids, i);
+    for (unsigned i = 0; i < n; i++) {
         bool created;
-        struct batch_entry *e = batch_table_get(&res->table, id.p, id.len, &created);
+        struct batch_entry *e = batch_table_get(&res->table, ids[i].p, ids[i].len, &created);
         if (created)
             queue_push(res, e);
         else
@@ -856,6 +894,28 @@ static void start_read(struct resource *res, struct req *r, const struct id_list
     }
 }
 
+static void start_list_read(struct resource *res, struct req *r, const struct id_list *ids)
+{
+    str_t stack[64];
+    str_t *v = ids->n <= 64 ? stack : mem_alloc(ids->n * sizeof(*v));
+    for (unsigned i = 0; i < ids->n; i++)
+        v[i] = id_list_get(ids, i);
+    start_read(res, r, v, ids->n, false);
+    if (v != stack)
+        free(v);
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 static void bad_ids(struct req *r, int rc)
 {
     req_error(r, 400, rc == -E2BIG ? "too_many_ids" : "invalid_id");
@@ -865,18 +925,35 @@ static void handle_single(struct req *r, void *data)
 {
     struct resource *res = data;
     (*res->m_requests[0])++;
-    struct buf raw = BUF_INIT;
-    struct id_list ids;
-    id_list_init(&ids);
-    int rc = req_param_decoded(r, "id", &raw);
-    if (rc == 0)
-        rc = id_list_add(&ids, raw.data, raw.len, 1);
-    if (rc != 0)
-        bad_ids(r, rc);
-    else
-        start_read(res, r, &ids, true);
-    id_list_deinit(&ids);
-    buf_deinit(&raw);
+    str_t raw;
+    char id[IDS_MAX_LEN];
+    size_t n = 0;
+    /* Decoded on the stack: a single read allocates nothing here. */
+    bool ok = req_param(r, "id", &raw);
+    for (size_t i = 0; ok && i < raw.len; i++) {
+        char c = raw.p[i];
+        if (c == '%') {
+            int hi = i + 2 < raw.len ? hex_digit(raw.p[i + 1]) : -1;
+            int lo = hi >= 0 ? hex_digit(raw.p[i + 2]) : -1;
+            if (lo < 0) {
+                ok = false;
+                break;
+            }
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        if (n == sizeof(id)) {
+            ok = false;
+            break;
+        }
+        id[n++] = c;
+    }
+    if (!ok || !ids_valid(id, n)) {
+        bad_ids(r, -EINVAL);
+        return;
+    }
+    str_t one = str_make(id, n);
+    start_read(res, r, &one, 1, true);
 }
 
 static void handle_list(struct req *r, void *data)
@@ -903,7 +980,7 @@ static void handle_list(struct req *r, void *data)
     else if (!seen)
         req_error(r, 400, "missing_ids");
     else
-        start_read(res, r, &ids, false);
+        start_list_read(res, r, &ids);
     buf_deinit(&key);
     buf_deinit(&val);
     id_list_deinit(&ids);
@@ -940,7 +1017,7 @@ static void handle_batch(struct req *r, void *data)
         else if (ids.n == 0)
             req_error(r, 400, "missing_ids");
         else
-            start_read(res, r, &ids, false);
+            start_list_read(res, r, &ids);
         id_list_deinit(&ids);
     }
     json_decref(doc);

@@ -66,6 +66,8 @@ int resource_invalidate(struct resource *res, const char *id, size_t id_len,
 /* The same, by resource name (PURGE). */
 int resource_set_invalidate(struct resource_set *s, const char *resource, const char *id,
                             size_t id_len, void (*cb)(void *ctx, int err), void *ctx);
+/* Frees the recycled read objects (at exit). */
+void resource_pool_drain(void);
 /* Releases everything; call after the pools have completed their callbacks. */
 void resource_set_free(struct resource_set *s);
 

@@ -17,6 +17,10 @@
  * The client request is ended only after its body has been read in full,
  * even when the app answers early, so the connection never frees a request
  * its parser still holds.
+ *
+ * Cost per request: no timer (one pool-wide sweep checks the deadlines of
+ * requests waiting for their answer, in arrival order), and no copy of
+ * bytes the sockets take at once (uv_try_write; only the rest is copied).
  */
 #include "daemon/upstream.h"
 
@@ -33,7 +37,7 @@
 
 #define UPSTREAM_HEAD_MAX (64 * 1024)
 #define UPSTREAM_READ_BUF (64 * 1024)
-#define SWEEP_MS 1000
+#define SWEEP_MS 50
 #define MAX_MATCHES 4
 
 enum uc_state { UC_CONNECTING, UC_IDLE, UC_BUSY, UC_CLOSING };
@@ -94,7 +98,9 @@ struct proxy {
     unsigned n_matches;
     struct resource_match matches[MAX_MATCHES];
     uint64_t start_ns;
-    uv_timer_t timer;
+    uint64_t deadline_ms;       /* answer head due by then */
+    struct proxy *dl_prev, *dl_next; /* the pool's deadline list, oldest first */
+    bool on_deadline;
     struct proxy *wait_next;
 };
 
@@ -106,6 +112,7 @@ struct upstream {
     unsigned n_conns, n_idle;
     struct proxy *wait_head, *wait_tail;
     unsigned n_waiting;
+    struct proxy *dl_head, *dl_tail; /* waiting for an answer head */
     uv_timer_t sweep;
     bool freeing;
     uint64_t *m_status[5];
@@ -183,36 +190,8 @@ static bool hop_by_hop(str_t name, str_t connection)
     return connection.len && str_list_has_token(connection, name);
 }
 
-static struct piece *piece_new(struct proxy *px, const char *data, size_t n, bool chunked)
-{
-    char hex[20];
-    int hn = chunked ? snprintf(hex, sizeof(hex), "%zx\r\n", n) : 0;
-    size_t len = (size_t)hn + n + (chunked ? 2 : 0);
-    struct piece *p = mem_alloc(sizeof(*p) + len);
-    p->next = NULL;
-    p->px = px;
-    p->len = len;
-    px->pieces++;
-    memcpy(p->data, hex, (size_t)hn);
-    memcpy(p->data + hn, data, n);
-    if (chunked)
-        memcpy(p->data + hn + n, "\r\n", 2);
-    return p;
-}
-
-static struct piece *piece_lit(struct proxy *px, const char *s)
-{
-    size_t n = strlen(s);
-    struct piece *p = mem_alloc(sizeof(*p) + n);
-    p->next = NULL;
-    p->px = px;
-    p->len = n;
-    px->pieces++;
-    memcpy(p->data, s, n);
-    return p;
-}
-
 static void px_maybe_free(struct proxy *px);
+static void deadline_remove(struct proxy *px);
 
 static void piece_free(struct piece *pc)
 {
@@ -227,7 +206,6 @@ static void piece_free(struct piece *pc)
 static void uconn_read_start(struct uconn *uc);
 static void px_conn_ready(struct proxy *px);
 static void px_fail(struct proxy *px, int kind, const char *why);
-static void px_maybe_free(struct proxy *px);
 static void upstream_next_waiter(struct upstream *u);
 
 static void sweep_closed_cb(uv_handle_t *h)
@@ -324,7 +302,7 @@ static int rhead_cb(struct http_rparser *p, struct http_response *resp)
         return HTTP_PARSER_PAUSE;
     px->got_response_byte = true;
     px->status = resp->status;
-    uv_timer_stop(&px->timer);
+    deadline_remove(px);
     metrics_observe(px->up->m_latency, (double)(uv_hrtime() - px->start_ns) / 1e9);
     (*px->up->m_status[(resp->status / 100 - 1) % 5])++;
     if (px->n_matches && resp->status >= 200 && resp->status < 300) {
@@ -348,7 +326,6 @@ static int rhead_cb(struct http_rparser *p, struct http_response *resp)
     return 0;
 }
 
-static void client_write_cb(void *ctx, int status);
 
 static int rbody_cb(struct http_rparser *p, const char *at, size_t n)
 {
@@ -356,9 +333,15 @@ static int rbody_cb(struct http_rparser *p, const char *at, size_t n)
     struct proxy *px = uc->px;
     if (px == NULL || !px->resp_body_allowed || px->state == PX_DONE)
         return 0;
-    struct piece *pc = piece_new(px, at, n, px->resp_chunked);
-    uv_buf_t b = uv_buf_init(pc->data, (unsigned)pc->len);
-    if (req_stream_write(px->r, &b, 1, client_write_cb, pc) != 0)
+    char hex[20];
+    uv_buf_t b[3];
+    unsigned k = 0;
+    if (px->resp_chunked)
+        b[k++] = uv_buf_init(hex, (unsigned)snprintf(hex, sizeof(hex), "%zx\r\n", n));
+    b[k++] = uv_buf_init((char *)at, (unsigned)n);
+    if (px->resp_chunked)
+        b[k++] = uv_buf_init((char *)"\r\n", 2);
+    if (req_stream_write_copy(px->r, b, k) != 0)
         return HTTP_PARSER_PAUSE; /* the client is gone; client_abort_cb cleans up */
     if (req_stream_queued(px->r) > (size_t)px->up->cfg->buffer_bytes) {
         px->upstream_paused = true; /* the client is slow: stop reading the app */
@@ -548,11 +531,35 @@ static struct uconn *uconn_connect(struct upstream *u)
 
 /* --- proxy lifecycle ----------------------------------------------------------------------- */
 
-static void timer_closed_cb(uv_handle_t *h)
+static void deadline_remove(struct proxy *px)
 {
-    struct proxy *px = h->data;
-    buf_deinit(&px->head);
-    free(px);
+    if (!px->on_deadline)
+        return;
+    struct upstream *u = px->up;
+    if (px->dl_prev)
+        px->dl_prev->dl_next = px->dl_next;
+    else
+        u->dl_head = px->dl_next;
+    if (px->dl_next)
+        px->dl_next->dl_prev = px->dl_prev;
+    else
+        u->dl_tail = px->dl_prev;
+    px->dl_prev = px->dl_next = NULL;
+    px->on_deadline = false;
+}
+
+static void deadline_add(struct proxy *px)
+{
+    struct upstream *u = px->up;
+    px->deadline_ms = uv_now(u->loop) + (uint64_t)u->cfg->timeout_ms;
+    px->dl_prev = u->dl_tail;
+    px->dl_next = NULL;
+    if (u->dl_tail)
+        u->dl_tail->dl_next = px;
+    else
+        u->dl_head = px;
+    u->dl_tail = px;
+    px->on_deadline = true;
 }
 
 /* Frees the proxy once nothing refers to it any more: its request, its
@@ -561,6 +568,7 @@ static void px_maybe_free(struct proxy *px)
 {
     if (px->state != PX_DONE || px->r || px->uc || px->inval_pending)
         return;
+    deadline_remove(px);
     struct piece *pc = px->q_head; /* never sent */
     px->q_head = px->q_tail = NULL;
     px->q_bytes = 0;
@@ -570,8 +578,10 @@ static void px_maybe_free(struct proxy *px)
         px->pieces--;
         pc = next;
     }
-    if (px->pieces == 0 && !uv_is_closing((uv_handle_t *)&px->timer))
-        uv_close((uv_handle_t *)&px->timer, timer_closed_cb);
+    if (px->pieces == 0) {
+        buf_deinit(&px->head);
+        free(px);
+    }
 }
 
 static void wait_remove(struct upstream *u, struct proxy *px)
@@ -615,6 +625,7 @@ static struct req *px_take_req(struct proxy *px)
     r->abort_cb = NULL;
     r->body_cb = NULL;
     r->body_end_cb = NULL;
+    r->drain_cb = NULL;
     return r;
 }
 
@@ -684,9 +695,9 @@ static void px_fail(struct proxy *px, int kind, const char *why)
     px_maybe_free(px);
 }
 
-static void timeout_cb(uv_timer_t *t)
+static void px_timeout(struct proxy *px)
 {
-    struct proxy *px = t->data;
+    deadline_remove(px);
     if (px->state == PX_WAIT_CONN)
         wait_remove(px->up, px);
     log_warn("app server did not answer in time", "timeout_ms=%lld", (long long)px->up->cfg->timeout_ms);
@@ -708,43 +719,98 @@ static void upstream_write_cb(uv_write_t *wr, int status)
     piece_free(pc);
 }
 
-static void send_piece(struct proxy *px, struct piece *pc)
+static void queue_piece(struct proxy *px, struct piece *pc)
+{
+    if (px->q_tail)
+        px->q_tail->next = pc;
+    else
+        px->q_head = pc;
+    px->q_tail = pc;
+    px->q_bytes += pc->len;
+}
+
+/* Writes to the app: what the socket takes at once is not copied; the rest
+ * is, into a piece freed by its write callback. A failure shows up on the
+ * read side (EOF or reset), which fails the request. */
+static void uconn_send(struct proxy *px, const uv_buf_t *bufs, unsigned n)
 {
     struct uconn *uc = px->uc;
-    if (uc == NULL || uc->state != UC_BUSY || !px->head_sent) {
-        if (px->q_tail)
-            px->q_tail->next = pc;
-        else
-            px->q_head = pc;
-        px->q_tail = pc;
-        px->q_bytes += pc->len;
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    ssize_t done = 0;
+    bool ready = uc != NULL && uc->state == UC_BUSY && px->head_sent;
+    if (ready && uc->tcp.write_queue_size == 0) {
+        done = uv_try_write((uv_stream_t *)&uc->tcp, bufs, n);
+        if (done == UV_EAGAIN || done == UV_ENOSYS)
+            done = 0;
+        else if (done < 0)
+            return; /* the read side reports it */
+    }
+    if ((size_t)done == total)
+        return;
+    struct piece *pc = mem_alloc(sizeof(*pc) + total - (size_t)done);
+    pc->next = NULL;
+    pc->px = px;
+    pc->len = 0;
+    size_t skip = (size_t)done;
+    for (unsigned i = 0; i < n; i++) {
+        if (skip >= bufs[i].len) {
+            skip -= bufs[i].len;
+            continue;
+        }
+        memcpy(pc->data + pc->len, bufs[i].base + skip, bufs[i].len - skip);
+        pc->len += bufs[i].len - skip;
+        skip = 0;
+    }
+    px->pieces++;
+    if (!ready) { /* no connection yet: sent when it is */
+        queue_piece(px, pc);
         return;
     }
     uv_buf_t b = uv_buf_init(pc->data, (unsigned)pc->len);
-    /* uv_write, never uv_try_write: a failure must come back through the
-     * callback, not in the middle of the client's parser. */
-    if (uv_write(&pc->wr, (uv_stream_t *)&uc->tcp, &b, 1, upstream_write_cb) != 0) {
-        /* Only on a closing handle; the read side reports the failure. */
-        piece_free(pc);
-    }
+    if (uv_write(&pc->wr, (uv_stream_t *)&uc->tcp, &b, 1, upstream_write_cb) != 0)
+        piece_free(pc); /* only on a closing handle */
+}
+
+/* A body piece, framed as a chunk when the client sent chunks. */
+static void send_body(struct proxy *px, const char *data, size_t n, bool chunked)
+{
+    char hex[20];
+    uv_buf_t b[3];
+    unsigned k = 0;
+    if (chunked)
+        b[k++] = uv_buf_init(hex, (unsigned)snprintf(hex, sizeof(hex), "%zx\r\n", n));
+    b[k++] = uv_buf_init((char *)data, (unsigned)n);
+    if (chunked)
+        b[k++] = uv_buf_init((char *)"\r\n", 2);
+    uconn_send(px, b, k);
 }
 
 static void px_conn_ready(struct proxy *px)
 {
     struct uconn *uc = px->uc;
     http_rparser_reset(&uc->parser, px->r && px->r->msg.method == HTTP_HEAD);
-    struct piece *head = piece_new(px, px->head.data, px->head.len, false);
     px->state = PX_SENDING;
     px->head_sent = true;
-    send_piece(px, head);
+    uv_buf_t h = uv_buf_init(px->head.data, (unsigned)px->head.len);
+    uconn_send(px, &h, 1);
     struct piece *q = px->q_head;
     px->q_head = px->q_tail = NULL;
     px->q_bytes = 0;
     while (q) {
         struct piece *next = q->next;
-        q->next = NULL;
-        send_piece(px, q);
+        uv_buf_t b = uv_buf_init(q->data, (unsigned)q->len);
+        uconn_send(px, &b, 1);
+        free(q);
+        px->pieces--;
         q = next;
+    }
+    /* The client may have been paused while its body waited for this
+     * connection; no write callback will come if all of it went out now. */
+    if (px->client_paused && px->r && uc->tcp.write_queue_size <= (size_t)px->up->cfg->buffer_bytes / 2) {
+        px->client_paused = false;
+        req_body_resume(px->r);
     }
     uconn_read_start(uc);
 }
@@ -818,7 +884,7 @@ static int body_cb(struct req *r, const char *data, size_t n)
         px_maybe_free(px);
         return 0;
     }
-    send_piece(px, piece_new(px, data, n, px->req_chunked));
+    send_body(px, data, n, px->req_chunked);
     size_t queued = px->q_bytes + (px->uc ? px->uc->tcp.write_queue_size : 0);
     if (queued > (size_t)px->up->cfg->buffer_bytes) {
         px->client_paused = true; /* the app reads slower than the client sends */
@@ -834,23 +900,25 @@ static void body_end_cb(struct req *r)
     if (px == NULL)
         return;
     px->req_body_done = true;
-    if (px->req_chunked && px->state != PX_DONE && !px->end_pending)
-        send_piece(px, piece_lit(px, "0\r\n\r\n"));
+    if (px->req_chunked && px->state != PX_DONE && !px->end_pending) {
+        uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
+        uconn_send(px, &b, 1);
+    }
     if (px->end_pending)
         px_end_client(px);
 }
 
-static void client_write_cb(void *ctx, int status)
+/* The client took some of what was queued: read the app again once the
+ * queue is down to half. */
+static void client_drain_cb(struct req *r)
 {
-    struct piece *pc = ctx;
-    struct proxy *px = pc->px;
-    if (status == 0 && px->state != PX_DONE && px->r && px->upstream_paused && px->uc &&
-        req_stream_queued(px->r) <= (size_t)px->up->cfg->buffer_bytes / 2) {
+    struct proxy *px = r->hdata;
+    if (px && px->state != PX_DONE && px->upstream_paused && px->uc &&
+        req_stream_queued(r) <= (size_t)px->up->cfg->buffer_bytes / 2) {
         px->upstream_paused = false;
         http_rparser_resume(&px->uc->parser);
         uconn_read_start(px->uc);
     }
-    piece_free(pc);
 }
 
 static void relay_head(struct proxy *px)
@@ -874,7 +942,12 @@ static void relay_head(struct proxy *px)
     str_t connection = STR_NULL;
     http_response_header(resp, "connection", &connection);
     struct buf h = BUF_INIT;
-    buf_appendf(&h, "HTTP/1.1 %d %.*s\r\n", status, (int)resp->reason_len, resp->head.data);
+    buf_reserve(&h, resp->head.len + 4 * resp->n_headers + 96);
+    buf_append(&h, "HTTP/1.1 ", 9);
+    buf_append_u64(&h, (uint64_t)status);
+    buf_append_char(&h, ' ');
+    buf_append(&h, resp->head.data, resp->reason_len);
+    buf_append(&h, "\r\n", 2);
     bool via = false;
     for (uint32_t i = 0; i < resp->n_headers; i++) {
         str_t n = http_response_header_name(resp, i), v = http_response_header_value(resp, i);
@@ -884,7 +957,9 @@ static void relay_head(struct proxy *px)
             continue;
         if (str_eq_ci(n, STR_LIT("via"))) {
             buf_append(&h, n.p, n.len);
-            buf_appendf(&h, ": %.*s, 1.1 batchd\r\n", (int)v.len, v.p);
+            buf_append(&h, ": ", 2);
+            buf_append(&h, v.p, v.len);
+            buf_append_str(&h, ", 1.1 batchd\r\n");
             via = true;
             continue;
         }
@@ -913,9 +988,14 @@ static void build_request_head(struct proxy *px, struct req *r)
     struct buf *h = &px->head;
     str_t connection = STR_NULL, xff = STR_NULL, xfp = STR_NULL, via = STR_NULL;
     http_request_header(m, "connection", &connection);
-    buf_appendf(h, "%s %.*s", http_method_name(m->method), (int)m->path.len, m->path.p);
-    if (m->query.p)
-        buf_appendf(h, "?%.*s", (int)m->query.len, m->query.p);
+    buf_reserve(h, m->head.len + 4 * m->n_headers + 160);
+    buf_append_str(h, http_method_name(m->method));
+    buf_append_char(h, ' ');
+    buf_append(h, m->path.p, m->path.len);
+    if (m->query.p) {
+        buf_append_char(h, '?');
+        buf_append(h, m->query.p, m->query.len);
+    }
     buf_append_str(h, " HTTP/1.1\r\n");
     for (uint32_t i = 0; i < m->n_headers; i++) {
         str_t n = http_header_name(m, i), v = http_header_value(m, i);
@@ -938,16 +1018,21 @@ static void build_request_head(struct proxy *px, struct req *r)
     }
     char peer[64];
     req_peer(r, peer, sizeof(peer));
-    if (xff.len)
-        buf_appendf(h, "X-Forwarded-For: %.*s, %s\r\n", (int)xff.len, xff.p, peer);
-    else
-        buf_appendf(h, "X-Forwarded-For: %s\r\n", peer);
+    buf_append_str(h, "X-Forwarded-For: ");
+    if (xff.len) {
+        buf_append(h, xff.p, xff.len);
+        buf_append(h, ", ", 2);
+    }
+    buf_append_str(h, peer);
+    buf_append(h, "\r\n", 2);
     if (xfp.p == NULL) /* behind a TLS terminator, its value stands */
         buf_append_str(h, "X-Forwarded-Proto: http\r\n");
-    if (via.len)
-        buf_appendf(h, "Via: %.*s, 1.%d batchd\r\n", (int)via.len, via.p, m->version_minor);
-    else
-        buf_appendf(h, "Via: 1.%d batchd\r\n", m->version_minor);
+    buf_append_str(h, "Via: ");
+    if (via.len) {
+        buf_append(h, via.p, via.len);
+        buf_append(h, ", ", 2);
+    }
+    buf_append_str(h, m->version_minor == 0 ? "1.0 batchd\r\n" : "1.1 batchd\r\n");
     if (px->req_chunked)
         buf_append_str(h, "Transfer-Encoding: chunked\r\n");
     buf_append(h, "\r\n", 2);
@@ -975,13 +1060,12 @@ static void proxy_handler(struct req *r, void *data)
     if (m->method == HTTP_PUT || m->method == HTTP_PATCH || m->method == HTTP_POST || m->method == HTTP_DELETE)
         px->n_matches = resource_set_match_write(u->resources, m->path, px->matches, MAX_MATCHES);
     build_request_head(px, r);
-    uv_timer_init(u->loop, &px->timer);
-    px->timer.data = px;
-    uv_timer_start(&px->timer, timeout_cb, (uint64_t)u->cfg->timeout_ms, 0);
+    deadline_add(px);
     r->hdata = px;
     r->abort_cb = client_abort_cb;
     r->body_cb = body_cb;
     r->body_end_cb = body_end_cb;
+    r->drain_cb = client_drain_cb;
     px->state = PX_WAIT_CONN;
     upstream_acquire(u, px);
 }
@@ -992,6 +1076,9 @@ static void sweep_cb(uv_timer_t *t)
 {
     struct upstream *u = t->data;
     uint64_t now = uv_now(u->loop);
+    /* Oldest first: the deadlines come in order. */
+    while (u->dl_head && u->dl_head->deadline_ms <= now)
+        px_timeout(u->dl_head);
     struct uconn *uc = u->idle;
     while (uc) {
         struct uconn *next = uc->next;

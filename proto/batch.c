@@ -176,7 +176,9 @@ void batch_read_init(struct batch_read *rd, unsigned n)
 {
     rd->n = n;
     rd->pending = 0;
-    rd->slots = mem_calloc(n ? n : 1, sizeof(*rd->slots));
+    rd->one_slot = NULL;
+    /* Single-id reads, the common case, need no allocation. */
+    rd->slots = n <= 1 ? &rd->one_slot : mem_calloc(n, sizeof(*rd->slots));
     rd->next_done = NULL;
 }
 
@@ -221,7 +223,8 @@ void batch_read_release(struct batch_read *rd)
         }
         batch_entry_unref(e);
     }
-    free(rd->slots);
+    if (rd->slots != &rd->one_slot)
+        free(rd->slots);
     rd->slots = NULL;
     rd->n = 0;
 }

@@ -71,8 +71,9 @@ struct batch_entry {
 struct batch_read {
     unsigned n;                     /* slots: ids asked for */
     unsigned pending;               /* slots not resolved yet */
-    struct batch_entry **slots;
+    struct batch_entry **slots;     /* &one_slot for a single id */
     struct batch_read *next_done;   /* link on the completed list */
+    struct batch_entry *one_slot;
 };
 
 /* Ids up to this long get pooled, fixed-size entries (all valid ids do). */
