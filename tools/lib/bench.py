@@ -43,6 +43,8 @@ from pathlib import Path
 
 import redis
 
+from bench_format import fmt_ms, fmt_num, fmt_ratio, fmt_rt, row_ratio, sse_value, update_readme
+
 ROOT = Path(__file__).resolve().parents[2]
 N_SESSIONS = 10000
 SCENARIOS = ["http", "hot-single", "hot-batch", "mixed", "cold-batch", "proxy", "sse"]
@@ -282,6 +284,7 @@ class Bench:
         self.sse_load = Path(a.build) / "tools" / "sse-load"
         self.rows = []
         self.sse = []
+        self.repro = None
         self.started = {}
         self.r = redis.Redis(host="127.0.0.1", port=a.redis_port)
         self.cache = None          # "hot", "mixed", "cold": what Redis holds now
@@ -1101,46 +1104,11 @@ class Bench:
         goal("/healthz ≥ 0.9× nginx", "http", self.find("http", "nginx"), 0.9)
         return out
 
-    @staticmethod
-    def fmt_num(v, digits=0):
-        if v is None:
-            return "—"
-        return f"{v:,.{digits}f}"
-
-    @staticmethod
-    def fmt_ms(v):
-        if v is None:
-            return "—"
-        return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
-
-    @staticmethod
-    def fmt_ratio(v):
-        if v is None:
-            return "—"
-        return f"{v:.2f}×" if v < 10 else f"{v:.1f}×" if v < 100 else f"{v:.0f}×"
-
-    @staticmethod
-    def fmt_rt(v):
-        if v is None:
-            return "—"
-        return "0" if v == 0 else f"{v:.3f}" if v < 0.1 else f"{v:.2f}" if v < 10 else f"{v:.1f}"
-
-    def sse_value(self, res, *names):
-        """sse-load's summary, read leniently: its field names are its
-        author's; the raw JSON is kept in the report as well."""
-        flat = {}
-
-        def walk(d, prefix=""):
-            for k, v in d.items():
-                if isinstance(v, dict):
-                    walk(v, prefix + k + "_")
-                else:
-                    flat[(prefix + k).lower()] = v
-        walk(res)
-        for n in names:
-            if n in flat:
-                return flat[n]
-        return None
+    fmt_num = staticmethod(fmt_num)
+    fmt_ms = staticmethod(fmt_ms)
+    fmt_ratio = staticmethod(fmt_ratio)
+    fmt_rt = staticmethod(fmt_rt)
+    sse_value = staticmethod(sse_value)
 
     def compare_previous(self):
         """Each row against the previous run written to the same file (same
@@ -1171,6 +1139,8 @@ class Bench:
         if not diffs:
             return []
         within = sum(1 for d, _, _ in diffs if abs(d) <= 0.15)
+        self.repro = (f"Reproducibility: {within} of {len(diffs)} rows within ±15% of the previous run of the same "
+                      f"mode and CPU placement ({prev.get('when', '?')}; req/s, SSE: p50 latency).")
         L = [f"## Change from the previous run ({prev.get('when', '?')})", "",
              f"{within} of {len(diffs)} rows within ±15% of the previous run of the same mode and CPU placement "
              "(req/s; SSE: p50 latency). Largest changes first:", "",
@@ -1267,11 +1237,9 @@ class Bench:
                 ratio = "—"
                 note = r["note"]
                 if b is not None and r is not b:
+                    ratio = self.fmt_ratio(row_ratio(b, r))
                     if r["ids"] != b["ids"]:
-                        ratio = self.fmt_ratio(b["rps"] * b["ids"] / (r["rps"] * r["ids"]))
                         note = "; ".join(x for x in [note, f"{r['rps'] * r['ids']:,.0f} ids/s; ratio in ids/s"] if x)
-                    else:
-                        ratio = self.fmt_ratio(b["rps"] / r["rps"])
                 L.append(f"| {name} | {r['conns']} | {self.fmt_num(r['rps'])} | {self.fmt_ms(r['p50'])} | "
                          f"{self.fmt_ms(r['p99'])} | {self.fmt_rt(r['redis'])} | {self.fmt_rt(r['pg'])} | "
                          f"{self.fmt_rt(r.get('pg_rows'))} | {ratio} | "
@@ -1344,11 +1312,18 @@ class Bench:
         out = Path(self.a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps({"mode": mode, "placement": self.a.cpu, "when": self.when,
-                                                        "rows": self.rows, "sse": self.sse}, indent=1, default=str))
+        doc = {"mode": mode, "placement": self.a.cpu, "when": self.when,
+               "machine": {"cpu": cpu, "cores": ncpu, "kernel": kernel},
+               "goals": [dict(text=t, ratio=r, target=g, how=h) for t, r, g, h in goals],
+               "repro": self.repro,
+               "rows": self.rows, "sse": self.sse}
+        out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
         print(text)
         log(f"\nWritten to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} "
             f"(and {out.with_suffix('.json').name}).")
+        if not self.quick and not self.a.only and self.pinned and out.name == "latest.md":
+            if update_readme(ROOT / "README.md", doc):
+                log("README.md: benchmark section rewritten from this run.")
         return 0
 
 
