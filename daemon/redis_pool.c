@@ -16,7 +16,6 @@
 #include "daemon/redis_pool.h"
 
 #include <errno.h>
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +24,7 @@
 #include "daemon/backoff.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
+#include "daemon/redis_uv.h"
 #include "proto/mem.h"
 
 #define HEARTBEAT_CHANNEL "__batchd:heartbeat"
@@ -731,7 +731,7 @@ static void rconn_connect(struct rconn *c)
     /* hiredis frees an idle read buffer above 16 KiB and grows it again for
      * the next large reply; keep up to 1 MiB per connection instead. */
     ac->c.reader->maxbuf = 1024 * 1024;
-    if (redisLibuvAttach(ac, p->loop) != REDIS_OK) {
+    if (redis_uv_attach(ac, p->loop) != REDIS_OK) {
         ac->data = NULL;
         redisAsyncFree(ac);
         rconn_lost(c, "attach failed");

@@ -121,7 +121,7 @@ struct batch_entry *batch_table_get(struct batch_table *t, const char *id, size_
         *created = false;
         return e;
     }
-    if (t->count >= t->nbuckets * 2)
+    if (t->count >= t->nbuckets) /* chains of one on average: each link is a cache miss */
         grow(t);
     e = entry_alloc(len);
     e->hash = h;

@@ -355,11 +355,14 @@ uint64_t json_hash(const char *s, size_t n, uint64_t seed)
 bool json_valid_cached(const char *s, size_t n)
 {
     uint64_t h = json_hash(s, n, memo_seed);
-    uint64_t *slot = &memo[h & (MEMO_SLOTS - 1)];
-    if (*slot == h)
+    /* Two-way: a document may sit in either slot of its pair, so two
+     * documents whose hashes share a pair do not keep evicting each other. */
+    uint64_t *pair = &memo[h & (MEMO_SLOTS - 2)];
+    if (pair[0] == h || pair[1] == h)
         return true;
     if (!json_valid(s, n))
         return false;
-    *slot = h;
+    pair[1] = pair[0];
+    pair[0] = h;
     return true;
 }

@@ -271,6 +271,21 @@ static void test_valid_cached_agrees(void **state)
             assert_int_equal(json_valid_cached(docs[i], strlen(docs[i])), json_valid(docs[i], strlen(docs[i])));
 }
 
+/* More documents than the memo has slots, so pairs fill and evict: an
+ * invalid document must never be taken for a remembered valid one. */
+static void test_valid_cached_under_eviction(void **state)
+{
+    (void)state;
+    json_cache_seed(99);
+    char doc[32];
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < 100000; i++) {
+            bool valid = i % 3 != 0;
+            int n = snprintf(doc, sizeof(doc), valid ? "{\"i\":%d}" : "{\"i\":%d", i);
+            assert_int_equal(json_valid_cached(doc, (size_t)n), valid);
+        }
+}
+
 static void test_hash_depends_on_every_byte_and_seed(void **state)
 {
     (void)state;
@@ -294,6 +309,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_cached_agrees),
+        cmocka_unit_test(test_valid_cached_under_eviction),
         cmocka_unit_test(test_hash_depends_on_every_byte_and_seed),
         cmocka_unit_test(test_append_string),
         cmocka_unit_test(test_append_string_appends),
