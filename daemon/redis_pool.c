@@ -892,6 +892,11 @@ void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *ar
 
 void redis_pool_subscribe(struct redis_pool *p, const char *channel)
 {
+    /* Callbacks completed by redis_pool_free (a history read cut off by
+     * shutdown, say) may ask for a channel: there is no connection to
+     * come, and the channel list is gone already. */
+    if (p->freeing)
+        return;
     struct channel *ch = mem_calloc(1, sizeof(*ch));
     ch->name = mem_strdup(channel);
     ch->next = p->channels;
@@ -905,6 +910,8 @@ void redis_pool_subscribe(struct redis_pool *p, const char *channel)
 
 void redis_pool_unsubscribe(struct redis_pool *p, const char *channel)
 {
+    if (p->freeing)
+        return;
     for (struct channel **pp = &p->channels; *pp; pp = &(*pp)->next) {
         if (strcmp((*pp)->name, channel) == 0) {
             struct channel *ch = *pp;

@@ -10,8 +10,9 @@
  *   - touches the uv_poll only when the set of events really changes;
  *   - writes a connected context's commands from a uv_idle callback on the
  *     next loop iteration (an active idle handle keeps the loop from
- *     blocking), so commands queued during one iteration go out in one
- *     write and the poll waits for writability only after a short write.
+ *     blocking), unless redis_pool_flush wrote them first at the end of
+ *     this one, so the poll waits for writability only after a short
+ *     write.
  *
  * Before the connection is established, writability is how hiredis learns
  * that the connect finished, so a context that is not connected yet waits

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -18,13 +19,13 @@ TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def stream_conf(redis_port, stream="", redis="", ping=15000):
+def stream_conf(redis_port, stream="", redis="", ping=15000, command_timeout_ms=1000):
     return f"""
 [redis]
 url = redis://127.0.0.1:{redis_port}/0
 pool_size = 2
 connect_timeout_ms = 500
-command_timeout_ms = 1000
+command_timeout_ms = {command_timeout_ms}
 ping_interval_ms = 300
 {redis}
 [stream session-events]
@@ -243,6 +244,53 @@ def test_pubsub_killed_while_publishing_no_gap_no_duplicate(app, redis):
         assert got == posted  # every event once, in order
         c.close()
     assert "redis pub/sub down" in b.log()
+
+
+def redis_queued_bytes(redis_port):
+    """Bytes the kernel holds on the TCP connections to redis_port: what
+    batchd's sockets have not sent plus what Redis has not read."""
+    out = subprocess.run(["ss", "-tnH", "state", "established"], capture_output=True, text=True,
+                         check=True).stdout
+    total = 0
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 4 and (f[2].endswith(f":{redis_port}") or f[3].endswith(f":{redis_port}")):
+            total += int(f[0]) + int(f[1])
+    return total
+
+
+def test_commands_larger_than_the_socket_buffers_go_out_in_full(app, redis):
+    """Publishes queued while Redis is stopped (SIGSTOP) pile up far beyond
+    what the sockets can hold, so batchd's writes to Redis come up short and
+    it keeps the rest (hiredis' output buffer) until Redis reads again:
+    every publish still lands, whole and once, when Redis runs again."""
+    b = app(stream="max_event_bytes = 60000\n", command_timeout_ms=20000)
+    n, size = 96, 60000
+    results = [None] * n
+
+    def pub(i):
+        results[i] = publish(b.port, "big", f"{i:04d}" + "x" * (size - 4))
+
+    os.kill(redis.proc.pid, signal.SIGSTOP)
+    try:
+        threads = [threading.Thread(target=pub, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        # The kernel holds only part of the commands; hiredis holds the rest.
+        wait_until(lambda: b.metric("batchd_client_bytes_total", direction="in") >= n * size, timeout=20,
+                   what="every publish read by batchd")
+        time.sleep(0.3)  # the last ones go from the loop to Redis's sockets
+        queued = redis_queued_bytes(redis.port)
+        assert queued < n * size / 2, f"the kernel took {queued} bytes: the writes were not cut short"
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    for t in threads:
+        t.join(30)
+    assert all(r is not None and r.status == 201 for r in results), [r and r.status for r in results]
+    entries = redis.client().xrange("events:session:big")
+    assert len(entries) == n
+    assert sorted(int(e[1][b"data"][:4]) for e in entries) == list(range(n))
+    assert all(len(e[1][b"data"]) == size for e in entries)
 
 
 def rss_kib(pid):
