@@ -132,7 +132,10 @@ static void pool_update_up(struct pg_pool *p, const char *reason)
         log_info("postgres up", "ready_connections=%u", ready);
     } else if (ready == 0 && p->up_logged) {
         p->up_logged = false;
-        log_warn("postgres down", "reason=%s", LOG_Q(reason));
+        if (p->freeing)
+            log_info("postgres connections closed", "reason=%s", LOG_Q(reason));
+        else
+            log_warn("postgres down", "reason=%s", LOG_Q(reason));
     }
 }
 
