@@ -54,7 +54,7 @@ struct pconn {
     uv_timer_t timer;
     struct pgq *head, *tail;
     unsigned pending;
-    unsigned n_prepared;       /* statements [0, n_prepared) are prepared here */
+    bool *prepared;            /* [n_stmts]: PREPARE sent here and not failed */
     unsigned attempt;
     uint64_t last_activity_ms;
 };
@@ -217,7 +217,8 @@ static void pconn_fail(struct pconn *c, int err, const char *why)
         PQfinish(c->pg);
         c->pg = NULL;
     }
-    c->n_prepared = 0;
+    for (unsigned i = 0; i < p->n_stmts; i++)
+        c->prepared[i] = false; /* a new session has no prepared statements */
     struct pgq *q = c->head;
     c->head = c->tail = NULL;
     c->pending = 0;
@@ -280,29 +281,29 @@ static struct pgq *pgq_new(enum pgq_kind kind)
     return q;
 }
 
-/* Sends the internal queries that make a fresh connection usable, and
- * prepares statements registered since. */
-static int send_prepares(struct pconn *c)
+/* Pipelines PREPARE of statement `stmt`. It counts as prepared from now
+ * on, so queries sent behind it do not prepare it again; if it fails,
+ * finish_head clears the flag and the next query using it sends it again
+ * (by_ids may read a table that a migration creates after batchd starts). */
+static int send_prepare(struct pconn *c, int stmt)
 {
     struct pg_pool *p = c->pool;
-    while (c->n_prepared < p->n_stmts) {
-        struct stmt *s = &p->stmts[c->n_prepared];
-        Oid types[1] = { TEXTARRAYOID };
-        if (!PQsendPrepare(c->pg, s->name, s->sql, 1, types) || !PQpipelineSync(c->pg))
-            return -EIO;
-        struct pgq *q = pgq_new(Q_PREPARE);
-        q->stmt = (int)c->n_prepared;
-        q->start_ms = now_ms(p);
-        enqueue(c, q);
-        c->n_prepared++;
-    }
+    struct stmt *s = &p->stmts[stmt];
+    Oid types[1] = { TEXTARRAYOID };
+    if (!PQsendPrepare(c->pg, s->name, s->sql, 1, types) || !PQpipelineSync(c->pg))
+        return -EIO;
+    struct pgq *q = pgq_new(Q_PREPARE);
+    q->stmt = stmt;
+    q->start_ms = now_ms(p);
+    enqueue(c, q);
+    c->prepared[stmt] = true;
     return 0;
 }
 
 static int send_query(struct pconn *c, struct pgq *q)
 {
     struct pg_pool *p = c->pool;
-    if (send_prepares(c) != 0)
+    if (q->kind == Q_USER && !c->prepared[q->stmt] && send_prepare(c, q->stmt) != 0)
         return -EIO;
     int ok;
     if (q->kind == Q_PING) {
@@ -398,10 +399,12 @@ static void finish_head(struct pconn *c)
         }
         break;
     case Q_PREPARE:
-        if (err)
+        if (err) {
+            c->prepared[q->stmt] = false;
             log_error("cannot prepare statement", "conn=%u statement=%s err=%s", c->index,
                       LOG_Q(c->pool->stmts[q->stmt].sql),
                       LOG_Q(q->result ? PQresultErrorMessage(q->result) : "no result"));
+        }
         break;
     case Q_PING:
         if (err) {
@@ -476,9 +479,11 @@ static void on_connected(struct pconn *c)
     struct pgq *q = pgq_new(Q_SETUP);
     q->start_ms = now_ms(p);
     enqueue(c, q);
-    if (send_prepares(c) != 0) {
-        pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
-        return;
+    for (unsigned i = 0; i < p->n_stmts; i++) {
+        if (send_prepare(c, (int)i) != 0) {
+            pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
+            return;
+        }
     }
     log_debug("postgres connection ready", "conn=%u", c->index);
     pool_update_up(p, "ready");
@@ -637,6 +642,11 @@ int pg_pool_prepare(struct pg_pool *p, const char *sql)
         if (strcmp(p->stmts[i].sql, sql) == 0)
             return (int)i; /* a reload that keeps by_ids */
     p->stmts = mem_realloc(p->stmts, (p->n_stmts + 1) * sizeof(*p->stmts));
+    for (unsigned i = 0; i < p->n; i++) {
+        struct pconn *c = &p->conns[i];
+        c->prepared = mem_realloc(c->prepared, (p->n_stmts + 1) * sizeof(*c->prepared));
+        c->prepared[p->n_stmts] = false; /* prepared before its first use there */
+    }
     struct stmt *s = &p->stmts[p->n_stmts];
     s->sql = mem_strdup(sql);
     snprintf(s->name, sizeof(s->name), "batchd_%u", p->n_stmts);
@@ -676,6 +686,8 @@ static void timer_closed_cb(uv_handle_t *h)
         for (unsigned i = 0; i < p->n_stmts; i++)
             free(p->stmts[i].sql);
         free(p->stmts);
+        for (unsigned i = 0; i < p->n; i++)
+            free(p->conns[i].prepared);
         free(p->conns);
         free(p);
     }

@@ -6,7 +6,8 @@
  *
  * Connections are opened with PQconnectStartParams/PQconnectPoll and watched
  * with uv_poll on PQsocket(). Each one sets statement_timeout from
- * query_timeout_ms and prepares every registered statement once. Several
+ * query_timeout_ms and prepares every registered statement; a PREPARE
+ * that fails is sent again before the statement's next use. Several
  * queries are in flight per connection, each followed by its own sync
  * point so one failure cannot abort the next. A client-side deadline
  * (query_timeout_ms + 1 s) catches a server that stops answering. A query
@@ -38,7 +39,7 @@ void pg_pool_configure(struct pg_pool *p, const struct cfg_postgres *cfg, int64_
 void pg_pool_free(struct pg_pool *p);
 
 /* Registers a statement taking one text[] parameter; every connection
- * prepares it (now or at connect). Returns its id. */
+ * prepares it at connect or before its first use there. Returns its id. */
 int pg_pool_prepare(struct pg_pool *p, const char *sql);
 
 /* Runs statement `stmt` with one parameter (copied). `batch` is only for

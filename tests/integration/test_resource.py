@@ -17,7 +17,8 @@ BY_IDS = ("SELECT s.id, json_build_object('id', s.id, 'title', s.title, 'message
 BY_IDS_LIKE = "%FROM sessions s WHERE s.id = ANY($1::text[])%"
 
 
-def resource_conf(redis_port, pg, resource="", redis="", postgres="", by_ids=BY_IDS, negative_ttl=30):
+def resource_conf(redis_port, pg, resource="", redis="", postgres="", by_ids=BY_IDS, negative_ttl=30,
+                  pg_pool_size=2):
     return f"""
 [redis]
 url = redis://127.0.0.1:{redis_port}/0
@@ -28,7 +29,7 @@ ping_interval_ms = 500
 {redis}
 [postgres]
 conninfo = {pg.conninfo()}
-pool_size = 2
+pool_size = {pg_pool_size}
 connect_timeout_ms = 1000
 ping_interval_ms = 500
 {postgres}
@@ -322,6 +323,28 @@ def test_query_retried_on_another_connection(app, pg):
     assert r.status == 200
     check_doc(r.json(), 31)
     assert b.metric("batchd_pg_retries_total") == 1
+
+
+def test_failed_prepare_is_retried_once_the_table_exists(app, pg):
+    """batchd starts before the migration that creates by_ids' table: the
+    PREPARE fails on the connection, and it is sent again when the table
+    exists instead of every read failing on that connection for good."""
+    pg.psql("DROP TABLE IF EXISTS late_sessions")
+    b = app(pg_pool_size=1, by_ids="SELECT id, json_build_object('id', id, 'title', title)::text "
+                                   "FROM late_sessions WHERE id = ANY($1::text[])")
+    wait_until(lambda: "cannot prepare statement" in b.log(), what="the PREPARE at connect to fail")
+    for _ in range(2):  # the PREPARE sent before this read fails again: still an answer
+        r = get(b.port, "/v1/sessions/l1")
+        assert (r.status, r.json()) == (500, {"error": "query_failed"})
+    pg.psql("CREATE TABLE late_sessions (id text PRIMARY KEY, title text NOT NULL)")
+    pg.psql("INSERT INTO late_sessions VALUES ('l1', 'Late 1')")
+    r = get(b.port, "/v1/sessions/l1")
+    assert (r.status, r.json()) == (200, {"id": "l1", "title": "Late 1"})
+    # Same connection throughout, and the failed reads were not retried.
+    assert b.metric("batchd_pg_connects_total") == 1
+    assert b.metric("batchd_pg_retries_total") == 0
+    assert b.metric("batchd_pg_errors_total", kind="query") == 2
+    pg.psql("DROP TABLE late_sessions")
 
 
 def test_redis_reply_timeout_breaks_connection(app, redis):
