@@ -40,11 +40,6 @@ static uint64_t *m_closed[CONN_CLOSE__COUNT];
 static uint64_t *m_bytes_in, *m_bytes_out;
 static uint64_t *m_paused[5];
 
-const char *conn_close_reason_name(enum conn_close_reason reason)
-{
-    return reason < CONN_CLOSE__COUNT ? reason_names[reason] : "unknown";
-}
-
 void conn_metrics_init(void)
 {
     char labels[64];

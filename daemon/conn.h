@@ -58,8 +58,6 @@ enum conn_close_reason {
     CONN_CLOSE__COUNT
 };
 
-const char *conn_close_reason_name(enum conn_close_reason reason);
-
 enum conn_state {
     CONN_OPEN,          /* reading and answering requests */
     CONN_FINISHING,     /* no more requests: closes once the last response is written */

@@ -27,11 +27,6 @@ int log_level_parse(const char *name, enum log_level *out)
     return -1;
 }
 
-const char *log_level_name(enum log_level level)
-{
-    return level_names[level];
-}
-
 const char *log_quote(char *dst, size_t cap, const char *s)
 {
     size_t o = 0;

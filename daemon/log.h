@@ -20,7 +20,6 @@ extern enum log_level log_min_level;
 void log_set_level(enum log_level level);
 /* 0 and *out set, or -1 for an unknown name. */
 int log_level_parse(const char *name, enum log_level *out);
-const char *log_level_name(enum log_level level);
 
 void log_write(enum log_level level, const char *msg, const char *kvfmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -181,17 +181,6 @@ void req_add_header(struct req *r, const char *name, const char *value)
     buf_append(&r->head_extra, "\r\n", 2);
 }
 
-void req_add_headerf(struct req *r, const char *name, const char *fmt, ...)
-{
-    va_list ap;
-    buf_append_str(&r->head_extra, name);
-    buf_append(&r->head_extra, ": ", 2);
-    va_start(ap, fmt);
-    buf_vappendf(&r->head_extra, fmt, ap);
-    va_end(ap);
-    buf_append(&r->head_extra, "\r\n", 2);
-}
-
 /* The Date header changes once a second; format it once a second. */
 static const char *date_now(size_t *len)
 {

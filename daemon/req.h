@@ -99,16 +99,12 @@ bool req_param(const struct req *r, const char *name, str_t *value);
 int req_param_decoded(const struct req *r, const char *name, struct buf *out);
 /* The client's address as text, "?" when unknown. */
 const char *req_peer(const struct req *r, char *out, size_t cap);
-/* True when the connection is still there to answer. */
-static inline bool req_alive(const struct req *r) { return r->conn != NULL; }
 
 /* --- answering ------------------------------------------------------------- */
 
 /* Adds a response header. Call before req_respond/req_stream_start.
  * Content-Length, Date, Connection and Server are set by batchd. */
 void req_add_header(struct req *r, const char *name, const char *value);
-void req_add_headerf(struct req *r, const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 /* Completes the request. The body is copied. content_type must be a string
  * that outlives the request (a literal). */

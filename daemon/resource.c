@@ -114,7 +114,6 @@ struct flight {
     struct resource *res;
     unsigned outstanding;
     struct batch_entry *misses;
-    unsigned n_misses;
 };
 
 struct chunk {
@@ -654,21 +653,16 @@ static void flight_db(struct flight *f)
         ch->start_ns = uv_hrtime();
         ch->start_wall_ms = wall_ms();
         struct buf param = BUF_INIT;
-        buf_append_char(&param, '{');
         for (unsigned i = 0; i < n; i++) {
             struct batch_entry *next = e->next;
             e->next = NULL;
             e->state = BATCH_DB;
             e->owner = ch;
             ch->entries[i] = e; /* takes over the flight's reference */
-            if (i)
-                buf_append_char(&param, ',');
-            buf_append_char(&param, '"');
-            buf_append(&param, e->id, e->id_len);
-            buf_append_char(&param, '"');
+            ids_pg_array_add(&param, e->id, e->id_len);
             e = next;
         }
-        buf_append_char(&param, '}');
+        ids_pg_array_end(&param);
         metrics_observe(res->m_query_ids, n);
         if (pg_pool_exec(pg, res->stmt, param.data, param.len, n, db_cb, ch) == 0) {
             (*res->m_pg_queries)++;
@@ -691,7 +685,6 @@ static void add_miss(struct flight *f, struct batch_entry *e)
 {
     e->next = f->misses;
     f->misses = e;
-    f->n_misses++;
 }
 
 static void mget_cb(void *ctx, const redisReply *reply, int err)
@@ -905,17 +898,6 @@ static void start_list_read(struct resource *res, struct req *r, const struct id
         free(v);
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static void bad_ids(struct req *r, int rc)
 {
     req_error(r, 400, rc == -E2BIG ? "too_many_ids" : "invalid_id");
@@ -927,28 +909,9 @@ static void handle_single(struct req *r, void *data)
     (*res->m_requests[0])++;
     str_t raw;
     char id[IDS_MAX_LEN];
-    size_t n = 0;
+    size_t n;
     /* Decoded on the stack: a single read allocates nothing here. */
-    bool ok = req_param(r, "id", &raw);
-    for (size_t i = 0; ok && i < raw.len; i++) {
-        char c = raw.p[i];
-        if (c == '%') {
-            int hi = i + 2 < raw.len ? hex_digit(raw.p[i + 1]) : -1;
-            int lo = hi >= 0 ? hex_digit(raw.p[i + 2]) : -1;
-            if (lo < 0) {
-                ok = false;
-                break;
-            }
-            c = (char)(hi * 16 + lo);
-            i += 2;
-        }
-        if (n == sizeof(id)) {
-            ok = false;
-            break;
-        }
-        id[n++] = c;
-    }
-    if (!ok || !ids_valid(id, n)) {
+    if (!req_param(r, "id", &raw) || url_decode_to(raw, false, id, sizeof(id), &n) != 0 || !ids_valid(id, n)) {
         bad_ids(r, -EINVAL);
         return;
     }
@@ -1050,17 +1013,18 @@ static void handle_purge(struct req *r, void *data)
     struct resource *res = data;
     if (auth_require(r, res->set->cfg->batchd.admin_token) != 0)
         return;
-    struct buf raw = BUF_INIT;
-    if (req_param_decoded(r, "id", &raw) != 0 || !ids_valid(raw.data, raw.len)) {
+    str_t raw;
+    char id[IDS_MAX_LEN];
+    size_t n;
+    if (!req_param(r, "id", &raw) || url_decode_to(raw, false, id, sizeof(id), &n) != 0 || !ids_valid(id, n)) {
         req_error(r, 400, "invalid_id");
-    } else {
-        struct purge *p = mem_calloc(1, sizeof(*p));
-        p->r = r;
-        memcpy(p->id, raw.data, raw.len);
-        if (resource_set_invalidate(res->set, res->cfg->name, raw.data, raw.len, purge_done_cb, p) != 0)
-            purge_done_cb(p, -EAGAIN);
+        return;
     }
-    buf_deinit(&raw);
+    struct purge *p = mem_calloc(1, sizeof(*p));
+    p->r = r;
+    memcpy(p->id, id, n);
+    if (resource_set_invalidate(res->set, res->cfg->name, id, n, purge_done_cb, p) != 0)
+        purge_done_cb(p, -EAGAIN);
 }
 
 /* --- lookups for PURGE and the proxy ------------------------------------------------------ */
@@ -1089,15 +1053,13 @@ unsigned resource_set_match_write(struct resource_set *s, str_t path, struct res
             str_t raw;
             if (url_template_match(l->items[k], path, &params) < 0 || !url_params_get(&params, "id", &raw))
                 continue;
-            struct buf id = BUF_INIT;
-            if (url_decode(raw, false, &id) == 0 && ids_valid(id.data, id.len)) {
+            size_t len;
+            if (url_decode_to(raw, false, out[n].id, IDS_MAX_LEN, &len) == 0 && ids_valid(out[n].id, len)) {
                 out[n].res = s->res[i];
-                memcpy(out[n].id, id.data, id.len);
-                out[n].id[id.len] = '\0';
-                out[n].id_len = id.len;
+                out[n].id[len] = '\0';
+                out[n].id_len = len;
                 n++;
             }
-            buf_deinit(&id);
             break; /* one match per resource */
         }
     }

@@ -25,6 +25,7 @@
 #include "daemon/config.h"
 #include "daemon/router.h"
 #include "proto/buf.h"
+#include "proto/ids.h"
 
 struct redis_pool;
 struct pg_pool;
@@ -47,7 +48,7 @@ struct resource;
 /* A resource whose `invalidate` template matched a write's path. */
 struct resource_match {
     struct resource *res;
-    char id[129];
+    char id[IDS_MAX_LEN + 1];
     size_t id_len;
 };
 

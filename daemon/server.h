@@ -41,7 +41,6 @@ struct server {
     struct conn *conns;             /* every open connection */
     void (*drained_cb)(void *arg);
     void *drained_arg;
-    int spare_fd;                   /* released to accept-and-close on EMFILE */
 };
 
 extern struct server *server_current;

@@ -56,7 +56,6 @@ struct batch_entry {
     bool stale;                     /* owner's: invalidated while loading */
     int err;                        /* for BATCH_FAILED: owner's code */
     uint32_t cache_us, db_us;       /* time spent in Redis / PostgreSQL */
-    uint64_t gen;                   /* owner's stamp (invalidation guard) */
     char *doc;                      /* BATCH_FOUND: the document */
     size_t doc_len;
     void (*doc_release)(void *ref); /* set when doc is borrowed from ref */

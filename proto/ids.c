@@ -68,16 +68,19 @@ int id_list_add_csv(struct id_list *l, str_t csv, unsigned max)
     }
 }
 
-void ids_append_pg_array(struct buf *out, const struct id_list *l)
+void ids_pg_array_add(struct buf *out, const char *id, size_t len)
 {
-    buf_append_char(out, '{');
-    for (unsigned i = 0; i < l->n; i++) {
-        if (i)
-            buf_append_char(out, ',');
-        /* Valid ids hold no '"' or '\\', but quoting keeps "NULL" an id. */
-        buf_append_char(out, '"');
-        buf_append(out, l->bytes.data + l->off[i], l->len[i]);
-        buf_append_char(out, '"');
-    }
+    buf_reserve(out, len + 4);
+    buf_append_char(out, out->len == 0 ? '{' : ',');
+    /* Valid ids hold no '"' or '\\', but quoting keeps "NULL" an id. */
+    buf_append_char(out, '"');
+    buf_append(out, id, len);
+    buf_append_char(out, '"');
+}
+
+void ids_pg_array_end(struct buf *out)
+{
+    if (out->len == 0)
+        buf_append_char(out, '{');
     buf_append_char(out, '}');
 }

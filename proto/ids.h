@@ -38,7 +38,9 @@ static inline str_t id_list_get(const struct id_list *l, unsigned i)
     return str_make(l->bytes.data + l->off[i], l->len[i]);
 }
 
-/* Appends a PostgreSQL text[] literal, {"a","b"}, for the ids. */
-void ids_append_pg_array(struct buf *out, const struct id_list *l);
+/* A PostgreSQL text[] literal, {"a","b"}, built id by id into an empty
+ * buffer: ids_pg_array_add for each (valid) id, then ids_pg_array_end. */
+void ids_pg_array_add(struct buf *out, const char *id, size_t len);
+void ids_pg_array_end(struct buf *out);
 
 #endif

@@ -15,34 +15,43 @@ static int hexval(char c)
     return -1;
 }
 
+int url_decode_to(str_t src, bool plus_is_space, char *out, size_t cap, size_t *len)
+{
+    size_t n = 0;
+    int rc = 0;
+    for (size_t i = 0; i < src.len; i++) {
+        char c = src.p[i];
+        if (c == '+' && plus_is_space) {
+            c = ' ';
+        } else if (c == '%') {
+            int hi = i + 2 < src.len ? hexval(src.p[i + 1]) : -1;
+            int lo = hi >= 0 ? hexval(src.p[i + 2]) : -1;
+            if (lo < 0) {
+                rc = -EINVAL;
+                break;
+            }
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        if (n == cap) {
+            rc = -E2BIG;
+            break;
+        }
+        out[n++] = c;
+    }
+    *len = n;
+    return rc;
+}
+
 int url_decode(str_t src, bool plus_is_space, struct buf *out)
 {
+    /* Decoding never lengthens: src.len bytes of room are enough. */
     buf_reserve(out, src.len);
-    size_t i = 0;
-    while (i < src.len) {
-        /* Copy the run up to the next escape in one go. */
-        size_t run = i;
-        while (run < src.len && src.p[run] != '%' && !(plus_is_space && src.p[run] == '+'))
-            run++;
-        if (run > i) {
-            buf_append(out, src.p + i, run - i);
-            i = run;
-            continue;
-        }
-        if (src.p[i] == '+') {
-            buf_append_char(out, ' ');
-            i++;
-            continue;
-        }
-        if (i + 2 >= src.len)
-            return -EINVAL;
-        int hi = hexval(src.p[i + 1]), lo = hexval(src.p[i + 2]);
-        if (hi < 0 || lo < 0)
-            return -EINVAL;
-        buf_append_char(out, (char)(hi * 16 + lo));
-        i += 3;
-    }
-    return 0;
+    size_t n;
+    int rc = url_decode_to(src, plus_is_space, out->data + out->len, src.len, &n);
+    out->len += n;
+    out->data[out->len] = '\0';
+    return rc;
 }
 
 bool url_query_next(str_t *rest, str_t *key, str_t *value)

@@ -27,6 +27,11 @@ struct url_params {
  * (out then holds a partial result). */
 int url_decode(str_t src, bool plus_is_space, struct buf *out);
 
+/* The same into out[0..cap): *len gets the bytes decoded. Returns 0,
+ * -EINVAL on a bad escape or -E2BIG when the result does not fit (out
+ * then holds a partial result). Allocates nothing. */
+int url_decode_to(str_t src, bool plus_is_space, char *out, size_t cap, size_t *len);
+
 /* Takes the next "key=value" pair off the front of *rest (raw, undecoded).
  * A pair with no '=' has an empty value. Empty pairs ("a=1&&b=2") are
  * skipped. Returns false when nothing is left. */

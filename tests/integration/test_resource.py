@@ -150,6 +150,8 @@ def test_post_batch(app):
 
 @pytest.mark.parametrize("path, body, code", [
     ("/v1/sessions/bad%20id", None, "invalid_id"),
+    ("/v1/sessions/s%zz", None, "invalid_id"),
+    ("/v1/sessions/s%3", None, "invalid_id"),
     ("/v1/sessions/" + "a" * 129, None, "invalid_id"),
     ("/v1/sessions?ids=s1,,s2", None, "invalid_id"),
     ("/v1/sessions?ids=", None, "invalid_id"),
@@ -228,6 +230,17 @@ def test_purge(app, redis):
     assert (r.status, r.json()) == (200, {"purged": "s5"})
     assert not redis.client().exists("session:s5")
     assert b.metric("batchd_auth_denied_total") == 2
+
+
+def test_escaped_ids_are_decoded(app, redis, pg):
+    b = app()
+    r = get(b.port, "/v1/sessions/s%37")
+    assert r.status == 200
+    check_doc(r.json(), 7)
+    wait_until(lambda: redis.client().exists("session:s7"), what="write-back")
+    r = request(b.port, "PURGE", "/v1/sessions/s%37", {"Authorization": "Bearer secret"})
+    assert (r.status, r.json()) == (200, {"purged": "s7"})
+    assert not redis.client().exists("session:s7")
 
 
 def test_purge_without_token_configured_is_403(app):

@@ -82,8 +82,13 @@ static void test_pg_array(void **state)
     id_list_init(&l);
     assert_int_equal(id_list_add_csv(&l, STR_LIT("s1,NULL,a:b"), 10), 0);
     struct buf out = BUF_INIT;
-    ids_append_pg_array(&out, &l);
+    for (unsigned i = 0; i < l.n; i++)
+        ids_pg_array_add(&out, id_list_get(&l, i).p, id_list_get(&l, i).len);
+    ids_pg_array_end(&out);
     assert_str_eq(buf_str(&out), "{\"s1\",\"NULL\",\"a:b\"}");
+    buf_reset(&out);
+    ids_pg_array_end(&out);
+    assert_str_eq(buf_str(&out), "{}");
     buf_deinit(&out);
     id_list_deinit(&l);
 }

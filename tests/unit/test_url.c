@@ -92,6 +92,28 @@ static void render_query(const char *query, struct buf *out)
         buf_append_str(out, "");
 }
 
+/* url_decode_to: the same decoding into a fixed buffer, and its bound. */
+static void test_decode_to_fixed_buffer(void **state)
+{
+    (void)state;
+    char out[4];
+    size_t n;
+    assert_int_equal(url_decode_to(STR_LIT("s%31"), false, out, sizeof(out), &n), 0);
+    assert_bytes_eq(out, n, "s1", 2);
+    assert_int_equal(url_decode_to(STR_LIT("a+%41"), true, out, sizeof(out), &n), 0);
+    assert_bytes_eq(out, n, "a A", 3);
+    /* Exactly full fits; one byte more does not, escaped or not. */
+    assert_int_equal(url_decode_to(STR_LIT("abcd"), false, out, sizeof(out), &n), 0);
+    assert_int_equal(n, 4);
+    assert_int_equal(url_decode_to(STR_LIT("abcde"), false, out, sizeof(out), &n), -E2BIG);
+    assert_int_equal(n, 4);
+    assert_int_equal(url_decode_to(STR_LIT("abcd%41"), false, out, sizeof(out), &n), -E2BIG);
+    assert_int_equal(url_decode_to(STR_LIT("ab%4"), false, out, sizeof(out), &n), -EINVAL);
+    assert_int_equal(url_decode_to(STR_LIT("%zz"), false, out, sizeof(out), &n), -EINVAL);
+    assert_int_equal(url_decode_to(STR_LIT(""), false, out, 0, &n), 0);
+    assert_int_equal(n, 0);
+}
+
 static void test_query_next(void **state)
 {
     static const struct {
@@ -320,6 +342,7 @@ int main(void)
         cmocka_unit_test(test_decode_good),
         cmocka_unit_test(test_decode_appends),
         cmocka_unit_test(test_decode_bad_escapes),
+        cmocka_unit_test(test_decode_to_fixed_buffer),
         cmocka_unit_test(test_query_next),
         cmocka_unit_test(test_query_key_without_equals),
         cmocka_unit_test(test_template_valid_good),
