@@ -504,7 +504,11 @@ static void conn_update_timer(struct conn *c)
     uint64_t now = uv_now(srv_of(c)->loop);
     uint64_t idle = (uint64_t)cfg->idle_timeout_ms;
     if (c->writes_pending > 0) {
-        timer_set(c, CONN_TIMER_WRITE, idle);
+        /* Only a finished write is progress (on_write_cb restarts the
+         * clock): more bytes queued behind a peer that reads nothing, an
+         * SSE ping say, must not keep it alive. */
+        if (c->timer_kind != CONN_TIMER_WRITE)
+            timer_set(c, CONN_TIMER_WRITE, idle);
     } else if (c->reading && !c->reading->head_done) {
         timer_set(c, CONN_TIMER_HEADER, c->head_deadline > now ? c->head_deadline - now : 0);
     } else if (c->reading && c->reading->state == REQ_RECEIVING) {
@@ -558,6 +562,8 @@ static void on_write_cb(uv_write_t *wr, int status)
         conn_close(c, CONN_CLOSE_WRITE_ERROR);
         return;
     }
+    if (c->writes_pending > 0 && c->timer_kind == CONN_TIMER_WRITE)
+        timer_set(c, CONN_TIMER_WRITE, (uint64_t)srv_of(c)->cfg->idle_timeout_ms);
     if (c->state == CONN_FINISHING && c->writes_pending == 0 && c->head == NULL) {
         start_linger(c);
         return;
