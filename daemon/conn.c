@@ -814,11 +814,20 @@ static enum log_level close_log_level(enum conn_close_reason reason)
     }
 }
 
+/* A close that was planned (Connection: close, drain, a 4xx) keeps its
+ * reason, unless the end comes otherwise: a failed or stuck write, a read
+ * error, or the shutdown deadline say more about the connection. */
+static bool overrides_planned(enum conn_close_reason reason)
+{
+    return reason == CONN_CLOSE_WRITE_ERROR || reason == CONN_CLOSE_WRITE_TIMEOUT ||
+           reason == CONN_CLOSE_READ_ERROR || reason == CONN_CLOSE_SHUTDOWN_FORCED;
+}
+
 void conn_close(struct conn *c, enum conn_close_reason reason)
 {
     if (c->state == CONN_CLOSING)
         return;
-    if (c->reason == REASON_UNSET)
+    if (c->reason == REASON_UNSET || overrides_planned(reason))
         c->reason = (uint8_t)reason;
     reason = (enum conn_close_reason)c->reason;
     c->state = CONN_CLOSING;

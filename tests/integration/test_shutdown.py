@@ -51,6 +51,7 @@ def test_grace_expiry_forces_close(start_batchd):
     assert b.wait(15) == 0
     assert stuck.wait_closed(5)
     assert "shutdown grace expired" in b.log() and "forced_connections=1" in b.log()
+    assert "reason=shutdown_forced" in b.log()
 
 
 def test_second_sigterm_exits_at_once(start_batchd):
@@ -64,3 +65,23 @@ def test_second_sigterm_exits_at_once(start_batchd):
     assert b.wait(10) == 0
     assert "second stop signal" in b.log()
     assert not port_open(b.admin_port)
+
+
+def test_forced_close_is_named_after_a_drain_began(start_batchd):
+    """A connection told to close after its in-flight request (the drain)
+    but cut off at the grace deadline is logged and counted as forced."""
+    app = socket.socket()
+    app.bind(("127.0.0.1", 0))
+    app.listen()
+    b = start_batchd(batchd="shutdown_grace_ms = 300\n",
+                     extra=f"[upstream]\nurl = http://127.0.0.1:{app.getsockname()[1]}\ntimeout_ms = 60000\n")
+    c = Http(b.port)
+    c.send("GET /never-answered HTTP/1.1\r\nHost: t\r\n\r\n")
+    app.settimeout(10)
+    upstream_conn, _ = app.accept()  # the request is with the "app", which never answers
+    b.send_signal(signal.SIGTERM)
+    assert b.wait(15) == 0
+    assert "reason=shutdown_forced" in b.log() and "reason=shutdown " not in b.log()
+    upstream_conn.close()
+    app.close()
+    c.close()
