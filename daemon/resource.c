@@ -1068,6 +1068,19 @@ unsigned resource_set_match_write(struct resource_set *s, str_t path, struct res
 
 /* --- set ------------------------------------------------------------------------------------------- */
 
+static double gauge_in_flight(void *arg)
+{
+    return ((struct resource *)arg)->table.count;
+}
+
+static double gauge_writebacks(void *arg)
+{
+    unsigned n = 0;
+    for (struct wb *w = ((struct resource *)arg)->wbs; w; w = w->next)
+        n++;
+    return n;
+}
+
 static void resource_metrics(struct resource *res)
 {
     char l[160];
@@ -1087,6 +1100,11 @@ static void resource_metrics(struct resource *res)
                                    "Ids that joined a load already in flight instead of starting one.");
     res->m_writebacks = metrics_counter("batchd_cache_writebacks_total", l,
                                         "SETs that cache a PostgreSQL result (found or absent).");
+    metrics_gauge_fn("batchd_batch_ids_in_flight", l,
+                     "Distinct ids being read from Redis or PostgreSQL now (each shared by all its readers).",
+                     gauge_in_flight, res);
+    metrics_gauge_fn("batchd_cache_writebacks_in_flight", l, "Write-back scripts sent to Redis and not answered yet.",
+                     gauge_writebacks, res);
     res->m_mget_keys = metrics_histogram("batchd_mget_keys", l, "Keys per MGET.", size_bounds,
                                          sizeof(size_bounds) / sizeof(double));
     res->m_query_ids = metrics_histogram("batchd_by_ids_ids", l, "Ids per by_ids execution.",

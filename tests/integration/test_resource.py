@@ -5,6 +5,7 @@ counters: Redis INFO commandstats and pg_stat_statements."""
 import asyncio
 import json
 import signal
+import threading
 import time
 
 import pytest
@@ -209,6 +210,21 @@ def test_single_flight_100_concurrent_same_cold_id(app, redis, pg):
     assert len({body for _, body in results}) == 1
     assert pg.calls("%pg_sleep(%") == 1
     assert b.metric("batchd_singleflight_joins_total") >= 99
+
+
+def test_ids_in_flight_gauge(app, redis, pg):
+    """The gauge of ids being loaded counts distinct ids, shared by every
+    reader, and falls back to 0 when the loads are done."""
+    b = app(by_ids=BY_IDS.replace("FROM sessions s WHERE", "FROM sessions s, pg_sleep(0.5) WHERE"))
+    ids = ",".join(f"s{i}" for i in range(1, 21))
+    t = threading.Thread(target=lambda: asyncio.run(fetch_many(b.port, [f"/v1/sessions?ids={ids}"] * 10)))
+    t.start()
+    wait_until(lambda: b.metric("batchd_batch_ids_in_flight", resource="sessions") == 20, timeout=5,
+               what="20 distinct ids loading")
+    t.join(10)
+    wait_until(lambda: b.metric("batchd_batch_ids_in_flight", resource="sessions") == 0
+               and b.metric("batchd_cache_writebacks_in_flight", resource="sessions") == 0, what="loads done")
+    assert pg.calls("%pg_sleep(%") == 1
 
 
 def test_max_batch_keys_splits(app, redis, pg):
