@@ -10,7 +10,6 @@ UBSan report in its log.
 import os
 import pwd
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -428,5 +427,3 @@ full_page_writes = off
         self.psql("SELECT pg_stat_statements_reset()")
 
 
-def cleanup_dir(path):
-    shutil.rmtree(path, ignore_errors=True)

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from harness import BATCHD, ROOT, SAN_ENV, free_port
+from harness import BATCHD, ROOT, SAN_ENV
 
 
 def check(tmp_path, text):
@@ -84,11 +84,16 @@ def test_missing_file(tmp_path):
 
 
 def test_bad_config_binds_nothing(tmp_path):
-    port = free_port()
-    p = tmp_path / "b.ini"
-    p.write_text(f"[batchd]\nlisten = 127.0.0.1:{port}\nmax_pipeline = 0\n")
-    r = subprocess.run([BATCHD, "-c", str(p)], capture_output=True, text=True, timeout=10)
-    assert r.returncode == 2 and "max_pipeline" in r.stderr
+    """The port is taken: a batchd that bound before checking its config
+    would fail with "cannot bind" (exit 1), not with the config error."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        p = tmp_path / "b.ini"
+        p.write_text(f"[batchd]\nlisten = 127.0.0.1:{s.getsockname()[1]}\nmax_pipeline = 0\n")
+        r = subprocess.run([BATCHD, "-c", str(p)], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "max_pipeline" in r.stderr and "cannot bind" not in r.stderr
 
 
 def test_port_in_use_fails_to_start(tmp_path):

@@ -30,7 +30,7 @@ def test_pipelined_requests_answered_in_order(start_batchd):
     assert statuses == [200, 404, 200, 404, 200] * 4
 
 
-def test_pipeline_deeper_than_max_pipeline(start_batchd):
+def test_300_pipelined_requests_in_one_write(start_batchd):
     b = start_batchd(batchd="max_pipeline = 4\n")
     n = 300
     with Http(b.admin_port) as c:
