@@ -106,8 +106,15 @@ class Procs:
         return p
 
     def record(self, pid):
+        """pid and start time (field 22 of /proc/PID/stat), so that the next
+        run stops this process and never one that reused its pid."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                start = f.read().rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            return
         with open(self.pidfile, "a") as f:
-            f.write(f"{pid}\n")
+            f.write(f"{pid} {start}\n")
 
     def stop(self, p, timeout=15):
         if p.poll() is None:
