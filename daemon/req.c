@@ -369,6 +369,12 @@ static int stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_wri
     }
     uv_buf_t iov[64];
     unsigned k = 0;
+    if (n + (r->head_pending ? 1 : 0) > sizeof(iov) / sizeof(iov[0])) {
+        /* Callers pass a handful; more would be a bug, not a short write. */
+        if (cb)
+            cb(ctx, UV_EINVAL);
+        return UV_EINVAL;
+    }
     if (r->head_pending) {
         r->head_pending = false;
         if (copy || cb == NULL) {
@@ -384,7 +390,7 @@ static int stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_wri
             }
         }
     }
-    for (unsigned i = 0; i < n && k < 64; i++)
+    for (unsigned i = 0; i < n; i++)
         iov[k++] = bufs[i];
     /* Without a callback nothing tells when the bytes are free: copy what
      * the socket does not take at once. */
