@@ -138,11 +138,16 @@ static int on_headers_complete(llhttp_t *ll)
     p->interim = false;
     r->chunked = (ll->flags & F_CHUNKED) != 0;
     r->content_length = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : HTTP_NO_LENGTH;
+    /* A HEAD answer has no body, whatever Content-Length says. Set the flag
+     * that returning 1 would set, before head_cb may pause: llhttp resumes
+     * at after_headers_complete, which reads only the flag, so a paused
+     * HEAD answer would otherwise take the next response as its body. */
+    if (p->head_request)
+        ll->flags |= F_SKIPBODY;
     int rc = p->cbs->head_cb(p, r);
     if (rc == HTTP_PARSER_PAUSE)
         return HPE_PAUSED;
-    /* A HEAD answer has no body, whatever Content-Length says. */
-    return p->head_request ? 1 : 0;
+    return 0;
 }
 
 static int on_body(llhttp_t *ll, const char *at, size_t n)
