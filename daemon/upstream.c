@@ -10,13 +10,19 @@
  * the client sent chunks. The response is parsed with http_rparser; while
  * an invalidation runs, that parser is paused and the rest of the read kept.
  *
- * A request is retried once on a fresh connection when a reused keep-alive
- * connection fails before any response byte and the request has no body:
- * the app server may close an idle connection just as it is picked.
+ * A request is retried once, on a fresh connection, only when the app
+ * server may simply have closed an idle connection just as it was picked:
+ * the connection came from the keep-alive pool, it failed before any
+ * response byte, the request has no body, and its method is idempotent
+ * (GET, HEAD, OPTIONS, PUT, DELETE, TRACE). Otherwise the app may have
+ * acted on the request before it closed, and sending it again could run a
+ * write twice: the client gets a 502.
  *
  * The client request is ended only after its body has been read in full,
  * even when the app answers early, so the connection never frees a request
- * its parser still holds.
+ * its parser still holds. After an early answer the rest of the body is
+ * read and dropped (a paused client is read again) and the app connection
+ * is closed, not pooled: it may be mid-body.
  *
  * Cost per request: no timer (one pool-wide sweep checks the deadlines of
  * requests waiting for their answer, in arrival order), and no copy of
@@ -53,7 +59,7 @@ struct uconn {
     enum uc_state state;
     struct http_rparser parser;
     uint64_t idle_since;
-    unsigned served;
+    unsigned served;            /* times put back in the idle list */
     bool reading;
     bool complete;              /* complete_cb ran during this parse */
     bool keep;                  /* ... and the connection may be reused */
@@ -90,7 +96,8 @@ struct proxy {
     bool resp_body_allowed;
     bool end_pending;           /* response done, waiting for the request body */
     bool retried;
-    bool got_response_byte;
+    bool conn_reused;           /* uc was picked from the idle list (served > 0) */
+    bool got_response_byte;     /* any byte of the answer, 1xx included */
     bool upstream_paused;       /* response reading stopped for the client */
     unsigned inval_pending;
     unsigned pieces;            /* pieces alive (queued or being written) */
@@ -464,6 +471,8 @@ static void on_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         uconn_close(uc);
         return;
     }
+    if (px)
+        px->got_response_byte = true; /* the app has seen the request: no retry */
     uconn_feed(uc, b->base, (size_t)nread, false);
 }
 
@@ -471,9 +480,14 @@ static void uconn_read_start(struct uconn *uc)
 {
     if (uc->state == UC_CLOSING)
         return;
-    /* Parse what was held back first. */
+    /* Parse what was held back first. With nothing held back, a parser
+     * resumed after pausing on the last byte of a read (a bodiless head
+     * while invalidating, the last body piece for a slow client) still
+     * has a response to finish, which llhttp does only when it next runs. */
     if (uc->pending && !uc->parser.paused)
         uconn_feed(uc, uc->pending + uc->pending_off, uc->pending_len - uc->pending_off, true);
+    else if (uc->state == UC_BUSY && uc->px && !uc->parser.paused)
+        uconn_feed(uc, "", 0, false);
     if (uc->state == UC_CLOSING || (uc->state == UC_IDLE && uc->pending))
         return;
     if (uc->state != UC_IDLE && (uc->parser.paused || uc->pending))
@@ -626,6 +640,13 @@ static struct req *px_take_req(struct proxy *px)
     r->body_cb = NULL;
     r->body_end_cb = NULL;
     r->drain_cb = NULL;
+    /* With the hooks gone the rest of the body is read and dropped; if it
+     * was paused for the app's sake, read it again: an answer is held
+     * until the body is in, so it would never go out. */
+    if (px->client_paused) {
+        px->client_paused = false;
+        req_body_resume(r);
+    }
     return r;
 }
 
@@ -644,10 +665,38 @@ static void px_response_done(struct proxy *px)
         return;
     }
     if (!px->req_body_done) {
-        px->end_pending = true; /* ended once the request body is read */
+        /* An early answer: the rest of the body is read and dropped, and the
+         * request ended once it is in. A head waiting for a first body
+         * piece goes out now. Resume last: it may end the request and free
+         * px at once. */
+        px->end_pending = true;
+        struct req *r = px->r;
+        if (r->head_pending)
+            req_stream_write_copy(r, NULL, 0);
+        if (px->client_paused) {
+            px->client_paused = false;
+            req_body_resume(r);
+        }
         return;
     }
     px_end_client(px);
+}
+
+/* Safe to send again (RFC 9110 9.2.2): the app ends in the same state
+ * whether it ran once or twice. */
+static bool method_idempotent(unsigned method)
+{
+    switch (method) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+    case HTTP_TRACE:
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* kind: 0 refused, 1 reset, 2 timeout, 3 bad response */
@@ -656,9 +705,12 @@ static void px_fail(struct proxy *px, int kind, const char *why)
     struct upstream *u = px->up;
     if (px->state == PX_DONE)
         return;
-    /* A reused connection the app had just closed: try once more on a new one. */
-    if (kind == 1 && !px->got_response_byte && !px->retried && !px->req_has_body && px->r) {
+    /* A pooled connection the app had just closed: try once more on a new
+     * one. On a new connection the close is the app's answer. */
+    if (kind == 1 && px->conn_reused && !px->got_response_byte && !px->retried && !px->req_has_body &&
+        px->r && method_idempotent(px->r->msg.method)) {
         px->retried = true;
+        px->conn_reused = false;
         (*u->m_retries)++;
         px->head_sent = false;
         px->state = PX_WAIT_CONN;
@@ -825,6 +877,7 @@ static void upstream_acquire(struct upstream *u, struct proxy *px)
         uc->state = UC_BUSY;
         uc->px = px;
         px->uc = uc;
+        px->conn_reused = uc->served > 0;
         px_conn_ready(px);
         return;
     }
@@ -836,6 +889,7 @@ static void upstream_acquire(struct upstream *u, struct proxy *px)
         }
         uc->px = px;
         px->uc = uc;
+        px->conn_reused = false;
         return;
     }
     px->wait_next = NULL;

@@ -12,7 +12,10 @@
  * 2xx first deletes that cache entry, then relays the answer.
  *
  * Errors: 502 upstream_unavailable (refused, reset), 504 upstream_timeout
- * (no response head within timeout_ms), 502 bad_upstream_response.
+ * (no response head within timeout_ms), 502 bad_upstream_response. A
+ * request the app closed on without a byte of answer is sent again, once,
+ * only when it went over a pooled keep-alive connection, has no body and
+ * an idempotent method; any other is sent at most once.
  */
 #ifndef BATCHD_UPSTREAM_H
 #define BATCHD_UPSTREAM_H

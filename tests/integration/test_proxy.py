@@ -157,15 +157,118 @@ def test_upstream_sse_arrives_event_by_event(start_batchd, app_server):
         assert stamps[-1] - stamps[0] >= 0.6
 
 
-def test_early_answer_while_body_still_arriving(start_batchd, app_server):
+@pytest.mark.parametrize("empty", [False, True], ids=["with_body", "empty_body"])
+def test_early_answer_while_body_still_arriving(start_batchd, app_server, empty):
+    """/early answers right after the head and reads the body afterwards. The
+    answer must reach the client while most of its body is still unsent,
+    also when it has no body piece to carry the head."""
+    b = start_batchd(extra=upstream_conf(app_server.port))
+    total, first = 2_000_000, 100_000
+    with Http(b.port, timeout=5) as c:
+        c.send(f"POST /early?empty={int(empty)} HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n".encode()
+               + b"x" * first)
+        # Nothing more is sent until the answer is in: a late answer times out here.
+        r = c.read_response()
+        assert (r.status, r.body) == (200, b"" if empty else b'{"early":true}')
+        c.send(b"y" * (total - first))
+        # The rest of the body was read and dropped: the connection is in step.
+        e = c.request("POST", "/echo", body="after")
+        assert (e.status, e.json()["length"]) == (200, 5)
+        assert c.request("GET", "/echo").status == 200
+    assert app_server.stats()["hits"]["POST /early"] == 1
+    # The pool holds nothing busy and still serves.
+    wait_until(lambda: b.metric("batchd_upstream_connections", state="busy") == 0, what="pool idle")
+    assert get(b.port, "/echo").status == 200
+
+
+def test_early_answer_while_client_body_is_paused(start_batchd, app_server):
+    """The app answers early without reading the body, after batchd stopped
+    reading the client because the app's side was full. Once the answer is
+    complete the rest of the body is read and dropped: the client must be
+    read again, or it never finishes sending and the connection stalls."""
+    b = start_batchd(extra=upstream_conf(app_server.port, "buffer_bytes = 65536"))
+    total = 16 * 1024 * 1024
+    with Http(b.port, timeout=10) as c:
+        c.send(f"POST /early?delay_ms=700 HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n")
+        sent = {}
+
+        def sender():
+            try:
+                c.sock.sendall(b"z" * total)
+                sent["ok"] = True
+            except OSError as e:
+                sent["error"] = e
+
+        t = threading.Thread(target=sender)
+        t.start()
+        wait_until(lambda: b.metric("batchd_upstream_pauses_total", side="client_body") >= 1, what="client paused")
+        r = c.read_response()
+        assert (r.status, r.json()) == (200, {"early": True})
+        t.join(15)
+        assert sent == {"ok": True}
+        assert c.request("GET", "/echo").status == 200
+    wait_until(lambda: b.metric("batchd_upstream_connections", state="busy") == 0, what="pool idle")
+
+
+def test_timeout_while_client_body_is_paused(start_batchd, app_server):
+    """The app neither reads the body nor answers in time: the 504 goes out
+    once the body is in, so batchd must read the paused client again."""
+    b = start_batchd(extra=upstream_conf(app_server.port, "buffer_bytes = 65536")
+                     .replace("timeout_ms = 2000", "timeout_ms = 1000"))
+    total = 16 * 1024 * 1024
+    with Http(b.port, timeout=10) as c:
+        c.send(f"POST /early?delay_ms=3000 HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n")
+        sent = {}
+
+        def sender():
+            try:
+                c.sock.sendall(b"z" * total)
+                sent["ok"] = True
+            except OSError as e:
+                sent["error"] = e
+
+        t = threading.Thread(target=sender)
+        t.start()
+        wait_until(lambda: b.metric("batchd_upstream_pauses_total", side="client_body") >= 1, what="client paused")
+        r = c.read_response()
+        assert (r.status, r.json()) == (504, {"error": "upstream_timeout"})
+        t.join(15)
+        assert sent == {"ok": True}
+        assert c.request("GET", "/echo").status == 200
+
+
+def test_no_retry_when_a_new_connection_closes_unanswered(start_batchd, app_server):
+    """/hangup reads the request and closes without an answer. The app may
+    have acted on it: a POST is sent once and answered 502. So is a GET on
+    a brand-new connection, where a close cannot be an idle timeout."""
+    b = start_batchd(extra=upstream_conf(app_server.port))
+    r = request(b.port, "POST", "/hangup")
+    assert (r.status, r.json()) == (502, {"error": "upstream_unavailable"})
+    assert app_server.stats()["hits"]["POST /hangup"] == 1
+    r = get(b.port, "/hangup")
+    assert (r.status, r.json()) == (502, {"error": "upstream_unavailable"})
+    assert app_server.stats()["hits"]["GET /hangup"] == 1
+    assert b.metric("batchd_upstream_retries_total") == 0
+    assert b.metric("batchd_upstream_errors_total", kind="reset") == 2
+
+
+def test_retry_on_reused_connection_only_when_idempotent(start_batchd, app_server):
+    """/arm makes the app drop the next request on its connection unanswered,
+    as if it closed the idle connection just as batchd picked it."""
     b = start_batchd(extra=upstream_conf(app_server.port))
     with Http(b.port) as c:
-        c.send("POST /no-such-path HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n" + "x" * 1000)
-        time.sleep(0.2)
-        c.send("y" * 199000)
-        r = c.read_response()
-        assert r.status == 404
-        assert c.request("GET", "/echo").status == 200  # the connection is still in order
+        assert c.request("GET", "/arm").status == 200
+        assert c.request("GET", "/echo").status == 200  # sent again on a new connection
+        st = app_server.stats()
+        assert (st["hits"]["GET /echo"], st["dropped"]) == (2, 1)
+        assert b.metric("batchd_upstream_retries_total") == 1
+        assert c.request("GET", "/arm").status == 200
+        r = c.request("POST", "/echo")
+        assert (r.status, r.json()) == (502, {"error": "upstream_unavailable"})
+    st = app_server.stats()
+    assert (st["hits"]["POST /echo"], st["dropped"]) == (1, 2)
+    assert b.metric("batchd_upstream_retries_total") == 1
+    assert get(b.port, "/echo").status == 200
 
 
 @pytest.fixture
@@ -222,6 +325,19 @@ def test_write_then_read_200_times_with_concurrent_reads(writes, pg):
             t.join()
     assert errors == []
     assert b.metric("batchd_invalidations_total") == 200
+
+
+def test_invalidating_write_with_empty_answer(writes, pg):
+    """The parser stops at the answer's head while the invalidation runs. A
+    head with no body after it is the whole answer: resuming must finish it
+    without waiting for more bytes from the app (none will come)."""
+    b = writes()
+    assert title(b.port, "s7") == "Conversation 7"  # cached
+    with Http(b.port, timeout=5) as c:
+        r = c.request("PUT", "/api/sessions/s7?title=empty-answer&empty=1")
+        assert (r.status, r.body) == (200, b"")
+        assert c.request("GET", "/v1/sessions/s7").json()["title"] == "empty-answer"
+    assert b.metric("batchd_invalidations_total") == 1
 
 
 def test_race_guard_in_process(writes, redis, pg):

@@ -10,9 +10,17 @@ Run:  python3 upstream_app.py PORT [POSTGRES_CONNINFO]
   POST /upload              body read as it streams; JSON length and sha256
   GET /slow?ms=N            the response head only after N ms
   GET /sse?n=N&gap_ms=M     N SSE events, M ms apart, on a chunked response
-  GET /stats                connections accepted and requests served
-  PUT /api/sessions/{id}?title=T   UPDATE sessions SET title = T; 200 (404 when no row)
+  GET /stats                connections accepted, requests served, hits per "METHOD /path",
+                            requests dropped unanswered
+  PUT /api/sessions/{id}?title=T&empty=1   UPDATE sessions SET title = T; 200 (404 when no
+                            row), with an empty body
   GET /close                answers with Connection: close
+  ANY /hangup               reads the request, then closes the connection without answering
+  ANY /arm                  answers 200, then drops the next request on this connection
+                            unanswered (closes it): the race of an idle close meeting a request
+  POST /early?delay_ms=N&empty=1  after N ms (body unread meanwhile), answers in full right
+                            after the head (with an empty body), then reads and discards the
+                            body, so the connection stays in step for the next request
 """
 
 import asyncio
@@ -21,7 +29,7 @@ import json
 import sys
 from urllib.parse import parse_qs, urlsplit
 
-STATS = {"connections": 0, "requests": 0}
+STATS = {"connections": 0, "requests": 0, "hits": {}, "dropped": 0}
 PG = None
 
 
@@ -64,6 +72,7 @@ def response(status, body=b"", ctype="application/json", extra=None, close=False
 
 async def handle(reader, writer):
     STATS["connections"] += 1
+    drop_next = False
     try:
         while True:
             try:
@@ -82,6 +91,15 @@ async def handle(reader, writer):
             STATS["requests"] += 1
             url = urlsplit(target)
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
+            hit = f"{method} {url.path}"
+            STATS["hits"][hit] = STATS["hits"].get(hit, 0) + 1
+            if url.path == "/early":
+                await asyncio.sleep(int(q.get("delay_ms", "0")) / 1000)
+                writer.write(response(200, b"" if q.get("empty") == "1" else b'{"early":true}'))
+                await writer.drain()
+                async for _ in read_body(reader, headers):
+                    pass
+                continue
             sha, length = hashlib.sha256(), 0
             async for piece in read_body(reader, headers):
                 sha.update(piece)
@@ -89,7 +107,13 @@ async def handle(reader, writer):
                 if url.path == "/upload":
                     await asyncio.sleep(0)  # consume as it streams
             path = url.path
-            if path == "/echo":
+            if drop_next or path == "/hangup":
+                STATS["dropped"] += 1
+                return  # closed unanswered (finally)
+            if path == "/arm":
+                drop_next = True
+                writer.write(response(200, b'{"armed":true}'))
+            elif path == "/echo":
                 body = json.dumps({"method": method, "path": path, "query": url.query, "headers": raw,
                                    "length": length, "sha256": sha.hexdigest()}).encode()
                 writer.write(response(200, body))
@@ -133,7 +157,8 @@ async def handle(reader, writer):
                 cur = PG.cursor()
                 cur.execute("UPDATE sessions SET title = %s WHERE id = %s", (new_title, sid))
                 PG.commit()
-                writer.write(response(200 if cur.rowcount else 404, json.dumps({"id": sid}).encode()))
+                body = b"" if q.get("empty") == "1" else json.dumps({"id": sid}).encode()
+                writer.write(response(200 if cur.rowcount else 404, body))
             else:
                 writer.write(response(404, b'{"error":"no such path"}'))
             await writer.drain()
