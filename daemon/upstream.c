@@ -66,6 +66,8 @@ struct uconn {
     char *pending;              /* unparsed response bytes while paused */
     size_t pending_len, pending_off;
     struct uconn *next;         /* idle list */
+    struct uconn *cnext;        /* connecting list */
+    uint64_t connect_deadline;  /* while connecting */
 };
 
 /* A piece of body on its way, owning its bytes. */
@@ -116,6 +118,7 @@ struct upstream {
     const struct cfg_upstream *cfg;
     struct resource_set *resources;
     struct uconn *idle;
+    struct uconn *connecting;   /* connects in progress, for connect_timeout_ms */
     unsigned n_conns, n_idle;
     struct proxy *wait_head, *wait_tail;
     unsigned n_waiting;
@@ -123,7 +126,8 @@ struct upstream {
     uv_timer_t sweep;
     bool freeing;
     uint64_t *m_status[5];
-    uint64_t *m_err_refused, *m_err_reset, *m_err_timeout, *m_err_bad, *m_err_body, *m_connects, *m_retries;
+    uint64_t *m_err_refused, *m_err_reset, *m_err_timeout, *m_err_bad, *m_err_connect_timeout, *m_err_body;
+    uint64_t *m_connects, *m_retries;
     uint64_t *m_pause_req, *m_pause_resp;
     uint64_t *m_inval, *m_inval_err;
     struct metric_hist *m_latency;
@@ -162,6 +166,7 @@ static void metrics_init(struct upstream *u)
     u->m_err_reset = metrics_counter("batchd_upstream_errors_total", "kind=\"reset\"", h);
     u->m_err_timeout = metrics_counter("batchd_upstream_errors_total", "kind=\"timeout\"", h);
     u->m_err_bad = metrics_counter("batchd_upstream_errors_total", "kind=\"bad_response\"", h);
+    u->m_err_connect_timeout = metrics_counter("batchd_upstream_errors_total", "kind=\"connect_timeout\"", h);
     u->m_err_body = metrics_counter("batchd_upstream_errors_total", "kind=\"body_too_large\"", h);
     const char *ph = "Times one side of a proxied request stopped being read because the other side's queue passed buffer_bytes.";
     u->m_pause_req = metrics_counter("batchd_upstream_pauses_total", "side=\"client_body\"", ph);
@@ -234,10 +239,22 @@ static void uconn_closed_cb(uv_handle_t *h)
         uv_close((uv_handle_t *)&u->sweep, sweep_closed_cb);
 }
 
+static void connecting_remove(struct uconn *uc)
+{
+    for (struct uconn **pp = &uc->up->connecting; *pp; pp = &(*pp)->cnext) {
+        if (*pp == uc) {
+            *pp = uc->cnext;
+            break;
+        }
+    }
+}
+
 static void uconn_close(struct uconn *uc)
 {
     if (uc->state == UC_CLOSING)
         return;
+    if (uc->state == UC_CONNECTING)
+        connecting_remove(uc);
     if (uc->state == UC_IDLE) {
         struct upstream *u = uc->up;
         for (struct uconn **pp = &u->idle; *pp; pp = &(*pp)->next) {
@@ -503,6 +520,7 @@ static void on_connect_cb(uv_connect_t *cr, int status)
     struct proxy *px = uc->px;
     if (uc->state == UC_CLOSING)
         return;
+    connecting_remove(uc);
     if (status != 0) {
         log_warn("cannot connect to the app server", "addr=%s err=%s", u->cfg->url.addr.text,
                  uv_strerror(status));
@@ -533,6 +551,9 @@ static struct uconn *uconn_connect(struct upstream *u)
     uc->connect_req.data = uc;
     http_rparser_init(&uc->parser, &rparser_cbs, UPSTREAM_HEAD_MAX, uc);
     u->n_conns++;
+    uc->connect_deadline = uv_now(u->loop) + (uint64_t)u->cfg->connect_timeout_ms;
+    uc->cnext = u->connecting;
+    u->connecting = uc;
     int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (const struct sockaddr *)&u->cfg->url.addr.ss,
                             on_connect_cb);
     if (rc != 0) {
@@ -699,7 +720,7 @@ static bool method_idempotent(unsigned method)
     }
 }
 
-/* kind: 0 refused, 1 reset, 2 timeout, 3 bad response */
+/* kind: 0 refused, 1 reset, 2 timeout, 3 bad response, 4 connect timeout */
 static void px_fail(struct proxy *px, int kind, const char *why)
 {
     struct upstream *u = px->up;
@@ -721,7 +742,7 @@ static void px_fail(struct proxy *px, int kind, const char *why)
             return;
         }
     }
-    uint64_t *m[4] = { u->m_err_refused, u->m_err_reset, u->m_err_timeout, u->m_err_bad };
+    uint64_t *m[5] = { u->m_err_refused, u->m_err_reset, u->m_err_timeout, u->m_err_bad, u->m_err_connect_timeout };
     (*m[kind])++;
     if (px->uc) {
         uconn_close(px->uc);
@@ -1133,6 +1154,24 @@ static void sweep_cb(uv_timer_t *t)
     /* Oldest first: the deadlines come in order. */
     while (u->dl_head && u->dl_head->deadline_ms <= now)
         px_timeout(u->dl_head);
+    /* A connect the app never answers (SYNs dropped) fails at
+     * connect_timeout_ms, not at the request's timeout_ms. Failing one may
+     * start another connect: look again from the top. */
+    for (;;) {
+        struct uconn *uc = u->connecting;
+        while (uc && now < uc->connect_deadline)
+            uc = uc->cnext;
+        if (uc == NULL)
+            break;
+        struct proxy *px = uc->px;
+        log_warn("cannot connect to the app server", "addr=%s err=%s", u->cfg->url.addr.text,
+                 LOG_Q("connect timed out"));
+        uconn_close(uc);
+        if (px) {
+            px->uc = NULL;
+            px_fail(px, 4, "upstream_unavailable");
+        }
+    }
     struct uconn *uc = u->idle;
     while (uc) {
         struct uconn *next = uc->next;

@@ -129,6 +129,25 @@ def test_502_when_upstream_down(start_batchd):
     assert b.metric("batchd_upstream_errors_total", kind="refused") == 1
 
 
+def test_502_at_connect_timeout_when_the_app_never_accepts(start_batchd):
+    """An app whose accept queue is full drops the SYNs, so the connect
+    hangs: it fails at connect_timeout_ms, not at the request's timeout_ms."""
+    app = socket.socket()
+    app.bind(("127.0.0.1", 0))
+    app.listen(0)
+    port = app.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))  # fills the accept queue
+    b = start_batchd(extra=upstream_conf(port, "connect_timeout_ms = 300").replace("timeout_ms = 2000",
+                                                                                   "timeout_ms = 20000"))
+    t0 = time.monotonic()
+    r = get(b.port, "/anything")
+    assert (r.status, r.json()) == (502, {"error": "upstream_unavailable"})
+    assert 0.25 < time.monotonic() - t0 < 2.0
+    assert b.metric("batchd_upstream_errors_total", kind="connect_timeout") == 1
+    filler.close()
+    app.close()
+
+
 def test_504_on_timeout(start_batchd, app_server):
     b = start_batchd(extra=upstream_conf(app_server.port).replace("timeout_ms = 2000", "timeout_ms = 300"))
     t0 = time.monotonic()
