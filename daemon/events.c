@@ -2,12 +2,16 @@
  * events: SSE fan-out with lossless resume. See events.h.
  *
  * Channel states:   SUBSCRIBING ──confirmed──> SYNCING ──history read──> LIVE
- *                        ^                                                │
+ *                        ^                      │    ^                     │
+ *                        │              failed  v    │ backoff timer       │
+ *                        │                   SYNC_WAIT                     │
  *                        └──────────────── pub/sub connection lost ───────┘
  * SYNCING reads the Stream: the newest id the first time (the point from
  * which this channel owes its clients every event), or everything after
  * the last id delivered when coming back after a disconnect. Live messages
- * that arrive meanwhile are held and delivered after that history.
+ * that arrive meanwhile are held and delivered after that history. A read
+ * that fails is retried with backoff (the channel stays subscribed); one
+ * overtaken by a lost connection only passes on what it read (sync_gen).
  *
  * Client states:    WAITING (channel not LIVE) ──> REPLAYING (own history
  * read, from Last-Event-ID) ──> LIVE. A client never gets an id that is not
@@ -25,6 +29,7 @@
 #include <string.h>
 
 #include "daemon/auth.h"
+#include "daemon/backoff.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "daemon/redis_pool.h"
@@ -116,7 +121,7 @@ static void evq_clear(struct evq *q, bool unref)
 
 /* --- structures ------------------------------------------------------------------ */
 
-enum ch_state { CH_SUBSCRIBING, CH_SYNCING, CH_LIVE };
+enum ch_state { CH_SUBSCRIBING, CH_SYNCING, CH_SYNC_WAIT, CH_LIVE };
 enum cl_state { CL_WAITING, CL_REPLAYING, CL_LIVE };
 
 struct stream_def {
@@ -141,6 +146,10 @@ struct channel {
     bool have_last;
     struct sse_id last_id;      /* newest id this channel has passed on */
     struct evq held;            /* live events received while SYNCING */
+    unsigned sync_gen;          /* bumped by each sync: tells an overtaken one */
+    unsigned sync_attempt;      /* backoff state while syncs fail */
+    unsigned sync_failures;     /* in this streak: logged once, at the first */
+    uint64_t sync_retry_ms;     /* when SYNC_WAIT: loop time of the next try */
 };
 
 struct history;
@@ -169,7 +178,10 @@ struct history {
     bool for_client;
     unsigned outstanding;
     int err;
+    char why[96];               /* Redis's error reply, for the log */
+    unsigned gen;               /* channel syncs: the channel's sync_gen at start */
     bool reset;
+    bool too_far;               /* client reads: the replay would not fit its queue */
     bool have_oldest, have_newest;
     struct sse_id from, oldest, newest;
     struct evq got;             /* entries read, in order */
@@ -187,6 +199,8 @@ struct events {
     struct sse_client *dirty;
     uv_check_t flush;
     uv_timer_t ping;
+    uv_timer_t resync;          /* retries failed channel syncs */
+    uint64_t resync_due;        /* loop time it fires at, 0 when stopped */
     unsigned handles_open;
     struct redis_script publish_script;
     struct ev *ping_ev;
@@ -507,6 +521,16 @@ static void history_cmd(struct history *op, redis_reply_fn cb, int argc, const c
     }
 }
 
+/* Records a read's first failure; Redis's error reply goes to the log. */
+static void history_fail(struct history *op, const redisReply *reply, int err)
+{
+    if (op->err)
+        return;
+    op->err = err ? err : -EIO;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        snprintf(op->why, sizeof(op->why), "%s", reply->str);
+}
+
 static void edge_cb(struct history *op, const redisReply *reply, int err, bool oldest)
 {
     if (err == 0 && reply && reply->type == REDIS_REPLY_ARRAY) {
@@ -524,8 +548,8 @@ static void edge_cb(struct history *op, const redisReply *reply, int err, bool o
                 }
             }
         }
-    } else if (op->err == 0) {
-        op->err = err ? err : -EIO;
+    } else {
+        history_fail(op, reply, err);
     }
     if (--op->outstanding == 0)
         history_finish(op);
@@ -547,16 +571,24 @@ static void page_cb(void *ctx, const redisReply *reply, int err)
     op->page_len = 0;
     if (err == 0 && reply && reply->type == REDIS_REPLY_ARRAY) {
         op->page_len = (unsigned)reply->elements;
-        for (size_t i = 0; i < reply->elements; i++) {
+        size_t limit = (size_t)op->ch->def->cfg->client_queue_bytes;
+        for (size_t i = 0; i < reply->elements && !op->too_far; i++) {
             struct ev *e = ev_from_entry(reply->element[i]);
             if (e == NULL)
                 continue;
             evq_push(&op->got, e);
             ev_unref(e); /* the queue holds it */
             op->from = e->id;
+            if (op->cl && client_queued(op->cl) + op->got.bytes > limit) {
+                /* Offered, the replay would overflow the client, which
+                 * would come back with the same id forever: stop reading,
+                 * it gets a reset instead. */
+                op->too_far = true;
+                evq_clear(&op->got, true);
+            }
         }
-    } else if (op->err == 0) {
-        op->err = err ? err : -EIO;
+    } else {
+        history_fail(op, reply, err);
     }
     if (--op->outstanding == 0)
         history_finish(op);
@@ -585,8 +617,8 @@ static void client_history_done(struct history *op)
     cl->op = NULL;
     if (op->err) {
         (*op->ch->hub->m_history_errors)++;
-        log_warn("sse history read failed", "stream=%s channel=%s err=%d", def->cfg->name,
-                 LOG_Q(op->ch->key), op->err);
+        log_warn("sse history read failed", "stream=%s channel=%s err=%d reply=%s", def->cfg->name,
+                 LOG_Q(op->ch->key), op->err, LOG_Q(op->why));
         /* The client reconnects with its Last-Event-ID after retry ms. */
         struct req *r = cl->r;
         client_detach(cl);
@@ -594,11 +626,17 @@ static void client_history_done(struct history *op)
         return;
     }
     /* Last-Event-ID older than the oldest entry kept: what came between may
-     * have been trimmed, so the client must reload its state. */
-    op->reset = !op->have_oldest || sse_id_cmp(cl->from, op->oldest) < 0;
+     * have been trimmed, so the client must reload its state. So must one
+     * too far behind to replay within client_queue_bytes. */
+    if (!op->too_far && client_queued(cl) + op->got.bytes > (size_t)def->cfg->client_queue_bytes)
+        op->too_far = true; /* live events held meanwhile took the room */
+    op->reset = op->too_far || !op->have_oldest || sse_id_cmp(cl->from, op->oldest) < 0;
     cl->state = CL_LIVE;
     if (op->reset) {
         (*def->m_resets)++;
+        if (op->too_far)
+            log_info("sse resume past client_queue_bytes, reset sent", "stream=%s channel=%s limit=%lld",
+                     def->cfg->name, LOG_Q(op->ch->key), (long long)def->cfg->client_queue_bytes);
         char id[SSE_ID_MAX_LEN + 1];
         str_t id_s = op->have_newest ? str_make(id, sse_id_format(op->newest, id)) : STR_NULL;
         struct buf b = BUF_INIT;
@@ -614,26 +652,50 @@ static void client_history_done(struct history *op)
         if (!alive)
             return;
     } else {
-        (*def->m_replayed) += op->got.n;
-        for (unsigned i = 0; i < op->got.n; i++)
+        for (unsigned i = 0; i < op->got.n; i++) {
             if (!client_offer(cl, op->got.v[i]))
                 return;
+            (*def->m_replayed)++;
+        }
     }
     client_go_live(cl);
 }
 
+static void resync_arm(struct events *h, uint64_t due);
+
 static void channel_sync_done(struct history *op)
 {
     struct channel *ch = op->ch;
-    if (op->err) {
-        (*ch->hub->m_history_errors)++;
-        log_warn("sse channel resync failed, retrying on next subscribe", "channel=%s err=%d",
-                 LOG_Q(ch->key), op->err);
-        ch->state = CH_SUBSCRIBING;
-        /* Subscribe again to retry (the confirmation restarts the sync). */
-        redis_pool_subscribe(ch->hub->redis, ch->key);
+    struct events *h = ch->hub;
+    if (op->gen != ch->sync_gen || ch->state != CH_SYNCING) {
+        /* Overtaken by a lost pub/sub connection: the sync its next
+         * SUBSCRIBE starts owns the state and reads from the last id. What
+         * this one read follows that id without a gap, so pass it on. */
+        if (op->err == 0 && op->got.n) {
+            (*ch->def->m_resyncs)++;
+            for (unsigned i = 0; i < op->got.n; i++)
+                channel_deliver(ch, op->got.v[i]);
+        }
         return;
     }
+    if (op->err) {
+        /* Still subscribed: retry the read only, later. Messages that
+         * arrive meanwhile are read from the Stream by the retry. */
+        (*h->m_history_errors)++;
+        if (ch->sync_failures++ == 0)
+            log_warn("sse channel sync failed, retrying with backoff", "channel=%s err=%d reply=%s",
+                     LOG_Q(ch->key), op->err, LOG_Q(op->why));
+        ch->state = CH_SYNC_WAIT;
+        ch->sync_retry_ms = uv_now(h->loop) + backoff_next_ms(&ch->sync_attempt);
+        resync_arm(h, ch->sync_retry_ms);
+        return;
+    }
+    if (ch->sync_failures) {
+        log_info("sse channel sync recovered", "channel=%s failed_attempts=%u", LOG_Q(ch->key),
+                 ch->sync_failures);
+        ch->sync_failures = 0;
+    }
+    ch->sync_attempt = 0;
     if (!ch->have_last) { /* first sync: the baseline */
         ch->have_last = true;
         ch->last_id = op->have_newest ? op->newest : (struct sse_id){ 0, 0 };
@@ -663,7 +725,7 @@ static void channel_sync_done(struct history *op)
 
 static void history_finish(struct history *op)
 {
-    if (op->err == 0 && op->page_len == HISTORY_PAGE && (!op->for_client || op->cl)) {
+    if (op->err == 0 && !op->too_far && op->page_len == HISTORY_PAGE && (!op->for_client || op->cl)) {
         history_page(op); /* more to read */
         if (op->outstanding)
             return;
@@ -690,6 +752,7 @@ static void start_sync(struct channel *ch)
 {
     ch->state = CH_SYNCING;
     struct history *op = history_new(ch);
+    op->gen = ++ch->sync_gen;
     if (ch->have_last) {
         op->from = ch->last_id;
         history_page(op);
@@ -701,6 +764,36 @@ static void start_sync(struct channel *ch)
         channel_sync_done(op);
         history_free(op);
     }
+}
+
+static void resync_cb(uv_timer_t *t)
+{
+    struct events *h = t->data;
+    uint64_t now = uv_now(h->loop), next = 0;
+    h->resync_due = 0;
+    for (unsigned i = 0; i < h->nbuckets; i++) {
+        for (struct channel *c = h->buckets[i]; c; c = c->hnext) {
+            if (c->state != CH_SYNC_WAIT)
+                continue;
+            if (c->sync_retry_ms <= now)
+                start_sync(c); /* fails at once without freeing c, or later */
+            if (c->state == CH_SYNC_WAIT && (next == 0 || c->sync_retry_ms < next))
+                next = c->sync_retry_ms;
+        }
+    }
+    if (next)
+        resync_arm(h, next);
+}
+
+/* One timer for every channel waiting to retry its sync, set for the
+ * earliest; resync_cb looks for the ones due. */
+static void resync_arm(struct events *h, uint64_t due)
+{
+    if (h->draining || (h->resync_due && h->resync_due <= due))
+        return;
+    uint64_t now = uv_now(h->loop);
+    h->resync_due = due;
+    uv_timer_start(&h->resync, resync_cb, due > now ? due - now : 0, 0);
 }
 
 /* The channel is live: the client reads its own history, or goes live. */
@@ -754,8 +847,8 @@ static void sub_cb(void *arg, enum redis_sub_event kind, const char *chan, size_
         struct channel *c = channel_find(h, chan, chan_len);
         str_t id_s, event, data;
         struct sse_id id;
-        if (c == NULL || c->state == CH_SUBSCRIBING)
-            return; /* the sync after the confirmation reads it from history */
+        if (c == NULL || c->state == CH_SUBSCRIBING || c->state == CH_SYNC_WAIT)
+            return; /* the (next) sync reads it from history */
         if (!sse_message_parse(str_make(msg, msg_len), &id_s, &event, &data) || !sse_id_parse(id_s, &id)) {
             log_warn("malformed event message ignored", "channel=%s", LOG_Q(c->key));
             return;
@@ -1047,7 +1140,8 @@ static void def_metrics(struct stream_def *d)
     d->m_replayed = metrics_counter("batchd_sse_replayed_total", l,
                                     "Events sent from history to clients resuming with Last-Event-ID.");
     d->m_resets = metrics_counter("batchd_sse_resets_total", l,
-                                  "Resumes from an id older than the history kept (event: reset sent).");
+                                  "Resumes from an id older than the history kept, or too far behind to "
+                                  "replay within client_queue_bytes (event: reset sent).");
     d->m_resyncs = metrics_counter("batchd_sse_resyncs_total", l,
                                    "Channel gaps filled from history after the pub/sub connection came back.");
     d->m_rejected = metrics_counter("batchd_sse_rejected_total", l, "SSE requests refused at max_sse_clients.");
@@ -1113,7 +1207,10 @@ struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redi
     uv_timer_init(loop, &h->ping);
     h->ping.data = h;
     uv_unref((uv_handle_t *)&h->ping);
-    h->handles_open = 2;
+    uv_timer_init(loop, &h->resync);
+    h->resync.data = h;
+    uv_unref((uv_handle_t *)&h->resync);
+    h->handles_open = 3;
     ping_arm(h);
     if (h->n_defs && redis)
         redis_pool_pubsub_start(redis, sub_cb, h);
@@ -1188,4 +1285,5 @@ void events_free(struct events *h)
     }
     uv_close((uv_handle_t *)&h->flush, handle_closed_cb);
     uv_close((uv_handle_t *)&h->ping, handle_closed_cb);
+    uv_close((uv_handle_t *)&h->resync, handle_closed_cb);
 }

@@ -10,7 +10,8 @@
  *
  * A client's queue (batchd's part plus libuv's write queue) is bounded by
  * client_queue_bytes; past it the client is dropped (sse_queue_overflow)
- * and resumes from history with Last-Event-ID. When the pub/sub connection
+ * and resumes from history with Last-Event-ID; a resume whose replay would
+ * not fit gets "event: reset" instead. When the pub/sub connection
  * drops, clients stay connected; each channel is subscribed again and its
  * gap is read from the Stream, so no event that reached the Stream is
  * lost, and none is sent twice (ids only go up, per client).

@@ -897,6 +897,11 @@ void redis_pool_subscribe(struct redis_pool *p, const char *channel)
      * come, and the channel list is gone already. */
     if (p->freeing)
         return;
+    /* One entry per name: a second one would be subscribed again after
+     * every reconnect, and outlive the one unsubscribe. */
+    for (struct channel *ch = p->channels; ch; ch = ch->next)
+        if (strcmp(ch->name, channel) == 0)
+            return;
     struct channel *ch = mem_calloc(1, sizeof(*ch));
     ch->name = mem_strdup(channel);
     ch->next = p->channels;

@@ -83,7 +83,8 @@ bool redis_pool_up(const struct redis_pool *p);
 /* Starts the pub/sub connection; messages and its state go to fn(arg). */
 void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *arg);
 /* SUBSCRIBE / UNSUBSCRIBE a channel on the pub/sub connection. Channels are
- * remembered and subscribed again after a reconnect. */
+ * remembered and subscribed again after a reconnect. Subscribing to a
+ * channel held already does nothing (no second SUBSCRIBE, no confirmation). */
 void redis_pool_subscribe(struct redis_pool *p, const char *channel);
 void redis_pool_unsubscribe(struct redis_pool *p, const char *channel);
 bool redis_pool_pubsub_up(const struct redis_pool *p);

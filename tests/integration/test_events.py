@@ -144,14 +144,20 @@ async def read_events(port, sid, n, ready, timeout=60):
     return ids, datas
 
 
-def test_100_clients_50_events_in_order(app):
+def test_100_clients_50_events_in_order(app, redis):
     b = app()
+
+    def numsub():
+        return redis.client().pubsub_numsub("events:session:fan")[0][1]
 
     async def run():
         ready = []
         tasks = [asyncio.create_task(read_events(b.port, "fan", 50, ready)) for _ in range(100)]
         while len(ready) < 100:
             await asyncio.sleep(0.01)
+        # Redis's own count: the 100 clients share one subscriber.
+        wait_until(numsub, what="the channel subscribed")
+        assert numsub() == 1
         loop = asyncio.get_running_loop()
         posted = []
         for i in range(50):
@@ -195,6 +201,33 @@ def test_resume_from_20th_and_reset(app, redis):
     assert f["id"] == [nxt]
     s.close()
     assert b.metric("batchd_sse_replayed_total") == 35
+    assert b.metric("batchd_sse_resets_total") == 1
+
+
+def test_resume_beyond_the_queue_bound_resets(app):
+    """A replay that would not fit in client_queue_bytes is a reset, not a
+    drop: dropping it would bring the client back with the same id forever."""
+    b = app(stream="client_queue_bytes = 16384\nmax_event_bytes = 4096\n")
+    ids = [publish(b.port, "far", f"{i:04d}" + "p" * 1020).json()["id"] for i in range(200)]
+    s = Sse(b.port, "far", last_id=ids[0])  # ~200 KB behind
+    s.frame()  # retry
+    f = s.frame()
+    assert f["event"] == ["reset"] and f["id"] == [ids[-1]]
+    nxt = publish(b.port, "far", "live").json()["id"]
+    f = s.events(1)[0]
+    assert f["id"] == [nxt] and data_of(f) == "live"
+    s.close()
+    assert b.metric("batchd_sse_resets_total") == 1
+    assert b.metric("batchd_sse_replayed_total") == 0
+    assert b.metric("batchd_sse_overflow_disconnects_total") == 0
+    # Within the bound (11 events of ~1 KB) the replay is exact.
+    s = Sse(b.port, "far", last_id=ids[189])
+    s.frame()
+    got = s.events(11)
+    assert [f["id"][0] for f in got] == ids[190:] + [nxt]
+    assert [data_of(f)[:4] for f in got[:10]] == [f"{i:04d}" for i in range(190, 200)]
+    s.close()
+    assert b.metric("batchd_sse_replayed_total") == 11
     assert b.metric("batchd_sse_resets_total") == 1
 
 
@@ -246,6 +279,202 @@ def test_pubsub_killed_while_publishing_no_gap_no_duplicate(app, redis):
     assert "redis pub/sub down" in b.log()
 
 
+def publish_until_received(port, s, sid):
+    """Publishes to sid until s gets one (its channel is live: what lands
+    before that is below the channel's baseline), then reads up to the last
+    one published. Returns (ids published, ids received)."""
+    sent, stop = [], threading.Event()
+
+    def publisher():
+        while not stop.is_set():
+            sent.append(publish(port, sid, f"p{len(sent)}").json()["id"])
+            stop.wait(0.2)
+
+    t = threading.Thread(target=publisher)
+    t.start()
+    try:
+        got = [s.events(1)[0]["id"][0]]
+    finally:
+        stop.set()
+        t.join()
+    while got[-1] != sent[-1]:
+        got.append(s.events(1)[0]["id"][0])
+    return sent, got
+
+
+def test_failed_channel_sync_backs_off_and_recovers(app, redis):
+    """The key holds a string, so the channel's history read fails
+    (WRONGTYPE): it is retried with backoff, logged once, and never makes
+    batchd subscribe again; once the key is fixed the channel goes live."""
+    b = app()
+    r = redis.client()
+    r.set("events:session:wt", "not a stream")
+    r.config_resetstat()
+    s = Sse(b.port, "wt")
+    assert s.status == 200
+    s.frame()  # retry
+    time.sleep(1.0)
+    fails = [ln for ln in b.log().splitlines() if "WRONGTYPE" in ln or "sync failed" in ln]
+    assert 1 <= len(fails) < 10, fails[:20]
+    # The channel's one SUBSCRIBE, plus the pub/sub heartbeats (every 300 ms).
+    assert redis.commandstats().get("subscribe", 0) < 10, redis.commandstats()
+    assert 2 <= b.metric("batchd_sse_history_errors_total") < 20  # retried, with backoff
+    r.delete("events:session:wt")
+    sent, got = publish_until_received(b.port, s, "wt")
+    assert got == sent[-len(got):]
+    s.close()
+    wait_until(lambda: b.metric("batchd_sse_channels") == 0, what="channel released")
+    # Dropping the pub/sub connection subscribes again only to what is held.
+    redis.client().client_kill_filter(_type="pubsub")
+    wait_until(lambda: "channels=0" in b.log().split("redis pub/sub down")[-1], what="pub/sub back")
+    assert r.pubsub_numsub("events:session:wt")[0][1] == 0
+
+
+class RedisProxy:
+    """A TCP proxy in front of redis-server that can hold the replies on
+    chosen connections and cut the pub/sub ones: it forces the orderings a
+    real network produces only by chance."""
+
+    class Conn:
+        def __init__(self, client, server, held):
+            self.client, self.server, self.held = client, server, held
+            self.pubsub, self.sent, self.buf = False, b"", b""
+            self.lock = threading.Lock()
+
+        def kill(self):
+            for sock in (self.client, self.server):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        def release(self):
+            with self.lock:
+                self.held = False
+                buf, self.buf = self.buf, b""
+                try:
+                    self.client.sendall(buf)
+                except OSError:
+                    pass  # a connection batchd gave up on
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.conns, self.hold_new = [], False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.lsock.accept()
+            except OSError:
+                return
+            c = self.Conn(client, socket.create_connection(("127.0.0.1", self.target)), self.hold_new)
+            self.conns.append(c)
+            threading.Thread(target=self._up, args=(c,), daemon=True).start()
+            threading.Thread(target=self._down, args=(c,), daemon=True).start()
+
+    def _up(self, c):
+        while True:
+            try:
+                data = c.client.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                c.kill()
+                return
+            c.sent += data
+            c.pubsub = c.pubsub or b"SUBSCRIBE" in data
+            try:
+                c.server.sendall(data)
+            except OSError:
+                c.kill()
+                return
+
+    def _down(self, c):
+        while True:
+            try:
+                data = c.server.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                c.kill()
+                return
+            with c.lock:
+                try:
+                    if c.held:
+                        c.buf += data
+                    else:
+                        c.client.sendall(data)
+                except OSError:
+                    c.kill()
+                    return
+
+    def hold_commands(self):
+        """Holds the replies on the command connections open now."""
+        held = [c for c in self.conns if not c.pubsub]
+        for c in held:
+            c.held = True
+        return held
+
+    def kill_pubsub(self):
+        for c in self.conns:
+            if c.pubsub:
+                c.kill()
+                c.pubsub = False
+
+    def close(self):
+        self.lsock.close()
+        for c in self.conns:
+            c.kill()
+
+
+def test_sync_overtaken_by_a_pubsub_drop_does_not_lose_the_gap(start_batchd, redis):
+    """A channel's gap read still in flight when the pub/sub connection
+    drops again must not mark the channel live: the next SUBSCRIBE
+    confirmation has to read the gap that drop opened."""
+    proxy = RedisProxy(redis.port)
+    try:
+        b = start_batchd(batchd=f"admin_token = {TOKEN}\n",
+                         extra=stream_conf(proxy.port, command_timeout_ms=10000))
+        wait_until(lambda: b.metric("batchd_redis_pubsub_up") == 1 and b.metric("batchd_redis_up") == 1,
+                   what="redis connections")
+        s = Sse(b.port, "gap")
+        s.frame()
+        # Live, with an event passed on: later syncs read the gap after it.
+        publish_until_received(b.port, s, "gap")
+        before = redis.client().xlen("events:session:gap")
+        held = proxy.hold_commands()
+        proxy.kill_pubsub()
+        # Resubscribed: the gap read (XRANGE) is sent, its reply held.
+        wait_until(lambda: any(b"XRANGE" in c.sent for c in held), what="the gap read")
+        proxy.hold_new = True  # the next pub/sub connection stays in its handshake
+        proxy.kill_pubsub()
+        wait_until(lambda: b.metric("batchd_redis_pubsub_up") == 0, what="pub/sub down")
+        # Published while nothing is subscribed: only the Stream has it.
+        res = {}
+        t = threading.Thread(target=lambda: res.update(r=publish(b.port, "gap", "e1")))
+        t.start()
+        wait_until(lambda: redis.client().xlen("events:session:gap") == before + 1, what="e1 in the Stream")
+        # The stale gap read completes first, then the pub/sub comes back.
+        for c in held:
+            c.release()
+        t.join(10)
+        e1 = res["r"].json()["id"]
+        time.sleep(0.1)
+        proxy.hold_new = False
+        for c in proxy.conns:
+            c.release()
+        wait_until(lambda: b.metric("batchd_redis_pubsub_up") == 1, what="pub/sub up")
+        e2 = publish(b.port, "gap", "e2").json()["id"]
+        assert s.events(1)[0]["id"] == [e1]  # the gap, read after the last drop
+        assert s.events(1)[0]["id"] == [e2]
+        s.close()
+    finally:
+        proxy.close()
+
+
 def redis_queued_bytes(redis_port):
     """Bytes the kernel holds on the TCP connections to redis_port: what
     batchd's sockets have not sent plus what Redis has not read."""
@@ -264,13 +493,18 @@ def test_commands_larger_than_the_socket_buffers_go_out_in_full(app, redis):
     what the sockets can hold, so batchd's writes to Redis come up short and
     it keeps the rest (hiredis' output buffer) until Redis reads again:
     every publish still lands, whole and once, when Redis runs again."""
-    b = app(stream="max_event_bytes = 60000\n", command_timeout_ms=20000)
-    n, size = 96, 60000
+    b = app(stream="max_event_bytes = 240000\n", command_timeout_ms=20000)
+    # 30 MB: well over twice what two loopback sockets take (up to about
+    # 4 MB each with Linux's default tcp_wmem).
+    n, size = 128, 240000
     results = [None] * n
 
     def pub(i):
         results[i] = publish(b.port, "big", f"{i:04d}" + "x" * (size - 4))
 
+    # Load the script first: with no SHA yet, each publish would wait on its
+    # SCRIPT LOAD inside batchd, and only those small commands would queue.
+    assert publish(b.port, "warm", "x").status == 201
     os.kill(redis.proc.pid, signal.SIGSTOP)
     try:
         threads = [threading.Thread(target=pub, args=(i,)) for i in range(n)]
@@ -279,8 +513,16 @@ def test_commands_larger_than_the_socket_buffers_go_out_in_full(app, redis):
         # The kernel holds only part of the commands; hiredis holds the rest.
         wait_until(lambda: b.metric("batchd_client_bytes_total", direction="in") >= n * size, timeout=20,
                    what="every publish read by batchd")
-        time.sleep(0.3)  # the last ones go from the loop to Redis's sockets
-        queued = redis_queued_bytes(redis.port)
+        # The sockets fill up (so the writes do come up short) ...
+        samples = [0]
+
+        def full():
+            samples.append(redis_queued_bytes(redis.port))
+            return samples[-1] >= 64 * 1024 and samples[-1] == samples[-2]
+
+        wait_until(full, timeout=20, interval=0.1, what="the sockets to Redis to fill up")
+        queued = samples[-1]
+        # ... yet hold only part of what was queued.
         assert queued < n * size / 2, f"the kernel took {queued} bytes: the writes were not cut short"
     finally:
         os.kill(redis.proc.pid, signal.SIGCONT)
