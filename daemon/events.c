@@ -406,6 +406,14 @@ static void write_done_cb(void *ctx, int status)
     free(w);
 }
 
+/* A write of one event (every client of a fan-out) needs no sse_write:
+ * the event is the context. */
+static void one_done_cb(void *ctx, int status)
+{
+    (void)status;
+    ev_unref(ctx);
+}
+
 /* Hands the client's pending events to the socket in one writev. Returns
  * false when the write failed: the connection, and the client with it,
  * are gone. */
@@ -423,18 +431,23 @@ static bool client_flush(struct sse_client *cl, uint64_t now)
     unsigned i = 0;
     while (i < q.n) {
         unsigned n = q.n - i < MAX_IOV ? q.n - i : MAX_IOV;
-        struct sse_write *w = mem_alloc(offsetof(struct sse_write, ev) + n * sizeof(struct ev *));
+        struct sse_write *w = NULL;
+        if (n > 1) {
+            w = mem_alloc(offsetof(struct sse_write, ev) + n * sizeof(struct ev *));
+            w->n = n;
+        }
         uv_buf_t iov[MAX_IOV];
-        w->n = n;
         for (unsigned k = 0; k < n; k++) {
             struct ev *e = q.v[i + k];
-            w->ev[k] = e; /* the write takes the queue's reference */
+            if (w)
+                w->ev[k] = e; /* the write takes the queue's reference */
             iov[k] = uv_buf_init(e->bytes, e->len);
             if (e->has_id)
                 (*def->m_delivered)++;
         }
+        struct ev *first = q.v[i];
         i += n;
-        if (req_stream_write(r, iov, n, write_done_cb, w) != 0) {
+        if (req_stream_write(r, iov, n, w ? write_done_cb : one_done_cb, w ? (void *)w : (void *)first) != 0) {
             alive = false;
             break;
         }
