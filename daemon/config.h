@@ -84,6 +84,7 @@ struct cfg_upstream {
     int64_t idle_timeout_ms;        /* keep-alive connections idle this long are closed */
     int64_t max_body_bytes;         /* 0 = no limit (bodies are streamed) */
     int64_t buffer_bytes;           /* per direction, before reading pauses */
+    int64_t max_waiting;            /* requests queued for a busy pool; more: 503 */
 };
 
 struct cfg_resource {

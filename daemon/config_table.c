@@ -76,6 +76,7 @@ const struct cfg_key config_keys[] = {
     U(idle_timeout_ms, CFG_INT, 100, 3600000, "4000", true),
     U(max_body_bytes, CFG_INT, 0, 1024 * GB, "0", true),
     U(buffer_bytes, CFG_INT, 4 * KB, 64 * MB, "262144", true),
+    U(max_waiting, CFG_INT, 0, 1000000, "1024", true),
 
     RS(path, CFG_PATH, 0, 0, NULL),
     RS(key, CFG_KEY_TPL, 0, 0, NULL),

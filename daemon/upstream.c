@@ -127,7 +127,7 @@ struct upstream {
     bool freeing;
     uint64_t *m_status[5];
     uint64_t *m_err_refused, *m_err_reset, *m_err_timeout, *m_err_bad, *m_err_connect_timeout, *m_err_body;
-    uint64_t *m_connects, *m_retries;
+    uint64_t *m_err_busy, *m_connects, *m_retries;
     uint64_t *m_pause_req, *m_pause_resp;
     uint64_t *m_inval, *m_inval_err;
     struct metric_hist *m_latency;
@@ -166,6 +166,7 @@ static void metrics_init(struct upstream *u)
     u->m_err_reset = metrics_counter("batchd_upstream_errors_total", "kind=\"reset\"", h);
     u->m_err_timeout = metrics_counter("batchd_upstream_errors_total", "kind=\"timeout\"", h);
     u->m_err_bad = metrics_counter("batchd_upstream_errors_total", "kind=\"bad_response\"", h);
+    u->m_err_busy = metrics_counter("batchd_upstream_errors_total", "kind=\"pool_full\"", h);
     u->m_err_connect_timeout = metrics_counter("batchd_upstream_errors_total", "kind=\"connect_timeout\"", h);
     u->m_err_body = metrics_counter("batchd_upstream_errors_total", "kind=\"body_too_large\"", h);
     const char *ph = "Times one side of a proxied request stopped being read because the other side's queue passed buffer_bytes.";
@@ -1123,15 +1124,21 @@ static void proxy_handler(struct req *r, void *data)
         req_error(r, 413, "body_too_large");
         return;
     }
+    if (u->idle == NULL && u->n_conns >= (unsigned)u->cfg->pool_size && u->n_waiting >= (unsigned)u->cfg->max_waiting) {
+        /* Every connection busy and max_waiting queued already: a bounded
+         * wait, not an unbounded pile of requests (and their bodies). */
+        (*u->m_err_busy)++;
+        req_add_header(r, "Retry-After", "1");
+        req_error(r, 503, "upstream_busy");
+        return;
+    }
     struct proxy *px = mem_calloc(1, sizeof(*px));
     px->r = r;
     px->up = u;
     px->start_ns = uv_hrtime();
     px->req_chunked = m->chunked;
     px->req_has_body = m->chunked || (m->content_length != HTTP_NO_LENGTH && m->content_length > 0);
-    px->req_body_done = !px->req_has_body && r->body_done;
-    if (!px->req_has_body)
-        px->req_body_done = true;
+    px->req_body_done = !px->req_has_body;
     if (m->method == HTTP_PUT || m->method == HTTP_PATCH || m->method == HTTP_POST || m->method == HTTP_DELETE)
         px->n_matches = resource_set_match_write(u->resources, m->path, px->matches, MAX_MATCHES);
     build_request_head(px, r);

@@ -148,6 +148,24 @@ def test_502_at_connect_timeout_when_the_app_never_accepts(start_batchd):
     app.close()
 
 
+def test_503_when_the_pool_is_busy_and_max_waiting_queued(start_batchd, app_server):
+    b = start_batchd(extra=upstream_conf(app_server.port, "max_waiting = 1").replace("pool_size = 4",
+                                                                                    "pool_size = 1"))
+    got = {}
+    slow = threading.Thread(target=lambda: got.setdefault("a", get(b.port, "/slow?ms=1500")))
+    slow.start()
+    wait_until(lambda: b.metric("batchd_upstream_connections", state="busy") == 1, what="pool busy")
+    waiting = threading.Thread(target=lambda: got.setdefault("b", get(b.port, "/echo")))
+    waiting.start()
+    wait_until(lambda: b.metric("batchd_upstream_waiting") == 1, what="one waiting")
+    r = get(b.port, "/echo")
+    assert (r.status, r.json(), r.headers["retry-after"]) == (503, {"error": "upstream_busy"}, "1")
+    assert b.metric("batchd_upstream_errors_total", kind="pool_full") == 1
+    slow.join(10)
+    waiting.join(10)
+    assert got["a"].status == 200 and got["b"].status == 200  # the waiter was served, not dropped
+
+
 def test_504_on_timeout(start_batchd, app_server):
     b = start_batchd(extra=upstream_conf(app_server.port).replace("timeout_ms = 2000", "timeout_ms = 300"))
     t0 = time.monotonic()
