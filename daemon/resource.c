@@ -404,7 +404,6 @@ int resource_invalidate(struct resource *res, const char *id, size_t id_len,
         for (unsigned i = 0; i < w->n; i++) {
             if (w->e[i]->id_len != id_len || memcmp(w->e[i]->id, id, id_len) != 0)
                 continue;
-            w->e[i]->stale = true;
             w->waiters = mem_realloc(w->waiters, (w->n_waiters + 1) * sizeof(*w->waiters));
             w->waiters[w->n_waiters++] = (struct wb_waiter){ op, i };
             op->pending++;
