@@ -147,6 +147,14 @@ bool http_parser_eof_mid_request(const struct http_parser *p);
  * response parser. */
 size_t http_llhttp_run(llhttp_t *ll, const char *data, size_t len, llhttp_errno_t *e);
 
+/* Field-name and field-value rules shared by the request and response
+ * parsers. llhttp 8 lets a space through inside a field name ("Host : x"
+ * arrives as "Host "; RFC 9112 5.1 says reject), and keeps the spaces and
+ * tabs that end a value. */
+bool http_token_valid(const char *s, size_t n);
+/* The header's value without trailing spaces and tabs (RFC 9110 5.5). */
+void http_header_trim(struct http_header *h, const char *head);
+
 /* Response helpers. */
 const char *http_status_reason(int status);
 /* "Sun, 06 Nov 1994 08:49:37 GMT" into out (at least 30 bytes); returns the length. */

@@ -107,9 +107,10 @@ static int on_header_field_complete(llhttp_t *ll)
 {
     struct http_rparser *p = parser_of(ll);
     struct http_response *r = &p->resp;
-    if (!p->in_field)
-        return fail(p, "empty header name");
-    r->headers[r->n_headers - 1].value_off = (uint32_t)r->head.len;
+    struct http_header *h = &r->headers[r->n_headers - 1];
+    if (!p->in_field || !http_token_valid(r->head.data + h->name_off, h->name_len))
+        return fail(p, "bad header name"); /* relayed as is, it would reach the client */
+    h->value_off = (uint32_t)r->head.len;
     p->in_field = false;
     return 0;
 }
@@ -122,6 +123,14 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t n)
         return HPE_USER;
     buf_append(&r->head, at, n);
     r->headers[r->n_headers - 1].value_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *ll)
+{
+    struct http_rparser *p = parser_of(ll);
+    struct http_response *r = &p->resp;
+    http_header_trim(&r->headers[r->n_headers - 1], r->head.data);
     return 0;
 }
 
@@ -175,6 +184,7 @@ static const llhttp_settings_t settings = {
     .on_header_field = on_header_field,
     .on_header_field_complete = on_header_field_complete,
     .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,

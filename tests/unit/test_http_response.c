@@ -357,6 +357,40 @@ static void test_head_too_large(void **state)
     ctx_free(c);
 }
 
+/* The field rules the request parser applies hold for answers too: a
+ * value's trailing spaces and tabs are not part of it, at any split. */
+static void test_value_trailing_whitespace_trimmed(void **state)
+{
+    check_all_splits("HTTP/1.1 200 OK\r\n"
+                     "X-T: v \t \r\n"
+                     "X-Empty:   \r\n"
+                     "Content-Length: 0\r\n"
+                     "\r\n",
+                     &plain, false,
+                     "200 [OK] HTTP/1.1 ka=1 chunked=0 cl=0\n"
+                     "h [X-T]=[v]\n"
+                     "h [X-Empty]=[]\n"
+                     "h [Content-Length]=[0]\n"
+                     "body 0 []\n"
+                     "heads=1 done=1 failed=0 error=-\n");
+}
+
+/* A header name that is not a token ("Bad Name", which llhttp 8 lets
+ * through) fails the answer: the proxy would relay it to the client. */
+static void test_bad_header_name_fails(void **state)
+{
+    struct ctx *c = ctx_new();
+    struct http_rparser p;
+    http_rparser_init(&p, &cbs, HEAD_MAX, c);
+    static const char bad[] = "HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n";
+    http_rparser_execute(&p, bad, strlen(bad));
+    assert_true(p.failed);
+    assert_string_equal(p.error, "bad header name");
+    assert_int_equal(c->n_heads, 0);
+    http_rparser_deinit(&p);
+    ctx_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -370,6 +404,8 @@ int main(void)
         cmocka_unit_test(test_body_until_eof),
         cmocka_unit_test(test_eof_mid_response_fails),
         cmocka_unit_test(test_head_too_large),
+        cmocka_unit_test(test_value_trailing_whitespace_trimmed),
+        cmocka_unit_test(test_bad_header_name_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
