@@ -218,6 +218,24 @@ def test_early_answer_while_body_still_arriving(start_batchd, app_server, empty)
     assert get(b.port, "/echo").status == 200
 
 
+def send_body_until_paused(b, c, total):
+    """Sends `total` body bytes on c from a thread; returns once batchd has
+    stopped reading the client because the app's side is full."""
+    sent = {}
+
+    def sender():
+        try:
+            c.sock.sendall(b"z" * total)
+            sent["ok"] = True
+        except OSError as e:
+            sent["error"] = e
+
+    t = threading.Thread(target=sender)
+    t.start()
+    wait_until(lambda: b.metric("batchd_upstream_pauses_total", side="client_body") >= 1, what="client paused")
+    return t, sent
+
+
 def test_early_answer_while_client_body_is_paused(start_batchd, app_server):
     """The app answers early without reading the body, after batchd stopped
     reading the client because the app's side was full. Once the answer is
@@ -227,18 +245,7 @@ def test_early_answer_while_client_body_is_paused(start_batchd, app_server):
     total = 16 * 1024 * 1024
     with Http(b.port, timeout=10) as c:
         c.send(f"POST /early?delay_ms=700 HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n")
-        sent = {}
-
-        def sender():
-            try:
-                c.sock.sendall(b"z" * total)
-                sent["ok"] = True
-            except OSError as e:
-                sent["error"] = e
-
-        t = threading.Thread(target=sender)
-        t.start()
-        wait_until(lambda: b.metric("batchd_upstream_pauses_total", side="client_body") >= 1, what="client paused")
+        t, sent = send_body_until_paused(b, c, total)
         r = c.read_response()
         assert (r.status, r.json()) == (200, {"early": True})
         t.join(15)
@@ -255,18 +262,7 @@ def test_timeout_while_client_body_is_paused(start_batchd, app_server):
     total = 16 * 1024 * 1024
     with Http(b.port, timeout=10) as c:
         c.send(f"POST /early?delay_ms=3000 HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n")
-        sent = {}
-
-        def sender():
-            try:
-                c.sock.sendall(b"z" * total)
-                sent["ok"] = True
-            except OSError as e:
-                sent["error"] = e
-
-        t = threading.Thread(target=sender)
-        t.start()
-        wait_until(lambda: b.metric("batchd_upstream_pauses_total", side="client_body") >= 1, what="client paused")
+        t, sent = send_body_until_paused(b, c, total)
         r = c.read_response()
         assert (r.status, r.json()) == (504, {"error": "upstream_timeout"})
         t.join(15)
