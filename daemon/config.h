@@ -42,6 +42,22 @@ struct cfg_list {
     unsigned n;
 };
 
+/* Address ranges, "10.0.0.0/8, ::1". */
+struct cfg_cidr {
+    int family;                 /* AF_INET or AF_INET6 */
+    unsigned bits;
+    uint8_t addr[16];
+};
+
+struct cfg_cidrs {
+    struct cfg_cidr *items;
+    unsigned n;
+    char *text;                 /* as written, for logs */
+};
+
+/* True when `sa` (IPv4, IPv6 or IPv4-mapped IPv6) is inside one of the ranges. */
+bool config_cidrs_match(const struct cfg_cidrs *l, const struct sockaddr *sa);
+
 struct cfg_batchd {
     struct cfg_addr listen;
     struct cfg_addr admin_listen;   /* len == 0 when not set */
@@ -55,6 +71,7 @@ struct cfg_batchd {
     int64_t max_pipeline;
     int64_t write_queue_bytes;
     int64_t shutdown_grace_ms;
+    int64_t drain_idle_ms;          /* idle keep-alive connections stay this long after SIGTERM */
     int64_t slow_ms;
     int64_t log_level;              /* enum log_level */
     char *admin_token;              /* "" when not set */
@@ -85,6 +102,9 @@ struct cfg_upstream {
     int64_t max_body_bytes;         /* 0 = no limit (bodies are streamed) */
     int64_t buffer_bytes;           /* per direction, before reading pauses */
     int64_t max_waiting;            /* requests queued for a busy pool; more: 503 */
+    int64_t request_buffer_bytes;   /* bodies up to this are read whole before a connection is taken */
+    bool underscores_in_headers;    /* forward header names with '_' (dropped otherwise) */
+    struct cfg_cidrs trusted_proxies; /* peers whose X-Forwarded-* are kept */
 };
 
 struct cfg_resource {

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,7 @@ const struct cfg_key config_keys[] = {
     B(max_pipeline, CFG_INT, 1, 1024, "32", true),
     B(write_queue_bytes, CFG_INT, 4 * KB, 1 * GB, "262144", true),
     B(shutdown_grace_ms, CFG_INT, 0, 3600000, "30000", true),
+    B(drain_idle_ms, CFG_INT, 0, 60000, "1000", true),
     B(slow_ms, CFG_INT, 0, 3600000, "100", true),
     B(log_level, CFG_LOG_LEVEL, 0, 0, "info", true),
     B(admin_token, CFG_SECRET, 0, 0, "", true),
@@ -77,6 +79,9 @@ const struct cfg_key config_keys[] = {
     U(max_body_bytes, CFG_INT, 0, 1024 * GB, "0", true),
     U(buffer_bytes, CFG_INT, 4 * KB, 64 * MB, "262144", true),
     U(max_waiting, CFG_INT, 0, 1000000, "1024", true),
+    U(request_buffer_bytes, CFG_INT, 0, 64 * MB, "65536", true),
+    U(underscores_in_headers, CFG_BOOL, 0, 0, "no", true),
+    U(trusted_proxies, CFG_CIDR_LIST, 0, 0, "", true),
 
     RS(path, CFG_PATH, 0, 0, NULL),
     RS(key, CFG_KEY_TPL, 0, 0, NULL),
@@ -159,6 +164,13 @@ void config_key_release(const struct cfg_key *k, void *s)
     case CFG_TPL_LIST:
         list_release(FIELD(struct cfg_list, s, k));
         break;
+    case CFG_CIDR_LIST: {
+        struct cfg_cidrs *l = FIELD(struct cfg_cidrs, s, k);
+        free(l->items);
+        free(l->text);
+        memset(l, 0, sizeof(*l));
+        break;
+    }
     }
 }
 
@@ -421,6 +433,90 @@ static int parse_tpl_list(const char *v, struct cfg_list *l, struct buf *why)
     return 0;
 }
 
+/* One "addr" or "addr/bits". */
+static int parse_cidr(const char *item, struct cfg_cidr *c, struct buf *why)
+{
+    char a[INET6_ADDRSTRLEN + 8];
+    const char *slash = strchr(item, '/');
+    size_t n = slash ? (size_t)(slash - item) : strlen(item);
+    if (n == 0 || n >= sizeof(a))
+        goto bad;
+    memcpy(a, item, n);
+    a[n] = '\0';
+    memset(c, 0, sizeof(*c));
+    if (inet_pton(AF_INET, a, c->addr) == 1) {
+        c->family = AF_INET;
+        c->bits = 32;
+    } else if (inet_pton(AF_INET6, a, c->addr) == 1) {
+        c->family = AF_INET6;
+        c->bits = 128;
+    } else {
+        goto bad;
+    }
+    if (slash) {
+        int64_t bits;
+        if (parse_int(slash + 1, &bits) != 0 || bits < 0 || bits > (int64_t)c->bits)
+            goto bad;
+        c->bits = (unsigned)bits;
+    }
+    return 0;
+bad:
+    buf_appendf(why, "\"%s\" is not an address or range like 10.0.0.0/8 or ::1", item);
+    return -1;
+}
+
+static int parse_cidr_list(const char *v, struct cfg_cidrs *l, struct buf *why)
+{
+    const char *p = v;
+    while (*p) {
+        while (*p == ' ' || *p == ',' || *p == '\t')
+            p++;
+        if (*p == '\0')
+            break;
+        size_t n = strcspn(p, ", \t");
+        char *item = mem_strndup(p, n);
+        l->items = mem_realloc(l->items, (l->n + 1) * sizeof(*l->items));
+        int rc = parse_cidr(item, &l->items[l->n], why);
+        free(item);
+        if (rc != 0)
+            return -1;
+        l->n++;
+        p += n;
+    }
+    l->text = mem_strdup(v);
+    return 0;
+}
+
+static bool cidr_has(const struct cfg_cidr *c, const uint8_t *addr)
+{
+    unsigned full = c->bits / 8, rest = c->bits % 8;
+    if (memcmp(c->addr, addr, full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return (c->addr[full] & mask) == (addr[full] & mask);
+}
+
+bool config_cidrs_match(const struct cfg_cidrs *l, const struct sockaddr *sa)
+{
+    const uint8_t *v4 = NULL, *v6 = NULL;
+    if (sa->sa_family == AF_INET) {
+        v4 = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        v6 = a6->s6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6))
+            v4 = a6->s6_addr + 12;
+    }
+    for (unsigned i = 0; i < l->n; i++) {
+        const struct cfg_cidr *c = &l->items[i];
+        if ((c->family == AF_INET && v4 && cidr_has(c, v4)) || (c->family == AF_INET6 && v6 && cidr_has(c, v6)))
+            return true;
+    }
+    return false;
+}
+
 static int parse_bool(const char *v, bool *out)
 {
     static const char *const yes[] = { "yes", "true", "on", "1" };
@@ -524,6 +620,8 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
         return 0;
     case CFG_TPL_LIST:
         return parse_tpl_list(v, FIELD(struct cfg_list, s, k), why);
+    case CFG_CIDR_LIST:
+        return parse_cidr_list(v, FIELD(struct cfg_cidrs, s, k), why);
     }
     return -1;
 }
@@ -545,6 +643,8 @@ size_t config_key_size(const struct cfg_key *k)
         return sizeof(struct cfg_http_url);
     case CFG_TPL_LIST:
         return sizeof(struct cfg_list);
+    case CFG_CIDR_LIST:
+        return sizeof(struct cfg_cidrs);
     default:
         return sizeof(char *);
     }
@@ -591,6 +691,8 @@ bool config_key_equal(const struct cfg_key *k, const void *a, const void *b)
                 return false;
         return true;
     }
+    case CFG_CIDR_LIST:
+        return str_same(CFIELD(struct cfg_cidrs, a, k)->text, CFIELD(struct cfg_cidrs, b, k)->text);
     }
     return false;
 }

@@ -29,6 +29,7 @@ enum cfg_type {
     CFG_KEY_TPL,    /* Redis key template with {id} */
     CFG_SQL,        /* a statement taking $1 */
     CFG_TPL_LIST,   /* comma-separated URL path templates with {id} */
+    CFG_CIDR_LIST,  /* comma-separated addresses or ranges, "127.0.0.1, 10.0.0.0/8, ::1" */
 };
 
 struct cfg_key {

@@ -37,7 +37,7 @@ static const char *const reason_names[] = {
 };
 
 static uint64_t *m_closed[CONN_CLOSE__COUNT];
-static uint64_t *m_bytes_in, *m_bytes_out;
+static uint64_t *m_bytes_in, *m_bytes_out, *m_deferred;
 static uint64_t *m_paused[5];
 
 void conn_metrics_init(void)
@@ -52,6 +52,8 @@ void conn_metrics_init(void)
                                  "Bytes read from and written to clients.");
     m_bytes_out = metrics_counter("batchd_client_bytes_total", "direction=\"out\"",
                                   "Bytes read from and written to clients.");
+    m_deferred = metrics_counter("batchd_pipeline_deferred_total", "",
+                                 "Pipelined requests held until the answers ahead of them were ready.");
     static const char *const pause_names[] = { "pipeline", "write_queue", "at_head", "body", "done" };
     for (int i = 0; i < 5; i++) {
         snprintf(labels, sizeof(labels), "reason=\"%s\"", pause_names[i]);
@@ -211,6 +213,49 @@ static int body_cb(struct http_parser *p, struct http_request *m, const char *at
     return rc;
 }
 
+/* Bytes of answers this connection holds: the socket's queue, and the
+ * answers ready behind one that is not. */
+static size_t answers_queued(const struct conn *c)
+{
+    size_t n = conn_write_queued(c);
+    for (const struct req *q = c->head; q && q->state == REQ_READY; q = q->next)
+        n += q->body_len + q->head_extra.len + q->head_fixed_len;
+    return n;
+}
+
+/* A pipelined request starts once every request ahead of it is answered,
+ * and while the answers held for the client are within write_queue_bytes.
+ * So a request behind a write never reads what the write replaces
+ * (RFC 9112 9.3.2), and a client that sends many requests and reads no
+ * answers costs at most one answer beyond the bound. Like nginx, batchd
+ * thus works on one request of a connection at a time; coalescing happens
+ * across connections. */
+static bool may_start(const struct conn *c, const struct req *r)
+{
+    for (const struct req *q = c->head; q != r; q = q->next)
+        if (q->state != REQ_READY)
+            return false;
+    return answers_queued(c) <= (size_t)srv_of(c)->cfg->write_queue_bytes;
+}
+
+/* Starts the deferred requests whose turn has come, oldest first. */
+static void start_deferred(struct conn *c)
+{
+    if (c->starting)
+        return; /* the loop below looks again after each start */
+    c->starting = true;
+    while (c->state == CONN_OPEN || c->state == CONN_FINISHING) {
+        struct req *r = c->head;
+        while (r && r->state == REQ_READY)
+            r = r->next;
+        if (r == NULL || !r->deferred || !may_start(c, r))
+            break;
+        r->deferred = false;
+        dispatch(c, r);
+    }
+    c->starting = false;
+}
+
 static int complete_cb(struct http_parser *p, struct http_request *m)
 {
     struct conn *c = p->data;
@@ -225,7 +270,10 @@ static int complete_cb(struct http_parser *p, struct http_request *m)
     }
     /* The handler may answer, and the request be written and freed, before
      * this returns: r is not touched after this point. */
-    if (r->state == REQ_RECEIVING)
+    if (r->state == REQ_RECEIVING && !may_start(c, r)) {
+        r->deferred = true;
+        (*m_deferred)++;
+    } else if (r->state == REQ_RECEIVING)
         dispatch(c, r);
     else if (r->state == REQ_READY)
         conn_flush(c); /* answered from its head; writable now that it is read */
@@ -260,6 +308,7 @@ static enum conn_close_reason reason_for(enum http_error e)
     case HTTP_ERR_HEADERS_TOO_LARGE: return CONN_CLOSE_HEADERS_TOO_LARGE;
     case HTTP_ERR_BODY_TOO_LARGE: return CONN_CLOSE_BODY_TOO_LARGE;
     case HTTP_ERR_VERSION: return CONN_CLOSE_VERSION_NOT_SUPPORTED;
+    case HTTP_ERR_METHOD_NOT_ALLOWED: return CONN_CLOSE_METHOD_NOT_ALLOWED;
     default: return CONN_CLOSE_BAD_REQUEST;
     }
 }
@@ -272,6 +321,18 @@ static void conn_reject(struct conn *c, enum http_error err)
     enum conn_close_reason reason = reason_for(err);
     struct req *r = c->reading;
     c->reading = NULL;
+    if (r != NULL && r->state == REQ_HANDLING && r->abort_cb && r == c->head) {
+        /* A streamed body went bad (a broken chunk, say) before the handler
+         * answered: take the request back from it, and answer the error. */
+        r->abort_cb(r);
+        r->hdata = NULL;
+        r->abort_cb = NULL;
+        r->body_cb = NULL;
+        r->body_end_cb = NULL;
+        r->drain_cb = NULL;
+        buf_reset(&r->head_extra);
+        r->state = REQ_RECEIVING;
+    }
     if (r != NULL && r->state != REQ_RECEIVING) {
         conn_close(c, reason);
         return;
@@ -287,9 +348,12 @@ static void conn_reject(struct conn *c, enum http_error err)
               req_peer(r, (char[64]){ 0 }, 64), http_error_status(err), http_error_code(err));
     r->head_only = false;
     r->close_after = true;
+    r->deferred = false;
     r->state = REQ_HANDLING;
     c->reason = (uint8_t)reason;
     conn_finish(c, reason);
+    if (err == HTTP_ERR_METHOD_NOT_ALLOWED)
+        req_add_header(r, "Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
     req_error(r, http_error_status(err), http_error_code(err));
 }
 
@@ -345,6 +409,13 @@ static void conn_try_resume(struct conn *c)
     const struct cfg_batchd *cfg = srv_of(c)->cfg;
     do {
         c->resume_wanted = false;
+        c->in_parse = true; /* a handler may answer at once: resume afterwards */
+        start_deferred(c);
+        c->in_parse = false;
+        if (c->zombie) { /* closed meanwhile; the paused parser holds it no more */
+            req_release(c->zombie);
+            c->zombie = NULL;
+        }
         if (c->state != CONN_OPEN)
             break;
         if ((c->pause & CONN_PAUSE_PIPELINE) && c->n_reqs < (uint32_t)cfg->max_pipeline)
@@ -473,7 +544,7 @@ static void on_timer_cb(uv_timer_t *t)
         conn_close(c, CONN_CLOSE_BODY_TIMEOUT);
         break;
     case CONN_TIMER_IDLE:
-        conn_close(c, CONN_CLOSE_IDLE_TIMEOUT);
+        conn_close(c, c->draining ? CONN_CLOSE_SHUTDOWN : CONN_CLOSE_IDLE_TIMEOUT);
         break;
     case CONN_TIMER_WRITE:
         conn_close(c, CONN_CLOSE_WRITE_TIMEOUT);
@@ -514,6 +585,8 @@ static void conn_update_timer(struct conn *c)
     } else if (c->reading && c->reading->state == REQ_RECEIVING) {
         timer_set(c, CONN_TIMER_BODY, idle);
     } else if (c->n_reqs == 0 && c->state == CONN_OPEN) {
+        if (c->draining) /* set once by conn_drain: a request on its way still gets in */
+            return;
         if (c->served_any)
             timer_set(c, CONN_TIMER_IDLE, idle);
         else
@@ -570,10 +643,8 @@ static void on_write_cb(uv_write_t *wr, int status)
     }
     if (c->head && c->head->state == REQ_STREAMING && c->head->drain_cb)
         c->head->drain_cb(c->head);
-    if (c->state == CONN_OPEN)
+    if (c->state == CONN_OPEN || c->state == CONN_FINISHING)
         conn_try_resume(c);
-    else if (c->state == CONN_FINISHING)
-        conn_update_timer(c);
 }
 
 /* Writes bufs, taking the request list `reqs` (freed once written). With
@@ -888,7 +959,16 @@ void conn_drain(struct conn *c)
     if (c->state != CONN_OPEN)
         return;
     if (c->n_reqs == 0) {
-        conn_close(c, CONN_CLOSE_SHUTDOWN);
+        /* An idle connection may have a request on the wire already: closing
+         * now would answer it with EOF, and a client cannot tell whether a
+         * POST ran. Keep reading for drain_idle_ms; a request that arrives
+         * is answered with Connection: close. */
+        int64_t wait = srv_of(c)->cfg->drain_idle_ms;
+        if (wait <= 0 || c->peer_eof) {
+            conn_close(c, CONN_CLOSE_SHUTDOWN);
+            return;
+        }
+        timer_set(c, CONN_TIMER_IDLE, (uint64_t)wait);
         return;
     }
     if (c->reading == NULL) {

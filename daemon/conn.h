@@ -44,6 +44,7 @@ struct listener;
     X(HEADERS_TOO_LARGE, "headers_too_large")                                  \
     X(BODY_TOO_LARGE, "body_too_large")                                        \
     X(VERSION_NOT_SUPPORTED, "version_not_supported")                          \
+    X(METHOD_NOT_ALLOWED, "method_not_allowed")   /* TRACE, CONNECT */           \
     X(TOO_MANY_CONNECTIONS, "too_many_connections")                            \
     X(SHUTDOWN, "shutdown")                                                    \
     X(SHUTDOWN_FORCED, "shutdown_forced")                                      \
@@ -97,6 +98,7 @@ struct conn {
     uint8_t handles_open;
     bool read_active;
     bool in_parse;                /* inside http_parser_execute */
+    bool starting;                /* inside start_deferred */
     bool resume_wanted;           /* progress happened during in_parse */
     bool peer_eof;
     bool draining;                /* server is shutting down */

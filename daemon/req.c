@@ -155,14 +155,20 @@ int req_param_decoded(const struct req *r, const char *name, struct buf *out)
     return url_decode(raw, false, out);
 }
 
+int req_peer_addr(const struct req *r, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (r->conn == NULL)
+        return UV_ENOTCONN;
+    int len = sizeof(*ss);
+    return uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)ss, &len);
+}
+
 const char *req_peer(const struct req *r, char *out, size_t cap)
 {
     snprintf(out, cap, "?");
-    if (r->conn == NULL)
-        return out;
     struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    if (uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)&ss, &len) != 0)
+    if (req_peer_addr(r, &ss) != 0)
         return out;
     if (ss.ss_family == AF_INET6)
         uv_ip6_name((struct sockaddr_in6 *)&ss, out, cap);

@@ -62,6 +62,7 @@ struct req {
     bool head_done;             /* request line and headers are in */
     bool stream_chunked;        /* streamed response uses chunked framing */
     bool head_pending;          /* a streamed head not written yet (goes with the first piece) */
+    bool deferred;              /* read in full, waiting for the answers ahead of it */
     const struct route *route;
     struct router *router;      /* reference held while the request lives */
     struct url_params params;
@@ -97,6 +98,8 @@ str_t req_header(const struct req *r, const char *name);
 bool req_param(const struct req *r, const char *name, str_t *value);
 /* Percent-decodes a path parameter into out (appending). -EINVAL on bad escapes. */
 int req_param_decoded(const struct req *r, const char *name, struct buf *out);
+/* The client's address; 0 or a negative libuv error. */
+int req_peer_addr(const struct req *r, struct sockaddr_storage *ss);
 /* The client's address as text, "?" when unknown. */
 const char *req_peer(const struct req *r, char *out, size_t cap);
 

@@ -38,6 +38,7 @@
 #include "daemon/metrics.h"
 #include "daemon/req.h"
 #include "daemon/resource.h"
+#include "proto/http_forward.h"
 #include "proto/http_response.h"
 #include "proto/mem.h"
 
@@ -101,6 +102,7 @@ struct proxy {
     bool conn_reused;           /* uc was picked from the idle list (served > 0) */
     bool got_response_byte;     /* any byte of the answer, 1xx included */
     bool upstream_paused;       /* response reading stopped for the client */
+    bool buffering;             /* reading a small body whole before taking a connection */
     unsigned inval_pending;
     unsigned pieces;            /* pieces alive (queued or being written) */
     int status;
@@ -130,6 +132,7 @@ struct upstream {
     uint64_t *m_err_busy, *m_connects, *m_retries;
     uint64_t *m_pause_req, *m_pause_resp;
     uint64_t *m_inval, *m_inval_err;
+    uint64_t *m_drop_underscore, *m_drop_forwarded, *m_buffered;
     struct metric_hist *m_latency;
 };
 
@@ -179,6 +182,12 @@ static void metrics_init(struct upstream *u)
                                  "Cache entries deleted because a write through the proxy succeeded.");
     u->m_inval_err = metrics_counter("batchd_invalidation_errors_total", "",
                                      "Invalidations that could not reach Redis (the entry expires by TTL).");
+    const char *dh = "Request header fields not forwarded to the app: names with '_' "
+                     "(underscores_in_headers = no), X-Forwarded-* and Forwarded from peers outside trusted_proxies.";
+    u->m_drop_underscore = metrics_counter("batchd_upstream_headers_dropped_total", "reason=\"underscore\"", dh);
+    u->m_drop_forwarded = metrics_counter("batchd_upstream_headers_dropped_total", "reason=\"untrusted_forwarded\"", dh);
+    u->m_buffered = metrics_counter("batchd_upstream_buffered_bodies_total", "",
+                                    "Request bodies read whole (request_buffer_bytes) before a pool connection was taken.");
     u->m_latency = metrics_histogram("batchd_upstream_response_seconds", "",
                                      "Time from receiving a request to the app server's response head.",
                                      metrics_latency_bounds, metrics_latency_n);
@@ -190,21 +199,20 @@ static void metrics_init(struct upstream *u)
                      gauge_waiting, u);
 }
 
-/* --- small helpers ---------------------------------------------------------------- */
-
-static bool hop_by_hop(str_t name, str_t connection)
-{
-    static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "te", "trailer",
-                                       "transfer-encoding", "upgrade", "expect", "proxy-authenticate" };
-    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-        if (str_eq_ci(name, str_cstr(hop[i])))
-            return true;
-    /* Headers the sender named in Connection are for this hop only. */
-    return connection.len && str_list_has_token(connection, name);
-}
-
 static void px_maybe_free(struct proxy *px);
 static void deadline_remove(struct proxy *px);
+static void deadline_add(struct proxy *px);
+
+/* The app made progress (read some of the request, sent some answer): its
+ * timeout_ms starts again. Like nginx's proxy_read_timeout, it bounds the
+ * silence between two steps, not the whole exchange. */
+static void deadline_touch(struct proxy *px)
+{
+    if (px->on_deadline) {
+        deadline_remove(px);
+        deadline_add(px);
+    }
+}
 
 static void piece_free(struct piece *pc)
 {
@@ -220,6 +228,7 @@ static void uconn_read_start(struct uconn *uc);
 static void px_conn_ready(struct proxy *px);
 static void px_fail(struct proxy *px, int kind, const char *why);
 static void upstream_next_waiter(struct upstream *u);
+static void px_start(struct proxy *px);
 
 static void sweep_closed_cb(uv_handle_t *h)
 {
@@ -310,6 +319,7 @@ static void inval_done_cb(void *ctx, int err)
         px_maybe_free(px);
         return;
     }
+    deadline_add(px);
     relay_head(px);
     /* Let the parser go on with the body it stopped at. */
     struct uconn *uc = px->uc;
@@ -327,7 +337,7 @@ static int rhead_cb(struct http_rparser *p, struct http_response *resp)
         return HTTP_PARSER_PAUSE;
     px->got_response_byte = true;
     px->status = resp->status;
-    deadline_remove(px);
+    deadline_remove(px); /* back on once the answer is relayed */
     metrics_observe(px->up->m_latency, (double)(uv_hrtime() - px->start_ns) / 1e9);
     (*px->up->m_status[(resp->status / 100 - 1) % 5])++;
     if (px->n_matches && resp->status >= 200 && resp->status < 300) {
@@ -347,6 +357,7 @@ static int rhead_cb(struct http_rparser *p, struct http_response *resp)
         if (--px->inval_pending > 0)
             return HTTP_PARSER_PAUSE; /* relayed from inval_done_cb */
     }
+    deadline_add(px);
     relay_head(px);
     return 0;
 }
@@ -370,6 +381,7 @@ static int rbody_cb(struct http_rparser *p, const char *at, size_t n)
         return HTTP_PARSER_PAUSE; /* the client is gone; client_abort_cb cleans up */
     if (req_stream_queued(px->r) > (size_t)px->up->cfg->buffer_bytes) {
         px->upstream_paused = true; /* the client is slow: stop reading the app */
+        deadline_remove(px);       /* the client's write timeout applies now */
         (*px->up->m_pause_resp)++;
         return HTTP_PARSER_PAUSE;
     }
@@ -417,6 +429,7 @@ static void uconn_after_parse(struct uconn *uc, bool leftover)
     }
     bool keep = uc->keep && !leftover && px->req_body_done;
     px->uc = NULL;
+    deadline_remove(px);
     uconn_release(uc, keep);
     px_response_done(px);
 }
@@ -489,8 +502,10 @@ static void on_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         uconn_close(uc);
         return;
     }
-    if (px)
+    if (px) {
         px->got_response_byte = true; /* the app has seen the request: no retry */
+        deadline_touch(px);
+    }
     uconn_feed(uc, b->base, (size_t)nread, false);
 }
 
@@ -587,6 +602,9 @@ static void deadline_remove(struct proxy *px)
 static void deadline_add(struct proxy *px)
 {
     struct upstream *u = px->up;
+    if (px->state == PX_DONE)
+        return;
+    deadline_remove(px);
     px->deadline_ms = uv_now(u->loop) + (uint64_t)u->cfg->timeout_ms;
     px->dl_prev = u->dl_tail;
     px->dl_next = NULL;
@@ -784,6 +802,8 @@ static void upstream_write_cb(uv_write_t *wr, int status)
 {
     struct piece *pc = (struct piece *)wr;
     struct proxy *px = pc->px;
+    if (status == 0)
+        deadline_touch(px);
     /* A failed write shows up on the read side too (EOF or reset). */
     if (status == 0 && px->client_paused && px->r && px->uc &&
         px->uc->tcp.write_queue_size <= (size_t)px->up->cfg->buffer_bytes / 2) {
@@ -961,6 +981,13 @@ static int body_cb(struct req *r, const char *data, size_t n)
         return 0;
     }
     send_body(px, data, n, px->req_chunked);
+    if (px->buffering) {
+        if (px->q_bytes <= (size_t)px->up->cfg->request_buffer_bytes)
+            return 0;
+        px_start(px); /* larger than the buffer: stream the rest */
+        if (px->state == PX_DONE || px->r == NULL)
+            return 0;
+    }
     size_t queued = px->q_bytes + (px->uc ? px->uc->tcp.write_queue_size : 0);
     if (queued > (size_t)px->up->cfg->buffer_bytes) {
         px->client_paused = true; /* the app reads slower than the client sends */
@@ -980,6 +1007,10 @@ static void body_end_cb(struct req *r)
         uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
         uconn_send(px, &b, 1);
     }
+    if (px->buffering && px->state != PX_DONE) {
+        px_start(px);
+        return;
+    }
     if (px->end_pending)
         px_end_client(px);
 }
@@ -992,6 +1023,7 @@ static void client_drain_cb(struct req *r)
     if (px && px->state != PX_DONE && px->upstream_paused && px->uc &&
         req_stream_queued(r) <= (size_t)px->up->cfg->buffer_bytes / 2) {
         px->upstream_paused = false;
+        deadline_add(px);
         http_rparser_resume(&px->uc->parser);
         uconn_read_start(px->uc);
     }
@@ -1004,114 +1036,48 @@ static void relay_head(struct proxy *px)
     if (r == NULL || resp == NULL)
         return;
     px->state = PX_RELAYING;
-    int status = resp->status;
-    bool head_req = r->msg.method == HTTP_HEAD;
-    px->resp_body_allowed = !(head_req || status == 204 || status == 304);
-    bool http10 = r->msg.version_minor == 0;
-    bool has_length = resp->content_length != HTTP_NO_LENGTH && !resp->chunked;
-    bool needs_framing = px->resp_body_allowed && !has_length;
-    px->resp_chunked = needs_framing && !http10;
-    if (needs_framing && http10)
-        r->close_after = true; /* the body ends when the connection does */
-    bool close = req_should_close(r);
-
-    str_t connection = STR_NULL;
-    http_response_header(resp, "connection", &connection);
+    struct http_forward_resp f = {
+        .head_request = r->msg.method == HTTP_HEAD,
+        .client_http10 = r->msg.version_minor == 0,
+        .close = req_should_close(r),
+    };
     struct buf h = BUF_INIT;
-    buf_reserve(&h, resp->head.len + 4 * resp->n_headers + 96);
-    buf_append(&h, "HTTP/1.1 ", 9);
-    buf_append_u64(&h, (uint64_t)status);
-    buf_append_char(&h, ' ');
-    buf_append(&h, resp->head.data, resp->reason_len);
-    buf_append(&h, "\r\n", 2);
-    bool via = false;
-    for (uint32_t i = 0; i < resp->n_headers; i++) {
-        str_t n = http_response_header_name(resp, i), v = http_response_header_value(resp, i);
-        if (hop_by_hop(n, connection))
-            continue;
-        if (str_eq_ci(n, STR_LIT("content-length")) && resp->chunked)
-            continue;
-        if (str_eq_ci(n, STR_LIT("via"))) {
-            buf_append(&h, n.p, n.len);
-            buf_append(&h, ": ", 2);
-            buf_append(&h, v.p, v.len);
-            buf_append_str(&h, ", 1.1 batchd\r\n");
-            via = true;
-            continue;
-        }
-        buf_append(&h, n.p, n.len);
-        buf_append(&h, ": ", 2);
-        buf_append(&h, v.p, v.len);
-        buf_append(&h, "\r\n", 2);
-    }
-    if (!via)
-        buf_append_str(&h, "Via: 1.1 batchd\r\n");
-    if (px->resp_chunked)
-        buf_append_str(&h, "Transfer-Encoding: chunked\r\n");
-    if (close)
-        buf_append_str(&h, "Connection: close\r\n");
-    else if (http10)
-        buf_append_str(&h, "Connection: keep-alive\r\n");
-    buf_append(&h, "\r\n", 2);
+    http_forward_response(resp, &f, &h);
+    px->resp_body_allowed = f.body_allowed;
+    px->resp_chunked = f.chunked;
+    if (f.close_delimited)
+        r->close_after = true; /* the body ends when the connection does */
     px->resp_started = true;
-    req_stream_start_raw(r, status, &h, px->resp_chunked);
+    req_stream_start_raw(r, resp->status, &h, px->resp_chunked);
     buf_deinit(&h);
 }
 
 static void build_request_head(struct proxy *px, struct req *r)
 {
-    const struct http_request *m = &r->msg;
-    struct buf *h = &px->head;
-    str_t connection = STR_NULL, xff = STR_NULL, xfp = STR_NULL, via = STR_NULL;
-    http_request_header(m, "connection", &connection);
-    buf_reserve(h, m->head.len + 4 * m->n_headers + 160);
-    buf_append_str(h, http_method_name(m->method));
-    buf_append_char(h, ' ');
-    buf_append(h, m->path.p, m->path.len);
-    if (m->query.p) {
-        buf_append_char(h, '?');
-        buf_append(h, m->query.p, m->query.len);
-    }
-    buf_append_str(h, " HTTP/1.1\r\n");
-    for (uint32_t i = 0; i < m->n_headers; i++) {
-        str_t n = http_header_name(m, i), v = http_header_value(m, i);
-        if (hop_by_hop(n, connection))
-            continue;
-        if (str_eq_ci(n, STR_LIT("x-forwarded-for"))) {
-            xff = v;
-            continue;
-        }
-        if (str_eq_ci(n, STR_LIT("x-forwarded-proto")))
-            xfp = v;
-        if (str_eq_ci(n, STR_LIT("via"))) {
-            via = v;
-            continue;
-        }
-        buf_append(h, n.p, n.len);
-        buf_append(h, ": ", 2);
-        buf_append(h, v.p, v.len);
-        buf_append(h, "\r\n", 2);
-    }
+    struct upstream *u = px->up;
     char peer[64];
-    req_peer(r, peer, sizeof(peer));
-    buf_append_str(h, "X-Forwarded-For: ");
-    if (xff.len) {
-        buf_append(h, xff.p, xff.len);
-        buf_append(h, ", ", 2);
-    }
-    buf_append_str(h, peer);
-    buf_append(h, "\r\n", 2);
-    if (xfp.p == NULL) /* behind a TLS terminator, its value stands */
-        buf_append_str(h, "X-Forwarded-Proto: http\r\n");
-    buf_append_str(h, "Via: ");
-    if (via.len) {
-        buf_append(h, via.p, via.len);
-        buf_append(h, ", ", 2);
-    }
-    buf_append_str(h, m->version_minor == 0 ? "1.0 batchd\r\n" : "1.1 batchd\r\n");
-    if (px->req_chunked)
-        buf_append_str(h, "Transfer-Encoding: chunked\r\n");
-    buf_append(h, "\r\n", 2);
+    struct sockaddr_storage ss;
+    bool trusted = u->cfg->trusted_proxies.n > 0 && req_peer_addr(r, &ss) == 0 &&
+                   config_cidrs_match(&u->cfg->trusted_proxies, (const struct sockaddr *)&ss);
+    struct http_forward_req f = {
+        .peer = req_peer(r, peer, sizeof(peer)),
+        .peer_trusted = trusted,
+        .pass_underscores = u->cfg->underscores_in_headers,
+        .default_host = u->cfg->url.host,
+        .proto = "http",
+    };
+    http_forward_request(&r->msg, &f, &px->head);
+    px->req_chunked = f.chunked;
+    *u->m_drop_underscore += f.dropped_underscore;
+    *u->m_drop_forwarded += f.dropped_forwarded;
+}
+
+/* The request goes to the pool: a connection now, or a place in line. */
+static void px_start(struct proxy *px)
+{
+    px->buffering = false;
+    deadline_add(px);
+    upstream_acquire(px->up, px);
 }
 
 static void proxy_handler(struct req *r, void *data)
@@ -1136,20 +1102,26 @@ static void proxy_handler(struct req *r, void *data)
     px->r = r;
     px->up = u;
     px->start_ns = uv_hrtime();
-    px->req_chunked = m->chunked;
     px->req_has_body = m->chunked || (m->content_length != HTTP_NO_LENGTH && m->content_length > 0);
     px->req_body_done = !px->req_has_body;
     if (m->method == HTTP_PUT || m->method == HTTP_PATCH || m->method == HTTP_POST || m->method == HTTP_DELETE)
         px->n_matches = resource_set_match_write(u->resources, m->path, px->matches, MAX_MATCHES);
     build_request_head(px, r);
-    deadline_add(px);
     r->hdata = px;
     r->abort_cb = client_abort_cb;
     r->body_cb = body_cb;
     r->body_end_cb = body_end_cb;
     r->drain_cb = client_drain_cb;
     px->state = PX_WAIT_CONN;
-    upstream_acquire(u, px);
+    int64_t rb = u->cfg->request_buffer_bytes;
+    if (px->req_has_body && rb > 0 && (m->chunked || m->content_length <= (uint64_t)rb)) {
+        /* Like nginx's proxy_request_buffering: a slow client holds no
+         * pool connection while it sends a small body. */
+        px->buffering = true;
+        (*u->m_buffered)++;
+        return;
+    }
+    px_start(px);
 }
 
 /* --- pool --------------------------------------------------------------------------------------------- */

@@ -32,6 +32,7 @@ static const struct {
     [HTTP_ERR_BODY_TOO_LARGE] = { 413, "body_too_large" },
     [HTTP_ERR_METHOD] = { 501, "method_not_implemented" },
     [HTTP_ERR_VERSION] = { 505, "version_not_supported" },
+    [HTTP_ERR_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed" },
 };
 
 int http_error_status(enum http_error e)
@@ -130,6 +131,13 @@ static int on_url(llhttp_t *ll, const char *at, size_t n)
         return fail(p, HTTP_ERR_URI_TOO_LONG);
     if (count_wire(p, n))
         return HPE_USER;
+    /* llhttp 8 lets a TAB and bytes >= 0x80 through in a target; RFC 3986
+     * has neither, and a server behind batchd may read them differently. */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)at[i];
+        if (ch <= 0x20 || ch >= 0x7f)
+            return fail(p, HTTP_ERR_MALFORMED);
+    }
     buf_append(&m->head, at, n);
     m->url_len += (uint32_t)n;
     return 0;
@@ -318,6 +326,11 @@ static int on_headers_complete(llhttp_t *ll)
     if ((ll->flags & F_CONTENT_LENGTH) && ll->content_length == HTTP_NO_LENGTH)
         return fail(p, HTTP_ERR_BODY_TOO_LARGE);
     m->content_length = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : HTTP_NO_LENGTH;
+    /* TRACE would echo credentials back to a script; CONNECT asks for a
+     * tunnel. batchd forwards neither, and after a CONNECT the bytes that
+     * follow are not HTTP: the connection closes after the 405. */
+    if (m->method == HTTP_TRACE || m->method == HTTP_CONNECT)
+        return fail(p, HTTP_ERR_METHOD_NOT_ALLOWED);
     if (split_target(m) != 0)
         return fail(p, HTTP_ERR_MALFORMED);
     if (m->version_minor >= 1) {
@@ -369,6 +382,15 @@ static int on_body(llhttp_t *ll, const char *at, size_t n)
     return 0;
 }
 
+/* Chunk extensions are read and dropped, but they count against
+ * max_header_bytes like trailers: otherwise a body of empty chunks with
+ * megabytes of extensions would be read without any bound. */
+static int on_chunk_extension(llhttp_t *ll, const char *at, size_t n)
+{
+    (void)at;
+    return count_wire(parser_of(ll), n);
+}
+
 static int on_message_complete(llhttp_t *ll)
 {
     struct http_parser *p = parser_of(ll);
@@ -388,6 +410,8 @@ static const llhttp_settings_t settings = {
     .on_header_value_complete = on_header_value_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
+    .on_chunk_extension_name = on_chunk_extension,
+    .on_chunk_extension_value = on_chunk_extension,
     .on_message_complete = on_message_complete,
 };
 

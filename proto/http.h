@@ -34,6 +34,7 @@ enum http_error {
     HTTP_ERR_BODY_TOO_LARGE,    /* 413 body_too_large */
     HTTP_ERR_METHOD,            /* 405 / 501 handled by owner; parser: unknown method -> 501 */
     HTTP_ERR_VERSION,           /* 505 version_not_supported */
+    HTTP_ERR_METHOD_NOT_ALLOWED,/* 405 method_not_allowed: TRACE and CONNECT, never forwarded */
     HTTP_ERR__COUNT
 };
 

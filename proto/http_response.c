@@ -142,16 +142,19 @@ static int on_headers_complete(llhttp_t *ll)
     r->version_minor = ll->http_minor;
     if (r->status >= 100 && r->status < 200) {
         p->interim = true; /* 100 Continue and friends: not relayed */
+        ll->flags |= F_SKIPBODY;
         return 0;
     }
     p->interim = false;
     r->chunked = (ll->flags & F_CHUNKED) != 0;
     r->content_length = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : HTTP_NO_LENGTH;
-    /* A HEAD answer has no body, whatever Content-Length says. Set the flag
-     * that returning 1 would set, before head_cb may pause: llhttp resumes
-     * at after_headers_complete, which reads only the flag, so a paused
-     * HEAD answer would otherwise take the next response as its body. */
-    if (p->head_request)
+    /* A HEAD answer, a 204 and a 304 have no body, whatever Content-Length
+     * says (RFC 9110 6.4.1; llhttp 8 reads a 304's Content-Length as a body
+     * length and would wait for bytes that never come). Set the flag that
+     * returning 1 would set, before head_cb may pause: llhttp resumes at
+     * after_headers_complete, which reads only the flag, so a paused
+     * bodiless answer would otherwise take the next response as its body. */
+    if (p->head_request || r->status == 204 || r->status == 304)
         ll->flags |= F_SKIPBODY;
     int rc = p->cbs->head_cb(p, r);
     if (rc == HTTP_PARSER_PAUSE)

@@ -57,7 +57,8 @@ def upstream_conf(port, extra=""):
 
 
 def test_get_and_post_keep_path_query_headers(start_batchd, app_server):
-    b = start_batchd(extra=upstream_conf(app_server.port))
+    # The test client is 127.0.0.1: trusted here, so earlier hops' values stand.
+    b = start_batchd(extra=upstream_conf(app_server.port, "trusted_proxies = 127.0.0.0/8"))
     r = get(b.port, "/echo?a=1&b=%20x", {"X-Custom": "v1", "X-Forwarded-For": "10.0.0.1"})
     assert r.status == 200 and r.headers["via"].endswith("1.1 batchd")
     e = r.json()
@@ -66,6 +67,7 @@ def test_get_and_post_keep_path_query_headers(start_batchd, app_server):
     assert h["x-custom"] == "v1"
     assert h["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
     assert h["x-forwarded-proto"] == "http" and h["via"] == "1.1 batchd"
+    assert h["x-forwarded-host"] == "batchd"
     r = request(b.port, "POST", "/echo?q=2", {"Content-Type": "text/plain"}, "hello body")
     e = r.json()
     assert (e["method"], e["query"], e["length"]) == ("POST", "q=2", 10)
