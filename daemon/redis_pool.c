@@ -471,6 +471,8 @@ static int send_formatted(struct rconn *c, redis_reply_fn cb, void *ctx, const c
     k->cmd = cmd_index(name.p, name.len);
     k->nargs = nargs;
     size_t n = first.len < sizeof(k->first_arg) - 1 ? first.len : sizeof(k->first_arg) - 1;
+    if (strcmp(cmd_names[k->cmd], "AUTH") == 0)
+        n = 0; /* its argument is the password (or the ACL user): never in the slow log */
     if (n)
         memcpy(k->first_arg, first.p, n);
     k->first_arg[n] = '\0';
