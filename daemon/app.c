@@ -150,6 +150,19 @@ static void log_lines(enum log_level level, const char *msg, const char *key, co
     }
 }
 
+/* conf/batchd.ini ships this admin_token and `meson install` copies that
+ * file as the live config, so a host that never set its own would accept a
+ * token anyone can read. tests/integration/test_secrets.py reads the example
+ * file to keep the two in step. */
+#define EXAMPLE_ADMIN_TOKEN "change-me"
+
+static void warn_example_token(const struct config *c)
+{
+    if (c->batchd.admin_token && strcmp(c->batchd.admin_token, EXAMPLE_ADMIN_TOKEN) == 0)
+        log_warn("admin_token is the example value from conf/batchd.ini; set your own",
+                 "file=%s", LOG_Q(c->file));
+}
+
 /* SIGHUP: read and check the whole file first; apply it only when valid.
  * Settings that need a restart keep their running values (and are logged);
  * everything else changes in place, without dropping a connection. */
@@ -192,6 +205,7 @@ static void app_reload(struct app *a)
     server_set_routers(&a->server, main_rt, admin_rt);
     log_info("reloaded", "file=%s resources=%u streams=%u", LOG_Q(next->file), next->n_resources,
              next->n_streams);
+    warn_example_token(next);
     notify_ready();
 }
 
@@ -218,6 +232,7 @@ int app_run(struct config *cfg)
     int code = 0;
     a->cfg = cfg;
     log_set_level((enum log_level)cfg->batchd.log_level);
+    warn_example_token(cfg);
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&a->loop);
 
