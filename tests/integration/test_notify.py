@@ -231,7 +231,9 @@ def test_unit_declares_notify_watchdog_reload_and_hardening():
         "ExecStartPre": "/usr/local/bin/batchd -t -c /etc/batchd/batchd.ini",
         "ExecStart": "/usr/local/bin/batchd -c /etc/batchd/batchd.ini",
         "LimitNOFILE": "65536",
-        "DynamicUser": "yes",
+        # A static user: the config is root:batchd 0640 (tests/integration/test_install.py).
+        "User": "batchd",
+        "Group": "batchd",
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
         "ProtectHome": "yes",
