@@ -7,6 +7,7 @@
 #include "daemon/config_table.h"
 
 #include <errno.h>
+#include <libpq-fe.h>
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -65,7 +66,7 @@ const struct cfg_key config_keys[] = {
     R(command_timeout_ms, CFG_INT, 10, 600000, "2000", true),
     R(ping_interval_ms, CFG_INT, 100, 3600000, "5000", true),
 
-    P(conninfo, CFG_SECRET, 0, 0, NULL, false),
+    P(conninfo, CFG_CONNINFO, 0, 0, NULL, false),
     P(pool_size, CFG_INT, 1, 256, "4", false),
     P(connect_timeout_ms, CFG_INT, 10, 600000, "2000", true),
     P(query_timeout_ms, CFG_INT, 10, 3600000, "5000", true),
@@ -133,6 +134,7 @@ void config_key_release(const struct cfg_key *k, void *s)
         break;
     case CFG_STR:
     case CFG_SECRET:
+    case CFG_CONNINFO:
     case CFG_PATH:
     case CFG_PATH_TPL:
     case CFG_KEY_TPL:
@@ -355,6 +357,10 @@ static int parse_http_url(const char *v, struct cfg_http_url *u, struct buf *why
         return -1;
     }
     const char *p = v + 7;
+    if (strchr(p, '@')) {
+        buf_append_str(why, "must not hold user:password@; batchd sends no credentials upstream");
+        return -1;
+    }
     size_t n = strcspn(p, "/?#");
     if (p[n] != '\0' && !(p[n] == '/' && p[n + 1] == '\0')) {
         buf_append_str(why, "must not have a path; requests keep theirs");
@@ -517,6 +523,30 @@ bool config_cidrs_match(const struct cfg_cidrs *l, const struct sockaddr *sa)
     return false;
 }
 
+/* pg_pool.c hands the conninfo to libpq as an expanded dbname: a URI or
+ * text with '=' is read as connection options, anything else is a database
+ * name. Parse it the same way here, so a typo fails the load rather than
+ * every connection attempt. The reason may quote the value: config.c masks
+ * secrets in it. */
+static int check_conninfo(const char *v, struct buf *why)
+{
+    if (strncmp(v, "postgresql://", 13) != 0 && strncmp(v, "postgres://", 11) != 0 &&
+        strchr(v, '=') == NULL)
+        return 0;
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(v, &err);
+    if (opts != NULL) {
+        PQconninfoFree(opts);
+        return 0;
+    }
+    size_t n = err ? strlen(err) : 0;
+    while (n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '))
+        n--;
+    buf_appendf(why, "%.*s", (int)n, err ? err : "out of memory");
+    PQfreemem(err);
+    return -1;
+}
+
 static int parse_bool(const char *v, bool *out)
 {
     static const char *const yes[] = { "yes", "true", "on", "1" };
@@ -574,6 +604,11 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
         *FIELD(char *, s, k) = mem_strdup(v);
         return 0;
     case CFG_SECRET:
+        *FIELD(char *, s, k) = mem_strdup(v);
+        return 0;
+    case CFG_CONNINFO:
+        if (check_conninfo(v, why) != 0)
+            return -1;
         *FIELD(char *, s, k) = mem_strdup(v);
         return 0;
     case CFG_ADDR_OPT:
@@ -665,6 +700,7 @@ bool config_key_equal(const struct cfg_key *k, const void *a, const void *b)
         return *CFIELD(bool, a, k) == *CFIELD(bool, b, k);
     case CFG_STR:
     case CFG_SECRET:
+    case CFG_CONNINFO:
     case CFG_PATH:
     case CFG_PATH_TPL:
     case CFG_KEY_TPL:

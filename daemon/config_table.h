@@ -19,6 +19,7 @@ enum cfg_type {
     CFG_BOOL,
     CFG_STR,        /* any non-empty text */
     CFG_SECRET,     /* text never logged; may be empty */
+    CFG_CONNINFO,   /* libpq conninfo or URI; logged with its passwords masked */
     CFG_ADDR,       /* host:port to listen on */
     CFG_ADDR_OPT,   /* same, or empty for "off" */
     CFG_LOG_LEVEL,
@@ -55,5 +56,11 @@ void config_key_release(const struct cfg_key *k, void *sect_struct);
 size_t config_key_size(const struct cfg_key *k);
 /* True when the key's field holds the same value in both structs. */
 bool config_key_equal(const struct cfg_key *k, const void *a, const void *b);
+
+/* Appends `value`, as written for a key of `type`, to `out` with its secrets
+ * replaced by "***": all of a CFG_SECRET, the password of a URL's
+ * user:password@ and of password-like query parameters, a conninfo's
+ * password= values. Use it for every value that is printed. (config.c) */
+void config_mask_value(enum cfg_type type, const char *value, struct buf *out);
 
 #endif

@@ -385,7 +385,9 @@ static void test_bad_header_name_fails(void **state)
     static const char bad[] = "HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n";
     http_rparser_execute(&p, bad, strlen(bad));
     assert_true(p.failed);
-    assert_string_equal(p.error, "bad header name");
+    /* llhttp's strict mode (how batchd builds it) refuses it first; batchd's
+     * own check stands behind it for a non-strict system llhttp. */
+    assert_true(strcmp(p.error, "bad header name") == 0 || strcmp(p.error, "HPE_INVALID_HEADER_TOKEN") == 0);
     assert_int_equal(c->n_heads, 0);
     http_rparser_deinit(&p);
     ctx_free(c);
