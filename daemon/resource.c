@@ -92,6 +92,7 @@ struct resource {
     uv_timer_t window;
     bool window_armed;
     uint64_t *m_hit, *m_miss, *m_absent, *m_pg_queries, *m_degraded, *m_joins, *m_writebacks;
+    uint64_t *m_inval_unjoined;
     uint64_t *m_err[5];
     uint64_t *m_requests[3];
     struct metric_hist *m_mget_keys, *m_query_ids;
@@ -319,6 +320,9 @@ struct invalidation {
     void *ctx;
     unsigned pending;
     int err;
+    struct resource *res;
+    uint16_t id_len;
+    char id[];
 };
 
 /* A write-back in flight, and the invalidations waiting for it to land. */
@@ -348,6 +352,17 @@ static void inval_part_done(struct invalidation *op, int err)
     if (err < 0 && op->err == 0)
         op->err = err;
     if (--op->pending == 0) {
+        /* An MGET of this id sent while the delete was on its way may have
+         * read the old value. Its readers asked before the write was
+         * answered and may have it; nobody who asks from now on may join
+         * it. (A PostgreSQL load started after the invalidation began reads
+         * the committed write, and stays joinable.) */
+        struct resource *res = op->res;
+        struct batch_entry *e = res->set->freeing ? NULL : batch_table_find(&res->table, op->id, op->id_len);
+        if (e && e->state == BATCH_CACHE) {
+            batch_table_remove(&res->table, e);
+            (*res->m_inval_unjoined)++;
+        }
         if (op->cb)
             op->cb(op->ctx, op->err);
         free(op);
@@ -388,9 +403,12 @@ int resource_invalidate(struct resource *res, const char *id, size_t id_len,
 {
     if (res->set->redis == NULL)
         return -ENOENT;
-    struct invalidation *op = mem_calloc(1, sizeof(*op));
+    struct invalidation *op = mem_calloc(1, sizeof(*op) + id_len + 1);
     op->cb = cb;
     op->ctx = ctx;
+    op->res = res;
+    op->id_len = (uint16_t)id_len;
+    memcpy(op->id, id, id_len);
     op->pending = 1; /* held while the parts are being sent */
     /* Loads in flight may carry the old row: answer, but do not cache. */
     struct batch_entry *e = batch_table_find(&res->table, id, id_len);
@@ -1099,6 +1117,9 @@ static void resource_metrics(struct resource *res)
                                    "Ids that joined a load already in flight instead of starting one.");
     res->m_writebacks = metrics_counter("batchd_cache_writebacks_total", l,
                                         "SETs that cache a PostgreSQL result (found or absent).");
+    res->m_inval_unjoined = metrics_counter("batchd_invalidation_unjoined_total", l,
+                                            "MGETs in flight when an invalidation of one of their ids completed: "
+                                            "readers arriving later started a fresh read instead of joining them.");
     metrics_gauge_fn("batchd_batch_ids_in_flight", l,
                      "Distinct ids being read from Redis or PostgreSQL now (each shared by all its readers).",
                      gauge_in_flight, res);
