@@ -321,6 +321,11 @@ static int on_headers_complete(llhttp_t *ll)
     m->chunked = (ll->flags & F_CHUNKED) != 0;
     if (m->n_transfer_encoding == 1 && !m->chunked)
         return fail(p, HTTP_ERR_FRAMING);
+    /* "gzip, chunked" is chunked to llhttp, but batchd would forward the
+     * body as plain chunks and lose the gzip: only "chunked" itself. */
+    str_t te;
+    if (m->chunked && http_request_header(m, "transfer-encoding", &te) && !str_eq_ci(te, STR_LIT("chunked")))
+        return fail(p, HTTP_ERR_FRAMING);
     /* "Content-Length: 18446744073709551615" would read as HTTP_NO_LENGTH
      * (no body) while llhttp goes on to read that many body bytes. */
     if ((ll->flags & F_CONTENT_LENGTH) && ll->content_length == HTTP_NO_LENGTH)

@@ -147,6 +147,11 @@ static int on_headers_complete(llhttp_t *ll)
     }
     p->interim = false;
     r->chunked = (ll->flags & F_CHUNKED) != 0;
+    /* batchd relays bodies decoded from chunks only: another transfer
+     * coding ("gzip, chunked") would reach the client undeclared. */
+    str_t te;
+    if (http_response_header(r, "transfer-encoding", &te) && !(r->chunked && str_eq_ci(te, STR_LIT("chunked"))))
+        return fail(p, "unsupported transfer coding");
     r->content_length = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : HTTP_NO_LENGTH;
     /* A HEAD answer, a 204 and a 304 have no body, whatever Content-Length
      * says (RFC 9110 6.4.1; llhttp 8 reads a 304's Content-Length as a body

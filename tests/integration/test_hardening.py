@@ -44,6 +44,8 @@ class ScriptedApp:
                 s, _ = self.sock.accept()
             except socket.timeout:
                 continue
+            except OSError:  # closed by close()
+                return
             self.conns += 1
             threading.Thread(target=self._serve, args=(s,), daemon=True).start()
 
@@ -326,3 +328,25 @@ def test_requests_racing_sigterm_on_idle_connections_are_answered(start_batchd):
         assert c.wait_closed(5)
         c.close()
     assert b.wait(15) == 0
+
+
+# --- transfer codings batchd cannot carry ------------------------------------------------
+
+
+def test_transfer_codings_other_than_chunked_are_refused(start_batchd, scripted):
+    """batchd decodes chunks and relays the decoded bytes: a "gzip, chunked"
+    body would lose its gzip on the way. A request gets 400, an answer 502."""
+    def answer(path):
+        return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n\r\n")
+
+    app = scripted(answer)
+    b = start_batchd(extra=up(app.port))
+    with Http(b.port) as c:
+        c.send(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        r = c.read_response()
+        assert (r.status, r.json()) == (400, {"error": "ambiguous_length"})
+    assert app.paths == []
+    r = get(b.port, "/y")
+    assert (r.status, r.json()) == (502, {"error": "bad_upstream_response"})
+    assert app.paths == ["/y"]
