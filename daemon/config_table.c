@@ -418,7 +418,10 @@ static int check_tpl(const char *v, bool need_id, bool allow_params, struct buf 
     return 0;
 }
 
-static int parse_tpl_list(const char *v, struct cfg_list *l, struct buf *why)
+/* Calls fn for each item of a comma- or space-separated list; fn owns the
+ * item (a NUL-terminated copy). Stops at the first failure. */
+static int each_item(const char *v, int (*fn)(char *item, void *arg, struct buf *why), void *arg,
+                     struct buf *why)
 {
     const char *p = v;
     while (*p) {
@@ -427,16 +430,28 @@ static int parse_tpl_list(const char *v, struct cfg_list *l, struct buf *why)
         if (*p == '\0')
             break;
         size_t n = strcspn(p, ", \t");
-        char *item = mem_strndup(p, n);
-        if (check_tpl(item, true, true, why) != 0) {
-            free(item);
+        if (fn(mem_strndup(p, n), arg, why) != 0)
             return -1;
-        }
-        l->items = mem_realloc(l->items, (l->n + 1) * sizeof(char *));
-        l->items[l->n++] = item;
         p += n;
     }
     return 0;
+}
+
+static int add_tpl(char *item, void *arg, struct buf *why)
+{
+    struct cfg_list *l = arg;
+    if (check_tpl(item, true, true, why) != 0) {
+        free(item);
+        return -1;
+    }
+    l->items = mem_realloc(l->items, (l->n + 1) * sizeof(char *));
+    l->items[l->n++] = item;
+    return 0;
+}
+
+static int parse_tpl_list(const char *v, struct cfg_list *l, struct buf *why)
+{
+    return each_item(v, add_tpl, l, why);
 }
 
 /* One "addr" or "addr/bits". */
@@ -471,24 +486,21 @@ bad:
     return -1;
 }
 
+static int add_cidr(char *item, void *arg, struct buf *why)
+{
+    struct cfg_cidrs *l = arg;
+    l->items = mem_realloc(l->items, (l->n + 1) * sizeof(*l->items));
+    int rc = parse_cidr(item, &l->items[l->n], why);
+    free(item);
+    if (rc == 0)
+        l->n++;
+    return rc;
+}
+
 static int parse_cidr_list(const char *v, struct cfg_cidrs *l, struct buf *why)
 {
-    const char *p = v;
-    while (*p) {
-        while (*p == ' ' || *p == ',' || *p == '\t')
-            p++;
-        if (*p == '\0')
-            break;
-        size_t n = strcspn(p, ", \t");
-        char *item = mem_strndup(p, n);
-        l->items = mem_realloc(l->items, (l->n + 1) * sizeof(*l->items));
-        int rc = parse_cidr(item, &l->items[l->n], why);
-        free(item);
-        if (rc != 0)
-            return -1;
-        l->n++;
-        p += n;
-    }
+    if (each_item(v, add_cidr, l, why) != 0)
+        return -1;
     l->text = mem_strdup(v);
     return 0;
 }

@@ -69,6 +69,14 @@ class _Resp:
         raise ValueError(f"not RESP: {line[:40]!r}")
 
 
+def _shut(*socks):
+    for x in socks:
+        try:
+            x.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class RedisProxy:
     def __init__(self, redis_port):
         self.redis_port = redis_port
@@ -132,11 +140,7 @@ class RedisProxy:
         except OSError:
             pass
         finally:
-            for x in (c, s):
-                try:
-                    x.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(c, s)
 
     def _down(self, s, c, pending, plock):
         parser = _Resp()
@@ -155,11 +159,7 @@ class RedisProxy:
         except OSError:
             pass
         finally:
-            for x in (c, s):
-                try:
-                    x.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(c, s)
 
     def close(self):
         self.stopping = True
