@@ -46,6 +46,10 @@
 #define UPSTREAM_READ_BUF (64 * 1024)
 #define SWEEP_MS 50
 #define MAX_MATCHES 4
+/* What one piece of body on its way costs besides its bytes (the piece,
+ * its uv_write_t, the allocator's header). Counted against the buffers, so
+ * a body of one-byte chunks cannot hold 50 times its size. */
+#define PIECE_OVERHEAD 256
 
 enum uc_state { UC_CONNECTING, UC_IDLE, UC_BUSY, UC_CLOSING };
 enum px_state { PX_WAIT_CONN, PX_SENDING, PX_INVALIDATING, PX_RELAYING, PX_DONE };
@@ -201,6 +205,13 @@ static void metrics_init(struct upstream *u)
 
 static void px_maybe_free(struct proxy *px);
 static void deadline_remove(struct proxy *px);
+
+/* The client's body held for the app: waiting for a connection, or queued
+ * on it, with what each piece costs. */
+static size_t px_queued(const struct proxy *px)
+{
+    return px->q_bytes + px->pieces * PIECE_OVERHEAD + (px->uc ? px->uc->tcp.write_queue_size : 0);
+}
 static void deadline_add(struct proxy *px);
 
 /* The app made progress (read some of the request, sent some answer): its
@@ -806,7 +817,7 @@ static void upstream_write_cb(uv_write_t *wr, int status)
         deadline_touch(px);
     /* A failed write shows up on the read side too (EOF or reset). */
     if (status == 0 && px->client_paused && px->r && px->uc &&
-        px->uc->tcp.write_queue_size <= (size_t)px->up->cfg->buffer_bytes / 2) {
+        px_queued(px) <= (size_t)px->up->cfg->buffer_bytes / 2) {
         px->client_paused = false;
         req_body_resume(px->r);
     }
@@ -902,7 +913,7 @@ static void px_conn_ready(struct proxy *px)
     }
     /* The client may have been paused while its body waited for this
      * connection; no write callback will come if all of it went out now. */
-    if (px->client_paused && px->r && uc->tcp.write_queue_size <= (size_t)px->up->cfg->buffer_bytes / 2) {
+    if (px->client_paused && px->r && px_queued(px) <= (size_t)px->up->cfg->buffer_bytes / 2) {
         px->client_paused = false;
         req_body_resume(px->r);
     }
@@ -982,14 +993,13 @@ static int body_cb(struct req *r, const char *data, size_t n)
     }
     send_body(px, data, n, px->req_chunked);
     if (px->buffering) {
-        if (px->q_bytes <= (size_t)px->up->cfg->request_buffer_bytes)
+        if (px->q_bytes + px->pieces * PIECE_OVERHEAD <= (size_t)px->up->cfg->request_buffer_bytes)
             return 0;
         px_start(px); /* larger than the buffer: stream the rest */
         if (px->state == PX_DONE || px->r == NULL)
             return 0;
     }
-    size_t queued = px->q_bytes + (px->uc ? px->uc->tcp.write_queue_size : 0);
-    if (queued > (size_t)px->up->cfg->buffer_bytes) {
+    if (px_queued(px) > (size_t)px->up->cfg->buffer_bytes) {
         px->client_paused = true; /* the app reads slower than the client sends */
         (*px->up->m_pause_req)++;
         return HTTP_PARSER_PAUSE;
