@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "proto/json.h"
+
 bool sse_id_parse(str_t s, struct sse_id *out)
 {
     const char *dash = memchr(s.p, '-', s.len);
@@ -43,6 +45,32 @@ bool sse_event_name_valid(str_t name)
               c == '.' || c == ':' || c == '-'))
             return false;
     }
+    return true;
+}
+
+bool sse_event_valid(str_t id, str_t event, str_t data)
+{
+    struct sse_id tmp;
+    return id.len && memchr(id.p, '-', id.len) != NULL && sse_id_parse(id, &tmp) &&
+           (event.len == 0 || sse_event_name_valid(event)) && json_utf8_valid(data.p ? data.p : "", data.len);
+}
+
+static bool is_tchar(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+bool sse_idempotency_key_parse(str_t v, str_t *key)
+{
+    if (v.len >= 2 && v.p[0] == '"' && v.p[v.len - 1] == '"')
+        v = str_make(v.p + 1, v.len - 2);
+    if (v.len == 0 || v.len > SSE_IDEMPOTENCY_KEY_MAX)
+        return false;
+    for (size_t i = 0; i < v.len; i++)
+        if (!is_tchar(v.p[i]))
+            return false;
+    *key = v;
     return true;
 }
 

@@ -35,6 +35,16 @@ size_t sse_id_format(struct sse_id id, char *out);
 
 /* Event type names: 1-64 bytes of [A-Za-z0-9_.:-]. */
 bool sse_event_name_valid(str_t name);
+/* What may become a frame, from pub/sub or from a Stream entry alike: an
+ * id "<ms>-<seq>", an empty or valid event name, and UTF-8 data. Anything
+ * else could forge fields (a line break in a name) or garble the stream. */
+bool sse_event_valid(str_t id, str_t event, str_t data);
+
+#define SSE_IDEMPOTENCY_KEY_MAX 128
+/* An Idempotency-Key header value: 1-128 token characters (RFC 9110
+ * tchar), optionally as a quoted string ("..."), the structured-field form
+ * of draft-ietf-httpapi-idempotency-key-header. Sets *key to the bare key. */
+bool sse_idempotency_key_parse(str_t value, str_t *key);
 
 /* Appends a complete event frame. An empty or "message" event gets no
  * event: line. Empty data still produces one "data:" line. */

@@ -93,6 +93,38 @@ static void test_message_round_trip(void **state)
     buf_deinit(&b);
 }
 
+/* The same check on the live and the replay path: what a Stream entry
+ * written past batchd could hold must not become SSE fields. */
+static void test_event_valid(void **state)
+{
+    (void)state;
+    assert_true(sse_event_valid(STR_LIT("1-0"), STR_LIT("note"), STR_LIT("a\nb")));
+    assert_true(sse_event_valid(STR_LIT("1-0"), STR_NULL, STR_LIT("")));
+    assert_true(sse_event_valid(STR_LIT("1-0"), STR_NULL, STR_LIT("\xc3\xbc")));
+    assert_false(sse_event_valid(STR_LIT("1-0"), STR_LIT("x\nid: 424242-0\nretry: 1"), STR_LIT("")));
+    assert_false(sse_event_valid(STR_LIT("1-0"), STR_LIT("x\rretry: 1"), STR_LIT("")));
+    assert_false(sse_event_valid(STR_LIT("1-0"), STR_NULL, STR_LIT("\xff\xfe")));
+    assert_false(sse_event_valid(STR_LIT("1"), STR_NULL, STR_LIT("")));
+    assert_false(sse_event_valid(STR_LIT("1-0\nretry: 1"), STR_NULL, STR_LIT("")));
+}
+
+static void test_idempotency_key(void **state)
+{
+    (void)state;
+    str_t k;
+    assert_true(sse_idempotency_key_parse(STR_LIT("8e03978e-40d5-43e8-bc93-6894a57f9324"), &k));
+    assert_str_eq(k, "8e03978e-40d5-43e8-bc93-6894a57f9324");
+    assert_true(sse_idempotency_key_parse(STR_LIT("\"abc.1~\""), &k)); /* the sf-string form */
+    assert_str_eq(k, "abc.1~");
+    char max[SSE_IDEMPOTENCY_KEY_MAX + 2];
+    memset(max, 'k', sizeof(max));
+    assert_true(sse_idempotency_key_parse(str_make(max, SSE_IDEMPOTENCY_KEY_MAX), &k));
+    assert_false(sse_idempotency_key_parse(str_make(max, SSE_IDEMPOTENCY_KEY_MAX + 1), &k));
+    static const char *const bad[] = { "", "\"\"", "two words", "a\"b", "x\ny", "\"open", "a,b", "a/b", "\xc3\xbc" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_false(sse_idempotency_key_parse(str_cstr(bad[i]), &k));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -101,6 +133,8 @@ int main(void)
         cmocka_unit_test(test_ids),
         cmocka_unit_test(test_event_names),
         cmocka_unit_test(test_message_round_trip),
+        cmocka_unit_test(test_event_valid),
+        cmocka_unit_test(test_idempotency_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
