@@ -563,6 +563,10 @@ static void script_load_cb(void *ctx, const redisReply *reply, int err)
             return;
         err = -EAGAIN;
     }
+    /* The script itself was never sent, whatever became of its SCRIPT
+     * LOAD: callers that must not run it twice may retry (-EAGAIN). */
+    if (err < 0)
+        err = -EAGAIN;
     scall_finish(sc, err ? NULL : reply, err);
 }
 

@@ -64,7 +64,10 @@ struct redis_script {
 };
 
 /* EVALSHA script argv... (argv starts with numkeys). Same contract as
- * redis_pool_command; the first key is shown in the slow log. */
+ * redis_pool_command; the first key is shown in the slow log. An error of
+ * -EAGAIN in the callback means the script never ran (no connection for
+ * it, or its SCRIPT LOAD failed); any other error came after the EVALSHA
+ * was sent, so the script may have run. */
 int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_reply_fn cb, void *ctx,
                       int argc, const char **argv, const size_t *argvlen)
     __attribute__((warn_unused_result));
