@@ -430,6 +430,11 @@ size_t req_stream_queued(const struct req *r)
 
 void req_stream_end(struct req *r)
 {
+    req_stream_end_reason(r, CONN_CLOSE_STREAM_ENDED);
+}
+
+void req_stream_end_reason(struct req *r, enum conn_close_reason reason)
+{
     static const char last_chunk[] = "0\r\n\r\n";
     struct conn *c = r->conn;
     if (c == NULL) {
@@ -442,7 +447,7 @@ void req_stream_end(struct req *r)
         stream_write(r, &b, r->stream_chunked ? 1 : 0, NULL, NULL, true);
     }
     bool close_conn = r->close_after;
-    conn_req_stream_done(c, r, close_conn, CONN_CLOSE_STREAM_ENDED);
+    conn_req_stream_done(c, r, close_conn, reason);
 }
 
 void req_stream_abort(struct req *r, enum conn_close_reason reason)

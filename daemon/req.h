@@ -151,6 +151,9 @@ int req_stream_write_copy(struct req *r, const uv_buf_t *bufs, unsigned n);
 size_t req_stream_queued(const struct req *r);
 /* Ends the response (a last chunk for chunked ones) and frees the request. */
 void req_stream_end(struct req *r);
+/* The same, naming why when the connection closes after it (unchunked
+ * streams end with their connection), for the log and /metrics. */
+void req_stream_end_reason(struct req *r, enum conn_close_reason reason);
 /* Ends the response and closes the connection at once with the reason. */
 void req_stream_abort(struct req *r, enum conn_close_reason reason);
 
