@@ -52,6 +52,32 @@
 #define PIECE_OVERHEAD 256
 
 enum uc_state { UC_CONNECTING, UC_IDLE, UC_BUSY, UC_CLOSING };
+
+/* Why a proxied request failed: the metric label, the status and error
+ * code the client gets (unless part of the answer went out already). */
+#define PX_ERRORS(X)                                                              \
+    X(REFUSED, "refused", 502, "upstream_unavailable")                            \
+    X(RESET, "reset", 502, "upstream_unavailable")     /* closed or reset */      \
+    X(TIMEOUT, "timeout", 504, "upstream_timeout")     /* silent for timeout_ms */ \
+    X(BAD_RESPONSE, "bad_response", 502, "bad_upstream_response")                 \
+    X(CONNECT_TIMEOUT, "connect_timeout", 502, "upstream_unavailable")
+
+enum px_error {
+#define X(name, label, status, code) PX_ERR_##name,
+    PX_ERRORS(X)
+#undef X
+    PX_ERR__COUNT
+};
+
+static const struct {
+    const char *label;
+    int status;
+    const char *code;
+} px_errors[PX_ERR__COUNT] = {
+#define X(name, label, status, code) [PX_ERR_##name] = { label, status, code },
+    PX_ERRORS(X)
+#undef X
+};
 enum px_state { PX_WAIT_CONN, PX_SENDING, PX_INVALIDATING, PX_RELAYING, PX_DONE };
 
 struct proxy;
@@ -132,7 +158,7 @@ struct upstream {
     uv_timer_t sweep;
     bool freeing;
     uint64_t *m_status[5];
-    uint64_t *m_err_refused, *m_err_reset, *m_err_timeout, *m_err_bad, *m_err_connect_timeout, *m_err_body;
+    uint64_t *m_err[PX_ERR__COUNT], *m_err_body;
     uint64_t *m_err_busy, *m_connects, *m_retries;
     uint64_t *m_pause_req, *m_pause_resp;
     uint64_t *m_inval, *m_inval_err;
@@ -169,12 +195,11 @@ static void metrics_init(struct upstream *u)
                                          "Responses from the app server, by status class.");
     }
     const char *h = "Proxied requests that failed: refused, reset, timeout, bad_response.";
-    u->m_err_refused = metrics_counter("batchd_upstream_errors_total", "kind=\"refused\"", h);
-    u->m_err_reset = metrics_counter("batchd_upstream_errors_total", "kind=\"reset\"", h);
-    u->m_err_timeout = metrics_counter("batchd_upstream_errors_total", "kind=\"timeout\"", h);
-    u->m_err_bad = metrics_counter("batchd_upstream_errors_total", "kind=\"bad_response\"", h);
+    for (int i = 0; i < PX_ERR__COUNT; i++) {
+        snprintf(l, sizeof(l), "kind=\"%s\"", px_errors[i].label);
+        u->m_err[i] = metrics_counter("batchd_upstream_errors_total", l, h);
+    }
     u->m_err_busy = metrics_counter("batchd_upstream_errors_total", "kind=\"pool_full\"", h);
-    u->m_err_connect_timeout = metrics_counter("batchd_upstream_errors_total", "kind=\"connect_timeout\"", h);
     u->m_err_body = metrics_counter("batchd_upstream_errors_total", "kind=\"body_too_large\"", h);
     const char *ph = "Times one side of a proxied request stopped being read because the other side's queue passed buffer_bytes.";
     u->m_pause_req = metrics_counter("batchd_upstream_pauses_total", "side=\"client_body\"", ph);
@@ -237,7 +262,7 @@ static void piece_free(struct piece *pc)
 
 static void uconn_read_start(struct uconn *uc);
 static void px_conn_ready(struct proxy *px);
-static void px_fail(struct proxy *px, int kind, const char *why);
+static void px_fail(struct proxy *px, enum px_error kind);
 static void upstream_next_waiter(struct upstream *u);
 static void px_start(struct proxy *px);
 
@@ -458,7 +483,7 @@ static void uconn_feed(struct uconn *uc, const char *data, size_t n, bool from_p
         uconn_close(uc);
         if (px) {
             px->uc = NULL;
-            px_fail(px, 3, "bad_upstream_response");
+            px_fail(px, PX_ERR_BAD_RESPONSE);
         }
         return;
     }
@@ -505,7 +530,7 @@ static void on_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         uconn_close(uc);
         if (px) {
             px->uc = NULL;
-            px_fail(px, 1, "upstream_unavailable");
+            px_fail(px, PX_ERR_RESET);
         }
         return;
     }
@@ -554,7 +579,7 @@ static void on_connect_cb(uv_connect_t *cr, int status)
         uconn_close(uc);
         if (px) {
             px->uc = NULL;
-            px_fail(px, 0, "upstream_unavailable");
+            px_fail(px, PX_ERR_REFUSED);
         }
         return;
     }
@@ -750,15 +775,14 @@ static bool method_idempotent(unsigned method)
     }
 }
 
-/* kind: 0 refused, 1 reset, 2 timeout, 3 bad response, 4 connect timeout */
-static void px_fail(struct proxy *px, int kind, const char *why)
+static void px_fail(struct proxy *px, enum px_error kind)
 {
     struct upstream *u = px->up;
     if (px->state == PX_DONE)
         return;
     /* A pooled connection the app had just closed: try once more on a new
      * one. On a new connection the close is the app's answer. */
-    if (kind == 1 && px->conn_reused && !px->got_response_byte && !px->retried && !px->req_has_body &&
+    if (kind == PX_ERR_RESET && px->conn_reused && !px->got_response_byte && !px->retried && !px->req_has_body &&
         px->r && method_idempotent(px->r->msg.method)) {
         px->retried = true;
         px->conn_reused = false;
@@ -772,8 +796,7 @@ static void px_fail(struct proxy *px, int kind, const char *why)
             return;
         }
     }
-    uint64_t *m[5] = { u->m_err_refused, u->m_err_reset, u->m_err_timeout, u->m_err_bad, u->m_err_connect_timeout };
-    (*m[kind])++;
+    (*u->m_err[kind])++;
     if (px->uc) {
         uconn_close(px->uc);
         px->uc = NULL;
@@ -791,10 +814,7 @@ static void px_fail(struct proxy *px, int kind, const char *why)
         px_maybe_free(px);
         return;
     }
-    if (kind == 2)
-        req_error(r, 504, why);
-    else
-        req_error(r, 502, why);
+    req_error(r, px_errors[kind].status, px_errors[kind].code);
     px_maybe_free(px);
 }
 
@@ -804,7 +824,7 @@ static void px_timeout(struct proxy *px)
     if (px->state == PX_WAIT_CONN)
         wait_remove(px->up, px);
     log_warn("app server did not answer in time", "timeout_ms=%lld", (long long)px->up->cfg->timeout_ms);
-    px_fail(px, 2, "upstream_timeout");
+    px_fail(px, PX_ERR_TIMEOUT);
 }
 
 /* --- sending the request ---------------------------------------------------------------------- */
@@ -937,7 +957,7 @@ static void upstream_acquire(struct upstream *u, struct proxy *px)
     if (u->n_conns < (unsigned)u->cfg->pool_size) {
         struct uconn *uc = uconn_connect(u);
         if (uc == NULL) {
-            px_fail(px, 0, "upstream_unavailable");
+            px_fail(px, PX_ERR_REFUSED);
             return;
         }
         uc->px = px;
@@ -1158,7 +1178,7 @@ static void sweep_cb(uv_timer_t *t)
         uconn_close(uc);
         if (px) {
             px->uc = NULL;
-            px_fail(px, 4, "upstream_unavailable");
+            px_fail(px, PX_ERR_CONNECT_TIMEOUT);
         }
     }
     struct uconn *uc = u->idle;
