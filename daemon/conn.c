@@ -4,7 +4,7 @@
  * Reading. Every connection reads into one static buffer (the loop is
  * single-threaded and the parser copies what it keeps), so an idle
  * keep-alive connection holds no read buffer at all. Bytes the parser
- * cannot take yet, because it paused, are copied to `pending`.
+ * cannot take yet, because it paused, are copied to `held`.
  *
  * Re-entrancy. Handlers run from parser callbacks and may answer at once;
  * answering may pop requests and want to resume parsing. Parsing is never
@@ -20,6 +20,7 @@
 #include "daemon/metrics.h"
 #include "daemon/req.h"
 #include "daemon/server.h"
+#include "daemon/stream_io.h"
 #include "proto/mem.h"
 
 #define READ_BUF_SIZE (64 * 1024)  /* bytes per read callback */
@@ -361,12 +362,10 @@ static void conn_reject(struct conn *c, enum http_error err)
 
 static void drop_pending(struct conn *c)
 {
-    free(c->pending);
-    c->pending = NULL;
-    c->pending_len = c->pending_off = 0;
+    stream_held_drop(&c->held);
 }
 
-/* Parses bytes from the read buffer or from `pending`. */
+/* Parses bytes from the read buffer or from `held`. */
 static void conn_feed(struct conn *c, const char *data, size_t n, bool from_pending)
 {
     c->in_parse = true;
@@ -388,16 +387,7 @@ static void conn_feed(struct conn *c, const char *data, size_t n, bool from_pend
         drop_pending(c); /* bytes after a "Connection: close" request are not read */
         return;
     }
-    if (from_pending) {
-        c->pending_off += (uint32_t)used;
-        if (c->pending_off >= c->pending_len)
-            drop_pending(c);
-    } else if (used < n) {
-        c->pending_len = (uint32_t)(n - used);
-        c->pending_off = 0;
-        c->pending = mem_alloc(c->pending_len);
-        memcpy(c->pending, data + used, c->pending_len);
-    }
+    stream_held_account(&c->held, data, n, used, from_pending, true);
 }
 
 static void conn_try_resume(struct conn *c)
@@ -439,9 +429,11 @@ static void conn_try_resume(struct conn *c)
             http_parser_resume(&c->parser);
             /* Execute even with nothing pending: a request paused on the last
              * byte of a read completes only on the next execute call. */
-            if (c->pending)
-                conn_feed(c, c->pending + c->pending_off, c->pending_len - c->pending_off, true);
-            else
+            if (stream_held_any(&c->held)) {
+                size_t k;
+                const char *p = stream_held_next(&c->held, &k);
+                conn_feed(c, p, k, true);
+            } else
                 conn_feed(c, "", 0, false);
         }
     } while (c->resume_wanted);
@@ -516,7 +508,7 @@ static void on_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 
 static void conn_update_reading(struct conn *c)
 {
-    bool want = (c->state == CONN_OPEN && c->pause == 0 && !c->parser.paused && c->pending == NULL) ||
+    bool want = (c->state == CONN_OPEN && c->pause == 0 && !c->parser.paused && !stream_held_any(&c->held)) ||
                 c->state == CONN_LINGERING;
     if (want && !c->read_active) {
         if (uv_read_start(stream_of(c), alloc_cb, on_read_cb) == 0)
@@ -662,18 +654,13 @@ static int write_bufs(struct conn *c, const uv_buf_t *bufs, unsigned n, struct r
             cb(ctx, UV_ECANCELED);
         return UV_ECANCELED;
     }
-    ssize_t done = 0;
-    if (c->writes_pending == 0) {
-        done = uv_try_write(stream_of(c), bufs, n);
-        if (done == UV_EAGAIN || done == UV_ENOSYS) {
-            done = 0;
-        } else if (done < 0) {
-            release_list(reqs);
-            if (cb)
-                cb(ctx, (int)done);
-            conn_close(c, CONN_CLOSE_WRITE_ERROR);
-            return (int)done;
-        }
+    ssize_t done = stream_try_write(stream_of(c), c->writes_pending, bufs, n);
+    if (done < 0) {
+        release_list(reqs);
+        if (cb)
+            cb(ctx, (int)done);
+        conn_close(c, CONN_CLOSE_WRITE_ERROR);
+        return (int)done;
     }
     *m_bytes_out += (uint64_t)done;
     if ((size_t)done == total) {
@@ -683,27 +670,16 @@ static int write_bufs(struct conn *c, const uv_buf_t *bufs, unsigned n, struct r
         return 0;
     }
     uv_buf_t rest[MAX_IOV];
-    unsigned nrest = 0;
-    size_t skip = (size_t)done;
-    for (unsigned i = 0; i < n; i++) {
-        if (skip >= bufs[i].len) {
-            skip -= bufs[i].len;
-            continue;
-        }
-        rest[nrest++] = uv_buf_init(bufs[i].base + skip, (unsigned)(bufs[i].len - skip));
-        skip = 0;
-    }
+    unsigned nrest;
     struct write_req *w = mem_alloc(sizeof(*w));
     *w = (struct write_req){ .c = c, .reqs = reqs, .cb = cb, .ctx = ctx, .bytes = total - (size_t)done };
     if (copy) {
         w->owned = mem_alloc(w->bytes);
-        size_t off = 0;
-        for (unsigned i = 0; i < nrest; i++) {
-            memcpy(w->owned + off, rest[i].base, rest[i].len);
-            off += rest[i].len;
-        }
+        stream_copy_rest(bufs, n, (size_t)done, w->owned);
         rest[0] = uv_buf_init(w->owned, (unsigned)w->bytes);
         nrest = 1;
+    } else {
+        nrest = stream_rest(bufs, n, (size_t)done, rest);
     }
     int rc = uv_write(&w->wr, stream_of(c), rest, nrest, on_write_cb);
     if (rc < 0) {

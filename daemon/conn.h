@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "daemon/stream_io.h"
 #include "proto/http.h"
 
 struct req;
@@ -89,8 +90,7 @@ struct conn {
     struct req *head, *tail;      /* pipeline: requests not yet written */
     struct req *reading;          /* the request being received, if any */
     struct req *zombie;           /* closed mid-parse: freed once the parser returns */
-    char *pending;                /* input the parser has not consumed yet */
-    uint32_t pending_len, pending_off;
+    struct stream_held held;      /* input the parser has not consumed yet */
     uint32_t n_reqs;
     uint32_t writes_pending;      /* uv_write requests in flight */
     uint16_t pause;               /* enum conn_pause bits */

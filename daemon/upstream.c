@@ -38,6 +38,7 @@
 #include "daemon/metrics.h"
 #include "daemon/req.h"
 #include "daemon/resource.h"
+#include "daemon/stream_io.h"
 #include "proto/http_forward.h"
 #include "proto/http_response.h"
 #include "proto/mem.h"
@@ -94,8 +95,7 @@ struct uconn {
     bool reading;
     bool complete;              /* complete_cb ran during this parse */
     bool keep;                  /* ... and the connection may be reused */
-    char *pending;              /* unparsed response bytes while paused */
-    size_t pending_len, pending_off;
+    struct stream_held held;    /* unparsed response bytes while paused */
     struct uconn *next;         /* idle list */
     struct uconn *cnext;        /* connecting list */
     uint64_t connect_deadline;  /* while connecting */
@@ -276,7 +276,7 @@ static void uconn_closed_cb(uv_handle_t *h)
     struct uconn *uc = h->data;
     struct upstream *u = uc->up;
     http_rparser_deinit(&uc->parser);
-    free(uc->pending);
+    stream_held_drop(&uc->held);
     free(uc);
     u->n_conns--;
     if (!u->freeing)
@@ -320,7 +320,7 @@ static void uconn_release(struct uconn *uc, bool keep)
 {
     struct upstream *u = uc->up;
     uc->px = NULL;
-    if (!keep || u->freeing || uc->pending) {
+    if (!keep || u->freeing || stream_held_any(&uc->held)) {
         uconn_close(uc);
         return;
     }
@@ -456,9 +456,7 @@ static void uconn_after_parse(struct uconn *uc, bool leftover)
 {
     struct proxy *px = uc->px;
     uc->complete = false;
-    free(uc->pending);
-    uc->pending = NULL;
-    uc->pending_len = uc->pending_off = 0;
+    stream_held_drop(&uc->held);
     if (px == NULL) {
         uconn_close(uc);
         return;
@@ -489,19 +487,7 @@ static void uconn_feed(struct uconn *uc, const char *data, size_t n, bool from_p
     }
     if (uc->state != UC_BUSY)
         return;
-    if (from_pending) {
-        uc->pending_off += used;
-        if (uc->pending_off >= uc->pending_len) {
-            free(uc->pending);
-            uc->pending = NULL;
-            uc->pending_len = uc->pending_off = 0;
-        }
-    } else if (used < n && uc->parser.paused) {
-        uc->pending_len = n - used;
-        uc->pending_off = 0;
-        uc->pending = mem_alloc(uc->pending_len);
-        memcpy(uc->pending, data + used, uc->pending_len);
-    }
+    stream_held_account(&uc->held, data, n, used, from_pending, uc->parser.paused);
     if (uc->parser.paused && uc->reading) {
         uv_read_stop((uv_stream_t *)&uc->tcp);
         uc->reading = false;
@@ -553,13 +539,17 @@ static void uconn_read_start(struct uconn *uc)
      * resumed after pausing on the last byte of a read (a bodiless head
      * while invalidating, the last body piece for a slow client) still
      * has a response to finish, which llhttp does only when it next runs. */
-    if (uc->pending && !uc->parser.paused)
-        uconn_feed(uc, uc->pending + uc->pending_off, uc->pending_len - uc->pending_off, true);
-    else if (uc->state == UC_BUSY && uc->px && !uc->parser.paused)
+    if (stream_held_any(&uc->held) && !uc->parser.paused) {
+        size_t k;
+        const char *p = stream_held_next(&uc->held, &k);
+        uconn_feed(uc, p, k, true);
+    } else if (uc->state == UC_BUSY && uc->px && !uc->parser.paused) {
         uconn_feed(uc, "", 0, false);
-    if (uc->state == UC_CLOSING || (uc->state == UC_IDLE && uc->pending))
+    }
+    bool held = stream_held_any(&uc->held);
+    if (uc->state == UC_CLOSING || (uc->state == UC_IDLE && held))
         return;
-    if (uc->state != UC_IDLE && (uc->parser.paused || uc->pending))
+    if (uc->state != UC_IDLE && (uc->parser.paused || held))
         return;
     if (!uc->reading && uv_read_start((uv_stream_t *)&uc->tcp, alloc_cb, on_read_cb) == 0)
         uc->reading = true;
@@ -865,11 +855,9 @@ static void uconn_send(struct proxy *px, const uv_buf_t *bufs, unsigned n)
         total += bufs[i].len;
     ssize_t done = 0;
     bool ready = uc != NULL && uc->state == UC_BUSY && px->head_sent;
-    if (ready && uc->tcp.write_queue_size == 0) {
-        done = uv_try_write((uv_stream_t *)&uc->tcp, bufs, n);
-        if (done == UV_EAGAIN || done == UV_ENOSYS)
-            done = 0;
-        else if (done < 0)
+    if (ready) {
+        done = stream_try_write((uv_stream_t *)&uc->tcp, uc->tcp.write_queue_size, bufs, n);
+        if (done < 0)
             return; /* the read side reports it */
     }
     if ((size_t)done == total)
@@ -877,17 +865,7 @@ static void uconn_send(struct proxy *px, const uv_buf_t *bufs, unsigned n)
     struct piece *pc = mem_alloc(sizeof(*pc) + total - (size_t)done);
     pc->next = NULL;
     pc->px = px;
-    pc->len = 0;
-    size_t skip = (size_t)done;
-    for (unsigned i = 0; i < n; i++) {
-        if (skip >= bufs[i].len) {
-            skip -= bufs[i].len;
-            continue;
-        }
-        memcpy(pc->data + pc->len, bufs[i].base + skip, bufs[i].len - skip);
-        pc->len += bufs[i].len - skip;
-        skip = 0;
-    }
+    pc->len = stream_copy_rest(bufs, n, (size_t)done, pc->data);
     px->pieces++;
     if (!ready) { /* no connection yet: sent when it is */
         queue_piece(px, pc);
