@@ -407,41 +407,43 @@ void config_mask_value(enum cfg_type type, const char *value, struct buf *out)
 }
 
 /* Replaces every copy of needle[0..n) in b with "***". */
-static void replace_all(struct buf *b, const char *needle, size_t n)
-{
-    struct buf out = BUF_INIT;
-    size_t from = 0;
-    for (size_t i = 0; n && i + n <= b->len;) {
-        if (memcmp(b->data + i, needle, n) != 0) {
-            i++;
-            continue;
-        }
-        buf_append(&out, b->data + from, i - from);
-        buf_append_str(&out, "***");
-        i += n;
-        from = i;
-    }
-    if (from == 0)
-        return; /* nothing replaced, out is still empty */
-    buf_append(&out, b->data + from, b->len - from);
-    buf_deinit(b);
-    *b = out;
-}
-
 /* A parser's reason may quote part of the value (cannot resolve host
- * "user:pw@h"): remove the value's secrets from it too. */
+ * "user:pw@h"): remove the value's secrets from it too, in one pass over
+ * the text, so that "***" written for one secret is never searched for
+ * another (secrets "*" and "**" would otherwise multiply it). */
 static void scrub_secrets(enum cfg_type type, const char *value, struct buf *text)
 {
     struct spans s = { 0 };
     find_secrets(type, value, &s);
-    for (unsigned i = 0; i < s.n; i++) {
-        const char *sec = value + s.v[i].off;
-        size_t n = s.v[i].len;
-        if (n >= 2 && sec[0] == '\'' && sec[n - 1] == '\'') {
-            sec++;
-            n -= 2;
+    for (unsigned k = 0; k < s.n; k++) { /* quoted: the secret is inside the quotes */
+        const char *sec = value + s.v[k].off;
+        if (s.v[k].len >= 2 && sec[0] == '\'' && sec[s.v[k].len - 1] == '\'') {
+            s.v[k].off++;
+            s.v[k].len -= 2;
         }
-        replace_all(text, sec, n);
+    }
+    struct buf out = BUF_INIT;
+    bool changed = false;
+    for (size_t i = 0; i < text->len;) {
+        size_t hit = 0;
+        for (unsigned k = 0; k < s.n; k++) {
+            size_t n = s.v[k].len;
+            if (n > hit && i + n <= text->len && memcmp(text->data + i, value + s.v[k].off, n) == 0)
+                hit = n; /* the longest secret that starts here */
+        }
+        if (hit) {
+            buf_append_str(&out, "***");
+            i += hit;
+            changed = true;
+        } else {
+            buf_append_char(&out, text->data[i++]);
+        }
+    }
+    if (changed) {
+        buf_deinit(text);
+        *text = out;
+    } else {
+        buf_deinit(&out);
     }
     free(s.v);
 }

@@ -28,14 +28,43 @@ static bool in_list(str_t name, const char *const *list, size_t n)
 
 #define IN(name, list) in_list(name, list, sizeof(list) / sizeof(list[0]))
 
-/* Every Connection field of the message counts (it may be sent twice). */
-static bool named_in_connection(str_t name, const str_t *conn, unsigned n_conn)
+/* The Connection fields of a message: the first MAX_CONN_FIELDS kept at
+ * hand, and for a message with more, the message itself to scan (every
+ * field counts, however many were sent). */
+#define MAX_CONN_FIELDS 8
+
+struct conn_fields {
+    str_t v[MAX_CONN_FIELDS];
+    unsigned n;
+    bool more;
+    const struct http_request *req;
+    const struct http_response *resp;
+};
+
+static void conn_fields_add(struct conn_fields *c, str_t v)
+{
+    if (c->n < MAX_CONN_FIELDS)
+        c->v[c->n++] = v;
+    else
+        c->more = true;
+}
+
+static bool named_in_connection(str_t name, const struct conn_fields *c)
 {
     if (IN(name, protected_headers))
         return false;
-    for (unsigned i = 0; i < n_conn; i++)
-        if (str_list_has_token(conn[i], name))
+    for (unsigned i = 0; i < c->n; i++)
+        if (str_list_has_token(c->v[i], name))
             return true;
+    if (!c->more)
+        return false;
+    uint32_t n = c->req ? c->req->n_headers : c->resp->n_headers;
+    for (uint32_t i = 0; i < n; i++) {
+        str_t k = c->req ? http_header_name(c->req, i) : http_response_header_name(c->resp, i);
+        str_t v = c->req ? http_header_value(c->req, i) : http_response_header_value(c->resp, i);
+        if (str_eq_ci(k, STR_LIT("connection")) && str_list_has_token(v, name))
+            return true;
+    }
     return false;
 }
 
@@ -46,8 +75,6 @@ static void add_field(struct buf *h, str_t n, str_t v)
     buf_append(h, v.p, v.len);
     buf_append(h, "\r\n", 2);
 }
-
-#define MAX_CONN_FIELDS 8
 
 /* The authority of an absolute-form target ("http://host:port/p"), or an
  * empty str_t. */
@@ -79,14 +106,13 @@ static bool is_forwarding_header(str_t n)
 
 void http_forward_request(const struct http_request *m, struct http_forward_req *f, struct buf *out)
 {
-    str_t conn[MAX_CONN_FIELDS];
-    unsigned n_conn = 0;
+    struct conn_fields conn = { .req = m };
     str_t host = target_authority(m), xfp = STR_NULL, xfh = STR_NULL;
     bool via_seen = false;
     for (uint32_t i = 0; i < m->n_headers; i++) {
         str_t n = http_header_name(m, i);
-        if (str_eq_ci(n, STR_LIT("connection")) && n_conn < MAX_CONN_FIELDS)
-            conn[n_conn++] = http_header_value(m, i);
+        if (str_eq_ci(n, STR_LIT("connection")))
+            conn_fields_add(&conn, http_header_value(m, i));
         else if (host.len == 0 && str_eq_ci(n, STR_LIT("host")))
             host = http_header_value(m, i);
     }
@@ -131,7 +157,7 @@ void http_forward_request(const struct http_request *m, struct http_forward_req 
 
     for (uint32_t i = 0; i < m->n_headers; i++) {
         str_t n = http_header_name(m, i), v = http_header_value(m, i);
-        if (IN(n, hop_headers) || str_eq_ci(n, STR_LIT("host")) || named_in_connection(n, conn, n_conn))
+        if (IN(n, hop_headers) || str_eq_ci(n, STR_LIT("host")) || named_in_connection(n, &conn))
             continue;
         if (f->strip_header && str_eq_ci(n, str_cstr(f->strip_header)))
             continue;
@@ -209,22 +235,22 @@ void http_forward_response(const struct http_response *resp, struct http_forward
     f->close_delimited = needs_framing && f->client_http10;
     bool close = f->close || f->close_delimited;
 
-    str_t conn[MAX_CONN_FIELDS];
-    unsigned n_conn = 0;
-    for (uint32_t i = 0; i < resp->n_headers && n_conn < MAX_CONN_FIELDS; i++)
+    struct conn_fields conn = { .resp = resp };
+    for (uint32_t i = 0; i < resp->n_headers; i++)
         if (str_eq_ci(http_response_header_name(resp, i), STR_LIT("connection")))
-            conn[n_conn++] = http_response_header_value(resp, i);
+            conn_fields_add(&conn, http_response_header_value(resp, i));
 
     buf_reserve(out, resp->head.len + 4 * resp->n_headers + 96);
     buf_append_str(out, "HTTP/1.1 ");
     buf_append_u64(out, (uint64_t)status);
     buf_append_char(out, ' ');
-    buf_append(out, resp->head.data, resp->reason_len);
+    if (resp->reason_len) /* no reason and no header: head.data is NULL */
+        buf_append(out, resp->head.data, resp->reason_len);
     buf_append(out, "\r\n", 2);
     bool via = false;
     for (uint32_t i = 0; i < resp->n_headers; i++) {
         str_t n = http_response_header_name(resp, i), v = http_response_header_value(resp, i);
-        if (IN(n, hop_headers) || named_in_connection(n, conn, n_conn))
+        if (IN(n, hop_headers) || named_in_connection(n, &conn))
             continue;
         if (str_eq_ci(n, STR_LIT("via"))) {
             buf_append_str(out, "Via: ");

@@ -84,7 +84,9 @@ static int on_header_field(llhttp_t *ll, const char *at, size_t n)
 {
     struct http_rparser *p = parser_of(ll);
     struct http_response *r = &p->resp;
-    if (count(p, n + 4))
+    /* The ": " and CRLF count once per field, not once per piece of a name
+     * split across reads: the limit must not depend on how bytes arrive. */
+    if (count(p, n + (p->in_field ? 0 : 4)))
         return HPE_USER;
     if (!p->in_field) {
         if (r->n_headers >= 200)
@@ -140,6 +142,8 @@ static int on_headers_complete(llhttp_t *ll)
     struct http_response *r = &p->resp;
     r->status = ll->status_code;
     r->version_minor = ll->http_minor;
+    if (r->status < 100)
+        return fail(p, "bad status code"); /* llhttp 8 takes "42"; relayed, a client could not */
     if (r->status >= 100 && r->status < 200) {
         p->interim = true; /* 100 Continue and friends: not relayed */
         ll->flags |= F_SKIPBODY;
@@ -147,6 +151,11 @@ static int on_headers_complete(llhttp_t *ll)
     }
     p->interim = false;
     r->chunked = (ll->flags & F_CHUNKED) != 0;
+    /* "Content-Length: 18446744073709551615" would read as HTTP_NO_LENGTH
+     * (no length: chunked or close-delimited) while llhttp reads that many
+     * body bytes. */
+    if ((ll->flags & F_CONTENT_LENGTH) && ll->content_length == HTTP_NO_LENGTH)
+        return fail(p, "content length too large");
     /* batchd relays bodies decoded from chunks only: another transfer
      * coding ("gzip, chunked") would reach the client undeclared. */
     str_t te;
