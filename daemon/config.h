@@ -132,6 +132,8 @@ struct cfg_stream {
     int64_t client_queue_bytes;
     int64_t max_event_bytes;
     int64_t max_sse_clients;
+    int64_t socket_send_buffer_bytes;   /* SO_SNDBUF of SSE sockets; 0: the kernel's default */
+    int64_t idempotency_window_ms;      /* how long a publish's Idempotency-Key is remembered */
 };
 
 struct config {

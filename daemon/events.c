@@ -6,21 +6,32 @@
  *                        │              failed  v    │ backoff timer       │
  *                        │                   SYNC_WAIT                     │
  *                        └──────────────── pub/sub connection lost ───────┘
- * SYNCING reads the Stream: the newest id the first time (the point from
- * which this channel owes its clients every event), or everything after
- * the last id delivered when coming back after a disconnect. Live messages
- * that arrive meanwhile are held and delivered after that history. A read
- * that fails is retried with backoff (the channel stays subscribed); one
- * overtaken by a lost connection only passes on what it read (sync_gen).
  *
- * Client states:    WAITING (channel not LIVE) ──> REPLAYING (own history
- * read, from Last-Event-ID) ──> LIVE. A client never gets an id that is not
- * greater than the last one it got, which removes every duplicate between
- * history, held and live events.
+ * A channel's position is the Stream id from which it owes its clients
+ * every event. It is read once (XREVRANGE + - COUNT 1): as soon as a
+ * client without Last-Event-ID arrives, in parallel with the SUBSCRIBE, or
+ * else by the first sync. SYNCING then reads everything after the position
+ * (XRANGE), unless the position itself was read after the confirmation:
+ * what follows it arrives live. Live messages that arrive while SYNCING
+ * are held and delivered after that history. A read that fails is retried
+ * with backoff (the channel stays subscribed); one overtaken by a lost
+ * connection only passes on what it read (sync_gen).
+ *
+ * Client states:
+ *   POSITIONING (no Last-Event-ID, channel has no position: no answer yet)
+ *        │ position read ──> head, LIVE from the channel's position
+ *        └ read failed   ──> 200, "retry:", end (EventSource comes back)
+ *   WAITING (Last-Event-ID, channel not LIVE) ──> REPLAYING (own history
+ *   read, from Last-Event-ID) ──> LIVE.
+ * So every stream starts at a definite position (Last-Event-ID, or the
+ * channel's newest id passed on when its 200 goes out) and gets every
+ * event after it. A client never gets an id that is not greater than the
+ * last one it got, which removes every duplicate between history, held and
+ * live events.
  *
  * Events are serialised once into a refcounted frame; a client's queue
- * holds references. Queues are written at the end of the loop iteration,
- * one writev per client for all the events of that iteration.
+ * holds references (sse_queue.h), and is written at the end of the loop
+ * iteration, one write per client in flight.
  */
 #include "daemon/events.h"
 
@@ -34,103 +45,32 @@
 #include "daemon/metrics.h"
 #include "daemon/redis_pool.h"
 #include "daemon/req.h"
+#include "daemon/sse_publish.h"
+#include "daemon/sse_queue.h"
 #include "proto/ids.h"
-#include "proto/json.h"
 #include "proto/mem.h"
 #include "proto/sse.h"
 #include "proto/url.h"
 
 #define HISTORY_PAGE 500
-#define MAX_IOV 64
-
-/* XADD and PUBLISH in one step, so a subscriber never sees an event that is
- * not in the history, nor a history entry that was never published. */
-static const char PUBLISH_SCRIPT[] =
-    "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2], 'data', ARGV[3])\n"
-    "redis.call('PUBLISH', KEYS[1], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])\n"
-    "return id\n";
-
-/* --- events (serialised frames) ------------------------------------------------ */
-
-struct ev {
-    uint32_t refs;
-    uint32_t len;
-    bool has_id;
-    struct sse_id id;
-    char bytes[];
-};
-
-static struct ev *ev_from_buf(const struct buf *b, bool has_id, struct sse_id id)
-{
-    struct ev *e = mem_alloc(sizeof(*e) + b->len);
-    e->refs = 1;
-    e->len = (uint32_t)b->len;
-    e->has_id = has_id;
-    e->id = id;
-    memcpy(e->bytes, b->data, b->len);
-    return e;
-}
-
-static void ev_unref(struct ev *e)
-{
-    if (--e->refs == 0)
-        free(e);
-}
-
-/* A queue of event references: two inline slots, then the heap. */
-struct evq {
-    struct ev **v;
-    unsigned n, cap;
-    size_t bytes;
-    struct ev *in[2];
-};
-
-static void evq_push(struct evq *q, struct ev *e)
-{
-    if (q->n == q->cap) {
-        if (q->cap == 0) {
-            q->v = q->in;
-            q->cap = 2;
-        } else {
-            unsigned cap = q->cap * 2;
-            struct ev **v = mem_alloc(cap * sizeof(*v));
-            memcpy(v, q->v, q->n * sizeof(*v));
-            if (q->v != q->in)
-                free(q->v);
-            q->v = v;
-            q->cap = cap;
-        }
-    }
-    e->refs++;
-    q->v[q->n++] = e;
-    q->bytes += e->len;
-}
-
-/* Empties the queue; with unref, drops the references too. */
-static void evq_clear(struct evq *q, bool unref)
-{
-    if (unref)
-        for (unsigned i = 0; i < q->n; i++)
-            ev_unref(q->v[i]);
-    if (q->v != q->in)
-        free(q->v);
-    q->v = NULL;
-    q->n = q->cap = 0;
-    q->bytes = 0;
-}
 
 /* --- structures ------------------------------------------------------------------ */
 
 enum ch_state { CH_SUBSCRIBING, CH_SYNCING, CH_SYNC_WAIT, CH_LIVE };
-enum cl_state { CL_WAITING, CL_REPLAYING, CL_LIVE };
+enum cl_state { CL_POSITIONING, CL_WAITING, CL_REPLAYING, CL_LIVE };
+
+/* Why a stream request is answered with a "retry:" and ended at once. */
+enum turn_away { TURN_AWAY_OVERLOADED, TURN_AWAY_UNAVAILABLE, TURN_AWAY_SHUTTING_DOWN, TURN_AWAY__COUNT };
 
 struct stream_def {
     struct events *hub;
     const struct cfg_stream *cfg;
     bool retired;               /* dropped by a reload: no new clients */
     unsigned n_clients;
-    uint64_t *m_published, *m_delivered, *m_overflow, *m_replayed, *m_resets, *m_resyncs;
-    uint64_t *m_rejected;
+    struct sse_publish_stats pub;
+    uint64_t *m_delivered, *m_overflow, *m_replayed, *m_resets, *m_resyncs;
+    uint64_t *m_rejected[TURN_AWAY__COUNT];
+    uint64_t *m_invalid_live, *m_invalid_history;
 };
 
 struct channel {
@@ -143,9 +83,10 @@ struct channel {
     struct sse_client *clients;
     unsigned n_clients;
     enum ch_state state;
-    bool have_last;
+    bool have_last;             /* the channel has its position */
+    unsigned positioning;       /* position reads in flight */
     struct sse_id last_id;      /* newest id this channel has passed on */
-    struct evq held;            /* live events received while SYNCING */
+    struct sse_evq held;        /* live events received while SYNCING */
     unsigned sync_gen;          /* bumped by each sync: tells an overtaken one */
     unsigned sync_attempt;      /* backoff state while syncs fail */
     unsigned sync_failures;     /* in this streak: logged once, at the first */
@@ -159,32 +100,40 @@ struct sse_client {
     struct sse_client *dirty_next;
     struct channel *ch;
     struct req *r;
+    struct sse_out *out;        /* what waits to be written */
     struct history *op;         /* own history read, when REPLAYING */
+    bool *gone;                 /* set when the client is freed during a call that may close it */
     enum cl_state state;
     bool dirty;
     bool want_replay;
     bool have_last;
     struct sse_id from;         /* Last-Event-ID */
     struct sse_id last_id;      /* newest id sent */
-    struct evq pending;         /* to write at the end of this iteration */
-    struct evq held;            /* live events received while REPLAYING */
+    struct sse_evq held;        /* live events received while REPLAYING */
     uint64_t last_write_ms;
 };
 
-/* A paged read of a Stream's history, for a client or for a channel. */
+enum hist_kind {
+    HIST_CLIENT,                /* a client's replay from its Last-Event-ID */
+    HIST_GAP,                   /* a channel's sync: everything after its position */
+    HIST_POSITION,              /* a channel's position: the newest id */
+};
+
+/* A read of a Stream's history (paged), or of its newest id. */
 struct history {
     struct channel *ch;         /* holds a reference */
-    struct sse_client *cl;      /* NULL for a channel resync, or once the client left */
-    bool for_client;
+    struct sse_client *cl;      /* client reads; NULL once the client left */
+    enum hist_kind kind;
     unsigned outstanding;
     int err;
     char why[96];               /* Redis's error reply, for the log */
-    unsigned gen;               /* channel syncs: the channel's sync_gen at start */
+    unsigned gen;               /* channel syncs: the channel's sync_gen at start (0: none) */
+    unsigned n_invalid;         /* entries dropped: not valid as events */
     bool reset;
     bool too_far;               /* client reads: the replay would not fit its queue */
     bool have_oldest, have_newest;
     struct sse_id from, oldest, newest;
-    struct evq got;             /* entries read, in order */
+    struct sse_evq got;         /* entries read, in order */
     unsigned page_len;
 };
 
@@ -202,13 +151,21 @@ struct events {
     uv_timer_t resync;          /* retries failed channel syncs */
     uint64_t resync_due;        /* loop time it fires at, 0 when stopped */
     unsigned handles_open;
-    struct redis_script publish_script;
-    struct ev *ping_ev;
+    struct sse_publisher *publisher;
+    struct sse_ev *ping_ev;
     bool draining;
-    uint64_t *m_publish_errors, *m_history_errors;
+    uint64_t *m_history_errors;
 };
 
 static uint64_t *m_clients_total;
+
+/* The reconnect delay a stream tells its browser: retry_ms plus up to as
+ * much again, so that clients told at one moment do not come back at one. */
+static unsigned retry_jittered(const struct cfg_stream *cfg)
+{
+    unsigned base = (unsigned)cfg->retry_ms;
+    return base + (unsigned)(random() % (base + 1));
+}
 
 /* --- channels ------------------------------------------------------------------ */
 
@@ -230,8 +187,6 @@ static struct channel *channel_find(struct events *h, const char *key, size_t le
             return c;
     return NULL;
 }
-
-static void start_sync(struct channel *ch);
 
 static void channel_grow(struct events *h)
 {
@@ -285,7 +240,7 @@ static void channel_unref(struct channel *c)
     h->n_channels--;
     if (!h->draining)
         redis_pool_unsubscribe(h->redis, c->key);
-    evq_clear(&c->held, true);
+    sse_evq_clear(&c->held, true);
     free(c->key);
     free(c);
 }
@@ -301,9 +256,21 @@ static void client_mark_dirty(struct sse_client *cl)
     }
 }
 
-static size_t client_queued(const struct sse_client *cl)
+/* A write finished and frames wait: flush at the end of this iteration. */
+static void client_written_cb(void *owner)
 {
-    return cl->pending.bytes + cl->held.bytes + req_stream_queued(cl->r);
+    client_mark_dirty(owner);
+}
+
+/* What the client holds, in bytes; with kernel, its socket's unsent bytes too. */
+static size_t client_queued(const struct sse_client *cl, bool kernel)
+{
+    return sse_out_queued(cl->out, kernel) + cl->held.cost;
+}
+
+static bool client_fits(const struct sse_client *cl, size_t extra)
+{
+    return sse_out_fits(cl->out, cl->held.cost + extra, (size_t)cl->ch->def->cfg->client_queue_bytes);
 }
 
 /* Takes the client out of its channel and frees it; the request is the
@@ -321,8 +288,10 @@ static void client_detach(struct sse_client *cl)
     ch->def->n_clients--;
     if (cl->op)
         cl->op->cl = NULL;
-    evq_clear(&cl->pending, true);
-    evq_clear(&cl->held, true);
+    if (cl->gone)
+        *cl->gone = true;
+    sse_out_free(cl->out);
+    sse_evq_clear(&cl->held, true);
     if (cl->dirty) { /* unlink from the dirty list */
         for (struct sse_client **pp = &ch->hub->dirty; *pp; pp = &(*pp)->dirty_next) {
             if (*pp == cl) {
@@ -343,27 +312,27 @@ static void client_overflow(struct sse_client *cl)
     struct stream_def *def = cl->ch->def;
     (*def->m_overflow)++;
     log_info("sse client over its queue bound", "stream=%s channel=%s queued_bytes=%zu limit=%lld",
-             def->cfg->name, LOG_Q(cl->ch->key), client_queued(cl), (long long)def->cfg->client_queue_bytes);
+             def->cfg->name, LOG_Q(cl->ch->key), client_queued(cl, true), (long long)def->cfg->client_queue_bytes);
     client_detach(cl);
     req_stream_abort(r, CONN_CLOSE_SSE_QUEUE_OVERFLOW);
 }
 
 /* Gives an event to a client. Returns false when the client was dropped. */
-static bool client_offer(struct sse_client *cl, struct ev *e)
+static bool client_offer(struct sse_client *cl, struct sse_ev *e)
 {
-    if (cl->state == CL_WAITING)
-        return true; /* its history read will cover this */
+    if (cl->state == CL_WAITING || cl->state == CL_POSITIONING)
+        return true; /* its history read, or its position, covers this */
     if (cl->state == CL_LIVE && e->has_id && cl->have_last && sse_id_cmp(e->id, cl->last_id) <= 0)
         return true; /* sent already */
-    if (client_queued(cl) + e->len > (size_t)cl->ch->def->cfg->client_queue_bytes) {
+    if (!client_fits(cl, SSE_EV_COST(e))) {
         client_overflow(cl);
         return false;
     }
     if (cl->state == CL_REPLAYING) {
-        evq_push(&cl->held, e);
+        sse_evq_push(&cl->held, e);
         return true;
     }
-    evq_push(&cl->pending, e);
+    sse_out_push(cl->out, e);
     if (e->has_id) {
         cl->last_id = e->id;
         cl->have_last = true;
@@ -376,107 +345,119 @@ static bool client_offer(struct sse_client *cl, struct ev *e)
  * meanwhile (only those after what was sent). */
 static void client_go_live(struct sse_client *cl)
 {
-    struct evq held = cl->held;
-    memset(&cl->held, 0, sizeof(cl->held));
-    if (held.v == cl->held.in) { /* the inline slots moved with the copy */
-        held.v = held.in;
-    }
+    struct sse_evq held;
+    sse_evq_take(&held, &cl->held);
     cl->state = CL_LIVE;
-    for (unsigned i = 0; i < held.n; i++) {
-        if (!client_offer(cl, held.v[i])) {
-            /* dropped: release what is left */
-            evq_clear(&held, true);
-            return;
-        }
-    }
-    evq_clear(&held, true);
+    for (unsigned i = 0; i < held.n; i++)
+        if (!client_offer(cl, held.v[i]))
+            break; /* dropped */
+    sse_evq_clear(&held, true);
 }
 
-struct sse_write {
-    unsigned n;
-    struct ev *ev[MAX_IOV];
-};
-
-static void write_done_cb(void *ctx, int status)
-{
-    struct sse_write *w = ctx;
-    (void)status;
-    for (unsigned i = 0; i < w->n; i++)
-        ev_unref(w->ev[i]);
-    free(w);
-}
-
-/* A write of one event (every client of a fan-out) needs no sse_write:
- * the event is the context. */
-static void one_done_cb(void *ctx, int status)
-{
-    (void)status;
-    ev_unref(ctx);
-}
-
-/* Hands the client's pending events to the socket in one writev. Returns
- * false when the write failed: the connection, and the client with it,
- * are gone. */
+/* Starts writing the client's pending frames. Returns false when the write
+ * failed: the connection, and the client with it, are gone. */
 static bool client_flush(struct sse_client *cl, uint64_t now)
 {
-    struct stream_def *def = cl->ch->def;
-    struct req *r = cl->r;
-    /* Take the queue first: a failing write frees the client. */
-    struct evq q = cl->pending;
-    if (q.v == cl->pending.in)
-        q.v = q.in;
-    memset(&cl->pending, 0, sizeof(cl->pending));
+    if (cl->out->writing || cl->out->pending.n == 0)
+        return true;
     cl->last_write_ms = now;
-    bool alive = true;
-    unsigned i = 0;
-    while (i < q.n) {
-        unsigned n = q.n - i < MAX_IOV ? q.n - i : MAX_IOV;
-        struct sse_write *w = NULL;
-        if (n > 1) {
-            w = mem_alloc(offsetof(struct sse_write, ev) + n * sizeof(struct ev *));
-            w->n = n;
-        }
-        uv_buf_t iov[MAX_IOV];
-        for (unsigned k = 0; k < n; k++) {
-            struct ev *e = q.v[i + k];
-            if (w)
-                w->ev[k] = e; /* the write takes the queue's reference */
-            iov[k] = uv_buf_init(e->bytes, e->len);
-            if (e->has_id)
-                (*def->m_delivered)++;
-        }
-        struct ev *first = q.v[i];
-        i += n;
-        if (req_stream_write(r, iov, n, w ? write_done_cb : one_done_cb, w ? (void *)w : (void *)first) != 0) {
-            alive = false;
-            break;
-        }
-    }
-    for (; i < q.n; i++)
-        ev_unref(q.v[i]);
-    q.n = 0;
-    evq_clear(&q, false);
-    return alive;
+    return sse_out_flush(cl->out, cl->ch->def->m_delivered) == 0;
 }
 
 static void flush_cb(uv_check_t *hnd)
 {
     struct events *h = hnd->data;
     uint64_t now = uv_now(h->loop);
-    struct sse_client *cl = h->dirty;
-    h->dirty = NULL;
-    while (cl) {
-        struct sse_client *next = cl->dirty_next;
-        cl->dirty = false;
-        cl->dirty_next = NULL;
-        client_flush(cl, now);
-        cl = next;
+    /* A write the socket takes at once may mark its client dirty again
+     * (more frames than one write holds): go round until nothing is left. */
+    while (h->dirty) {
+        struct sse_client *cl = h->dirty;
+        h->dirty = NULL;
+        while (cl) {
+            struct sse_client *next = cl->dirty_next;
+            cl->dirty = false;
+            cl->dirty_next = NULL;
+            client_flush(cl, now);
+            cl = next;
+        }
     }
+}
+
+static void turn_away_abort_cb(struct req *r)
+{
+    *(bool *)r->hdata = true;
+}
+
+/* Answers a stream request that cannot be served now so that EventSource
+ * comes back by itself: a 200 (any other status is final for it) holding
+ * a jittered "retry:" (and "event: overloaded" when it is the limit), then
+ * the end of the stream. */
+static void stream_turn_away(struct req *r, struct stream_def *def, enum turn_away why)
+{
+    static const enum conn_close_reason reasons[TURN_AWAY__COUNT] = {
+        [TURN_AWAY_OVERLOADED] = CONN_CLOSE_SSE_OVERLOADED,
+        [TURN_AWAY_UNAVAILABLE] = CONN_CLOSE_SSE_UNAVAILABLE,
+        [TURN_AWAY_SHUTTING_DOWN] = CONN_CLOSE_SHUTDOWN,
+    };
+    (*def->m_rejected[why])++;
+    bool gone = false; /* a failed write closes the connection and frees r */
+    r->hdata = &gone;
+    r->abort_cb = turn_away_abort_cb;
+    req_add_header(r, "Cache-Control", "no-cache");
+    req_add_header(r, "X-Accel-Buffering", "no");
+    req_stream_start(r, 200, "text/event-stream", false);
+    struct buf b = BUF_INIT;
+    sse_frame_retry(&b, retry_jittered(def->cfg));
+    if (why == TURN_AWAY_OVERLOADED)
+        buf_append_str(&b, "event: overloaded\ndata: {\"error\":\"too_many_streams\"}\n\n");
+    uv_buf_t v = uv_buf_init(b.data, (unsigned)b.len);
+    if (!gone)
+        (void)req_stream_write_copy(r, &v, 1);
+    buf_deinit(&b);
+    if (!gone) {
+        r->hdata = NULL;
+        req_stream_end_reason(r, reasons[why]);
+    }
+}
+
+/* Sends the response head and the first frame, a jittered "retry:".
+ * Returns false when the connection failed and took the client with it. */
+static bool client_send_head(struct sse_client *cl)
+{
+    struct req *r = cl->r;
+    bool gone = false;
+    cl->gone = &gone;
+    req_add_header(r, "Cache-Control", "no-cache");
+    req_add_header(r, "X-Accel-Buffering", "no");
+    req_stream_start(r, 200, "text/event-stream", false);
+    if (gone)
+        return false;
+    cl->gone = NULL;
+    req_stream_compact(r);
+    struct buf b = BUF_INIT;
+    sse_frame_retry(&b, retry_jittered(cl->ch->def->cfg));
+    struct sse_ev *e = sse_ev_new(&b, false, (struct sse_id){ 0, 0 });
+    buf_deinit(&b);
+    sse_out_push(cl->out, e);
+    sse_ev_unref(e);
+    client_mark_dirty(cl);
+    return true;
+}
+
+/* A client without Last-Event-ID starts at the channel's position, the
+ * newest id it has passed on: everything the channel passes on from now
+ * is after it. */
+static void client_begin_live(struct sse_client *cl)
+{
+    cl->state = CL_LIVE;
+    cl->last_id = cl->ch->last_id;
+    cl->have_last = true;
+    (void)client_send_head(cl);
 }
 
 /* --- delivering ------------------------------------------------------------------ */
 
-static void channel_deliver(struct channel *ch, struct ev *e)
+static void channel_deliver(struct channel *ch, struct sse_ev *e)
 {
     if (e->has_id && (!ch->have_last || sse_id_cmp(e->id, ch->last_id) > 0)) {
         ch->last_id = e->id;
@@ -490,18 +471,20 @@ static void channel_deliver(struct channel *ch, struct ev *e)
     }
 }
 
-/* An entry of an XRANGE reply: [id, [field, value, ...]]. */
-static struct ev *ev_from_entry(const redisReply *entry)
+/* An entry of an XRANGE reply: [id, [field, value, ...]]. Returns false
+ * when it has no id; *out is NULL for an entry that is not a valid event. */
+static bool ev_from_entry(const redisReply *entry, struct sse_id *id, struct sse_ev **out)
 {
-    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 ||
-        entry->element[0]->type != REDIS_REPLY_STRING || entry->element[1]->type != REDIS_REPLY_ARRAY)
-        return NULL;
+    *out = NULL;
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 || entry->element[0]->type != REDIS_REPLY_STRING)
+        return false;
     str_t id_s = str_make(entry->element[0]->str, entry->element[0]->len);
-    struct sse_id id;
-    if (!sse_id_parse(id_s, &id))
-        return NULL;
-    str_t event = STR_NULL, data = STR_LIT("");
+    if (!sse_id_parse(id_s, id))
+        return false;
     const redisReply *f = entry->element[1];
+    if (f->type != REDIS_REPLY_ARRAY)
+        return true;
+    str_t event = STR_NULL, data = STR_LIT("");
     for (size_t i = 0; i + 1 < f->elements; i += 2) {
         const redisReply *k = f->element[i], *v = f->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
@@ -511,16 +494,17 @@ static struct ev *ev_from_entry(const redisReply *entry)
         else if (k->len == 4 && memcmp(k->str, "data", 4) == 0)
             data = str_make(v->str, v->len);
     }
-    struct buf b = BUF_INIT;
-    sse_frame_event(&b, id_s, event, data);
-    struct ev *e = ev_from_buf(&b, true, id);
-    buf_deinit(&b);
-    return e;
+    *out = sse_ev_event(*id, id_s, event, data);
+    return true;
 }
+
+/* --- history reads ------------------------------------------------------------------ */
 
 static void history_finish(struct history *op);
 static void history_page(struct history *op);
 static void client_start(struct sse_client *cl);
+static void start_sync(struct channel *ch);
+static void resync_arm(struct events *h, uint64_t due);
 
 static void history_cmd(struct history *op, redis_reply_fn cb, int argc, const char **argv)
 {
@@ -584,20 +568,24 @@ static void page_cb(void *ctx, const redisReply *reply, int err)
     op->page_len = 0;
     if (err == 0 && reply && reply->type == REDIS_REPLY_ARRAY) {
         op->page_len = (unsigned)reply->elements;
-        size_t limit = (size_t)op->ch->def->cfg->client_queue_bytes;
         for (size_t i = 0; i < reply->elements && !op->too_far; i++) {
-            struct ev *e = ev_from_entry(reply->element[i]);
-            if (e == NULL)
+            struct sse_ev *e;
+            struct sse_id id;
+            if (!ev_from_entry(reply->element[i], &id, &e))
                 continue;
-            evq_push(&op->got, e);
-            ev_unref(e); /* the queue holds it */
-            op->from = e->id;
-            if (op->cl && client_queued(op->cl) + op->got.bytes > limit) {
+            op->from = id; /* the next page starts after it, valid or not */
+            if (e == NULL) {
+                op->n_invalid++;
+                continue;
+            }
+            sse_evq_push(&op->got, e);
+            sse_ev_unref(e); /* the queue holds it */
+            if (op->cl && !client_fits(op->cl, op->got.cost)) {
                 /* Offered, the replay would overflow the client, which
                  * would come back with the same id forever: stop reading,
                  * it gets a reset instead. */
                 op->too_far = true;
-                evq_clear(&op->got, true);
+                sse_evq_clear(&op->got, true);
             }
         }
     } else {
@@ -616,9 +604,18 @@ static void history_page(struct history *op)
     history_cmd(op, page_cb, 6, argv);
 }
 
+static struct history *history_new(struct channel *ch, enum hist_kind kind)
+{
+    struct history *op = mem_calloc(1, sizeof(*op));
+    op->ch = ch;
+    op->kind = kind;
+    ch->refs++;
+    return op;
+}
+
 static void history_free(struct history *op)
 {
-    evq_clear(&op->got, true);
+    sse_evq_clear(&op->got, true);
     channel_unref(op->ch);
     free(op);
 }
@@ -641,7 +638,7 @@ static void client_history_done(struct history *op)
     /* Last-Event-ID older than the oldest entry kept: what came between may
      * have been trimmed, so the client must reload its state. So must one
      * too far behind to replay within client_queue_bytes. */
-    if (!op->too_far && client_queued(cl) + op->got.bytes > (size_t)def->cfg->client_queue_bytes)
+    if (!op->too_far && !client_fits(cl, op->got.cost))
         op->too_far = true; /* live events held meanwhile took the room */
     op->reset = op->too_far || !op->have_oldest || sse_id_cmp(cl->from, op->oldest) < 0;
     cl->state = CL_LIVE;
@@ -658,10 +655,10 @@ static void client_history_done(struct history *op)
         } else {
             buf_append_str(&b, "event: reset\ndata: \n\n");
         }
-        struct ev *e = ev_from_buf(&b, op->have_newest, op->newest);
+        struct sse_ev *e = sse_ev_new(&b, op->have_newest, op->newest);
         buf_deinit(&b);
         bool alive = client_offer(cl, e);
-        ev_unref(e);
+        sse_ev_unref(e);
         if (!alive)
             return;
     } else {
@@ -674,12 +671,53 @@ static void client_history_done(struct history *op)
     client_go_live(cl);
 }
 
-static void resync_arm(struct events *h, uint64_t due);
+/* The channel passes on what it held and goes live; clients waiting to
+ * read their own history start. */
+static void channel_go_live(struct channel *ch)
+{
+    ch->state = CH_LIVE;
+    struct sse_evq held;
+    sse_evq_take(&held, &ch->held);
+    for (unsigned i = 0; i < held.n; i++)
+        channel_deliver(ch, held.v[i]);
+    sse_evq_clear(&held, true);
+    struct sse_client *cl = ch->clients;
+    while (cl) {
+        struct sse_client *next = cl->next;
+        if (cl->state == CL_WAITING)
+            client_start(cl);
+        cl = next;
+    }
+}
 
+/* A sync failed but the channel is still subscribed: retry the read only,
+ * later. Messages that arrive meanwhile are read from the Stream by the
+ * retry. */
+static void channel_sync_failed(struct channel *ch, struct history *op)
+{
+    struct events *h = ch->hub;
+    if (ch->sync_failures++ == 0)
+        log_warn("sse channel sync failed, retrying with backoff", "channel=%s err=%d reply=%s",
+                 LOG_Q(ch->key), op->err, LOG_Q(op->why));
+    ch->state = CH_SYNC_WAIT;
+    ch->sync_retry_ms = uv_now(h->loop) + backoff_next_ms(&ch->sync_attempt);
+    resync_arm(h, ch->sync_retry_ms);
+}
+
+static void channel_sync_ok(struct channel *ch)
+{
+    if (ch->sync_failures) {
+        log_info("sse channel sync recovered", "channel=%s failed_attempts=%u", LOG_Q(ch->key),
+                 ch->sync_failures);
+        ch->sync_failures = 0;
+    }
+    ch->sync_attempt = 0;
+}
+
+/* A gap read is done: pass on what it read, then go live. */
 static void channel_sync_done(struct history *op)
 {
     struct channel *ch = op->ch;
-    struct events *h = ch->hub;
     if (op->gen != ch->sync_gen || ch->state != CH_SYNCING) {
         /* Overtaken by a lost pub/sub connection: the sync its next
          * SUBSCRIBE starts owns the state and reads from the last id. What
@@ -692,91 +730,129 @@ static void channel_sync_done(struct history *op)
         return;
     }
     if (op->err) {
-        /* Still subscribed: retry the read only, later. Messages that
-         * arrive meanwhile are read from the Stream by the retry. */
-        (*h->m_history_errors)++;
-        if (ch->sync_failures++ == 0)
-            log_warn("sse channel sync failed, retrying with backoff", "channel=%s err=%d reply=%s",
-                     LOG_Q(ch->key), op->err, LOG_Q(op->why));
-        ch->state = CH_SYNC_WAIT;
-        ch->sync_retry_ms = uv_now(h->loop) + backoff_next_ms(&ch->sync_attempt);
-        resync_arm(h, ch->sync_retry_ms);
+        (*ch->hub->m_history_errors)++;
+        channel_sync_failed(ch, op);
         return;
     }
-    if (ch->sync_failures) {
-        log_info("sse channel sync recovered", "channel=%s failed_attempts=%u", LOG_Q(ch->key),
-                 ch->sync_failures);
-        ch->sync_failures = 0;
+    channel_sync_ok(ch);
+    if (op->got.n)
+        (*ch->def->m_resyncs)++;
+    for (unsigned i = 0; i < op->got.n; i++)
+        channel_deliver(ch, op->got.v[i]);
+    channel_go_live(ch);
+}
+
+static void start_gap(struct channel *ch)
+{
+    struct history *op = history_new(ch, HIST_GAP);
+    op->gen = ch->sync_gen;
+    op->from = ch->last_id;
+    history_page(op);
+    if (op->outstanding == 0)
+        history_finish(op); /* could not be sent: fails */
+}
+
+/* Reads the channel's position. in_sync: as the sync after a confirmed
+ * SUBSCRIBE, which then needs no gap read when this read sets it. */
+static void channel_read_position(struct channel *ch, bool in_sync)
+{
+    struct history *op = history_new(ch, HIST_POSITION);
+    op->gen = in_sync ? ch->sync_gen : 0;
+    ch->positioning++;
+    const char *argv[6] = { "XREVRANGE", ch->key, "+", "-", "COUNT", "1" };
+    history_cmd(op, newest_cb, 6, argv);
+    if (op->outstanding == 0)
+        history_finish(op); /* could not be sent: fails */
+}
+
+static void channel_position_done(struct history *op)
+{
+    struct channel *ch = op->ch;
+    bool in_sync = op->gen != 0 && op->gen == ch->sync_gen && ch->state == CH_SYNCING;
+    ch->positioning--;
+    if (op->err == 0) {
+        /* Any position read is a valid one: the first to land is kept. */
+        bool mine = !ch->have_last;
+        if (mine) {
+            ch->have_last = true;
+            ch->last_id = op->have_newest ? op->newest : (struct sse_id){ 0, 0 };
+            struct sse_client *cl = ch->clients;
+            while (cl) {
+                struct sse_client *next = cl->next;
+                if (cl->state == CL_POSITIONING)
+                    client_begin_live(cl);
+                cl = next;
+            }
+        }
+        if (in_sync) {
+            channel_sync_ok(ch);
+            if (mine)
+                channel_go_live(ch); /* read after the confirmation: what follows arrives live */
+            else
+                start_gap(ch); /* set earlier: read what came since */
+        }
+        return;
     }
-    ch->sync_attempt = 0;
-    if (!ch->have_last) { /* first sync: the baseline */
-        ch->have_last = true;
-        ch->last_id = op->have_newest ? op->newest : (struct sse_id){ 0, 0 };
-    } else {
-        if (op->got.n)
-            (*ch->def->m_resyncs)++;
-        for (unsigned i = 0; i < op->got.n; i++)
-            channel_deliver(ch, op->got.v[i]);
-    }
-    ch->state = CH_LIVE;
-    struct evq held = ch->held;
-    if (held.v == ch->held.in)
-        held.v = held.in;
-    memset(&ch->held, 0, sizeof(ch->held));
-    for (unsigned i = 0; i < held.n; i++)
-        channel_deliver(ch, held.v[i]);
-    evq_clear(&held, true);
-    /* Clients that waited for the channel start now. */
+    (*ch->hub->m_history_errors)++;
+    if (in_sync)
+        channel_sync_failed(ch, op);
+    else
+        log_warn("sse channel position read failed", "channel=%s err=%d reply=%s", LOG_Q(ch->key), op->err,
+                 LOG_Q(op->why));
+    if (ch->have_last || ch->positioning)
+        return;
+    /* No position to start from: such clients come back after retry ms. */
     struct sse_client *cl = ch->clients;
     while (cl) {
         struct sse_client *next = cl->next;
-        if (cl->state == CL_WAITING)
-            client_start(cl);
+        if (cl->state == CL_POSITIONING) {
+            struct req *r = cl->r;
+            struct stream_def *def = ch->def;
+            client_detach(cl);
+            stream_turn_away(r, def, TURN_AWAY_UNAVAILABLE);
+        }
         cl = next;
     }
 }
 
 static void history_finish(struct history *op)
 {
-    if (op->err == 0 && !op->too_far && op->page_len == HISTORY_PAGE && (!op->for_client || op->cl)) {
+    if (op->kind != HIST_POSITION && op->err == 0 && !op->too_far && op->page_len == HISTORY_PAGE &&
+        (op->kind != HIST_CLIENT || op->cl)) {
         history_page(op); /* more to read */
         if (op->outstanding)
             return;
     }
-    if (op->for_client) {
+    if (op->n_invalid) {
+        struct stream_def *def = op->ch->def;
+        *def->m_invalid_history += op->n_invalid;
+        log_warn("invalid stream entries dropped", "stream=%s channel=%s entries=%u", def->cfg->name,
+                 LOG_Q(op->ch->key), op->n_invalid);
+    }
+    switch (op->kind) {
+    case HIST_CLIENT:
         if (op->cl)
             client_history_done(op);
-    } else {
+        break;
+    case HIST_GAP:
         channel_sync_done(op);
+        break;
+    case HIST_POSITION:
+        channel_position_done(op);
+        break;
     }
     history_free(op);
 }
 
-static struct history *history_new(struct channel *ch)
-{
-    struct history *op = mem_calloc(1, sizeof(*op));
-    op->ch = ch;
-    ch->refs++;
-    return op;
-}
-
-/* Channel subscribed: read the baseline, or the gap since the last id. */
+/* Channel subscribed: read what came after its position, or the position. */
 static void start_sync(struct channel *ch)
 {
     ch->state = CH_SYNCING;
-    struct history *op = history_new(ch);
-    op->gen = ++ch->sync_gen;
-    if (ch->have_last) {
-        op->from = ch->last_id;
-        history_page(op);
-    } else {
-        const char *argv[6] = { "XREVRANGE", ch->key, "+", "-", "COUNT", "1" };
-        history_cmd(op, newest_cb, 6, argv);
-    }
-    if (op->outstanding == 0) {
-        channel_sync_done(op);
-        history_free(op);
-    }
+    ch->sync_gen++;
+    if (ch->have_last)
+        start_gap(ch);
+    else
+        channel_read_position(ch, true);
 }
 
 static void resync_cb(uv_timer_t *t)
@@ -785,13 +861,17 @@ static void resync_cb(uv_timer_t *t)
     uint64_t now = uv_now(h->loop), next = 0;
     h->resync_due = 0;
     for (unsigned i = 0; i < h->nbuckets; i++) {
-        for (struct channel *c = h->buckets[i]; c; c = c->hnext) {
+        struct channel *cnext;
+        for (struct channel *c = h->buckets[i]; c; c = cnext) {
+            cnext = c->hnext;
             if (c->state != CH_SYNC_WAIT)
                 continue;
+            c->refs++; /* a sync failing at once may turn its last clients away */
             if (c->sync_retry_ms <= now)
-                start_sync(c); /* fails at once without freeing c, or later */
+                start_sync(c);
             if (c->state == CH_SYNC_WAIT && (next == 0 || c->sync_retry_ms < next))
                 next = c->sync_retry_ms;
+            channel_unref(c);
         }
     }
     if (next)
@@ -809,16 +889,11 @@ static void resync_arm(struct events *h, uint64_t due)
     uv_timer_start(&h->resync, resync_cb, due > now ? due - now : 0, 0);
 }
 
-/* The channel is live: the client reads its own history, or goes live. */
+/* The channel is live: a client with Last-Event-ID reads its own history. */
 static void client_start(struct sse_client *cl)
 {
-    if (!cl->want_replay) {
-        cl->state = CL_LIVE;
-        return;
-    }
     cl->state = CL_REPLAYING;
-    struct history *op = history_new(cl->ch);
-    op->for_client = true;
+    struct history *op = history_new(cl->ch, HIST_CLIENT);
     op->cl = cl;
     op->from = cl->from;
     cl->op = op;
@@ -829,13 +904,33 @@ static void client_start(struct sse_client *cl)
     history_cmd(op, oldest_cb, 6, oldest);
     history_cmd(op, newest_cb, 6, newest);
     history_page(op);
-    if (op->outstanding == 0) {
-        client_history_done(op);
-        history_free(op);
-    }
+    if (op->outstanding == 0)
+        history_finish(op);
 }
 
 /* --- pub/sub ----------------------------------------------------------------------- */
+
+static void sub_message(struct events *h, const char *chan, size_t chan_len, const char *msg, size_t msg_len)
+{
+    struct channel *c = channel_find(h, chan, chan_len);
+    str_t id_s, event, data;
+    struct sse_id id;
+    if (c == NULL || c->state == CH_SUBSCRIBING || c->state == CH_SYNC_WAIT)
+        return; /* the (next) sync reads it from history */
+    struct sse_ev *e = NULL;
+    if (sse_message_parse(str_make(msg, msg_len), &id_s, &event, &data) && sse_id_parse(id_s, &id))
+        e = sse_ev_event(id, id_s, event, data);
+    if (e == NULL) {
+        (*c->def->m_invalid_live)++;
+        log_warn("malformed event message ignored", "channel=%s", LOG_Q(c->key));
+        return;
+    }
+    if (c->state == CH_SYNCING)
+        sse_evq_push(&c->held, e);
+    else
+        channel_deliver(c, e);
+    sse_ev_unref(e);
+}
 
 static void sub_cb(void *arg, enum redis_sub_event kind, const char *chan, size_t chan_len,
                    const char *msg, size_t msg_len)
@@ -856,27 +951,9 @@ static void sub_cb(void *arg, enum redis_sub_event kind, const char *chan, size_
             start_sync(c);
         return;
     }
-    case REDIS_SUB_MESSAGE: {
-        struct channel *c = channel_find(h, chan, chan_len);
-        str_t id_s, event, data;
-        struct sse_id id;
-        if (c == NULL || c->state == CH_SUBSCRIBING || c->state == CH_SYNC_WAIT)
-            return; /* the (next) sync reads it from history */
-        if (!sse_message_parse(str_make(msg, msg_len), &id_s, &event, &data) || !sse_id_parse(id_s, &id)) {
-            log_warn("malformed event message ignored", "channel=%s", LOG_Q(c->key));
-            return;
-        }
-        struct buf b = BUF_INIT;
-        sse_frame_event(&b, id_s, event, data);
-        struct ev *e = ev_from_buf(&b, true, id);
-        buf_deinit(&b);
-        if (c->state == CH_SYNCING)
-            evq_push(&c->held, e);
-        else
-            channel_deliver(c, e);
-        ev_unref(e);
+    case REDIS_SUB_MESSAGE:
+        sub_message(h, chan, chan_len, msg, msg_len);
         return;
-    }
     }
 }
 
@@ -918,6 +995,30 @@ static int last_event_id(struct req *r, struct sse_id *out, bool *present)
     return rc;
 }
 
+/* A new client in its channel: where its stream starts decides when its
+ * answer goes out. */
+static void client_arrive(struct sse_client *cl)
+{
+    struct channel *ch = cl->ch;
+    if (cl->want_replay) {
+        /* From its Last-Event-ID, read once the channel is live. */
+        if (!client_send_head(cl))
+            return;
+        if (ch->state == CH_LIVE)
+            client_start(cl);
+        else
+            cl->state = CL_WAITING;
+    } else if (ch->have_last) {
+        client_begin_live(cl);
+    } else {
+        /* No position yet: answer once there is one (a round trip), so a
+         * publish sent after the 200 is always after it. */
+        cl->state = CL_POSITIONING;
+        if (ch->positioning == 0)
+            channel_read_position(ch, false);
+    }
+}
+
 static void subscribe_handler(struct req *r, void *data)
 {
     struct stream_def *def = data;
@@ -932,12 +1033,9 @@ static void subscribe_handler(struct req *r, void *data)
     } else if (last_event_id(r, &from, &replay) != 0) {
         req_error(r, 400, "invalid_last_event_id");
     } else if (h->draining) {
-        req_add_header(r, "Retry-After", "1");
-        req_error(r, 503, "shutting_down");
+        stream_turn_away(r, def, TURN_AWAY_SHUTTING_DOWN);
     } else if (def->n_clients >= (unsigned)def->cfg->max_sse_clients) {
-        (*def->m_rejected)++;
-        req_add_header(r, "Retry-After", "1");
-        req_error(r, 503, "too_many_streams");
+        stream_turn_away(r, def, TURN_AWAY_OVERLOADED);
     } else {
         url_template_expand(def->cfg->key, "id", buf_str(&id), &key);
         struct sse_client *cl = mem_calloc(1, sizeof(*cl));
@@ -945,12 +1043,10 @@ static void subscribe_handler(struct req *r, void *data)
         cl->want_replay = replay;
         cl->from = from;
         cl->last_write_ms = uv_now(h->loop);
+        cl->out = sse_out_new(r, cl, client_written_cb);
+        sse_out_socket_setup(cl->out, def->cfg->socket_send_buffer_bytes);
         r->hdata = cl;
         r->abort_cb = client_abort_cb;
-        req_add_header(r, "Cache-Control", "no-cache");
-        req_add_header(r, "X-Accel-Buffering", "no");
-        req_stream_start(r, 200, "text/event-stream", false);
-        req_stream_compact(r);
 
         struct channel *ch = channel_get(h, def, key.data);
         ch->refs++;
@@ -962,22 +1058,7 @@ static void subscribe_handler(struct req *r, void *data)
         ch->n_clients++;
         def->n_clients++;
         (*m_clients_total)++;
-
-        /* The first frame sets the browser's reconnect delay, jittered so
-         * that a restart does not bring every client back at once. */
-        struct buf b = BUF_INIT;
-        unsigned base = (unsigned)def->cfg->retry_ms;
-        sse_frame_retry(&b, base + (unsigned)(random() % (base + 1)));
-        struct ev *e = ev_from_buf(&b, false, (struct sse_id){ 0, 0 });
-        buf_deinit(&b);
-        evq_push(&cl->pending, e);
-        ev_unref(e);
-        client_mark_dirty(cl);
-
-        if (ch->state == CH_LIVE)
-            client_start(cl);
-        else
-            cl->state = CL_WAITING;
+        client_arrive(cl);
     }
     buf_deinit(&id);
     buf_deinit(&key);
@@ -985,77 +1066,18 @@ static void subscribe_handler(struct req *r, void *data)
 
 /* --- publish (POST) ---------------------------------------------------------------------- */
 
-struct publish {
-    struct req *r;
-    struct events *hub;
-    struct stream_def *def;
-};
-
-static void publish_cb(void *ctx, const redisReply *reply, int err)
-{
-    struct publish *p = ctx;
-    if (err == 0 && reply->type == REDIS_REPLY_STRING) {
-        struct buf body = BUF_INIT;
-        buf_append_str(&body, "{\"id\":");
-        json_append_string(&body, reply->str, reply->len);
-        buf_append_str(&body, "}\n");
-        (*p->def->m_published)++;
-        req_respond_buf(p->r, 201, "application/json", &body);
-        buf_deinit(&body);
-    } else {
-        if (err == 0 && reply && reply->type == REDIS_REPLY_ERROR)
-            log_warn("publish failed", "stream=%s err=%s", p->def->cfg->name, LOG_Q(reply->str));
-        (*p->hub->m_publish_errors)++;
-        req_add_header(p->r, "Retry-After", "1");
-        req_error(p->r, 503, "redis_unavailable");
-    }
-    free(p);
-}
-
 static void publish_handler(struct req *r, void *data)
 {
     struct stream_def *def = data;
     struct events *h = def->hub;
     if (auth_require(r, h->cfg->batchd.admin_token) != 0)
         return;
-    struct buf id = BUF_INIT, event = BUF_INIT;
-    str_t rest = r->msg.query, k, v;
-    int bad_event = 0;
-    while (url_query_next(&rest, &k, &v)) {
-        if (str_eq(k, STR_LIT("event"))) {
-            buf_reset(&event);
-            bad_event = url_decode(v, true, &event) != 0 || !sse_event_name_valid(buf_str(&event));
-        }
-    }
-    const struct buf *body = &r->msg.body;
-    if (req_param_decoded(r, "id", &id) != 0 || !ids_valid(id.data, id.len)) {
+    struct buf id = BUF_INIT;
+    if (req_param_decoded(r, "id", &id) != 0 || !ids_valid(id.data, id.len))
         req_error(r, 400, "invalid_id");
-    } else if (bad_event) {
-        req_error(r, 400, "invalid_event_name");
-    } else if (body->len > (size_t)def->cfg->max_event_bytes) {
-        req_error(r, 413, "event_too_large");
-    } else if (!json_utf8_valid(body->data ? body->data : "", body->len)) {
-        req_error(r, 400, "invalid_utf8");
-    } else {
-        struct publish *p = mem_calloc(1, sizeof(*p));
-        p->r = r;
-        p->hub = h;
-        p->def = def;
-        struct buf key = BUF_INIT;
-        url_template_expand(def->cfg->key, "id", buf_str(&id), &key);
-        char maxlen[24];
-        snprintf(maxlen, sizeof(maxlen), "%lld", (long long)def->cfg->max_len);
-        const char *ev = event.len ? event.data : "message";
-        const char *argv[5] = { "1", key.data, maxlen, ev, body->data ? body->data : "" };
-        size_t lens[5] = { 1, key.len, strlen(maxlen), strlen(ev), body->len };
-        if (redis_pool_script(h->redis, &h->publish_script, publish_cb, p, 5, argv, lens) == 0)
-            redis_pool_flush(h->redis);
-        else
-            publish_cb(p, NULL, -EAGAIN);
-        buf_deinit(&key);
-    }
+    else
+        sse_publish_handle(h->publisher, r, def->cfg, &def->pub, buf_str(&id));
     buf_deinit(&id);
-    buf_deinit(&event);
 }
 
 /* --- pings, drain, lifecycle ---------------------------------------------------------------- */
@@ -1067,15 +1089,15 @@ static void ping_cb(uv_timer_t *t)
     for (unsigned i = 0; i < h->nbuckets; i++) {
         for (struct channel *c = h->buckets[i]; c; c = c->hnext) {
             uint64_t every = (uint64_t)c->def->cfg->ping_interval_ms;
-            struct sse_client *cl = c->clients;
-            while (cl) {
-                struct sse_client *next = cl->next;
-                if (now - cl->last_write_ms >= every && cl->pending.n == 0) {
-                    cl->last_write_ms = now;
-                    evq_push(&cl->pending, h->ping_ev);
-                    client_mark_dirty(cl);
-                }
-                cl = next;
+            for (struct sse_client *cl = c->clients; cl; cl = cl->next) {
+                /* Not before the answer, nor behind a write that has not
+                 * gone (the connection's write timeout watches that). */
+                if (cl->state == CL_POSITIONING || cl->out->writing || cl->out->pending.n ||
+                    now - cl->last_write_ms < every)
+                    continue;
+                cl->last_write_ms = now;
+                sse_out_push(cl->out, h->ping_ev);
+                client_mark_dirty(cl);
             }
         }
     }
@@ -1096,17 +1118,25 @@ void events_drain(struct events *h)
             while (cl) {
                 struct sse_client *next = cl->next;
                 struct req *r = cl->r;
+                n++;
+                if (cl->state == CL_POSITIONING) {
+                    client_detach(cl);
+                    stream_turn_away(r, c->def, TURN_AWAY_SHUTTING_DOWN);
+                    cl = next;
+                    continue;
+                }
+                /* Jittered like the first frame, so that a restart does
+                 * not bring every browser back at the same moment. */
                 struct buf b = BUF_INIT;
-                sse_frame_retry(&b, (unsigned)c->def->cfg->retry_ms);
-                struct ev *e = ev_from_buf(&b, false, (struct sse_id){ 0, 0 });
+                sse_frame_retry(&b, retry_jittered(c->def->cfg));
+                struct sse_ev *e = sse_ev_new(&b, false, (struct sse_id){ 0, 0 });
                 buf_deinit(&b);
-                evq_push(&cl->pending, e);
-                ev_unref(e);
-                if (client_flush(cl, uv_now(h->loop))) {
+                sse_out_push(cl->out, e);
+                sse_ev_unref(e);
+                if (sse_out_finish(cl->out) == 0) {
                     client_detach(cl);
                     req_stream_end(r);
                 }
-                n++;
                 cl = next;
             }
             channel_unref(c);
@@ -1138,15 +1168,16 @@ static double gauge_queued(void *arg)
     for (unsigned i = 0; i < h->nbuckets; i++)
         for (struct channel *c = h->buckets[i]; c; c = c->hnext)
             for (struct sse_client *cl = c->clients; cl; cl = cl->next)
-                n += client_queued(cl);
+                n += client_queued(cl, true);
     return (double)n;
 }
 
 static void def_metrics(struct stream_def *d)
 {
-    char l[128];
-    snprintf(l, sizeof(l), "stream=\"%s\"", d->cfg->name);
-    d->m_published = metrics_counter("batchd_sse_published_total", l, "Events published through batchd.");
+    char l[160];
+    const char *name = d->cfg->name;
+    snprintf(l, sizeof(l), "stream=\"%s\"", name);
+    sse_publish_stats_init(&d->pub, name);
     d->m_delivered = metrics_counter("batchd_sse_delivered_total", l, "Events handed to SSE client sockets.");
     d->m_overflow = metrics_counter("batchd_sse_overflow_disconnects_total", l,
                                     "SSE clients dropped for passing client_queue_bytes.");
@@ -1157,7 +1188,23 @@ static void def_metrics(struct stream_def *d)
                                   "replay within client_queue_bytes (event: reset sent).");
     d->m_resyncs = metrics_counter("batchd_sse_resyncs_total", l,
                                    "Channel gaps filled from history after the pub/sub connection came back.");
-    d->m_rejected = metrics_counter("batchd_sse_rejected_total", l, "SSE requests refused at max_sse_clients.");
+    static const char *const why[TURN_AWAY__COUNT] = {
+        [TURN_AWAY_OVERLOADED] = "max_sse_clients",
+        [TURN_AWAY_UNAVAILABLE] = "redis_unavailable",
+        [TURN_AWAY_SHUTTING_DOWN] = "shutting_down",
+    };
+    for (int i = 0; i < TURN_AWAY__COUNT; i++) {
+        snprintf(l, sizeof(l), "stream=\"%s\",reason=\"%s\"", name, why[i]);
+        d->m_rejected[i] = metrics_counter("batchd_sse_rejected_total", l,
+                                           "SSE requests answered with a jittered retry: and an ended "
+                                           "stream (EventSource comes back by itself), by reason.");
+    }
+    const char *help = "Events dropped because their name, id or data could not be sent as SSE, by where "
+                       "they came from.";
+    snprintf(l, sizeof(l), "stream=\"%s\",source=\"live\"", name);
+    d->m_invalid_live = metrics_counter("batchd_sse_invalid_events_total", l, help);
+    snprintf(l, sizeof(l), "stream=\"%s\",source=\"history\"", name);
+    d->m_invalid_history = metrics_counter("batchd_sse_invalid_events_total", l, help);
 }
 
 static void def_add(struct events *h, const struct cfg_stream *sc)
@@ -1193,16 +1240,14 @@ struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redi
     h->loop = loop;
     h->cfg = cfg;
     h->redis = redis;
-    h->publish_script.src = PUBLISH_SCRIPT;
+    h->publisher = sse_publisher_new(redis);
     h->nbuckets = 256;
     h->buckets = mem_calloc(h->nbuckets, sizeof(*h->buckets));
     struct buf b = BUF_INIT;
     sse_frame_comment(&b, "ping");
-    h->ping_ev = ev_from_buf(&b, false, (struct sse_id){ 0, 0 });
+    h->ping_ev = sse_ev_new(&b, false, (struct sse_id){ 0, 0 });
     buf_deinit(&b);
     m_clients_total = metrics_counter("batchd_sse_connections_total", "", "SSE streams opened.");
-    h->m_publish_errors = metrics_counter("batchd_sse_publish_errors_total", "",
-                                          "Publishes that could not reach Redis.");
     h->m_history_errors = metrics_counter("batchd_sse_history_errors_total", "",
                                           "History reads (resume or resync) that failed.");
     metrics_gauge_fn("batchd_sse_clients", "", "SSE clients connected.", gauge_clients, h);
@@ -1271,7 +1316,8 @@ static void handle_closed_cb(uv_handle_t *hnd)
     struct events *h = hnd->data;
     if (--h->handles_open > 0)
         return;
-    ev_unref(h->ping_ev);
+    sse_ev_unref(h->ping_ev);
+    sse_publisher_free(h->publisher);
     free(h->buckets);
     for (unsigned i = 0; i < h->n_defs; i++)
         free(h->defs[i]);
@@ -1289,7 +1335,7 @@ void events_free(struct events *h)
         struct channel *c = h->buckets[i];
         while (c) {
             struct channel *next = c->hnext;
-            evq_clear(&c->held, true);
+            sse_evq_clear(&c->held, true);
             free(c->key);
             free(c);
             c = next;

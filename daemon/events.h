@@ -3,18 +3,24 @@
  * Redis subscription per channel, resumable from a Redis Stream.
  *
  *   POST {path} ──EVALSHA──> XADD key MAXLEN ~ n * event T data D ; PUBLISH key "id\nT\nD"
+ *                            (once per Idempotency-Key: sse_publish.h)
  *
  *   redis pub/sub ──> channel (one per key) ──> event serialised once ──> every client's queue
  *                                                (refcounted)               │ flushed once per
  *   GET {path} ──> client ── Last-Event-ID? ──> XRANGE key (id + ──────────>│ loop iteration
+ *                         └─ else: the channel's position (its newest id),
+ *                            read before the 200 when it has none yet
  *
- * A client's queue (batchd's part plus libuv's write queue) is bounded by
- * client_queue_bytes; past it the client is dropped (sse_queue_overflow)
- * and resumes from history with Last-Event-ID; a resume whose replay would
- * not fit gets "event: reset" instead. When the pub/sub connection
- * drops, clients stay connected; each channel is subscribed again and its
- * gap is read from the Stream, so no event that reached the Stream is
- * lost, and none is sent twice (ids only go up, per client).
+ * A client's queue (frames with their bookkeeping, the write in flight and
+ * the kernel's unsent bytes: sse_queue.h) is bounded by client_queue_bytes;
+ * past it the client is dropped (sse_queue_overflow) and resumes from
+ * history with Last-Event-ID; a resume whose replay would not fit gets
+ * "event: reset" instead. When the pub/sub connection drops, clients stay
+ * connected; each channel is subscribed again and its gap is read from the
+ * Stream, so no event that reached the Stream is lost, and none is sent
+ * twice (ids only go up, per client). A request that cannot be served now
+ * (max_sse_clients, no position, draining) gets a 200 with a jittered
+ * "retry:" and an ended stream, so that EventSource comes back.
  */
 #ifndef BATCHD_EVENTS_H
 #define BATCHD_EVENTS_H
@@ -35,7 +41,7 @@ struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redi
  * `cfg` must outlive the hub. */
 void events_reconfigure(struct events *h, const struct config *cfg);
 void events_add_routes(struct events *h, struct router *rt);
-/* Shutdown: every client gets a last "retry:" and its stream ends. */
+/* Shutdown: every client gets a last "retry:" (jittered) and its stream ends. */
 void events_drain(struct events *h);
 /* Frees the hub; clients must be gone (after the server closed them). */
 void events_free(struct events *h);

@@ -305,14 +305,20 @@ def publish_until_received(port, s, sid):
 def test_failed_channel_sync_backs_off_and_recovers(app, redis):
     """The key holds a string, so the channel's history read fails
     (WRONGTYPE): it is retried with backoff, logged once, and never makes
-    batchd subscribe again; once the key is fixed the channel goes live."""
+    batchd subscribe again; once the key is fixed the channel goes live.
+    A client resuming with Last-Event-ID waits for it; one without has no
+    position to start from and is told to come back (200, retry:, end)."""
     b = app()
     r = redis.client()
     r.set("events:session:wt", "not a stream")
     r.config_resetstat()
-    s = Sse(b.port, "wt")
+    s = Sse(b.port, "wt", last_id="1-0")
     assert s.status == 200
     s.frame()  # retry
+    away = Sse(b.port, "wt")
+    assert away.status == 200 and "retry" in away.frame()
+    assert away.c.wait_closed(5)
+    assert b.metric("batchd_sse_rejected_total", reason="redis_unavailable") == 1
     time.sleep(1.0)
     fails = [ln for ln in b.log().splitlines() if "WRONGTYPE" in ln or "sync failed" in ln]
     assert 1 <= len(fails) < 10, fails[:20]
@@ -585,11 +591,15 @@ def test_pings_on_idle_stream(app):
     s.close()
 
 
-def test_max_sse_clients_503(app):
+def test_max_sse_clients_overloaded(app):
+    """Over the limit: a 200 that says "overloaded" and ends (a 503 would be
+    final for EventSource); a freed slot takes the next client."""
     b = app(stream="max_sse_clients = 3\n")
     held = [Sse(b.port, f"c{i}") for i in range(3)]
     s = Sse(b.port, "c9")
-    assert s.status == 503
+    assert s.status == 200
+    assert "retry" in s.frame() and s.frame()["event"] == ["overloaded"]
+    assert s.c.wait_closed(5)
     assert b.metric("batchd_sse_rejected_total") == 1
     held.pop().close()
     wait_until(lambda: b.metric("batchd_sse_clients") == 2, what="client gone")
