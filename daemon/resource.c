@@ -629,8 +629,17 @@ static void db_cb(void *ctx, const PGresult *pgres, int err)
         if (res->set->redis)
             redis_pool_flush(res->set->redis);
     }
-    for (unsigned i = 0; i < ch->n; i++)
+    /* The chunk goes now, and malloc may hand its address to the very next
+     * chunk. An entry outlives it (in the table until its write-back lands,
+     * and in its readers' slots), so it must not keep that address as its
+     * owner: chunk_find would take it for a member of the next chunk that
+     * gets the address, give it that chunk's row for the same id (dropped:
+     * it is resolved already), and the new chunk's own entry, left without
+     * a row, would be answered as ABSENT: a 404 for a row that exists. */
+    for (unsigned i = 0; i < ch->n; i++) {
+        ch->entries[i]->owner = NULL;
         batch_entry_unref(ch->entries[i]);
+    }
     free(ch);
     answer_all(done);
 }
@@ -685,6 +694,7 @@ static void flight_db(struct flight *f)
             (*res->m_pg_queries)++;
         } else {
             for (unsigned i = 0; i < n; i++) {
+                ch->entries[i]->owner = NULL; /* ch is freed below (see db_cb) */
                 ch->entries[i]->next = i + 1 < n ? ch->entries[i + 1] : NULL;
             }
             fail_entries(res, ch->entries[0], FAIL_DB_UNAVAILABLE, &done);
