@@ -188,13 +188,33 @@ static void begin_section(struct loader *ld, char *inner)
 static char *reader_cb(char *str, int num, void *stream)
 {
     struct loader *ld = stream;
-    if (fgets(str, num, ld->fp) == NULL)
+    /* Read by hand rather than with fgets, which gives no length: a NUL
+     * byte would end the line early for strlen and look like a cut-off
+     * line. Config files are small; fgetc per byte is fine. */
+    size_t n = 0;
+    int ch = EOF;
+    bool nul = false;
+    while (n + 1 < (size_t)num && (ch = fgetc(ld->fp)) != EOF) {
+        nul |= ch == '\0';
+        str[n++] = (char)ch;
+        if (ch == '\n')
+            break;
+    }
+    if (n == 0)
         return NULL;
+    str[n] = '\0';
     ld->line++;
-    size_t len = strlen(str);
-    if (len > 0 && str[len - 1] != '\n' && !feof(ld->fp)) {
+    if (nul) {
+        error_at(ld, ld->line, "line contains a NUL byte");
+        if (str[n - 1] != '\n')
+            while ((ch = fgetc(ld->fp)) != EOF && ch != '\n')
+                ;
+        str[0] = '\0'; /* inih sees a blank line */
+        return str;
+    }
+    size_t len = n;
+    if (str[len - 1] != '\n' && (ch = fgetc(ld->fp)) != EOF && ungetc(ch, ld->fp) != EOF) {
         error_at(ld, ld->line, "line is longer than %d bytes", num - 3);
-        int ch;
         while ((ch = fgetc(ld->fp)) != EOF && ch != '\n')
             ;
         str[0] = '\0'; /* inih sees a blank line */
@@ -215,11 +235,11 @@ static char *reader_cb(char *str, int num, void *stream)
             return str;
         }
         char inner[256];
-        size_t n = (size_t)(close - p - 1);
-        if (n >= sizeof(inner))
-            n = sizeof(inner) - 1;
-        memcpy(inner, p + 1, n);
-        inner[n] = '\0';
+        size_t k = (size_t)(close - p - 1);
+        if (k >= sizeof(inner))
+            k = sizeof(inner) - 1;
+        memcpy(inner, p + 1, k);
+        inner[k] = '\0';
         begin_section(ld, inner);
         return str;
     }
