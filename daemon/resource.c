@@ -25,6 +25,7 @@
  *     processes and hosts.
  */
 #include "daemon/resource.h"
+#include "daemon/resource_int.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -44,99 +45,11 @@
 #include "proto/mem.h"
 #include "proto/url.h"
 
-static const char ABSENT_MARKER[] = "\0batchd:absent";
-#define ABSENT_LEN (sizeof(ABSENT_MARKER) - 1)
-#define TOMBSTONE_PREFIX "batchd:inval:"
-#define TOMBSTONE_EXTRA_MS 5000
-/* Hosts' clocks may differ by this much; fills starting within it of an
- * invalidation are not cached. */
-#define CLOCK_SKEW_MS 250
-
-static const char WRITEBACK_SCRIPT[] =
-    "local n = #KEYS / 2\n"
-    "local start = tonumber(ARGV[1])\n"
-    "local written = 0\n"
-    "for i = 1, n do\n"
-    "  local t = redis.call('GET', KEYS[n + i])\n"
-    "  if not t or tonumber(t) < start then\n"
-    "    redis.call('SET', KEYS[i], ARGV[2 * i], 'EX', ARGV[2 * i + 1])\n"
-    "    written = written + 1\n"
-    "  end\n"
-    "end\n"
-    "return written\n";
-
-static const char INVALIDATE_SCRIPT[] =
-    "redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
-    "return redis.call('DEL', KEYS[1])\n";
-
-static struct redis_script writeback_script = { WRITEBACK_SCRIPT, "" };
-static struct redis_script invalidate_script = { INVALIDATE_SCRIPT, "" };
-
-enum fail_kind { FAIL_NONE = 0, FAIL_DB_UNAVAILABLE, FAIL_QUERY, FAIL_DOCUMENT, FAIL_SHUTDOWN };
-
 static const double size_bounds[] = { 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000 };
-
-struct resource {
-    struct resource_set *set;
-    const struct cfg_resource *cfg;
-    int stmt;
-    /* The key template split around its first {id}; key_split is false when
-     * it has several (key_of then expands the template in full). */
-    bool key_split;
-    str_t key_prefix, key_suffix;
-    struct wb *wbs;             /* write-backs in flight */
-    bool retired;               /* dropped from the config: no routes, finishing work */
-    struct batch_table table;
-    struct batch_entry *queue_head, **queue_tail;
-    unsigned n_queued;
-    uv_timer_t window;
-    bool window_armed;
-    uint64_t *m_hit, *m_miss, *m_absent, *m_pg_queries, *m_degraded, *m_joins, *m_writebacks;
-    uint64_t *m_inval_unjoined;
-    uint64_t *m_err[5];
-    uint64_t *m_requests[3];
-    struct metric_hist *m_mget_keys, *m_query_ids;
-};
-
-struct resource_set {
-    uv_loop_t *loop;
-    const struct config *cfg;
-    struct redis_pool *redis;
-    struct pg_pool *pg;
-    struct resource **res;      /* stable addresses: in-flight work points at them */
-    unsigned n;
-    uv_check_t check;
-    unsigned handles_open;
-    bool freeing;
-};
-
-/* One flush of one resource: its MGETs, then its misses. */
-struct flight {
-    struct resource *res;
-    unsigned outstanding;
-    struct batch_entry *misses;
-};
-
-struct chunk {
-    struct flight *flight;       /* MGET chunks */
-    struct resource *res;
-    uint64_t start_ns;
-    uint64_t start_wall_ms;      /* DB chunks: when the read was sent */
-    unsigned n;
-    struct batch_entry *entries[];
-};
-
-/* A client request waiting on its slots. */
-struct read {
-    struct batch_read rd;
-    struct resource *res;
-    struct req *r;
-    bool single;
-};
 
 /* --- helpers ---------------------------------------------------------------- */
 
-static void key_of(const struct resource *res, const char *id, size_t len, struct buf *out)
+void resource_key_of(const struct resource *res, const char *id, size_t len, struct buf *out)
 {
     if (!res->key_split) {
         url_template_expand(res->cfg->key, "id", str_make(id, len), out);
@@ -313,248 +226,6 @@ static void answer(struct read *rd)
     read_free(rd);
 }
 
-/* --- invalidation ------------------------------------------------------------------- */
-
-struct invalidation {
-    void (*cb)(void *ctx, int err);
-    void *ctx;
-    unsigned pending;
-    int err;
-    struct resource *res;
-    uint16_t id_len;
-    char id[];
-};
-
-/* A write-back in flight, and the invalidations waiting for it to land. */
-struct wb_waiter {
-    struct invalidation *op;
-    unsigned idx;
-};
-
-struct wb {
-    struct wb *prev, *next;
-    struct resource *res;
-    struct wb_waiter *waiters;
-    unsigned n_waiters;
-    unsigned n;
-    struct batch_entry *e[];
-};
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void inval_part_done(struct invalidation *op, int err)
-{
-    if (err < 0 && op->err == 0)
-        op->err = err;
-    if (--op->pending == 0) {
-        /* An MGET of this id sent while the delete was on its way may have
-         * read the old value. Its readers asked before the write was
-         * answered and may have it; nobody who asks from now on may join
-         * it. (A PostgreSQL load started after the invalidation began reads
-         * the committed write, and stays joinable.) */
-        struct resource *res = op->res;
-        struct batch_entry *e = res->set->freeing ? NULL : batch_table_find(&res->table, op->id, op->id_len);
-        if (e && e->state == BATCH_CACHE) {
-            batch_table_remove(&res->table, e);
-            (*res->m_inval_unjoined)++;
-        }
-        if (op->cb)
-            op->cb(op->ctx, op->err);
-        free(op);
-    }
-}
-
-static void inval_script_cb(void *ctx, const redisReply *reply, int err)
-{
-    if (err == 0 && reply && reply->type == REDIS_REPLY_ERROR)
-        err = -EIO;
-    inval_part_done(ctx, err);
-}
-
-/* Deletes the key and leaves the tombstone; counts as one part of op. */
-static int send_invalidate(struct resource *res, const char *id, size_t len, struct invalidation *op)
-{
-    struct buf key = BUF_INIT, tomb = BUF_INIT;
-    key_of(res, id, len, &key);
-    buf_append_str(&tomb, TOMBSTONE_PREFIX);
-    buf_append(&tomb, key.data, key.len);
-    char now[24], ttl[24];
-    snprintf(now, sizeof(now), "%llu", (unsigned long long)wall_ms());
-    snprintf(ttl, sizeof(ttl), "%lld",
-             (long long)(res->set->cfg->postgres.query_timeout_ms + TOMBSTONE_EXTRA_MS));
-    const char *argv[5] = { "2", key.data, tomb.data, now, ttl };
-    size_t lens[5] = { 1, key.len, tomb.len, strlen(now), strlen(ttl) };
-    op->pending++;
-    int rc = redis_pool_script(res->set->redis, &invalidate_script, inval_script_cb, op, 5, argv, lens);
-    if (rc != 0)
-        op->pending--;
-    buf_deinit(&key);
-    buf_deinit(&tomb);
-    return rc;
-}
-
-int resource_invalidate(struct resource *res, const char *id, size_t id_len,
-                        void (*cb)(void *ctx, int err), void *ctx)
-{
-    if (res->set->redis == NULL)
-        return -ENOENT;
-    struct invalidation *op = mem_calloc(1, sizeof(*op) + id_len + 1);
-    op->cb = cb;
-    op->ctx = ctx;
-    op->res = res;
-    op->id_len = (uint16_t)id_len;
-    memcpy(op->id, id, id_len);
-    op->pending = 1; /* held while the parts are being sent */
-    /* Loads in flight may carry the old row: answer, but do not cache. */
-    struct batch_entry *e = batch_table_find(&res->table, id, id_len);
-    if (e && e->state != BATCH_QUEUED) {
-        e->stale = true;
-        batch_table_remove(&res->table, e);
-    }
-    /* A write-back already sent may land after the delete: delete again
-     * when it has, and finish only then. */
-    for (struct wb *w = res->wbs; w; w = w->next) {
-        for (unsigned i = 0; i < w->n; i++) {
-            if (w->e[i]->id_len != id_len || memcmp(w->e[i]->id, id, id_len) != 0)
-                continue;
-            w->waiters = mem_realloc(w->waiters, (w->n_waiters + 1) * sizeof(*w->waiters));
-            w->waiters[w->n_waiters++] = (struct wb_waiter){ op, i };
-            op->pending++;
-        }
-    }
-    int rc = send_invalidate(res, id, id_len, op);
-    if (rc != 0 && op->pending == 1) {
-        free(op); /* nothing sent: the caller hears it from the return value */
-        return rc;
-    }
-    if (rc != 0)
-        op->err = rc;
-    inval_part_done(op, 0);
-    redis_pool_flush(res->set->redis);
-    return 0;
-}
-
-/* --- write-back ------------------------------------------------------------------ */
-
-static void writeback_cb(void *ctx, const redisReply *reply, int err)
-{
-    struct wb *w = ctx;
-    struct resource *res = w->res;
-    (void)reply;
-    (void)err; /* written or not, the next reader asks Redis again */
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        res->wbs = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    for (unsigned i = 0; i < w->n; i++)
-        if (!res->set->freeing)
-            batch_table_remove(&res->table, w->e[i]);
-    for (unsigned k = 0; k < w->n_waiters; k++) {
-        struct wb_waiter *wt = &w->waiters[k];
-        struct batch_entry *e = w->e[wt->idx];
-        /* The second delete becomes a part of its own; then the waiter's
-         * part is done. */
-        int rc = send_invalidate(res, e->id, e->id_len, wt->op);
-        inval_part_done(wt->op, rc);
-    }
-    if (w->n_waiters && res->set->redis)
-        redis_pool_flush(res->set->redis);
-    for (unsigned i = 0; i < w->n; i++)
-        batch_entry_unref(w->e[i]);
-    free(w->waiters);
-    free(w);
-}
-
-/* Caches the rows (and absences) a by_ids chunk loaded, in one script call
- * that respects invalidation tombstones. The entries stay joinable until
- * Redis acknowledges, so a reader in between gets them without a query. */
-static void write_back(struct resource *res, struct chunk *ch)
-{
-    struct redis_pool *redis = res->set->redis;
-    unsigned n = 0;
-    for (unsigned i = 0; i < ch->n; i++) {
-        struct batch_entry *e = ch->entries[i];
-        int64_t ttl = e->result == BATCH_FOUND ? res->cfg->ttl : res->cfg->negative_ttl;
-        if (e->state == BATCH_DONE && e->result != BATCH_FAILED && !e->stale && ttl > 0 && e->in_table &&
-            redis != NULL)
-            n++;
-        else
-            batch_table_remove(&res->table, e);
-    }
-    if (n == 0)
-        return;
-    struct wb *w = mem_calloc(1, sizeof(*w) + n * sizeof(w->e[0]));
-    w->res = res;
-    struct buf keys = BUF_INIT, ttls = BUF_INIT;
-    size_t *koff = mem_alloc(2 * n * sizeof(size_t)), *toff = mem_alloc(n * sizeof(size_t));
-    for (unsigned i = 0; i < ch->n; i++) {
-        struct batch_entry *e = ch->entries[i];
-        if (!e->in_table)
-            continue;
-        batch_entry_ref(e);
-        koff[w->n] = keys.len;
-        key_of(res, e->id, e->id_len, &keys);
-        buf_append_char(&keys, '\0');
-        toff[w->n] = ttls.len;
-        buf_append_i64(&ttls, e->result == BATCH_FOUND ? res->cfg->ttl : res->cfg->negative_ttl);
-        buf_append_char(&ttls, '\0');
-        w->e[w->n++] = e;
-    }
-    size_t key_bytes = keys.len; /* appending may move keys.data: copy from a stable snapshot */
-    char *snapshot = mem_alloc(key_bytes ? key_bytes : 1);
-    memcpy(snapshot, keys.data, key_bytes);
-    for (unsigned i = 0; i < n; i++) {
-        koff[n + i] = keys.len;
-        buf_append_str(&keys, TOMBSTONE_PREFIX);
-        buf_append_str(&keys, snapshot + koff[i]);
-        buf_append_char(&keys, '\0');
-    }
-    free(snapshot);
-    char nkeys[16], start[24];
-    snprintf(nkeys, sizeof(nkeys), "%u", 2 * n);
-    snprintf(start, sizeof(start), "%llu", (unsigned long long)(ch->start_wall_ms - CLOCK_SKEW_MS));
-    unsigned argc = 2 + 2 * n + 2 * n;
-    const char **argv = mem_alloc(argc * sizeof(char *));
-    size_t *lens = mem_alloc(argc * sizeof(size_t));
-    unsigned a = 0;
-    argv[a] = nkeys, lens[a++] = strlen(nkeys);
-    for (unsigned i = 0; i < 2 * n; i++)
-        argv[a] = keys.data + koff[i], lens[a++] = strlen(keys.data + koff[i]);
-    argv[a] = start, lens[a++] = strlen(start);
-    for (unsigned i = 0; i < n; i++) {
-        struct batch_entry *e = w->e[i];
-        argv[a] = e->result == BATCH_FOUND ? e->doc : ABSENT_MARKER;
-        lens[a++] = e->result == BATCH_FOUND ? e->doc_len : ABSENT_LEN;
-        argv[a] = ttls.data + toff[i], lens[a++] = strlen(ttls.data + toff[i]);
-    }
-    if (redis_pool_script(redis, &writeback_script, writeback_cb, w, (int)argc, argv, lens) == 0) {
-        (*res->m_writebacks) += n;
-        w->next = res->wbs;
-        if (res->wbs)
-            res->wbs->prev = w;
-        res->wbs = w;
-    } else {
-        for (unsigned i = 0; i < w->n; i++) {
-            batch_table_remove(&res->table, w->e[i]);
-            batch_entry_unref(w->e[i]);
-        }
-        free(w);
-    }
-    free(argv);
-    free(lens);
-    free(koff);
-    free(toff);
-    buf_deinit(&keys);
-    buf_deinit(&ttls);
-}
-
 /* --- PostgreSQL ---------------------------------------------------------------------- */
 
 static struct batch_entry *chunk_find(struct chunk *ch, const char *id, size_t len)
@@ -625,7 +296,7 @@ static void db_cb(void *ctx, const PGresult *pgres, int err)
             batch_entry_resolve(e, shape_ok ? BATCH_ABSENT : BATCH_FAILED, shape_ok ? 0 : FAIL_QUERY,
                                 NULL, 0, &done);
         }
-        write_back(res, ch);
+        resource_write_back(res, ch);
         if (res->set->redis)
             redis_pool_flush(res->set->redis);
     }
@@ -677,7 +348,7 @@ static void flight_db(struct flight *f)
         ch->res = res;
         ch->n = n;
         ch->start_ns = uv_hrtime();
-        ch->start_wall_ms = wall_ms();
+        ch->start_wall_ms = resource_wall_ms();
         struct buf param = BUF_INIT;
         for (unsigned i = 0; i < n; i++) {
             struct batch_entry *next = e->next;
@@ -807,7 +478,7 @@ static void resource_flush(struct resource *res)
             batch_entry_ref(e);
             ch->entries[i] = e;
             offs[i] = keys.len;
-            key_of(res, e->id, e->id_len, &keys);
+            resource_key_of(res, e->id, e->id_len, &keys);
             lens[i + 1] = keys.len - offs[i];
             e = next;
         }

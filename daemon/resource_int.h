@@ -1,0 +1,122 @@
+/*
+ * resource_int: what the read path (resource.c) and the cache's write side
+ * (cache_writeback.c: invalidation, tombstones, write-backs) share. Internal
+ * to those two files; everyone else uses resource.h.
+ */
+#ifndef BATCHD_RESOURCE_INT_H
+#define BATCHD_RESOURCE_INT_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/metrics.h"
+#include "daemon/resource.h"
+#include "proto/batch.h"
+#include "proto/buf.h"
+
+/* A missing row, cached: starts with a NUL byte, so never a JSON document. */
+#define ABSENT_MARKER "\0batchd:absent"
+#define ABSENT_LEN (sizeof(ABSENT_MARKER) - 1)
+#define TOMBSTONE_PREFIX "batchd:inval:"
+#define TOMBSTONE_EXTRA_MS 5000
+/* Hosts' clocks may differ by this much; fills starting within it of an
+ * invalidation are not cached. */
+#define CLOCK_SKEW_MS 250
+
+
+
+enum fail_kind { FAIL_NONE = 0, FAIL_DB_UNAVAILABLE, FAIL_QUERY, FAIL_DOCUMENT, FAIL_SHUTDOWN };
+
+
+struct resource {
+    struct resource_set *set;
+    const struct cfg_resource *cfg;
+    int stmt;
+    /* The key template split around its first {id}; key_split is false when
+     * it has several (key_of then expands the template in full). */
+    bool key_split;
+    str_t key_prefix, key_suffix;
+    struct wb *wbs;             /* write-backs in flight */
+    bool retired;               /* dropped from the config: no routes, finishing work */
+    struct batch_table table;
+    struct batch_entry *queue_head, **queue_tail;
+    unsigned n_queued;
+    uv_timer_t window;
+    bool window_armed;
+    uint64_t *m_hit, *m_miss, *m_absent, *m_pg_queries, *m_degraded, *m_joins, *m_writebacks;
+    uint64_t *m_inval_unjoined;
+    uint64_t *m_err[5];
+    uint64_t *m_requests[3];
+    struct metric_hist *m_mget_keys, *m_query_ids;
+};
+
+struct resource_set {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    struct redis_pool *redis;
+    struct pg_pool *pg;
+    struct resource **res;      /* stable addresses: in-flight work points at them */
+    unsigned n;
+    uv_check_t check;
+    unsigned handles_open;
+    bool freeing;
+};
+
+/* One flush of one resource: its MGETs, then its misses. */
+struct flight {
+    struct resource *res;
+    unsigned outstanding;
+    struct batch_entry *misses;
+};
+
+struct chunk {
+    struct flight *flight;       /* MGET chunks */
+    struct resource *res;
+    uint64_t start_ns;
+    uint64_t start_wall_ms;      /* DB chunks: when the read was sent */
+    unsigned n;
+    struct batch_entry *entries[];
+};
+
+/* A client request waiting on its slots. */
+struct read {
+    struct batch_read rd;
+    struct resource *res;
+    struct req *r;
+    bool single;
+};
+
+struct invalidation {
+    void (*cb)(void *ctx, int err);
+    void *ctx;
+    unsigned pending;
+    int err;
+    struct resource *res;
+    uint16_t id_len;
+    char id[];
+};
+
+/* A write-back in flight, and the invalidations waiting for it to land. */
+struct wb_waiter {
+    struct invalidation *op;
+    unsigned idx;
+};
+
+struct wb {
+    struct wb *prev, *next;
+    struct resource *res;
+    struct wb_waiter *waiters;
+    unsigned n_waiters;
+    unsigned n;
+    struct batch_entry *e[];
+};
+
+/* The Redis key of an id, appended to out. */
+void resource_key_of(const struct resource *res, const char *id, size_t len, struct buf *out);
+/* Wall-clock ms, the unit of tombstones. */
+uint64_t resource_wall_ms(void);
+/* Caches what a by_ids chunk loaded (found and absent), in one script call
+ * that respects tombstones; see cache_writeback.c. */
+void resource_write_back(struct resource *res, struct chunk *ch);
+
+#endif
