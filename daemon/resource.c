@@ -78,14 +78,12 @@ static uint32_t us_since(uint64_t start_ns)
     return us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
 }
 
-static void answer(struct read *rd);
-static void read_free(struct read *rd);
 
 static void answer_all(struct batch_read *done)
 {
     while (done) {
         struct batch_read *next = done->next_done;
-        answer((struct read *)done);
+        resource_answer((struct read *)done);
         done = next;
     }
 }
@@ -96,134 +94,6 @@ static void queue_push(struct resource *res, struct batch_entry *e)
     *res->queue_tail = e;
     res->queue_tail = &e->next;
     res->n_queued++;
-}
-
-/* --- answering ---------------------------------------------------------------- */
-
-/* "12.345" for a duration in µs, without printf's floating point. */
-static size_t fmt_ms(char *out, uint32_t us)
-{
-    size_t n = fmt_u64(out, us / 1000);
-    out[n++] = '.';
-    out[n++] = (char)('0' + (us / 100) % 10);
-    out[n++] = (char)('0' + (us / 10) % 10);
-    out[n++] = (char)('0' + us % 10);
-    out[n] = '\0';
-    return n;
-}
-
-static void append_timing(struct req *r, uint32_t cache_us, uint32_t db_us, bool used_cache, bool used_db)
-{
-    char v[96];
-    size_t n = 0;
-    if (used_cache) {
-        memcpy(v, "cache;dur=", 10);
-        n = 10 + fmt_ms(v + 10, cache_us);
-    }
-    if (used_db) {
-        if (n) {
-            v[n++] = ',';
-            v[n++] = ' ';
-        }
-        memcpy(v + n, "db;dur=", 7);
-        n += 7;
-        n += fmt_ms(v + n, db_us);
-    }
-    if (n) {
-        v[n] = '\0';
-        req_add_header(r, "Server-Timing", v);
-    }
-}
-
-static void answer_failure(struct resource *res, struct req *r, enum fail_kind kind)
-{
-    switch (kind) {
-    case FAIL_QUERY:
-        req_error(r, 500, "query_failed");
-        break;
-    case FAIL_DOCUMENT:
-        req_error(r, 500, "invalid_document");
-        break;
-    default:
-        req_add_header(r, "Retry-After", "1");
-        req_error(r, 503, kind == FAIL_SHUTDOWN ? "shutting_down" : "db_unavailable");
-        break;
-    }
-    (void)res;
-}
-
-static void answer(struct read *rd)
-{
-    struct resource *res = rd->res;
-    struct req *r = rd->r;
-    enum fail_kind fail = FAIL_NONE;
-    uint32_t cache_us = 0, db_us = 0;
-    bool used_cache = false, used_db = false, all_cached = true;
-    for (unsigned i = 0; i < rd->rd.n; i++) {
-        struct batch_entry *e = rd->rd.slots[i];
-        if (e->result == BATCH_FAILED) {
-            if (fail == FAIL_NONE || e->err > (int)fail)
-                fail = (enum fail_kind)e->err;
-            continue;
-        }
-        if (e->cache_us) {
-            used_cache = true;
-            if (e->cache_us > cache_us)
-                cache_us = e->cache_us;
-        }
-        if (!e->from_cache) {
-            all_cached = false;
-            used_db = true;
-            if (e->db_us > db_us)
-                db_us = e->db_us;
-            (*res->m_miss)++;
-        } else if (e->result == BATCH_ABSENT) {
-            (*res->m_absent)++;
-        } else {
-            (*res->m_hit)++;
-        }
-    }
-    if (fail != FAIL_NONE) {
-        answer_failure(res, r, fail);
-    } else if (rd->single) {
-        struct batch_entry *e = rd->rd.slots[0];
-        req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
-        append_timing(r, cache_us, db_us, used_cache, used_db);
-        if (e->result == BATCH_FOUND)
-            req_respond(r, 200, "application/json", e->doc, e->doc_len);
-        else
-            req_error(r, 404, "not_found");
-    } else {
-        /* Built in the request's own (recycled) body buffer. */
-        struct buf *body = &r->body;
-        size_t total = 2;
-        for (unsigned i = 0; i < rd->rd.n; i++)
-            total += (rd->rd.slots[i]->result == BATCH_FOUND ? rd->rd.slots[i]->doc_len : 4) + 1;
-        buf_reset(body);
-        buf_reserve(body, total);
-        char *p = body->data;
-        *p++ = '[';
-        for (unsigned i = 0; i < rd->rd.n; i++) {
-            struct batch_entry *e = rd->rd.slots[i];
-            if (i)
-                *p++ = ',';
-            if (e->result == BATCH_FOUND) {
-                memcpy(p, e->doc, e->doc_len);
-                p += e->doc_len;
-            } else {
-                memcpy(p, "null", 4);
-                p += 4;
-            }
-        }
-        *p++ = ']';
-        body->len = (size_t)(p - body->data);
-        body->data[body->len] = '\0';
-        req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
-        append_timing(r, cache_us, db_us, used_cache, used_db);
-        req_respond_body(r, 200, "application/json");
-    }
-    batch_read_release(&rd->rd);
-    read_free(rd);
 }
 
 /* --- PostgreSQL ---------------------------------------------------------------------- */
@@ -521,47 +391,9 @@ static void window_cb(uv_timer_t *t)
 
 /* --- requests ------------------------------------------------------------------------------- */
 
-/* Reads are recycled: a hot path allocates none once warm. */
-#define READ_POOL_MAX 1024
-static struct read *read_pool;
-static unsigned read_pool_len;
-
-static struct read *read_alloc(void)
-{
-    struct read *rd = read_pool;
-    if (rd) {
-        read_pool = (struct read *)rd->rd.next_done;
-        read_pool_len--;
-        memset(rd, 0, sizeof(*rd));
-        return rd;
-    }
-    return mem_calloc(1, sizeof(*rd));
-}
-
-static void read_free(struct read *rd)
-{
-    if (read_pool_len < READ_POOL_MAX) {
-        rd->rd.next_done = (struct batch_read *)read_pool;
-        read_pool = rd;
-        read_pool_len++;
-        return;
-    }
-    free(rd);
-}
-
-void resource_pool_drain(void)
-{
-    while (read_pool) {
-        struct read *rd = read_pool;
-        read_pool = (struct read *)rd->rd.next_done;
-        free(rd);
-    }
-    read_pool_len = 0;
-}
-
 static void start_read(struct resource *res, struct req *r, const str_t *ids, unsigned n, bool single)
 {
-    struct read *rd = read_alloc();
+    struct read *rd = resource_read_alloc();
     batch_read_init(&rd->rd, n);
     rd->res = res;
     rd->r = r;
@@ -576,7 +408,7 @@ static void start_read(struct resource *res, struct req *r, const str_t *ids, un
         batch_read_set(&rd->rd, i, e);
     }
     if (rd->rd.pending == 0) {
-        answer(rd);
+        resource_answer(rd);
         return;
     }
     if (res->cfg->batch_window_us > 0 && !res->window_armed && res->n_queued) {

@@ -119,4 +119,11 @@ uint64_t resource_wall_ms(void);
  * that respects tombstones; see cache_writeback.c. */
 void resource_write_back(struct resource *res, struct chunk *ch);
 
+/* Answers a read whose slots are all resolved (a document, a JSON array,
+ * 404 or the failure), then frees it. (resource_answer.c) */
+void resource_answer(struct read *rd);
+/* Reads are pooled: no allocation per request once warm. */
+struct read *resource_read_alloc(void);
+void resource_read_free(struct read *rd);
+
 #endif
