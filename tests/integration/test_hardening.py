@@ -179,7 +179,6 @@ def test_pipelined_large_answers_nobody_reads_stay_bounded(start_batchd, redis, 
                what="the client's answers to pass write_queue_bytes")
     time.sleep(0.5)  # room for a daemon that runs them all to do so
     started = batches_run()
-    rss = b.metric("process_resident_memory_bytes")
     assert started < 128, f"{started} of 256 pipelined batches ran with nobody reading"
     # Reading now gets all of them, whole and in order.
     c = Http.__new__(Http)
@@ -190,7 +189,6 @@ def test_pipelined_large_answers_nobody_reads_stay_bounded(start_batchd, redis, 
         assert r.status == 200 and len(r.json()) == 1000
     s.close()
     assert batches_run() == 256
-    assert rss > 0
 
 
 # --- defect 6: slow request bodies do not hold the pool ---------------------------
