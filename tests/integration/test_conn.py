@@ -1,4 +1,4 @@
-"""HTTP/1.1 connection behaviour (daemon/conn.c): keep-alive, pipelining,
+"""HTTP/1.1 connection behaviour (daemon/http/conn.c): keep-alive, pipelining,
 framing, HEAD, Expect, half-close and backpressure, against the real daemon."""
 
 import socket

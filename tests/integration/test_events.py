@@ -1,4 +1,4 @@
-"""SSE event streams (daemon/events.c) against a real redis-server: fan-out,
+"""SSE event streams (daemon/sse/events.c) against a real redis-server: fan-out,
 resume with Last-Event-ID, reset, pub/sub reconnect without loss, bounded
 client queues, pings, limits and shutdown."""
 

@@ -1,4 +1,4 @@
-"""Request limits and request-smuggling guards (proto/http.c, daemon/conn.c).
+"""Request limits and request-smuggling guards (proto/http.c, daemon/http/conn.c).
 Each limit answers with its status and a short JSON error, counts the close
 reason in /metrics, and closes the connection."""
 

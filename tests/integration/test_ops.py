@@ -1,4 +1,4 @@
-"""Ops endpoints (daemon/ops.c) and the counters behind /metrics."""
+"""Ops endpoints (daemon/http/ops.c) and the counters behind /metrics."""
 
 from harness import Http, get, parse_metrics
 

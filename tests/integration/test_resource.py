@@ -1,4 +1,4 @@
-"""Entity reads (daemon/resource.c, redis_pool.c, pg_pool.c) against a real
+"""Entity reads (daemon/cache/resource.c, redis_pool.c, pg_pool.c) against a real
 redis-server and PostgreSQL. The evidence comes from the servers' own
 counters: Redis INFO commandstats and pg_stat_statements."""
 

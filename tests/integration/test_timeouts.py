@@ -1,4 +1,4 @@
-"""Slowloris and idle guards (daemon/conn.c timers). Each test waits for
+"""Slowloris and idle guards (daemon/http/conn.c timers). Each test waits for
 batchd to close the socket, an event, and then checks the named reason."""
 
 import socket

@@ -23,7 +23,7 @@
 #include <uv.h>
 
 #include "daemon/config.h"
-#include "daemon/router.h"
+#include "daemon/http/router.h"
 
 struct upstream;
 struct resource_set;

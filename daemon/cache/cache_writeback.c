@@ -11,9 +11,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "daemon/pg_pool.h"
-#include "daemon/redis_pool.h"
-#include "daemon/resource_int.h"
+#include "daemon/backend/pg_pool.h"
+#include "daemon/backend/redis_pool.h"
+#include "daemon/cache/resource_int.h"
 #include "proto/mem.h"
 
 static const char WRITEBACK_SCRIPT[] =

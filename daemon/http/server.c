@@ -1,7 +1,7 @@
 /*
  * server: listeners, the connection set, and draining. See server.h.
  */
-#include "daemon/server.h"
+#include "daemon/http/server.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -11,10 +11,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "daemon/conn.h"
+#include "daemon/http/conn.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/req.h"
+#include "daemon/http/req.h"
 
 #define ADMIN_MAX_CONNECTIONS 128
 #define LISTEN_BACKLOG 4096

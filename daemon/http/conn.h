@@ -23,7 +23,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "daemon/stream_io.h"
+#include "daemon/net/stream_io.h"
 #include "proto/http.h"
 
 struct req;

@@ -1,5 +1,5 @@
 /* redis_uv: hiredis async contexts on the libuv loop. See redis_uv.h. */
-#include "daemon/redis_uv.h"
+#include "daemon/backend/redis_uv.h"
 
 #include <stdbool.h>
 #include <stdlib.h>

@@ -14,7 +14,7 @@
 #include <uv.h>
 
 #include "daemon/config.h"
-#include "daemon/router.h"
+#include "daemon/http/router.h"
 #include "proto/http.h"
 
 struct conn;

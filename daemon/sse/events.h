@@ -28,7 +28,7 @@
 #include <uv.h>
 
 #include "daemon/config.h"
-#include "daemon/router.h"
+#include "daemon/http/router.h"
 
 struct redis_pool;
 struct events;

@@ -1,5 +1,5 @@
 /* ops: health, readiness and metrics endpoints. See ops.h. */
-#include "daemon/ops.h"
+#include "daemon/http/ops.h"
 
 #include <llhttp.h>
 #include <stdio.h>
@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "daemon/metrics.h"
-#include "daemon/req.h"
+#include "daemon/http/req.h"
 #include "proto/json.h"
 
 static ops_ready_fn ready_fn;

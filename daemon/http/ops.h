@@ -8,7 +8,7 @@
 #ifndef BATCHD_OPS_H
 #define BATCHD_OPS_H
 
-#include "daemon/router.h"
+#include "daemon/http/router.h"
 
 /* Returns NULL when ready, or a short reason ("shutting_down"). */
 typedef const char *(*ops_ready_fn)(void *arg);

@@ -11,16 +11,16 @@
  * re-entered: progress made during http_parser_execute sets resume_wanted,
  * and the outer caller resumes when execute returns.
  */
-#include "daemon/conn.h"
+#include "daemon/http/conn.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/req.h"
-#include "daemon/server.h"
-#include "daemon/stream_io.h"
+#include "daemon/http/req.h"
+#include "daemon/http/server.h"
+#include "daemon/net/stream_io.h"
 #include "proto/mem.h"
 
 #define READ_BUF_SIZE (64 * 1024)  /* bytes per read callback */

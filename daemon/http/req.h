@@ -25,8 +25,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "daemon/conn.h"
-#include "daemon/router.h"
+#include "daemon/http/conn.h"
+#include "daemon/http/router.h"
 #include "proto/buf.h"
 #include "proto/http.h"
 #include "proto/url.h"

@@ -1,5 +1,5 @@
 /* sse_publish: store and publish one event, once per key. See sse_publish.h. */
-#include "daemon/sse_publish.h"
+#include "daemon/sse/sse_publish.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -8,8 +8,8 @@
 
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/redis_pool.h"
-#include "daemon/req.h"
+#include "daemon/backend/redis_pool.h"
+#include "daemon/http/req.h"
 #include "proto/json.h"
 #include "proto/mem.h"
 #include "proto/sse.h"

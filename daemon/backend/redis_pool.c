@@ -13,7 +13,7 @@
  * land in a PING's callback. Its health check is a SUBSCRIBE to a private
  * heartbeat channel, whose confirmation is routed by channel name.
  */
-#include "daemon/redis_pool.h"
+#include "daemon/backend/redis_pool.h"
 
 #include <errno.h>
 #include <hiredis/async.h>
@@ -21,10 +21,10 @@
 #include <string.h>
 #include <strings.h>
 
-#include "daemon/backoff.h"
+#include "daemon/backend/backoff.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/redis_uv.h"
+#include "daemon/backend/redis_uv.h"
 #include "proto/mem.h"
 
 #define HEARTBEAT_CHANNEL "__batchd:heartbeat"

@@ -1,5 +1,5 @@
 /* sse_queue: per-client SSE output, bounded in real bytes. See sse_queue.h. */
-#include "daemon/sse_queue.h"
+#include "daemon/sse/sse_queue.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -11,7 +11,7 @@
 #endif
 
 #include "daemon/log.h"
-#include "daemon/req.h"
+#include "daemon/http/req.h"
 #include "proto/mem.h"
 
 /* Frames shorter than this are copied into the write's own buffer; longer

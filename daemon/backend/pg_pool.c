@@ -12,13 +12,13 @@
  * and is heap-allocated because it outlives the connection attempt until
  * its close callback.
  */
-#include "daemon/pg_pool.h"
+#include "daemon/backend/pg_pool.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/backoff.h"
+#include "daemon/backend/backoff.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "proto/mem.h"

@@ -10,7 +10,7 @@
 #include <uv.h>
 
 #include "daemon/metrics.h"
-#include "daemon/resource.h"
+#include "daemon/cache/resource.h"
 #include "proto/batch.h"
 #include "proto/buf.h"
 

@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/req.h"
-#include "daemon/resource_int.h"
+#include "daemon/http/req.h"
+#include "daemon/cache/resource_int.h"
 #include "proto/mem.h"
 
 /* Reads are recycled: a hot path allocates none once warm. */

@@ -1,5 +1,5 @@
 /* router: method + path template -> handler. See router.h. */
-#include "daemon/router.h"
+#include "daemon/http/router.h"
 
 #include <llhttp.h>
 #include <stdlib.h>

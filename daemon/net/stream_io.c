@@ -1,5 +1,5 @@
 /* stream_io: held-back input and try-then-queue writes. See stream_io.h. */
-#include "daemon/stream_io.h"
+#include "daemon/net/stream_io.h"
 
 #include <stdlib.h>
 #include <string.h>

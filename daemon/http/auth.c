@@ -1,11 +1,11 @@
 /* auth: bearer-token check for admin operations. See auth.h. */
-#include "daemon/auth.h"
+#include "daemon/http/auth.h"
 
 #include <string.h>
 #include <strings.h>
 
 #include "daemon/metrics.h"
-#include "daemon/req.h"
+#include "daemon/http/req.h"
 
 /* Compares without an early exit, so response time does not reveal how
  * much of a guess was right. The length difference is folded in too. */

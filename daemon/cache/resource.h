@@ -23,7 +23,7 @@
 #include <uv.h>
 
 #include "daemon/config.h"
-#include "daemon/router.h"
+#include "daemon/http/router.h"
 #include "proto/buf.h"
 #include "proto/ids.h"
 

@@ -28,7 +28,7 @@
  * requests waiting for their answer, in arrival order), and no copy of
  * bytes the sockets take at once (uv_try_write; only the rest is copied).
  */
-#include "daemon/upstream.h"
+#include "daemon/proxy/upstream.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -36,9 +36,9 @@
 
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/req.h"
-#include "daemon/resource.h"
-#include "daemon/stream_io.h"
+#include "daemon/http/req.h"
+#include "daemon/cache/resource.h"
+#include "daemon/net/stream_io.h"
 #include "proto/http_forward.h"
 #include "proto/http_response.h"
 #include "proto/mem.h"

@@ -5,7 +5,7 @@
  * buffers, so a keep-alive request costs no malloc once the process is warm.
  * The list is bounded (REQ_POOL_MAX) and oversized buffers are not kept.
  */
-#include "daemon/req.h"
+#include "daemon/http/req.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -15,9 +15,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "daemon/conn.h"
+#include "daemon/http/conn.h"
 #include "daemon/metrics.h"
-#include "daemon/server.h"
+#include "daemon/http/server.h"
 #include "proto/json.h"
 #include "proto/mem.h"
 

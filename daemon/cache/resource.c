@@ -24,8 +24,8 @@
  *     than the fill's start (minus CLOCK_SKEW_MS): the guard across batchd
  *     processes and hosts.
  */
-#include "daemon/resource.h"
-#include "daemon/resource_int.h"
+#include "daemon/cache/resource.h"
+#include "daemon/cache/resource_int.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -33,12 +33,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "daemon/auth.h"
+#include "daemon/http/auth.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/pg_pool.h"
-#include "daemon/redis_pool.h"
-#include "daemon/req.h"
+#include "daemon/backend/pg_pool.h"
+#include "daemon/backend/redis_pool.h"
+#include "daemon/http/req.h"
 #include "proto/batch.h"
 #include "proto/ids.h"
 #include "proto/json.h"

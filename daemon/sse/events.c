@@ -33,20 +33,20 @@
  * holds references (sse_queue.h), and is written at the end of the loop
  * iteration, one write per client in flight.
  */
-#include "daemon/events.h"
+#include "daemon/sse/events.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/auth.h"
-#include "daemon/backoff.h"
+#include "daemon/http/auth.h"
+#include "daemon/backend/backoff.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/redis_pool.h"
-#include "daemon/req.h"
-#include "daemon/sse_publish.h"
-#include "daemon/sse_queue.h"
+#include "daemon/backend/redis_pool.h"
+#include "daemon/http/req.h"
+#include "daemon/sse/sse_publish.h"
+#include "daemon/sse/sse_queue.h"
 #include "proto/ids.h"
 #include "proto/mem.h"
 #include "proto/sse.h"
