@@ -40,8 +40,6 @@ struct app {
     struct resource_set *resources;
     struct events *events;
     struct upstream *upstream;
-    struct config **retired;    /* configs replaced by reloads: long-lived work may point into them */
-    unsigned n_retired;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t grace_timer;
     bool stopping;
@@ -54,6 +52,11 @@ static const char *ready_check(void *arg)
     if (a->stopping)
         return "shutting_down";
     return a->resources ? resource_set_not_ready(a->resources) : NULL;
+}
+
+static double gauge_configs(void *arg)
+{
+    return config_live_count();
 }
 
 static void build_routers(struct app *a, struct router **main_rt, struct router **admin_rt)
@@ -197,8 +200,10 @@ static void app_reload(struct app *a)
     events_reconfigure(a->events, next);
     if (a->upstream)
         upstream_configure(a->upstream, &next->upstream, a->resources);
-    a->retired = mem_realloc(a->retired, (a->n_retired + 1) * sizeof(*a->retired));
-    a->retired[a->n_retired++] = a->cfg;
+    /* Everything now points into next; what still points into the old
+     * config (a removed resource or stream, a publish in flight) holds a
+     * reference and frees it last. */
+    config_unref(a->cfg);
     a->cfg = next;
     struct router *main_rt, *admin_rt;
     build_routers(a, &main_rt, &admin_rt);
@@ -238,6 +243,10 @@ int app_run(struct config *cfg)
 
     conn_metrics_init();
     req_metrics_init();
+    metrics_gauge_fn("batchd_configs_in_memory", "",
+                     "Configurations in memory: the running one, plus replaced ones that a removed resource or "
+                     "stream, or a publish in flight, still uses.",
+                     gauge_configs, NULL);
     ops_init(ready_check, a);
 
     srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
@@ -286,10 +295,7 @@ run:
     batch_pool_drain();
     resource_pool_drain();
     metrics_free_all();
-    config_free(a->cfg);
-    for (unsigned i = 0; i < a->n_retired; i++)
-        config_free(a->retired[i]);
-    free(a->retired);
+    config_unref(a->cfg);
     free(a);
     return code;
 }

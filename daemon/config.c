@@ -41,6 +41,10 @@ struct loader {
     bool cur_bad;           /* inside an unknown or duplicate section: skip its keys */
 };
 
+/* Configs loaded and not freed yet (see config_live_count). */
+static unsigned live_configs;
+static void config_free(struct config *c);
+
 static void error_at(struct loader *ld, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -591,6 +595,8 @@ struct config *config_load(const char *path, struct buf *errors)
     ld.file = path;
     ld.errors = errors;
     ld.cfg = mem_calloc(1, sizeof(struct config));
+    ld.cfg->refs = 1;
+    live_configs++;
     ld.cfg->file = mem_strdup(path);
 
     ld.fp = fopen(path, "r");
@@ -628,6 +634,10 @@ struct config *config_load(const char *path, struct buf *errors)
         config_free(ld.cfg);
         return NULL;
     }
+    for (unsigned i = 0; i < ld.cfg->n_resources; i++)
+        ld.cfg->resources[i].owner = ld.cfg;
+    for (unsigned i = 0; i < ld.cfg->n_streams; i++)
+        ld.cfg->streams[i].owner = ld.cfg;
     return ld.cfg;
 }
 
@@ -638,10 +648,9 @@ static void release_sect(enum cfg_sect sect, void *s)
             config_key_release(&config_keys[i], s);
 }
 
-void config_free(struct config *c)
+static void config_free(struct config *c)
 {
-    if (c == NULL)
-        return;
+    live_configs--;
     release_sect(SECT_BATCHD, &c->batchd);
     release_sect(SECT_REDIS, &c->redis);
     release_sect(SECT_POSTGRES, &c->postgres);
@@ -658,6 +667,23 @@ void config_free(struct config *c)
     free(c->streams);
     free(c->file);
     free(c);
+}
+
+struct config *config_ref(struct config *c)
+{
+    c->refs++;
+    return c;
+}
+
+void config_unref(struct config *c)
+{
+    if (c != NULL && --c->refs == 0)
+        config_free(c);
+}
+
+unsigned config_live_count(void)
+{
+    return live_configs;
 }
 
 unsigned config_restart_needed(const struct config *old, const struct config *new_, struct buf *out)

@@ -107,7 +107,10 @@ struct cfg_upstream {
     struct cfg_cidrs trusted_proxies; /* peers whose X-Forwarded-* are kept */
 };
 
+struct config;
+
 struct cfg_resource {
+    struct config *owner;   /* the config this section is part of (see config_ref) */
     char *name;
     int line;
     char *path;
@@ -122,6 +125,7 @@ struct cfg_resource {
 };
 
 struct cfg_stream {
+    struct config *owner;   /* the config this section is part of (see config_ref) */
     char *name;
     int line;
     char *path;
@@ -147,12 +151,21 @@ struct config {
     unsigned n_resources;
     struct cfg_stream *streams;
     unsigned n_streams;
+    unsigned refs;      /* holders: the app (while running), routers, resources, streams */
 };
 
 /* Parses and validates `path`. On failure returns NULL and appends one line
- * per problem to `errors`. */
+ * per problem to `errors`. A loaded config has one reference, the caller's.
+ *
+ * A reload replaces the running config, but requests in flight (through
+ * their router), and resources and streams a reload removed, still point
+ * into the one they started with; each such holder takes a reference and
+ * the config is freed when the last one goes. */
 struct config *config_load(const char *path, struct buf *errors);
-void config_free(struct config *c);
+struct config *config_ref(struct config *c);
+void config_unref(struct config *c);
+/* Configs in memory now (the running one and replaced ones still held). */
+unsigned config_live_count(void);
 
 /* Appends a line for every setting that differs between `old` and `new` but
  * cannot change without a restart; returns how many there were. */

@@ -69,7 +69,7 @@ int main(int argc, char **argv)
     buf_deinit(&errors);
     if (test) {
         printf("batchd: configuration file %s is valid\n", file);
-        config_free(cfg);
+        config_unref(cfg);
         return 0;
     }
     return app_run(cfg);

@@ -660,8 +660,10 @@ static void resource_metrics(struct resource *res)
 static void set_handle_closed(struct resource_set *s)
 {
     if (--s->handles_open == 0) {
-        for (unsigned i = 0; i < s->n; i++)
+        for (unsigned i = 0; i < s->n; i++) {
+            config_unref(s->res[i]->cfg->owner);
             free(s->res[i]);
+        }
         free(s->res);
         free(s);
     }
@@ -682,6 +684,7 @@ static void resource_add(struct resource_set *s, const struct cfg_resource *rc)
     struct resource *res = mem_calloc(1, sizeof(*res));
     res->set = s;
     res->cfg = rc;
+    config_ref(rc->owner);
     res->queue_tail = &res->queue_head;
     key_compile(res);
     batch_table_init(&res->table);
@@ -734,6 +737,8 @@ void resource_set_reconfigure(struct resource_set *s, const struct config *cfg)
         /* Same name: new TTLs, limits, key and statement from here on;
          * work in flight finishes with what it started with. */
         bool new_sql = strcmp(res->cfg->by_ids, rc->by_ids) != 0;
+        config_ref(rc->owner);
+        config_unref(res->cfg->owner);
         res->cfg = rc;
         res->retired = false;
         key_compile(res);

@@ -1212,6 +1212,7 @@ static void def_add(struct events *h, const struct cfg_stream *sc)
     struct stream_def *d = mem_calloc(1, sizeof(*d));
     d->hub = h;
     d->cfg = sc;
+    config_ref(sc->owner);
     def_metrics(d);
     h->defs = mem_realloc(h->defs, (h->n_defs + 1) * sizeof(*h->defs));
     h->defs[h->n_defs++] = d;
@@ -1292,6 +1293,8 @@ void events_reconfigure(struct events *h, const struct config *cfg)
         }
         /* Connected clients keep their channel (and key); the new limits,
          * pings and retry apply to them from now on. */
+        config_ref(sc->owner);
+        config_unref(d->cfg->owner);
         d->cfg = sc;
         d->retired = false;
     }
@@ -1319,8 +1322,10 @@ static void handle_closed_cb(uv_handle_t *hnd)
     sse_ev_unref(h->ping_ev);
     sse_publisher_free(h->publisher);
     free(h->buckets);
-    for (unsigned i = 0; i < h->n_defs; i++)
+    for (unsigned i = 0; i < h->n_defs; i++) {
+        config_unref(h->defs[i]->cfg->owner);
         free(h->defs[i]);
+    }
     free(h->defs);
     free(h);
 }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/config.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "daemon/backend/redis_pool.h"
@@ -124,6 +125,7 @@ static void publish_cb(void *ctx, const redisReply *reply, int err)
         log_warn("publish outcome unknown", "stream=%s err=%d", p->cfg->name, err);
         req_error(r, err == -ETIMEDOUT ? 504 : 502, "publish_outcome_unknown");
     }
+    config_unref(p->cfg->owner);
     free(p);
 }
 
@@ -152,6 +154,7 @@ void sse_publish_handle(struct sse_publisher *pub, struct req *r, const struct c
     } else {
         struct publish *p = mem_calloc(1, sizeof(*p));
         *p = (struct publish){ .r = r, .pub = pub, .cfg = cfg, .st = st };
+        config_ref(cfg->owner); /* a reload may replace the config before the reply */
         struct buf key = BUF_INIT, ikey = BUF_INIT;
         url_template_expand(cfg->key, "id", id, &key);
         /* The hash tag puts the key in the Stream's slot. */

@@ -153,8 +153,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     config_keep_restart_settings(c, again);
     CHECK(config_restart_needed(again, c, &diff) == 0);
     buf_deinit(&diff);
-    config_free(again);
-    config_free(c);
+    config_unref(again);
+    config_unref(c);
     buf_deinit(&errors);
     return 0;
 }
