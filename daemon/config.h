@@ -120,6 +120,7 @@ struct cfg_resource {
     int64_t max_ids;
     int64_t max_batch_keys;
     int64_t batch_window_us;
+    int64_t max_ids_in_flight;  /* distinct ids queued or being read; more: 503 resource_busy */
     char *by_ids;
     struct cfg_list invalidate;
 };

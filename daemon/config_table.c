@@ -91,6 +91,7 @@ const struct cfg_key config_keys[] = {
     RS(max_ids, CFG_INT, 1, 100000, "1000"),
     RS(max_batch_keys, CFG_INT, 1, 100000, "1000"),
     RS(batch_window_us, CFG_INT, 0, 1000000, "0"),
+    RS(max_ids_in_flight, CFG_INT, 1, 10000000, "50000"),
     RS(by_ids, CFG_SQL, 0, 0, NULL),
     RS(invalidate, CFG_TPL_LIST, 0, 0, ""),
 

@@ -283,7 +283,7 @@ static void mget_cb(void *ctx, const redisReply *reply, int err)
                 batch_entry_resolve_borrowed(e, el->str, el->len, redis_reply_release,
                                              redis_reply_retain(reply), &done);
             } else {
-                (*res->m_err[0])++; /* invalid cached value: heal it from PostgreSQL */
+                (*res->m_invalid_cached)++; /* heal it from PostgreSQL */
             }
         }
         if (e->state == BATCH_DONE) {
@@ -393,6 +393,14 @@ static void window_cb(uv_timer_t *t)
 
 static void start_read(struct resource *res, struct req *r, const str_t *ids, unsigned n, bool single)
 {
+    /* Checked on arrival: one read may take the count past the limit by at
+     * most its own ids, and ids it shares with reads in flight add nothing. */
+    if (res->table.count >= (uint64_t)res->cfg->max_ids_in_flight) {
+        (*res->m_busy)++;
+        req_add_header(r, "Retry-After", "1");
+        req_error(r, 503, "resource_busy");
+        return;
+    }
     struct read *rd = resource_read_alloc();
     batch_read_init(&rd->rd, n);
     rd->res = res;
@@ -436,7 +444,7 @@ static void bad_ids(struct req *r, int rc)
 static void handle_single(struct req *r, void *data)
 {
     struct resource *res = data;
-    (*res->m_requests[0])++;
+    (*res->m_requests[READ_SINGLE])++;
     str_t raw;
     char id[IDS_MAX_LEN];
     size_t n;
@@ -452,7 +460,7 @@ static void handle_single(struct req *r, void *data)
 static void handle_list(struct req *r, void *data)
 {
     struct resource *res = data;
-    (*res->m_requests[1])++;
+    (*res->m_requests[READ_LIST])++;
     struct id_list ids;
     id_list_init(&ids);
     str_t rest = r->msg.query, k, v;
@@ -482,7 +490,7 @@ static void handle_list(struct req *r, void *data)
 static void handle_batch(struct req *r, void *data)
 {
     struct resource *res = data;
-    (*res->m_requests[2])++;
+    (*res->m_requests[READ_BATCH])++;
     json_error_t jerr;
     json_t *doc = json_loadb(r->msg.body.data ? r->msg.body.data : "", r->msg.body.len, 0, &jerr);
     json_t *arr = doc ? json_object_get(doc, "ids") : NULL;
@@ -642,19 +650,22 @@ static void resource_metrics(struct resource *res)
                                          sizeof(size_bounds) / sizeof(double));
     res->m_query_ids = metrics_histogram("batchd_by_ids_ids", l, "Ids per by_ids execution.",
                                          size_bounds, sizeof(size_bounds) / sizeof(double));
-    static const char *const errs[5] = { "invalid_cached", "db_unavailable", "query_failed",
-                                         "invalid_document", "shutdown" };
-    for (int i = 0; i < 5; i++) {
-        snprintf(l, sizeof(l), "resource=\"%s\",kind=\"%s\"", n, errs[i]);
-        res->m_err[i] = metrics_counter("batchd_resource_errors_total", l,
-                                        "Read problems: cached values that were not JSON (healed), PostgreSQL unavailable, query errors, bad documents.");
-    }
-    static const char *const kinds[3] = { "single", "list", "batch" };
-    for (int i = 0; i < 3; i++) {
-        snprintf(l, sizeof(l), "resource=\"%s\",kind=\"%s\"", n, kinds[i]);
-        res->m_requests[i] = metrics_counter("batchd_resource_requests_total", l,
-                                             "Read requests, by form: /{id}, ?ids=, _batch.");
-    }
+    res->m_busy = metrics_counter("batchd_resource_busy_total", l,
+                                  "Reads answered 503 resource_busy: max_ids_in_flight ids were already queued or being read.");
+    const char *eh = "Read problems: cached values that were not JSON (healed), PostgreSQL unavailable, query errors, bad documents.";
+    snprintf(l, sizeof(l), "resource=\"%s\",kind=\"invalid_cached\"", n);
+    res->m_invalid_cached = metrics_counter("batchd_resource_errors_total", l, eh);
+#define X(name, label)                                                                  \
+    snprintf(l, sizeof(l), "resource=\"%s\",kind=\"" label "\"", n);                    \
+    res->m_err[FAIL_##name] = metrics_counter("batchd_resource_errors_total", l, eh);
+    FAIL_KINDS(X)
+#undef X
+#define X(name, label)                                                                  \
+    snprintf(l, sizeof(l), "resource=\"%s\",kind=\"" label "\"", n);                    \
+    res->m_requests[READ_##name] = metrics_counter("batchd_resource_requests_total", l,    \
+                                                   "Read requests, by form: /{id}, ?ids=, _batch.");
+    READ_FORMS(X)
+#undef X
 }
 
 static void set_handle_closed(struct resource_set *s)

@@ -25,7 +25,34 @@
 
 
 
-enum fail_kind { FAIL_NONE = 0, FAIL_DB_UNAVAILABLE, FAIL_QUERY, FAIL_DOCUMENT, FAIL_SHUTDOWN };
+/* Why ids of a read failed, with the kind label of
+ * batchd_resource_errors_total (FAIL_NONE has no series). */
+#define FAIL_KINDS(X)                            \
+    X(DB_UNAVAILABLE, "db_unavailable")          \
+    X(QUERY, "query_failed")                     \
+    X(DOCUMENT, "invalid_document")              \
+    X(SHUTDOWN, "shutdown")
+
+enum fail_kind {
+    FAIL_NONE = 0,
+#define X(name, label) FAIL_##name,
+    FAIL_KINDS(X)
+#undef X
+    FAIL__COUNT
+};
+
+/* The three forms of a read, with the kind label of batchd_resource_requests_total. */
+#define READ_FORMS(X)            \
+    X(SINGLE, "single") /* {path}/{id} */ \
+    X(LIST, "list")     /* {path}?ids= */ \
+    X(BATCH, "batch")   /* {path}/_batch */
+
+enum read_form {
+#define X(name, label) READ_##name,
+    READ_FORMS(X)
+#undef X
+    READ__FORMS
+};
 
 
 struct resource {
@@ -44,9 +71,9 @@ struct resource {
     uv_timer_t window;
     bool window_armed;
     uint64_t *m_hit, *m_miss, *m_absent, *m_pg_queries, *m_degraded, *m_joins, *m_writebacks;
-    uint64_t *m_inval_unjoined;
-    uint64_t *m_err[5];
-    uint64_t *m_requests[3];
+    uint64_t *m_inval_unjoined, *m_invalid_cached, *m_busy;
+    uint64_t *m_err[FAIL__COUNT];       /* by enum fail_kind; FAIL_NONE unused */
+    uint64_t *m_requests[READ__FORMS];  /* by enum read_form */
     struct metric_hist *m_mget_keys, *m_query_ids;
 };
 
