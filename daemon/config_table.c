@@ -128,6 +128,16 @@ static void list_release(struct cfg_list *l)
     memset(l, 0, sizeof(*l));
 }
 
+/* The types whose value is one malloc'd string (char *). */
+#define CFG_CASE_STRINGS                                                                \
+    case CFG_STR:                                                                       \
+    case CFG_SECRET:                                                                    \
+    case CFG_CONNINFO:                                                                  \
+    case CFG_PATH:                                                                      \
+    case CFG_PATH_TPL:                                                                  \
+    case CFG_KEY_TPL:                                                                   \
+    case CFG_SQL
+
 void config_key_release(const struct cfg_key *k, void *s)
 {
     switch (k->type) {
@@ -135,13 +145,7 @@ void config_key_release(const struct cfg_key *k, void *s)
     case CFG_BOOL:
     case CFG_LOG_LEVEL:
         break;
-    case CFG_STR:
-    case CFG_SECRET:
-    case CFG_CONNINFO:
-    case CFG_PATH:
-    case CFG_PATH_TPL:
-    case CFG_KEY_TPL:
-    case CFG_SQL:
+    CFG_CASE_STRINGS:
         free(*FIELD(char *, s, k));
         *FIELD(char *, s, k) = NULL;
         break;
@@ -713,13 +717,7 @@ bool config_key_equal(const struct cfg_key *k, const void *a, const void *b)
         return *CFIELD(int64_t, a, k) == *CFIELD(int64_t, b, k);
     case CFG_BOOL:
         return *CFIELD(bool, a, k) == *CFIELD(bool, b, k);
-    case CFG_STR:
-    case CFG_SECRET:
-    case CFG_CONNINFO:
-    case CFG_PATH:
-    case CFG_PATH_TPL:
-    case CFG_KEY_TPL:
-    case CFG_SQL:
+    CFG_CASE_STRINGS:
         return str_same(*CFIELD(char *, a, k), *CFIELD(char *, b, k));
     case CFG_ADDR:
     case CFG_ADDR_OPT:

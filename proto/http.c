@@ -444,39 +444,44 @@ static enum http_error map_llhttp_error(llhttp_errno_t e)
     }
 }
 
-size_t http_llhttp_run(llhttp_t *ll, const char *data, size_t len, llhttp_errno_t *e)
+size_t http_llhttp_step(llhttp_t *ll, bool *paused, bool *failed, const char *data, size_t len,
+                        llhttp_errno_t *e)
 {
+    if (*failed) {
+        *e = HPE_OK;
+        return 0;
+    }
     *e = llhttp_execute(ll, data, len);
     if (*e == HPE_OK)
         return len;
+    if (*e == HPE_PAUSED)
+        *paused = true;
+    else
+        *failed = true;
     const char *pos = llhttp_get_error_pos(ll);
     return (pos >= data && pos <= data + len) ? (size_t)(pos - data) : 0;
 }
 
+void http_llhttp_resume(llhttp_t *ll, bool *paused)
+{
+    if (*paused) {
+        llhttp_resume(ll);
+        *paused = false;
+    }
+}
+
 size_t http_parser_execute(struct http_parser *p, const char *data, size_t len)
 {
-    if (p->failed)
-        return 0;
     llhttp_errno_t e;
-    size_t used = http_llhttp_run(&p->ll, data, len, &e);
-    if (e == HPE_OK)
-        return used;
-    if (e == HPE_PAUSED) {
-        p->paused = true;
-        return used;
-    }
-    p->failed = true;
-    if (p->error == HTTP_OK)
+    size_t used = http_llhttp_step(&p->ll, &p->paused, &p->failed, data, len, &e);
+    if (e != HPE_OK && e != HPE_PAUSED && p->error == HTTP_OK)
         p->error = map_llhttp_error(e);
     return used;
 }
 
 void http_parser_resume(struct http_parser *p)
 {
-    if (p->paused) {
-        llhttp_resume(&p->ll);
-        p->paused = false;
-    }
+    http_llhttp_resume(&p->ll, &p->paused);
 }
 
 bool http_parser_eof_mid_request(const struct http_parser *p)

@@ -86,14 +86,18 @@ void http_request_deinit(struct http_request *m);
 /* Resets for reuse, keeping buffers' memory. */
 void http_request_reset(struct http_request *m);
 
-static inline str_t http_header_name(const struct http_request *m, uint32_t i)
+/* Header i's name and value, of a request or a response (struct
+ * http_response has the same head and headers fields). */
+static inline str_t http_field_name(const struct buf *head, const struct http_header *h)
 {
-    return str_make(m->head.data + m->headers[i].name_off, m->headers[i].name_len);
+    return str_make(head->data + h->name_off, h->name_len);
 }
-static inline str_t http_header_value(const struct http_request *m, uint32_t i)
+static inline str_t http_field_value(const struct buf *head, const struct http_header *h)
 {
-    return str_make(m->head.data + m->headers[i].value_off, m->headers[i].value_len);
+    return str_make(head->data + h->value_off, h->value_len);
 }
+#define http_header_name(m, i) http_field_name(&(m)->head, &(m)->headers[i])
+#define http_header_value(m, i) http_field_value(&(m)->head, &(m)->headers[i])
 /* First header named `name` (case-insensitive); false when absent. */
 bool http_request_header(const struct http_request *m, const char *name, str_t *value);
 const char *http_method_name(uint8_t method);
@@ -143,10 +147,13 @@ void http_parser_resume(struct http_parser *p);
 /* The peer closed its side: true when a request was cut off mid-way. */
 bool http_parser_eof_mid_request(const struct http_parser *p);
 
-/* llhttp_execute, telling how many bytes were used: all of them, or up to
- * where the parser paused (*e == HPE_PAUSED) or failed. Shared with the
- * response parser. */
-size_t http_llhttp_run(llhttp_t *ll, const char *data, size_t len, llhttp_errno_t *e);
+/* One llhttp_execute step, shared with the response parser: returns the
+ * bytes used (all, or up to where it paused or failed) and sets *paused or
+ * *failed. *e is HPE_OK, HPE_PAUSED or the error; nothing runs once *failed. */
+size_t http_llhttp_step(llhttp_t *ll, bool *paused, bool *failed, const char *data, size_t len,
+                        llhttp_errno_t *e);
+/* Resumes a paused llhttp and clears *paused. */
+void http_llhttp_resume(llhttp_t *ll, bool *paused);
 
 /* Field-name and field-value rules shared by the request and response
  * parsers. llhttp 8 lets a space through inside a field name ("Host : x"

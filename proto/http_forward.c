@@ -60,8 +60,8 @@ static bool named_in_connection(str_t name, const struct conn_fields *c)
         return false;
     uint32_t n = c->req ? c->req->n_headers : c->resp->n_headers;
     for (uint32_t i = 0; i < n; i++) {
-        str_t k = c->req ? http_header_name(c->req, i) : http_response_header_name(c->resp, i);
-        str_t v = c->req ? http_header_value(c->req, i) : http_response_header_value(c->resp, i);
+        str_t k = c->req ? http_header_name(c->req, i) : http_header_name(c->resp, i);
+        str_t v = c->req ? http_header_value(c->req, i) : http_header_value(c->resp, i);
         if (str_eq_ci(k, STR_LIT("connection")) && str_list_has_token(v, name))
             return true;
     }
@@ -237,8 +237,8 @@ void http_forward_response(const struct http_response *resp, struct http_forward
 
     struct conn_fields conn = { .resp = resp };
     for (uint32_t i = 0; i < resp->n_headers; i++)
-        if (str_eq_ci(http_response_header_name(resp, i), STR_LIT("connection")))
-            conn_fields_add(&conn, http_response_header_value(resp, i));
+        if (str_eq_ci(http_header_name(resp, i), STR_LIT("connection")))
+            conn_fields_add(&conn, http_header_value(resp, i));
 
     buf_reserve(out, resp->head.len + 4 * resp->n_headers + 96);
     buf_append_str(out, "HTTP/1.1 ");
@@ -249,7 +249,7 @@ void http_forward_response(const struct http_response *resp, struct http_forward
     buf_append(out, "\r\n", 2);
     bool via = false;
     for (uint32_t i = 0; i < resp->n_headers; i++) {
-        str_t n = http_response_header_name(resp, i), v = http_response_header_value(resp, i);
+        str_t n = http_header_name(resp, i), v = http_header_value(resp, i);
         if (IN(n, hop_headers) || named_in_connection(n, &conn))
             continue;
         if (str_eq_ci(n, STR_LIT("via"))) {

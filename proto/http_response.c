@@ -36,8 +36,8 @@ bool http_response_header(const struct http_response *r, const char *name, str_t
 {
     str_t want = str_cstr(name);
     for (uint32_t i = 0; i < r->n_headers; i++) {
-        if (str_eq_ci(http_response_header_name(r, i), want)) {
-            *value = http_response_header_value(r, i);
+        if (str_eq_ci(http_header_name(r, i), want)) {
+            *value = http_header_value(r, i);
             return true;
         }
     }
@@ -235,28 +235,16 @@ void http_rparser_reset(struct http_rparser *p, bool head_request)
 
 size_t http_rparser_execute(struct http_rparser *p, const char *data, size_t len)
 {
-    if (p->failed)
-        return 0;
     llhttp_errno_t e;
-    size_t used = http_llhttp_run(&p->ll, data, len, &e);
-    if (e == HPE_OK)
-        return used;
-    if (e == HPE_PAUSED) {
-        p->paused = true;
-        return used;
-    }
-    p->failed = true;
-    if (p->error == NULL)
+    size_t used = http_llhttp_step(&p->ll, &p->paused, &p->failed, data, len, &e);
+    if (e != HPE_OK && e != HPE_PAUSED && p->error == NULL)
         p->error = llhttp_errno_name(e);
     return used;
 }
 
 void http_rparser_resume(struct http_rparser *p)
 {
-    if (p->paused) {
-        llhttp_resume(&p->ll);
-        p->paused = false;
-    }
+    http_llhttp_resume(&p->ll, &p->paused);
 }
 
 void http_rparser_finish(struct http_rparser *p)

@@ -32,14 +32,7 @@ struct http_response {
 
 void http_response_init(struct http_response *r);
 void http_response_deinit(struct http_response *r);
-static inline str_t http_response_header_name(const struct http_response *r, uint32_t i)
-{
-    return str_make(r->head.data + r->headers[i].name_off, r->headers[i].name_len);
-}
-static inline str_t http_response_header_value(const struct http_response *r, uint32_t i)
-{
-    return str_make(r->head.data + r->headers[i].value_off, r->headers[i].value_len);
-}
+/* Header i: http_header_name(r, i) and http_header_value(r, i) (proto/http.h). */
 bool http_response_header(const struct http_response *r, const char *name, str_t *value);
 
 struct http_rparser;

@@ -624,12 +624,13 @@ static void resource_metrics(struct resource *res)
     char l[160];
     const char *n = res->cfg->name;
     const char *h = "Ids answered, by where the answer came from: hit (Redis), absent (cached as missing), miss (PostgreSQL).";
-    snprintf(l, sizeof(l), "resource=\"%s\",result=\"hit\"", n);
-    res->m_hit = metrics_counter("batchd_cache_results_total", l, h);
-    snprintf(l, sizeof(l), "resource=\"%s\",result=\"miss\"", n);
-    res->m_miss = metrics_counter("batchd_cache_results_total", l, h);
-    snprintf(l, sizeof(l), "resource=\"%s\",result=\"absent\"", n);
-    res->m_absent = metrics_counter("batchd_cache_results_total", l, h);
+    const struct { const char *result; uint64_t **slot; } results[] = {
+        { "hit", &res->m_hit }, { "miss", &res->m_miss }, { "absent", &res->m_absent },
+    };
+    for (size_t i = 0; i < sizeof(results) / sizeof(results[0]); i++) {
+        snprintf(l, sizeof(l), "resource=\"%s\",result=\"%s\"", n, results[i].result);
+        *results[i].slot = metrics_counter("batchd_cache_results_total", l, h);
+    }
     snprintf(l, sizeof(l), "resource=\"%s\"", n);
     res->m_pg_queries = metrics_counter("batchd_pg_queries_total", l, "by_ids executions.");
     res->m_degraded = metrics_counter("batchd_cache_degraded_total", l,

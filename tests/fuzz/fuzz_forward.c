@@ -103,10 +103,10 @@ static bool ends_with(str_t s, const char *tail)
     return s.len >= n && memcmp(s.p + s.len - n, tail, n) == 0;
 }
 
-static str_t req_name(const void *m, uint32_t i) { return http_header_name(m, i); }
-static str_t req_value(const void *m, uint32_t i) { return http_header_value(m, i); }
-static str_t resp_name(const void *r, uint32_t i) { return http_response_header_name(r, i); }
-static str_t resp_value(const void *r, uint32_t i) { return http_response_header_value(r, i); }
+static str_t req_name(const void *m, uint32_t i) { return http_header_name((const struct http_request *)m, i); }
+static str_t req_value(const void *m, uint32_t i) { return http_header_value((const struct http_request *)m, i); }
+static str_t resp_name(const void *r, uint32_t i) { return http_header_name((const struct http_response *)r, i); }
+static str_t resp_value(const void *r, uint32_t i) { return http_header_value((const struct http_response *)r, i); }
 
 /* --- requests ------------------------------------------------------------------------------ */
 
@@ -377,7 +377,7 @@ static int again_rhead_cb(struct http_rparser *p, struct http_response *r)
     str_t last_via = STR_NULL;
     bool says_close = false;
     for (uint32_t i = 0; i < r->n_headers; i++) {
-        str_t n = http_response_header_name(r, i), v = http_response_header_value(r, i);
+        str_t n = http_header_name(r, i), v = http_header_value(r, i);
         if (str_eq_ci(n, STR_LIT("content-length"))) {
             n_cl++;
         } else if (str_eq_ci(n, STR_LIT("transfer-encoding"))) {

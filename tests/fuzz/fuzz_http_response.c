@@ -116,7 +116,7 @@ static void check_fields(const struct http_response *resp, uint32_t n_head)
         CHECK((size_t)h->name_off + h->name_len <= resp->head.len);
         CHECK((size_t)h->value_off + h->value_len <= resp->head.len);
         CHECK(h->name_off >= resp->reason_len);
-        str_t k = http_response_header_name(resp, i), v = http_response_header_value(resp, i);
+        str_t k = http_header_name(resp, i), v = http_header_value(resp, i);
         CHECK(http_token_valid(k.p, k.len));
         CHECK(memchr(v.p, '\r', v.len) == NULL && memchr(v.p, '\n', v.len) == NULL);
         CHECK(v.len == 0 || (v.p[v.len - 1] != ' ' && v.p[v.len - 1] != '\t'));
@@ -162,7 +162,7 @@ static int head_cb(struct http_rparser *p, struct http_response *resp)
                 resp->chunked,
                 resp->content_length == HTTP_NO_LENGTH ? -1LL : (long long)resp->content_length);
     for (uint32_t i = 0; i < resp->n_headers; i++) {
-        str_t k = http_response_header_name(resp, i), v = http_response_header_value(resp, i);
+        str_t k = http_header_name(resp, i), v = http_header_value(resp, i);
         log_bytes(log, k.p, k.len);
         buf_append_str(log, ": ");
         log_bytes(log, v.p, v.len);
@@ -209,7 +209,7 @@ static int complete_cb(struct http_rparser *p, struct http_response *resp)
     buf_appendf(&r->log, "\nbody(%llu) ka=%d\n", (unsigned long long)r->body_len,
                 resp->keep_alive);
     for (uint32_t i = r->n_head_fields; i < resp->n_headers; i++) {
-        str_t k = http_response_header_name(resp, i), v = http_response_header_value(resp, i);
+        str_t k = http_header_name(resp, i), v = http_header_value(resp, i);
         buf_append_str(&r->log, "trailer ");
         log_bytes(&r->log, k.p, k.len);
         buf_append_str(&r->log, ": ");

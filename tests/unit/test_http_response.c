@@ -60,7 +60,7 @@ static int complete_cb(struct http_rparser *p, struct http_response *r)
     else
         buf_appendf(out, " cl=%" PRIu64 "\n", r->content_length);
     for (uint32_t i = 0; i < r->n_headers; i++) {
-        str_t k = http_response_header_name(r, i), v = http_response_header_value(r, i);
+        str_t k = http_header_name(r, i), v = http_header_value(r, i);
         buf_appendf(out, "h [%.*s]=[%.*s]\n", (int)k.len, k.p, (int)v.len, v.p);
     }
     buf_appendf(out, "body %zu [%.*s]\n", c->body.len, (int)c->body.len,
