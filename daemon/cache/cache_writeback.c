@@ -116,7 +116,8 @@ int resource_invalidate(struct resource *res, const char *id, size_t id_len,
     }
     /* A write-back already sent may land after the delete: delete again
      * when it has, and finish only then. */
-    for (struct wb *w = res->wbs; w; w = w->next) {
+    struct wb *w;
+    LIST_FOREACH(w, &res->wbs, link) {
         for (unsigned i = 0; i < w->n; i++) {
             if (w->e[i]->id_len != id_len || memcmp(w->e[i]->id, id, id_len) != 0)
                 continue;
@@ -145,12 +146,8 @@ static void writeback_cb(void *ctx, const redisReply *reply, int err)
     struct resource *res = w->res;
     (void)reply;
     (void)err; /* written or not, the next reader asks Redis again */
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        res->wbs = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
+    LIST_REMOVE(w, link);
+    res->n_wbs--;
     for (unsigned i = 0; i < w->n; i++)
         if (!res->set->freeing)
             batch_table_remove(&res->table, w->e[i]);
@@ -234,10 +231,8 @@ void resource_write_back(struct resource *res, struct chunk *ch)
     }
     if (redis_pool_script(redis, &writeback_script, writeback_cb, w, (int)argc, argv, lens) == 0) {
         (*res->m_writebacks) += n;
-        w->next = res->wbs;
-        if (res->wbs)
-            res->wbs->prev = w;
-        res->wbs = w;
+        LIST_INSERT_HEAD(&res->wbs, w, link);
+        res->n_wbs++;
     } else {
         for (unsigned i = 0; i < w->n; i++) {
             batch_table_remove(&res->table, w->e[i]);

@@ -401,7 +401,7 @@ static void start_read(struct resource *res, struct req *r, const str_t *ids, un
         req_error(r, 503, "resource_busy");
         return;
     }
-    struct read *rd = resource_read_alloc();
+    struct read *rd = resource_read_get();
     batch_read_init(&rd->rd, n);
     rd->res = res;
     rd->r = r;
@@ -613,10 +613,7 @@ static double gauge_in_flight(void *arg)
 
 static double gauge_writebacks(void *arg)
 {
-    unsigned n = 0;
-    for (struct wb *w = ((struct resource *)arg)->wbs; w; w = w->next)
-        n++;
-    return n;
+    return ((struct resource *)arg)->n_wbs;
 }
 
 static void resource_metrics(struct resource *res)
@@ -698,6 +695,7 @@ static void resource_add(struct resource_set *s, const struct cfg_resource *rc)
     res->cfg = rc;
     config_ref(rc->owner);
     res->queue_tail = &res->queue_head;
+    LIST_INIT(&res->wbs);
     key_compile(res);
     batch_table_init(&res->table);
     res->stmt = s->pg ? pg_pool_prepare(s->pg, rc->by_ids) : -1;

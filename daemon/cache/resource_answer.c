@@ -9,44 +9,31 @@
 
 #include "daemon/http/req.h"
 #include "daemon/cache/resource_int.h"
+#include "proto/freelist.h"
 #include "proto/mem.h"
 
 /* Reads are recycled: a hot path allocates none once warm. */
-#define READ_POOL_MAX 1024
-static struct read *read_pool;
-static unsigned read_pool_len;
+static struct freelist spare_reads = FREELIST_INIT(1024);
 
-struct read *resource_read_alloc(void)
+struct read *resource_read_get(void)
 {
-    struct read *rd = read_pool;
+    struct read *rd = freelist_get(&spare_reads);
     if (rd) {
-        read_pool = (struct read *)rd->rd.next_done;
-        read_pool_len--;
         memset(rd, 0, sizeof(*rd));
         return rd;
     }
     return mem_calloc(1, sizeof(*rd));
 }
 
-void resource_read_free(struct read *rd)
+void resource_read_put(struct read *rd)
 {
-    if (read_pool_len < READ_POOL_MAX) {
-        rd->rd.next_done = (struct batch_read *)read_pool;
-        read_pool = rd;
-        read_pool_len++;
-        return;
-    }
-    free(rd);
+    if (!freelist_put(&spare_reads, rd))
+        free(rd);
 }
 
 void resource_pool_drain(void)
 {
-    while (read_pool) {
-        struct read *rd = read_pool;
-        read_pool = (struct read *)rd->rd.next_done;
-        free(rd);
-    }
-    read_pool_len = 0;
+    freelist_drain(&spare_reads, NULL);
 }
 
 /* --- answering ---------------------------------------------------------------- */
@@ -174,5 +161,5 @@ void resource_answer(struct read *rd)
         req_respond_body(r, 200, "application/json");
     }
     batch_read_release(&rd->rd);
-    resource_read_free(rd);
+    resource_read_put(rd);
 }

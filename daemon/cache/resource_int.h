@@ -7,6 +7,7 @@
 #define BATCHD_RESOURCE_INT_H
 
 #include <stdint.h>
+#include <sys/queue.h>
 #include <uv.h>
 
 #include "daemon/metrics.h"
@@ -63,7 +64,8 @@ struct resource {
      * it has several (key_of then expands the template in full). */
     bool key_split;
     str_t key_prefix, key_suffix;
-    struct wb *wbs;             /* write-backs in flight */
+    LIST_HEAD(, wb) wbs;        /* write-backs in flight */
+    unsigned n_wbs;
     bool retired;               /* dropped from the config: no routes, finishing work */
     struct batch_table table;
     struct batch_entry *queue_head, **queue_tail;
@@ -130,7 +132,7 @@ struct wb_waiter {
 };
 
 struct wb {
-    struct wb *prev, *next;
+    LIST_ENTRY(wb) link;        /* the resource's write-backs in flight */
     struct resource *res;
     struct wb_waiter *waiters;
     unsigned n_waiters;
@@ -150,7 +152,7 @@ void resource_write_back(struct resource *res, struct chunk *ch);
  * 404 or the failure), then frees it. (resource_answer.c) */
 void resource_answer(struct read *rd);
 /* Reads are pooled: no allocation per request once warm. */
-struct read *resource_read_alloc(void);
-void resource_read_free(struct read *rd);
+struct read *resource_read_get(void);
+void resource_read_put(struct read *rd);
 
 #endif
