@@ -16,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "daemon/config.h"
 #include "daemon/log.h"
 #include "proto/mem.h"
 #include "proto/url.h"

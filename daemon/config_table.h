@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "daemon/config.h"
+#include "proto/buf.h"
 
 enum cfg_sect { SECT_BATCHD, SECT_REDIS, SECT_POSTGRES, SECT_UPSTREAM, SECT_RESOURCE, SECT_STREAM,
                 SECT__COUNT };
