@@ -21,23 +21,13 @@
 #include <string.h>
 #include <strings.h>
 
-#include "daemon/backend/backoff.h"
+#include "daemon/backend/pool.h"
+#include "daemon/backend/redis_uv.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/backend/redis_uv.h"
 #include "proto/mem.h"
 
 #define HEARTBEAT_CHANNEL "__batchd:heartbeat"
-
-enum rconn_state {
-    RC_WAITING,     /* not connected; the timer reconnects */
-    RC_CONNECTING,  /* TCP connect in progress */
-    RC_HANDSHAKE,   /* AUTH / SELECT / PING sent */
-    RC_READY,
-    RC_CLOSED,      /* pool is being freed */
-};
-
-static const char *const state_names[] = { "waiting", "connecting", "handshake", "ready", "closed" };
 
 struct rcmd {
     struct rcmd *next;
@@ -51,20 +41,14 @@ struct rcmd {
     char first_arg[48]; /* for the slow log */
 };
 
+/* The core's part (state, pending, timer, backoff, last reply) comes first. */
 struct rconn {
-    struct redis_pool *pool;
-    unsigned index;
+    struct pool_conn base;
     bool pubsub;
     redisAsyncContext *ac;
-    enum rconn_state state;
     struct rcmd *head, *tail;
-    unsigned pending;
-    uv_timer_t timer;
-    unsigned attempt;
     int fail_err;           /* error given to callbacks when the connection dies */
-    uint64_t last_reply_ms;
     uint64_t heartbeat_sent_ms;  /* pub/sub: 0 when none outstanding */
-    bool timer_closed;
 };
 
 struct channel {
@@ -73,20 +57,19 @@ struct channel {
 };
 
 struct redis_pool {
-    uv_loop_t *loop;
+    struct pool core;           /* first: the connections are core.conns */
     const struct cfg_redis *cfg;
-    struct rconn *conns;
-    unsigned n;
-    unsigned ready;
-    bool up_logged;
     struct rconn *sub;          /* pub/sub connection, NULL until started */
     redis_message_fn sub_fn;
     void *sub_arg;
     struct channel *channels;
-    bool freeing;
-    unsigned timers_open;
-    int64_t slow_ms;
+    char addr[280];             /* host:port, for the up/down log */
 };
+
+static struct redis_pool *pool_of(const struct rconn *c)
+{
+    return (struct redis_pool *)c->base.pool;
+}
 
 /* --- metrics ----------------------------------------------------------- */
 
@@ -96,25 +79,15 @@ static const char *const cmd_names[] = { "GET",  "MGET",   "SET",    "DEL",     
 #define N_CMDS (sizeof(cmd_names) / sizeof(cmd_names[0]))
 
 static uint64_t *m_cmds[N_CMDS];
-static uint64_t *m_err_timeout, *m_err_conn, *m_err_reply, *m_connects, *m_slow;
-static int64_t *m_up, *m_pubsub_up;
+static uint64_t *m_err_timeout, *m_err_conn, *m_err_reply, *m_slow;
+static int64_t *m_pubsub_up;
 static struct metric_hist *m_latency;
 
-static double gauge_pending(void *arg)
-{
-    struct redis_pool *p = arg;
-    unsigned n = 0;
-    for (unsigned i = 0; i < p->n; i++)
-        n += p->conns[i].pending;
-    return n;
-}
+static const struct pool_names names = { "redis", "batchd_redis", "Redis",
+                                         "1 when a Redis command connection is ready.",
+                                         "batchd_redis_pending_replies", "Redis replies outstanding." };
 
-static double gauge_ready(void *arg)
-{
-    return ((struct redis_pool *)arg)->ready;
-}
-
-static void metrics_init(struct redis_pool *p)
+static void metrics_init(void)
 {
     char labels[64];
     for (unsigned i = 0; i < N_CMDS; i++) {
@@ -125,16 +98,11 @@ static void metrics_init(struct redis_pool *p)
     m_err_timeout = metrics_counter("batchd_redis_errors_total", "kind=\"timeout\"", h);
     m_err_conn = metrics_counter("batchd_redis_errors_total", "kind=\"connection\"", h);
     m_err_reply = metrics_counter("batchd_redis_errors_total", "kind=\"reply\"", h);
-    m_connects = metrics_counter("batchd_redis_connects_total", "", "Redis connections established.");
     m_slow = metrics_counter("batchd_redis_slow_commands_total", "", "Redis commands slower than slow_ms.");
-    m_up = metrics_gauge("batchd_redis_up", "", "1 when a Redis command connection is ready.");
     m_pubsub_up = metrics_gauge("batchd_redis_pubsub_up", "", "1 when the pub/sub connection is ready.");
     m_latency = metrics_histogram("batchd_redis_command_duration_seconds", "",
                                   "Time from sending a Redis command to its reply.",
                                   metrics_latency_bounds, metrics_latency_n);
-    metrics_gauge_fn("batchd_redis_pool_connections", "state=\"ready\"",
-                     "Redis pool connections by state.", gauge_ready, p);
-    metrics_gauge_fn("batchd_redis_pending_replies", "", "Redis replies outstanding.", gauge_pending, p);
 }
 
 static unsigned cmd_index(const char *name, size_t len)
@@ -328,65 +296,36 @@ void redis_reply_release(void *ref)
     arena_unref(ref);
 }
 
-/* --- pool state ----------------------------------------------------------- */
-
-static void pool_update_up(struct redis_pool *p, const char *reason)
-{
-    unsigned ready = 0;
-    for (unsigned i = 0; i < p->n; i++)
-        ready += p->conns[i].state == RC_READY;
-    p->ready = ready;
-    *m_up = ready > 0;
-    if (ready > 0 && !p->up_logged) {
-        p->up_logged = true;
-        log_info("redis up", "addr=%s:%d ready_connections=%u", p->cfg->url.host, p->cfg->url.port, ready);
-    } else if (ready == 0 && p->up_logged) {
-        p->up_logged = false;
-        log_warn("redis down", "addr=%s:%d reason=%s", p->cfg->url.host, p->cfg->url.port, LOG_Q(reason));
-    }
-}
-
 static uint64_t now_ms(struct redis_pool *p)
 {
-    return uv_now(p->loop);
+    return uv_now(p->core.loop);
 }
 
 /* --- connection lifecycle ------------------------------------------------------ */
 
-static void rconn_connect(struct rconn *c);
-static void rconn_arm(struct rconn *c);
 static void sub_resubscribe(struct rconn *c);
-
-static void rconn_timer_cb(uv_timer_t *t);
-
-static void schedule_reconnect(struct rconn *c)
-{
-    if (c->pool->freeing)
-        return;
-    c->state = RC_WAITING;
-    uv_timer_start(&c->timer, rconn_timer_cb, backoff_next_ms(&c->attempt), 0);
-}
 
 /* The connection is gone (ac already freed or being freed by hiredis). */
 static void rconn_lost(struct rconn *c, const char *reason)
 {
-    bool was_ready = c->state == RC_READY;
+    struct redis_pool *p = pool_of(c);
+    bool was_ready = c->base.state == POOL_READY;
     c->ac = NULL;
     c->heartbeat_sent_ms = 0;
-    if (c->state != RC_CLOSED)
-        c->state = RC_WAITING;
-    log_debug("redis connection lost", "conn=%u pubsub=%d state=%s reason=%s", c->index, c->pubsub,
-              state_names[c->state], LOG_Q(reason));
+    if (c->base.state != POOL_CLOSED)
+        c->base.state = POOL_WAITING;
+    log_debug("redis connection lost", "conn=%u pubsub=%d state=%s reason=%s", c->base.index, c->pubsub,
+              pool_state_names[c->base.state], LOG_Q(reason));
     if (c->pubsub) {
         *m_pubsub_up = 0;
-        if (was_ready && c->pool->sub_fn)
-            c->pool->sub_fn(c->pool->sub_arg, REDIS_SUB_DOWN, NULL, 0, NULL, 0);
+        if (was_ready && p->sub_fn)
+            p->sub_fn(p->sub_arg, REDIS_SUB_DOWN, NULL, 0, NULL, 0);
         if (was_ready)
             log_warn("redis pub/sub down", "reason=%s", LOG_Q(reason));
     } else {
-        pool_update_up(c->pool, reason);
+        pool_update_up(&p->core, reason);
     }
-    schedule_reconnect(c);
+    pool_conn_retry(&c->base);
 }
 
 /* Breaks a live connection on our side (timeout, bad handshake). Pending
@@ -397,11 +336,11 @@ static void rconn_break(struct rconn *c, int err, const char *reason)
     if (ac == NULL)
         return;
     c->fail_err = err;
-    enum rconn_state old = c->state;
-    c->state = RC_WAITING; /* nothing new is routed here from the callbacks */
-    ac->data = NULL;       /* our disconnect callback ignores it */
+    enum pool_conn_state old = c->base.state;
+    c->base.state = POOL_WAITING; /* nothing new is routed here from the callbacks */
+    ac->data = NULL;              /* our disconnect callback ignores it */
     redisAsyncFree(ac);
-    c->state = old;
+    c->base.state = old;
     rconn_lost(c, reason);
 }
 
@@ -417,7 +356,7 @@ static void on_disconnect_cb(const redisAsyncContext *ac, int status)
 
 static void finish_cmd(struct rconn *c, struct rcmd *k, const redisReply *reply, int err)
 {
-    struct redis_pool *p = c->pool;
+    struct redis_pool *p = pool_of(c);
     uint64_t ns = uv_hrtime() - k->start_ns;
     metrics_observe(m_latency, (double)ns / 1e9);
     if (err == -ETIMEDOUT)
@@ -426,7 +365,7 @@ static void finish_cmd(struct rconn *c, struct rcmd *k, const redisReply *reply,
         (*m_err_conn)++;
     else if (reply && reply->type == REDIS_REPLY_ERROR)
         (*m_err_reply)++;
-    if (p->slow_ms > 0 && ns / 1000000 >= (uint64_t)p->slow_ms) {
+    if (p->core.lim.slow_ms > 0 && ns / 1000000 >= (uint64_t)p->core.lim.slow_ms) {
         (*m_slow)++;
         log_warn("slow redis command", "cmd=%s args=%u first=%s duration_ms=%.1f err=%d",
                  cmd_names[k->cmd], k->nargs, LOG_Q(k->first_arg), (double)ns / 1e6, err);
@@ -447,13 +386,13 @@ static void on_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         if (c->head == NULL)
             c->tail = NULL;
     }
-    c->pending--;
+    pool_conn_pop(&c->base);
     const redisReply *reply = r;
     if (reply != NULL)
-        c->last_reply_ms = now_ms(c->pool);
+        c->base.last_activity_ms = now_ms(pool_of(c));
     finish_cmd(c, k, reply, reply ? 0 : (c->fail_err ? c->fail_err : -ECONNRESET));
-    if (c->state == RC_READY && reply != NULL)
-        rconn_arm(c);
+    if (reply != NULL)
+        pool_conn_arm(&c->base);
 }
 
 /* Sends an already RESP-formatted command; `name` names it for metrics and
@@ -467,7 +406,7 @@ static int send_formatted(struct rconn *c, redis_reply_fn cb, void *ctx, const c
     k->cb = cb;
     k->ctx = ctx;
     k->start_ns = uv_hrtime();
-    k->start_ms = now_ms(c->pool);
+    k->start_ms = now_ms(pool_of(c));
     k->cmd = cmd_index(name.p, name.len);
     k->nargs = nargs;
     size_t n = first.len < sizeof(k->first_arg) - 1 ? first.len : sizeof(k->first_arg) - 1;
@@ -486,8 +425,7 @@ static int send_formatted(struct rconn *c, redis_reply_fn cb, void *ctx, const c
     else
         c->head = k;
     c->tail = k;
-    if (c->pending++ == 0 && c->state == RC_READY)
-        rconn_arm(c);
+    pool_conn_push(&c->base);
     return 0;
 }
 
@@ -522,13 +460,7 @@ static int send_cmd(struct rconn *c, redis_reply_fn cb, void *ctx, int argc, con
 
 static struct rconn *pick(struct redis_pool *p)
 {
-    struct rconn *best = NULL;
-    for (unsigned i = 0; i < p->n; i++) {
-        struct rconn *c = &p->conns[i];
-        if (c->state == RC_READY && (best == NULL || c->pending < best->pending))
-            best = c;
-    }
-    return best;
+    return (struct rconn *)pool_pick(&p->core);
 }
 
 /* --- scripts ------------------------------------------------------------------ */
@@ -639,16 +571,16 @@ int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int a
 
 void redis_pool_flush(struct redis_pool *p)
 {
-    for (unsigned i = 0; i < p->n; i++) {
-        struct rconn *c = &p->conns[i];
-        if (c->state == RC_READY && c->pending > 0 && c->ac)
+    for (unsigned i = 0; i < p->core.n; i++) {
+        struct rconn *c = (struct rconn *)p->core.conns[i];
+        if (c->base.state == POOL_READY && c->base.pending > 0 && c->ac)
             redisAsyncHandleWrite(c->ac);
     }
 }
 
 bool redis_pool_up(const struct redis_pool *p)
 {
-    return p->ready > 0;
+    return p->core.ready > 0;
 }
 
 /* --- handshake -------------------------------------------------------------------- */
@@ -657,34 +589,31 @@ static void handshake_step_cb(void *ctx, const redisReply *reply, int err);
 
 static void handshake_done(struct rconn *c)
 {
-    c->state = RC_READY;
-    c->attempt = 0;
-    c->last_reply_ms = now_ms(c->pool);
-    (*m_connects)++;
-    log_debug("redis connection ready", "conn=%u pubsub=%d", c->index, c->pubsub);
+    pool_conn_ready(&c->base);
+    log_debug("redis connection ready", "conn=%u pubsub=%d", c->base.index, c->pubsub);
     if (c->pubsub) {
         *m_pubsub_up = 1;
         sub_resubscribe(c);
     } else {
-        pool_update_up(c->pool, "ready");
+        pool_update_up(c->base.pool, "ready");
     }
-    rconn_arm(c);
+    pool_conn_arm(&c->base);
 }
 
 /* The last handshake command's reply decides; earlier ones fail it too. */
 static void handshake_step_cb(void *ctx, const redisReply *reply, int err)
 {
     struct rconn *c = ctx;
-    if (c->state != RC_HANDSHAKE)
+    if (c->base.state != POOL_HANDSHAKE)
         return;
     if (err < 0)
         return; /* the connection is already being torn down */
     if (reply->type == REDIS_REPLY_ERROR) {
-        log_warn("redis handshake failed", "conn=%u err=%s", c->index, LOG_Q(reply->str));
+        log_warn("redis handshake failed", "conn=%u err=%s", c->base.index, LOG_Q(reply->str));
         rconn_break(c, -ECONNREFUSED, reply->str);
         return;
     }
-    if (c->pending == 0)
+    if (c->base.pending == 0)
         handshake_done(c);
 }
 
@@ -699,8 +628,8 @@ static void on_connect_cb(const redisAsyncContext *ac, int status)
         rconn_lost(c, ac->errstr[0] ? ac->errstr : "connect failed");
         return;
     }
-    const struct cfg_redis_url *u = &c->pool->cfg->url;
-    c->state = RC_HANDSHAKE;
+    const struct cfg_redis_url *u = &pool_of(c)->cfg->url;
+    c->base.state = POOL_HANDSHAKE;
     if (u->password) {
         const char *argv[3] = { "AUTH", u->username ? u->username : u->password, u->password };
         size_t lens[3] = { 4, strlen(argv[1]), strlen(argv[2]) };
@@ -720,13 +649,13 @@ static void on_connect_cb(const redisAsyncContext *ac, int status)
 
 static void rconn_connect(struct rconn *c)
 {
-    struct redis_pool *p = c->pool;
+    struct redis_pool *p = pool_of(c);
     const struct cfg_redis_url *u = &p->cfg->url;
-    c->state = RC_CONNECTING;
+    c->base.state = POOL_CONNECTING;
     c->fail_err = -ECONNRESET;
     redisAsyncContext *ac = redisAsyncConnect(u->host, u->port);
     if (ac == NULL || ac->err) {
-        log_debug("redis connect failed", "conn=%u err=%s", c->index, LOG_Q(ac ? ac->errstr : "oom"));
+        log_debug("redis connect failed", "conn=%u err=%s", c->base.index, LOG_Q(ac ? ac->errstr : "oom"));
         if (ac)
             redisAsyncFree(ac);
         rconn_lost(c, "connect failed");
@@ -737,7 +666,7 @@ static void rconn_connect(struct rconn *c)
     /* hiredis frees an idle read buffer above 16 KiB and grows it again for
      * the next large reply; keep up to 1 MiB per connection instead. */
     ac->c.reader->maxbuf = 1024 * 1024;
-    if (redis_uv_attach(ac, p->loop) != REDIS_OK) {
+    if (redis_uv_attach(ac, p->core.loop) != REDIS_OK) {
         ac->data = NULL;
         redisAsyncFree(ac);
         rconn_lost(c, "attach failed");
@@ -746,65 +675,73 @@ static void rconn_connect(struct rconn *c)
     redisAsyncSetConnectCallback(ac, on_connect_cb);
     redisAsyncSetDisconnectCallback(ac, on_disconnect_cb);
     c->ac = ac;
-    uv_timer_start(&c->timer, rconn_timer_cb, (uint64_t)p->cfg->connect_timeout_ms, 0);
+    pool_conn_connecting(&c->base);
 }
 
-/* --- timers: connect timeout, reply timeout, ping, reconnect ------------------------ */
+/* --- what the pool core asks: connect, timeouts, pings, close ------------------------ */
 
 static void send_ping(struct rconn *c);
 
-static void rconn_arm(struct rconn *c)
+static void conn_connect_cb(struct pool_conn *pc)
 {
-    struct redis_pool *p = c->pool;
-    uint64_t now = now_ms(p), deadline;
-    if (c->pubsub)
-        deadline = c->heartbeat_sent_ms ? c->heartbeat_sent_ms + (uint64_t)p->cfg->command_timeout_ms
-                                        : c->last_reply_ms + (uint64_t)p->cfg->ping_interval_ms;
-    else if (c->head)
-        deadline = c->head->start_ms + (uint64_t)p->cfg->command_timeout_ms;
-    else
-        deadline = c->last_reply_ms + (uint64_t)p->cfg->ping_interval_ms;
-    uv_timer_start(&c->timer, rconn_timer_cb, deadline > now ? deadline - now : 0, 0);
+    rconn_connect((struct rconn *)pc);
 }
 
-static void rconn_timer_cb(uv_timer_t *t)
+static void conn_connect_timeout_cb(struct pool_conn *pc)
 {
-    struct rconn *c = t->data;
-    struct redis_pool *p = c->pool;
-    uint64_t now = now_ms(p);
-    switch (c->state) {
-    case RC_WAITING:
-        rconn_connect(c);
-        return;
-    case RC_CONNECTING:
-    case RC_HANDSHAKE:
-        if (c->ac)
-            rconn_break(c, -ETIMEDOUT, "connect timeout");
-        else
-            rconn_lost(c, "connect timeout");
-        return;
-    case RC_READY:
-        if (c->pubsub) {
-            if (c->heartbeat_sent_ms && now - c->heartbeat_sent_ms >= (uint64_t)p->cfg->command_timeout_ms) {
-                rconn_break(c, -ETIMEDOUT, "heartbeat timeout");
-                return;
-            }
-            if (!c->heartbeat_sent_ms && now - c->last_reply_ms >= (uint64_t)p->cfg->ping_interval_ms)
-                send_ping(c);
-        } else if (c->head && now - c->head->start_ms >= (uint64_t)p->cfg->command_timeout_ms) {
-            log_warn("redis reply timeout", "conn=%u pending=%u timeout_ms=%lld", c->index, c->pending,
-                     (long long)p->cfg->command_timeout_ms);
-            rconn_break(c, -ETIMEDOUT, "reply timeout");
-            return;
-        } else if (!c->head && now - c->last_reply_ms >= (uint64_t)p->cfg->ping_interval_ms) {
-            send_ping(c);
-        }
-        rconn_arm(c);
-        return;
-    case RC_CLOSED:
+    struct rconn *c = (struct rconn *)pc;
+    if (c->ac)
+        rconn_break(c, -ETIMEDOUT, "connect timeout");
+    else
+        rconn_lost(c, "connect timeout");
+}
+
+/* Command connections: the oldest command; pub/sub: the heartbeat. */
+static bool conn_oldest_cb(const struct pool_conn *pc, uint64_t *sent_ms)
+{
+    const struct rconn *c = (const struct rconn *)pc;
+    if (c->pubsub) {
+        *sent_ms = c->heartbeat_sent_ms;
+        return c->heartbeat_sent_ms != 0;
+    }
+    if (c->head == NULL)
+        return false;
+    *sent_ms = c->head->start_ms;
+    return true;
+}
+
+static void conn_overdue_cb(struct pool_conn *pc)
+{
+    struct rconn *c = (struct rconn *)pc;
+    if (c->pubsub) {
+        rconn_break(c, -ETIMEDOUT, "heartbeat timeout");
         return;
     }
+    log_warn("redis reply timeout", "conn=%u pending=%u timeout_ms=%lld", pc->index, pc->pending,
+             (long long)pool_of(c)->cfg->command_timeout_ms);
+    rconn_break(c, -ETIMEDOUT, "reply timeout");
 }
+
+static void conn_ping_cb(struct pool_conn *pc)
+{
+    send_ping((struct rconn *)pc);
+}
+
+static void conn_close_cb(struct pool_conn *pc)
+{
+    struct rconn *c = (struct rconn *)pc;
+    if (c->ac) {
+        redisAsyncContext *ac = c->ac;
+        c->fail_err = -ECANCELED;
+        ac->data = NULL;
+        c->ac = NULL;
+        redisAsyncFree(ac);
+    }
+}
+
+/* In pool.h's order: connect, connect_timeout, oldest, overdue, ping, close. */
+static const struct pool_conn_ops conn_ops = { conn_connect_cb, conn_connect_timeout_cb, conn_oldest_cb,
+                                               conn_overdue_cb, conn_ping_cb, conn_close_cb };
 
 static void ping_cb(void *ctx, const redisReply *reply, int err)
 {
@@ -825,25 +762,26 @@ static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
     const redisReply *kind = reply->element[0], *chan = reply->element[1], *msg = reply->element[2];
     if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING)
         return;
-    c->last_reply_ms = now_ms(c->pool);
+    c->base.last_activity_ms = now_ms(pool_of(c));
     bool heartbeat = chan->len == sizeof(HEARTBEAT_CHANNEL) - 1 &&
                      memcmp(chan->str, HEARTBEAT_CHANNEL, chan->len) == 0;
     if (heartbeat) {
         c->heartbeat_sent_ms = 0;
-        rconn_arm(c);
+        pool_conn_arm(&c->base);
         return;
     }
-    if (c->pool->sub_fn == NULL)
+    struct redis_pool *p = pool_of(c);
+    if (p->sub_fn == NULL)
         return;
     if (strcasecmp(kind->str, "message") == 0 && msg->type == REDIS_REPLY_STRING)
-        c->pool->sub_fn(c->pool->sub_arg, REDIS_SUB_MESSAGE, chan->str, chan->len, msg->str, msg->len);
+        p->sub_fn(p->sub_arg, REDIS_SUB_MESSAGE, chan->str, chan->len, msg->str, msg->len);
     else if (strcasecmp(kind->str, "subscribe") == 0)
-        c->pool->sub_fn(c->pool->sub_arg, REDIS_SUB_SUBSCRIBED, chan->str, chan->len, NULL, 0);
+        p->sub_fn(p->sub_arg, REDIS_SUB_SUBSCRIBED, chan->str, chan->len, NULL, 0);
 }
 
 static void sub_send(struct rconn *c, const char *verb, const char *channel)
 {
-    if (c->state != RC_READY || c->ac == NULL)
+    if (c->base.state != POOL_READY || c->ac == NULL)
         return;
     const char *argv[2] = { verb, channel };
     size_t lens[2] = { strlen(verb), strlen(channel) };
@@ -854,7 +792,7 @@ static void sub_send(struct rconn *c, const char *verb, const char *channel)
 static void send_ping(struct rconn *c)
 {
     if (c->pubsub) {
-        c->heartbeat_sent_ms = now_ms(c->pool);
+        c->heartbeat_sent_ms = now_ms(pool_of(c));
         sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
         return;
     }
@@ -865,7 +803,7 @@ static void send_ping(struct rconn *c)
 
 static void sub_resubscribe(struct rconn *c)
 {
-    struct redis_pool *p = c->pool;
+    struct redis_pool *p = pool_of(c);
     sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
     for (struct channel *ch = p->channels; ch; ch = ch->next)
         sub_send(c, "SUBSCRIBE", ch->name);
@@ -885,13 +823,8 @@ void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *ar
     p->sub_arg = arg;
     if (p->sub)
         return;
-    struct rconn *c = mem_calloc(1, sizeof(*c));
-    c->pool = p;
-    c->index = p->n;
+    struct rconn *c = (struct rconn *)pool_conn_new(&p->core, &conn_ops);
     c->pubsub = true;
-    uv_timer_init(p->loop, &c->timer);
-    c->timer.data = c;
-    p->timers_open++;
     p->sub = c;
     rconn_connect(c);
 }
@@ -901,7 +834,7 @@ void redis_pool_subscribe(struct redis_pool *p, const char *channel)
     /* Callbacks completed by redis_pool_free (a history read cut off by
      * shutdown, say) may ask for a channel: there is no connection to
      * come, and the channel list is gone already. */
-    if (p->freeing)
+    if (p->core.freeing)
         return;
     /* One entry per name: a second one would be subscribed again after
      * every reconnect, and outlive the one unsubscribe. */
@@ -914,14 +847,14 @@ void redis_pool_subscribe(struct redis_pool *p, const char *channel)
     p->channels = ch;
     if (p->sub) {
         sub_send(p->sub, "SUBSCRIBE", channel);
-        if (p->sub->ac && p->sub->state == RC_READY)
+        if (p->sub->ac && p->sub->base.state == POOL_READY)
             redisAsyncHandleWrite(p->sub->ac);
     }
 }
 
 void redis_pool_unsubscribe(struct redis_pool *p, const char *channel)
 {
-    if (p->freeing)
+    if (p->core.freeing)
         return;
     for (struct channel **pp = &p->channels; *pp; pp = &(*pp)->next) {
         if (strcmp((*pp)->name, channel) == 0) {
@@ -938,61 +871,44 @@ void redis_pool_unsubscribe(struct redis_pool *p, const char *channel)
 
 bool redis_pool_pubsub_up(const struct redis_pool *p)
 {
-    return p->sub && p->sub->state == RC_READY;
+    return p->sub && p->sub->base.state == POOL_READY;
 }
 
 /* --- pool ---------------------------------------------------------------------------- */
 
+static struct pool_limits limits_of(const struct cfg_redis *cfg, int64_t slow_ms)
+{
+    return (struct pool_limits){
+        .connect_timeout_ms = (uint64_t)cfg->connect_timeout_ms,
+        .reply_timeout_ms = (uint64_t)cfg->command_timeout_ms,
+        .ping_interval_ms = (uint64_t)cfg->ping_interval_ms,
+        .slow_ms = slow_ms,
+    };
+}
+
+static void pool_destroy_cb(struct pool *core)
+{
+    pool_deinit(core);
+    free((struct redis_pool *)core);
+}
+
 struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms)
 {
     struct redis_pool *p = mem_calloc(1, sizeof(*p));
-    p->loop = loop;
     p->cfg = cfg;
-    p->slow_ms = slow_ms;
-    p->n = (unsigned)cfg->pool_size;
-    p->conns = mem_calloc(p->n, sizeof(*p->conns));
-    metrics_init(p);
-    for (unsigned i = 0; i < p->n; i++) {
-        struct rconn *c = &p->conns[i];
-        c->pool = p;
-        c->index = i;
-        uv_timer_init(loop, &c->timer);
-        c->timer.data = c;
-        p->timers_open++;
-        rconn_connect(c);
-    }
+    snprintf(p->addr, sizeof(p->addr), "%s:%d", cfg->url.host, cfg->url.port);
+    p->core.addr = p->addr;
+    pool_init(&p->core, loop, &names, &conn_ops, (unsigned)cfg->pool_size, sizeof(struct rconn),
+              limits_of(cfg, slow_ms), pool_destroy_cb);
+    metrics_init();
+    pool_start(&p->core);
     return p;
 }
 
 void redis_pool_configure(struct redis_pool *p, const struct cfg_redis *cfg, int64_t slow_ms)
 {
     p->cfg = cfg;
-    p->slow_ms = slow_ms;
-}
-
-static void pool_timer_closed_cb(uv_handle_t *h)
-{
-    struct rconn *c = h->data;
-    struct redis_pool *p = c->pool;
-    if (c->pubsub)
-        free(c);
-    if (--p->timers_open == 0) {
-        free(p->conns);
-        free(p);
-    }
-}
-
-static void rconn_close(struct rconn *c)
-{
-    c->state = RC_CLOSED;
-    if (c->ac) {
-        redisAsyncContext *ac = c->ac;
-        c->fail_err = -ECANCELED;
-        ac->data = NULL;
-        c->ac = NULL;
-        redisAsyncFree(ac);
-    }
-    uv_close((uv_handle_t *)&c->timer, pool_timer_closed_cb);
+    pool_configure(&p->core, limits_of(cfg, slow_ms));
 }
 
 void redis_pool_free(struct redis_pool *p)
@@ -1005,7 +921,7 @@ void redis_pool_free(struct redis_pool *p)
         free(b);
     }
     block_cache_len = 0;
-    p->freeing = true;
+    p->core.freeing = true;
     while (p->channels) {
         struct channel *ch = p->channels;
         p->channels = ch->next;
@@ -1013,10 +929,6 @@ void redis_pool_free(struct redis_pool *p)
         free(ch);
     }
     p->sub_fn = NULL;
-    for (unsigned i = 0; i < p->n; i++)
-        rconn_close(&p->conns[i]);
-    if (p->sub)
-        rconn_close(p->sub);
-    *m_up = 0;
+    pool_close(&p->core);
     *m_pubsub_up = 0;
 }
