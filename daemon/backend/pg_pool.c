@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #include "daemon/backend/pool.h"
 #include "daemon/log.h"
@@ -29,7 +30,7 @@
 enum pgq_kind { Q_USER, Q_SETUP, Q_PREPARE, Q_PING };
 
 struct pgq {
-    struct pgq *next;
+    STAILQ_ENTRY(pgq) link;
     enum pgq_kind kind;
     int stmt;
     char *param;
@@ -49,7 +50,7 @@ struct pconn {
     uv_poll_t *poll;
     int fd;
     int poll_events;
-    struct pgq *head, *tail;
+    STAILQ_HEAD(pgq_list, pgq) queue;   /* sent, results awaited: oldest first */
     bool *prepared;            /* [n_stmts]: PREPARE sent here and not failed */
 };
 
@@ -171,15 +172,15 @@ static void pconn_fail(struct pconn *c, int err, const char *why)
     }
     for (unsigned i = 0; i < p->n_stmts; i++)
         c->prepared[i] = false; /* a new session has no prepared statements */
-    struct pgq *q = c->head;
-    c->head = c->tail = NULL;
+    struct pgq_list lost = STAILQ_HEAD_INITIALIZER(lost);
+    STAILQ_CONCAT(&lost, &c->queue);
     pool_conn_clear(&c->base);
     if (was_ready || c->base.state == POOL_CLOSED)
         log_debug("postgres connection lost", "conn=%u reason=%s", c->base.index, LOG_Q(reason));
     pool_update_up(&p->core, reason);
-    while (q) {
-        struct pgq *next = q->next;
-        q->next = NULL;
+    struct pgq *q;
+    while ((q = STAILQ_FIRST(&lost)) != NULL) {
+        STAILQ_REMOVE_HEAD(&lost, link);
         if (q->result) {
             PQclear(q->result);
             q->result = NULL;
@@ -187,16 +188,13 @@ static void pconn_fail(struct pconn *c, int err, const char *why)
         if (q->kind == Q_USER && err == -ECONNRESET && !q->retried && !p->core.freeing) {
             q->retried = true;
             (*m_retries)++;
-            if (dispatch(p, q) == 0) {
-                q = next;
+            if (dispatch(p, q) == 0)
                 continue;
-            }
         }
         if (q->kind == Q_USER)
             complete(c, q, err);
         else
             pgq_free(q);
-        q = next;
     }
     pool_conn_retry(&c->base);
 }
@@ -215,12 +213,7 @@ static void pconn_flush(struct pconn *c)
 
 static void enqueue(struct pconn *c, struct pgq *q)
 {
-    q->next = NULL;
-    if (c->tail)
-        c->tail->next = q;
-    else
-        c->head = q;
-    c->tail = q;
+    STAILQ_INSERT_TAIL(&c->queue, q, link);
     pool_conn_push(&c->base);
 }
 
@@ -324,12 +317,9 @@ static int result_error(const PGresult *res)
 /* One query's results are in (its SYNC arrived). */
 static void finish_head(struct pconn *c)
 {
-    struct pgq *q = c->head;
-    c->head = q->next;
-    if (c->head == NULL)
-        c->tail = NULL;
+    struct pgq *q = STAILQ_FIRST(&c->queue);
+    STAILQ_REMOVE_HEAD(&c->queue, link);
     pool_conn_pop(&c->base);
-    q->next = NULL;
     int err = q->result ? result_error(q->result) : -EIO;
     switch (q->kind) {
     case Q_USER:
@@ -371,7 +361,7 @@ static void read_results(struct pconn *c)
     }
     c->base.last_activity_ms = now_ms(pool_of(c));
     bool progressed = false;
-    while (c->head && c->base.state == POOL_READY) {
+    while (!STAILQ_EMPTY(&c->queue) && c->base.state == POOL_READY) {
         if (PQisBusy(c->pg))
             break;
         PGresult *res = PQgetResult(c->pg);
@@ -383,8 +373,9 @@ static void read_results(struct pconn *c)
             progressed = true;
             continue;
         }
-        if (c->head->result == NULL)
-            c->head->result = res;
+        struct pgq *head = STAILQ_FIRST(&c->queue);
+        if (head->result == NULL)
+            head->result = res;
         else
             PQclear(res);
     }
@@ -511,9 +502,10 @@ static void conn_connect_timeout_cb(struct pool_conn *pc)
 static bool conn_oldest_cb(const struct pool_conn *pc, uint64_t *sent_ms)
 {
     const struct pconn *c = (const struct pconn *)pc;
-    if (c->head == NULL)
+    const struct pgq *head = STAILQ_FIRST(&c->queue);
+    if (head == NULL)
         return false;
-    *sent_ms = c->head->start_ms;
+    *sent_ms = head->start_ms;
     return true;
 }
 
@@ -576,8 +568,10 @@ struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct cfg_postgres *cfg, int
     pool_init(&p->core, loop, &names, &conn_ops, (unsigned)cfg->pool_size, sizeof(struct pconn),
               limits_of(cfg, slow_ms), pool_destroy_cb);
     metrics_init();
-    for (unsigned i = 0; i < p->core.n; i++)
+    for (unsigned i = 0; i < p->core.n; i++) {
         conn_at(p, i)->fd = -1;
+        STAILQ_INIT(&conn_at(p, i)->queue);
+    }
     pool_start(&p->core);
     return p;
 }

@@ -1,11 +1,13 @@
 /*
  * pool: the core the Redis and PostgreSQL pools share. This is daemon/backend/:
  *
- *   cache/, sse/ ──> redis_pool ─────┐  (commands, scripts, reply arena, pub/sub)
- *                                    ├──> pool (this core): connections and their timers,
- *   cache/ ──────────> pg_pool ──────┘    up/down, backoff, least-busy pick, closing, freeing
- *
- *   redis_uv: hiredis on the libuv loop;  backoff.h: reconnect delays
+ *   cache/, sse/ ──> redis_pool: commands, scripts ────┐
+ *                    ├─ redis_reply: one arena a reply │
+ *                    └─ redis_pubsub: SUBSCRIBE conn   ├──> pool (the core, this file):
+ *   cache/ ─────────> pg_pool: libpq pipeline ─────────┘    connections and their timer,
+ *                                                           up/down, backoff, least-busy
+ *   redis_uv: hiredis on the libuv loop                     pick, close and free
+ *   backoff.h: reconnect delays
  *
  * A backend embeds struct pool first in its pool struct and struct
  * pool_conn first in its connection struct (the core allocates those at

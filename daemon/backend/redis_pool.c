@@ -1,17 +1,16 @@
 /*
- * redis_pool: hiredis async connections with timeouts, pings and reconnects.
- * See redis_pool.h.
+ * redis_pool: hiredis async connections with timeouts, pings and reconnects,
+ * on the pool core (pool.h). See redis_pool.h.
+ *
+ *   redis_pool_command / _script ──> pick ──> rconn: cmds FIFO ──> hiredis ──> redis-server
+ *        cb(ctx, reply, err) <── on_reply_cb <── reply built by redis_reply.c
+ *   redis_pool_subscribe ──> redis_pubsub.c (its own connection, same connect/handshake)
  *
  * Every command is tracked in a FIFO per connection (replies come back in
  * order), so its age can be checked against command_timeout_ms and each
  * callback can be guaranteed to run once: when a connection breaks, hiredis
  * runs the pending callbacks with a NULL reply, and the FIFO turns each into
  * an error with the reason the connection died.
- *
- * The pub/sub connection never carries ordinary commands: hiredis 0.14
- * hands any reply to a pending ordinary callback first, so a message could
- * land in a PING's callback. Its health check is a SUBSCRIBE to a private
- * heartbeat channel, whose confirmation is routed by channel name.
  */
 #include "daemon/backend/redis_pool.h"
 
@@ -21,16 +20,14 @@
 #include <string.h>
 #include <strings.h>
 
-#include "daemon/backend/pool.h"
+#include "daemon/backend/redis_int.h"
 #include "daemon/backend/redis_uv.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "proto/mem.h"
 
-#define HEARTBEAT_CHANNEL "__batchd:heartbeat"
-
 struct rcmd {
-    struct rcmd *next;
+    TAILQ_ENTRY(rcmd) link;
     struct rconn *conn;
     redis_reply_fn cb;
     void *ctx;
@@ -41,36 +38,6 @@ struct rcmd {
     char first_arg[48]; /* for the slow log */
 };
 
-/* The core's part (state, pending, timer, backoff, last reply) comes first. */
-struct rconn {
-    struct pool_conn base;
-    bool pubsub;
-    redisAsyncContext *ac;
-    struct rcmd *head, *tail;
-    int fail_err;           /* error given to callbacks when the connection dies */
-    uint64_t heartbeat_sent_ms;  /* pub/sub: 0 when none outstanding */
-};
-
-struct channel {
-    struct channel *next;
-    char *name;
-};
-
-struct redis_pool {
-    struct pool core;           /* first: the connections are core.conns */
-    const struct cfg_redis *cfg;
-    struct rconn *sub;          /* pub/sub connection, NULL until started */
-    redis_message_fn sub_fn;
-    void *sub_arg;
-    struct channel *channels;
-    char addr[280];             /* host:port, for the up/down log */
-};
-
-static struct redis_pool *pool_of(const struct rconn *c)
-{
-    return (struct redis_pool *)c->base.pool;
-}
-
 /* --- metrics ----------------------------------------------------------- */
 
 static const char *const cmd_names[] = { "GET",  "MGET",   "SET",    "DEL",     "PING",        "AUTH",
@@ -80,7 +47,6 @@ static const char *const cmd_names[] = { "GET",  "MGET",   "SET",    "DEL",     
 
 static uint64_t *m_cmds[N_CMDS];
 static uint64_t *m_err_timeout, *m_err_conn, *m_err_reply, *m_slow;
-static int64_t *m_pubsub_up;
 static struct metric_hist *m_latency;
 
 static const struct pool_names names = { "redis", "batchd_redis", "Redis",
@@ -99,7 +65,6 @@ static void metrics_init(void)
     m_err_conn = metrics_counter("batchd_redis_errors_total", "kind=\"connection\"", h);
     m_err_reply = metrics_counter("batchd_redis_errors_total", "kind=\"reply\"", h);
     m_slow = metrics_counter("batchd_redis_slow_commands_total", "", "Redis commands slower than slow_ms.");
-    m_pubsub_up = metrics_gauge("batchd_redis_pubsub_up", "", "1 when the pub/sub connection is ready.");
     m_latency = metrics_histogram("batchd_redis_command_duration_seconds", "",
                                   "Time from sending a Redis command to its reply.",
                                   metrics_latency_bounds, metrics_latency_n);
@@ -113,202 +78,12 @@ static unsigned cmd_index(const char *name, size_t len)
     return N_CMDS - 1;
 }
 
-/* --- reply objects ----------------------------------------------------------
- *
- * hiredis builds a reply with one malloc per element and frees it right
- * after the callback. These functions build the same redisReply structs,
- * but every object of one top-level reply comes from one arena: an MGET of
- * 50 keys costs a malloc or two, and a callback may keep the reply (and the
- * strings inside it) past its return with redis_reply_retain. The arena
- * header sits just before the top-level object, so any reply finds it.
- */
-
-#define ARENA_BLOCK 16384
-
-struct ablock {
-    struct ablock *next;
-    size_t used, cap;
-    char data[];
-};
-
-struct arena {
-    uint32_t refs;
-    struct ablock *blocks;      /* the first one also holds this header */
-};
-
-/* Full-size blocks are kept for the next reply (up to BLOCK_CACHE_MAX):
- * freeing and re-getting 16 KiB per MGET kept malloc consolidating. */
-#define BLOCK_CACHE_MAX 16
-static struct ablock *block_cache;
-static unsigned block_cache_len;
-
-static struct ablock *block_get(size_t cap)
-{
-    if (cap == ARENA_BLOCK && block_cache) {
-        struct ablock *b = block_cache;
-        block_cache = b->next;
-        block_cache_len--;
-        return b;
-    }
-    struct ablock *b = mem_alloc(sizeof(*b) + cap);
-    b->cap = cap;
-    return b;
-}
-
-static void block_put(struct ablock *b)
-{
-    if (b->cap == ARENA_BLOCK && block_cache_len < BLOCK_CACHE_MAX) {
-        b->next = block_cache;
-        block_cache = b;
-        block_cache_len++;
-        return;
-    }
-    free(b);
-}
-
-static void *arena_alloc(struct arena *a, size_t n)
-{
-    n = (n + 7) & ~(size_t)7;
-    struct ablock *b = a->blocks;
-    if (b->cap - b->used < n) {
-        struct ablock *nb = block_get(n > ARENA_BLOCK ? n : ARENA_BLOCK);
-        nb->used = 0;
-        /* Keep filling the head block; big strings get blocks of their own. */
-        if (n > ARENA_BLOCK / 2) {
-            nb->next = b->next;
-            b->next = nb;
-            nb->used = n;
-            return nb->data;
-        }
-        nb->next = b;
-        a->blocks = b = nb;
-    }
-    void *p = b->data + b->used;
-    b->used += n;
-    return p;
-}
-
-static struct arena *arena_of(const redisReply *top)
-{
-    return (struct arena *)((char *)top - sizeof(struct arena));
-}
-
-static void arena_unref(struct arena *a)
-{
-    if (--a->refs > 0)
-        return;
-    struct ablock *b = a->blocks;
-    while (b) {
-        struct ablock *next = b->next;
-        block_put(b);
-        b = next;
-    }
-}
-
-static struct arena *task_arena(const redisReadTask *task, redisReply *r)
-{
-    if (task->parent == NULL)
-        return arena_of(r);
-    const redisReadTask *root = task->parent;
-    while (root->parent)
-        root = root->parent;
-    return arena_of(root->obj);
-}
-
-/* A new object for `task`: the top-level one opens an arena whose first
- * block is sized by `hint` (bytes the reply will need, as far as known). */
-static redisReply *reply_new(const redisReadTask *task, int type, size_t hint)
-{
-    redisReply *r;
-    if (task->parent == NULL) {
-        size_t cap = sizeof(struct arena) + sizeof(redisReply) + ((hint + 7) & ~(size_t)7);
-        if (cap > ARENA_BLOCK)
-            cap = ARENA_BLOCK;
-        struct ablock *b = block_get(cap);
-        b->next = NULL;
-        b->used = 0;
-        struct arena *a = (struct arena *)b->data;
-        b->used = sizeof(*a);
-        a->refs = 1;
-        a->blocks = b;
-        r = arena_alloc(a, sizeof(*r));
-    } else {
-        r = arena_alloc(task_arena(task, NULL), sizeof(*r));
-        redisReply *parent = task->parent->obj;
-        parent->element[task->idx] = r;
-    }
-    memset(r, 0, sizeof(*r));
-    r->type = type;
-    return r;
-}
-
-static void *create_string_cb(const redisReadTask *task, char *str, size_t len)
-{
-    redisReply *r = reply_new(task, task->type, len + 1);
-    r->str = arena_alloc(task_arena(task, r), len + 1);
-    memcpy(r->str, str, len);
-    r->str[len] = '\0';
-    r->len = len;
-    return r;
-}
-
-static void *create_array_cb(const redisReadTask *task, int elements)
-{
-    /* Room for the elements and, typically, their small strings. */
-    redisReply *r = reply_new(task, REDIS_REPLY_ARRAY,
-                              elements > 0 ? (size_t)elements * (sizeof(redisReply) + 8 + 256) : 0);
-    if (elements > 0)
-        r->element = arena_alloc(task_arena(task, r), (size_t)elements * sizeof(redisReply *));
-    r->elements = (size_t)(elements > 0 ? elements : 0);
-    return r;
-}
-
-static void *create_integer_cb(const redisReadTask *task, long long value)
-{
-    redisReply *r = reply_new(task, REDIS_REPLY_INTEGER, 0);
-    r->integer = value;
-    return r;
-}
-
-static void *create_nil_cb(const redisReadTask *task)
-{
-    return reply_new(task, REDIS_REPLY_NIL, 0);
-}
-
-static void free_object_cb(void *obj)
-{
-    arena_unref(arena_of(obj)); /* hiredis only frees top-level replies */
-}
-
-static redisReplyObjectFunctions arena_fns = {
-    create_string_cb, create_array_cb, create_integer_cb, create_nil_cb, free_object_cb,
-};
-
-void *redis_reply_retain(const redisReply *reply)
-{
-    struct arena *a = arena_of(reply);
-    a->refs++;
-    return a;
-}
-
-void redis_reply_release(void *ref)
-{
-    arena_unref(ref);
-}
-
-static uint64_t now_ms(struct redis_pool *p)
-{
-    return uv_now(p->core.loop);
-}
-
 /* --- connection lifecycle ------------------------------------------------------ */
-
-static void sub_resubscribe(struct rconn *c);
 
 /* The connection is gone (ac already freed or being freed by hiredis). */
 static void rconn_lost(struct rconn *c, const char *reason)
 {
-    struct redis_pool *p = pool_of(c);
+    struct redis_pool *p = redis_pool_of(c);
     bool was_ready = c->base.state == POOL_READY;
     c->ac = NULL;
     c->heartbeat_sent_ms = 0;
@@ -316,21 +91,15 @@ static void rconn_lost(struct rconn *c, const char *reason)
         c->base.state = POOL_WAITING;
     log_debug("redis connection lost", "conn=%u pubsub=%d state=%s reason=%s", c->base.index, c->pubsub,
               pool_state_names[c->base.state], LOG_Q(reason));
-    if (c->pubsub) {
-        *m_pubsub_up = 0;
-        if (was_ready && p->sub_fn)
-            p->sub_fn(p->sub_arg, REDIS_SUB_DOWN, NULL, 0, NULL, 0);
-        if (was_ready)
-            log_warn("redis pub/sub down", "reason=%s", LOG_Q(reason));
-    } else {
+    if (c->pubsub)
+        redis_pubsub_lost(c, was_ready, reason);
+    else
         pool_update_up(&p->core, reason);
-    }
     pool_conn_retry(&c->base);
 }
 
-/* Breaks a live connection on our side (timeout, bad handshake). Pending
- * callbacks run now, from inside redisAsyncFree, with c->fail_err. */
-static void rconn_break(struct rconn *c, int err, const char *reason)
+/* Pending callbacks run from inside redisAsyncFree, with c->fail_err. */
+void redis_conn_break(struct rconn *c, int err, const char *reason)
 {
     redisAsyncContext *ac = c->ac;
     if (ac == NULL)
@@ -356,7 +125,7 @@ static void on_disconnect_cb(const redisAsyncContext *ac, int status)
 
 static void finish_cmd(struct rconn *c, struct rcmd *k, const redisReply *reply, int err)
 {
-    struct redis_pool *p = pool_of(c);
+    struct redis_pool *p = redis_pool_of(c);
     uint64_t ns = uv_hrtime() - k->start_ns;
     metrics_observe(m_latency, (double)ns / 1e9);
     if (err == -ETIMEDOUT)
@@ -381,15 +150,11 @@ static void on_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     struct rcmd *k = privdata;
     struct rconn *c = k->conn;
     (void)ac;
-    if (c->head == k) {
-        c->head = k->next;
-        if (c->head == NULL)
-            c->tail = NULL;
-    }
+    TAILQ_REMOVE(&c->cmds, k, link);
     pool_conn_pop(&c->base);
     const redisReply *reply = r;
     if (reply != NULL)
-        c->base.last_activity_ms = now_ms(pool_of(c));
+        c->base.last_activity_ms = uv_now(c->base.pool->loop);
     finish_cmd(c, k, reply, reply ? 0 : (c->fail_err ? c->fail_err : -ECONNRESET));
     if (reply != NULL)
         pool_conn_arm(&c->base);
@@ -401,12 +166,11 @@ static int send_formatted(struct rconn *c, redis_reply_fn cb, void *ctx, const c
                           str_t name, unsigned nargs, str_t first)
 {
     struct rcmd *k = mem_alloc(sizeof(*k));
-    k->next = NULL;
     k->conn = c;
     k->cb = cb;
     k->ctx = ctx;
     k->start_ns = uv_hrtime();
-    k->start_ms = now_ms(pool_of(c));
+    k->start_ms = uv_now(c->base.pool->loop);
     k->cmd = cmd_index(name.p, name.len);
     k->nargs = nargs;
     size_t n = first.len < sizeof(k->first_arg) - 1 ? first.len : sizeof(k->first_arg) - 1;
@@ -420,11 +184,7 @@ static int send_formatted(struct rconn *c, redis_reply_fn cb, void *ctx, const c
         return -EIO;
     }
     (*m_cmds[k->cmd])++;
-    if (c->tail)
-        c->tail->next = k;
-    else
-        c->head = k;
-    c->tail = k;
+    TAILQ_INSERT_TAIL(&c->cmds, k, link);
     pool_conn_push(&c->base);
     return 0;
 }
@@ -591,12 +351,10 @@ static void handshake_done(struct rconn *c)
 {
     pool_conn_ready(&c->base);
     log_debug("redis connection ready", "conn=%u pubsub=%d", c->base.index, c->pubsub);
-    if (c->pubsub) {
-        *m_pubsub_up = 1;
-        sub_resubscribe(c);
-    } else {
+    if (c->pubsub)
+        redis_pubsub_ready(c);
+    else
         pool_update_up(c->base.pool, "ready");
-    }
     pool_conn_arm(&c->base);
 }
 
@@ -610,7 +368,7 @@ static void handshake_step_cb(void *ctx, const redisReply *reply, int err)
         return; /* the connection is already being torn down */
     if (reply->type == REDIS_REPLY_ERROR) {
         log_warn("redis handshake failed", "conn=%u err=%s", c->base.index, LOG_Q(reply->str));
-        rconn_break(c, -ECONNREFUSED, reply->str);
+        redis_conn_break(c, -ECONNREFUSED, reply->str);
         return;
     }
     if (c->base.pending == 0)
@@ -628,7 +386,7 @@ static void on_connect_cb(const redisAsyncContext *ac, int status)
         rconn_lost(c, ac->errstr[0] ? ac->errstr : "connect failed");
         return;
     }
-    const struct cfg_redis_url *u = &pool_of(c)->cfg->url;
+    const struct cfg_redis_url *u = &redis_pool_of(c)->cfg->url;
     c->base.state = POOL_HANDSHAKE;
     if (u->password) {
         const char *argv[3] = { "AUTH", u->username ? u->username : u->password, u->password };
@@ -649,7 +407,7 @@ static void on_connect_cb(const redisAsyncContext *ac, int status)
 
 static void rconn_connect(struct rconn *c)
 {
-    struct redis_pool *p = pool_of(c);
+    struct redis_pool *p = redis_pool_of(c);
     const struct cfg_redis_url *u = &p->cfg->url;
     c->base.state = POOL_CONNECTING;
     c->fail_err = -ECONNRESET;
@@ -662,7 +420,7 @@ static void rconn_connect(struct rconn *c)
         return;
     }
     ac->data = c;
-    ac->c.reader->fn = &arena_fns;
+    ac->c.reader->fn = &redis_reply_fns;
     /* hiredis frees an idle read buffer above 16 KiB and grows it again for
      * the next large reply; keep up to 1 MiB per connection instead. */
     ac->c.reader->maxbuf = 1024 * 1024;
@@ -680,54 +438,52 @@ static void rconn_connect(struct rconn *c)
 
 /* --- what the pool core asks: connect, timeouts, pings, close ------------------------ */
 
-static void send_ping(struct rconn *c);
-
-static void conn_connect_cb(struct pool_conn *pc)
+void redis_conn_connect_cb(struct pool_conn *pc)
 {
     rconn_connect((struct rconn *)pc);
 }
 
-static void conn_connect_timeout_cb(struct pool_conn *pc)
+void redis_conn_connect_timeout_cb(struct pool_conn *pc)
 {
     struct rconn *c = (struct rconn *)pc;
     if (c->ac)
-        rconn_break(c, -ETIMEDOUT, "connect timeout");
+        redis_conn_break(c, -ETIMEDOUT, "connect timeout");
     else
         rconn_lost(c, "connect timeout");
 }
 
-/* Command connections: the oldest command; pub/sub: the heartbeat. */
 static bool conn_oldest_cb(const struct pool_conn *pc, uint64_t *sent_ms)
 {
-    const struct rconn *c = (const struct rconn *)pc;
-    if (c->pubsub) {
-        *sent_ms = c->heartbeat_sent_ms;
-        return c->heartbeat_sent_ms != 0;
-    }
-    if (c->head == NULL)
+    const struct rcmd *k = TAILQ_FIRST(&((const struct rconn *)pc)->cmds);
+    if (k == NULL)
         return false;
-    *sent_ms = c->head->start_ms;
+    *sent_ms = k->start_ms;
     return true;
 }
 
 static void conn_overdue_cb(struct pool_conn *pc)
 {
     struct rconn *c = (struct rconn *)pc;
-    if (c->pubsub) {
-        rconn_break(c, -ETIMEDOUT, "heartbeat timeout");
-        return;
-    }
     log_warn("redis reply timeout", "conn=%u pending=%u timeout_ms=%lld", pc->index, pc->pending,
-             (long long)pool_of(c)->cfg->command_timeout_ms);
-    rconn_break(c, -ETIMEDOUT, "reply timeout");
+             (long long)redis_pool_of(c)->cfg->command_timeout_ms);
+    redis_conn_break(c, -ETIMEDOUT, "reply timeout");
+}
+
+static void ping_cb(void *ctx, const redisReply *reply, int err)
+{
+    (void)ctx;
+    (void)reply;
+    (void)err; /* a failed PING breaks the connection through its timeout */
 }
 
 static void conn_ping_cb(struct pool_conn *pc)
 {
-    send_ping((struct rconn *)pc);
+    const char *argv[1] = { "PING" };
+    size_t lens[1] = { 4 };
+    (void)send_cmd((struct rconn *)pc, ping_cb, NULL, 1, argv, lens);
 }
 
-static void conn_close_cb(struct pool_conn *pc)
+void redis_conn_close_cb(struct pool_conn *pc)
 {
     struct rconn *c = (struct rconn *)pc;
     if (c->ac) {
@@ -740,138 +496,13 @@ static void conn_close_cb(struct pool_conn *pc)
 }
 
 /* In pool.h's order: connect, connect_timeout, oldest, overdue, ping, close. */
-static const struct pool_conn_ops conn_ops = { conn_connect_cb, conn_connect_timeout_cb, conn_oldest_cb,
-                                               conn_overdue_cb, conn_ping_cb, conn_close_cb };
+static const struct pool_conn_ops conn_ops = { redis_conn_connect_cb, redis_conn_connect_timeout_cb,
+                                               conn_oldest_cb, conn_overdue_cb, conn_ping_cb,
+                                               redis_conn_close_cb };
 
-static void ping_cb(void *ctx, const redisReply *reply, int err)
+void redis_count_command(const char *name, size_t len)
 {
-    (void)ctx;
-    (void)reply;
-    (void)err; /* a failed PING breaks the connection through its timeout */
-}
-
-/* --- pub/sub -------------------------------------------------------------------- */
-
-static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
-{
-    struct rconn *c = privdata;
-    redisReply *reply = r;
-    (void)ac;
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
-        return;
-    const redisReply *kind = reply->element[0], *chan = reply->element[1], *msg = reply->element[2];
-    if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING)
-        return;
-    c->base.last_activity_ms = now_ms(pool_of(c));
-    bool heartbeat = chan->len == sizeof(HEARTBEAT_CHANNEL) - 1 &&
-                     memcmp(chan->str, HEARTBEAT_CHANNEL, chan->len) == 0;
-    if (heartbeat) {
-        c->heartbeat_sent_ms = 0;
-        pool_conn_arm(&c->base);
-        return;
-    }
-    struct redis_pool *p = pool_of(c);
-    if (p->sub_fn == NULL)
-        return;
-    if (strcasecmp(kind->str, "message") == 0 && msg->type == REDIS_REPLY_STRING)
-        p->sub_fn(p->sub_arg, REDIS_SUB_MESSAGE, chan->str, chan->len, msg->str, msg->len);
-    else if (strcasecmp(kind->str, "subscribe") == 0)
-        p->sub_fn(p->sub_arg, REDIS_SUB_SUBSCRIBED, chan->str, chan->len, NULL, 0);
-}
-
-static void sub_send(struct rconn *c, const char *verb, const char *channel)
-{
-    if (c->base.state != POOL_READY || c->ac == NULL)
-        return;
-    const char *argv[2] = { verb, channel };
-    size_t lens[2] = { strlen(verb), strlen(channel) };
-    if (redisAsyncCommandArgv(c->ac, on_sub_message_cb, c, 2, argv, lens) == REDIS_OK)
-        (*m_cmds[cmd_index(verb, lens[0])])++;
-}
-
-static void send_ping(struct rconn *c)
-{
-    if (c->pubsub) {
-        c->heartbeat_sent_ms = now_ms(pool_of(c));
-        sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
-        return;
-    }
-    const char *argv[1] = { "PING" };
-    size_t lens[1] = { 4 };
-    (void)send_cmd(c, ping_cb, NULL, 1, argv, lens);
-}
-
-static void sub_resubscribe(struct rconn *c)
-{
-    struct redis_pool *p = pool_of(c);
-    sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
-    for (struct channel *ch = p->channels; ch; ch = ch->next)
-        sub_send(c, "SUBSCRIBE", ch->name);
-    if (c->ac)
-        redisAsyncHandleWrite(c->ac);
-    unsigned n = 0;
-    for (struct channel *ch = p->channels; ch; ch = ch->next)
-        n++;
-    log_info("redis pub/sub up", "channels=%u", n);
-    if (p->sub_fn)
-        p->sub_fn(p->sub_arg, REDIS_SUB_UP, NULL, 0, NULL, 0);
-}
-
-void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *arg)
-{
-    p->sub_fn = fn;
-    p->sub_arg = arg;
-    if (p->sub)
-        return;
-    struct rconn *c = (struct rconn *)pool_conn_new(&p->core, &conn_ops);
-    c->pubsub = true;
-    p->sub = c;
-    rconn_connect(c);
-}
-
-void redis_pool_subscribe(struct redis_pool *p, const char *channel)
-{
-    /* Callbacks completed by redis_pool_free (a history read cut off by
-     * shutdown, say) may ask for a channel: there is no connection to
-     * come, and the channel list is gone already. */
-    if (p->core.freeing)
-        return;
-    /* One entry per name: a second one would be subscribed again after
-     * every reconnect, and outlive the one unsubscribe. */
-    for (struct channel *ch = p->channels; ch; ch = ch->next)
-        if (strcmp(ch->name, channel) == 0)
-            return;
-    struct channel *ch = mem_calloc(1, sizeof(*ch));
-    ch->name = mem_strdup(channel);
-    ch->next = p->channels;
-    p->channels = ch;
-    if (p->sub) {
-        sub_send(p->sub, "SUBSCRIBE", channel);
-        if (p->sub->ac && p->sub->base.state == POOL_READY)
-            redisAsyncHandleWrite(p->sub->ac);
-    }
-}
-
-void redis_pool_unsubscribe(struct redis_pool *p, const char *channel)
-{
-    if (p->core.freeing)
-        return;
-    for (struct channel **pp = &p->channels; *pp; pp = &(*pp)->next) {
-        if (strcmp((*pp)->name, channel) == 0) {
-            struct channel *ch = *pp;
-            *pp = ch->next;
-            free(ch->name);
-            free(ch);
-            break;
-        }
-    }
-    if (p->sub)
-        sub_send(p->sub, "UNSUBSCRIBE", channel);
-}
-
-bool redis_pool_pubsub_up(const struct redis_pool *p)
-{
-    return p->sub && p->sub->base.state == POOL_READY;
+    (*m_cmds[cmd_index(name, len)])++;
 }
 
 /* --- pool ---------------------------------------------------------------------------- */
@@ -901,6 +532,10 @@ struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, 
     pool_init(&p->core, loop, &names, &conn_ops, (unsigned)cfg->pool_size, sizeof(struct rconn),
               limits_of(cfg, slow_ms), pool_destroy_cb);
     metrics_init();
+    redis_pubsub_init();
+    LIST_INIT(&p->channels);
+    for (unsigned i = 0; i < p->core.n; i++)
+        TAILQ_INIT(&((struct rconn *)p->core.conns[i])->cmds);
     pool_start(&p->core);
     return p;
 }
@@ -915,20 +550,8 @@ void redis_pool_free(struct redis_pool *p)
 {
     if (p == NULL)
         return;
-    while (block_cache) { /* replies still retained return theirs later */
-        struct ablock *b = block_cache;
-        block_cache = b->next;
-        free(b);
-    }
-    block_cache_len = 0;
+    redis_reply_drain();
     p->core.freeing = true;
-    while (p->channels) {
-        struct channel *ch = p->channels;
-        p->channels = ch->next;
-        free(ch->name);
-        free(ch);
-    }
-    p->sub_fn = NULL;
+    redis_pubsub_free(p);
     pool_close(&p->core);
-    *m_pubsub_up = 0;
 }
