@@ -69,7 +69,7 @@ struct pg_pool {
 static uint64_t *m_err_timeout, *m_err_conn, *m_err_query, *m_retries, *m_slow;
 static struct metric_hist *m_latency;
 
-static const struct pool_names names = { "postgres", "batchd_pg", "PostgreSQL",
+static const struct pool_names names = { "postgres", "postgres", "batchd_pg", "PostgreSQL",
                                          "1 when a PostgreSQL connection is ready.",
                                          "batchd_pg_pending_queries", "PostgreSQL queries in flight." };
 
@@ -546,6 +546,7 @@ static struct pool_limits limits_of(const struct cfg_postgres *cfg, int64_t slow
         .reply_timeout_ms = (uint64_t)cfg->query_timeout_ms + DEADLINE_GRACE_MS,
         .ping_interval_ms = (uint64_t)cfg->ping_interval_ms,
         .slow_ms = slow_ms,
+        .max_pending = (unsigned)cfg->max_pending,
     };
 }
 
@@ -604,6 +605,9 @@ int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_le
 {
     if (p->core.ready == 0)
         return -EAGAIN;
+    int rc = pool_admit(&p->core);
+    if (rc != 0)
+        return rc;
     struct pgq *q = pgq_new(Q_USER);
     q->stmt = stmt;
     q->param = mem_strndup(param, param_len);
@@ -611,7 +615,7 @@ int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_le
     q->batch = batch;
     q->cb = cb;
     q->ctx = ctx;
-    int rc = dispatch(p, q);
+    rc = dispatch(p, q);
     if (rc != 0) {
         q->cb = NULL;
         pgq_free(q);

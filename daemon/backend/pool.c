@@ -1,6 +1,12 @@
 /*
- * pool: connections, timers and up/down shared by the Redis and PostgreSQL
- * pools. See pool.h (with the folder's diagram).
+ * pool: connections, timers, up/down and the pending limit shared by the
+ * Redis and PostgreSQL pools. See pool.h (with the folder's diagram).
+ *
+ * max_pending counts commands, not bytes: what a full queue costs is time
+ * (each waits behind the others, and both servers answer one at a time),
+ * while a pending command's bytes have mostly left for the socket already
+ * and the requests behind it are bounded by the HTTP limits. The pending
+ * gauges count the same thing.
  */
 #include "daemon/backend/pool.h"
 
@@ -47,14 +53,19 @@ void pool_init(struct pool *p, uv_loop_t *loop, const struct pool_names *names,
                struct pool_limits lim, void (*destroy)(struct pool *p))
 {
     p->loop = loop;
-    p->names = names;
     p->destroy = destroy;
     p->conn_size = conn_size;
     p->lim = lim;
     snprintf(p->msg_up, sizeof(p->msg_up), "%s up", names->name);
     snprintf(p->msg_down, sizeof(p->msg_down), "%s down", names->name);
     snprintf(p->msg_closed, sizeof(p->msg_closed), "%s connections closed", names->name);
+    snprintf(p->msg_busy, sizeof(p->msg_busy), "%s busy", names->name);
+    snprintf(p->msg_unbusy, sizeof(p->msg_unbusy), "%s no longer busy", names->name);
     char metric[64], help[96];
+    snprintf(metric, sizeof(metric), "backend=\"%s\",reason=\"busy\"", names->label);
+    p->m_rejected = metrics_counter("batchd_backend_rejected_total", metric,
+                                    "Commands and queries refused because max_pending were awaiting replies "
+                                    "(reads and publishes answer 503 backend_busy).");
     snprintf(metric, sizeof(metric), "%s_connects_total", names->metric);
     snprintf(help, sizeof(help), "%s connections established.", names->product);
     p->m_connects = metrics_counter(metric, "", help);
@@ -114,7 +125,7 @@ void pool_deinit(struct pool *p)
     p->n = p->n_all = 0;
 }
 
-/* --- picking --------------------------------------------------- */
+/* --- picking and admitting --------------------------------------------------- */
 
 struct pool_conn *pool_pick(struct pool *p)
 {
@@ -125,6 +136,26 @@ struct pool_conn *pool_pick(struct pool *p)
             best = c;
     }
     return best;
+}
+
+int pool_admit(struct pool *p)
+{
+    if (p->pending < p->lim.max_pending) {
+        if (p->busy_logged) {
+            p->busy_logged = false;
+            log_info(p->msg_unbusy, "pending=%u max_pending=%u rejected=%llu", p->pending,
+                     p->lim.max_pending, (unsigned long long)p->busy_rejected);
+        }
+        return 0;
+    }
+    (*p->m_rejected)++;
+    if (!p->busy_logged) {
+        p->busy_logged = true;
+        p->busy_rejected = 0;
+        log_warn(p->msg_busy, "pending=%u max_pending=%u", p->pending, p->lim.max_pending);
+    }
+    p->busy_rejected++;
+    return -EBUSY;
 }
 
 void pool_update_up(struct pool *p, const char *reason)
@@ -222,7 +253,7 @@ static void timer_cb(uv_timer_t *t)
 /* --- pending ---------------------------------------------------------------------- */
 
 /* Extra connections (Redis pub/sub) carry none of the pool users'
- * commands: their handshake is not in the pool's pending count. */
+ * commands: their handshake does not count against max_pending. */
 static bool counted(const struct pool_conn *c)
 {
     return c->index < c->pool->n;

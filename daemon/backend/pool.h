@@ -6,7 +6,7 @@
  *                    └─ redis_pubsub: SUBSCRIBE conn   ├──> pool (the core, this file):
  *   cache/ ─────────> pg_pool: libpq pipeline ─────────┘    connections and their timer,
  *                                                           up/down, backoff, least-busy
- *   redis_uv: hiredis on the libuv loop                     pick, close and free
+ *   redis_uv: hiredis on the libuv loop                     pick, max_pending, close, free
  *   backoff.h: reconnect delays
  *
  * A backend embeds struct pool first in its pool struct and struct
@@ -73,7 +73,8 @@ struct pool_conn {
 
 /* Names of one backend: log messages and metrics. */
 struct pool_names {
-    const char *name;             /* "redis": logs "redis up", "redis down" */
+    const char *name;             /* "redis": logs "redis up", "redis down", "redis busy" */
+    const char *label;            /* batchd_backend_rejected_total{backend=label} */
     const char *metric;           /* "batchd_redis": <metric>_up, _pool_connections, _connects_total */
     const char *product;          /* "Redis", in the metrics' help */
     const char *up_help;
@@ -86,11 +87,11 @@ struct pool_limits {
     uint64_t reply_timeout_ms;
     uint64_t ping_interval_ms;
     int64_t slow_ms;              /* replies slower than this are logged (0: none) */
+    unsigned max_pending;         /* pool_admit refuses at this many pending */
 };
 
 struct pool {
     uv_loop_t *loop;
-    const struct pool_names *names;
     /* Frees the backend's part once every timer has closed; it must call
      * pool_deinit, then free the struct that holds this one. */
     void (*destroy)(struct pool *p);
@@ -101,11 +102,12 @@ struct pool {
     unsigned pending;             /* sum of the n's pending */
     struct pool_limits lim;
     const char *addr;             /* "host:port" in up/down logs, or NULL */
-    bool up_logged, freeing;
+    bool up_logged, busy_logged, freeing;
     unsigned handles_open;
+    uint64_t busy_rejected;       /* refusals since the pool became busy */
     int64_t *m_up;
-    uint64_t *m_connects;
-    char msg_up[32], msg_down[32], msg_closed[48];
+    uint64_t *m_connects, *m_rejected;
+    char msg_up[32], msg_down[32], msg_closed[48], msg_busy[32], msg_unbusy[40];
 };
 
 /* Sets up p with n connections of conn_size bytes each (zeroed, then their
@@ -129,11 +131,18 @@ void pool_deinit(struct pool *p);
 
 /* The READY connection of the n with the fewest pending, or NULL. */
 struct pool_conn *pool_pick(struct pool *p);
+/* Admission of a user's command or query: 0, or -EBUSY when max_pending
+ * are pending already (counted in batchd_backend_rejected_total; "<name>
+ * busy" is logged once, "<name> no longer busy" at the next admission).
+ * Work the pool makes itself (handshakes, pings, PREPARE, a script's
+ * SCRIPT LOAD follow-up, a retry) is not admitted: it continues work that
+ * was, or keeps the connection alive. */
+int pool_admit(struct pool *p) __attribute__((warn_unused_result));
 /* Recounts READY connections; logs "<name> up" / "<name> down" on a change. */
 void pool_update_up(struct pool *p, const char *reason);
 
 /* Connection state changes. */
-/* Now CONNECTING: the connect timeout starts. */
+/* The backend set CONNECTING: the connect timeout starts. */
 void pool_conn_connecting(struct pool_conn *c);
 /* Now READY: the backoff restarts, and the connect is counted. */
 void pool_conn_ready(struct pool_conn *c);

@@ -49,7 +49,7 @@ static uint64_t *m_cmds[N_CMDS];
 static uint64_t *m_err_timeout, *m_err_conn, *m_err_reply, *m_slow;
 static struct metric_hist *m_latency;
 
-static const struct pool_names names = { "redis", "batchd_redis", "Redis",
+static const struct pool_names names = { "redis", "redis", "batchd_redis", "Redis",
                                          "1 when a Redis command connection is ready.",
                                          "batchd_redis_pending_replies", "Redis replies outstanding." };
 
@@ -303,6 +303,10 @@ static int scall_send(struct scall *sc)
 int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_reply_fn cb, void *ctx,
                       int argc, const char **argv, const size_t *argvlen)
 {
+    /* Admitted once: its SCRIPT LOAD and NOSCRIPT follow-ups continue it. */
+    int rc = pick(p) ? pool_admit(&p->core) : -EAGAIN;
+    if (rc != 0)
+        return rc;
     struct scall *sc = mem_calloc(1, sizeof(*sc));
     sc->pool = p;
     sc->script = script;
@@ -312,7 +316,7 @@ int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_r
     resp_args(&sc->tail, argc, argv, argvlen);
     if (argc > 1)
         snprintf(sc->first, sizeof(sc->first), "%.*s", (int)argvlen[1], argv[1]);
-    int rc = scall_send(sc);
+    rc = scall_send(sc);
     if (rc != 0) {
         buf_deinit(&sc->tail);
         free(sc);
@@ -324,8 +328,9 @@ int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int a
                        const char **argv, const size_t *argvlen)
 {
     struct rconn *c = pick(p);
-    if (c == NULL)
-        return -EAGAIN;
+    int rc = c ? pool_admit(&p->core) : -EAGAIN;
+    if (rc != 0)
+        return rc;
     return send_cmd(c, cb, ctx, argc, argv, argvlen);
 }
 
@@ -514,6 +519,7 @@ static struct pool_limits limits_of(const struct cfg_redis *cfg, int64_t slow_ms
         .reply_timeout_ms = (uint64_t)cfg->command_timeout_ms,
         .ping_interval_ms = (uint64_t)cfg->ping_interval_ms,
         .slow_ms = slow_ms,
+        .max_pending = (unsigned)cfg->max_pending,
     };
 }
 

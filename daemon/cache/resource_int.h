@@ -25,7 +25,7 @@
 
 
 
-enum fail_kind { FAIL_NONE = 0, FAIL_DB_UNAVAILABLE, FAIL_QUERY, FAIL_DOCUMENT, FAIL_SHUTDOWN };
+enum fail_kind { FAIL_NONE = 0, FAIL_DB_UNAVAILABLE, FAIL_QUERY, FAIL_DOCUMENT, FAIL_BUSY, FAIL_SHUTDOWN };
 
 
 struct resource {
@@ -45,7 +45,7 @@ struct resource {
     bool window_armed;
     uint64_t *m_hit, *m_miss, *m_absent, *m_pg_queries, *m_degraded, *m_joins, *m_writebacks;
     uint64_t *m_inval_unjoined;
-    uint64_t *m_err[5];
+    uint64_t *m_err[6];
     uint64_t *m_requests[3];
     struct metric_hist *m_mget_keys, *m_query_ids;
 };
