@@ -83,6 +83,7 @@ struct cfg_redis {
     int64_t connect_timeout_ms;
     int64_t command_timeout_ms;
     int64_t ping_interval_ms;
+    int64_t max_pending;            /* commands awaiting replies, all connections; more: -EBUSY */
 };
 
 struct cfg_postgres {
@@ -91,6 +92,7 @@ struct cfg_postgres {
     int64_t connect_timeout_ms;
     int64_t query_timeout_ms;
     int64_t ping_interval_ms;
+    int64_t max_pending;            /* queries awaiting results, all connections; more: -EBUSY */
 };
 
 struct cfg_upstream {

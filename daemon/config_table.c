@@ -66,12 +66,14 @@ const struct cfg_key config_keys[] = {
     R(connect_timeout_ms, CFG_INT, 10, 600000, "2000", true),
     R(command_timeout_ms, CFG_INT, 10, 600000, "2000", true),
     R(ping_interval_ms, CFG_INT, 100, 3600000, "5000", true),
+    R(max_pending, CFG_INT, 1, 10000000, "50000", true),
 
     P(conninfo, CFG_CONNINFO, 0, 0, NULL, false),
     P(pool_size, CFG_INT, 1, 256, "4", false),
     P(connect_timeout_ms, CFG_INT, 10, 600000, "2000", true),
     P(query_timeout_ms, CFG_INT, 10, 3600000, "5000", true),
     P(ping_interval_ms, CFG_INT, 100, 3600000, "5000", true),
+    P(max_pending, CFG_INT, 1, 1000000, "1000", true),
 
     U(url, CFG_HTTP_URL, 0, 0, NULL, false),
     U(pool_size, CFG_INT, 1, 10000, "64", false),

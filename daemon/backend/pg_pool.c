@@ -17,8 +17,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
-#include "daemon/backend/backoff.h"
+#include "daemon/backend/pool.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "proto/mem.h"
@@ -26,11 +27,10 @@
 #define DEADLINE_GRACE_MS 1000
 #define TEXTARRAYOID 1009
 
-enum pconn_state { PC_WAITING, PC_CONNECTING, PC_READY, PC_CLOSED };
 enum pgq_kind { Q_USER, Q_SETUP, Q_PREPARE, Q_PING };
 
 struct pgq {
-    struct pgq *next;
+    STAILQ_ENTRY(pgq) link;
     enum pgq_kind kind;
     int stmt;
     char *param;
@@ -43,20 +43,15 @@ struct pgq {
     uint64_t start_ns, start_ms;
 };
 
+/* The core's part (state, pending, timer, backoff, last activity) comes first. */
 struct pconn {
-    struct pg_pool *pool;
-    unsigned index;
-    enum pconn_state state;
+    struct pool_conn base;
     PGconn *pg;
     uv_poll_t *poll;
     int fd;
     int poll_events;
-    uv_timer_t timer;
-    struct pgq *head, *tail;
-    unsigned pending;
+    STAILQ_HEAD(pgq_list, pgq) queue;   /* sent, results awaited: oldest first */
     bool *prepared;            /* [n_stmts]: PREPARE sent here and not failed */
-    unsigned attempt;
-    uint64_t last_activity_ms;
 };
 
 struct stmt {
@@ -65,38 +60,30 @@ struct stmt {
 };
 
 struct pg_pool {
-    uv_loop_t *loop;
+    struct pool core;           /* first: the connections are core.conns */
     const struct cfg_postgres *cfg;
-    int64_t slow_ms;
-    struct pconn *conns;
-    unsigned n;
-    unsigned ready;
-    bool up_logged;
-    bool freeing;
-    unsigned timers_open;
     struct stmt *stmts;
     unsigned n_stmts;
 };
 
-static uint64_t *m_err_timeout, *m_err_conn, *m_err_query, *m_retries, *m_connects, *m_slow;
-static int64_t *m_up;
+static uint64_t *m_err_timeout, *m_err_conn, *m_err_query, *m_retries, *m_slow;
 static struct metric_hist *m_latency;
 
-static double gauge_ready(void *arg)
+static const struct pool_names names = { "postgres", "postgres", "batchd_pg", "PostgreSQL",
+                                         "1 when a PostgreSQL connection is ready.",
+                                         "batchd_pg_pending_queries", "PostgreSQL queries in flight." };
+
+static struct pg_pool *pool_of(const struct pconn *c)
 {
-    return ((struct pg_pool *)arg)->ready;
+    return (struct pg_pool *)c->base.pool;
 }
 
-static double gauge_pending(void *arg)
+static struct pconn *conn_at(const struct pg_pool *p, unsigned i)
 {
-    struct pg_pool *p = arg;
-    unsigned n = 0;
-    for (unsigned i = 0; i < p->n; i++)
-        n += p->conns[i].pending;
-    return n;
+    return (struct pconn *)p->core.conns[i];
 }
 
-static void metrics_init(struct pg_pool *p)
+static void metrics_init(void)
 {
     const char *h = "PostgreSQL query failures: timeout, connection lost, or a server error.";
     m_err_timeout = metrics_counter("batchd_pg_errors_total", "kind=\"timeout\"", h);
@@ -104,39 +91,15 @@ static void metrics_init(struct pg_pool *p)
     m_err_query = metrics_counter("batchd_pg_errors_total", "kind=\"query\"", h);
     m_retries = metrics_counter("batchd_pg_retries_total", "",
                                 "Queries retried on another connection after theirs died.");
-    m_connects = metrics_counter("batchd_pg_connects_total", "", "PostgreSQL connections established.");
     m_slow = metrics_counter("batchd_pg_slow_queries_total", "", "PostgreSQL queries slower than slow_ms.");
-    m_up = metrics_gauge("batchd_pg_up", "", "1 when a PostgreSQL connection is ready.");
     m_latency = metrics_histogram("batchd_pg_query_duration_seconds", "",
                                   "Time from sending a PostgreSQL query to its result.",
                                   metrics_latency_bounds, metrics_latency_n);
-    metrics_gauge_fn("batchd_pg_pool_connections", "state=\"ready\"",
-                     "PostgreSQL pool connections by state.", gauge_ready, p);
-    metrics_gauge_fn("batchd_pg_pending_queries", "", "PostgreSQL queries in flight.", gauge_pending, p);
 }
 
 static uint64_t now_ms(struct pg_pool *p)
 {
-    return uv_now(p->loop);
-}
-
-static void pool_update_up(struct pg_pool *p, const char *reason)
-{
-    unsigned ready = 0;
-    for (unsigned i = 0; i < p->n; i++)
-        ready += p->conns[i].state == PC_READY;
-    p->ready = ready;
-    *m_up = ready > 0;
-    if (ready > 0 && !p->up_logged) {
-        p->up_logged = true;
-        log_info("postgres up", "ready_connections=%u", ready);
-    } else if (ready == 0 && p->up_logged) {
-        p->up_logged = false;
-        if (p->freeing)
-            log_info("postgres connections closed", "reason=%s", LOG_Q(reason));
-        else
-            log_warn("postgres down", "reason=%s", LOG_Q(reason));
-    }
+    return uv_now(p->core.loop);
 }
 
 static void pgq_free(struct pgq *q)
@@ -149,9 +112,7 @@ static void pgq_free(struct pgq *q)
 
 /* --- connection lifecycle ------------------------------------------------------- */
 
-static void pconn_timer_cb(uv_timer_t *t);
 static void pconn_connect(struct pconn *c);
-static void pconn_arm(struct pconn *c);
 static int dispatch(struct pg_pool *p, struct pgq *q);
 static void on_poll_cb(uv_poll_t *h, int status, int events);
 
@@ -176,7 +137,7 @@ static void poll_want(struct pconn *c, int events)
     if (fd != c->fd) { /* libpq may move to another socket (another host) */
         poll_close(c);
         c->poll = mem_alloc(sizeof(*c->poll));
-        if (uv_poll_init(c->pool->loop, c->poll, fd) != 0) {
+        if (uv_poll_init(c->base.pool->loop, c->poll, fd) != 0) {
             free(c->poll);
             c->poll = NULL;
             return;
@@ -190,28 +151,20 @@ static void poll_want(struct pconn *c, int events)
     }
 }
 
-static void schedule_reconnect(struct pconn *c)
-{
-    if (c->pool->freeing)
-        return;
-    c->state = PC_WAITING;
-    uv_timer_start(&c->timer, pconn_timer_cb, backoff_next_ms(&c->attempt), 0);
-}
-
 static void complete(struct pconn *c, struct pgq *q, int err);
 
 /* Tears the connection down. Pending user queries are retried once on
  * another connection when the connection was lost (not on a timeout). */
 static void pconn_fail(struct pconn *c, int err, const char *why)
 {
-    struct pg_pool *p = c->pool;
+    struct pg_pool *p = pool_of(c);
     /* `why` may be PQerrorMessage(), which PQfinish frees: copy it first. */
     char reason[200];
     snprintf(reason, sizeof(reason), "%s", why ? why : "");
     reason[strcspn(reason, "\n")] = '\0';
-    bool was_ready = c->state == PC_READY;
-    if (c->state != PC_CLOSED)
-        c->state = PC_WAITING;
+    bool was_ready = c->base.state == POOL_READY;
+    if (c->base.state != POOL_CLOSED)
+        c->base.state = POOL_WAITING;
     poll_close(c);
     if (c->pg) {
         PQfinish(c->pg);
@@ -219,34 +172,31 @@ static void pconn_fail(struct pconn *c, int err, const char *why)
     }
     for (unsigned i = 0; i < p->n_stmts; i++)
         c->prepared[i] = false; /* a new session has no prepared statements */
-    struct pgq *q = c->head;
-    c->head = c->tail = NULL;
-    c->pending = 0;
-    if (was_ready || c->state == PC_CLOSED)
-        log_debug("postgres connection lost", "conn=%u reason=%s", c->index, LOG_Q(reason));
-    pool_update_up(p, reason);
-    while (q) {
-        struct pgq *next = q->next;
-        q->next = NULL;
+    struct pgq_list lost = STAILQ_HEAD_INITIALIZER(lost);
+    STAILQ_CONCAT(&lost, &c->queue);
+    pool_conn_clear(&c->base);
+    if (was_ready || c->base.state == POOL_CLOSED)
+        log_debug("postgres connection lost", "conn=%u reason=%s", c->base.index, LOG_Q(reason));
+    pool_update_up(&p->core, reason);
+    struct pgq *q;
+    while ((q = STAILQ_FIRST(&lost)) != NULL) {
+        STAILQ_REMOVE_HEAD(&lost, link);
         if (q->result) {
             PQclear(q->result);
             q->result = NULL;
         }
-        if (q->kind == Q_USER && err == -ECONNRESET && !q->retried && !p->freeing) {
+        if (q->kind == Q_USER && err == -ECONNRESET && !q->retried && !p->core.freeing) {
             q->retried = true;
             (*m_retries)++;
-            if (dispatch(p, q) == 0) {
-                q = next;
+            if (dispatch(p, q) == 0)
                 continue;
-            }
         }
         if (q->kind == Q_USER)
             complete(c, q, err);
         else
             pgq_free(q);
-        q = next;
     }
-    schedule_reconnect(c);
+    pool_conn_retry(&c->base);
 }
 
 /* --- sending ------------------------------------------------------------------------ */
@@ -263,14 +213,8 @@ static void pconn_flush(struct pconn *c)
 
 static void enqueue(struct pconn *c, struct pgq *q)
 {
-    q->next = NULL;
-    if (c->tail)
-        c->tail->next = q;
-    else
-        c->head = q;
-    c->tail = q;
-    if (c->pending++ == 0)
-        pconn_arm(c);
+    STAILQ_INSERT_TAIL(&c->queue, q, link);
+    pool_conn_push(&c->base);
 }
 
 static struct pgq *pgq_new(enum pgq_kind kind)
@@ -287,7 +231,7 @@ static struct pgq *pgq_new(enum pgq_kind kind)
  * (by_ids may read a table that a migration creates after batchd starts). */
 static int send_prepare(struct pconn *c, int stmt)
 {
-    struct pg_pool *p = c->pool;
+    struct pg_pool *p = pool_of(c);
     struct stmt *s = &p->stmts[stmt];
     Oid types[1] = { TEXTARRAYOID };
     if (!PQsendPrepare(c->pg, s->name, s->sql, 1, types) || !PQpipelineSync(c->pg))
@@ -302,7 +246,7 @@ static int send_prepare(struct pconn *c, int stmt)
 
 static int send_query(struct pconn *c, struct pgq *q)
 {
-    struct pg_pool *p = c->pool;
+    struct pg_pool *p = pool_of(c);
     if (q->kind == Q_USER && !c->prepared[q->stmt] && send_prepare(c, q->stmt) != 0)
         return -EIO;
     int ok;
@@ -323,12 +267,7 @@ static int send_query(struct pconn *c, struct pgq *q)
 
 static int dispatch(struct pg_pool *p, struct pgq *q)
 {
-    struct pconn *best = NULL;
-    for (unsigned i = 0; i < p->n; i++) {
-        struct pconn *c = &p->conns[i];
-        if (c->state == PC_READY && (best == NULL || c->pending < best->pending))
-            best = c;
-    }
+    struct pconn *best = (struct pconn *)pool_pick(&p->core);
     if (best == NULL)
         return -EAGAIN;
     if (send_query(best, q) != 0) {
@@ -343,7 +282,7 @@ static int dispatch(struct pg_pool *p, struct pgq *q)
 
 static void complete(struct pconn *c, struct pgq *q, int err)
 {
-    struct pg_pool *p = c->pool;
+    struct pg_pool *p = pool_of(c);
     uint64_t ns = uv_hrtime() - q->start_ns;
     metrics_observe(m_latency, (double)ns / 1e9);
     if (err == -ETIMEDOUT)
@@ -352,7 +291,7 @@ static void complete(struct pconn *c, struct pgq *q, int err)
         (*m_err_query)++;
     else if (err < 0)
         (*m_err_conn)++;
-    if (p->slow_ms > 0 && ns / 1000000 >= (uint64_t)p->slow_ms) {
+    if (p->core.lim.slow_ms > 0 && ns / 1000000 >= (uint64_t)p->core.lim.slow_ms) {
         (*m_slow)++;
         char sql[160];
         snprintf(sql, sizeof(sql), "%s", q->stmt < (int)p->n_stmts ? p->stmts[q->stmt].sql : "?");
@@ -378,12 +317,9 @@ static int result_error(const PGresult *res)
 /* One query's results are in (its SYNC arrived). */
 static void finish_head(struct pconn *c)
 {
-    struct pgq *q = c->head;
-    c->head = q->next;
-    if (c->head == NULL)
-        c->tail = NULL;
-    c->pending--;
-    q->next = NULL;
+    struct pgq *q = STAILQ_FIRST(&c->queue);
+    STAILQ_REMOVE_HEAD(&c->queue, link);
+    pool_conn_pop(&c->base);
     int err = q->result ? result_error(q->result) : -EIO;
     switch (q->kind) {
     case Q_USER:
@@ -391,7 +327,7 @@ static void finish_head(struct pconn *c)
         return;
     case Q_SETUP:
         if (err) {
-            log_error("postgres connection setup failed", "conn=%u err=%s", c->index,
+            log_error("postgres connection setup failed", "conn=%u err=%s", c->base.index,
                       LOG_Q(q->result ? PQresultErrorMessage(q->result) : "no result"));
             pgq_free(q);
             pconn_fail(c, -ECONNRESET, "setup failed");
@@ -401,8 +337,8 @@ static void finish_head(struct pconn *c)
     case Q_PREPARE:
         if (err) {
             c->prepared[q->stmt] = false;
-            log_error("cannot prepare statement", "conn=%u statement=%s err=%s", c->index,
-                      LOG_Q(c->pool->stmts[q->stmt].sql),
+            log_error("cannot prepare statement", "conn=%u statement=%s err=%s", c->base.index,
+                      LOG_Q(pool_of(c)->stmts[q->stmt].sql),
                       LOG_Q(q->result ? PQresultErrorMessage(q->result) : "no result"));
         }
         break;
@@ -423,9 +359,9 @@ static void read_results(struct pconn *c)
         pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
         return;
     }
-    c->last_activity_ms = now_ms(c->pool);
+    c->base.last_activity_ms = now_ms(pool_of(c));
     bool progressed = false;
-    while (c->head && c->state == PC_READY) {
+    while (!STAILQ_EMPTY(&c->queue) && c->base.state == POOL_READY) {
         if (PQisBusy(c->pg))
             break;
         PGresult *res = PQgetResult(c->pg);
@@ -437,17 +373,18 @@ static void read_results(struct pconn *c)
             progressed = true;
             continue;
         }
-        if (c->head->result == NULL)
-            c->head->result = res;
+        struct pgq *head = STAILQ_FIRST(&c->queue);
+        if (head->result == NULL)
+            head->result = res;
         else
             PQclear(res);
     }
-    if (c->state == PC_READY && PQstatus(c->pg) == CONNECTION_BAD) {
+    if (c->base.state == POOL_READY && PQstatus(c->pg) == CONNECTION_BAD) {
         pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
         return;
     }
-    if (progressed && c->state == PC_READY)
-        pconn_arm(c);
+    if (progressed)
+        pool_conn_arm(&c->base);
 }
 
 /* --- connecting ------------------------------------------------------------------------- */
@@ -460,16 +397,13 @@ static void notice_cb(void *arg, const char *message)
 
 static void on_connected(struct pconn *c)
 {
-    struct pg_pool *p = c->pool;
+    struct pg_pool *p = pool_of(c);
     if (PQsetnonblocking(c->pg, 1) != 0 || !PQenterPipelineMode(c->pg)) {
         pconn_fail(c, -ECONNRESET, "cannot enter pipeline mode");
         return;
     }
     PQsetNoticeProcessor(c->pg, notice_cb, NULL);
-    c->state = PC_READY;
-    c->attempt = 0;
-    c->last_activity_ms = now_ms(p);
-    (*m_connects)++;
+    pool_conn_ready(&c->base);
     char sql[64];
     snprintf(sql, sizeof(sql), "SET statement_timeout = %lld", (long long)p->cfg->query_timeout_ms);
     if (!PQsendQueryParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0) || !PQpipelineSync(c->pg)) {
@@ -485,8 +419,8 @@ static void on_connected(struct pconn *c)
             return;
         }
     }
-    log_debug("postgres connection ready", "conn=%u", c->index);
-    pool_update_up(p, "ready");
+    log_debug("postgres connection ready", "conn=%u", c->base.index);
+    pool_update_up(&p->core, "ready");
     pconn_flush(c);
 }
 
@@ -506,7 +440,7 @@ static void continue_connect(struct pconn *c)
         char err[256];
         snprintf(err, sizeof(err), "%s", PQerrorMessage(c->pg));
         err[strcspn(err, "\n")] = '\0';
-        log_debug("postgres connect failed", "conn=%u err=%s", c->index, LOG_Q(err));
+        log_debug("postgres connect failed", "conn=%u err=%s", c->base.index, LOG_Q(err));
         pconn_fail(c, -ECONNRESET, err);
     }
     }
@@ -519,15 +453,15 @@ static void on_poll_cb(uv_poll_t *h, int status, int events)
         pconn_fail(c, -ECONNRESET, uv_strerror(status));
         return;
     }
-    if (c->state == PC_CONNECTING) {
+    if (c->base.state == POOL_CONNECTING) {
         continue_connect(c);
         return;
     }
-    if (c->state != PC_READY)
+    if (c->base.state != POOL_READY)
         return;
     if (events & UV_WRITABLE) {
         pconn_flush(c);
-        if (c->state != PC_READY)
+        if (c->base.state != POOL_READY)
             return;
     }
     if (events & UV_READABLE)
@@ -536,104 +470,117 @@ static void on_poll_cb(uv_poll_t *h, int status, int events)
 
 static void pconn_connect(struct pconn *c)
 {
-    struct pg_pool *p = c->pool;
+    struct pg_pool *p = pool_of(c);
     /* application_name first: the user's conninfo (expanded from dbname)
      * may override it. */
     const char *keys[] = { "application_name", "dbname", NULL };
     const char *vals[] = { "batchd", p->cfg->conninfo, NULL };
-    c->state = PC_CONNECTING;
+    c->base.state = POOL_CONNECTING;
     c->fd = -1;
     c->pg = PQconnectStartParams(keys, vals, 1);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         pconn_fail(c, -ECONNRESET, c->pg ? PQerrorMessage(c->pg) : "out of memory");
         return;
     }
-    uv_timer_start(&c->timer, pconn_timer_cb, (uint64_t)p->cfg->connect_timeout_ms, 0);
+    pool_conn_connecting(&c->base);
     continue_connect(c);
 }
 
-/* --- timers -------------------------------------------------------------------------------- */
+/* --- what the pool core asks: connect, timeouts, pings, close ------------------------ */
 
-static void pconn_arm(struct pconn *c)
+static void conn_connect_cb(struct pool_conn *pc)
 {
-    struct pg_pool *p = c->pool;
-    if (c->state != PC_READY)
-        return;
-    uint64_t now = now_ms(p), deadline;
-    if (c->head)
-        deadline = c->head->start_ms + (uint64_t)p->cfg->query_timeout_ms + DEADLINE_GRACE_MS;
-    else
-        deadline = c->last_activity_ms + (uint64_t)p->cfg->ping_interval_ms;
-    uv_timer_start(&c->timer, pconn_timer_cb, deadline > now ? deadline - now : 0, 0);
+    pconn_connect((struct pconn *)pc);
 }
 
-static void pconn_timer_cb(uv_timer_t *t)
+static void conn_connect_timeout_cb(struct pool_conn *pc)
 {
-    struct pconn *c = t->data;
-    struct pg_pool *p = c->pool;
-    switch (c->state) {
-    case PC_WAITING:
-        pconn_connect(c);
-        return;
-    case PC_CONNECTING:
-        log_debug("postgres connect timeout", "conn=%u", c->index);
-        pconn_fail(c, -ETIMEDOUT, "connect timeout");
-        return;
-    case PC_READY: {
-        uint64_t now = now_ms(p);
-        if (c->head) {
-            if (now - c->head->start_ms >= (uint64_t)p->cfg->query_timeout_ms + DEADLINE_GRACE_MS) {
-                log_warn("postgres query deadline passed", "conn=%u pending=%u", c->index, c->pending);
-                pconn_fail(c, -ETIMEDOUT, "query deadline");
-                return;
-            }
-        } else if (now - c->last_activity_ms >= (uint64_t)p->cfg->ping_interval_ms) {
-            struct pgq *q = pgq_new(Q_PING);
-            if (send_query(c, q) != 0) {
-                pgq_free(q);
-                pconn_fail(c, -ECONNRESET, "cannot send health check");
-                return;
-            }
-            pconn_flush(c);
-            if (c->state != PC_READY)
-                return;
-        }
-        pconn_arm(c);
-        return;
-    }
-    case PC_CLOSED:
-        return;
-    }
+    log_debug("postgres connect timeout", "conn=%u", pc->index);
+    pconn_fail((struct pconn *)pc, -ETIMEDOUT, "connect timeout");
 }
+
+static bool conn_oldest_cb(const struct pool_conn *pc, uint64_t *sent_ms)
+{
+    const struct pconn *c = (const struct pconn *)pc;
+    const struct pgq *head = STAILQ_FIRST(&c->queue);
+    if (head == NULL)
+        return false;
+    *sent_ms = head->start_ms;
+    return true;
+}
+
+static void conn_overdue_cb(struct pool_conn *pc)
+{
+    log_warn("postgres query deadline passed", "conn=%u pending=%u", pc->index, pc->pending);
+    pconn_fail((struct pconn *)pc, -ETIMEDOUT, "query deadline");
+}
+
+static void conn_ping_cb(struct pool_conn *pc)
+{
+    struct pconn *c = (struct pconn *)pc;
+    struct pgq *q = pgq_new(Q_PING);
+    if (send_query(c, q) != 0) {
+        pgq_free(q);
+        pconn_fail(c, -ECONNRESET, "cannot send health check");
+        return;
+    }
+    pconn_flush(c);
+}
+
+static void conn_close_cb(struct pool_conn *pc)
+{
+    pconn_fail((struct pconn *)pc, -ECANCELED, "shutdown");
+}
+
+/* In pool.h's order: connect, connect_timeout, oldest, overdue, ping, close. */
+static const struct pool_conn_ops conn_ops = { conn_connect_cb, conn_connect_timeout_cb, conn_oldest_cb,
+                                               conn_overdue_cb, conn_ping_cb, conn_close_cb };
 
 /* --- API ------------------------------------------------------------------------------------- */
+
+/* The client-side deadline: the server's statement_timeout, plus a grace. */
+static struct pool_limits limits_of(const struct cfg_postgres *cfg, int64_t slow_ms)
+{
+    return (struct pool_limits){
+        .connect_timeout_ms = (uint64_t)cfg->connect_timeout_ms,
+        .reply_timeout_ms = (uint64_t)cfg->query_timeout_ms + DEADLINE_GRACE_MS,
+        .ping_interval_ms = (uint64_t)cfg->ping_interval_ms,
+        .slow_ms = slow_ms,
+        .max_pending = (unsigned)cfg->max_pending,
+    };
+}
+
+static void pool_destroy_cb(struct pool *core)
+{
+    struct pg_pool *p = (struct pg_pool *)core;
+    for (unsigned i = 0; i < p->n_stmts; i++)
+        free(p->stmts[i].sql);
+    free(p->stmts);
+    for (unsigned i = 0; i < core->n; i++)
+        free(conn_at(p, i)->prepared);
+    pool_deinit(core);
+    free(p);
+}
 
 struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct cfg_postgres *cfg, int64_t slow_ms)
 {
     struct pg_pool *p = mem_calloc(1, sizeof(*p));
-    p->loop = loop;
     p->cfg = cfg;
-    p->slow_ms = slow_ms;
-    p->n = (unsigned)cfg->pool_size;
-    p->conns = mem_calloc(p->n, sizeof(*p->conns));
-    metrics_init(p);
-    for (unsigned i = 0; i < p->n; i++) {
-        struct pconn *c = &p->conns[i];
-        c->pool = p;
-        c->index = i;
-        c->fd = -1;
-        uv_timer_init(loop, &c->timer);
-        c->timer.data = c;
-        p->timers_open++;
-        pconn_connect(c);
+    pool_init(&p->core, loop, &names, &conn_ops, (unsigned)cfg->pool_size, sizeof(struct pconn),
+              limits_of(cfg, slow_ms), pool_destroy_cb);
+    metrics_init();
+    for (unsigned i = 0; i < p->core.n; i++) {
+        conn_at(p, i)->fd = -1;
+        STAILQ_INIT(&conn_at(p, i)->queue);
     }
+    pool_start(&p->core);
     return p;
 }
 
 void pg_pool_configure(struct pg_pool *p, const struct cfg_postgres *cfg, int64_t slow_ms)
 {
     p->cfg = cfg;
-    p->slow_ms = slow_ms;
+    pool_configure(&p->core, limits_of(cfg, slow_ms));
 }
 
 int pg_pool_prepare(struct pg_pool *p, const char *sql)
@@ -642,8 +589,8 @@ int pg_pool_prepare(struct pg_pool *p, const char *sql)
         if (strcmp(p->stmts[i].sql, sql) == 0)
             return (int)i; /* a reload that keeps by_ids */
     p->stmts = mem_realloc(p->stmts, (p->n_stmts + 1) * sizeof(*p->stmts));
-    for (unsigned i = 0; i < p->n; i++) {
-        struct pconn *c = &p->conns[i];
+    for (unsigned i = 0; i < p->core.n; i++) {
+        struct pconn *c = conn_at(p, i);
         c->prepared = mem_realloc(c->prepared, (p->n_stmts + 1) * sizeof(*c->prepared));
         c->prepared[p->n_stmts] = false; /* prepared before its first use there */
     }
@@ -656,8 +603,11 @@ int pg_pool_prepare(struct pg_pool *p, const char *sql)
 int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_len, unsigned batch,
                  pg_result_fn cb, void *ctx)
 {
-    if (p->ready == 0)
+    if (p->core.ready == 0)
         return -EAGAIN;
+    int rc = pool_admit(&p->core);
+    if (rc != 0)
+        return rc;
     struct pgq *q = pgq_new(Q_USER);
     q->stmt = stmt;
     q->param = mem_strndup(param, param_len);
@@ -665,7 +615,7 @@ int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_le
     q->batch = batch;
     q->cb = cb;
     q->ctx = ctx;
-    int rc = dispatch(p, q);
+    rc = dispatch(p, q);
     if (rc != 0) {
         q->cb = NULL;
         pgq_free(q);
@@ -675,34 +625,12 @@ int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_le
 
 bool pg_pool_up(const struct pg_pool *p)
 {
-    return p->ready > 0;
-}
-
-static void timer_closed_cb(uv_handle_t *h)
-{
-    struct pconn *c = h->data;
-    struct pg_pool *p = c->pool;
-    if (--p->timers_open == 0) {
-        for (unsigned i = 0; i < p->n_stmts; i++)
-            free(p->stmts[i].sql);
-        free(p->stmts);
-        for (unsigned i = 0; i < p->n; i++)
-            free(p->conns[i].prepared);
-        free(p->conns);
-        free(p);
-    }
+    return p->core.ready > 0;
 }
 
 void pg_pool_free(struct pg_pool *p)
 {
     if (p == NULL)
         return;
-    p->freeing = true;
-    for (unsigned i = 0; i < p->n; i++) {
-        struct pconn *c = &p->conns[i];
-        c->state = PC_CLOSED;
-        pconn_fail(c, -ECANCELED, "shutdown");
-        uv_close((uv_handle_t *)&c->timer, timer_closed_cb);
-    }
-    *m_up = 0;
+    pool_close(&p->core);
 }

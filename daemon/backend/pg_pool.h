@@ -13,7 +13,8 @@
  * (query_timeout_ms + 1 s) catches a server that stops answering. A query
  * on a connection that dies is retried once on another; a connection idle
  * for ping_interval_ms runs SELECT 1. Reconnects back off 100 ms to 5 s
- * with full jitter.
+ * with full jitter. At most max_pending queries are in flight over all
+ * connections; more are refused with -EBUSY (pool.h).
  */
 #ifndef BATCHD_PG_POOL_H
 #define BATCHD_PG_POOL_H
@@ -43,8 +44,9 @@ void pg_pool_free(struct pg_pool *p);
 int pg_pool_prepare(struct pg_pool *p, const char *sql);
 
 /* Runs statement `stmt` with one parameter (copied). `batch` is only for
- * the slow log. Returns 0 (cb will run exactly once) or -EAGAIN when no
- * connection is READY (cb is not called). */
+ * the slow log. Returns 0 (cb will run exactly once); or, and cb is not
+ * called, -EAGAIN when no connection is READY, -EBUSY when max_pending
+ * queries await their results already. */
 int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_len, unsigned batch,
                  pg_result_fn cb, void *ctx) __attribute__((warn_unused_result));
 

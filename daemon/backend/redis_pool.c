@@ -1,17 +1,16 @@
 /*
- * redis_pool: hiredis async connections with timeouts, pings and reconnects.
- * See redis_pool.h.
+ * redis_pool: hiredis async connections with timeouts, pings and reconnects,
+ * on the pool core (pool.h). See redis_pool.h.
+ *
+ *   redis_pool_command / _script ──> pick ──> rconn: cmds FIFO ──> hiredis ──> redis-server
+ *        cb(ctx, reply, err) <── on_reply_cb <── reply built by redis_reply.c
+ *   redis_pool_subscribe ──> redis_pubsub.c (its own connection, same connect/handshake)
  *
  * Every command is tracked in a FIFO per connection (replies come back in
  * order), so its age can be checked against command_timeout_ms and each
  * callback can be guaranteed to run once: when a connection breaks, hiredis
  * runs the pending callbacks with a NULL reply, and the FIFO turns each into
  * an error with the reason the connection died.
- *
- * The pub/sub connection never carries ordinary commands: hiredis 0.14
- * hands any reply to a pending ordinary callback first, so a message could
- * land in a PING's callback. Its health check is a SUBSCRIBE to a private
- * heartbeat channel, whose confirmation is routed by channel name.
  */
 #include "daemon/backend/redis_pool.h"
 
@@ -21,26 +20,14 @@
 #include <string.h>
 #include <strings.h>
 
-#include "daemon/backend/backoff.h"
+#include "daemon/backend/redis_int.h"
+#include "daemon/backend/redis_uv.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/backend/redis_uv.h"
 #include "proto/mem.h"
 
-#define HEARTBEAT_CHANNEL "__batchd:heartbeat"
-
-enum rconn_state {
-    RC_WAITING,     /* not connected; the timer reconnects */
-    RC_CONNECTING,  /* TCP connect in progress */
-    RC_HANDSHAKE,   /* AUTH / SELECT / PING sent */
-    RC_READY,
-    RC_CLOSED,      /* pool is being freed */
-};
-
-static const char *const state_names[] = { "waiting", "connecting", "handshake", "ready", "closed" };
-
 struct rcmd {
-    struct rcmd *next;
+    TAILQ_ENTRY(rcmd) link;
     struct rconn *conn;
     redis_reply_fn cb;
     void *ctx;
@@ -51,43 +38,6 @@ struct rcmd {
     char first_arg[48]; /* for the slow log */
 };
 
-struct rconn {
-    struct redis_pool *pool;
-    unsigned index;
-    bool pubsub;
-    redisAsyncContext *ac;
-    enum rconn_state state;
-    struct rcmd *head, *tail;
-    unsigned pending;
-    uv_timer_t timer;
-    unsigned attempt;
-    int fail_err;           /* error given to callbacks when the connection dies */
-    uint64_t last_reply_ms;
-    uint64_t heartbeat_sent_ms;  /* pub/sub: 0 when none outstanding */
-    bool timer_closed;
-};
-
-struct channel {
-    struct channel *next;
-    char *name;
-};
-
-struct redis_pool {
-    uv_loop_t *loop;
-    const struct cfg_redis *cfg;
-    struct rconn *conns;
-    unsigned n;
-    unsigned ready;
-    bool up_logged;
-    struct rconn *sub;          /* pub/sub connection, NULL until started */
-    redis_message_fn sub_fn;
-    void *sub_arg;
-    struct channel *channels;
-    bool freeing;
-    unsigned timers_open;
-    int64_t slow_ms;
-};
-
 /* --- metrics ----------------------------------------------------------- */
 
 static const char *const cmd_names[] = { "GET",  "MGET",   "SET",    "DEL",     "PING",        "AUTH",
@@ -96,25 +46,14 @@ static const char *const cmd_names[] = { "GET",  "MGET",   "SET",    "DEL",     
 #define N_CMDS (sizeof(cmd_names) / sizeof(cmd_names[0]))
 
 static uint64_t *m_cmds[N_CMDS];
-static uint64_t *m_err_timeout, *m_err_conn, *m_err_reply, *m_connects, *m_slow;
-static int64_t *m_up, *m_pubsub_up;
+static uint64_t *m_err_timeout, *m_err_conn, *m_err_reply, *m_slow;
 static struct metric_hist *m_latency;
 
-static double gauge_pending(void *arg)
-{
-    struct redis_pool *p = arg;
-    unsigned n = 0;
-    for (unsigned i = 0; i < p->n; i++)
-        n += p->conns[i].pending;
-    return n;
-}
+static const struct pool_names names = { "redis", "redis", "batchd_redis", "Redis",
+                                         "1 when a Redis command connection is ready.",
+                                         "batchd_redis_pending_replies", "Redis replies outstanding." };
 
-static double gauge_ready(void *arg)
-{
-    return ((struct redis_pool *)arg)->ready;
-}
-
-static void metrics_init(struct redis_pool *p)
+static void metrics_init(void)
 {
     char labels[64];
     for (unsigned i = 0; i < N_CMDS; i++) {
@@ -125,16 +64,10 @@ static void metrics_init(struct redis_pool *p)
     m_err_timeout = metrics_counter("batchd_redis_errors_total", "kind=\"timeout\"", h);
     m_err_conn = metrics_counter("batchd_redis_errors_total", "kind=\"connection\"", h);
     m_err_reply = metrics_counter("batchd_redis_errors_total", "kind=\"reply\"", h);
-    m_connects = metrics_counter("batchd_redis_connects_total", "", "Redis connections established.");
     m_slow = metrics_counter("batchd_redis_slow_commands_total", "", "Redis commands slower than slow_ms.");
-    m_up = metrics_gauge("batchd_redis_up", "", "1 when a Redis command connection is ready.");
-    m_pubsub_up = metrics_gauge("batchd_redis_pubsub_up", "", "1 when the pub/sub connection is ready.");
     m_latency = metrics_histogram("batchd_redis_command_duration_seconds", "",
                                   "Time from sending a Redis command to its reply.",
                                   metrics_latency_bounds, metrics_latency_n);
-    metrics_gauge_fn("batchd_redis_pool_connections", "state=\"ready\"",
-                     "Redis pool connections by state.", gauge_ready, p);
-    metrics_gauge_fn("batchd_redis_pending_replies", "", "Redis replies outstanding.", gauge_pending, p);
 }
 
 static unsigned cmd_index(const char *name, size_t len)
@@ -145,263 +78,38 @@ static unsigned cmd_index(const char *name, size_t len)
     return N_CMDS - 1;
 }
 
-/* --- reply objects ----------------------------------------------------------
- *
- * hiredis builds a reply with one malloc per element and frees it right
- * after the callback. These functions build the same redisReply structs,
- * but every object of one top-level reply comes from one arena: an MGET of
- * 50 keys costs a malloc or two, and a callback may keep the reply (and the
- * strings inside it) past its return with redis_reply_retain. The arena
- * header sits just before the top-level object, so any reply finds it.
- */
-
-#define ARENA_BLOCK 16384
-
-struct ablock {
-    struct ablock *next;
-    size_t used, cap;
-    char data[];
-};
-
-struct arena {
-    uint32_t refs;
-    struct ablock *blocks;      /* the first one also holds this header */
-};
-
-/* Full-size blocks are kept for the next reply (up to BLOCK_CACHE_MAX):
- * freeing and re-getting 16 KiB per MGET kept malloc consolidating. */
-#define BLOCK_CACHE_MAX 16
-static struct ablock *block_cache;
-static unsigned block_cache_len;
-
-static struct ablock *block_get(size_t cap)
-{
-    if (cap == ARENA_BLOCK && block_cache) {
-        struct ablock *b = block_cache;
-        block_cache = b->next;
-        block_cache_len--;
-        return b;
-    }
-    struct ablock *b = mem_alloc(sizeof(*b) + cap);
-    b->cap = cap;
-    return b;
-}
-
-static void block_put(struct ablock *b)
-{
-    if (b->cap == ARENA_BLOCK && block_cache_len < BLOCK_CACHE_MAX) {
-        b->next = block_cache;
-        block_cache = b;
-        block_cache_len++;
-        return;
-    }
-    free(b);
-}
-
-static void *arena_alloc(struct arena *a, size_t n)
-{
-    n = (n + 7) & ~(size_t)7;
-    struct ablock *b = a->blocks;
-    if (b->cap - b->used < n) {
-        struct ablock *nb = block_get(n > ARENA_BLOCK ? n : ARENA_BLOCK);
-        nb->used = 0;
-        /* Keep filling the head block; big strings get blocks of their own. */
-        if (n > ARENA_BLOCK / 2) {
-            nb->next = b->next;
-            b->next = nb;
-            nb->used = n;
-            return nb->data;
-        }
-        nb->next = b;
-        a->blocks = b = nb;
-    }
-    void *p = b->data + b->used;
-    b->used += n;
-    return p;
-}
-
-static struct arena *arena_of(const redisReply *top)
-{
-    return (struct arena *)((char *)top - sizeof(struct arena));
-}
-
-static void arena_unref(struct arena *a)
-{
-    if (--a->refs > 0)
-        return;
-    struct ablock *b = a->blocks;
-    while (b) {
-        struct ablock *next = b->next;
-        block_put(b);
-        b = next;
-    }
-}
-
-static struct arena *task_arena(const redisReadTask *task, redisReply *r)
-{
-    if (task->parent == NULL)
-        return arena_of(r);
-    const redisReadTask *root = task->parent;
-    while (root->parent)
-        root = root->parent;
-    return arena_of(root->obj);
-}
-
-/* A new object for `task`: the top-level one opens an arena whose first
- * block is sized by `hint` (bytes the reply will need, as far as known). */
-static redisReply *reply_new(const redisReadTask *task, int type, size_t hint)
-{
-    redisReply *r;
-    if (task->parent == NULL) {
-        size_t cap = sizeof(struct arena) + sizeof(redisReply) + ((hint + 7) & ~(size_t)7);
-        if (cap > ARENA_BLOCK)
-            cap = ARENA_BLOCK;
-        struct ablock *b = block_get(cap);
-        b->next = NULL;
-        b->used = 0;
-        struct arena *a = (struct arena *)b->data;
-        b->used = sizeof(*a);
-        a->refs = 1;
-        a->blocks = b;
-        r = arena_alloc(a, sizeof(*r));
-    } else {
-        r = arena_alloc(task_arena(task, NULL), sizeof(*r));
-        redisReply *parent = task->parent->obj;
-        parent->element[task->idx] = r;
-    }
-    memset(r, 0, sizeof(*r));
-    r->type = type;
-    return r;
-}
-
-static void *create_string_cb(const redisReadTask *task, char *str, size_t len)
-{
-    redisReply *r = reply_new(task, task->type, len + 1);
-    r->str = arena_alloc(task_arena(task, r), len + 1);
-    memcpy(r->str, str, len);
-    r->str[len] = '\0';
-    r->len = len;
-    return r;
-}
-
-static void *create_array_cb(const redisReadTask *task, int elements)
-{
-    /* Room for the elements and, typically, their small strings. */
-    redisReply *r = reply_new(task, REDIS_REPLY_ARRAY,
-                              elements > 0 ? (size_t)elements * (sizeof(redisReply) + 8 + 256) : 0);
-    if (elements > 0)
-        r->element = arena_alloc(task_arena(task, r), (size_t)elements * sizeof(redisReply *));
-    r->elements = (size_t)(elements > 0 ? elements : 0);
-    return r;
-}
-
-static void *create_integer_cb(const redisReadTask *task, long long value)
-{
-    redisReply *r = reply_new(task, REDIS_REPLY_INTEGER, 0);
-    r->integer = value;
-    return r;
-}
-
-static void *create_nil_cb(const redisReadTask *task)
-{
-    return reply_new(task, REDIS_REPLY_NIL, 0);
-}
-
-static void free_object_cb(void *obj)
-{
-    arena_unref(arena_of(obj)); /* hiredis only frees top-level replies */
-}
-
-static redisReplyObjectFunctions arena_fns = {
-    create_string_cb, create_array_cb, create_integer_cb, create_nil_cb, free_object_cb,
-};
-
-void *redis_reply_retain(const redisReply *reply)
-{
-    struct arena *a = arena_of(reply);
-    a->refs++;
-    return a;
-}
-
-void redis_reply_release(void *ref)
-{
-    arena_unref(ref);
-}
-
-/* --- pool state ----------------------------------------------------------- */
-
-static void pool_update_up(struct redis_pool *p, const char *reason)
-{
-    unsigned ready = 0;
-    for (unsigned i = 0; i < p->n; i++)
-        ready += p->conns[i].state == RC_READY;
-    p->ready = ready;
-    *m_up = ready > 0;
-    if (ready > 0 && !p->up_logged) {
-        p->up_logged = true;
-        log_info("redis up", "addr=%s:%d ready_connections=%u", p->cfg->url.host, p->cfg->url.port, ready);
-    } else if (ready == 0 && p->up_logged) {
-        p->up_logged = false;
-        log_warn("redis down", "addr=%s:%d reason=%s", p->cfg->url.host, p->cfg->url.port, LOG_Q(reason));
-    }
-}
-
-static uint64_t now_ms(struct redis_pool *p)
-{
-    return uv_now(p->loop);
-}
-
 /* --- connection lifecycle ------------------------------------------------------ */
-
-static void rconn_connect(struct rconn *c);
-static void rconn_arm(struct rconn *c);
-static void sub_resubscribe(struct rconn *c);
-
-static void rconn_timer_cb(uv_timer_t *t);
-
-static void schedule_reconnect(struct rconn *c)
-{
-    if (c->pool->freeing)
-        return;
-    c->state = RC_WAITING;
-    uv_timer_start(&c->timer, rconn_timer_cb, backoff_next_ms(&c->attempt), 0);
-}
 
 /* The connection is gone (ac already freed or being freed by hiredis). */
 static void rconn_lost(struct rconn *c, const char *reason)
 {
-    bool was_ready = c->state == RC_READY;
+    struct redis_pool *p = redis_pool_of(c);
+    bool was_ready = c->base.state == POOL_READY;
     c->ac = NULL;
     c->heartbeat_sent_ms = 0;
-    if (c->state != RC_CLOSED)
-        c->state = RC_WAITING;
-    log_debug("redis connection lost", "conn=%u pubsub=%d state=%s reason=%s", c->index, c->pubsub,
-              state_names[c->state], LOG_Q(reason));
-    if (c->pubsub) {
-        *m_pubsub_up = 0;
-        if (was_ready && c->pool->sub_fn)
-            c->pool->sub_fn(c->pool->sub_arg, REDIS_SUB_DOWN, NULL, 0, NULL, 0);
-        if (was_ready)
-            log_warn("redis pub/sub down", "reason=%s", LOG_Q(reason));
-    } else {
-        pool_update_up(c->pool, reason);
-    }
-    schedule_reconnect(c);
+    if (c->base.state != POOL_CLOSED)
+        c->base.state = POOL_WAITING;
+    log_debug("redis connection lost", "conn=%u pubsub=%d state=%s reason=%s", c->base.index, c->pubsub,
+              pool_state_names[c->base.state], LOG_Q(reason));
+    if (c->pubsub)
+        redis_pubsub_lost(c, was_ready, reason);
+    else
+        pool_update_up(&p->core, reason);
+    pool_conn_retry(&c->base);
 }
 
-/* Breaks a live connection on our side (timeout, bad handshake). Pending
- * callbacks run now, from inside redisAsyncFree, with c->fail_err. */
-static void rconn_break(struct rconn *c, int err, const char *reason)
+/* Pending callbacks run from inside redisAsyncFree, with c->fail_err. */
+void redis_conn_break(struct rconn *c, int err, const char *reason)
 {
     redisAsyncContext *ac = c->ac;
     if (ac == NULL)
         return;
     c->fail_err = err;
-    enum rconn_state old = c->state;
-    c->state = RC_WAITING; /* nothing new is routed here from the callbacks */
-    ac->data = NULL;       /* our disconnect callback ignores it */
+    enum pool_conn_state old = c->base.state;
+    c->base.state = POOL_WAITING; /* nothing new is routed here from the callbacks */
+    ac->data = NULL;              /* our disconnect callback ignores it */
     redisAsyncFree(ac);
-    c->state = old;
+    c->base.state = old;
     rconn_lost(c, reason);
 }
 
@@ -417,7 +125,7 @@ static void on_disconnect_cb(const redisAsyncContext *ac, int status)
 
 static void finish_cmd(struct rconn *c, struct rcmd *k, const redisReply *reply, int err)
 {
-    struct redis_pool *p = c->pool;
+    struct redis_pool *p = redis_pool_of(c);
     uint64_t ns = uv_hrtime() - k->start_ns;
     metrics_observe(m_latency, (double)ns / 1e9);
     if (err == -ETIMEDOUT)
@@ -426,7 +134,7 @@ static void finish_cmd(struct rconn *c, struct rcmd *k, const redisReply *reply,
         (*m_err_conn)++;
     else if (reply && reply->type == REDIS_REPLY_ERROR)
         (*m_err_reply)++;
-    if (p->slow_ms > 0 && ns / 1000000 >= (uint64_t)p->slow_ms) {
+    if (p->core.lim.slow_ms > 0 && ns / 1000000 >= (uint64_t)p->core.lim.slow_ms) {
         (*m_slow)++;
         log_warn("slow redis command", "cmd=%s args=%u first=%s duration_ms=%.1f err=%d",
                  cmd_names[k->cmd], k->nargs, LOG_Q(k->first_arg), (double)ns / 1e6, err);
@@ -442,18 +150,14 @@ static void on_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     struct rcmd *k = privdata;
     struct rconn *c = k->conn;
     (void)ac;
-    if (c->head == k) {
-        c->head = k->next;
-        if (c->head == NULL)
-            c->tail = NULL;
-    }
-    c->pending--;
+    TAILQ_REMOVE(&c->cmds, k, link);
+    pool_conn_pop(&c->base);
     const redisReply *reply = r;
     if (reply != NULL)
-        c->last_reply_ms = now_ms(c->pool);
+        c->base.last_activity_ms = uv_now(c->base.pool->loop);
     finish_cmd(c, k, reply, reply ? 0 : (c->fail_err ? c->fail_err : -ECONNRESET));
-    if (c->state == RC_READY && reply != NULL)
-        rconn_arm(c);
+    if (reply != NULL)
+        pool_conn_arm(&c->base);
 }
 
 /* Sends an already RESP-formatted command; `name` names it for metrics and
@@ -462,12 +166,11 @@ static int send_formatted(struct rconn *c, redis_reply_fn cb, void *ctx, const c
                           str_t name, unsigned nargs, str_t first)
 {
     struct rcmd *k = mem_alloc(sizeof(*k));
-    k->next = NULL;
     k->conn = c;
     k->cb = cb;
     k->ctx = ctx;
     k->start_ns = uv_hrtime();
-    k->start_ms = now_ms(c->pool);
+    k->start_ms = uv_now(c->base.pool->loop);
     k->cmd = cmd_index(name.p, name.len);
     k->nargs = nargs;
     size_t n = first.len < sizeof(k->first_arg) - 1 ? first.len : sizeof(k->first_arg) - 1;
@@ -481,13 +184,8 @@ static int send_formatted(struct rconn *c, redis_reply_fn cb, void *ctx, const c
         return -EIO;
     }
     (*m_cmds[k->cmd])++;
-    if (c->tail)
-        c->tail->next = k;
-    else
-        c->head = k;
-    c->tail = k;
-    if (c->pending++ == 0 && c->state == RC_READY)
-        rconn_arm(c);
+    TAILQ_INSERT_TAIL(&c->cmds, k, link);
+    pool_conn_push(&c->base);
     return 0;
 }
 
@@ -522,13 +220,7 @@ static int send_cmd(struct rconn *c, redis_reply_fn cb, void *ctx, int argc, con
 
 static struct rconn *pick(struct redis_pool *p)
 {
-    struct rconn *best = NULL;
-    for (unsigned i = 0; i < p->n; i++) {
-        struct rconn *c = &p->conns[i];
-        if (c->state == RC_READY && (best == NULL || c->pending < best->pending))
-            best = c;
-    }
-    return best;
+    return (struct rconn *)pool_pick(&p->core);
 }
 
 /* --- scripts ------------------------------------------------------------------ */
@@ -611,6 +303,10 @@ static int scall_send(struct scall *sc)
 int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_reply_fn cb, void *ctx,
                       int argc, const char **argv, const size_t *argvlen)
 {
+    /* Admitted once: its SCRIPT LOAD and NOSCRIPT follow-ups continue it. */
+    int rc = pick(p) ? pool_admit(&p->core) : -EAGAIN;
+    if (rc != 0)
+        return rc;
     struct scall *sc = mem_calloc(1, sizeof(*sc));
     sc->pool = p;
     sc->script = script;
@@ -620,7 +316,7 @@ int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_r
     resp_args(&sc->tail, argc, argv, argvlen);
     if (argc > 1)
         snprintf(sc->first, sizeof(sc->first), "%.*s", (int)argvlen[1], argv[1]);
-    int rc = scall_send(sc);
+    rc = scall_send(sc);
     if (rc != 0) {
         buf_deinit(&sc->tail);
         free(sc);
@@ -632,23 +328,24 @@ int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int a
                        const char **argv, const size_t *argvlen)
 {
     struct rconn *c = pick(p);
-    if (c == NULL)
-        return -EAGAIN;
+    int rc = c ? pool_admit(&p->core) : -EAGAIN;
+    if (rc != 0)
+        return rc;
     return send_cmd(c, cb, ctx, argc, argv, argvlen);
 }
 
 void redis_pool_flush(struct redis_pool *p)
 {
-    for (unsigned i = 0; i < p->n; i++) {
-        struct rconn *c = &p->conns[i];
-        if (c->state == RC_READY && c->pending > 0 && c->ac)
+    for (unsigned i = 0; i < p->core.n; i++) {
+        struct rconn *c = (struct rconn *)p->core.conns[i];
+        if (c->base.state == POOL_READY && c->base.pending > 0 && c->ac)
             redisAsyncHandleWrite(c->ac);
     }
 }
 
 bool redis_pool_up(const struct redis_pool *p)
 {
-    return p->ready > 0;
+    return p->core.ready > 0;
 }
 
 /* --- handshake -------------------------------------------------------------------- */
@@ -657,34 +354,29 @@ static void handshake_step_cb(void *ctx, const redisReply *reply, int err);
 
 static void handshake_done(struct rconn *c)
 {
-    c->state = RC_READY;
-    c->attempt = 0;
-    c->last_reply_ms = now_ms(c->pool);
-    (*m_connects)++;
-    log_debug("redis connection ready", "conn=%u pubsub=%d", c->index, c->pubsub);
-    if (c->pubsub) {
-        *m_pubsub_up = 1;
-        sub_resubscribe(c);
-    } else {
-        pool_update_up(c->pool, "ready");
-    }
-    rconn_arm(c);
+    pool_conn_ready(&c->base);
+    log_debug("redis connection ready", "conn=%u pubsub=%d", c->base.index, c->pubsub);
+    if (c->pubsub)
+        redis_pubsub_ready(c);
+    else
+        pool_update_up(c->base.pool, "ready");
+    pool_conn_arm(&c->base);
 }
 
 /* The last handshake command's reply decides; earlier ones fail it too. */
 static void handshake_step_cb(void *ctx, const redisReply *reply, int err)
 {
     struct rconn *c = ctx;
-    if (c->state != RC_HANDSHAKE)
+    if (c->base.state != POOL_HANDSHAKE)
         return;
     if (err < 0)
         return; /* the connection is already being torn down */
     if (reply->type == REDIS_REPLY_ERROR) {
-        log_warn("redis handshake failed", "conn=%u err=%s", c->index, LOG_Q(reply->str));
-        rconn_break(c, -ECONNREFUSED, reply->str);
+        log_warn("redis handshake failed", "conn=%u err=%s", c->base.index, LOG_Q(reply->str));
+        redis_conn_break(c, -ECONNREFUSED, reply->str);
         return;
     }
-    if (c->pending == 0)
+    if (c->base.pending == 0)
         handshake_done(c);
 }
 
@@ -699,8 +391,8 @@ static void on_connect_cb(const redisAsyncContext *ac, int status)
         rconn_lost(c, ac->errstr[0] ? ac->errstr : "connect failed");
         return;
     }
-    const struct cfg_redis_url *u = &c->pool->cfg->url;
-    c->state = RC_HANDSHAKE;
+    const struct cfg_redis_url *u = &redis_pool_of(c)->cfg->url;
+    c->base.state = POOL_HANDSHAKE;
     if (u->password) {
         const char *argv[3] = { "AUTH", u->username ? u->username : u->password, u->password };
         size_t lens[3] = { 4, strlen(argv[1]), strlen(argv[2]) };
@@ -720,24 +412,24 @@ static void on_connect_cb(const redisAsyncContext *ac, int status)
 
 static void rconn_connect(struct rconn *c)
 {
-    struct redis_pool *p = c->pool;
+    struct redis_pool *p = redis_pool_of(c);
     const struct cfg_redis_url *u = &p->cfg->url;
-    c->state = RC_CONNECTING;
+    c->base.state = POOL_CONNECTING;
     c->fail_err = -ECONNRESET;
     redisAsyncContext *ac = redisAsyncConnect(u->host, u->port);
     if (ac == NULL || ac->err) {
-        log_debug("redis connect failed", "conn=%u err=%s", c->index, LOG_Q(ac ? ac->errstr : "oom"));
+        log_debug("redis connect failed", "conn=%u err=%s", c->base.index, LOG_Q(ac ? ac->errstr : "oom"));
         if (ac)
             redisAsyncFree(ac);
         rconn_lost(c, "connect failed");
         return;
     }
     ac->data = c;
-    ac->c.reader->fn = &arena_fns;
+    ac->c.reader->fn = &redis_reply_fns;
     /* hiredis frees an idle read buffer above 16 KiB and grows it again for
      * the next large reply; keep up to 1 MiB per connection instead. */
     ac->c.reader->maxbuf = 1024 * 1024;
-    if (redis_uv_attach(ac, p->loop) != REDIS_OK) {
+    if (redis_uv_attach(ac, p->core.loop) != REDIS_OK) {
         ac->data = NULL;
         redisAsyncFree(ac);
         rconn_lost(c, "attach failed");
@@ -746,64 +438,40 @@ static void rconn_connect(struct rconn *c)
     redisAsyncSetConnectCallback(ac, on_connect_cb);
     redisAsyncSetDisconnectCallback(ac, on_disconnect_cb);
     c->ac = ac;
-    uv_timer_start(&c->timer, rconn_timer_cb, (uint64_t)p->cfg->connect_timeout_ms, 0);
+    pool_conn_connecting(&c->base);
 }
 
-/* --- timers: connect timeout, reply timeout, ping, reconnect ------------------------ */
+/* --- what the pool core asks: connect, timeouts, pings, close ------------------------ */
 
-static void send_ping(struct rconn *c);
-
-static void rconn_arm(struct rconn *c)
+void redis_conn_connect_cb(struct pool_conn *pc)
 {
-    struct redis_pool *p = c->pool;
-    uint64_t now = now_ms(p), deadline;
-    if (c->pubsub)
-        deadline = c->heartbeat_sent_ms ? c->heartbeat_sent_ms + (uint64_t)p->cfg->command_timeout_ms
-                                        : c->last_reply_ms + (uint64_t)p->cfg->ping_interval_ms;
-    else if (c->head)
-        deadline = c->head->start_ms + (uint64_t)p->cfg->command_timeout_ms;
+    rconn_connect((struct rconn *)pc);
+}
+
+void redis_conn_connect_timeout_cb(struct pool_conn *pc)
+{
+    struct rconn *c = (struct rconn *)pc;
+    if (c->ac)
+        redis_conn_break(c, -ETIMEDOUT, "connect timeout");
     else
-        deadline = c->last_reply_ms + (uint64_t)p->cfg->ping_interval_ms;
-    uv_timer_start(&c->timer, rconn_timer_cb, deadline > now ? deadline - now : 0, 0);
+        rconn_lost(c, "connect timeout");
 }
 
-static void rconn_timer_cb(uv_timer_t *t)
+static bool conn_oldest_cb(const struct pool_conn *pc, uint64_t *sent_ms)
 {
-    struct rconn *c = t->data;
-    struct redis_pool *p = c->pool;
-    uint64_t now = now_ms(p);
-    switch (c->state) {
-    case RC_WAITING:
-        rconn_connect(c);
-        return;
-    case RC_CONNECTING:
-    case RC_HANDSHAKE:
-        if (c->ac)
-            rconn_break(c, -ETIMEDOUT, "connect timeout");
-        else
-            rconn_lost(c, "connect timeout");
-        return;
-    case RC_READY:
-        if (c->pubsub) {
-            if (c->heartbeat_sent_ms && now - c->heartbeat_sent_ms >= (uint64_t)p->cfg->command_timeout_ms) {
-                rconn_break(c, -ETIMEDOUT, "heartbeat timeout");
-                return;
-            }
-            if (!c->heartbeat_sent_ms && now - c->last_reply_ms >= (uint64_t)p->cfg->ping_interval_ms)
-                send_ping(c);
-        } else if (c->head && now - c->head->start_ms >= (uint64_t)p->cfg->command_timeout_ms) {
-            log_warn("redis reply timeout", "conn=%u pending=%u timeout_ms=%lld", c->index, c->pending,
-                     (long long)p->cfg->command_timeout_ms);
-            rconn_break(c, -ETIMEDOUT, "reply timeout");
-            return;
-        } else if (!c->head && now - c->last_reply_ms >= (uint64_t)p->cfg->ping_interval_ms) {
-            send_ping(c);
-        }
-        rconn_arm(c);
-        return;
-    case RC_CLOSED:
-        return;
-    }
+    const struct rcmd *k = TAILQ_FIRST(&((const struct rconn *)pc)->cmds);
+    if (k == NULL)
+        return false;
+    *sent_ms = k->start_ms;
+    return true;
+}
+
+static void conn_overdue_cb(struct pool_conn *pc)
+{
+    struct rconn *c = (struct rconn *)pc;
+    log_warn("redis reply timeout", "conn=%u pending=%u timeout_ms=%lld", pc->index, pc->pending,
+             (long long)redis_pool_of(c)->cfg->command_timeout_ms);
+    redis_conn_break(c, -ETIMEDOUT, "reply timeout");
 }
 
 static void ping_cb(void *ctx, const redisReply *reply, int err)
@@ -813,178 +481,16 @@ static void ping_cb(void *ctx, const redisReply *reply, int err)
     (void)err; /* a failed PING breaks the connection through its timeout */
 }
 
-/* --- pub/sub -------------------------------------------------------------------- */
-
-static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
+static void conn_ping_cb(struct pool_conn *pc)
 {
-    struct rconn *c = privdata;
-    redisReply *reply = r;
-    (void)ac;
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
-        return;
-    const redisReply *kind = reply->element[0], *chan = reply->element[1], *msg = reply->element[2];
-    if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING)
-        return;
-    c->last_reply_ms = now_ms(c->pool);
-    bool heartbeat = chan->len == sizeof(HEARTBEAT_CHANNEL) - 1 &&
-                     memcmp(chan->str, HEARTBEAT_CHANNEL, chan->len) == 0;
-    if (heartbeat) {
-        c->heartbeat_sent_ms = 0;
-        rconn_arm(c);
-        return;
-    }
-    if (c->pool->sub_fn == NULL)
-        return;
-    if (strcasecmp(kind->str, "message") == 0 && msg->type == REDIS_REPLY_STRING)
-        c->pool->sub_fn(c->pool->sub_arg, REDIS_SUB_MESSAGE, chan->str, chan->len, msg->str, msg->len);
-    else if (strcasecmp(kind->str, "subscribe") == 0)
-        c->pool->sub_fn(c->pool->sub_arg, REDIS_SUB_SUBSCRIBED, chan->str, chan->len, NULL, 0);
-}
-
-static void sub_send(struct rconn *c, const char *verb, const char *channel)
-{
-    if (c->state != RC_READY || c->ac == NULL)
-        return;
-    const char *argv[2] = { verb, channel };
-    size_t lens[2] = { strlen(verb), strlen(channel) };
-    if (redisAsyncCommandArgv(c->ac, on_sub_message_cb, c, 2, argv, lens) == REDIS_OK)
-        (*m_cmds[cmd_index(verb, lens[0])])++;
-}
-
-static void send_ping(struct rconn *c)
-{
-    if (c->pubsub) {
-        c->heartbeat_sent_ms = now_ms(c->pool);
-        sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
-        return;
-    }
     const char *argv[1] = { "PING" };
     size_t lens[1] = { 4 };
-    (void)send_cmd(c, ping_cb, NULL, 1, argv, lens);
+    (void)send_cmd((struct rconn *)pc, ping_cb, NULL, 1, argv, lens);
 }
 
-static void sub_resubscribe(struct rconn *c)
+void redis_conn_close_cb(struct pool_conn *pc)
 {
-    struct redis_pool *p = c->pool;
-    sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
-    for (struct channel *ch = p->channels; ch; ch = ch->next)
-        sub_send(c, "SUBSCRIBE", ch->name);
-    if (c->ac)
-        redisAsyncHandleWrite(c->ac);
-    unsigned n = 0;
-    for (struct channel *ch = p->channels; ch; ch = ch->next)
-        n++;
-    log_info("redis pub/sub up", "channels=%u", n);
-    if (p->sub_fn)
-        p->sub_fn(p->sub_arg, REDIS_SUB_UP, NULL, 0, NULL, 0);
-}
-
-void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *arg)
-{
-    p->sub_fn = fn;
-    p->sub_arg = arg;
-    if (p->sub)
-        return;
-    struct rconn *c = mem_calloc(1, sizeof(*c));
-    c->pool = p;
-    c->index = p->n;
-    c->pubsub = true;
-    uv_timer_init(p->loop, &c->timer);
-    c->timer.data = c;
-    p->timers_open++;
-    p->sub = c;
-    rconn_connect(c);
-}
-
-void redis_pool_subscribe(struct redis_pool *p, const char *channel)
-{
-    /* Callbacks completed by redis_pool_free (a history read cut off by
-     * shutdown, say) may ask for a channel: there is no connection to
-     * come, and the channel list is gone already. */
-    if (p->freeing)
-        return;
-    /* One entry per name: a second one would be subscribed again after
-     * every reconnect, and outlive the one unsubscribe. */
-    for (struct channel *ch = p->channels; ch; ch = ch->next)
-        if (strcmp(ch->name, channel) == 0)
-            return;
-    struct channel *ch = mem_calloc(1, sizeof(*ch));
-    ch->name = mem_strdup(channel);
-    ch->next = p->channels;
-    p->channels = ch;
-    if (p->sub) {
-        sub_send(p->sub, "SUBSCRIBE", channel);
-        if (p->sub->ac && p->sub->state == RC_READY)
-            redisAsyncHandleWrite(p->sub->ac);
-    }
-}
-
-void redis_pool_unsubscribe(struct redis_pool *p, const char *channel)
-{
-    if (p->freeing)
-        return;
-    for (struct channel **pp = &p->channels; *pp; pp = &(*pp)->next) {
-        if (strcmp((*pp)->name, channel) == 0) {
-            struct channel *ch = *pp;
-            *pp = ch->next;
-            free(ch->name);
-            free(ch);
-            break;
-        }
-    }
-    if (p->sub)
-        sub_send(p->sub, "UNSUBSCRIBE", channel);
-}
-
-bool redis_pool_pubsub_up(const struct redis_pool *p)
-{
-    return p->sub && p->sub->state == RC_READY;
-}
-
-/* --- pool ---------------------------------------------------------------------------- */
-
-struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms)
-{
-    struct redis_pool *p = mem_calloc(1, sizeof(*p));
-    p->loop = loop;
-    p->cfg = cfg;
-    p->slow_ms = slow_ms;
-    p->n = (unsigned)cfg->pool_size;
-    p->conns = mem_calloc(p->n, sizeof(*p->conns));
-    metrics_init(p);
-    for (unsigned i = 0; i < p->n; i++) {
-        struct rconn *c = &p->conns[i];
-        c->pool = p;
-        c->index = i;
-        uv_timer_init(loop, &c->timer);
-        c->timer.data = c;
-        p->timers_open++;
-        rconn_connect(c);
-    }
-    return p;
-}
-
-void redis_pool_configure(struct redis_pool *p, const struct cfg_redis *cfg, int64_t slow_ms)
-{
-    p->cfg = cfg;
-    p->slow_ms = slow_ms;
-}
-
-static void pool_timer_closed_cb(uv_handle_t *h)
-{
-    struct rconn *c = h->data;
-    struct redis_pool *p = c->pool;
-    if (c->pubsub)
-        free(c);
-    if (--p->timers_open == 0) {
-        free(p->conns);
-        free(p);
-    }
-}
-
-static void rconn_close(struct rconn *c)
-{
-    c->state = RC_CLOSED;
+    struct rconn *c = (struct rconn *)pc;
     if (c->ac) {
         redisAsyncContext *ac = c->ac;
         c->fail_err = -ECANCELED;
@@ -992,31 +498,66 @@ static void rconn_close(struct rconn *c)
         c->ac = NULL;
         redisAsyncFree(ac);
     }
-    uv_close((uv_handle_t *)&c->timer, pool_timer_closed_cb);
+}
+
+/* In pool.h's order: connect, connect_timeout, oldest, overdue, ping, close. */
+static const struct pool_conn_ops conn_ops = { redis_conn_connect_cb, redis_conn_connect_timeout_cb,
+                                               conn_oldest_cb, conn_overdue_cb, conn_ping_cb,
+                                               redis_conn_close_cb };
+
+void redis_count_command(const char *name, size_t len)
+{
+    (*m_cmds[cmd_index(name, len)])++;
+}
+
+/* --- pool ---------------------------------------------------------------------------- */
+
+static struct pool_limits limits_of(const struct cfg_redis *cfg, int64_t slow_ms)
+{
+    return (struct pool_limits){
+        .connect_timeout_ms = (uint64_t)cfg->connect_timeout_ms,
+        .reply_timeout_ms = (uint64_t)cfg->command_timeout_ms,
+        .ping_interval_ms = (uint64_t)cfg->ping_interval_ms,
+        .slow_ms = slow_ms,
+        .max_pending = (unsigned)cfg->max_pending,
+    };
+}
+
+static void pool_destroy_cb(struct pool *core)
+{
+    pool_deinit(core);
+    free((struct redis_pool *)core);
+}
+
+struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms)
+{
+    struct redis_pool *p = mem_calloc(1, sizeof(*p));
+    p->cfg = cfg;
+    snprintf(p->addr, sizeof(p->addr), "%s:%d", cfg->url.host, cfg->url.port);
+    p->core.addr = p->addr;
+    pool_init(&p->core, loop, &names, &conn_ops, (unsigned)cfg->pool_size, sizeof(struct rconn),
+              limits_of(cfg, slow_ms), pool_destroy_cb);
+    metrics_init();
+    redis_pubsub_init();
+    LIST_INIT(&p->channels);
+    for (unsigned i = 0; i < p->core.n; i++)
+        TAILQ_INIT(&((struct rconn *)p->core.conns[i])->cmds);
+    pool_start(&p->core);
+    return p;
+}
+
+void redis_pool_configure(struct redis_pool *p, const struct cfg_redis *cfg, int64_t slow_ms)
+{
+    p->cfg = cfg;
+    pool_configure(&p->core, limits_of(cfg, slow_ms));
 }
 
 void redis_pool_free(struct redis_pool *p)
 {
     if (p == NULL)
         return;
-    while (block_cache) { /* replies still retained return theirs later */
-        struct ablock *b = block_cache;
-        block_cache = b->next;
-        free(b);
-    }
-    block_cache_len = 0;
-    p->freeing = true;
-    while (p->channels) {
-        struct channel *ch = p->channels;
-        p->channels = ch->next;
-        free(ch->name);
-        free(ch);
-    }
-    p->sub_fn = NULL;
-    for (unsigned i = 0; i < p->n; i++)
-        rconn_close(&p->conns[i]);
-    if (p->sub)
-        rconn_close(p->sub);
-    *m_up = 0;
-    *m_pubsub_up = 0;
+    redis_reply_drain();
+    p->core.freeing = true;
+    redis_pubsub_free(p);
+    pool_close(&p->core);
 }

@@ -11,6 +11,8 @@
  * when idle). A broken connection completes all its pending callbacks with
  * an error and reconnects after 100 ms doubling to 5 s, with full jitter.
  * Commands issued in one loop iteration leave in one write (pipelining).
+ * At most max_pending commands await replies, over all connections; more
+ * are refused with -EBUSY (pool.h).
  */
 #ifndef BATCHD_REDIS_POOL_H
 #define BATCHD_REDIS_POOL_H
@@ -51,8 +53,9 @@ void redis_pool_configure(struct redis_pool *p, const struct cfg_redis *cfg, int
  * handles are closed (the loop must run on). */
 void redis_pool_free(struct redis_pool *p);
 
-/* Sends a command. Returns 0 (cb will run exactly once), or -EAGAIN when no
- * connection is READY (cb is not called). argv is copied. */
+/* Sends a command. Returns 0 (cb will run exactly once); or, and cb is not
+ * called, -EAGAIN when no connection is READY, -EBUSY when max_pending
+ * commands await their replies already. argv is copied. */
 int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int argc,
                        const char **argv, const size_t *argvlen)
     __attribute__((warn_unused_result));
@@ -64,10 +67,10 @@ struct redis_script {
 };
 
 /* EVALSHA script argv... (argv starts with numkeys). Same contract as
- * redis_pool_command; the first key is shown in the slow log. An error of
- * -EAGAIN in the callback means the script never ran (no connection for
- * it, or its SCRIPT LOAD failed); any other error came after the EVALSHA
- * was sent, so the script may have run. */
+ * redis_pool_command (-EBUSY included); the first key is shown in the slow
+ * log. An error of -EAGAIN in the callback means the script never ran (no
+ * connection for it, or its SCRIPT LOAD failed); any other error came after
+ * the EVALSHA was sent, so the script may have run. */
 int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_reply_fn cb, void *ctx,
                       int argc, const char **argv, const size_t *argvlen)
     __attribute__((warn_unused_result));

@@ -78,7 +78,6 @@ static uint32_t us_since(uint64_t start_ns)
     return us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
 }
 
-
 static void answer_all(struct batch_read *done)
 {
     while (done) {
@@ -231,14 +230,15 @@ static void flight_db(struct flight *f)
         }
         ids_pg_array_end(&param);
         metrics_observe(res->m_query_ids, n);
-        if (pg_pool_exec(pg, res->stmt, param.data, param.len, n, db_cb, ch) == 0) {
+        int rc = pg_pool_exec(pg, res->stmt, param.data, param.len, n, db_cb, ch);
+        if (rc == 0) {
             (*res->m_pg_queries)++;
         } else {
             for (unsigned i = 0; i < n; i++) {
                 ch->entries[i]->owner = NULL; /* ch is freed below (see db_cb) */
                 ch->entries[i]->next = i + 1 < n ? ch->entries[i + 1] : NULL;
             }
-            fail_entries(res, ch->entries[0], FAIL_DB_UNAVAILABLE, &done);
+            fail_entries(res, ch->entries[0], rc == -EBUSY ? FAIL_BUSY : FAIL_DB_UNAVAILABLE, &done);
             free(ch);
         }
         buf_deinit(&param);
@@ -263,8 +263,8 @@ static void mget_cb(void *ctx, const redisReply *reply, int err)
     struct batch_read *done = NULL;
     uint32_t us = us_since(ch->start_ns);
     bool ok = err == 0 && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == ch->n;
-    if (!ok && !res->set->freeing)
-        (*res->m_degraded) += ch->n;
+    if (!ok && !res->set->freeing) /* refused by a busy Redis: shed, not a miss for PostgreSQL */
+        *(err == -EBUSY ? res->m_err[FAIL_BUSY] : res->m_degraded) += ch->n;
     for (unsigned i = 0; i < ch->n; i++) {
         struct batch_entry *e = ch->entries[i];
         e->cache_us = us;
@@ -286,6 +286,8 @@ static void mget_cb(void *ctx, const redisReply *reply, int err)
                 (*res->m_invalid_cached)++; /* heal it from PostgreSQL */
             }
         }
+        if (err == -EBUSY)
+            batch_entry_resolve(e, BATCH_FAILED, FAIL_BUSY, NULL, 0, &done);
         if (e->state == BATCH_DONE) {
             batch_table_remove(&res->table, e);
             batch_entry_unref(e);
@@ -357,9 +359,11 @@ static void resource_flush(struct resource *res)
         for (unsigned i = 0; i < n; i++)
             argv[i + 1] = keys.data + offs[i];
         metrics_observe(res->m_mget_keys, n);
-        if (redis_pool_command(redis, mget_cb, ch, (int)n + 1, argv, lens) == 0) {
-            f->outstanding++;
-        } else {
+        int rc = redis_pool_command(redis, mget_cb, ch, (int)n + 1, argv, lens);
+        f->outstanding += rc == 0 || rc == -EBUSY; /* a refused chunk is answered now, by mget_cb */
+        if (rc == -EBUSY) {
+            mget_cb(ch, NULL, rc);
+        } else if (rc != 0) {
             (*res->m_degraded) += n;
             for (unsigned i = 0; i < n; i++)
                 add_miss(f, ch->entries[i]);
@@ -650,7 +654,8 @@ static void resource_metrics(struct resource *res)
                                          size_bounds, sizeof(size_bounds) / sizeof(double));
     res->m_busy = metrics_counter("batchd_resource_busy_total", l,
                                   "Reads answered 503 resource_busy: max_ids_in_flight ids were already queued or being read.");
-    const char *eh = "Read problems: cached values that were not JSON (healed), PostgreSQL unavailable, query errors, bad documents.";
+    const char *eh = "Read problems: cached values that were not JSON (healed), PostgreSQL unavailable, query errors, bad documents, "
+                     "a backend over max_pending, shutdown.";
     snprintf(l, sizeof(l), "resource=\"%s\",kind=\"invalid_cached\"", n);
     res->m_invalid_cached = metrics_counter("batchd_resource_errors_total", l, eh);
 #define X(name, label)                                                                  \

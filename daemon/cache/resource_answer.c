@@ -84,7 +84,9 @@ static void answer_failure(struct resource *res, struct req *r, enum fail_kind k
         break;
     default:
         req_add_header(r, "Retry-After", "1");
-        req_error(r, 503, kind == FAIL_SHUTDOWN ? "shutting_down" : "db_unavailable");
+        req_error(r, 503, kind == FAIL_SHUTDOWN ? "shutting_down"
+                          : kind == FAIL_BUSY   ? "backend_busy"
+                                                : "db_unavailable");
         break;
     }
     (void)res;

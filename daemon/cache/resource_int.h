@@ -27,11 +27,13 @@
 
 
 /* Why ids of a read failed, with the kind label of
- * batchd_resource_errors_total (FAIL_NONE has no series). */
+ * batchd_resource_errors_total (FAIL_NONE has no series). A read failing
+ * in several ways answers with the last in this order. */
 #define FAIL_KINDS(X)                            \
     X(DB_UNAVAILABLE, "db_unavailable")          \
     X(QUERY, "query_failed")                     \
     X(DOCUMENT, "invalid_document")              \
+    X(BUSY, "backend_busy")                      \
     X(SHUTDOWN, "shutdown")
 
 enum fail_kind {

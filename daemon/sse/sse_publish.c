@@ -109,7 +109,7 @@ static void publish_cb(void *ctx, const redisReply *reply, int err)
         buf_deinit(&body);
     } else if (kind && reply_str(kind, "conflict")) {
         req_error(r, 422, "idempotency_key_reused");
-    } else if (err == -EAGAIN || (err == 0 && reply->type == REDIS_REPLY_ERROR)) {
+    } else if (err == -EAGAIN || err == -EBUSY || (err == 0 && reply->type == REDIS_REPLY_ERROR)) {
         /* Not stored: with no connection the script never ran; an error
          * reply comes from its first write (XADD), before anything changed. */
         if (err == 0) {
@@ -119,7 +119,7 @@ static void publish_cb(void *ctx, const redisReply *reply, int err)
             (*p->pub->m_not_sent)++;
         }
         req_add_header(r, "Retry-After", "1");
-        req_error(r, 503, "redis_unavailable");
+        req_error(r, 503, err == -EBUSY ? "backend_busy" : "redis_unavailable");
     } else {
         (*p->pub->m_unknown)++;
         log_warn("publish outcome unknown", "stream=%s err=%d", p->cfg->name, err);
@@ -176,10 +176,11 @@ void sse_publish_handle(struct sse_publisher *pub, struct req *r, const struct c
             argv[argc] = vals[i];
             lens[argc++] = vlens[i];
         }
-        if (redis_pool_script(pub->redis, &pub->script, publish_cb, p, argc, argv, lens) == 0)
+        int rc = redis_pool_script(pub->redis, &pub->script, publish_cb, p, argc, argv, lens);
+        if (rc == 0)
             redis_pool_flush(pub->redis);
         else
-            publish_cb(p, NULL, -EAGAIN);
+            publish_cb(p, NULL, rc);
         buf_deinit(&key);
         buf_deinit(&ikey);
     }
