@@ -28,12 +28,10 @@
 #include "daemon/cache/resource_int.h"
 
 #include <errno.h>
-#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "daemon/http/auth.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "daemon/backend/pg_pool.h"
@@ -395,7 +393,7 @@ static void window_cb(uv_timer_t *t)
 
 /* --- requests ------------------------------------------------------------------------------- */
 
-static void start_read(struct resource *res, struct req *r, const str_t *ids, unsigned n, bool single)
+void resource_start_read(struct resource *res, struct req *r, const str_t *ids, unsigned n, bool single)
 {
     /* Checked on arrival: one read may take the count past the limit by at
      * most its own ids, and ids it shares with reads in flight add nothing. */
@@ -427,185 +425,6 @@ static void start_read(struct resource *res, struct req *r, const str_t *ids, un
         res->window_armed = true;
         uv_timer_start(&res->window, window_cb, (uint64_t)(res->cfg->batch_window_us + 999) / 1000, 0);
     }
-}
-
-static void start_list_read(struct resource *res, struct req *r, const struct id_list *ids)
-{
-    str_t stack[64];
-    str_t *v = ids->n <= 64 ? stack : mem_alloc(ids->n * sizeof(*v));
-    for (unsigned i = 0; i < ids->n; i++)
-        v[i] = id_list_get(ids, i);
-    start_read(res, r, v, ids->n, false);
-    if (v != stack)
-        free(v);
-}
-
-static void bad_ids(struct req *r, int rc)
-{
-    req_error(r, 400, rc == -E2BIG ? "too_many_ids" : "invalid_id");
-}
-
-static void handle_single(struct req *r, void *data)
-{
-    struct resource *res = data;
-    (*res->m_requests[READ_SINGLE])++;
-    str_t raw;
-    char id[IDS_MAX_LEN];
-    size_t n;
-    /* Decoded on the stack: a single read allocates nothing here. */
-    if (!req_param(r, "id", &raw) || url_decode_to(raw, false, id, sizeof(id), &n) != 0 || !ids_valid(id, n)) {
-        bad_ids(r, -EINVAL);
-        return;
-    }
-    str_t one = str_make(id, n);
-    start_read(res, r, &one, 1, true);
-}
-
-static void handle_list(struct req *r, void *data)
-{
-    struct resource *res = data;
-    (*res->m_requests[READ_LIST])++;
-    struct id_list ids;
-    id_list_init(&ids);
-    str_t rest = r->msg.query, k, v;
-    struct buf key = BUF_INIT, val = BUF_INIT;
-    bool seen = false;
-    int rc = 0;
-    while (rc == 0 && url_query_next(&rest, &k, &v)) {
-        buf_reset(&key);
-        if (url_decode(k, true, &key) != 0 || !str_eq(buf_str(&key), STR_LIT("ids")))
-            continue;
-        seen = true;
-        buf_reset(&val);
-        rc = url_decode(v, true, &val) != 0 ? -EINVAL
-                                             : id_list_add_csv(&ids, buf_str(&val), (unsigned)res->cfg->max_ids);
-    }
-    if (rc != 0)
-        bad_ids(r, rc);
-    else if (!seen)
-        req_error(r, 400, "missing_ids");
-    else
-        start_list_read(res, r, &ids);
-    buf_deinit(&key);
-    buf_deinit(&val);
-    id_list_deinit(&ids);
-}
-
-static void handle_batch(struct req *r, void *data)
-{
-    struct resource *res = data;
-    (*res->m_requests[READ_BATCH])++;
-    json_error_t jerr;
-    json_t *doc = json_loadb(r->msg.body.data ? r->msg.body.data : "", r->msg.body.len, 0, &jerr);
-    json_t *arr = doc ? json_object_get(doc, "ids") : NULL;
-    if (doc == NULL || !json_is_object(doc)) {
-        req_error(r, 400, "bad_json");
-    } else if (!json_is_array(arr)) {
-        req_error(r, 400, "missing_ids");
-    } else {
-        struct id_list ids;
-        id_list_init(&ids);
-        int rc = 0;
-        size_t i;
-        json_t *v;
-        json_array_foreach(arr, i, v) {
-            if (!json_is_string(v)) {
-                rc = -EINVAL;
-                break;
-            }
-            rc = id_list_add(&ids, json_string_value(v), json_string_length(v), (unsigned)res->cfg->max_ids);
-            if (rc != 0)
-                break;
-        }
-        if (rc != 0)
-            bad_ids(r, rc);
-        else if (ids.n == 0)
-            req_error(r, 400, "missing_ids");
-        else
-            start_list_read(res, r, &ids);
-        id_list_deinit(&ids);
-    }
-    json_decref(doc);
-}
-
-struct purge {
-    struct req *r;
-    char id[IDS_MAX_LEN + 1];
-};
-
-static void purge_done_cb(void *ctx, int err)
-{
-    struct purge *p = ctx;
-    if (err < 0) {
-        req_add_header(p->r, "Retry-After", "1");
-        req_error(p->r, 503, "cache_unavailable");
-    } else {
-        struct buf body = BUF_INIT;
-        buf_append_str(&body, "{\"purged\":");
-        json_append_string(&body, p->id, strlen(p->id));
-        buf_append_str(&body, "}\n");
-        req_respond_buf(p->r, 200, "application/json", &body);
-        buf_deinit(&body);
-    }
-    free(p);
-}
-
-static void handle_purge(struct req *r, void *data)
-{
-    struct resource *res = data;
-    if (auth_require(r, res->set->cfg->batchd.admin_token) != 0)
-        return;
-    str_t raw;
-    char id[IDS_MAX_LEN];
-    size_t n;
-    if (!req_param(r, "id", &raw) || url_decode_to(raw, false, id, sizeof(id), &n) != 0 || !ids_valid(id, n)) {
-        req_error(r, 400, "invalid_id");
-        return;
-    }
-    struct purge *p = mem_calloc(1, sizeof(*p));
-    p->r = r;
-    memcpy(p->id, id, n);
-    if (resource_set_invalidate(res->set, res->cfg->name, id, n, purge_done_cb, p) != 0)
-        purge_done_cb(p, -EAGAIN);
-}
-
-/* --- lookups for PURGE and the proxy ------------------------------------------------------ */
-
-int resource_set_invalidate(struct resource_set *s, const char *resource, const char *id,
-                            size_t id_len, void (*cb)(void *ctx, int err), void *ctx)
-{
-    for (unsigned i = 0; i < s->n; i++)
-        if (!s->res[i]->retired && strcmp(s->res[i]->cfg->name, resource) == 0)
-            return resource_invalidate(s->res[i], id, id_len, cb, ctx);
-    return -ENOENT;
-}
-
-unsigned resource_set_match_write(struct resource_set *s, str_t path, struct resource_match *out,
-                                  unsigned max)
-{
-    unsigned n = 0;
-    if (s == NULL)
-        return 0;
-    for (unsigned i = 0; i < s->n && n < max; i++) {
-        if (s->res[i]->retired)
-            continue;
-        const struct cfg_list *l = &s->res[i]->cfg->invalidate;
-        for (unsigned k = 0; k < l->n && n < max; k++) {
-            struct url_params params;
-            str_t raw;
-            if (url_template_match(l->items[k], path, &params) < 0 || !url_params_get(&params, "id", &raw))
-                continue;
-            size_t len;
-            if (url_decode_to(raw, false, out[n].id, IDS_MAX_LEN, &len) == 0 && ids_valid(out[n].id, len)) {
-                out[n].res = s->res[i];
-                out[n].id[len] = '\0';
-                out[n].id_len = len;
-                n++;
-            }
-            break; /* one match per resource */
-        }
-    }
-    return n;
 }
 
 /* --- set ------------------------------------------------------------------------------------------- */
@@ -763,24 +582,6 @@ void resource_set_reconfigure(struct resource_set *s, const struct config *cfg)
     for (unsigned i = 0; i < s->n; i++)
         if (s->res[i]->retired)
             log_info("resource removed", "resource=%s", s->res[i]->cfg->name);
-}
-
-void resource_set_add_routes(struct resource_set *s, struct router *rt)
-{
-    for (unsigned i = 0; i < s->n; i++) {
-        struct resource *res = s->res[i];
-        if (res->retired)
-            continue;
-        struct buf p = BUF_INIT;
-        buf_appendf(&p, "%s/{id}", res->cfg->path);
-        router_add(rt, ROUTE_M(HTTP_GET), p.data, handle_single, res, 0);
-        router_add(rt, ROUTE_M(HTTP_PURGE), p.data, handle_purge, res, 0);
-        buf_reset(&p);
-        buf_appendf(&p, "%s/_batch", res->cfg->path);
-        router_add(rt, ROUTE_M(HTTP_POST), p.data, handle_batch, res, 0);
-        router_add(rt, ROUTE_M(HTTP_GET), res->cfg->path, handle_list, res, 0);
-        buf_deinit(&p);
-    }
 }
 
 const char *resource_set_not_ready(const struct resource_set *s)

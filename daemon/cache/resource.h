@@ -15,6 +15,13 @@
  * An id already in flight is not loaded again; later readers join it until
  * its write-back is acknowledged. Redis down: reads go to PostgreSQL.
  * PostgreSQL down: hits are served, misses get 503 with Retry-After.
+ *
+ * The folder (daemon/cache/):
+ *   resource_routes.c   the three forms of a read and PURGE, decoded to ids
+ *   resource.c          the batch table, flush -> MGET -> by_ids, the set and reload
+ *   resource_answer.c   a finished read -> one document, an array, or the error
+ *   cache_writeback.c   write-backs, invalidations and their tombstones
+ *   resource_int.h      what those four share
  */
 #ifndef BATCHD_RESOURCE_H
 #define BATCHD_RESOURCE_H

@@ -154,6 +154,10 @@ void resource_write_back(struct resource *res, struct chunk *ch);
  * 404 or the failure), then frees it. (resource_answer.c) */
 void resource_answer(struct read *rd);
 /* Reads are pooled: no allocation per request once warm. */
+/* Joins or queues each id for the next flush; answers r when all are in
+ * (at once when every id was already resolved). single: answer the one
+ * document rather than an array. */
+void resource_start_read(struct resource *res, struct req *r, const str_t *ids, unsigned n, bool single);
 struct read *resource_read_get(void);
 void resource_read_put(struct read *rd);
 
