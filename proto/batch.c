@@ -48,92 +48,46 @@ void batch_pool_drain(void)
     pool_len = 0;
 }
 
-static uint32_t hash_id(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-
 void batch_table_init(struct batch_table *t)
 {
-    t->nbuckets = 64;
-    t->buckets = mem_calloc(t->nbuckets, sizeof(*t->buckets));
-    t->count = 0;
+    hashtab_init(&t->ht, 64);
 }
 
 void batch_table_deinit(struct batch_table *t)
 {
-    for (unsigned i = 0; i < t->nbuckets; i++) {
-        struct batch_entry *e = t->buckets[i];
-        while (e) {
-            struct batch_entry *next = e->hnext;
-            e->in_table = false;
-            e->hnext = NULL;
-            batch_entry_unref(e);
-            e = next;
-        }
+    struct hashtab_iter it;
+    struct hashtab_node *n;
+    for (hashtab_iter_init(&it, &t->ht); (n = hashtab_iter_next(&it)) != NULL;) {
+        struct batch_entry *e = hashtab_entry(n, struct batch_entry, hnode);
+        hashtab_remove(&t->ht, n);
+        e->in_table = false;
+        batch_entry_unref(e);
     }
-    free(t->buckets);
-    t->buckets = NULL;
-    t->nbuckets = t->count = 0;
-}
-
-static void grow(struct batch_table *t)
-{
-    unsigned n = t->nbuckets * 2;
-    struct batch_entry **b = mem_calloc(n, sizeof(*b));
-    for (unsigned i = 0; i < t->nbuckets; i++) {
-        struct batch_entry *e = t->buckets[i];
-        while (e) {
-            struct batch_entry *next = e->hnext;
-            e->hnext = b[e->hash & (n - 1)];
-            b[e->hash & (n - 1)] = e;
-            e = next;
-        }
-    }
-    free(t->buckets);
-    t->buckets = b;
-    t->nbuckets = n;
-}
-
-static struct batch_entry *lookup(const struct batch_table *t, const char *id, size_t len, uint32_t h)
-{
-    for (struct batch_entry *e = t->buckets[h & (t->nbuckets - 1)]; e; e = e->hnext)
-        if (e->hash == h && e->id_len == len && memcmp(e->id, id, len) == 0)
-            return e;
-    return NULL;
+    hashtab_deinit(&t->ht);
 }
 
 struct batch_entry *batch_table_find(const struct batch_table *t, const char *id, size_t len)
 {
-    return lookup(t, id, len, hash_id(id, len));
+    struct hashtab_node *n = hashtab_find(&t->ht, id, len);
+    return n ? hashtab_entry(n, struct batch_entry, hnode) : NULL;
 }
 
 struct batch_entry *batch_table_get(struct batch_table *t, const char *id, size_t len, bool *created)
 {
-    uint32_t h = hash_id(id, len);
-    struct batch_entry *e = lookup(t, id, len, h);
-    if (e) {
+    uint32_t h = hashtab_hash(id, len);
+    struct hashtab_node *n = hashtab_find_hashed(&t->ht, id, len, h);
+    if (n) {
         *created = false;
-        return e;
+        return hashtab_entry(n, struct batch_entry, hnode);
     }
-    if (t->count >= t->nbuckets) /* chains of one on average: each link is a cache miss */
-        grow(t);
-    e = entry_alloc(len);
-    e->hash = h;
+    struct batch_entry *e = entry_alloc(len);
     e->refs = 1; /* the table's */
     e->state = BATCH_QUEUED;
     e->in_table = true;
     e->id_len = (uint16_t)len;
     memcpy(e->id, id, len);
     e->id[len] = '\0';
-    e->hnext = t->buckets[h & (t->nbuckets - 1)];
-    t->buckets[h & (t->nbuckets - 1)] = e;
-    t->count++;
+    hashtab_add(&t->ht, &e->hnode, e->id, len, h);
     *created = true;
     return e;
 }
@@ -142,15 +96,8 @@ void batch_table_remove(struct batch_table *t, struct batch_entry *e)
 {
     if (!e->in_table)
         return;
-    for (struct batch_entry **pp = &t->buckets[e->hash & (t->nbuckets - 1)]; *pp; pp = &(*pp)->hnext) {
-        if (*pp == e) {
-            *pp = e->hnext;
-            break;
-        }
-    }
-    e->hnext = NULL;
+    hashtab_remove(&t->ht, &e->hnode);
     e->in_table = false;
-    t->count--;
     batch_entry_unref(e);
 }
 

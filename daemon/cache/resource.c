@@ -600,7 +600,7 @@ unsigned resource_set_match_write(struct resource_set *s, str_t path, struct res
 
 static double gauge_in_flight(void *arg)
 {
-    return ((struct resource *)arg)->table.count;
+    return batch_table_count(&((struct resource *)arg)->table);
 }
 
 static double gauge_writebacks(void *arg)

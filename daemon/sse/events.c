@@ -47,6 +47,7 @@
 #include "daemon/http/req.h"
 #include "daemon/sse/sse_publish.h"
 #include "daemon/sse/sse_queue.h"
+#include "proto/hashtab.h"
 #include "proto/ids.h"
 #include "proto/mem.h"
 #include "proto/sse.h"
@@ -74,11 +75,10 @@ struct stream_def {
 };
 
 struct channel {
-    struct channel *hnext;
+    struct hashtab_node hnode;  /* in the hub's table, keyed by key */
     struct events *hub;
     struct stream_def *def;
     char *key;
-    uint32_t hash;
     uint32_t refs;              /* clients + history reads in flight */
     struct sse_client *clients;
     unsigned n_clients;
@@ -143,8 +143,7 @@ struct events {
     struct redis_pool *redis;
     struct stream_def **defs;   /* stable addresses: channels point at them */
     unsigned n_defs;
-    struct channel **buckets;
-    unsigned nbuckets, n_channels;
+    struct hashtab channels;    /* by key */
     struct sse_client *dirty;
     uv_check_t flush;
     uv_timer_t ping;
@@ -169,59 +168,34 @@ static unsigned retry_jittered(const struct cfg_stream *cfg)
 
 /* --- channels ------------------------------------------------------------------ */
 
-static uint32_t hash_str(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-
 static struct channel *channel_find(struct events *h, const char *key, size_t len)
 {
-    uint32_t hash = hash_str(key, len);
-    for (struct channel *c = h->buckets[hash & (h->nbuckets - 1)]; c; c = c->hnext)
-        if (c->hash == hash && strlen(c->key) == len && memcmp(c->key, key, len) == 0)
-            return c;
-    return NULL;
+    struct hashtab_node *n = hashtab_find(&h->channels, key, len);
+    return n ? hashtab_entry(n, struct channel, hnode) : NULL;
 }
 
-static void channel_grow(struct events *h)
+/* The next channel of a walk over every channel:
+ *   for (hashtab_iter_init(&it, &h->channels); (c = channel_next(&it)) != NULL;)
+ * The loop may drop the channel it was given (hashtab.h). */
+static struct channel *channel_next(struct hashtab_iter *it)
 {
-    unsigned n = h->nbuckets * 2;
-    struct channel **b = mem_calloc(n, sizeof(*b));
-    for (unsigned i = 0; i < h->nbuckets; i++) {
-        struct channel *c = h->buckets[i];
-        while (c) {
-            struct channel *next = c->hnext;
-            c->hnext = b[c->hash & (n - 1)];
-            b[c->hash & (n - 1)] = c;
-            c = next;
-        }
-    }
-    free(h->buckets);
-    h->buckets = b;
-    h->nbuckets = n;
+    struct hashtab_node *n = hashtab_iter_next(it);
+    return n ? hashtab_entry(n, struct channel, hnode) : NULL;
 }
 
 static struct channel *channel_get(struct events *h, struct stream_def *def, const char *key)
 {
-    struct channel *c = channel_find(h, key, strlen(key));
-    if (c)
-        return c;
-    if (h->n_channels >= h->nbuckets * 2)
-        channel_grow(h);
-    c = mem_calloc(1, sizeof(*c));
+    size_t len = strlen(key);
+    uint32_t hash = hashtab_hash(key, len);
+    struct hashtab_node *n = hashtab_find_hashed(&h->channels, key, len, hash);
+    if (n)
+        return hashtab_entry(n, struct channel, hnode);
+    struct channel *c = mem_calloc(1, sizeof(*c));
     c->hub = h;
     c->def = def;
     c->key = mem_strdup(key);
-    c->hash = hash_str(key, strlen(key));
     c->state = CH_SUBSCRIBING;
-    c->hnext = h->buckets[c->hash & (h->nbuckets - 1)];
-    h->buckets[c->hash & (h->nbuckets - 1)] = c;
-    h->n_channels++;
+    hashtab_add(&h->channels, &c->hnode, c->key, len, hash);
     redis_pool_subscribe(h->redis, key);
     return c;
 }
@@ -231,13 +205,7 @@ static void channel_unref(struct channel *c)
     if (--c->refs > 0)
         return;
     struct events *h = c->hub;
-    for (struct channel **pp = &h->buckets[c->hash & (h->nbuckets - 1)]; *pp; pp = &(*pp)->hnext) {
-        if (*pp == c) {
-            *pp = c->hnext;
-            break;
-        }
-    }
-    h->n_channels--;
+    hashtab_remove(&h->channels, &c->hnode);
     if (!h->draining)
         redis_pool_unsubscribe(h->redis, c->key);
     sse_evq_clear(&c->held, true);
@@ -860,19 +828,17 @@ static void resync_cb(uv_timer_t *t)
     struct events *h = t->data;
     uint64_t now = uv_now(h->loop), next = 0;
     h->resync_due = 0;
-    for (unsigned i = 0; i < h->nbuckets; i++) {
-        struct channel *cnext;
-        for (struct channel *c = h->buckets[i]; c; c = cnext) {
-            cnext = c->hnext;
-            if (c->state != CH_SYNC_WAIT)
-                continue;
-            c->refs++; /* a sync failing at once may turn its last clients away */
-            if (c->sync_retry_ms <= now)
-                start_sync(c);
-            if (c->state == CH_SYNC_WAIT && (next == 0 || c->sync_retry_ms < next))
-                next = c->sync_retry_ms;
-            channel_unref(c);
-        }
+    struct hashtab_iter it;
+    struct channel *c;
+    for (hashtab_iter_init(&it, &h->channels); (c = channel_next(&it)) != NULL;) {
+        if (c->state != CH_SYNC_WAIT)
+            continue;
+        c->refs++; /* a sync failing at once may turn its last clients away */
+        if (c->sync_retry_ms <= now)
+            start_sync(c);
+        if (c->state == CH_SYNC_WAIT && (next == 0 || c->sync_retry_ms < next))
+            next = c->sync_retry_ms;
+        channel_unref(c);
     }
     if (next)
         resync_arm(h, next);
@@ -937,12 +903,14 @@ static void sub_cb(void *arg, enum redis_sub_event kind, const char *chan, size_
 {
     struct events *h = arg;
     switch (kind) {
-    case REDIS_SUB_DOWN:
+    case REDIS_SUB_DOWN: {
         /* Clients stay; every channel resubscribes and fills its gap. */
-        for (unsigned i = 0; i < h->nbuckets; i++)
-            for (struct channel *c = h->buckets[i]; c; c = c->hnext)
-                c->state = CH_SUBSCRIBING;
+        struct hashtab_iter it;
+        struct channel *c;
+        for (hashtab_iter_init(&it, &h->channels); (c = channel_next(&it)) != NULL;)
+            c->state = CH_SUBSCRIBING;
         return;
+    }
     case REDIS_SUB_UP:
         return;
     case REDIS_SUB_SUBSCRIBED: {
@@ -1086,19 +1054,19 @@ static void ping_cb(uv_timer_t *t)
 {
     struct events *h = t->data;
     uint64_t now = uv_now(h->loop);
-    for (unsigned i = 0; i < h->nbuckets; i++) {
-        for (struct channel *c = h->buckets[i]; c; c = c->hnext) {
-            uint64_t every = (uint64_t)c->def->cfg->ping_interval_ms;
-            for (struct sse_client *cl = c->clients; cl; cl = cl->next) {
-                /* Not before the answer, nor behind a write that has not
-                 * gone (the connection's write timeout watches that). */
-                if (cl->state == CL_POSITIONING || cl->out->writing || cl->out->pending.n ||
-                    now - cl->last_write_ms < every)
-                    continue;
-                cl->last_write_ms = now;
-                sse_out_push(cl->out, h->ping_ev);
-                client_mark_dirty(cl);
-            }
+    struct hashtab_iter it;
+    struct channel *c;
+    for (hashtab_iter_init(&it, &h->channels); (c = channel_next(&it)) != NULL;) {
+        uint64_t every = (uint64_t)c->def->cfg->ping_interval_ms;
+        for (struct sse_client *cl = c->clients; cl; cl = cl->next) {
+            /* Not before the answer, nor behind a write that has not
+             * gone (the connection's write timeout watches that). */
+            if (cl->state == CL_POSITIONING || cl->out->writing || cl->out->pending.n ||
+                now - cl->last_write_ms < every)
+                continue;
+            cl->last_write_ms = now;
+            sse_out_push(cl->out, h->ping_ev);
+            client_mark_dirty(cl);
         }
     }
 }
@@ -1109,39 +1077,36 @@ void events_drain(struct events *h)
         return;
     h->draining = true;
     unsigned n = 0;
-    for (unsigned i = 0; i < h->nbuckets; i++) {
-        struct channel *c = h->buckets[i];
-        while (c) {
-            struct channel *cnext = c->hnext;
-            c->refs++; /* keep it while its clients leave */
-            struct sse_client *cl = c->clients;
-            while (cl) {
-                struct sse_client *next = cl->next;
-                struct req *r = cl->r;
-                n++;
-                if (cl->state == CL_POSITIONING) {
-                    client_detach(cl);
-                    stream_turn_away(r, c->def, TURN_AWAY_SHUTTING_DOWN);
-                    cl = next;
-                    continue;
-                }
-                /* Jittered like the first frame, so that a restart does
-                 * not bring every browser back at the same moment. */
-                struct buf b = BUF_INIT;
-                sse_frame_retry(&b, retry_jittered(c->def->cfg));
-                struct sse_ev *e = sse_ev_new(&b, false, (struct sse_id){ 0, 0 });
-                buf_deinit(&b);
-                sse_out_push(cl->out, e);
-                sse_ev_unref(e);
-                if (sse_out_finish(cl->out) == 0) {
-                    client_detach(cl);
-                    req_stream_end(r);
-                }
+    struct hashtab_iter it;
+    struct channel *c;
+    for (hashtab_iter_init(&it, &h->channels); (c = channel_next(&it)) != NULL;) {
+        c->refs++; /* keep it while its clients leave */
+        struct sse_client *cl = c->clients;
+        while (cl) {
+            struct sse_client *next = cl->next;
+            struct req *r = cl->r;
+            n++;
+            if (cl->state == CL_POSITIONING) {
+                client_detach(cl);
+                stream_turn_away(r, c->def, TURN_AWAY_SHUTTING_DOWN);
                 cl = next;
+                continue;
             }
-            channel_unref(c);
-            c = cnext;
+            /* Jittered like the first frame, so that a restart does
+             * not bring every browser back at the same moment. */
+            struct buf b = BUF_INIT;
+            sse_frame_retry(&b, retry_jittered(c->def->cfg));
+            struct sse_ev *e = sse_ev_new(&b, false, (struct sse_id){ 0, 0 });
+            buf_deinit(&b);
+            sse_out_push(cl->out, e);
+            sse_ev_unref(e);
+            if (sse_out_finish(cl->out) == 0) {
+                client_detach(cl);
+                req_stream_end(r);
+            }
+            cl = next;
         }
+        channel_unref(c);
     }
     if (n)
         log_info("sse clients told to reconnect", "clients=%u", n);
@@ -1158,17 +1123,18 @@ static double gauge_clients(void *arg)
 
 static double gauge_channels(void *arg)
 {
-    return ((struct events *)arg)->n_channels;
+    return ((struct events *)arg)->channels.count;
 }
 
 static double gauge_queued(void *arg)
 {
     struct events *h = arg;
     size_t n = 0;
-    for (unsigned i = 0; i < h->nbuckets; i++)
-        for (struct channel *c = h->buckets[i]; c; c = c->hnext)
-            for (struct sse_client *cl = c->clients; cl; cl = cl->next)
-                n += client_queued(cl, true);
+    struct hashtab_iter it;
+    struct channel *c;
+    for (hashtab_iter_init(&it, &h->channels); (c = channel_next(&it)) != NULL;)
+        for (struct sse_client *cl = c->clients; cl; cl = cl->next)
+            n += client_queued(cl, true);
     return (double)n;
 }
 
@@ -1241,8 +1207,7 @@ struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redi
     h->cfg = cfg;
     h->redis = redis;
     h->publisher = sse_publisher_new(redis);
-    h->nbuckets = 256;
-    h->buckets = mem_calloc(h->nbuckets, sizeof(*h->buckets));
+    hashtab_init(&h->channels, 256);
     struct buf b = BUF_INIT;
     sse_frame_comment(&b, "ping");
     h->ping_ev = sse_ev_new(&b, false, (struct sse_id){ 0, 0 });
@@ -1318,7 +1283,7 @@ static void handle_closed_cb(uv_handle_t *hnd)
         return;
     sse_ev_unref(h->ping_ev);
     sse_publisher_free(h->publisher);
-    free(h->buckets);
+    hashtab_deinit(&h->channels);
     for (unsigned i = 0; i < h->n_defs; i++)
         free(h->defs[i]);
     free(h->defs);
@@ -1331,16 +1296,13 @@ void events_free(struct events *h)
         return;
     h->draining = true;
     /* Channels left are held only by reads the pool has cancelled by now. */
-    for (unsigned i = 0; i < h->nbuckets; i++) {
-        struct channel *c = h->buckets[i];
-        while (c) {
-            struct channel *next = c->hnext;
-            sse_evq_clear(&c->held, true);
-            free(c->key);
-            free(c);
-            c = next;
-        }
-        h->buckets[i] = NULL;
+    struct hashtab_iter it;
+    struct channel *c;
+    for (hashtab_iter_init(&it, &h->channels); (c = channel_next(&it)) != NULL;) {
+        hashtab_remove(&h->channels, &c->hnode);
+        sse_evq_clear(&c->held, true);
+        free(c->key);
+        free(c);
     }
     uv_close((uv_handle_t *)&h->flush, handle_closed_cb);
     uv_close((uv_handle_t *)&h->ping, handle_closed_cb);
