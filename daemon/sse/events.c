@@ -182,6 +182,13 @@ static void def_metrics(struct sse_stream *d)
     d->m_invalid_live = metrics_counter("batchd_sse_invalid_events_total", l, help);
     snprintf(l, sizeof(l), "stream=\"%s\",source=\"history\"", name);
     d->m_invalid_history = metrics_counter("batchd_sse_invalid_events_total", l, help);
+    snprintf(l, sizeof(l), "stream=\"%s\"", name);
+    d->m_held_overflows = metrics_counter("batchd_sse_sync_held_overflows_total", l,
+                                          "Live events held while a channel synced that passed "
+                                          "sync_held_bytes: dropped, and read again from the Stream.");
+    d->m_gap_flushes = metrics_counter("batchd_sse_sync_gap_flushes_total", l,
+                                       "Times a channel's gap read held sync_gap_bytes and passed on what "
+                                       "it had read before reading on.");
 }
 
 static void def_add(struct events *h, const struct cfg_stream *sc)

@@ -17,6 +17,14 @@
  * are held and delivered after that history. A read that fails is retried
  * with backoff (the channel stays subscribed); one overtaken by a lost
  * connection only passes on what it read (sync_gen).
+ *
+ * Both buffers of a sync have a byte limit, and passing it loses nothing:
+ *   held live events  > sync_held_bytes: dropped, and so is what arrives
+ *                       until the read is done; then the channel reads
+ *                       from what it passed on again (the Stream has them)
+ *   the gap read      > sync_gap_bytes: what it read so far is passed on
+ *                       (it follows the position, what comes next follows
+ *                       it), and it reads on
  */
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +93,25 @@ void sse_channel_deliver(struct sse_channel *ch, struct sse_ev *e)
     }
 }
 
+/* A live event while the channel syncs: held until the sync is done, up to
+ * sync_held_bytes. Past that the held events are dropped, and so is what
+ * arrives until the sync ends: the Stream has them all, and the sync reads
+ * it again before going live (channel_sync_end). */
+static void channel_hold(struct sse_channel *c, struct sse_ev *e)
+{
+    const struct cfg_stream *cfg = c->def->cfg;
+    if (c->held.cost + SSE_EV_COST(e) <= (size_t)cfg->sync_held_bytes) {
+        sse_evq_push(&c->held, e);
+        return;
+    }
+    (*c->def->m_held_overflows)++;
+    log_info("sse channel held events over sync_held_bytes, dropped: read again from the stream",
+             "stream=%s channel=%s held_bytes=%zu limit=%lld", cfg->name, LOG_Q(c->key),
+             c->held.cost + SSE_EV_COST(e), (long long)cfg->sync_held_bytes);
+    sse_evq_clear(&c->held, true);
+    c->held_dropped = true;
+}
+
 void sse_channel_message(struct events *h, const char *chan, size_t chan_len, const char *msg, size_t msg_len)
 {
     struct sse_channel *c = sse_channel_find(h, chan, chan_len);
@@ -100,10 +127,11 @@ void sse_channel_message(struct events *h, const char *chan, size_t chan_len, co
         log_warn("malformed event message ignored", "channel=%s", LOG_Q(c->key));
         return;
     }
-    if (c->state == CH_SYNCING)
-        sse_evq_push(&c->held, e);
-    else
+    if (c->state != CH_SYNCING)
         sse_channel_deliver(c, e);
+    else if (!c->held_dropped)
+        channel_hold(c, e);
+    /* else: dropped, the sync reads it from the Stream */
     sse_ev_unref(e);
 }
 
@@ -151,13 +179,46 @@ static void channel_sync_ok(struct sse_channel *ch)
     ch->sync_attempt = 0;
 }
 
-/* Passes on what a gap read got. */
+/* Passes on what a gap read got (the gap counts once, however many parts
+ * it is passed on in). */
 static void channel_deliver_gap(struct sse_channel *ch, struct sse_history *op)
 {
-    if (op->got.n)
+    if (op->got.n == 0)
+        return;
+    if (!op->passed_on)
         (*ch->def->m_resyncs)++;
+    op->passed_on = true;
     for (unsigned i = 0; i < op->got.n; i++)
         sse_channel_deliver(ch, op->got.v[i]);
+}
+
+/* What was read follows the position without a gap, and what is read next
+ * follows it: it can go out now, in order. Clients that are not live yet
+ * ignore it or hold it as they would at the end. */
+void sse_channel_gap_flush(struct sse_history *op)
+{
+    struct sse_channel *ch = op->ch;
+    const struct cfg_stream *cfg = ch->def->cfg;
+    (*ch->def->m_gap_flushes)++;
+    if (!op->passed_on)
+        log_info("sse channel gap read over sync_gap_bytes, passed on in parts", "stream=%s channel=%s limit=%lld",
+                 cfg->name, LOG_Q(ch->key), (long long)cfg->sync_gap_bytes);
+    channel_deliver_gap(ch, op);
+    sse_evq_clear(&op->got, true);
+}
+
+static void channel_read_gap(struct sse_channel *ch);
+
+/* The sync has read up to now: go live, unless live events were dropped
+ * meanwhile (sync_held_bytes); then read again from what was passed on. */
+static void channel_sync_end(struct sse_channel *ch)
+{
+    if (ch->held_dropped) {
+        ch->held_dropped = false;
+        channel_read_gap(ch);
+        return;
+    }
+    channel_go_live(ch);
 }
 
 void sse_channel_sync_done(struct sse_history *op)
@@ -178,7 +239,7 @@ void sse_channel_sync_done(struct sse_history *op)
     }
     channel_sync_ok(ch);
     channel_deliver_gap(ch, op);
-    channel_go_live(ch);
+    channel_sync_end(ch);
 }
 
 /* Reads everything after the channel's position. */
@@ -219,7 +280,7 @@ void sse_channel_position_done(struct sse_history *op)
         if (in_sync) {
             channel_sync_ok(ch);
             if (mine)
-                channel_go_live(ch); /* read after the confirmation: what follows arrives live */
+                channel_sync_end(ch); /* read after the confirmation: what follows arrives live */
             else
                 channel_read_gap(ch); /* set earlier: read what came since */
         }
@@ -248,6 +309,7 @@ void sse_channel_sync(struct sse_channel *ch)
 {
     ch->state = CH_SYNCING;
     ch->sync_gen++;
+    ch->held_dropped = false; /* this sync reads from the position on: it covers them */
     if (ch->have_last)
         channel_read_gap(ch);
     else

@@ -139,6 +139,9 @@ static void page_cb(void *ctx, const redisReply *reply, int err)
                 op->n_invalid++;
                 continue;
             }
+            if (op->kind == HIST_GAP && op->got.n &&
+                op->got.cost + SSE_EV_COST(e) > (size_t)op->ch->def->cfg->sync_gap_bytes)
+                sse_channel_gap_flush(op);
             sse_evq_push(&op->got, e);
             sse_ev_unref(e); /* the queue holds it */
             if (op->cl && !sse_client_fits(op->cl, op->got.cost)) {

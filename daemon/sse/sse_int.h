@@ -41,6 +41,7 @@ struct sse_stream {
     uint64_t *m_delivered, *m_overflow, *m_replayed, *m_resets, *m_resyncs;
     uint64_t *m_rejected[TURN_AWAY__COUNT];
     uint64_t *m_invalid_live, *m_invalid_history;
+    uint64_t *m_held_overflows, *m_gap_flushes;
 };
 
 /* One Redis key with clients: one SUBSCRIBE, shared. */
@@ -55,7 +56,9 @@ struct sse_channel {
     bool have_last;             /* the channel has its position */
     unsigned positioning;       /* position reads in flight */
     struct sse_id last_id;      /* newest id this channel has passed on */
-    struct sse_evq held;        /* live events received while SYNCING */
+    struct sse_evq held;        /* live events received while SYNCING, up to sync_held_bytes */
+    bool held_dropped;          /* held events passed the limit and were dropped: this sync
+                                 * reads the Stream again before it goes live */
     unsigned sync_gen;          /* bumped by each sync: tells an overtaken one */
     unsigned sync_attempt;      /* backoff state while syncs fail */
     unsigned sync_failures;     /* in this streak: logged once, at the first */
@@ -100,7 +103,8 @@ struct sse_history {
     bool too_far;               /* client reads: the replay would not fit its queue */
     bool have_oldest, have_newest;
     struct sse_id from, oldest, newest;
-    struct sse_evq got;         /* entries read, in order */
+    struct sse_evq got;         /* entries read, in order (a gap read's: up to sync_gap_bytes) */
+    bool passed_on;             /* a gap read passed on part of what it read already */
     unsigned page_len;
 };
 
@@ -146,6 +150,9 @@ void sse_channel_sync(struct sse_channel *ch);
 /* Reads the channel's position. in_sync: as the sync after a confirmed
  * SUBSCRIBE, which then needs no gap read when this read sets it. */
 void sse_channel_read_position(struct sse_channel *ch, bool in_sync);
+/* A gap read holds sync_gap_bytes: passes on what it read so far, so that
+ * it can read on. */
+void sse_channel_gap_flush(struct sse_history *op);
 /* History reads of a channel are done (sse_history.c calls these). */
 void sse_channel_sync_done(struct sse_history *op);
 void sse_channel_position_done(struct sse_history *op);
