@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/freelist.h"
 #include "proto/mem.h"
 
 /* Entries come and go by the thousand per second; short-id entries are
@@ -11,41 +12,28 @@
 #define POOL_MAX 8192
 #define POOLED_SIZE (sizeof(struct batch_entry) + BATCH_POOLED_ID_MAX + 1)
 
-static struct batch_entry *pool;
-static unsigned pool_len;
+static struct freelist pool = FREELIST_INIT(POOL_MAX);
 
 static struct batch_entry *entry_alloc(size_t id_len)
 {
-    struct batch_entry *e;
-    if (id_len <= BATCH_POOLED_ID_MAX && pool) {
-        e = pool;
-        pool = e->next;
-        pool_len--;
-        memset(e, 0, sizeof(*e));
-        return e;
-    }
-    return mem_calloc(1, id_len <= BATCH_POOLED_ID_MAX ? POOLED_SIZE : sizeof(*e) + id_len + 1);
+    if (id_len > BATCH_POOLED_ID_MAX)
+        return mem_calloc(1, sizeof(struct batch_entry) + id_len + 1);
+    struct batch_entry *e = freelist_get(&pool);
+    if (e == NULL)
+        return mem_calloc(1, POOLED_SIZE);
+    memset(e, 0, sizeof(*e));
+    return e;
 }
 
 static void entry_free(struct batch_entry *e)
 {
-    if (e->id_len <= BATCH_POOLED_ID_MAX && pool_len < POOL_MAX) {
-        e->next = pool;
-        pool = e;
-        pool_len++;
-        return;
-    }
-    free(e);
+    if (e->id_len > BATCH_POOLED_ID_MAX || !freelist_put(&pool, e))
+        free(e);
 }
 
 void batch_pool_drain(void)
 {
-    while (pool) {
-        struct batch_entry *e = pool;
-        pool = e->next;
-        free(e);
-    }
-    pool_len = 0;
+    freelist_drain(&pool, NULL);
 }
 
 void batch_table_init(struct batch_table *t)
