@@ -126,20 +126,7 @@ void hashtab_deinit(struct hashtab *t)
     t->count = 0;
 }
 
-struct hashtab_node *hashtab_find_hashed(const struct hashtab *t, const char *key, size_t len, uint32_t hash)
-{
-    for (struct hashtab_node *n = t->buckets[hash & t->mask]; n; n = n->next)
-        if (n->hash == hash && n->len == len && memcmp(n->key, key, len) == 0)
-            return n;
-    return NULL;
-}
-
-struct hashtab_node *hashtab_find(const struct hashtab *t, const char *key, size_t len)
-{
-    return hashtab_find_hashed(t, key, len, hashtab_hash(key, len));
-}
-
-static void grow(struct hashtab *t)
+void hashtab_grow(struct hashtab *t)
 {
     uint32_t mask = t->mask * 2 + 1;
     assert(mask > t->mask);
@@ -156,33 +143,6 @@ static void grow(struct hashtab *t)
     free(t->buckets);
     t->buckets = b;
     t->mask = mask;
-}
-
-void hashtab_add(struct hashtab *t, struct hashtab_node *n, const char *key, size_t len, uint32_t hash)
-{
-    assert(len <= UINT32_MAX);
-    /* Chains of one on average: each link is a cache miss. */
-    if (t->count > t->mask)
-        grow(t);
-    n->key = key;
-    n->len = (uint32_t)len;
-    n->hash = hash;
-    n->next = t->buckets[hash & t->mask];
-    t->buckets[hash & t->mask] = n;
-    t->count++;
-}
-
-void hashtab_remove(struct hashtab *t, struct hashtab_node *n)
-{
-    for (struct hashtab_node **pp = &t->buckets[n->hash & t->mask]; *pp; pp = &(*pp)->next) {
-        if (*pp == n) {
-            *pp = n->next;
-            n->next = NULL;
-            t->count--;
-            return;
-        }
-    }
-    assert(!"hashtab_remove: node not in the table");
 }
 
 /* --- iteration ------------------------------------------------------------------ */

@@ -17,8 +17,10 @@
 #ifndef BATCHD_PROTO_HASHTAB_H
 #define BATCHD_PROTO_HASHTAB_H
 
+#include <assert.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct hashtab_node {
     struct hashtab_node *next;  /* chain */
@@ -61,15 +63,56 @@ void hashtab_init(struct hashtab *t, uint32_t nbuckets);
  * (their memory is the caller's). */
 void hashtab_deinit(struct hashtab *t);
 
-/* The node whose key is key[0..len), or NULL. hash: hashtab_hash(key, len),
+/* Lookups, adds and removes are inline: the batch path makes them for
+ * every id of every read.
+ *
+ * The node whose key is key[0..len), or NULL. hash: hashtab_hash(key, len),
  * for a caller that adds the key when it is missing and so hashes it once. */
-struct hashtab_node *hashtab_find_hashed(const struct hashtab *t, const char *key, size_t len, uint32_t hash);
-struct hashtab_node *hashtab_find(const struct hashtab *t, const char *key, size_t len);
+static inline struct hashtab_node *hashtab_find_hashed(const struct hashtab *t, const char *key, size_t len,
+                                                       uint32_t hash)
+{
+    for (struct hashtab_node *n = t->buckets[hash & t->mask]; n; n = n->next)
+        if (n->hash == hash && n->len == len && memcmp(n->key, key, len) == 0)
+            return n;
+    return NULL;
+}
+
+static inline struct hashtab_node *hashtab_find(const struct hashtab *t, const char *key, size_t len)
+{
+    return hashtab_find_hashed(t, key, len, hashtab_hash(key, len));
+}
+
+/* Doubles the bucket array (hashtab_add calls it). */
+void hashtab_grow(struct hashtab *t);
+
 /* Adds n under key[0..len), which must not be in the table yet; n->key
  * points at key from now on. hash: hashtab_hash(key, len). */
-void hashtab_add(struct hashtab *t, struct hashtab_node *n, const char *key, size_t len, uint32_t hash);
+static inline void hashtab_add(struct hashtab *t, struct hashtab_node *n, const char *key, size_t len,
+                               uint32_t hash)
+{
+    /* Chains of one on average: each link is a cache miss. */
+    if (t->count > t->mask)
+        hashtab_grow(t);
+    n->key = key;
+    n->len = (uint32_t)len;
+    n->hash = hash;
+    n->next = t->buckets[hash & t->mask];
+    t->buckets[hash & t->mask] = n;
+    t->count++;
+}
+
 /* Takes n, which is in t, out of it. */
-void hashtab_remove(struct hashtab *t, struct hashtab_node *n);
+static inline void hashtab_remove(struct hashtab *t, struct hashtab_node *n)
+{
+    struct hashtab_node **pp = &t->buckets[n->hash & t->mask];
+    while (*pp != n) {
+        assert(*pp != NULL); /* n is not in t */
+        pp = &(*pp)->next;
+    }
+    *pp = n->next;
+    n->next = NULL;
+    t->count--;
+}
 
 /* Visits every node, in no particular order:
  *
