@@ -141,6 +141,8 @@ struct cfg_stream {
     int64_t max_sse_clients;
     int64_t socket_send_buffer_bytes;   /* SO_SNDBUF of SSE sockets; 0: the kernel's default */
     int64_t idempotency_window_ms;      /* how long a publish's Idempotency-Key is remembered */
+    int64_t sync_held_bytes;            /* live events a syncing channel holds; past it: re-read */
+    int64_t sync_gap_bytes;             /* a channel's gap read held before passing it on */
 };
 
 struct config {

@@ -108,6 +108,8 @@ const struct cfg_key config_keys[] = {
     ST(max_sse_clients, CFG_INT, 1, 1000000, "15000"),
     ST(socket_send_buffer_bytes, CFG_INT, 0, 64 * MB, "65536"),
     ST(idempotency_window_ms, CFG_INT, 1000, 86400000, "300000"),
+    ST(sync_held_bytes, CFG_INT, 4 * KB, 1 * GB, "1048576"),
+    ST(sync_gap_bytes, CFG_INT, 4 * KB, 1 * GB, "1048576"),
 };
 
 const size_t config_n_keys = sizeof(config_keys) / sizeof(config_keys[0]);

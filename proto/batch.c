@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/freelist.h"
 #include "proto/mem.h"
 
 /* Entries come and go by the thousand per second; short-id entries are
@@ -11,129 +12,70 @@
 #define POOL_MAX 8192
 #define POOLED_SIZE (sizeof(struct batch_entry) + BATCH_POOLED_ID_MAX + 1)
 
-static struct batch_entry *pool;
-static unsigned pool_len;
+static struct freelist pool = FREELIST_INIT(POOL_MAX);
 
 static struct batch_entry *entry_alloc(size_t id_len)
 {
-    struct batch_entry *e;
-    if (id_len <= BATCH_POOLED_ID_MAX && pool) {
-        e = pool;
-        pool = e->next;
-        pool_len--;
-        memset(e, 0, sizeof(*e));
-        return e;
-    }
-    return mem_calloc(1, id_len <= BATCH_POOLED_ID_MAX ? POOLED_SIZE : sizeof(*e) + id_len + 1);
+    if (id_len > BATCH_POOLED_ID_MAX)
+        return mem_calloc(1, sizeof(struct batch_entry) + id_len + 1);
+    struct batch_entry *e = freelist_get(&pool);
+    if (e == NULL)
+        return mem_calloc(1, POOLED_SIZE);
+    memset(e, 0, sizeof(*e));
+    return e;
 }
 
 static void entry_free(struct batch_entry *e)
 {
-    if (e->id_len <= BATCH_POOLED_ID_MAX && pool_len < POOL_MAX) {
-        e->next = pool;
-        pool = e;
-        pool_len++;
-        return;
-    }
-    free(e);
+    if (e->id_len > BATCH_POOLED_ID_MAX || !freelist_put(&pool, e))
+        free(e);
 }
 
 void batch_pool_drain(void)
 {
-    while (pool) {
-        struct batch_entry *e = pool;
-        pool = e->next;
-        free(e);
-    }
-    pool_len = 0;
-}
-
-static uint32_t hash_id(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
+    freelist_drain(&pool, NULL);
 }
 
 void batch_table_init(struct batch_table *t)
 {
-    t->nbuckets = 64;
-    t->buckets = mem_calloc(t->nbuckets, sizeof(*t->buckets));
-    t->count = 0;
+    hashtab_init(&t->ht, 64);
 }
 
 void batch_table_deinit(struct batch_table *t)
 {
-    for (unsigned i = 0; i < t->nbuckets; i++) {
-        struct batch_entry *e = t->buckets[i];
-        while (e) {
-            struct batch_entry *next = e->hnext;
-            e->in_table = false;
-            e->hnext = NULL;
-            batch_entry_unref(e);
-            e = next;
-        }
+    struct hashtab_iter it;
+    struct hashtab_node *n;
+    for (hashtab_iter_init(&it, &t->ht); (n = hashtab_iter_next(&it)) != NULL;) {
+        struct batch_entry *e = hashtab_entry(n, struct batch_entry, hnode);
+        hashtab_remove(&t->ht, n);
+        e->in_table = false;
+        batch_entry_unref(e);
     }
-    free(t->buckets);
-    t->buckets = NULL;
-    t->nbuckets = t->count = 0;
-}
-
-static void grow(struct batch_table *t)
-{
-    unsigned n = t->nbuckets * 2;
-    struct batch_entry **b = mem_calloc(n, sizeof(*b));
-    for (unsigned i = 0; i < t->nbuckets; i++) {
-        struct batch_entry *e = t->buckets[i];
-        while (e) {
-            struct batch_entry *next = e->hnext;
-            e->hnext = b[e->hash & (n - 1)];
-            b[e->hash & (n - 1)] = e;
-            e = next;
-        }
-    }
-    free(t->buckets);
-    t->buckets = b;
-    t->nbuckets = n;
-}
-
-static struct batch_entry *lookup(const struct batch_table *t, const char *id, size_t len, uint32_t h)
-{
-    for (struct batch_entry *e = t->buckets[h & (t->nbuckets - 1)]; e; e = e->hnext)
-        if (e->hash == h && e->id_len == len && memcmp(e->id, id, len) == 0)
-            return e;
-    return NULL;
+    hashtab_deinit(&t->ht);
 }
 
 struct batch_entry *batch_table_find(const struct batch_table *t, const char *id, size_t len)
 {
-    return lookup(t, id, len, hash_id(id, len));
+    struct hashtab_node *n = hashtab_find(&t->ht, id, len);
+    return n ? hashtab_entry(n, struct batch_entry, hnode) : NULL;
 }
 
 struct batch_entry *batch_table_get(struct batch_table *t, const char *id, size_t len, bool *created)
 {
-    uint32_t h = hash_id(id, len);
-    struct batch_entry *e = lookup(t, id, len, h);
-    if (e) {
+    uint32_t h = hashtab_hash(id, len);
+    struct hashtab_node *n = hashtab_find_hashed(&t->ht, id, len, h);
+    if (n) {
         *created = false;
-        return e;
+        return hashtab_entry(n, struct batch_entry, hnode);
     }
-    if (t->count >= t->nbuckets) /* chains of one on average: each link is a cache miss */
-        grow(t);
-    e = entry_alloc(len);
-    e->hash = h;
+    struct batch_entry *e = entry_alloc(len);
     e->refs = 1; /* the table's */
     e->state = BATCH_QUEUED;
     e->in_table = true;
     e->id_len = (uint16_t)len;
     memcpy(e->id, id, len);
     e->id[len] = '\0';
-    e->hnext = t->buckets[h & (t->nbuckets - 1)];
-    t->buckets[h & (t->nbuckets - 1)] = e;
-    t->count++;
+    hashtab_add(&t->ht, &e->hnode, e->id, len, h);
     *created = true;
     return e;
 }
@@ -142,15 +84,8 @@ void batch_table_remove(struct batch_table *t, struct batch_entry *e)
 {
     if (!e->in_table)
         return;
-    for (struct batch_entry **pp = &t->buckets[e->hash & (t->nbuckets - 1)]; *pp; pp = &(*pp)->hnext) {
-        if (*pp == e) {
-            *pp = e->hnext;
-            break;
-        }
-    }
-    e->hnext = NULL;
+    hashtab_remove(&t->ht, &e->hnode);
     e->in_table = false;
-    t->count--;
     batch_entry_unref(e);
 }
 

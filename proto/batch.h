@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto/hashtab.h"
+
 enum batch_state {
     BATCH_QUEUED,   /* waiting for the next flush */
     BATCH_CACHE,    /* in an MGET */
@@ -44,10 +46,9 @@ struct batch_waiter {
 };
 
 struct batch_entry {
-    struct batch_entry *hnext;      /* hash chain */
+    struct hashtab_node hnode;      /* in the table, keyed by id */
     struct batch_entry *next;       /* owner's list (queue, flight) */
     void *owner;                    /* owner's tag (which flight holds it) */
-    uint32_t hash;
     uint32_t refs;
     enum batch_state state;
     enum batch_result result;
@@ -78,15 +79,20 @@ struct batch_read {
 /* Ids up to this long get pooled, fixed-size entries (all valid ids do). */
 #define BATCH_POOLED_ID_MAX 128
 
+/* The joinable entries, by id (a seeded hashtab: clients choose ids). */
 struct batch_table {
-    struct batch_entry **buckets;
-    unsigned nbuckets;
-    unsigned count;
+    struct hashtab ht;
 };
 
 void batch_table_init(struct batch_table *t);
 /* Drops the table's references; entries still held by reads live on. */
 void batch_table_deinit(struct batch_table *t);
+
+/* Entries in the table. */
+static inline unsigned batch_table_count(const struct batch_table *t)
+{
+    return t->ht.count;
+}
 
 /* The joinable entry for id, or NULL. */
 struct batch_entry *batch_table_find(const struct batch_table *t, const char *id, size_t len);

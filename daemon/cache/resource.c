@@ -397,7 +397,7 @@ void resource_start_read(struct resource *res, struct req *r, const str_t *ids, 
 {
     /* Checked on arrival: one read may take the count past the limit by at
      * most its own ids, and ids it shares with reads in flight add nothing. */
-    if (res->table.count >= (uint64_t)res->cfg->max_ids_in_flight) {
+    if (batch_table_count(&res->table) >= (uint64_t)res->cfg->max_ids_in_flight) {
         (*res->m_busy)++;
         req_add_header(r, "Retry-After", "1");
         req_error(r, 503, "resource_busy");
@@ -431,7 +431,7 @@ void resource_start_read(struct resource *res, struct req *r, const str_t *ids, 
 
 static double gauge_in_flight(void *arg)
 {
-    return ((struct resource *)arg)->table.count;
+    return batch_table_count(&((struct resource *)arg)->table);
 }
 
 static double gauge_writebacks(void *arg)

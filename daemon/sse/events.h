@@ -18,7 +18,9 @@
  * "event: reset" instead. When the pub/sub connection drops, clients stay
  * connected; each channel is subscribed again and its gap is read from the
  * Stream, so no event that reached the Stream is lost, and none is sent
- * twice (ids only go up, per client). A request that cannot be served now
+ * twice (ids only go up, per client). What a channel holds while it reads
+ * its gap is bounded too (sync_held_bytes, sync_gap_bytes: sse_channel.c).
+ * A request that cannot be served now
  * (max_sse_clients, no position, draining) gets a 200 with a jittered
  * "retry:" and an ended stream, so that EventSource comes back.
  */

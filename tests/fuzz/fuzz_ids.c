@@ -236,7 +236,7 @@ static void check_model(const struct ctx *c)
             CHECK(batch_table_find(&c->t, m->id.p, m->id.len) == e);
         }
     }
-    CHECK(c->t.count == in_table);
+    CHECK(batch_table_count(&c->t) == in_table);
     for (unsigned r = 0; r < c->n_reads; r++) {
         const struct m_read *mr = &c->reads[r];
         if (!mr->live)

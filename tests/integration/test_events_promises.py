@@ -133,6 +133,12 @@ class Proxy:
             c.pubsub = False
 
     def close(self):
+        # shutdown first: a thread blocked in accept() keeps a closed
+        # listening socket alive, and would accept batchd's reconnect.
+        try:
+            self.lsock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.lsock.close()
         for c in self.conns:
             c.kill()

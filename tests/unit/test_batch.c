@@ -148,7 +148,7 @@ static void test_many_ids_and_growth(void **state)
         snprintf(id, sizeof(id), "s%d", i % 1000); /* each id three times */
         batch_read_set(&R, (unsigned)i, get(&t, id, &c));
     }
-    assert_int_equal(t.count, 1000);
+    assert_int_equal(batch_table_count(&t), 1000);
     assert_int_equal(R.pending, N);
     struct batch_read *done = NULL;
     for (int i = 0; i < 1000; i++) {
@@ -166,6 +166,35 @@ static void test_many_ids_and_growth(void **state)
     batch_table_deinit(&t);
 }
 
+/* Freed short-id entries are kept and handed out again; a long id gets an
+ * entry of its own size, freed at once. batch_pool_drain frees the kept
+ * ones (ASan reports a leak otherwise). */
+static void test_entries_are_reused_and_long_ids_fit(void **state)
+{
+    (void)state;
+    struct batch_table t;
+    batch_table_init(&t);
+    bool c;
+    struct batch_entry *a = get(&t, "s1", &c);
+    batch_table_remove(&t, a); /* the last reference: kept for reuse */
+    struct batch_entry *b = get(&t, "s2", &c);
+    assert_ptr_equal(b, a);
+    assert_int_equal(b->refs, 1);
+    assert_int_equal(b->n_waiters, 0);
+    assert_str_eq(str_make(b->id, b->id_len), "s2");
+    char long_id[301];
+    memset(long_id, 'x', 300);
+    long_id[300] = '\0';
+    struct batch_entry *l = get(&t, long_id, &c);
+    assert_true(c);
+    assert_int_equal(l->id_len, 300);
+    assert_ptr_equal(batch_table_find(&t, long_id, 300), l);
+    batch_table_remove(&t, l);
+    assert_null(batch_table_find(&t, long_id, 300));
+    batch_table_deinit(&t);
+    batch_pool_drain();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -174,6 +203,7 @@ int main(void)
         cmocka_unit_test(test_late_joiner_of_resolved_entry_completes_at_once),
         cmocka_unit_test(test_reader_that_leaves_early_is_not_reported),
         cmocka_unit_test(test_many_ids_and_growth),
+        cmocka_unit_test(test_entries_are_reused_and_long_ids_fit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
