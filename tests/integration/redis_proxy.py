@@ -163,6 +163,12 @@ class RedisProxy:
 
     def close(self):
         self.stopping = True
+        # shutdown first: a thread blocked in accept() keeps a closed
+        # listening socket alive, and would accept batchd's reconnect.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         for x in self.conns:
             try:
