@@ -431,6 +431,10 @@ class RedisProxy:
                 c.pubsub = False
 
     def close(self):
+        try:
+            self.lsock.shutdown(socket.SHUT_RDWR)  # see redis_proxy.py close()
+        except OSError:
+            pass
         self.lsock.close()
         for c in self.conns:
             c.kill()
