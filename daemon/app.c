@@ -29,7 +29,7 @@
 #include "daemon/proxy/upstream.h"
 #include "proto/batch.h"
 #include "proto/hashtab.h"
-#include "proto/json.h"
+#include "proto/jtext.h"
 #include "proto/mem.h"
 
 struct app {
@@ -252,7 +252,7 @@ int app_run(struct config *cfg)
 
     srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
     hashtab_seed_init();
-    json_cache_seed(((uint64_t)random() << 32) ^ (uint64_t)random() ^ uv_hrtime());
+    jtext_cache_seed(((uint64_t)random() << 32) ^ (uint64_t)random() ^ uv_hrtime());
     if (cfg->has_redis)
         a->redis = redis_pool_new(&a->loop, &cfg->redis, cfg->batchd.slow_ms);
     if (cfg->has_postgres)

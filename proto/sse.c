@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-#include "proto/json.h"
+#include "proto/jtext.h"
 
 bool sse_id_parse(str_t s, struct sse_id *out)
 {
@@ -52,7 +52,7 @@ bool sse_event_valid(str_t id, str_t event, str_t data)
 {
     struct sse_id tmp;
     return id.len && memchr(id.p, '-', id.len) != NULL && sse_id_parse(id, &tmp) &&
-           (event.len == 0 || sse_event_name_valid(event)) && json_utf8_valid(data.p ? data.p : "", data.len);
+           (event.len == 0 || sse_event_name_valid(event)) && jtext_utf8_valid(data.p ? data.p : "", data.len);
 }
 
 static bool is_tchar(char c)

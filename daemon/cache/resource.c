@@ -39,7 +39,7 @@
 #include "daemon/http/req.h"
 #include "proto/batch.h"
 #include "proto/ids.h"
-#include "proto/json.h"
+#include "proto/jtext.h"
 #include "proto/mem.h"
 #include "proto/url.h"
 
@@ -146,7 +146,7 @@ static void db_cb(void *ctx, const PGresult *pgres, int err)
             size_t len = (size_t)PQgetlength(pgres, i, 1);
             if (PQgetisnull(pgres, i, 1)) {
                 batch_entry_resolve(e, BATCH_ABSENT, 0, NULL, 0, &done);
-            } else if (!json_valid(doc, len)) {
+            } else if (!jtext_valid(doc, len)) {
                 (*res->m_err[FAIL_DOCUMENT])++;
                 log_warn("by_ids returned a document that is not JSON", "resource=%s id=%s",
                          res->cfg->name, LOG_Q(e->id));
@@ -275,7 +275,7 @@ static void mget_cb(void *ctx, const redisReply *reply, int err)
             if (el->len == ABSENT_LEN && memcmp(el->str, ABSENT_MARKER, ABSENT_LEN) == 0) {
                 e->from_cache = true;
                 batch_entry_resolve(e, BATCH_ABSENT, 0, NULL, 0, &done);
-            } else if (json_valid_cached(el->str, el->len)) {
+            } else if (jtext_valid_cached(el->str, el->len)) {
                 e->from_cache = true;
                 /* The entry keeps the reply alive instead of copying it. */
                 batch_entry_resolve_borrowed(e, el->str, el->len, redis_reply_release,

@@ -16,7 +16,7 @@
 #include "daemon/http/auth.h"
 #include "daemon/http/req.h"
 #include "proto/ids.h"
-#include "proto/json.h"
+#include "proto/jtext.h"
 #include "proto/mem.h"
 #include "proto/url.h"
 
@@ -133,7 +133,7 @@ static void purge_done_cb(void *ctx, int err)
     } else {
         struct buf body = BUF_INIT;
         buf_append_str(&body, "{\"purged\":");
-        json_append_string(&body, p->id, strlen(p->id));
+        jtext_append_string(&body, p->id, strlen(p->id));
         buf_append_str(&body, "}\n");
         req_respond_buf(p->r, 200, "application/json", &body);
         buf_deinit(&body);

@@ -9,7 +9,7 @@
 
 #include "daemon/metrics.h"
 #include "daemon/http/req.h"
-#include "proto/json.h"
+#include "proto/jtext.h"
 
 static ops_ready_fn ready_fn;
 static void *ready_arg;
@@ -65,7 +65,7 @@ static void readyz(struct req *r, void *data)
     }
     struct buf b = BUF_INIT;
     buf_append_str(&b, "{\"status\":\"not_ready\",\"reason\":");
-    json_append_string(&b, why, strlen(why));
+    jtext_append_string(&b, why, strlen(why));
     buf_append_str(&b, "}\n");
     req_add_header(r, "Retry-After", "1");
     req_respond_buf(r, 503, "application/json", &b);

@@ -18,7 +18,7 @@
 #include "daemon/http/conn.h"
 #include "daemon/metrics.h"
 #include "daemon/http/server.h"
-#include "proto/json.h"
+#include "proto/jtext.h"
 #include "proto/mem.h"
 
 #define REQ_POOL_MAX 512
@@ -313,7 +313,7 @@ void req_error(struct req *r, int status, const char *code)
 {
     buf_reset(&r->body);
     buf_append_str(&r->body, "{\"error\":");
-    json_append_string(&r->body, code, strlen(code));
+    jtext_append_string(&r->body, code, strlen(code));
     buf_append_str(&r->body, "}\n");
     r->body_ptr = r->body.data;
     r->body_len = r->body.len;

@@ -11,7 +11,7 @@
 #include "daemon/metrics.h"
 #include "daemon/backend/redis_pool.h"
 #include "daemon/http/req.h"
-#include "proto/json.h"
+#include "proto/jtext.h"
 #include "proto/mem.h"
 #include "proto/sse.h"
 #include "proto/url.h"
@@ -97,7 +97,7 @@ static void publish_cb(void *ctx, const redisReply *reply, int err)
     if (kind && (reply_str(kind, "new") || reply_str(kind, "replay"))) {
         struct buf body = BUF_INIT;
         buf_append_str(&body, "{\"id\":");
-        json_append_string(&body, id->str, id->len);
+        jtext_append_string(&body, id->str, id->len);
         buf_append_str(&body, "}\n");
         if (reply_str(kind, "new")) {
             (*p->st->published)++;
@@ -149,7 +149,7 @@ void sse_publish_handle(struct sse_publisher *pub, struct req *r, const struct c
         req_error(r, 400, "invalid_idempotency_key");
     } else if (body->len > (size_t)cfg->max_event_bytes) {
         req_error(r, 413, "event_too_large");
-    } else if (!json_utf8_valid(body->data ? body->data : "", body->len)) {
+    } else if (!jtext_utf8_valid(body->data ? body->data : "", body->len)) {
         req_error(r, 400, "invalid_utf8");
     } else {
         struct publish *p = mem_calloc(1, sizeof(*p));

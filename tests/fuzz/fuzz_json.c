@@ -1,7 +1,7 @@
 /*
- * fuzz_json: differential harness, proto/json.c against jansson.
+ * fuzz_json: differential harness, proto/jtext.c against jansson.
  *
- * json_valid(input) must agree with json_loadb(input, JSON_DECODE_ANY),
+ * jtext_valid(input) must agree with json_loadb(input, JSON_DECODE_ANY),
  * except where the two are known to differ on purpose; those cases are
  * recognised explicitly below, and any other disagreement aborts:
  *
@@ -10,18 +10,18 @@
  *       (json_error_null_character), and in object keys always
  *       (json_error_null_byte_in_key); RFC 8259 allows it.
  *     - numbers beyond json_int_t / double range (json_error_numeric_overflow);
- *       RFC 8259 puts no limit on the grammar, and json_valid only checks it.
+ *       RFC 8259 puts no limit on the grammar, and jtext_valid only checks it.
  *     - \u escapes that are lone or mismatched UTF-16 surrogates ("invalid
  *       Unicode"): RFC 8259's grammar accepts any four hex digits.
  *   jansson accepts, rejected here:
- *     - nesting deeper than JSON_MAX_DEPTH (256); jansson allows 2048.
+ *     - nesting deeper than JTEXT_MAX_DEPTH (256); jansson allows 2048.
  *     - a raw NUL byte right after a number or literal ("1\0", "[1\0]"):
  *       jansson 2.14's stream_unget leaves the NUL in its one-character
  *       buffer, where it reads as "buffer empty", so the byte is dropped.
  *       Such inputs are accepted as known only if they are valid once
  *       their NUL bytes are removed.
  *
- * The input is also run through json_append_string, whose output must be
+ * The input is also run through jtext_append_string, whose output must be
  * valid to both, and must decode back to the input when that is valid UTF-8.
  */
 #include <jansson.h>
@@ -30,7 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proto/json.h"
+#include "proto/jtext.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -124,7 +124,7 @@ static void disagree(const char *why, const uint8_t *data, size_t size, const js
 
 static void check_differential(const char *s, size_t n)
 {
-    bool ours = json_valid(s, n);
+    bool ours = jtext_valid(s, n);
     json_error_t err;
     json_t *root = json_loadb(s, n, JSON_DECODE_ANY, &err);
     if (ours && root == NULL) {
@@ -136,13 +136,13 @@ static void check_differential(const char *s, size_t n)
             return; /* known: number out of range */
         if (code == json_error_invalid_syntax && strncmp(err.text, "invalid Unicode", 15) == 0)
             return; /* known: lone surrogate escape */
-        disagree("json_valid accepts what jansson rejects", (const uint8_t *)s, n, &err);
+        disagree("jtext_valid accepts what jansson rejects", (const uint8_t *)s, n, &err);
     }
     if (!ours && root != NULL) {
         int depth = tree_depth(root);
         json_decref(root);
-        if (depth > JSON_MAX_DEPTH)
-            return; /* known: deeper than json_valid allows */
+        if (depth > JTEXT_MAX_DEPTH)
+            return; /* known: deeper than jtext_valid allows */
         if (memchr(s, '\0', n) != NULL) {
             char *stripped = malloc(n);
             CHECK(stripped != NULL);
@@ -150,12 +150,12 @@ static void check_differential(const char *s, size_t n)
             for (size_t i = 0; i < n; i++)
                 if (s[i] != '\0')
                     stripped[m++] = s[i];
-            bool valid_without_nul = json_valid(stripped, m);
+            bool valid_without_nul = jtext_valid(stripped, m);
             free(stripped);
             if (valid_without_nul)
                 return; /* known: jansson drops a NUL after a token */
         }
-        disagree("json_valid rejects what jansson accepts", (const uint8_t *)s, n, NULL);
+        disagree("jtext_valid rejects what jansson accepts", (const uint8_t *)s, n, NULL);
     }
     if (root)
         json_decref(root);
@@ -165,11 +165,11 @@ static void check_append_string(const uint8_t *data, size_t size)
 {
     struct buf out = BUF_INIT;
     buf_append_str(&out, "[");
-    json_append_string(&out, (const char *)data, size);
+    jtext_append_string(&out, (const char *)data, size);
     buf_append_str(&out, "]");
     str_t lit = str_make(out.data + 1, out.len - 2);
-    CHECK(json_valid(lit.p, lit.len));
-    CHECK(json_valid(out.data, out.len));
+    CHECK(jtext_valid(lit.p, lit.len));
+    CHECK(jtext_valid(out.data, out.len));
     /* No raw control characters, and only valid UTF-8, in the output. */
     for (size_t i = 0; i < out.len; i++)
         CHECK((unsigned char)out.data[i] >= 0x20);
@@ -178,7 +178,7 @@ static void check_append_string(const uint8_t *data, size_t size)
     json_error_t err;
     json_t *v = json_loadb(lit.p, lit.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
     if (v == NULL || !json_is_string(v))
-        disagree("jansson rejects json_append_string output", (const uint8_t *)lit.p, lit.len,
+        disagree("jansson rejects jtext_append_string output", (const uint8_t *)lit.p, lit.len,
                  &err);
     if (ref_utf8_valid(data, size)) {
         CHECK(json_string_length(v) == size);
@@ -207,12 +207,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(w, " \t", 2);
         memcpy(w + 2, data, size);
         memcpy(w + 2 + size, "\r\n", 2);
-        CHECK(json_valid(w, size + 4) == json_valid(s, size));
+        CHECK(jtext_valid(w, size + 4) == jtext_valid(s, size));
         free(w);
     }
 
     if (size > 0)
-        CHECK(json_utf8_seq_len(data, size) == ref_utf8_len(data, size));
+        CHECK(jtext_utf8_seq_len(data, size) == ref_utf8_len(data, size));
 
     check_append_string(data, size);
     free(s);

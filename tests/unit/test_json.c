@@ -1,5 +1,5 @@
 /*
- * test_json: string escaping and the validator (proto/json.h).
+ * test_json: string escaping and the validator (proto/jtext.h).
  *
  * Documents are written with explicit lengths so that NUL bytes and invalid
  * UTF-8 can be part of them.
@@ -8,7 +8,7 @@
 
 #include <stdlib.h>
 
-#include "proto/json.h"
+#include "proto/jtext.h"
 
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -28,7 +28,7 @@ static char *exact(struct doc d)
     return copy;
 }
 
-/* --- json_append_string ------------------------------------------------------ */
+/* --- jtext_append_string ------------------------------------------------------ */
 
 static const struct {
     struct doc in;
@@ -72,7 +72,7 @@ static void test_append_string(void **state)
     for (size_t i = 0; i < N_ELEMS(escape_cases); i++) {
         struct buf out = BUF_INIT;
         char *in = exact(escape_cases[i].in);
-        json_append_string(&out, in, escape_cases[i].in.n);
+        jtext_append_string(&out, in, escape_cases[i].in.n);
         free(in);
         if (out.len != strlen(escape_cases[i].want) ||
             memcmp(out.data, escape_cases[i].want, out.len) != 0) {
@@ -80,7 +80,7 @@ static void test_append_string(void **state)
             assert_bytes_eq(out.data, out.len, escape_cases[i].want, strlen(escape_cases[i].want));
         }
         /* Whatever went in, what comes out is a valid JSON document. */
-        if (!json_valid(out.data, out.len))
+        if (!jtext_valid(out.data, out.len))
             fail_msg("case %zu: output is not valid JSON", i);
         buf_deinit(&out);
     }
@@ -90,10 +90,10 @@ static void test_append_string_appends(void **state)
 {
     struct buf out = BUF_INIT;
     buf_append_str(&out, "{\"k\":");
-    json_append_string(&out, "v\n", 2);
+    jtext_append_string(&out, "v\n", 2);
     buf_append_char(&out, '}');
     assert_string_equal(out.data, "{\"k\":\"v\\n\"}");
-    assert_true(json_valid(out.data, out.len));
+    assert_true(jtext_valid(out.data, out.len));
     buf_deinit(&out);
 }
 
@@ -104,8 +104,8 @@ static void test_append_string_every_byte(void **state)
     for (int i = 0; i < 256; i++)
         in[i] = (char)i;
     struct buf out = BUF_INIT;
-    json_append_string(&out, in, sizeof(in));
-    assert_true(json_valid(out.data, out.len));
+    jtext_append_string(&out, in, sizeof(in));
+    assert_true(jtext_valid(out.data, out.len));
     assert_non_null(strstr(out.data, "\\u0000\\u0001"));
     assert_non_null(strstr(out.data, " !\\\"#$"));
     assert_non_null(strstr(out.data, "[\\\\]^_`abc"));
@@ -133,14 +133,14 @@ static void test_utf8_seq_len(void **state)
     };
     for (size_t i = 0; i < N_ELEMS(cases); i++) {
         char *s = exact(cases[i].s);
-        size_t got = json_utf8_seq_len((const unsigned char *)s, cases[i].s.n);
+        size_t got = jtext_utf8_seq_len((const unsigned char *)s, cases[i].s.n);
         free(s);
         if (got != cases[i].want)
             fail_msg("case %zu: got %zu, want %zu", i, got, cases[i].want);
     }
 }
 
-/* --- json_valid ---------------------------------------------------------------- */
+/* --- jtext_valid ---------------------------------------------------------------- */
 
 static const struct doc valid_docs[] = {
     DOC("0"), DOC("-0"), DOC("1"), DOC("-1"), DOC("123"), DOC("1e5"), DOC("1E5"),
@@ -186,7 +186,7 @@ static const struct doc invalid_docs[] = {
 static bool valid_exact(struct doc d)
 {
     char *copy = exact(d);
-    bool ok = json_valid(copy, d.n);
+    bool ok = jtext_valid(copy, d.n);
     free(copy);
     return ok;
 }
@@ -214,11 +214,11 @@ static void test_valid_table(void **state)
 static void test_valid_respects_length(void **state)
 {
     /* Only n bytes are read: a valid prefix of a longer string is judged alone. */
-    assert_true(json_valid("[1]garbage", 3));
-    assert_false(json_valid("[1]", 2));
-    assert_true(json_valid("12", 1));
-    assert_false(json_valid("\"\\u0041\"", 7));
-    assert_false(json_valid("true", 3));
+    assert_true(jtext_valid("[1]garbage", 3));
+    assert_false(jtext_valid("[1]", 2));
+    assert_true(jtext_valid("12", 1));
+    assert_false(jtext_valid("\"\\u0041\"", 7));
+    assert_false(jtext_valid("true", 3));
 }
 
 /* Builds `depth` nested containers: "[[...]]" or {"a":{"a":...{}}}. */
@@ -237,25 +237,25 @@ static void test_valid_depth(void **state)
 {
     for (int objects = 0; objects <= 1; objects++) {
         size_t n;
-        char *s = nested(JSON_MAX_DEPTH, objects, &n);
-        assert_true(json_valid(s, n));
+        char *s = nested(JTEXT_MAX_DEPTH, objects, &n);
+        assert_true(jtext_valid(s, n));
         free(s);
-        s = nested(JSON_MAX_DEPTH + 1, objects, &n);
-        assert_false(json_valid(s, n));
+        s = nested(JTEXT_MAX_DEPTH + 1, objects, &n);
+        assert_false(jtext_valid(s, n));
         free(s);
     }
     /* Depth is the current nesting, not how many containers were opened. */
     struct buf b = BUF_INIT;
     buf_append_char(&b, '[');
-    for (int i = 0; i < 3 * JSON_MAX_DEPTH; i++)
+    for (int i = 0; i < 3 * JTEXT_MAX_DEPTH; i++)
         buf_append_str(&b, i ? ",[[]]" : "[[]]");
     buf_append_char(&b, ']');
-    assert_true(json_valid(b.data, b.len));
+    assert_true(jtext_valid(b.data, b.len));
     buf_deinit(&b);
     /* Deeply nested but never closed: rejected without reading past the end. */
     size_t n;
-    char *s = nested(JSON_MAX_DEPTH, false, &n);
-    assert_false(json_valid(s, JSON_MAX_DEPTH));
+    char *s = nested(JTEXT_MAX_DEPTH, false, &n);
+    assert_false(jtext_valid(s, JTEXT_MAX_DEPTH));
     free(s);
 }
 
@@ -265,10 +265,10 @@ static void test_valid_cached_agrees(void **state)
     (void)state;
     static const char *const docs[] = { "{\"a\":1}", "[1,2,3]", "\"x\"", "{bad", "[1,]", "", "null",
                                         "{\"id\":\"s1\",\"n\":[true,false,null]}", "\"\xff\"" };
-    json_cache_seed(12345);
+    jtext_cache_seed(12345);
     for (int round = 0; round < 3; round++) /* second and third rounds hit the memo */
         for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++)
-            assert_int_equal(json_valid_cached(docs[i], strlen(docs[i])), json_valid(docs[i], strlen(docs[i])));
+            assert_int_equal(jtext_valid_cached(docs[i], strlen(docs[i])), jtext_valid(docs[i], strlen(docs[i])));
 }
 
 /* More documents than the memo has slots, so pairs fill and evict: an
@@ -276,13 +276,13 @@ static void test_valid_cached_agrees(void **state)
 static void test_valid_cached_under_eviction(void **state)
 {
     (void)state;
-    json_cache_seed(99);
+    jtext_cache_seed(99);
     char doc[32];
     for (int round = 0; round < 2; round++)
         for (int i = 0; i < 100000; i++) {
             bool valid = i % 3 != 0;
             int n = snprintf(doc, sizeof(doc), valid ? "{\"i\":%d}" : "{\"i\":%d", i);
-            assert_int_equal(json_valid_cached(doc, (size_t)n), valid);
+            assert_int_equal(jtext_valid_cached(doc, (size_t)n), valid);
         }
 }
 
@@ -292,16 +292,16 @@ static void test_hash_depends_on_every_byte_and_seed(void **state)
     char doc[64];
     for (size_t n = 1; n < sizeof(doc); n++) {
         memset(doc, 'a', n);
-        uint64_t h = json_hash(doc, n, 7);
+        uint64_t h = jtext_hash(doc, n, 7);
         assert_true(h & 1);
         for (size_t i = 0; i < n; i++) {
             doc[i] = 'b';
-            assert_true(json_hash(doc, n, 7) != h);
+            assert_true(jtext_hash(doc, n, 7) != h);
             doc[i] = 'a';
         }
-        assert_true(json_hash(doc, n, 8) != h);
+        assert_true(jtext_hash(doc, n, 8) != h);
         if (n > 1)
-            assert_true(json_hash(doc, n - 1, 7) != h);
+            assert_true(jtext_hash(doc, n - 1, 7) != h);
     }
 }
 

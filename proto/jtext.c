@@ -1,10 +1,10 @@
-/* json: string escaping and validation without allocation. See json.h. */
-#include "proto/json.h"
+/* jtext: JSON string escaping and validation without allocation. See jtext.h. */
+#include "proto/jtext.h"
 
 #include <stdint.h>
 #include <string.h>
 
-size_t json_utf8_seq_len(const unsigned char *s, size_t n)
+size_t jtext_utf8_seq_len(const unsigned char *s, size_t n)
 {
     unsigned char c = s[0];
     if (c < 0x80)
@@ -32,7 +32,7 @@ size_t json_utf8_seq_len(const unsigned char *s, size_t n)
     return len;
 }
 
-bool json_utf8_valid(const char *s, size_t n)
+bool jtext_utf8_valid(const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
@@ -41,7 +41,7 @@ bool json_utf8_valid(const char *s, size_t n)
             i++;
             continue;
         }
-        size_t len = json_utf8_seq_len(u + i, n - i);
+        size_t len = jtext_utf8_seq_len(u + i, n - i);
         if (len == 0)
             return false;
         i += len;
@@ -49,7 +49,7 @@ bool json_utf8_valid(const char *s, size_t n)
     return true;
 }
 
-void json_append_string(struct buf *out, const char *s, size_t n)
+void jtext_append_string(struct buf *out, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
@@ -68,7 +68,7 @@ void json_append_string(struct buf *out, const char *s, size_t n)
         }
         unsigned char c = u[i];
         if (c >= 0x80) {
-            size_t len = json_utf8_seq_len(u + i, n - i);
+            size_t len = jtext_utf8_seq_len(u + i, n - i);
             if (len == 0) {
                 buf_append(out, "\\ufffd", 6);
                 i++;
@@ -169,7 +169,7 @@ static bool scan_string(struct cursor *c)
             continue;
         }
         /* ch >= 0x80 */
-        size_t len = json_utf8_seq_len(p, (size_t)(end - p));
+        size_t len = jtext_utf8_seq_len(p, (size_t)(end - p));
         if (len == 0)
             return false;
         p += len;
@@ -217,10 +217,10 @@ static bool scan_literal(struct cursor *c, const char *lit, size_t len)
     return true;
 }
 
-bool json_valid(const char *s, size_t n)
+bool jtext_valid(const char *s, size_t n)
 {
     struct cursor c = { (const unsigned char *)s, n, 0 };
-    char stack[JSON_MAX_DEPTH]; /* '{' or '[' for each open container */
+    char stack[JTEXT_MAX_DEPTH]; /* '{' or '[' for each open container */
     int depth = 0;
 
 value:
@@ -229,7 +229,7 @@ value:
         return false;
     switch (c.s[c.i]) {
     case '{':
-        if (depth == JSON_MAX_DEPTH)
+        if (depth == JTEXT_MAX_DEPTH)
             return false;
         stack[depth++] = '{';
         c.i++;
@@ -241,7 +241,7 @@ value:
         }
         goto key;
     case '[':
-        if (depth == JSON_MAX_DEPTH)
+        if (depth == JTEXT_MAX_DEPTH)
             return false;
         stack[depth++] = '[';
         c.i++;
@@ -318,7 +318,7 @@ after:
 static uint64_t memo[MEMO_SLOTS];
 static uint64_t memo_seed = 0x9e3779b97f4a7c15ULL;
 
-void json_cache_seed(uint64_t seed)
+void jtext_cache_seed(uint64_t seed)
 {
     memo_seed = seed | 1;
     memset(memo, 0, sizeof(memo));
@@ -332,7 +332,7 @@ static inline uint64_t mix(uint64_t h, uint64_t w)
     return h;
 }
 
-uint64_t json_hash(const char *s, size_t n, uint64_t seed)
+uint64_t jtext_hash(const char *s, size_t n, uint64_t seed)
 {
     uint64_t h = seed ^ ((uint64_t)n * 0xc4ceb9fe1a85ec53ULL);
     size_t i = 0;
@@ -352,15 +352,15 @@ uint64_t json_hash(const char *s, size_t n, uint64_t seed)
     return h | 1; /* 0 marks an empty slot */
 }
 
-bool json_valid_cached(const char *s, size_t n)
+bool jtext_valid_cached(const char *s, size_t n)
 {
-    uint64_t h = json_hash(s, n, memo_seed);
+    uint64_t h = jtext_hash(s, n, memo_seed);
     /* Two-way: a document may sit in either slot of its pair, so two
      * documents whose hashes share a pair do not keep evicting each other. */
     uint64_t *pair = &memo[h & (MEMO_SLOTS - 2)];
     if (pair[0] == h || pair[1] == h)
         return true;
-    if (!json_valid(s, n))
+    if (!jtext_valid(s, n))
         return false;
     pair[1] = pair[0];
     pair[0] = h;
