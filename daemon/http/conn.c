@@ -1,10 +1,10 @@
 /*
  * conn: one client connection, from accept to close. See conn.h.
  *
- * Reading. Every connection reads into one static buffer (the loop is
- * single-threaded and the parser copies what it keeps), so an idle
- * keep-alive connection holds no read buffer at all. Bytes the parser
- * cannot take yet, because it paused, are copied to `held`.
+ * The socket side (reading into the shared buffer, held-back bytes, pause
+ * bits, writes and their queue limit, deferred close) is the stream's
+ * (daemon/net/stream.h); this file decides when to read, what to parse and
+ * when to close.
  *
  * Re-entrancy. Handlers run from parser callbacks and may answer at once;
  * answering may pop requests and want to resume parsing. Parsing is never
@@ -20,16 +20,12 @@
 #include "daemon/metrics.h"
 #include "daemon/http/req.h"
 #include "daemon/http/server.h"
-#include "daemon/net/stream_io.h"
 #include "proto/mem.h"
 
-#define READ_BUF_SIZE (64 * 1024)  /* bytes per read callback */
-#define MAX_IOV 64
+#define MAX_IOV STREAM_MAX_IOV
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (1024 * 1024)
 #define REASON_UNSET CONN_CLOSE__COUNT
-
-static char read_buf[READ_BUF_SIZE];
 
 static const char *const reason_names[] = {
 #define X(name, text) text,
@@ -38,8 +34,24 @@ static const char *const reason_names[] = {
 };
 
 static uint64_t *m_closed[CONN_CLOSE__COUNT];
-static uint64_t *m_bytes_in, *m_bytes_out, *m_deferred;
-static uint64_t *m_paused[5];
+static uint64_t *m_deferred;
+
+/* The stream callbacks, defined below. */
+static void conn_read_cb(struct stream *s, const char *data, size_t n);
+static size_t conn_parse_cb(struct stream *s, const char *data, size_t n);
+static void conn_eof_cb(struct stream *s, int err);
+static void conn_written_cb(struct stream *s, int status);
+static void conn_close_cb(struct stream *s, unsigned why);
+static void conn_closed_cb(struct stream *s);
+
+/* Client sockets: past write_queue_bytes queued, stop reading (and so
+ * parsing) until the queue is down to half. */
+static struct stream_kind conn_kind = {
+    .name = "client",
+    STREAM_CALLBACKS(conn),
+    .over_limit = STREAM_OVER_LIMIT_PAUSE,
+    .limit_pause = CONN_PAUSE_WRITEQ,
+};
 
 void conn_metrics_init(void)
 {
@@ -49,28 +61,29 @@ void conn_metrics_init(void)
         m_closed[i] = metrics_counter("batchd_connections_closed_total", labels,
                                       "Client connections closed, by reason.");
     }
-    m_bytes_in = metrics_counter("batchd_client_bytes_total", "direction=\"in\"",
-                                 "Bytes read from and written to clients.");
-    m_bytes_out = metrics_counter("batchd_client_bytes_total", "direction=\"out\"",
-                                  "Bytes read from and written to clients.");
+    conn_kind.m_bytes_in = metrics_counter("batchd_client_bytes_total", "direction=\"in\"",
+                                           "Bytes read from and written to clients.");
+    conn_kind.m_bytes_out = metrics_counter("batchd_client_bytes_total", "direction=\"out\"",
+                                            "Bytes read from and written to clients.");
     m_deferred = metrics_counter("batchd_pipeline_deferred_total", "",
                                  "Pipelined requests held until the answers ahead of them were ready.");
-    static const char *const pause_names[] = { "pipeline", "write_queue", "at_head", "body", "done" };
-    for (int i = 0; i < 5; i++) {
+    static const char *const pause_names[CONN_PAUSE_COUNTED] = { "pipeline", "write_queue", "at_head",
+                                                                 "body", "done" };
+    for (int i = 0; i < CONN_PAUSE_COUNTED; i++) {
         snprintf(labels, sizeof(labels), "reason=\"%s\"", pause_names[i]);
-        m_paused[i] = metrics_counter("batchd_client_read_pauses_total", labels,
-                                      "Times reading from a client stopped, by reason.");
+        conn_kind.m_pauses[i] = metrics_counter("batchd_client_read_pauses_total", labels,
+                                                "Times reading from a client stopped, by reason.");
     }
+}
+
+void conn_configure(const struct cfg_batchd *cfg)
+{
+    conn_kind.write_limit = (size_t)cfg->write_queue_bytes;
 }
 
 static inline struct server *srv_of(const struct conn *c)
 {
     return c->lst->srv;
-}
-
-static inline uv_stream_t *stream_of(struct conn *c)
-{
-    return (uv_stream_t *)&c->tcp;
 }
 
 static inline struct req *req_of(struct http_request *m)
@@ -80,7 +93,7 @@ static inline struct req *req_of(struct http_request *m)
 
 size_t conn_write_queued(const struct conn *c)
 {
-    return c->tcp.write_queue_size;
+    return stream_queued(&c->s);
 }
 
 static void conn_update_reading(struct conn *c);
@@ -91,10 +104,7 @@ static void conn_flush(struct conn *c);
 
 static void set_pause(struct conn *c, enum conn_pause why)
 {
-    if (!(c->pause & why)) {
-        c->pause |= why;
-        m_paused[__builtin_ctz(why)][0]++;
-    }
+    stream_pause(&c->s, why);
 }
 
 /* --- pipeline queue -------------------------------------------------------- */
@@ -267,7 +277,8 @@ static int complete_cb(struct http_parser *p, struct http_request *m)
     bool last = !m->keep_alive || c->draining;
     if (last) {
         r->close_after = true;
-        set_pause(c, CONN_PAUSE_DONE);
+        if (c->state == CONN_OPEN) /* else conn_finish stopped reading already: no pause */
+            set_pause(c, CONN_PAUSE_DONE);
     }
     /* The handler may answer, and the request be written and freed, before
      * this returns: r is not touched after this point. */
@@ -287,7 +298,7 @@ static int complete_cb(struct http_parser *p, struct http_request *m)
         return HTTP_PARSER_PAUSE;
     }
     /* The client is not reading its answers: parse no further ahead. */
-    if (c->pause & CONN_PAUSE_WRITEQ)
+    if (stream_paused(&c->s, CONN_PAUSE_WRITEQ))
         return HTTP_PARSER_PAUSE;
     return 0;
 }
@@ -360,14 +371,10 @@ static void conn_reject(struct conn *c, enum http_error err)
 
 /* --- feeding the parser ---------------------------------------------------- */
 
-static void drop_pending(struct conn *c)
+/* The stream's parse_cb: bytes from a read or from the held ones. */
+static size_t conn_parse_cb(struct stream *s, const char *data, size_t n)
 {
-    stream_held_drop(&c->held);
-}
-
-/* Parses bytes from the read buffer or from `held`. */
-static void conn_feed(struct conn *c, const char *data, size_t n, bool from_pending)
-{
+    struct conn *c = (struct conn *)s;
     c->in_parse = true;
     size_t used = http_parser_execute(&c->parser, data, n);
     c->in_parse = false;
@@ -376,18 +383,17 @@ static void conn_feed(struct conn *c, const char *data, size_t n, bool from_pend
         c->zombie = NULL;
     }
     if (c->state == CONN_CLOSING)
-        return;
+        return used;
     if (c->parser.failed) {
         if (c->state == CONN_OPEN)
             conn_reject(c, c->parser.error);
-        drop_pending(c);
-        return;
+        stream_held_drop(s);
+        return used;
     }
-    if (c->pause & CONN_PAUSE_DONE) {
-        drop_pending(c); /* bytes after a "Connection: close" request are not read */
-        return;
-    }
-    stream_held_account(&c->held, data, n, used, from_pending, true);
+    /* Bytes after a "Connection: close" request are not read. */
+    if (stream_paused(s, CONN_PAUSE_DONE | CONN_PAUSE_FINISHED))
+        stream_held_drop(s);
+    return used;
 }
 
 static void conn_try_resume(struct conn *c)
@@ -408,13 +414,11 @@ static void conn_try_resume(struct conn *c)
         }
         if (c->state != CONN_OPEN)
             break;
-        if ((c->pause & CONN_PAUSE_PIPELINE) && c->n_reqs < (uint32_t)cfg->max_pipeline)
-            c->pause &= ~CONN_PAUSE_PIPELINE;
-        if ((c->pause & CONN_PAUSE_WRITEQ) &&
-            conn_write_queued(c) <= (size_t)cfg->write_queue_bytes / 2)
-            c->pause &= ~CONN_PAUSE_WRITEQ;
-        if ((c->pause & CONN_PAUSE_AT_HEAD) && c->reading && c->reading == c->head) {
-            c->pause &= ~CONN_PAUSE_AT_HEAD;
+        if (stream_paused(&c->s, CONN_PAUSE_PIPELINE) && c->n_reqs < (uint32_t)cfg->max_pipeline)
+            stream_resume(&c->s, CONN_PAUSE_PIPELINE);
+        stream_limit_update(&c->s); /* CONN_PAUSE_WRITEQ */
+        if (stream_paused(&c->s, CONN_PAUSE_AT_HEAD) && c->reading && c->reading == c->head) {
+            stream_resume(&c->s, CONN_PAUSE_AT_HEAD);
             struct req *r = c->reading;
             c->in_parse = true; /* the handler may answer; resume afterwards */
             maybe_continue(c, r);
@@ -423,18 +427,11 @@ static void conn_try_resume(struct conn *c)
             if (c->state != CONN_OPEN)
                 break;
         }
-        const unsigned parse_block = CONN_PAUSE_PIPELINE | CONN_PAUSE_WRITEQ | CONN_PAUSE_AT_HEAD |
-                                     CONN_PAUSE_BODY | CONN_PAUSE_DONE;
-        if (c->parser.paused && !(c->pause & parse_block)) {
+        /* Parse what was held back, or nothing: a request paused on the
+         * last byte of a read completes only on the next execute call. */
+        if (c->parser.paused && !stream_paused(&c->s, STREAM_PAUSE_ALL)) {
             http_parser_resume(&c->parser);
-            /* Execute even with nothing pending: a request paused on the last
-             * byte of a read completes only on the next execute call. */
-            if (stream_held_any(&c->held)) {
-                size_t k;
-                const char *p = stream_held_next(&c->held, &k);
-                conn_feed(c, p, k, true);
-            } else
-                conn_feed(c, "", 0, false);
+            stream_parse_held(&c->s);
         }
     } while (c->resume_wanted);
     conn_update_reading(c);
@@ -443,19 +440,11 @@ static void conn_try_resume(struct conn *c)
 
 void conn_body_resume(struct conn *c)
 {
-    c->pause &= ~CONN_PAUSE_BODY;
+    stream_resume(&c->s, CONN_PAUSE_BODY);
     conn_try_resume(c);
 }
 
 /* --- reading ----------------------------------------------------------------- */
-
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    (void)h;
-    (void)suggested;
-    b->base = read_buf;
-    b->len = sizeof(read_buf);
-}
 
 static void on_eof(struct conn *c)
 {
@@ -474,28 +463,27 @@ static void on_eof(struct conn *c)
     conn_finish(c, CONN_CLOSE_PEER_CLOSED);
 }
 
-static void on_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+static void conn_eof_cb(struct stream *s, int err)
 {
-    struct conn *c = s->data;
-    if (nread == 0)
-        return;
-    if (nread < 0) {
-        if (nread == UV_EOF)
-            on_eof(c);
-        else
-            conn_close(c, CONN_CLOSE_READ_ERROR);
-        return;
-    }
-    *m_bytes_in += (uint64_t)nread;
+    struct conn *c = (struct conn *)s;
+    if (err == UV_EOF)
+        on_eof(c);
+    else
+        conn_close(c, CONN_CLOSE_READ_ERROR);
+}
+
+static void conn_read_cb(struct stream *s, const char *data, size_t n)
+{
+    struct conn *c = (struct conn *)s;
     if (c->state == CONN_LINGERING) {
-        c->linger_bytes += (uint32_t)nread;
+        c->linger_bytes += (uint32_t)n;
         if (c->linger_bytes > LINGER_MAX_BYTES)
             conn_close(c, (enum conn_close_reason)c->reason);
         return;
     }
     if (c->state != CONN_OPEN)
         return;
-    conn_feed(c, b->base, (size_t)nread, false);
+    stream_parse(s, data, n);
     if (c->state == CONN_CLOSING)
         return;
     if (c->resume_wanted)
@@ -506,21 +494,14 @@ static void on_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
 }
 
+/* Reads while open with no pause reason and nothing held, and while
+ * lingering (every reason cleared then). */
 static void conn_update_reading(struct conn *c)
 {
-    bool want = (c->state == CONN_OPEN && c->pause == 0 && !c->parser.paused && !stream_held_any(&c->held)) ||
-                c->state == CONN_LINGERING;
-    if (want && !c->read_active) {
-        if (uv_read_start(stream_of(c), alloc_cb, on_read_cb) == 0)
-            c->read_active = true;
-        /* Time batchd spent not reading is not the client's: a request head
-         * cut off by a pause gets a fresh header_timeout. */
-        if (c->reading && !c->reading->head_done && c->state == CONN_OPEN)
-            c->head_deadline = uv_now(srv_of(c)->loop) + (uint64_t)srv_of(c)->cfg->header_timeout_ms;
-    } else if (!want && c->read_active) {
-        uv_read_stop(stream_of(c));
-        c->read_active = false;
-    }
+    /* Time batchd spent not reading is not the client's: a request head
+     * cut off by a pause gets a fresh header_timeout. */
+    if (stream_read_update(&c->s) && c->reading && !c->reading->head_done && c->state == CONN_OPEN)
+        c->head_deadline = uv_now(srv_of(c)->loop) + (uint64_t)srv_of(c)->cfg->header_timeout_ms;
 }
 
 /* --- timers ------------------------------------------------------------------ */
@@ -566,7 +547,7 @@ static void conn_update_timer(struct conn *c)
     const struct cfg_batchd *cfg = srv_of(c)->cfg;
     uint64_t now = uv_now(srv_of(c)->loop);
     uint64_t idle = (uint64_t)cfg->idle_timeout_ms;
-    if (c->writes_pending > 0) {
+    if (stream_writes(&c->s) > 0) {
         /* Only a finished write is progress (on_write_cb restarts the
          * clock): more bytes queued behind a peer that reads nothing, an
          * SSE ping say, must not keep it alive. */
@@ -590,18 +571,12 @@ static void conn_update_timer(struct conn *c)
 
 /* --- writing ----------------------------------------------------------------- */
 
-struct write_req {
-    uv_write_t wr;
-    struct conn *c;
-    struct req *reqs;      /* responses whose buffers this write uses */
-    void (*cb)(void *, int);
-    void *ctx;
-    size_t bytes;
-    char *owned;           /* a copy of the bytes (conn_write_copy), freed after */
-};
-
-static void release_list(struct req *r)
+/* The write callback of a batch of answers: frees the requests whose
+ * buffers it used, chained through their links. */
+static void release_batch_cb(void *ctx, int status)
 {
+    (void)status;
+    struct req *r = ctx;
     while (r) {
         struct req *next = r->next;
         req_release(r);
@@ -611,25 +586,17 @@ static void release_list(struct req *r)
 
 static void start_linger(struct conn *c);
 
-static void on_write_cb(uv_write_t *wr, int status)
+/* The stream's written_cb: a queued write finished. */
+static void conn_written_cb(struct stream *s, int status)
 {
-    struct write_req *w = (struct write_req *)wr;
-    struct conn *c = w->c;
-    c->writes_pending--;
-    if (status == 0)
-        *m_bytes_out += w->bytes;
-    release_list(w->reqs);
-    if (w->cb)
-        w->cb(w->ctx, status);
-    free(w->owned);
-    free(w);
+    struct conn *c = (struct conn *)s;
     if (status < 0) {
         conn_close(c, CONN_CLOSE_WRITE_ERROR);
         return;
     }
-    if (c->writes_pending > 0 && c->timer_kind == CONN_TIMER_WRITE)
+    if (stream_writes(s) > 0 && c->timer_kind == CONN_TIMER_WRITE)
         timer_set(c, CONN_TIMER_WRITE, (uint64_t)srv_of(c)->cfg->idle_timeout_ms);
-    if (c->state == CONN_FINISHING && c->writes_pending == 0 && c->head == NULL) {
+    if (c->state == CONN_FINISHING && stream_writes(s) == 0 && c->head == NULL) {
         start_linger(c);
         return;
     }
@@ -639,66 +606,24 @@ static void on_write_cb(uv_write_t *wr, int status)
         conn_try_resume(c);
 }
 
-/* Writes bufs, taking the request list `reqs` (freed once written). With
- * `copy`, what cannot be written at once is copied, so the caller's bytes
- * are free to reuse when this returns. */
-static int write_bufs(struct conn *c, const uv_buf_t *bufs, unsigned n, struct req *reqs,
-                      void (*cb)(void *, int), void *ctx, bool copy)
+/* Writes bufs in order with every earlier write; cb runs once. A failed
+ * write closes the connection. */
+static int write_bufs(struct conn *c, const uv_buf_t *bufs, unsigned n, enum stream_write_mode mode,
+                      void (*cb)(void *, int), void *ctx)
 {
-    size_t total = 0;
-    for (unsigned i = 0; i < n; i++)
-        total += bufs[i].len;
     if (c->state == CONN_CLOSING || c->state == CONN_LINGERING) {
-        release_list(reqs);
         if (cb)
             cb(ctx, UV_ECANCELED);
         return UV_ECANCELED;
     }
-    ssize_t done = stream_try_write(stream_of(c), c->writes_pending, bufs, n);
-    if (done < 0) {
-        release_list(reqs);
-        if (cb)
-            cb(ctx, (int)done);
+    int rc = stream_write(&c->s, bufs, n, mode, cb, ctx);
+    if (rc < 0)
         conn_close(c, CONN_CLOSE_WRITE_ERROR);
-        return (int)done;
-    }
-    *m_bytes_out += (uint64_t)done;
-    if ((size_t)done == total) {
-        release_list(reqs);
-        if (cb)
-            cb(ctx, 0);
-        return 0;
-    }
-    uv_buf_t rest[MAX_IOV];
-    unsigned nrest;
-    struct write_req *w = mem_alloc(sizeof(*w));
-    *w = (struct write_req){ .c = c, .reqs = reqs, .cb = cb, .ctx = ctx, .bytes = total - (size_t)done };
-    if (copy) {
-        w->owned = mem_alloc(w->bytes);
-        stream_copy_rest(bufs, n, (size_t)done, w->owned);
-        rest[0] = uv_buf_init(w->owned, (unsigned)w->bytes);
-        nrest = 1;
-    } else {
-        nrest = stream_rest(bufs, n, (size_t)done, rest);
-    }
-    int rc = uv_write(&w->wr, stream_of(c), rest, nrest, on_write_cb);
-    if (rc < 0) {
-        free(w->owned);
-        free(w);
-        release_list(reqs);
-        if (cb)
-            cb(ctx, rc);
-        conn_close(c, CONN_CLOSE_WRITE_ERROR);
-        return rc;
-    }
-    c->writes_pending++;
-    if (conn_write_queued(c) > (size_t)srv_of(c)->cfg->write_queue_bytes)
-        set_pause(c, CONN_PAUSE_WRITEQ);
-    return 0;
+    return rc;
 }
 
 static int write_checked(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void *, int),
-                         void *ctx, bool copy)
+                         void *ctx, enum stream_write_mode mode)
 {
     if (n > MAX_IOV) {
         /* Callers pass a handful; more would be a bug. */
@@ -706,7 +631,7 @@ static int write_checked(struct conn *c, const uv_buf_t *bufs, unsigned n, void 
             cb(ctx, UV_EINVAL);
         return UV_EINVAL;
     }
-    int rc = write_bufs(c, bufs, n, NULL, cb, ctx, copy);
+    int rc = write_bufs(c, bufs, n, mode, cb, ctx);
     if (rc == 0 && c->state == CONN_OPEN && !c->in_parse) {
         conn_update_reading(c);
         conn_update_timer(c);
@@ -716,12 +641,12 @@ static int write_checked(struct conn *c, const uv_buf_t *bufs, unsigned n, void 
 
 int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void *, int), void *ctx)
 {
-    return write_checked(c, bufs, n, cb, ctx, false);
+    return write_checked(c, bufs, n, cb, ctx, STREAM_KEEP);
 }
 
 int conn_write_copy(struct conn *c, const uv_buf_t *bufs, unsigned n)
 {
-    return write_checked(c, bufs, n, NULL, NULL, true);
+    return write_checked(c, bufs, n, NULL, NULL, STREAM_COPY);
 }
 
 /* Writes every response that is ready at the front of the pipeline, in one
@@ -764,10 +689,10 @@ static void conn_flush(struct conn *c)
             }
             c->reading = NULL;
         }
-        if (write_bufs(c, iov, n, batch, NULL, NULL, false) != 0)
+        if (write_bufs(c, iov, n, STREAM_KEEP, release_batch_cb, batch) != 0)
             return;
     }
-    if (c->state == CONN_FINISHING && c->head == NULL && c->writes_pending == 0) {
+    if (c->state == CONN_FINISHING && c->head == NULL && stream_writes(&c->s) == 0) {
         start_linger(c);
         return;
     }
@@ -796,21 +721,13 @@ void conn_req_stream_done(struct conn *c, struct req *r, bool close_conn,
 
 /* --- closing ------------------------------------------------------------------- */
 
-static void on_close_cb(uv_handle_t *h)
+/* The stream's closed_cb: the socket and the timer are closed. */
+static void conn_closed_cb(struct stream *s)
 {
-    struct conn *c = h->data;
-    if (--c->handles_open == 0) {
+    struct conn *c = (struct conn *)s;
+    if (c->lst) /* NULL when the accept failed */
         server_conn_removed(srv_of(c), c);
-        free(c);
-    }
-}
-
-static void on_shutdown_cb(uv_shutdown_t *sr, int status)
-{
-    struct conn *c = sr->data;
-    free(sr);
-    if (status < 0 && c->state != CONN_CLOSING && status != UV_ECANCELED)
-        conn_close(c, (enum conn_close_reason)c->reason);
+    free(c);
 }
 
 /* Our last response is written: send FIN, and keep reading (and dropping)
@@ -823,13 +740,11 @@ static void start_linger(struct conn *c)
         return;
     }
     c->state = CONN_LINGERING;
-    uv_shutdown_t *sr = mem_alloc(sizeof(*sr));
-    sr->data = c;
-    if (uv_shutdown(sr, stream_of(c), on_shutdown_cb) != 0) {
-        free(sr);
+    if (stream_shutdown(&c->s, c->reason) != 0) {
         conn_close(c, (enum conn_close_reason)c->reason);
         return;
     }
+    stream_resume(&c->s, STREAM_PAUSE_ALL); /* read and drop */
     conn_update_reading(c);
     timer_set(c, CONN_TIMER_LINGER, LINGER_MS);
 }
@@ -841,8 +756,8 @@ static void conn_finish(struct conn *c, enum conn_close_reason reason)
     if (c->reason == REASON_UNSET)
         c->reason = (uint8_t)reason;
     c->state = CONN_FINISHING;
-    c->pause |= CONN_PAUSE_DONE;
-    drop_pending(c);
+    stream_pause(&c->s, CONN_PAUSE_FINISHED);
+    stream_held_drop(&c->s);
     conn_update_reading(c);
     conn_update_timer(c);
 }
@@ -872,30 +787,27 @@ static bool overrides_planned(enum conn_close_reason reason)
 
 void conn_close(struct conn *c, enum conn_close_reason reason)
 {
-    if (c->state == CONN_CLOSING)
+    stream_close(&c->s, reason);
+}
+
+/* The stream's close_cb: name the reason, count and log it, and hand the
+ * requests back. The stream closes the socket and the timer next. */
+static void conn_close_cb(struct stream *s, unsigned why)
+{
+    struct conn *c = (struct conn *)s;
+    if (c->lst == NULL) /* the accept failed: nothing was open */
         return;
+    enum conn_close_reason reason = (enum conn_close_reason)why;
     if (c->reason == REASON_UNSET || overrides_planned(reason))
         c->reason = (uint8_t)reason;
     reason = (enum conn_close_reason)c->reason;
     c->state = CONN_CLOSING;
-    m_closed[reason][0]++;
+    (*m_closed[reason])++;
     enum log_level lvl = close_log_level(reason);
     if (lvl >= log_min_level) {
-        char peer[64] = "?";
-        struct sockaddr_storage ss;
-        int len = sizeof(ss);
-        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
-            if (ss.ss_family == AF_INET6)
-                uv_ip6_name((struct sockaddr_in6 *)&ss, peer, sizeof(peer));
-            else
-                uv_ip4_name((struct sockaddr_in *)&ss, peer, sizeof(peer));
-        }
+        char peer[64];
         log_write(lvl, "connection closed", "reason=%s listener=%s peer=%s requests_in_flight=%u",
-                  reason_names[reason], c->lst->name, peer, c->n_reqs);
-    }
-    if (c->read_active) {
-        uv_read_stop(stream_of(c));
-        c->read_active = false;
+                  reason_names[reason], c->lst->name, stream_peer(s, peer, sizeof(peer)), c->n_reqs);
     }
     /* Hand every request back: handlers that can abort do so, the others
      * finish orphaned and free the request when they answer. */
@@ -923,10 +835,7 @@ void conn_close(struct conn *c, enum conn_close_reason reason)
         }
         r = next;
     }
-    drop_pending(c);
     uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *)&c->tcp, on_close_cb);
-    uv_close((uv_handle_t *)&c->timer, on_close_cb);
 }
 
 void conn_drain(struct conn *c)
@@ -961,24 +870,22 @@ static struct conn *conn_new(struct listener *lst, int *err)
 {
     struct server *s = lst->srv;
     struct conn *c = mem_calloc(1, sizeof(*c));
-    uv_tcp_init(s->loop, &c->tcp);
-    c->tcp.data = c;
-    int rc = uv_accept((uv_stream_t *)&lst->tcp, (uv_stream_t *)&c->tcp);
+    stream_init(&c->s, s->loop, &conn_kind);
+    int rc = stream_accept(&c->s, (uv_stream_t *)&lst->tcp);
     if (rc != 0) {
-        c->handles_open = 1;
-        c->lst = lst;
+        /* c->lst stays NULL: the close is neither logged nor counted (the
+         * listener logs the failed accept). */
         c->state = CONN_CLOSING;
-        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        stream_close(&c->s, CONN_CLOSE_READ_ERROR);
         *err = rc;
         return NULL;
     }
     uv_timer_init(s->loop, &c->timer);
     c->timer.data = c;
-    c->handles_open = 2;
+    stream_attach(&c->s, (uv_handle_t *)&c->timer);
     c->lst = lst;
     c->reason = REASON_UNSET;
     c->state = CONN_OPEN;
-    uv_tcp_nodelay(&c->tcp, 1);
     http_parser_init(&c->parser, &parser_cbs, &s->limits, c);
     c->head_deadline = uv_now(s->loop) + (uint64_t)s->cfg->header_timeout_ms;
     server_conn_added(s, c);

@@ -23,10 +23,11 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "daemon/net/stream_io.h"
+#include "daemon/net/stream.h"
 #include "proto/http.h"
 
 struct req;
+struct cfg_batchd;
 struct server;
 struct listener;
 
@@ -70,35 +71,34 @@ enum conn_state {
     CONN_CLOSING,       /* uv_close issued; freed in the close callback */
 };
 
-/* Why reading is stopped; reading resumes when all are clear. */
+/* Why reading is stopped (stream pause bits); reading resumes when all
+ * are clear. Each but the last is counted in
+ * batchd_client_read_pauses_total{reason}. */
 enum conn_pause {
     CONN_PAUSE_PIPELINE = 1u << 0, /* max_pipeline requests queued */
     CONN_PAUSE_WRITEQ = 1u << 1,   /* socket write queue over write_queue_bytes */
     CONN_PAUSE_AT_HEAD = 1u << 2,  /* a ROUTE_AT_HEAD request waits for its turn */
     CONN_PAUSE_BODY = 1u << 3,     /* a streamed body's consumer is full */
-    CONN_PAUSE_DONE = 1u << 4,     /* no further requests on this connection */
+    CONN_PAUSE_DONE = 1u << 4,     /* the last request is in (Connection: close, draining) */
+    CONN_PAUSE_FINISHED = 1u << 5, /* CONN_FINISHING: no further requests are read */
 };
+#define CONN_PAUSE_COUNTED 5
 
 enum conn_timer_kind { CONN_TIMER_NONE, CONN_TIMER_HEADER, CONN_TIMER_BODY, CONN_TIMER_IDLE,
                        CONN_TIMER_WRITE, CONN_TIMER_LINGER };
 
 struct conn {
-    uv_tcp_t tcp;
+    struct stream s;              /* first: the stream's callbacks cast back */
     uv_timer_t timer;
     struct listener *lst;
     struct http_parser parser;
     struct req *head, *tail;      /* pipeline: requests not yet written */
     struct req *reading;          /* the request being received, if any */
     struct req *zombie;           /* closed mid-parse: freed once the parser returns */
-    struct stream_held held;      /* input the parser has not consumed yet */
     uint32_t n_reqs;
-    uint32_t writes_pending;      /* uv_write requests in flight */
-    uint16_t pause;               /* enum conn_pause bits */
     uint8_t state;                /* enum conn_state */
     uint8_t reason;               /* enum conn_close_reason, once decided */
     uint8_t timer_kind;           /* enum conn_timer_kind */
-    uint8_t handles_open;
-    bool read_active;
     bool in_parse;                /* inside http_parser_execute */
     bool starting;                /* inside start_deferred */
     bool resume_wanted;           /* progress happened during in_parse */
@@ -141,5 +141,7 @@ int conn_write_copy(struct conn *c, const uv_buf_t *bufs, unsigned n);
 size_t conn_write_queued(const struct conn *c);
 void conn_body_resume(struct conn *c);
 void conn_metrics_init(void);
+/* Takes reload-safe settings (write_queue_bytes). */
+void conn_configure(const struct cfg_batchd *cfg);
 
 #endif

@@ -157,24 +157,25 @@ int req_param_decoded(const struct req *r, const char *name, struct buf *out)
 
 int req_peer_addr(const struct req *r, struct sockaddr_storage *ss)
 {
-    memset(ss, 0, sizeof(*ss));
-    if (r->conn == NULL)
+    if (r->conn == NULL) {
+        memset(ss, 0, sizeof(*ss));
         return UV_ENOTCONN;
-    int len = sizeof(*ss);
-    return uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)ss, &len);
+    }
+    return stream_peer_addr(&r->conn->s, ss);
 }
 
 const char *req_peer(const struct req *r, char *out, size_t cap)
 {
-    snprintf(out, cap, "?");
-    struct sockaddr_storage ss;
-    if (req_peer_addr(r, &ss) != 0)
+    if (r->conn == NULL) {
+        snprintf(out, cap, "?");
         return out;
-    if (ss.ss_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)&ss, out, cap);
-    else
-        uv_ip4_name((struct sockaddr_in *)&ss, out, cap);
-    return out;
+    }
+    return stream_peer(&r->conn->s, out, cap);
+}
+
+int req_fd(const struct req *r)
+{
+    return r->conn ? stream_fd(&r->conn->s) : -1;
 }
 
 /* --- building the response ----------------------------------------------- */
@@ -365,8 +366,8 @@ void req_stream_start_raw(struct req *r, int status, struct buf *head, bool chun
 }
 
 /* The pending head first, then bufs, as one write. */
-static int stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx,
-                        bool copy)
+static int req_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx,
+                     bool copy)
 {
     if (r->conn == NULL) {
         if (cb)
@@ -407,12 +408,12 @@ static int stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_wri
 
 int req_stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx)
 {
-    return stream_write(r, bufs, n, cb, ctx, false);
+    return req_write(r, bufs, n, cb, ctx, false);
 }
 
 int req_stream_write_copy(struct req *r, const uv_buf_t *bufs, unsigned n)
 {
-    return stream_write(r, bufs, n, NULL, NULL, true);
+    return req_write(r, bufs, n, NULL, NULL, true);
 }
 
 void req_stream_compact(struct req *r)
@@ -444,7 +445,7 @@ void req_stream_end_reason(struct req *r, enum conn_close_reason reason)
     }
     if (r->state == REQ_STREAMING && (r->stream_chunked || r->head_pending)) {
         uv_buf_t b = uv_buf_init((char *)last_chunk, sizeof(last_chunk) - 1);
-        stream_write(r, &b, r->stream_chunked ? 1 : 0, NULL, NULL, true);
+        req_write(r, &b, r->stream_chunked ? 1 : 0, NULL, NULL, true);
     }
     bool close_conn = r->close_after;
     conn_req_stream_done(c, r, close_conn, reason);

@@ -102,6 +102,8 @@ int req_param_decoded(const struct req *r, const char *name, struct buf *out);
 int req_peer_addr(const struct req *r, struct sockaddr_storage *ss);
 /* The client's address as text, "?" when unknown. */
 const char *req_peer(const struct req *r, char *out, size_t cap);
+/* The client socket's file descriptor, -1 once the client is gone. */
+int req_fd(const struct req *r);
 
 /* --- answering ------------------------------------------------------------- */
 

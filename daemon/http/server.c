@@ -31,6 +31,7 @@ static void apply_limits(struct server *s, const struct cfg_batchd *cfg)
     s->limits.max_body_bytes = (size_t)cfg->max_body_bytes;
     s->limits.max_headers = 100;
     s->main.max_open = (unsigned)cfg->max_connections;
+    conn_configure(cfg);
 }
 
 /* libuv 1.44 has no SO_REUSEPORT flag, so the socket is made here. */

@@ -27,6 +27,8 @@
  * Cost per request: no timer (one pool-wide sweep checks the deadlines of
  * requests waiting for their answer, in arrival order), and no copy of
  * bytes the sockets take at once (uv_try_write; only the rest is copied).
+ * App connections sit on the stream layer (daemon/net/stream.h), as client
+ * connections do.
  */
 #include "daemon/proxy/upstream.h"
 
@@ -38,13 +40,12 @@
 #include "daemon/metrics.h"
 #include "daemon/http/req.h"
 #include "daemon/cache/resource.h"
-#include "daemon/net/stream_io.h"
+#include "daemon/net/stream.h"
 #include "proto/http_forward.h"
 #include "proto/http_response.h"
 #include "proto/mem.h"
 
 #define UPSTREAM_HEAD_MAX (64 * 1024)
-#define UPSTREAM_READ_BUF (64 * 1024)
 #define SWEEP_MS 50
 #define MAX_MATCHES 4
 /* What one piece of body on its way costs besides its bytes (the piece,
@@ -53,6 +54,41 @@
 #define PIECE_OVERHEAD 256
 
 enum uc_state { UC_CONNECTING, UC_IDLE, UC_BUSY, UC_CLOSING };
+
+/* Why an app connection closed, for the log. */
+#define UC_CLOSE_REASONS(X)                                                          \
+    X(APP_CLOSED, "app_closed")             /* EOF or an error while idle */         \
+    X(UNEXPECTED_BYTES, "unexpected_bytes") /* bytes while idle */                   \
+    X(IDLE_TIMEOUT, "idle_timeout")                                                  \
+    X(REFUSED, "refused")                   /* the connect failed */                 \
+    X(CONNECT_TIMEOUT, "connect_timeout")                                            \
+    X(RESET, "reset")                       /* EOF or an error mid-exchange */       \
+    X(BAD_RESPONSE, "bad_response")                                                  \
+    X(TIMEOUT, "timeout")                   /* the app was silent for timeout_ms */  \
+    X(NOT_REUSABLE, "not_reusable")         /* Connection: close, bytes after the
+                                             * answer, or a body not sent whole */   \
+    X(CLIENT_GONE, "client_gone")                                                    \
+    X(BODY_TOO_LARGE, "body_too_large")     /* the client's body, mid-stream */      \
+    X(POOL_CLOSED, "pool_closed")
+
+enum uc_close_reason {
+#define X(name, text) UC_CLOSE_##name,
+    UC_CLOSE_REASONS(X)
+#undef X
+};
+
+static const char *const uc_close_names[] = {
+#define X(name, text) text,
+    UC_CLOSE_REASONS(X)
+#undef X
+};
+
+/* Pause reasons of an app connection's stream. */
+enum uc_pause {
+    UC_PAUSE_INVALIDATING = 1u << 0, /* the answer head waits for cache deletes */
+    UC_PAUSE_CLIENT = 1u << 1,       /* the client's queue passed buffer_bytes; counted in
+                                      * batchd_upstream_pauses_total{side="app_response"} */
+};
 
 /* Why a proxied request failed: the metric label, the status and error
  * code the client gets (unless part of the answer went out already). */
@@ -79,12 +115,20 @@ static const struct {
     PX_ERRORS(X)
 #undef X
 };
+/* The app connection a failure closes, and why. */
+static const enum uc_close_reason uc_close_for[PX_ERR__COUNT] = {
+    [PX_ERR_REFUSED] = UC_CLOSE_REFUSED,
+    [PX_ERR_RESET] = UC_CLOSE_RESET,
+    [PX_ERR_TIMEOUT] = UC_CLOSE_TIMEOUT,
+    [PX_ERR_BAD_RESPONSE] = UC_CLOSE_BAD_RESPONSE,
+    [PX_ERR_CONNECT_TIMEOUT] = UC_CLOSE_CONNECT_TIMEOUT,
+};
 enum px_state { PX_WAIT_CONN, PX_SENDING, PX_INVALIDATING, PX_RELAYING, PX_DONE };
 
 struct proxy;
 
 struct uconn {
-    uv_tcp_t tcp;
+    struct stream s;            /* first: the stream's callbacks cast back */
     uv_connect_t connect_req;
     struct upstream *up;
     struct proxy *px;
@@ -92,20 +136,16 @@ struct uconn {
     struct http_rparser parser;
     uint64_t idle_since;
     unsigned served;            /* times put back in the idle list */
-    bool reading;
     bool complete;              /* complete_cb ran during this parse */
     bool keep;                  /* ... and the connection may be reused */
-    struct stream_held held;    /* unparsed response bytes while paused */
     struct uconn *next;         /* idle list */
     struct uconn *cnext;        /* connecting list */
     uint64_t connect_deadline;  /* while connecting */
 };
 
-/* A piece of body on its way, owning its bytes. */
+/* A piece of body waiting for the connection, owning its bytes. */
 struct piece {
-    uv_write_t wr;              /* first: the write callback gets it back */
     struct piece *next;
-    struct proxy *px;
     size_t len;
     char data[];
 };
@@ -134,7 +174,7 @@ struct proxy {
     bool upstream_paused;       /* response reading stopped for the client */
     bool buffering;             /* reading a small body whole before taking a connection */
     unsigned inval_pending;
-    unsigned pieces;            /* pieces alive (queued or being written) */
+    unsigned pieces;            /* pieces queued */
     int status;
     unsigned n_matches;
     struct resource_match matches[MAX_MATCHES];
@@ -157,6 +197,7 @@ struct upstream {
     struct proxy *dl_head, *dl_tail; /* waiting for an answer head */
     uv_timer_t sweep;
     bool freeing;
+    struct stream_kind kind;    /* of the app connections */
     uint64_t *m_status[5];
     uint64_t *m_err[PX_ERR__COUNT], *m_err_body;
     uint64_t *m_err_busy, *m_connects, *m_retries;
@@ -165,8 +206,6 @@ struct upstream {
     uint64_t *m_drop_underscore, *m_drop_forwarded, *m_buffered;
     struct metric_hist *m_latency;
 };
-
-static char read_buf[UPSTREAM_READ_BUF];
 
 /* --- metrics ------------------------------------------------------------------ */
 
@@ -204,6 +243,7 @@ static void metrics_init(struct upstream *u)
     const char *ph = "Times one side of a proxied request stopped being read because the other side's queue passed buffer_bytes.";
     u->m_pause_req = metrics_counter("batchd_upstream_pauses_total", "side=\"client_body\"", ph);
     u->m_pause_resp = metrics_counter("batchd_upstream_pauses_total", "side=\"app_response\"", ph);
+    u->kind.m_pauses[__builtin_ctz(UC_PAUSE_CLIENT)] = u->m_pause_resp;
     u->m_connects = metrics_counter("batchd_upstream_connects_total", "", "Connections opened to the app server.");
     u->m_retries = metrics_counter("batchd_upstream_retries_total", "",
                                    "Requests retried on a fresh connection after a reused one failed.");
@@ -235,7 +275,10 @@ static void deadline_remove(struct proxy *px);
  * on it, with what each piece costs. */
 static size_t px_queued(const struct proxy *px)
 {
-    return px->q_bytes + px->pieces * PIECE_OVERHEAD + (px->uc ? px->uc->tcp.write_queue_size : 0);
+    size_t n = px->q_bytes + px->pieces * PIECE_OVERHEAD;
+    if (px->uc)
+        n += stream_queued(&px->uc->s) + stream_writes(&px->uc->s) * PIECE_OVERHEAD;
+    return n;
 }
 static void deadline_add(struct proxy *px);
 
@@ -248,14 +291,6 @@ static void deadline_touch(struct proxy *px)
         deadline_remove(px);
         deadline_add(px);
     }
-}
-
-static void piece_free(struct piece *pc)
-{
-    struct proxy *px = pc->px;
-    free(pc);
-    px->pieces--;
-    px_maybe_free(px);
 }
 
 /* --- connections -------------------------------------------------------------------- */
@@ -271,12 +306,12 @@ static void sweep_closed_cb(uv_handle_t *h)
     free(h->data); /* the pool */
 }
 
-static void uconn_closed_cb(uv_handle_t *h)
+/* The stream's closed_cb. */
+static void uconn_closed_cb(struct stream *s)
 {
-    struct uconn *uc = h->data;
+    struct uconn *uc = (struct uconn *)s;
     struct upstream *u = uc->up;
     http_rparser_deinit(&uc->parser);
-    stream_held_drop(&uc->held);
     free(uc);
     u->n_conns--;
     if (!u->freeing)
@@ -295,10 +330,15 @@ static void connecting_remove(struct uconn *uc)
     }
 }
 
-static void uconn_close(struct uconn *uc)
+static void uconn_close(struct uconn *uc, enum uc_close_reason reason)
 {
-    if (uc->state == UC_CLOSING)
-        return;
+    stream_close(&uc->s, reason);
+}
+
+/* The stream's close_cb: leave the pool's lists, and log why. */
+static void uconn_close_cb(struct stream *s, unsigned reason)
+{
+    struct uconn *uc = (struct uconn *)s;
     if (uc->state == UC_CONNECTING)
         connecting_remove(uc);
     if (uc->state == UC_IDLE) {
@@ -313,17 +353,18 @@ static void uconn_close(struct uconn *uc)
     }
     uc->state = UC_CLOSING;
     uc->px = NULL;
-    uv_close((uv_handle_t *)&uc->tcp, uconn_closed_cb);
+    log_debug("app server connection closed", "reason=%s served=%u", uc_close_names[reason], uc->served);
 }
 
 static void uconn_release(struct uconn *uc, bool keep)
 {
     struct upstream *u = uc->up;
     uc->px = NULL;
-    if (!keep || u->freeing || stream_held_any(&uc->held)) {
-        uconn_close(uc);
+    if (!keep || u->freeing || stream_held_any(&uc->s)) {
+        uconn_close(uc, u->freeing ? UC_CLOSE_POOL_CLOSED : UC_CLOSE_NOT_REUSABLE);
         return;
     }
+    stream_resume(&uc->s, STREAM_PAUSE_ALL);
     uc->state = UC_IDLE;
     http_rparser_reset(&uc->parser, false);
     uc->idle_since = uv_now(u->loop);
@@ -360,6 +401,7 @@ static void inval_done_cb(void *ctx, int err)
     /* Let the parser go on with the body it stopped at. */
     struct uconn *uc = px->uc;
     if (uc) {
+        stream_resume(&uc->s, UC_PAUSE_INVALIDATING);
         http_rparser_resume(&uc->parser);
         uconn_read_start(uc);
     }
@@ -390,8 +432,10 @@ static int rhead_cb(struct http_rparser *p, struct http_response *resp)
                 log_warn("invalidation failed; the entry expires by its TTL", "err=%s", "redis_unavailable");
             }
         }
-        if (--px->inval_pending > 0)
+        if (--px->inval_pending > 0) {
+            stream_pause(&uc->s, UC_PAUSE_INVALIDATING);
             return HTTP_PARSER_PAUSE; /* relayed from inval_done_cb */
+        }
     }
     deadline_add(px);
     relay_head(px);
@@ -418,7 +462,7 @@ static int rbody_cb(struct http_rparser *p, const char *at, size_t n)
     if (req_stream_queued(px->r) > (size_t)px->up->cfg->buffer_bytes) {
         px->upstream_paused = true; /* the client is slow: stop reading the app */
         deadline_remove(px);       /* the client's write timeout applies now */
-        (*px->up->m_pause_resp)++;
+        stream_pause(&uc->s, UC_PAUSE_CLIENT);
         return HTTP_PARSER_PAUSE;
     }
     return 0;
@@ -442,23 +486,15 @@ static const struct http_rparser_cbs rparser_cbs = {
     .complete_cb = rcomplete_cb,
 };
 
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    (void)h;
-    (void)suggested;
-    b->base = read_buf;
-    b->len = sizeof(read_buf);
-}
-
 /* A response completed during the last parse: hand the connection back
  * (reusable only when nothing followed the response) and end the request. */
 static void uconn_after_parse(struct uconn *uc, bool leftover)
 {
     struct proxy *px = uc->px;
     uc->complete = false;
-    stream_held_drop(&uc->held);
+    stream_held_drop(&uc->s);
     if (px == NULL) {
-        uconn_close(uc);
+        uconn_close(uc, UC_CLOSE_CLIENT_GONE);
         return;
     }
     bool keep = uc->keep && !leftover && px->req_body_done;
@@ -468,67 +504,66 @@ static void uconn_after_parse(struct uconn *uc, bool leftover)
     px_response_done(px);
 }
 
-static void uconn_feed(struct uconn *uc, const char *data, size_t n, bool from_pending)
+/* The stream's parse_cb: the app's answer. */
+static size_t uconn_parse_cb(struct stream *s, const char *data, size_t n)
 {
+    struct uconn *uc = (struct uconn *)s;
     size_t used = http_rparser_execute(&uc->parser, data, n);
     if (uc->complete) {
         uconn_after_parse(uc, used < n);
-        return;
+        return used;
     }
     if (uc->parser.failed) {
         struct proxy *px = uc->px;
         log_warn("bad response from the app server", "err=%s", LOG_Q(uc->parser.error));
-        uconn_close(uc);
+        uconn_close(uc, UC_CLOSE_BAD_RESPONSE);
         if (px) {
             px->uc = NULL;
             px_fail(px, PX_ERR_BAD_RESPONSE);
         }
+    }
+    return used;
+}
+
+/* The stream's eof_cb. */
+static void uconn_eof_cb(struct stream *s, int err)
+{
+    struct uconn *uc = (struct uconn *)s;
+    struct proxy *px = uc->px;
+    if (uc->state == UC_IDLE) { /* the app closed a kept-alive connection */
+        uconn_close(uc, UC_CLOSE_APP_CLOSED);
         return;
     }
-    if (uc->state != UC_BUSY)
-        return;
-    stream_held_account(&uc->held, data, n, used, from_pending, uc->parser.paused);
-    if (uc->parser.paused && uc->reading) {
-        uv_read_stop((uv_stream_t *)&uc->tcp);
-        uc->reading = false;
+    if (err == UV_EOF && px && px->got_response_byte) {
+        http_rparser_finish(&uc->parser); /* a close-delimited body ends here */
+        if (uc->complete) {
+            uc->keep = false;
+            uconn_after_parse(uc, false);
+            return;
+        }
+    }
+    uconn_close(uc, UC_CLOSE_RESET);
+    if (px) {
+        px->uc = NULL;
+        px_fail(px, PX_ERR_RESET);
     }
 }
 
-static void on_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+/* The stream's read_cb. */
+static void uconn_read_cb(struct stream *s, const char *data, size_t n)
 {
-    struct uconn *uc = s->data;
-    if (nread == 0)
-        return;
-    struct proxy *px = uc->px;
-    if (nread < 0) {
-        if (uc->state == UC_IDLE) { /* the app closed a kept-alive connection */
-            uconn_close(uc);
-            return;
-        }
-        if (nread == UV_EOF && px && px->got_response_byte) {
-            http_rparser_finish(&uc->parser); /* a close-delimited body ends here */
-            if (uc->complete) {
-                uc->keep = false;
-                uconn_after_parse(uc, false);
-                return;
-            }
-        }
-        uconn_close(uc);
-        if (px) {
-            px->uc = NULL;
-            px_fail(px, PX_ERR_RESET);
-        }
-        return;
-    }
+    struct uconn *uc = (struct uconn *)s;
     if (uc->state == UC_IDLE) { /* bytes nobody asked for */
-        uconn_close(uc);
+        uconn_close(uc, UC_CLOSE_UNEXPECTED_BYTES);
         return;
     }
+    struct proxy *px = uc->px;
     if (px) {
         px->got_response_byte = true; /* the app has seen the request: no retry */
         deadline_touch(px);
     }
-    uconn_feed(uc, b->base, (size_t)nread, false);
+    stream_parse(s, data, n);
+    stream_read_update(s); /* stops while a pause reason is set */
 }
 
 static void uconn_read_start(struct uconn *uc)
@@ -539,20 +574,9 @@ static void uconn_read_start(struct uconn *uc)
      * resumed after pausing on the last byte of a read (a bodiless head
      * while invalidating, the last body piece for a slow client) still
      * has a response to finish, which llhttp does only when it next runs. */
-    if (stream_held_any(&uc->held) && !uc->parser.paused) {
-        size_t k;
-        const char *p = stream_held_next(&uc->held, &k);
-        uconn_feed(uc, p, k, true);
-    } else if (uc->state == UC_BUSY && uc->px && !uc->parser.paused) {
-        uconn_feed(uc, "", 0, false);
-    }
-    bool held = stream_held_any(&uc->held);
-    if (uc->state == UC_CLOSING || (uc->state == UC_IDLE && held))
-        return;
-    if (uc->state != UC_IDLE && (uc->parser.paused || held))
-        return;
-    if (!uc->reading && uv_read_start((uv_stream_t *)&uc->tcp, alloc_cb, on_read_cb) == 0)
-        uc->reading = true;
+    if (uc->state == UC_BUSY && uc->px && !stream_paused(&uc->s, STREAM_PAUSE_ALL))
+        stream_parse_held(&uc->s);
+    stream_read_update(&uc->s);
 }
 
 static void on_connect_cb(uv_connect_t *cr, int status)
@@ -566,7 +590,8 @@ static void on_connect_cb(uv_connect_t *cr, int status)
     if (status != 0) {
         log_warn("cannot connect to the app server", "addr=%s err=%s", u->cfg->url.addr.text,
                  uv_strerror(status));
-        uconn_close(uc);
+        uc->state = UC_BUSY; /* out of the connecting list */
+        uconn_close(uc, UC_CLOSE_REFUSED);
         if (px) {
             px->uc = NULL;
             px_fail(px, PX_ERR_REFUSED);
@@ -574,7 +599,7 @@ static void on_connect_cb(uv_connect_t *cr, int status)
         return;
     }
     (*u->m_connects)++;
-    uv_tcp_nodelay(&uc->tcp, 1);
+    uv_tcp_nodelay(stream_tcp(&uc->s), 1);
     uc->state = UC_BUSY;
     if (px == NULL) { /* its request went away: keep it for the next */
         uconn_release(uc, true);
@@ -588,19 +613,17 @@ static struct uconn *uconn_connect(struct upstream *u)
     struct uconn *uc = mem_calloc(1, sizeof(*uc));
     uc->up = u;
     uc->state = UC_CONNECTING;
-    uv_tcp_init(u->loop, &uc->tcp);
-    uc->tcp.data = uc;
+    stream_init(&uc->s, u->loop, &u->kind);
     uc->connect_req.data = uc;
     http_rparser_init(&uc->parser, &rparser_cbs, UPSTREAM_HEAD_MAX, uc);
     u->n_conns++;
     uc->connect_deadline = uv_now(u->loop) + (uint64_t)u->cfg->connect_timeout_ms;
     uc->cnext = u->connecting;
     u->connecting = uc;
-    int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (const struct sockaddr *)&u->cfg->url.addr.ss,
+    int rc = uv_tcp_connect(&uc->connect_req, stream_tcp(&uc->s), (const struct sockaddr *)&u->cfg->url.addr.ss,
                             on_connect_cb);
     if (rc != 0) {
-        uc->state = UC_BUSY; /* so uconn_close runs the normal path */
-        uconn_close(uc);
+        uconn_close(uc, UC_CLOSE_REFUSED);
         return NULL;
     }
     return uc;
@@ -650,18 +673,13 @@ static void px_maybe_free(struct proxy *px)
         return;
     deadline_remove(px);
     struct piece *pc = px->q_head; /* never sent */
-    px->q_head = px->q_tail = NULL;
-    px->q_bytes = 0;
     while (pc) {
         struct piece *next = pc->next;
         free(pc);
-        px->pieces--;
         pc = next;
     }
-    if (px->pieces == 0) {
-        buf_deinit(&px->head);
-        free(px);
-    }
+    buf_deinit(&px->head);
+    free(px);
 }
 
 static void wait_remove(struct upstream *u, struct proxy *px)
@@ -688,7 +706,7 @@ static void client_abort_cb(struct req *r)
     if (px->state == PX_WAIT_CONN)
         wait_remove(px->up, px);
     if (px->uc) {
-        uconn_close(px->uc);
+        uconn_close(px->uc, UC_CLOSE_CLIENT_GONE);
         px->uc = NULL;
     }
     px->state = PX_DONE;
@@ -788,7 +806,7 @@ static void px_fail(struct proxy *px, enum px_error kind)
     }
     (*u->m_err[kind])++;
     if (px->uc) {
-        uconn_close(px->uc);
+        uconn_close(px->uc, uc_close_for[kind]);
         px->uc = NULL;
     }
     struct req *r = px->r;
@@ -819,19 +837,17 @@ static void px_timeout(struct proxy *px)
 
 /* --- sending the request ---------------------------------------------------------------------- */
 
-static void upstream_write_cb(uv_write_t *wr, int status)
+/* The stream's written_cb: the app took some of the request. */
+static void uconn_written_cb(struct stream *s, int status)
 {
-    struct piece *pc = (struct piece *)wr;
-    struct proxy *px = pc->px;
-    if (status == 0)
-        deadline_touch(px);
-    /* A failed write shows up on the read side too (EOF or reset). */
-    if (status == 0 && px->client_paused && px->r && px->uc &&
-        px_queued(px) <= (size_t)px->up->cfg->buffer_bytes / 2) {
+    struct proxy *px = ((struct uconn *)s)->px;
+    if (px == NULL || status != 0)
+        return; /* a failed write shows up on the read side too (EOF or reset) */
+    deadline_touch(px);
+    if (px->client_paused && px->r && px->uc && px_queued(px) <= (size_t)px->up->cfg->buffer_bytes / 2) {
         px->client_paused = false;
         req_body_resume(px->r);
     }
-    piece_free(pc);
 }
 
 static void queue_piece(struct proxy *px, struct piece *pc)
@@ -842,38 +858,31 @@ static void queue_piece(struct proxy *px, struct piece *pc)
         px->q_head = pc;
     px->q_tail = pc;
     px->q_bytes += pc->len;
+    px->pieces++;
 }
 
 /* Writes to the app: what the socket takes at once is not copied; the rest
- * is, into a piece freed by its write callback. A failure shows up on the
- * read side (EOF or reset), which fails the request. */
+ * is (the client's read buffer is shared). Before the connection is ready
+ * the bytes wait in the proxy's queue. A failure shows up on the read side
+ * (EOF or reset), which fails the request. */
 static void uconn_send(struct proxy *px, const uv_buf_t *bufs, unsigned n)
 {
     struct uconn *uc = px->uc;
+    if (uc != NULL && uc->state == UC_BUSY && px->head_sent) {
+        (void)stream_write(&uc->s, bufs, n, STREAM_COPY, NULL, NULL);
+        return;
+    }
     size_t total = 0;
     for (unsigned i = 0; i < n; i++)
         total += bufs[i].len;
-    ssize_t done = 0;
-    bool ready = uc != NULL && uc->state == UC_BUSY && px->head_sent;
-    if (ready) {
-        done = stream_try_write((uv_stream_t *)&uc->tcp, uc->tcp.write_queue_size, bufs, n);
-        if (done < 0)
-            return; /* the read side reports it */
-    }
-    if ((size_t)done == total)
-        return;
-    struct piece *pc = mem_alloc(sizeof(*pc) + total - (size_t)done);
+    struct piece *pc = mem_alloc(sizeof(*pc) + total);
     pc->next = NULL;
-    pc->px = px;
-    pc->len = stream_copy_rest(bufs, n, (size_t)done, pc->data);
-    px->pieces++;
-    if (!ready) { /* no connection yet: sent when it is */
-        queue_piece(px, pc);
-        return;
+    pc->len = 0;
+    for (unsigned i = 0; i < n; i++) {
+        memcpy(pc->data + pc->len, bufs[i].base, bufs[i].len);
+        pc->len += bufs[i].len;
     }
-    uv_buf_t b = uv_buf_init(pc->data, (unsigned)pc->len);
-    if (uv_write(&pc->wr, (uv_stream_t *)&uc->tcp, &b, 1, upstream_write_cb) != 0)
-        piece_free(pc); /* only on a closing handle */
+    queue_piece(px, pc);
 }
 
 /* A body piece, framed as a chunk when the client sent chunks. */
@@ -901,12 +910,12 @@ static void px_conn_ready(struct proxy *px)
     struct piece *q = px->q_head;
     px->q_head = px->q_tail = NULL;
     px->q_bytes = 0;
+    px->pieces = 0;
     while (q) {
         struct piece *next = q->next;
         uv_buf_t b = uv_buf_init(q->data, (unsigned)q->len);
         uconn_send(px, &b, 1);
         free(q);
-        px->pieces--;
         q = next;
     }
     /* The client may have been paused while its body waited for this
@@ -976,7 +985,7 @@ static int body_cb(struct req *r, const char *data, size_t n)
     if (max > 0 && px->body_bytes > (uint64_t)max) {
         (*px->up->m_err_body)++;
         if (!px->resp_started && px->uc) {
-            uconn_close(px->uc);
+            uconn_close(px->uc, UC_CLOSE_BODY_TOO_LARGE);
             px->uc = NULL;
         }
         if (px->state == PX_WAIT_CONN)
@@ -1032,6 +1041,7 @@ static void client_drain_cb(struct req *r)
         req_stream_queued(r) <= (size_t)px->up->cfg->buffer_bytes / 2) {
         px->upstream_paused = false;
         deadline_add(px);
+        stream_resume(&px->uc->s, UC_PAUSE_CLIENT);
         http_rparser_resume(&px->uc->parser);
         uconn_read_start(px->uc);
     }
@@ -1153,7 +1163,7 @@ static void sweep_cb(uv_timer_t *t)
         struct proxy *px = uc->px;
         log_warn("cannot connect to the app server", "addr=%s err=%s", u->cfg->url.addr.text,
                  LOG_Q("connect timed out"));
-        uconn_close(uc);
+        uconn_close(uc, UC_CLOSE_CONNECT_TIMEOUT);
         if (px) {
             px->uc = NULL;
             px_fail(px, PX_ERR_CONNECT_TIMEOUT);
@@ -1163,7 +1173,7 @@ static void sweep_cb(uv_timer_t *t)
     while (uc) {
         struct uconn *next = uc->next;
         if (now - uc->idle_since >= (uint64_t)u->cfg->idle_timeout_ms)
-            uconn_close(uc);
+            uconn_close(uc, UC_CLOSE_IDLE_TIMEOUT);
         uc = next;
     }
 }
@@ -1175,6 +1185,13 @@ struct upstream *upstream_new(uv_loop_t *loop, const struct cfg_upstream *cfg,
     u->loop = loop;
     u->cfg = cfg;
     u->resources = resources;
+    u->kind = (struct stream_kind){
+        .name = "upstream",
+        STREAM_CALLBACKS(uconn),
+        /* The limit is the proxy's: body_cb stops reading the client
+         * while px_queued passes buffer_bytes. */
+        .over_limit = STREAM_OVER_LIMIT_NONE,
+    };
     metrics_init(u);
     uv_timer_init(loop, &u->sweep);
     u->sweep.data = u;
@@ -1201,7 +1218,7 @@ void upstream_free(struct upstream *u)
         return;
     u->freeing = true;
     while (u->idle)
-        uconn_close(u->idle);
+        uconn_close(u->idle, UC_CLOSE_POOL_CLOSED);
     if (u->n_conns == 0)
         uv_close((uv_handle_t *)&u->sweep, sweep_closed_cb);
     /* Otherwise the last connection's close callback closes the sweep timer,
