@@ -31,53 +31,6 @@ static const char *const reason_names[] = {
 
 static uint64_t *m_closed[CONN_CLOSE__COUNT];
 
-/* The stream callbacks, defined below. */
-static void conn_read_cb(struct stream *s, const char *data, size_t n);
-static size_t conn_parse_cb(struct stream *s, const char *data, size_t n);
-static void conn_eof_cb(struct stream *s, int err);
-static void conn_written_cb(struct stream *s, int status);
-static void conn_close_cb(struct stream *s, unsigned why);
-static void conn_closed_cb(struct stream *s);
-
-/* Client sockets: past write_queue_bytes queued, stop reading (and so
- * parsing) until the queue is down to half. */
-static struct stream_kind conn_kind = {
-    .name = "client",
-    STREAM_CALLBACKS(conn),
-    .over_limit = STREAM_OVER_LIMIT_PAUSE,
-    .limit_pause = CONN_PAUSE_WRITEQ,
-};
-
-void conn_metrics_init(void)
-{
-    char labels[64];
-    for (int i = 0; i < CONN_CLOSE__COUNT; i++) {
-        snprintf(labels, sizeof(labels), "reason=\"%s\"", reason_names[i]);
-        m_closed[i] = metrics_counter("batchd_connections_closed_total", labels,
-                                      "Client connections closed, by reason.");
-    }
-    conn_kind.m_bytes_in = metrics_counter("batchd_client_bytes_total", "direction=\"in\"",
-                                           "Bytes read from and written to clients.");
-    conn_kind.m_bytes_out = metrics_counter("batchd_client_bytes_total", "direction=\"out\"",
-                                            "Bytes read from and written to clients.");
-    conn_pipeline_metrics_init();
-    static const char *const pause_names[CONN_PAUSE_COUNTED] = {
-#define X(name, label) label,
-        CONN_PAUSES(X)
-#undef X
-    };
-    for (int i = 0; i < CONN_PAUSE_COUNTED; i++) {
-        snprintf(labels, sizeof(labels), "reason=\"%s\"", pause_names[i]);
-        conn_kind.m_pauses[i] = metrics_counter("batchd_client_read_pauses_total", labels,
-                                                "Times reading from a client stopped, by reason.");
-    }
-}
-
-void conn_configure(const struct cfg_batchd *cfg)
-{
-    conn_kind.write_limit = (size_t)cfg->write_queue_bytes;
-}
-
 size_t conn_write_queued(const struct conn *c)
 {
     return stream_queued(&c->s);
@@ -419,6 +372,47 @@ void conn_drain(struct conn *c)
         conn_finish(c, CONN_CLOSE_SHUTDOWN);
     }
     /* Otherwise complete_cb marks the request being read as the last. */
+}
+
+/* --- the kind ------------------------------------------------------------------ */
+
+/* Client sockets: past write_queue_bytes queued, stop reading (and so
+ * parsing) until the queue is down to half. */
+static struct stream_kind conn_kind = {
+    .name = "client",
+    STREAM_CALLBACKS(conn),
+    .over_limit = STREAM_OVER_LIMIT_PAUSE,
+    .limit_pause = CONN_PAUSE_WRITEQ,
+};
+
+void conn_metrics_init(void)
+{
+    char labels[64];
+    for (int i = 0; i < CONN_CLOSE__COUNT; i++) {
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", reason_names[i]);
+        m_closed[i] = metrics_counter("batchd_connections_closed_total", labels,
+                                      "Client connections closed, by reason.");
+    }
+    conn_kind.m_bytes_in = metrics_counter("batchd_client_bytes_total", "direction=\"in\"",
+                                           "Bytes read from and written to clients.");
+    conn_kind.m_bytes_out = metrics_counter("batchd_client_bytes_total", "direction=\"out\"",
+                                            "Bytes read from and written to clients.");
+    conn_pipeline_metrics_init();
+    static const char *const pause_names[CONN_PAUSE_COUNTED] = {
+#define X(name, label) label,
+        CONN_PAUSES(X)
+#undef X
+    };
+    for (int i = 0; i < CONN_PAUSE_COUNTED; i++) {
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", pause_names[i]);
+        conn_kind.m_pauses[i] = metrics_counter("batchd_client_read_pauses_total", labels,
+                                                "Times reading from a client stopped, by reason.");
+    }
+}
+
+void conn_configure(const struct cfg_batchd *cfg)
+{
+    conn_kind.write_limit = (size_t)cfg->write_queue_bytes;
 }
 
 /* --- accepting --------------------------------------------------------------- */
