@@ -118,8 +118,10 @@ static void parse_once(struct stream *s, const char *data, size_t n, bool from_h
     s->discard = false;
     size_t used = s->kind->parse_cb(s, data, n);
     s->in_parse = false;
-    free(s->held_dead);
-    s->held_dead = NULL;
+    if (s->held_dead) {
+        free(s->held_dead);
+        s->held_dead = NULL;
+    }
     if (s->discard || s->closing) {
         s->discard = false;
         return;
@@ -194,14 +196,6 @@ static unsigned rest_of(const uv_buf_t *bufs, unsigned n, size_t skip, uv_buf_t 
         k = 1;
     }
     return k;
-}
-
-void stream_limit_update(struct stream *s)
-{
-    const struct stream_kind *k = s->kind;
-    if (k->over_limit == STREAM_OVER_LIMIT_PAUSE && (s->pause & k->limit_pause) &&
-        stream_queued(s) <= k->write_limit / 2)
-        stream_resume(s, k->limit_pause);
 }
 
 static void on_write_cb(uv_write_t *wr, int status)

@@ -187,7 +187,13 @@ static inline unsigned stream_writes(const struct stream *s)
 }
 /* STREAM_OVER_LIMIT_PAUSE: clears the pause once the queue is down to half
  * the limit (done after every finished write too). */
-void stream_limit_update(struct stream *s);
+static inline void stream_limit_update(struct stream *s)
+{
+    const struct stream_kind *k = s->kind;
+    if (k->over_limit == STREAM_OVER_LIMIT_PAUSE && (s->pause & k->limit_pause) &&
+        stream_queued(s) <= k->write_limit / 2)
+        stream_resume(s, k->limit_pause);
+}
 /* Sends FIN once the queued writes are out; a failure closes the stream
  * with `reason`. Returns 0 or a negative libuv error. */
 int stream_shutdown(struct stream *s, unsigned reason);
