@@ -1,9 +1,10 @@
 /*
  * req: requests, responses and their pool. See req.h.
  *
- * Request objects are recycled through a small free list with their
- * buffers, so a keep-alive request costs no malloc once the process is warm.
- * The list is bounded (REQ_POOL_MAX) and oversized buffers are not kept.
+ * Request objects are recycled through a small free list (proto/freelist.h)
+ * with their buffers, so a keep-alive request costs no malloc once the
+ * process is warm. The list is bounded (REQ_POOL_MAX) and oversized buffers
+ * are not kept.
  */
 #include "daemon/http/req.h"
 
@@ -17,7 +18,7 @@
 
 #include "daemon/http/conn.h"
 #include "daemon/metrics.h"
-#include "daemon/http/server.h"
+#include "proto/freelist.h"
 #include "proto/jtext.h"
 #include "proto/mem.h"
 
@@ -25,21 +26,22 @@
 #define REQ_KEEP_HEAD_BYTES (16 * 1024)
 #define REQ_KEEP_BODY_BYTES (64 * 1024)
 
-static struct req *pool;
-static unsigned pool_len;
+static struct freelist pool = FREELIST_INIT(REQ_POOL_MAX);
 
 /* requests by method and status class */
 enum { M_GET, M_HEAD, M_POST, M_PUT, M_PATCH, M_DELETE, M_PURGE, M_OPTIONS, M_OTHER, M__COUNT };
 static const char *const method_labels[M__COUNT] = { "GET",    "HEAD",  "POST",    "PUT",  "PATCH",
                                                       "DELETE", "PURGE", "OPTIONS", "other" };
-static uint64_t *m_requests[M__COUNT][5];
+/* status classes: 1xx .. 5xx; anything else counts as 5xx */
+enum { S_1XX, S_2XX, S_3XX, S_4XX, S_5XX, S__COUNT };
+static uint64_t *m_requests[M__COUNT][S__COUNT];
 static struct metric_hist *m_duration;
 
 void req_metrics_init(void)
 {
     char labels[64];
     for (int m = 0; m < M__COUNT; m++) {
-        for (int c = 0; c < 5; c++) {
+        for (int c = 0; c < S__COUNT; c++) {
             snprintf(labels, sizeof(labels), "method=\"%s\",status=\"%dxx\"", method_labels[m], c + 1);
             m_requests[m][c] = metrics_counter("batchd_http_requests_total", labels,
                                                "HTTP requests answered, by method and status class.");
@@ -67,12 +69,15 @@ static int method_index(const struct req *r)
     }
 }
 
+static int status_index(int status)
+{
+    int cls = status / 100 - 1;
+    return cls >= S_1XX && cls <= S_5XX ? cls : S_5XX;
+}
+
 void req_observe(struct req *r)
 {
-    int cls = r->status / 100 - 1;
-    if (cls < 0 || cls > 4)
-        cls = 4;
-    m_requests[method_index(r)][cls][0]++;
+    (*m_requests[method_index(r)][status_index(r->status)])++;
     metrics_observe(m_duration, (double)(uv_hrtime() - r->start_ns) / 1e9);
 }
 
@@ -80,11 +85,9 @@ void req_observe(struct req *r)
 
 struct req *req_alloc(void)
 {
-    struct req *r = pool;
+    struct req *r = freelist_get(&pool);
     if (r) {
-        pool = r->next;
-        pool_len--;
-        r->next = NULL;
+        memset(&r->link, 0, sizeof(r->link)); /* the free list's link */
         return r;
     }
     r = mem_calloc(1, sizeof(*r));
@@ -92,16 +95,22 @@ struct req *req_alloc(void)
     return r;
 }
 
+static void req_destroy(void *p)
+{
+    struct req *r = p;
+    http_request_deinit(&r->msg);
+    buf_deinit(&r->body);
+    buf_deinit(&r->head_extra);
+    free(r);
+}
+
 void req_release(struct req *r)
 {
     router_unref(r->router);
     if (r->msg.head.cap > REQ_KEEP_HEAD_BYTES || r->msg.body.cap > REQ_KEEP_BODY_BYTES ||
         r->body.cap > REQ_KEEP_BODY_BYTES || r->head_extra.cap > REQ_KEEP_HEAD_BYTES ||
-        pool_len >= REQ_POOL_MAX) {
-        http_request_deinit(&r->msg);
-        buf_deinit(&r->body);
-        buf_deinit(&r->head_extra);
-        free(r);
+        pool.len >= pool.max) {
+        req_destroy(r);
         return;
     }
     struct http_request msg = r->msg;
@@ -115,22 +124,14 @@ void req_release(struct req *r)
     r->msg = msg;
     r->body = body;
     r->head_extra = extra;
-    r->next = pool;
-    pool = r;
-    pool_len++;
+    bool kept = freelist_put(&pool, r);
+    assert(kept); /* room checked above */
+    (void)kept;
 }
 
 void req_pool_drain(void)
 {
-    while (pool) {
-        struct req *r = pool;
-        pool = r->next;
-        http_request_deinit(&r->msg);
-        buf_deinit(&r->body);
-        buf_deinit(&r->head_extra);
-        free(r);
-    }
-    pool_len = 0;
+    freelist_drain(&pool, req_destroy);
 }
 
 /* --- reading the request ------------------------------------------------- */
@@ -157,24 +158,25 @@ int req_param_decoded(const struct req *r, const char *name, struct buf *out)
 
 int req_peer_addr(const struct req *r, struct sockaddr_storage *ss)
 {
-    memset(ss, 0, sizeof(*ss));
-    if (r->conn == NULL)
+    if (r->conn == NULL) {
+        memset(ss, 0, sizeof(*ss));
         return UV_ENOTCONN;
-    int len = sizeof(*ss);
-    return uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)ss, &len);
+    }
+    return conn_peer_addr(r->conn, ss);
 }
 
 const char *req_peer(const struct req *r, char *out, size_t cap)
 {
-    snprintf(out, cap, "?");
-    struct sockaddr_storage ss;
-    if (req_peer_addr(r, &ss) != 0)
+    if (r->conn == NULL) {
+        snprintf(out, cap, "?");
         return out;
-    if (ss.ss_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)&ss, out, cap);
-    else
-        uv_ip4_name((struct sockaddr_in *)&ss, out, cap);
-    return out;
+    }
+    return conn_peer(r->conn, out, cap);
+}
+
+int req_fd(const struct req *r)
+{
+    return r->conn ? conn_fd(r->conn) : -1;
 }
 
 /* --- building the response ----------------------------------------------- */
@@ -345,7 +347,7 @@ void req_stream_start(struct req *r, int status, const char *content_type, bool 
 
 bool req_should_close(const struct req *r)
 {
-    return r->close_after || (r->conn && r->conn->draining);
+    return r->close_after || (r->conn && conn_draining(r->conn));
 }
 
 void req_stream_start_raw(struct req *r, int status, struct buf *head, bool chunked)
@@ -365,8 +367,8 @@ void req_stream_start_raw(struct req *r, int status, struct buf *head, bool chun
 }
 
 /* The pending head first, then bufs, as one write. */
-static int stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx,
-                        bool copy)
+static int req_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx,
+                     bool copy)
 {
     if (r->conn == NULL) {
         if (cb)
@@ -407,12 +409,12 @@ static int stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_wri
 
 int req_stream_write(struct req *r, const uv_buf_t *bufs, unsigned n, req_write_fn cb, void *ctx)
 {
-    return stream_write(r, bufs, n, cb, ctx, false);
+    return req_write(r, bufs, n, cb, ctx, false);
 }
 
 int req_stream_write_copy(struct req *r, const uv_buf_t *bufs, unsigned n)
 {
-    return stream_write(r, bufs, n, NULL, NULL, true);
+    return req_write(r, bufs, n, NULL, NULL, true);
 }
 
 void req_stream_compact(struct req *r)
@@ -444,7 +446,7 @@ void req_stream_end_reason(struct req *r, enum conn_close_reason reason)
     }
     if (r->state == REQ_STREAMING && (r->stream_chunked || r->head_pending)) {
         uv_buf_t b = uv_buf_init((char *)last_chunk, sizeof(last_chunk) - 1);
-        stream_write(r, &b, r->stream_chunked ? 1 : 0, NULL, NULL, true);
+        req_write(r, &b, r->stream_chunked ? 1 : 0, NULL, NULL, true);
     }
     bool close_conn = r->close_after;
     conn_req_stream_done(c, r, close_conn, reason);

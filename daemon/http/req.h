@@ -23,9 +23,11 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
 #include <uv.h>
 
-#include "daemon/http/conn.h"
+#include "daemon/http/close_reason.h"
 #include "daemon/http/router.h"
 #include "proto/buf.h"
 #include "proto/http.h"
@@ -51,9 +53,10 @@ typedef void (*req_body_end_fn)(struct req *r);
 typedef void (*req_write_fn)(void *ctx, int status);
 
 struct req {
+    /* First: a spare request's link in the free list overwrites it. */
+    TAILQ_ENTRY(req) link;      /* the connection's pipeline, oldest first */
     struct http_request msg;
-    struct conn *conn;          /* NULL once the client is gone */
-    struct req *next;           /* the connection's pipeline, oldest first */
+    struct conn *conn;          /* opaque; NULL once the client is gone */
     enum req_state state;
     bool head_only;             /* HEAD: send headers, no body */
     bool close_after;           /* answer with Connection: close, then close */
@@ -102,6 +105,8 @@ int req_param_decoded(const struct req *r, const char *name, struct buf *out);
 int req_peer_addr(const struct req *r, struct sockaddr_storage *ss);
 /* The client's address as text, "?" when unknown. */
 const char *req_peer(const struct req *r, char *out, size_t cap);
+/* The client socket's file descriptor, -1 once the client is gone. */
+int req_fd(const struct req *r);
 
 /* --- answering ------------------------------------------------------------- */
 

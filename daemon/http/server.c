@@ -11,15 +11,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "daemon/http/conn.h"
+#include "daemon/http/conn_int.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
-#include "daemon/http/req.h"
 
 #define ADMIN_MAX_CONNECTIONS 128
 #define LISTEN_BACKLOG 4096
-
-struct server *server_current;
 
 static uint64_t *m_accept_errors;
 
@@ -31,6 +28,7 @@ static void apply_limits(struct server *s, const struct cfg_batchd *cfg)
     s->limits.max_body_bytes = (size_t)cfg->max_body_bytes;
     s->limits.max_headers = 100;
     s->main.max_open = (unsigned)cfg->max_connections;
+    conn_configure(cfg);
 }
 
 /* libuv 1.44 has no SO_REUSEPORT flag, so the socket is made here. */
@@ -106,7 +104,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct cfg_batchd *cfg)
 {
     memset(s, 0, sizeof(*s));
     s->loop = loop;
-    server_current = s;
+    LIST_INIT(&s->conns);
     apply_limits(s, cfg);
     s->admin.max_open = ADMIN_MAX_CONNECTIONS;
     m_accept_errors = metrics_counter("batchd_accept_errors_total", "",
@@ -186,23 +184,14 @@ void server_set_routers(struct server *s, struct router *main_rt, struct router 
 
 void server_conn_added(struct server *s, struct conn *c)
 {
-    c->prev = NULL;
-    c->next = s->conns;
-    if (s->conns)
-        s->conns->prev = c;
-    s->conns = c;
+    LIST_INSERT_HEAD(&s->conns, c, link);
     c->lst->open++;
     (*c->lst->m_open)++;
 }
 
 void server_conn_removed(struct server *s, struct conn *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    LIST_REMOVE(c, link);
     c->lst->open--;
     (*c->lst->m_open)--;
     if (s->draining && s->main.open == 0 && s->drained_cb) {
@@ -226,13 +215,12 @@ void server_drain(struct server *s, void (*done)(void *arg), void *arg)
     s->drained_cb = done;
     s->drained_arg = arg;
     close_listener(&s->main);
-    /* conn_drain may close (and unlink) the connection: step first. */
-    struct conn *c = s->conns;
-    while (c) {
-        struct conn *next = c->next;
+    /* A connection leaves the list only in its close callback, never
+     * during conn_drain or conn_close: LIST_FOREACH is safe. */
+    struct conn *c;
+    LIST_FOREACH(c, &s->conns, link) {
         if (c->lst == &s->main)
             conn_drain(c);
-        c = next;
     }
     if (s->main.open == 0 && s->drained_cb) {
         s->drained_cb = NULL;
@@ -240,14 +228,11 @@ void server_drain(struct server *s, void (*done)(void *arg), void *arg)
     }
 }
 
-void server_close_all(struct server *s, int reason)
+void server_close_all(struct server *s, enum conn_close_reason reason)
 {
-    struct conn *c = s->conns;
-    while (c) {
-        struct conn *next = c->next;
-        conn_close(c, (enum conn_close_reason)reason);
-        c = next;
-    }
+    struct conn *c;
+    LIST_FOREACH(c, &s->conns, link)
+        conn_close(c, reason);
 }
 
 void server_close(struct server *s)

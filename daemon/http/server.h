@@ -11,9 +11,11 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <uv.h>
 
 #include "daemon/config.h"
+#include "daemon/http/close_reason.h"
 #include "daemon/http/router.h"
 #include "proto/http.h"
 
@@ -38,12 +40,10 @@ struct server {
     struct listener main, admin;
     bool has_admin;
     bool draining;
-    struct conn *conns;             /* every open connection */
+    LIST_HEAD(conn_list, conn) conns; /* every open connection */
     void (*drained_cb)(void *arg);
     void *drained_arg;
 };
-
-extern struct server *server_current;
 
 /* Binds the listeners (nothing is accepted until server_start). Returns 0 or
  * a negative errno, having logged what failed. */
@@ -59,7 +59,7 @@ void server_set_routers(struct server *s, struct router *main_rt, struct router 
  * done(arg) once no main-listener connection is left. */
 void server_drain(struct server *s, void (*done)(void *arg), void *arg);
 /* Closes every remaining connection with the given reason. */
-void server_close_all(struct server *s, int reason);
+void server_close_all(struct server *s, enum conn_close_reason reason);
 /* Closes the listeners. */
 void server_close(struct server *s);
 

@@ -4,6 +4,15 @@
  *   client ──req──> batchd ──keep-alive pool (pool_size)──> app server
  *          <──────── response head + body, streamed ────────
  *
+ *   daemon/proxy/
+ *     proxy.c       one proxied request: the handler, the head and body to the
+ *                   app, the answer back, invalidation, failures and the retry
+ *       │ upool_acquire       ▲ proxy_conn_ready / _response_done / _fail
+ *       ▼                    │
+ *     pool.c        app server connections on streams (net/stream.h):
+ *                   connect, idle list, waiting line, deadline sweep
+ *     proxy_int.h   what the two share; head rewriting is proto/http_forward
+ *
  * Requests no batchd route owns are forwarded. Bodies stream both ways and
  * are never held whole: reading one side stops while the other side's
  * write queue is over buffer_bytes. Hop-by-hop headers are dropped;

@@ -138,10 +138,7 @@ void sse_out_free(struct sse_out *o)
 
 static int out_fd(const struct sse_out *o)
 {
-    uv_os_fd_t fd;
-    if (o->r->conn == NULL || uv_fileno((const uv_handle_t *)&o->r->conn->tcp, &fd) != 0)
-        return -1;
-    return fd;
+    return req_fd(o->r);
 }
 
 void sse_out_socket_setup(struct sse_out *o, int64_t bytes)

@@ -1,4 +1,4 @@
-"""The reverse proxy (daemon/proxy/upstream.c) against a real app server
+"""The reverse proxy (daemon/proxy/: proxy.c, pool.c) against a real app server
 (upstream_app.py), invalidation on write with the race guard, SIGHUP reload
 and drain with proxied requests in flight."""
 

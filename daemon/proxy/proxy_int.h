@@ -1,0 +1,271 @@
+/*
+ * proxy_int: what pool.c (app server connections) and proxy.c (one
+ * proxied request) share. Private to daemon/proxy/; see upstream.h.
+ *
+ *   proxy.c ──upool_acquire──> pool.c ──proxy_conn_ready──> proxy.c
+ *           <──proxy_response_done / proxy_conn_failed / proxy_deadline_expired──
+ *
+ * A request's state is one main state plus a named sub-state per
+ * direction; each has a name for the logs.
+ */
+#ifndef BATCHD_PROXY_INT_H
+#define BATCHD_PROXY_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <uv.h>
+
+#include "daemon/cache/resource.h"
+#include "daemon/config.h"
+#include "daemon/metrics.h"
+#include "daemon/net/stream.h"
+#include "daemon/proxy/upstream.h"
+#include "proto/buf.h"
+#include "proto/http_response.h"
+
+#define MAX_MATCHES 4
+/* What one piece of body on its way costs besides its bytes (the piece or
+ * the queued write, the allocator's header). Counted against the buffers,
+ * so a body of one-byte chunks cannot hold 50 times its size. */
+#define PIECE_OVERHEAD 256
+
+/* --- one proxied request --------------------------------------------------- */
+
+/* Why a proxied request failed: the metric label, the status and error
+ * code the client gets (unless part of the answer went out already). */
+#define PX_ERRORS(X)                                                              \
+    X(REFUSED, "refused", 502, "upstream_unavailable")                            \
+    X(RESET, "reset", 502, "upstream_unavailable")     /* closed or reset */      \
+    X(TIMEOUT, "timeout", 504, "upstream_timeout")     /* silent for timeout_ms */ \
+    X(BAD_RESPONSE, "bad_response", 502, "bad_upstream_response")                 \
+    X(CONNECT_TIMEOUT, "connect_timeout", 502, "upstream_unavailable")
+
+enum px_error {
+#define X(name, label, status, code) PX_ERR_##name,
+    PX_ERRORS(X)
+#undef X
+    PX_ERR__COUNT
+};
+
+/* The exchange, in order. */
+#define PX_STATES(X)                                                                      \
+    X(NEW, "new")                   /* not in the pool's hands: not asked yet, or just    \
+                                     * out of its line */                                 \
+    X(BUFFERING, "buffering")       /* a small body is read whole before a connection is  \
+                                     * asked for (request_buffer_bytes) */                \
+    X(WAITING, "waiting")           /* in the pool's line for a connection */             \
+    X(CONNECTING, "connecting")     /* a new connection is on its way */                  \
+    X(SENDING, "sending")           /* the head went out; the answer's head is awaited */ \
+    X(INVALIDATING, "invalidating") /* a 2xx to a write: cache deletes run before the     \
+                                     * head is relayed */                                 \
+    X(RELAYING, "relaying")         /* the answer's head went to the client */            \
+    X(DONE, "done")                 /* answered, failed or left: freed once nothing       \
+                                     * refers to it */
+
+/* The client's request body. */
+#define PX_BODY_STATES(X)                                                                 \
+    X(NONE, "none")         /* the request has no body */                                 \
+    X(FLOWING, "flowing")   /* pieces go to the app, or wait for its connection */        \
+    X(PAUSED, "paused")     /* the app's side passed buffer_bytes: the client is not read */ \
+    X(DROPPING, "dropping") /* answered early: the rest is read and dropped, then the     \
+                             * request ends */                                            \
+    X(IN, "in")             /* all of it is in */
+
+/* The app's answer. */
+#define PX_ANSWER_STATES(X)                                                               \
+    X(NONE, "none")         /* no byte yet: the app may not have seen the request */      \
+    X(ARRIVING, "arriving") /* bytes came; the head is not relayed yet */                 \
+    X(RELAYED, "relayed")   /* the head went to the client; the body follows */           \
+    X(PAUSED, "paused")     /* the client's queue passed buffer_bytes: the app is not read */
+
+/* Which try this is (a request is sent again at most once). */
+#define PX_ATTEMPTS(X)                                                                    \
+    X(FRESH, "fresh")       /* on a new connection: a close is the app's answer */        \
+    X(REUSED, "reused")     /* on a pooled keep-alive connection the app may just have    \
+                             * closed: may be retried */                                  \
+    X(RETRY, "retry")       /* the one retry, on a new connection */
+
+enum px_state {
+#define X(name, text) PX_##name,
+    PX_STATES(X)
+#undef X
+};
+enum px_body {
+#define X(name, text) PX_BODY_##name,
+    PX_BODY_STATES(X)
+#undef X
+};
+enum px_answer {
+#define X(name, text) PX_ANSWER_##name,
+    PX_ANSWER_STATES(X)
+#undef X
+};
+enum px_attempt {
+#define X(name, text) PX_ATTEMPT_##name,
+    PX_ATTEMPTS(X)
+#undef X
+};
+
+/* How a body is framed on its way. */
+enum px_frame {
+    PX_FRAME_NONE,    /* no body */
+    PX_FRAME_RAW,     /* as it comes (Content-Length, or until close) */
+    PX_FRAME_CHUNKED, /* every piece a chunk: batchd frames it */
+};
+
+/* A piece of body waiting for the connection, owning its bytes. */
+struct piece {
+    STAILQ_ENTRY(piece) link;
+    size_t len;
+    char data[];
+};
+
+struct proxy {
+    struct req *r;              /* NULL once the client is gone or answered */
+    struct upstream *up;
+    struct uconn *uc;           /* the app connection, while it has one */
+    enum px_state state;
+    enum px_body body;
+    enum px_answer answer;
+    enum px_attempt attempt;
+    enum px_frame req_frame;    /* the body to the app */
+    enum px_frame resp_frame;   /* the answer's body to the client */
+    struct buf head;            /* request head for the app */
+    STAILQ_HEAD(, piece) queue; /* body waiting for the connection */
+    size_t q_bytes;
+    unsigned q_n;
+    uint64_t body_bytes;
+    unsigned inval_pending;
+    int status;
+    unsigned n_matches;
+    struct resource_match matches[MAX_MATCHES];
+    uint64_t start_ns;
+    uint64_t deadline_ms;       /* the app must make progress by then */
+    TAILQ_ENTRY(proxy) wait_link; /* the pool's line, while PX_WAITING */
+    TAILQ_ENTRY(proxy) dl_link;   /* the pool's deadline list, oldest first */
+};
+
+/* Named for the logs. */
+const char *proxy_state_name(enum px_state s);
+const char *proxy_body_name(enum px_body b);
+const char *proxy_answer_name(enum px_answer a);
+const char *proxy_attempt_name(enum px_attempt a);
+
+/* The whole request body has been read (or there is none). */
+static inline bool proxy_body_in(const struct proxy *px)
+{
+    return px->body == PX_BODY_NONE || px->body == PX_BODY_IN;
+}
+
+/* --- app server connections ------------------------------------------------ */
+
+enum uc_state { UC_CONNECTING, UC_IDLE, UC_BUSY, UC_CLOSING };
+
+/* Why an app connection closed, for the log. */
+#define UC_CLOSE_REASONS(X)                                                          \
+    X(APP_CLOSED, "app_closed")             /* EOF or an error while idle */         \
+    X(UNEXPECTED_BYTES, "unexpected_bytes") /* bytes while idle */                   \
+    X(IDLE_TIMEOUT, "idle_timeout")                                                  \
+    X(REFUSED, "refused")                   /* the connect failed */                 \
+    X(CONNECT_TIMEOUT, "connect_timeout")                                            \
+    X(RESET, "reset")                       /* EOF or an error mid-exchange */       \
+    X(BAD_RESPONSE, "bad_response")                                                  \
+    X(TIMEOUT, "timeout")                   /* the app was silent for timeout_ms */  \
+    X(NOT_REUSABLE, "not_reusable")         /* Connection: close, bytes after the    \
+                                             * answer, or a body not sent whole */   \
+    X(CLIENT_GONE, "client_gone")                                                    \
+    X(BODY_TOO_LARGE, "body_too_large")     /* the client's body, mid-stream */      \
+    X(POOL_CLOSED, "pool_closed")
+
+enum uc_close_reason {
+#define X(name, text) UC_CLOSE_##name,
+    UC_CLOSE_REASONS(X)
+#undef X
+};
+
+/* Pause reasons of an app connection's stream. */
+enum uc_pause {
+    UC_PAUSE_INVALIDATING = 1u << 0, /* the answer head waits for cache deletes */
+    UC_PAUSE_CLIENT = 1u << 1,       /* the client's queue passed buffer_bytes; counted in
+                                      * batchd_upstream_pauses_total{side="app_response"} */
+};
+
+struct uconn {
+    struct stream s;            /* first: the stream's callbacks cast back */
+    uv_connect_t connect_req;
+    struct upstream *up;
+    struct proxy *px;           /* the request it serves, while busy */
+    enum uc_state state;
+    struct http_rparser parser;
+    uint64_t idle_since;
+    unsigned served;            /* times put back in the idle list */
+    bool complete;              /* complete_cb ran during this parse */
+    bool keep;                  /* ... and the connection may be reused */
+    LIST_ENTRY(uconn) link;     /* the idle or the connecting list */
+    uint64_t connect_deadline;  /* while connecting */
+};
+
+LIST_HEAD(uconn_list, uconn);
+TAILQ_HEAD(proxy_list, proxy);
+
+struct upstream {
+    uv_loop_t *loop;
+    const struct cfg_upstream *cfg;
+    struct resource_set *resources;
+    struct uconn_list idle;     /* most recently used first */
+    struct uconn_list connecting; /* connects in progress, for connect_timeout_ms */
+    unsigned n_conns, n_idle;
+    struct proxy_list waiting;  /* requests in line for a connection, oldest first */
+    unsigned n_waiting;
+    struct proxy_list deadlines; /* requests the app owes progress, oldest first */
+    uv_timer_t sweep;
+    bool freeing;
+    struct stream_kind kind;    /* of the app connections */
+    uint64_t *m_status[5];      /* by status class, 1xx..5xx */
+    uint64_t *m_err[PX_ERR__COUNT], *m_err_body;
+    uint64_t *m_err_busy, *m_connects, *m_retries;
+    uint64_t *m_pause_req;
+    uint64_t *m_inval, *m_inval_err;
+    uint64_t *m_drop_underscore, *m_drop_forwarded, *m_buffered;
+    struct metric_hist *m_latency;
+};
+
+/* --- pool.c, for proxy.c (upool_: the app-server pool; pool_ is backend/) -- */
+
+/* A connection for px now (idle, then proxy_conn_ready), on its way
+ * (PX_CONNECTING), or a place in line (PX_WAITING). */
+void upool_acquire(struct upstream *u, struct proxy *px);
+/* A new connection for px (a retry); false when it cannot even start. */
+bool upool_connect_for(struct upstream *u, struct proxy *px);
+/* Every connection busy and max_waiting requests in line already. */
+bool upool_full(const struct upstream *u);
+/* Leaves the line (PX_WAITING only). */
+void upool_wait_remove(struct upstream *u, struct proxy *px);
+void upool_close(struct uconn *uc, enum uc_close_reason reason);
+/* Parses what the connection held back and reads again, unless paused. */
+void upool_read_resume(struct uconn *uc);
+/* The app's progress deadline: (re)started now, stopped. */
+void upool_deadline_add(struct proxy *px);
+void upool_deadline_remove(struct proxy *px);
+/* The app made progress: its timeout_ms starts again, if running. */
+void upool_deadline_touch(struct proxy *px);
+
+/* --- proxy.c, for pool.c --------------------------------------------------- */
+
+extern const struct http_rparser_cbs proxy_rparser_cbs;
+void proxy_metrics_init(struct upstream *u);
+/* px->uc is connected and px's: send the head and the queued body. */
+void proxy_conn_ready(struct proxy *px);
+/* The app sent bytes: no retry from now on, and its deadline restarts. */
+void proxy_app_progress(struct proxy *px);
+/* A queued write to the app finished. */
+void proxy_written(struct proxy *px);
+/* The answer is complete and px's connection handed back. */
+void proxy_response_done(struct proxy *px);
+/* px's connection failed (px->uc is NULL already) or its deadline passed. */
+void proxy_fail(struct proxy *px, enum px_error kind);
+void proxy_deadline_expired(struct proxy *px);
+
+#endif
