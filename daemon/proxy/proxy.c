@@ -107,7 +107,7 @@ void proxy_metrics_init(struct upstream *u)
         snprintf(l, sizeof(l), "kind=\"%s\"", px_errors[i].label);
         u->m_err[i] = metrics_counter("batchd_upstream_errors_total", l, h);
     }
-    u->m_err_busy = metrics_counter("batchd_upstream_errors_total", "kind=\"upool_full\"", h);
+    u->m_err_busy = metrics_counter("batchd_upstream_errors_total", "kind=\"pool_full\"", h);
     u->m_err_body = metrics_counter("batchd_upstream_errors_total", "kind=\"body_too_large\"", h);
     const char *ph = "Times one side of a proxied request stopped being read because the other side's queue passed buffer_bytes.";
     u->m_pause_req = metrics_counter("batchd_upstream_pauses_total", "side=\"client_body\"", ph);

@@ -1,6 +1,6 @@
 /*
  * fuzz_http_response: libFuzzer harness for the upstream response parser
- * (proto/http_response.c), driven the way daemon/upstream.c drives it.
+ * (proto/http_response.c), driven the way daemon/proxy/pool.c drives it.
  *
  *   input: [opts][cut1][cut2][cut3] bytes from the app server...
  *

@@ -6,7 +6,7 @@
  *                                                  ├─> body_cb     (collects the body)
  *                                                  └─> complete_cb (writes a description, pauses)
  *
- * Like daemon/upstream.c, complete_cb pauses and the driver then resets the
+ * Like daemon/proxy/pool.c, complete_cb pauses and the driver then resets the
  * parser for the next response on the connection; a pause in head_cb is
  * resumed and the rest of the piece fed again. Every completed response is
  * rendered to text, so one that parses differently when its bytes arrive in
