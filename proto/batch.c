@@ -14,7 +14,7 @@
 
 static struct freelist pool = FREELIST_INIT(POOL_MAX);
 
-static struct batch_entry *entry_alloc(size_t id_len)
+static struct batch_entry *entry_get(size_t id_len)
 {
     if (id_len > BATCH_POOLED_ID_MAX)
         return mem_calloc(1, sizeof(struct batch_entry) + id_len + 1);
@@ -25,7 +25,7 @@ static struct batch_entry *entry_alloc(size_t id_len)
     return e;
 }
 
-static void entry_free(struct batch_entry *e)
+static void entry_put(struct batch_entry *e)
 {
     if (e->id_len > BATCH_POOLED_ID_MAX || !freelist_put(&pool, e))
         free(e);
@@ -68,7 +68,7 @@ struct batch_entry *batch_table_get(struct batch_table *t, const char *id, size_
         *created = false;
         return hashtab_entry(n, struct batch_entry, hnode);
     }
-    struct batch_entry *e = entry_alloc(len);
+    struct batch_entry *e = entry_get(len);
     e->refs = 1; /* the table's */
     e->state = BATCH_QUEUED;
     e->in_table = true;
@@ -104,7 +104,7 @@ void batch_entry_unref(struct batch_entry *e)
         free(e->doc);
     if (e->waiters != &e->one_waiter)
         free(e->waiters);
-    entry_free(e);
+    entry_put(e);
 }
 
 void batch_read_init(struct batch_read *rd, unsigned n)

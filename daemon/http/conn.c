@@ -46,7 +46,7 @@ static size_t conn_parse_cb(struct stream *s, const char *data, size_t n)
     size_t used = http_parser_execute(&c->parser, data, n);
     c->in_parse = false;
     if (c->zombie) {
-        req_release(c->zombie);
+        req_put(c->zombie);
         c->zombie = NULL;
     }
     if (c->state == CONN_CLOSING)

@@ -30,7 +30,7 @@ static inline struct req *req_of(struct http_request *m)
 
 struct req *conn_req_new(struct conn *c)
 {
-    struct req *r = req_alloc();
+    struct req *r = req_get();
     r->conn = c;
     r->router = router_ref(c->lst->router);
     r->start_ns = uv_hrtime();
@@ -299,7 +299,7 @@ void conn_try_resume(struct conn *c)
         start_deferred(c);
         c->in_parse = false;
         if (c->zombie) { /* closed meanwhile; the paused parser holds it no more */
-            req_release(c->zombie);
+            req_put(c->zombie);
             c->zombie = NULL;
         }
         if (c->state != CONN_OPEN)
@@ -345,7 +345,7 @@ static void release_batch_cb(void *ctx, int status)
     struct req *r = ctx;
     while (r) {
         struct req *next = TAILQ_NEXT(r, link);
-        req_release(r);
+        req_put(r);
         r = next;
     }
 }
@@ -386,7 +386,7 @@ void conn_flush(struct conn *c)
                 if (r->state == REQ_HANDLING && !r->abort_cb)
                     r->conn = NULL;
                 else
-                    req_release(r);
+                    req_put(r);
             }
             c->reading = NULL;
         }
@@ -411,7 +411,7 @@ void conn_req_stream_done(struct conn *c, struct req *r, bool close_conn,
     if (conn_head(c) == r)
         dequeue(c);
     req_observe(r);
-    req_release(r);
+    req_put(r);
     if (close_conn) {
         if (c->reason == CONN_REASON_UNSET)
             c->reason = (uint8_t)reason;
@@ -430,9 +430,9 @@ void conn_req_abort(struct conn *c, struct req *r, enum conn_close_reason reason
         if (c->in_parse)
             c->zombie = r; /* released when the parser returns */
         else
-            req_release(r);
+            req_put(r);
     } else {
-        req_release(r);
+        req_put(r);
     }
     conn_close(c, reason);
 }
@@ -457,7 +457,7 @@ void conn_release_reqs(struct conn *c)
             if (r == parsing)
                 c->zombie = r; /* the parser's callbacks still hold it */
             else
-                req_release(r);
+                req_put(r);
         }
     }
 }

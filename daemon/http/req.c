@@ -83,7 +83,7 @@ void req_observe(struct req *r)
 
 /* --- pool ---------------------------------------------------------------- */
 
-struct req *req_alloc(void)
+struct req *req_get(void)
 {
     struct req *r = freelist_get(&pool);
     if (r) {
@@ -104,7 +104,7 @@ static void req_destroy(void *p)
     free(r);
 }
 
-void req_release(struct req *r)
+void req_put(struct req *r)
 {
     router_unref(r->router);
     if (r->msg.head.cap > REQ_KEEP_HEAD_BYTES || r->msg.body.cap > REQ_KEEP_BODY_BYTES ||
@@ -270,7 +270,7 @@ static void finish(struct req *r, int status, const char *content_type)
     r->state = REQ_READY;
     if (r->conn == NULL) { /* the client left; nobody to answer */
         req_observe(r);
-        req_release(r);
+        req_put(r);
         return;
     }
     conn_req_ready(r->conn);
@@ -441,7 +441,7 @@ void req_stream_end_reason(struct req *r, enum conn_close_reason reason)
     struct conn *c = r->conn;
     if (c == NULL) {
         req_observe(r);
-        req_release(r);
+        req_put(r);
         return;
     }
     if (r->state == REQ_STREAMING && (r->stream_chunked || r->head_pending)) {
@@ -457,7 +457,7 @@ void req_stream_abort(struct req *r, enum conn_close_reason reason)
     struct conn *c = r->conn;
     if (c == NULL) {
         req_observe(r);
-        req_release(r);
+        req_put(r);
         return;
     }
     conn_req_abort(c, r, reason);

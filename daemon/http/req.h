@@ -167,9 +167,9 @@ void req_body_resume(struct req *r);
 
 /* --- for conn.c ------------------------------------------------------------ */
 
-struct req *req_alloc(void);
+struct req *req_get(void);
 /* Frees the request, or parks it for reuse. */
-void req_release(struct req *r);
+void req_put(struct req *r);
 /* Drops the parked requests (at exit). */
 void req_pool_drain(void);
 /* Builds the response head (now, so that Connection: close reflects the
