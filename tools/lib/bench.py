@@ -25,10 +25,8 @@ feature that is not built yet) says "n/a: why" and the run goes on. The
 exit status is 0 whenever the run got to the end: ratios are reported,
 never enforced.
 """
-import argparse
 import json
 import os
-import platform
 import re
 import resource
 import signal
@@ -44,6 +42,7 @@ from pathlib import Path
 import redis
 
 from bench_format import fmt_ms, fmt_num, fmt_ratio, fmt_rt, row_ratio, sse_value, update_readme
+from driver import Procs, driver_args, first_line, machine
 
 ROOT = Path(__file__).resolve().parents[2]
 N_SESSIONS = 10000
@@ -83,52 +82,6 @@ class NotAvailable(Exception):
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-class Procs:
-    """Children we start, stopped in reverse order. Their pids also go to a
-    file that tools/bench's exit trap reads, in case we die first."""
-
-    def __init__(self, run):
-        self.run = run
-        self.list = []
-        self.pidfile = run / "pids"
-
-    def start(self, name, argv, cpus=None, env=None, cwd=None, quiet=False):
-        if cpus:
-            argv = ["taskset", "-c", cpus] + argv
-        out = open(os.devnull if quiet else self.run / "logs" / f"{name}.log", "ab")
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=env, cwd=cwd, start_new_session=True)
-        out.close()
-        self.list.append((name, p))
-        self.record(p.pid)
-        return p
-
-    def record(self, pid):
-        """pid and start time (field 22 of /proc/PID/stat), so that the next
-        run stops this process and never one that reused its pid."""
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                start = f.read().rsplit(")", 1)[1].split()[19]
-        except (OSError, IndexError):
-            return
-        with open(self.pidfile, "a") as f:
-            f.write(f"{pid} {start}\n")
-
-    def stop(self, p, timeout=15):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.list = [(n, q) for n, q in self.list if q is not p]
-
-    def stop_all(self):
-        for _, p in reversed(list(self.list)):
-            self.stop(p)
 
 
 def children(pid):
@@ -226,15 +179,6 @@ def http_get(url, headers=None, timeout=10.0, method="GET", data=None):
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
-
-
-def first_line(cmd):
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        text = (out.stdout or out.stderr).strip()
-        return text.splitlines()[0] if text else "?"
-    except (OSError, subprocess.TimeoutExpired):
-        return "not installed"
 
 
 def dpkg_version(pkg):
@@ -1034,15 +978,7 @@ class Bench:
     # -- report --------------------------------------------------------------------------------
 
     def machine(self):
-        cpu = "?"
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = 0
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) / 1024 / 1024
+        cpu, ncpu, mem, kernel = machine()
         osname = "?"
         for line in open("/etc/os-release"):
             if line.startswith("PRETTY_NAME="):
@@ -1070,7 +1006,7 @@ class Bench:
             ("FastAPI stack", f"Python {py[0]}, FastAPI {py[1]}, Starlette {py[2]}, uvicorn {py[3]}, uvloop {py[4]}, "
                               f"httptools {py[5]}, redis-py {py[6]}, asyncpg {py[7]}"),
         ]
-        return cpu, os.cpu_count(), platform.release(), osname, mem, versions
+        return cpu, ncpu, kernel, osname, mem, versions
 
     def ref(self, scenario):
         for r in self.rows:
@@ -1375,18 +1311,8 @@ METHOD = """
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="")
+    ap = driver_args(__doc__)
     ap.add_argument("--cpu", choices=["pinned", "shared"], default="pinned")
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--build", required=True)
-    ap.add_argument("--pg-bin", required=True)
-    ap.add_argument("--redis-port", type=int, required=True)
-    ap.add_argument("--pg-port", type=int, required=True)
-    ap.add_argument("--port-base", type=int, required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--setup-seconds", type=float, default=0.0)
     a = ap.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

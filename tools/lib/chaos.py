@@ -31,11 +31,8 @@ whether the promise held. A scenario that cannot run says why; the run
 goes on. The exit status is 0 whenever the run got to the end: this is a
 measuring tool, the pass/fail tests are in tools/test.
 """
-import argparse
 import asyncio
 import json
-import os
-import platform
 import resource
 import signal
 import subprocess
@@ -47,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chaos_env import ROOT, Env, Skip, log  # noqa: E402
+from driver import driver_args, first_line, machine  # noqa: E402
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -92,19 +90,6 @@ async def run_all(env, only):
         log(f"   {key}: {row['measured']}  met: {row['met']}  ({row['seconds']:.0f} s)")
         rows.append(row)
     return rows
-
-
-def machine():
-    cpu = "?"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = 0
-    for line in open("/proc/meminfo"):
-        if line.startswith("MemTotal"):
-            mem = int(line.split()[1]) / 1024 / 1024
-    return cpu, os.cpu_count(), mem, platform.release()
 
 
 def build_info(build):
@@ -205,28 +190,8 @@ def report(env, rows, wall, out):
         f"(and {out.with_suffix('.json').name}).")
 
 
-def first_line(cmd):
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        text = (out.stdout or out.stderr).strip()
-        return text.splitlines()[0] if text else "?"
-    except (OSError, subprocess.TimeoutExpired):
-        return "not installed"
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="")
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--build", required=True)
-    ap.add_argument("--pg-bin", required=True)
-    ap.add_argument("--redis-port", type=int, required=True)
-    ap.add_argument("--pg-port", type=int, required=True)
-    ap.add_argument("--port-base", type=int, required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--setup-seconds", type=float, default=0.0)
-    a = ap.parse_args()
+    a = driver_args(__doc__).parse_args()
 
     only = [s for s in a.only.split(",") if s]
     known = [k for k, _ in scenarios()]

@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import Procs  # noqa: E402
+from driver import Procs  # noqa: E402
 from chaos_load import Http, HttpFail  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -104,7 +104,34 @@ def build_request(method, path, headers=None, body=None, host="chaos"):
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
-class Http:
+class Stream:
+    """What Http and SseClient share: a raw stream to 127.0.0.1 (r, w) and
+    the bytes read from it but not used yet (buf). A subclass's _fill()
+    reads more into buf and returns False at the end of the stream (or
+    raises)."""
+
+    def close(self):
+        if self.w is not None:
+            try:
+                self.w.transport.abort()
+            except Exception:
+                pass
+        self.r = self.w = None
+
+    async def _until(self, sep):
+        """The bytes up to `sep` (which is consumed too), or None when the
+        stream ends first."""
+        while True:
+            i = self.buf.find(sep)
+            if i >= 0:
+                out = bytes(self.buf[:i])
+                del self.buf[:i + len(sep)]
+                return out
+            if not await self._fill():
+                return None
+
+
+class Http(Stream):
     """One client connection, reconnected on demand. request() sends one
     request and reads its whole answer (Content-Length, chunked, or to EOF);
     after an answer with Connection: close, or any failure, the next
@@ -123,14 +150,6 @@ class Http:
         self.buf = bytearray()
         self.fresh = True
 
-    def close(self):
-        if self.w is not None:
-            try:
-                self.w.transport.abort()
-            except Exception:
-                pass
-        self.r = self.w = None
-
     async def _fill(self):
         try:
             chunk = await self.r.read(65536)
@@ -142,15 +161,7 @@ class Http:
             raise HttpFail("eof" if not self.got else "cut")
         self.got += len(chunk)
         self.buf += chunk
-
-    async def _until(self, sep):
-        while True:
-            i = self.buf.find(sep)
-            if i >= 0:
-                out = bytes(self.buf[:i])
-                del self.buf[:i + len(sep)]
-                return out
-            await self._fill()
+        return True
 
     async def _n(self, n):
         while len(self.buf) < n:
@@ -231,7 +242,7 @@ class Http:
 # --- SSE -----------------------------------------------------------------------------------
 
 
-class SseClient:
+class SseClient(Stream):
     """One SSE stream over a raw socket. open() sends the GET and reads the
     answer's head; frame() returns the next frame as a dict (id, event,
     data, retry, comment) or None at EOF."""
@@ -265,20 +276,15 @@ class SseClient:
             self.headers[k.strip().lower()] = v.strip()
         return self.status
 
-    async def _until(self, sep):
-        while True:
-            i = self.buf.find(sep)
-            if i >= 0:
-                out = bytes(self.buf[:i])
-                del self.buf[:i + len(sep)]
-                return out
-            try:
-                chunk = await self.r.read(65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                return None
-            self.buf += chunk
+    async def _fill(self):
+        try:
+            chunk = await self.r.read(65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return False
+        self.buf += chunk
+        return True
 
     async def frame(self):
         raw = await self._until(b"\n\n")
@@ -300,14 +306,6 @@ class SseClient:
         if data:
             f["data"] = "\n".join(data)
         return f
-
-    def close(self):
-        if self.w is not None:
-            try:
-                self.w.transport.abort()
-            except Exception:
-                pass
-        self.r = self.w = None
 
 
 # --- publishing ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 Each returns one row for the report (see chaos.py)."""
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -74,6 +75,19 @@ async def reader(port, stop, pick, on, timeout=10.0, path=one_path):
     h.close()
 
 
+@contextlib.asynccontextmanager
+async def readers(port, n, pick, on):
+    """n reader()s on port for as long as the `async with` block runs; they
+    are stopped and awaited when it ends, however it ends."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(reader(port, stop, pick, on)) for _ in range(n)]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def wrk(port, seconds, conns=16, args=("path=/v1/sessions/{id}", "hot=1-10000")):
     """wrk -t1 with tools/wrk/bench.lua: its BENCH_RESULT line as a dict."""
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s", "-s",
@@ -130,11 +144,8 @@ async def redis_faults(env):
         else:
             st["miss"] += 1
 
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(reader(b.port, stop, lambda: f"s{random.randint(1, n_ids)}", on))
-             for _ in range(conns)]
     faults = []
-    try:
+    async with readers(b.port, conns, lambda: f"s{random.randint(1, n_ids)}", on):
         await asyncio.sleep(2.0)
         plan = ["SIGKILL"] * kills + ["SIGSTOP"] * stops
         random.Random(11).shuffle(plan)
@@ -160,9 +171,6 @@ async def redis_faults(env):
             log_fault = f"{kind}: Redis back after {back - t0:.1f} s, first cache hit {fmt_s(rec)} later"
             print("   " + log_fault, flush=True)
         await asyncio.sleep(1.0)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
     m = await b.metrics()
     await env.stop_batchd(b)
     errors = sum(st["errors"].values())
@@ -259,10 +267,8 @@ async def pg_restart(env):
             return f"s{random.randint(1, hot_hi)}"
         return f"s{random.randint(hot_hi + 1, 10000)}"
 
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(reader(b.port, stop, pick, on)) for _ in range(conns)]
     rounds = []
-    try:
+    async with readers(b.port, conns, pick, on):
         await asyncio.sleep(2.0)
         for _ in range(restarts):
             h0, hf0 = st["hot"], sum(st["hot_fail"].values())
@@ -281,9 +287,6 @@ async def pg_restart(env):
                                misses_503=st["cold_503_ra"] + st["cold_503_no_ra"] - c503))
             print(f"   PostgreSQL down {up - t0:.1f} s; first miss served {fmt_s(rec)} after it was back", flush=True)
             await asyncio.sleep(2.0)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
     m = await b.metrics()
     await env.stop_batchd(b)
     failed_hits = sum(st["hot_fail"].values())

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/mem.h"
 #include "util.h"
 
 #define MAX_SOURCES 65536
@@ -94,7 +95,7 @@ static int usage_error(const char *what, const char *arg)
 /* "10.0.0.1-10.0.0.9,10.0.1.1": every address, in order. */
 static int parse_sources(struct cli_opts *o, const char *spec)
 {
-    char *copy = util_strdup(spec), *save = NULL, *item;
+    char *copy = mem_strdup(spec), *save = NULL, *item;
     int rc = 0;
 
     for (item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
@@ -114,7 +115,7 @@ static int parse_sources(struct cli_opts *o, const char *spec)
             rc = -1;
             break;
         }
-        o->source_addrs = util_realloc(o->source_addrs, (o->n_sources + (hi - lo) + 1) * sizeof(*o->source_addrs));
+        o->source_addrs = mem_realloc(o->source_addrs, (o->n_sources + (hi - lo) + 1) * sizeof(*o->source_addrs));
         for (uint64_t v = lo; v <= hi; v++) {
             struct sockaddr_in *sa = &o->source_addrs[o->n_sources++];
             memset(sa, 0, sizeof(*sa));
@@ -135,7 +136,7 @@ static char *subst_id(const char *tmpl, const char *id)
 
     for (p = tmpl; (p = strstr(p, "{id}")) != NULL; p += 4)
         cap += strlen(id);
-    out = util_alloc(cap);
+    out = mem_alloc(cap);
     for (p = tmpl; *p;) {
         if (strncmp(p, "{id}", 4) == 0) {
             memcpy(out + n, id, strlen(id));
@@ -164,7 +165,7 @@ static int parse_url(struct cli_opts *o)
     slash = strchr(auth, '/');
     if (slash == NULL || slash == auth)
         return usage_error("--url needs a host and a path", u);
-    o->host = util_strndup(auth, (size_t)(slash - auth));
+    o->host = mem_strndup(auth, (size_t)(slash - auth));
     if (auth[0] == '[') {
         host_end = memchr(auth, ']', (size_t)(slash - auth));
         if (host_end == NULL)
@@ -201,24 +202,24 @@ static int parse_url(struct cli_opts *o)
     memcpy(&o->server, res->ai_addr, res->ai_addrlen);
     freeaddrinfo(res);
 
-    path_tmpl = util_strdup(slash);
+    path_tmpl = mem_strdup(slash);
     if (strstr(path_tmpl, "{id}") == NULL && o->channels > 1) {
         free(path_tmpl);
         return usage_error("--channels > 1 needs {id} in --url", u);
     }
-    o->get_paths = util_calloc(o->channels + 1, sizeof(char *));
-    o->post_paths = util_calloc(o->channels + 1, sizeof(char *));
+    o->get_paths = mem_calloc(o->channels + 1, sizeof(char *));
+    o->post_paths = mem_calloc(o->channels + 1, sizeof(char *));
     for (uint32_t i = 0; i < o->channels; i++) {
         char id[256];
         snprintf(id, sizeof(id), "%s%" PRIu32, o->prefix, i);
         o->get_paths[i] = subst_id(path_tmpl, id);
         if (o->event_type[0]) {
             size_t n = strlen(o->get_paths[i]) + strlen(o->event_type) + 8;
-            o->post_paths[i] = util_alloc(n);
+            o->post_paths[i] = mem_alloc(n);
             snprintf(o->post_paths[i], n, "%s%cevent=%s", o->get_paths[i],
                      strchr(o->get_paths[i], '?') ? '&' : '?', o->event_type);
         } else {
-            o->post_paths[i] = util_strdup(o->get_paths[i]);
+            o->post_paths[i] = mem_strdup(o->get_paths[i]);
         }
     }
     free(path_tmpl);

@@ -25,6 +25,7 @@
 #include <sys/resource.h>
 #include <uv.h>
 
+#include "proto/mem.h"
 #include "cli.h"
 #include "publisher.h"
 #include "sse_client.h"
@@ -338,7 +339,7 @@ static void check_id(const struct sse_event *ev, struct slot *s)
             break;
     if (e == NULL) {
         size_t n = strlen(ev->id);
-        e = util_alloc(sizeof(*e) + n + 1);
+        e = mem_alloc(sizeof(*e) + n + 1);
         memcpy(e->id, ev->id, n + 1);
         e->count = 0;
         e->next = s->early;
@@ -373,7 +374,7 @@ static void on_event_cb(struct sse_client *c, const struct sse_event *ev)
     if (ev->type != (R.o.event_type[0] ? SSE_EVENT_EXPECTED : SSE_EVENT_MESSAGE))
         R.type_mismatch++;
     if (lc->seen == NULL)
-        lc->seen = util_calloc(bitmap_words(), sizeof(uint64_t));
+        lc->seen = mem_calloc(bitmap_words(), sizeof(uint64_t));
     if (bit_test(lc->seen, seq)) {
         lc->dups++;
         R.dups_total++;
@@ -463,7 +464,7 @@ static void on_answer_cb(void *ctx, uint32_t channel, uint32_t seq,
         R.last_publish_real = a->t_ns;
     if (a->reason == NULL) {
         s->state = SLOT_OK;
-        s->id = util_strdup(a->id);
+        s->id = mem_strdup(a->id);
         R.published_ok++;
         R.ok_count[channel]++;
         bit_set(R.ok_bits[channel], seq);
@@ -933,12 +934,12 @@ static void setup(void)
     R.run_start_real = util_real_ns();
     stats_hist_init(&R.lat);
     R.total = (uint64_t)R.o.channels * R.o.events;
-    R.slots = util_calloc(R.total, sizeof(*R.slots));
-    R.ok_count = util_calloc(R.o.channels, sizeof(*R.ok_count));
-    R.ok_bits = util_calloc(R.o.channels, sizeof(*R.ok_bits));
+    R.slots = mem_calloc(R.total, sizeof(*R.slots));
+    R.ok_count = mem_calloc(R.o.channels, sizeof(*R.ok_count));
+    R.ok_bits = mem_calloc(R.o.channels, sizeof(*R.ok_bits));
     words = bitmap_words();
     for (uint32_t i = 0; i < R.o.channels; i++)
-        R.ok_bits[i] = util_calloc(words, sizeof(uint64_t));
+        R.ok_bits[i] = mem_calloc(words, sizeof(uint64_t));
 
     R.ccbs.on_ready_cb = on_ready_cb;
     R.ccbs.on_event_cb = on_event_cb;
@@ -961,7 +962,7 @@ static void setup(void)
     R.pconf.on_answer_cb = on_answer_cb;
 
     R.n_lc = R.o.clients + R.o.no_read;
-    R.lc = util_calloc(R.n_lc, sizeof(*R.lc));
+    R.lc = mem_calloc(R.n_lc, sizeof(*R.lc));
     for (uint32_t i = 0; i < R.n_lc; i++) {
         struct load_client *lc = &R.lc[i];
         bool no_read = i >= R.o.clients;

@@ -17,11 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/mem.h"
 #include "http_resp.h"
 #include "payload.h"
 #include "util.h"
 
-#define READ_BUF_SIZE (16 * 1024)
 #define BODY_KEEP 256          /* enough for {"id":"..."}; the rest is counted only */
 
 enum pub_conn_state {
@@ -64,7 +64,6 @@ struct publisher {
     bool closing;
 };
 
-static char read_buf[READ_BUF_SIZE];
 
 static void kick(struct pub_conn *pc);
 
@@ -118,6 +117,18 @@ static const char *body_id(char *body, size_t n)
 #define conn_of(handle) \
     ((struct pub_conn *)((char *)(handle) - offsetof(struct pub_conn, tcp)))
 
+/* Releases the publisher once publisher_close() has begun and no handle is
+ * open any more. */
+static void publisher_free(struct publisher *p)
+{
+    for (unsigned i = 0; i < p->n; i++) {
+        free(p->conns[i].queue);
+        free(p->conns[i].buf);
+    }
+    free(p->conns);
+    free(p);
+}
+
 static void close_cb(uv_handle_t *h)
 {
     struct pub_conn *pc = conn_of(h);
@@ -126,14 +137,8 @@ static void close_cb(uv_handle_t *h)
     pc->state = PUB_IDLE;
     p->open_handles--;
     if (p->closing) {
-        if (p->open_handles == 0) {
-            for (unsigned i = 0; i < p->n; i++) {
-                free(p->conns[i].queue);
-                free(p->conns[i].buf);
-            }
-            free(p->conns);
-            free(p);
-        }
+        if (p->open_handles == 0)
+            publisher_free(p);
         return;
     }
     kick(pc);
@@ -211,14 +216,6 @@ static const struct http_resp_cbs resp_cbs = {
     .on_body_cb = on_body_cb,
     .on_done_cb = on_done_cb,
 };
-
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)h;
-    (void)suggested;
-    buf->base = read_buf;
-    buf->len = sizeof(read_buf);
-}
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
@@ -312,7 +309,7 @@ static void connect_cb(uv_connect_t *req, int status)
         connect_failed(pc, status);
         return;
     }
-    rc = uv_read_start((uv_stream_t *)&pc->tcp, alloc_cb, read_cb);
+    rc = uv_read_start((uv_stream_t *)&pc->tcp, util_read_alloc_cb, read_cb);
     if (rc < 0) {
         connect_failed(pc, rc);
         return;
@@ -357,7 +354,7 @@ static void kick(struct pub_conn *pc)
 
 struct publisher *publisher_new(const struct publisher_conf *conf)
 {
-    struct publisher *p = util_calloc(1, sizeof(*p));
+    struct publisher *p = mem_calloc(1, sizeof(*p));
     size_t longest = 0;
 
     assert(conf->connections > 0);
@@ -366,14 +363,14 @@ struct publisher *publisher_new(const struct publisher_conf *conf)
             longest = strlen(conf->paths[i]);
     p->conf = conf;
     p->n = conf->connections;
-    p->conns = util_calloc(p->n, sizeof(*p->conns));
+    p->conns = mem_calloc(p->n, sizeof(*p->conns));
     for (unsigned i = 0; i < p->n; i++) {
         struct pub_conn *pc = &p->conns[i];
         pc->pub = p;
         pc->state = PUB_IDLE;
         pc->buf_cap = 256 + longest + strlen(conf->host) + strlen(conf->token) +
                       conf->payload + PAYLOAD_HEAD_MAX + 16;
-        pc->buf = util_alloc(pc->buf_cap);
+        pc->buf = mem_alloc(pc->buf_cap);
     }
     return p;
 }
@@ -384,7 +381,7 @@ void publisher_submit(struct publisher *p, uint32_t channel, uint32_t seq)
 
     if (pc->tail == pc->cap) {
         pc->cap = pc->cap ? pc->cap * 2 : 64;
-        pc->queue = util_realloc(pc->queue, pc->cap * sizeof(*pc->queue));
+        pc->queue = mem_realloc(pc->queue, pc->cap * sizeof(*pc->queue));
     }
     pc->queue[pc->tail++] = (struct pub_item){ channel, seq };
     p->pending++;
@@ -406,12 +403,6 @@ void publisher_close(struct publisher *p)
             uv_close((uv_handle_t *)&pc->tcp, close_cb);
         }
     }
-    if (p->open_handles == 0) {
-        for (unsigned i = 0; i < p->n; i++) {
-            free(p->conns[i].queue);
-            free(p->conns[i].buf);
-        }
-        free(p->conns);
-        free(p);
-    }
+    if (p->open_handles == 0)
+        publisher_free(p);
 }

@@ -21,13 +21,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/mem.h"
 #include "payload.h"
 #include "util.h"
 
-#define READ_BUF_SIZE (64 * 1024)
 #define MAX_RETRY_MS 3600000u
 
-static char read_buf[READ_BUF_SIZE];
 static uint64_t read_now_ns;  /* realtime clock of the current read, 0 = unread */
 
 static const char *const reason_names[] = {
@@ -226,14 +225,6 @@ static const struct http_resp_cbs resp_cbs = {
 
 /* --- I/O ------------------------------------------------------------------ */
 
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)h;
-    (void)suggested;
-    buf->base = read_buf;
-    buf->len = sizeof(read_buf);
-}
-
 /* libuv reports a reset as UV_EOF when POLLHUP comes with the last data
  * (uv__stream_io), so ask the socket: a reset leaves SO_ERROR set or the
  * connection in TCP_CLOSE, a FIN leaves it in TCP_CLOSE_WAIT. */
@@ -306,7 +297,7 @@ static void send_request(struct sse_client *c)
     const char *path = c->conf->paths[c->channel];
     size_t cap = strlen(path) + strlen(c->conf->host) + SSE_CLIENT_ID_MAX + 160;
     char stack[1024];
-    char *req = cap <= sizeof(stack) ? stack : util_alloc(cap);
+    char *req = cap <= sizeof(stack) ? stack : mem_alloc(cap);
     int n, rc;
     uv_buf_t b;
 
@@ -331,7 +322,7 @@ static void send_request(struct sse_client *c)
         request_written(c);
     } else {
         /* The rest is copied: the write request owns it until write_cb. */
-        struct write_req *w = util_alloc(sizeof(*w) + (size_t)(n - rc));
+        struct write_req *w = mem_alloc(sizeof(*w) + (size_t)(n - rc));
         memcpy(w->data, req + rc, (size_t)(n - rc));
         w->req.data = c;
         b = uv_buf_init(w->data, (unsigned)(n - rc));
@@ -357,7 +348,7 @@ static void connect_cb(uv_connect_t *req, int status)
     }
     if (!c->no_read) {
         c->state = SSE_CLIENT_WAITING_HEAD;
-        rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+        rc = uv_read_start((uv_stream_t *)&c->tcp, util_read_alloc_cb, read_cb);
         if (rc < 0) {
             sse_client_close(c, SSE_CLOSE_READ, rc);
             return;
@@ -402,7 +393,7 @@ int sse_client_connect(struct sse_client *c, const struct sockaddr *source)
     if (c->no_read && conf->no_read_rcvbuf > 0 && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
         (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &conf->no_read_rcvbuf,
                          sizeof(conf->no_read_rcvbuf));
-    req = util_alloc(sizeof(*req));
+    req = mem_alloc(sizeof(*req));
     req->data = c;
     rc = uv_tcp_connect(req, &c->tcp, conf->server, connect_cb);
     if (rc < 0) {
@@ -423,7 +414,7 @@ void sse_client_drain(struct sse_client *c)
     if (c->state != SSE_CLIENT_SILENT)
         return;
     c->state = SSE_CLIENT_DRAINING;
-    rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    rc = uv_read_start((uv_stream_t *)&c->tcp, util_read_alloc_cb, read_cb);
     if (rc < 0)
         sse_client_close(c, SSE_CLOSE_READ, rc);
 }

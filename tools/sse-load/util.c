@@ -5,51 +5,18 @@
 
 #include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
-static void out_of_memory(size_t n)
-{
-    fprintf(stderr, "sse-load: out of memory (asked for %zu bytes)\n", n);
-    abort();
-}
+#define READ_BUF_SIZE (64 * 1024)
 
-void *util_alloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (p == NULL)
-        out_of_memory(n);
-    return p;
-}
+static char read_buf[READ_BUF_SIZE];
 
-void *util_calloc(size_t count, size_t size)
+void util_read_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    void *p = calloc(count ? count : 1, size ? size : 1);
-    if (p == NULL)
-        out_of_memory(count * size);
-    return p;
-}
-
-void *util_realloc(void *p, size_t n)
-{
-    void *q = realloc(p, n ? n : 1);
-    if (q == NULL)
-        out_of_memory(n);
-    return q;
-}
-
-char *util_strndup(const char *s, size_t n)
-{
-    char *p = util_alloc(n + 1);
-    memcpy(p, s, n);
-    p[n] = '\0';
-    return p;
-}
-
-char *util_strdup(const char *s)
-{
-    return util_strndup(s, strlen(s));
+    (void)h;
+    (void)suggested;
+    buf->base = read_buf;
+    buf->len = sizeof(read_buf);
 }
 
 static uint64_t clock_ns(clockid_t id)
