@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-static int hexval(char c)
+int url_hex_digit(char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -24,8 +24,8 @@ int url_decode_to(str_t src, bool plus_is_space, char *out, size_t cap, size_t *
         if (c == '+' && plus_is_space) {
             c = ' ';
         } else if (c == '%') {
-            int hi = i + 2 < src.len ? hexval(src.p[i + 1]) : -1;
-            int lo = hi >= 0 ? hexval(src.p[i + 2]) : -1;
+            int hi = i + 2 < src.len ? url_hex_digit(src.p[i + 1]) : -1;
+            int lo = hi >= 0 ? url_hex_digit(src.p[i + 2]) : -1;
             if (lo < 0) {
                 rc = -EINVAL;
                 break;

@@ -32,6 +32,9 @@ int url_decode(str_t src, bool plus_is_space, struct buf *out);
  * then holds a partial result). Allocates nothing. */
 int url_decode_to(str_t src, bool plus_is_space, char *out, size_t cap, size_t *len);
 
+/* The value of one hex digit, or -1. */
+int url_hex_digit(char c);
+
 /* Takes the next "key=value" pair off the front of *rest (raw, undecoded).
  * A pair with no '=' has an empty value. Empty pairs ("a=1&&b=2") are
  * skipped. Returns false when nothing is left. */

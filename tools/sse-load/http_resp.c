@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "proto/url.h"
+
 void http_resp_init(struct http_resp *r)
 {
     memset(r, 0, sizeof(*r));
@@ -124,17 +126,6 @@ static int end_of_head(struct http_resp *r, const struct http_resp_cbs *cbs, voi
     return 0;
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* A complete head or trailer line in r->line. Returns <0 error, 1 stop. */
 static int line_done(struct http_resp *r, const struct http_resp_cbs *cbs, void *ctx)
 {
@@ -223,7 +214,7 @@ ssize_t http_resp_execute(struct http_resp *r, const struct http_resp_cbs *cbs,
             break;
         }
         case HTTP_RESP_CHUNK_SIZE: {
-            int d = hex_value(*s);
+            int d = url_hex_digit(*s);
             if (d >= 0) {
                 if (r->remaining >> 56)
                     return -EPROTO;
