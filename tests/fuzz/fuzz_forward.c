@@ -103,6 +103,32 @@ static bool ends_with(str_t s, const char *tail)
     return s.len >= n && memcmp(s.p + s.len - n, tail, n) == 0;
 }
 
+/* The forwarder appends: out starts with a byte of the caller's, which it
+ * must keep. */
+static void start_head(struct buf *out)
+{
+    buf_reset(out);
+    buf_append_str(out, "x");
+}
+
+/* What the forwarder wrote after start_head, as a heap copy of exactly the
+ * head (free it), so that a parse past its end is caught. */
+static char *forwarded_head(const struct buf *out, size_t *len)
+{
+    CHECK(out->data[0] == 'x');
+    *len = out->len - 1;
+    return fuzz_copy(out->data + 1, *len);
+}
+
+/* The forwarded head did not re-parse as exactly one head: says how. */
+static void reparse_failed(const char *head, size_t len, size_t used, bool failed,
+                           const char *error, unsigned heads)
+{
+    fuzz_dump("forwarded head", head, len);
+    fprintf(stderr, "re-parse: used %zu of %zu, failed=%d (%s), heads=%u", used, len, failed,
+            error, heads);
+}
+
 static str_t req_name(const void *m, uint32_t i) { return http_header_name((const struct http_request *)m, i); }
 static str_t req_value(const void *m, uint32_t i) { return http_header_value((const struct http_request *)m, i); }
 static str_t resp_name(const void *r, uint32_t i) { return http_header_name((const struct http_response *)r, i); }
@@ -273,16 +299,10 @@ static int req_head_cb(struct http_parser *p, struct http_request *m)
         .proto = "http",
         .strip_header = strip_choices[(o >> 4) & 3],
     };
-    buf_reset(&c->out);
-    buf_append_str(&c->out, "x"); /* the forwarder appends: it must keep what is there */
+    start_head(&c->out);
     http_forward_request(m, &f, &c->out);
-    CHECK(c->out.data[0] == 'x');
-
-    /* A heap copy of exactly the head, so a parse past its end is caught. */
-    size_t len = c->out.len - 1;
-    char *head = malloc(len);
-    CHECK(head != NULL);
-    memcpy(head, c->out.data + 1, len);
+    size_t len;
+    char *head = forwarded_head(&c->out, &len);
     c->orig = m;
     c->f = &f;
     c->again_heads = c->again_begun = c->again_done = 0;
@@ -290,9 +310,9 @@ static int req_head_cb(struct http_parser *p, struct http_request *m)
     http_parser_init(&again, &again_cbs, &reparse_limits, c);
     size_t used = http_parser_execute(&again, head, len);
     if (again.failed || used != len || c->again_heads != 1 || c->again_begun != 1) {
-        fuzz_dump("forwarded head", head, len);
-        fprintf(stderr, "re-parse: used %zu of %zu, failed=%d (%s), heads=%u begun=%u\n", used,
-                len, again.failed, http_error_code(again.error), c->again_heads, c->again_begun);
+        reparse_failed(head, len, used, again.failed, http_error_code(again.error),
+                       c->again_heads);
+        fprintf(stderr, " begun=%u\n", c->again_begun);
         abort();
     }
     CHECK(c->again_done <= 1);
@@ -431,15 +451,10 @@ static int resp_head_cb(struct http_rparser *p, struct http_response *r)
         .client_http10 = o & 0x04,
         .close = o & 0x08,
     };
-    buf_reset(&c->out);
-    buf_append_str(&c->out, "x");
+    start_head(&c->out);
     http_forward_response(r, &f, &c->out);
-    CHECK(c->out.data[0] == 'x');
-
-    size_t len = c->out.len - 1;
-    char *head = malloc(len);
-    CHECK(head != NULL);
-    memcpy(head, c->out.data + 1, len);
+    size_t len;
+    char *head = forwarded_head(&c->out, &len);
     c->orig = r;
     c->f = &f;
     c->again_heads = 0;
@@ -448,9 +463,9 @@ static int resp_head_cb(struct http_rparser *p, struct http_response *r)
     http_rparser_reset(&again, f.head_request);
     size_t used = http_rparser_execute(&again, head, len);
     if (again.failed || used != len || c->again_heads != 1) {
-        fuzz_dump("forwarded head", head, len);
-        fprintf(stderr, "re-parse: used %zu of %zu, failed=%d (%s), heads=%u\n", used, len,
-                again.failed, again.error ? again.error : "-", c->again_heads);
+        reparse_failed(head, len, used, again.failed, again.error ? again.error : "-",
+                       c->again_heads);
+        fprintf(stderr, "\n");
         abort();
     }
     http_rparser_deinit(&again);
@@ -509,9 +524,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     /* A heap copy of exactly the bytes, so reads past the end are caught. */
     size_t n = size - 1;
-    char *in = malloc(n ? n : 1);
-    CHECK(in != NULL);
-    memcpy(in, data + 1, n);
+    char *in = fuzz_copy(data + 1, n);
     if (data[0] & 1)
         fuzz_response(data[0], in, n);
     else

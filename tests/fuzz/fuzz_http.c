@@ -25,8 +25,7 @@
 #include <string.h>
 
 #include "proto/http.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "tests/fuzz/fuzz.h"
 
 #define POOL 4 /* request objects, reset and reused in turn */
 
@@ -44,15 +43,6 @@ struct run {
     struct buf streamed; /* the streamed body of the request being read */
 };
 
-#define CHECK(cond)                                                                     \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            fprintf(stderr, "fuzz_http: invariant failed at %s:%d: %s\n", __FILE__,    \
-                    __LINE__, #cond);                                                   \
-            abort();                                                                    \
-        }                                                                               \
-    } while (0)
-
 static bool is_tchar(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -62,17 +52,6 @@ static bool is_tchar(unsigned char c)
 static bool in_url(const struct http_request *m, str_t s)
 {
     return s.p >= m->head.data && s.p + s.len <= m->head.data + m->url_len;
-}
-
-static void log_bytes(struct buf *log, const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c >= 0x20 && c < 0x7f && c != '\\')
-            buf_append_char(log, (char)c);
-        else
-            buf_appendf(log, "\\x%02x", c);
-    }
 }
 
 static struct http_request *begin_cb(struct http_parser *p)
@@ -161,23 +140,18 @@ static int complete_cb(struct http_parser *p, struct http_request *m)
 
     struct buf *log = &r->log;
     buf_appendf(log, "#%u %s ", r->n_done, http_method_name(m->method));
-    log_bytes(log, m->head.data, m->url_len);
+    fuzz_log_bytes(log, m->head.data, m->url_len);
     buf_append_str(log, " path=");
-    log_bytes(log, m->path.p, m->path.len);
+    fuzz_log_bytes(log, m->path.p, m->path.len);
     buf_appendf(log, " query=%s", m->query.p ? "" : "(none)");
-    log_bytes(log, m->query.p, m->query.len);
+    fuzz_log_bytes(log, m->query.p, m->query.len);
     buf_appendf(log, " %u.%u ka=%d ch=%d ex=%d cl=%llu wire=%u\n", m->version_major,
                 m->version_minor, m->keep_alive, m->chunked, m->expect_continue,
                 (unsigned long long)m->content_length, m->wire_head_bytes);
-    for (uint32_t i = 0; i < m->n_headers; i++) {
-        str_t k = http_header_name(m, i), v = http_header_value(m, i);
-        log_bytes(log, k.p, k.len);
-        buf_append_str(log, ": ");
-        log_bytes(log, v.p, v.len);
-        buf_append_char(log, '\n');
-    }
+    for (uint32_t i = 0; i < m->n_headers; i++)
+        fuzz_log_field(log, http_header_name(m, i), http_header_value(m, i));
     buf_appendf(log, "body(%zu) ", body.len);
-    log_bytes(log, body.p, body.len);
+    fuzz_log_bytes(log, body.p, body.len);
     buf_append_char(log, '\n');
     r->n_done++;
     return (r->n_done % 2 == 1) ? HTTP_PARSER_PAUSE : 0;
@@ -192,25 +166,19 @@ static const struct http_parser_cbs cbs = {
 
 /* Feeds in[0..n) as one read, resuming after every pause like a connection.
  * After a resume, execute runs again even with no bytes left: a request
- * paused in head_cb or body_cb at the end of a read completes only then. */
-static void feed(struct http_parser *p, const char *in, size_t n)
+ * paused in head_cb or body_cb at the end of a read completes only then.
+ * Says whether the parser is still good for the next read. */
+static bool feed(void *parser, const char *in, size_t n)
 {
+    struct http_parser *p = parser;
     size_t pos = 0, pauses = 0;
     while (!p->failed) {
         size_t used = http_parser_execute(p, in + pos, n - pos);
-        CHECK(used <= n - pos);
-        pos += used;
-        if (p->failed)
+        if (!fuzz_paused(used, p->failed, p->paused, n, &pos, &pauses))
             break;
-        if (!p->paused) {
-            CHECK(pos == n);
-            break;
-        }
-        /* At most a head, a body piece and a completion pause per byte, plus
-         * those reached with no byte at all after a resume. */
-        CHECK(++pauses <= 3 * n + 3);
         http_parser_resume(p);
     }
+    return !p->failed;
 }
 
 struct result {
@@ -227,18 +195,7 @@ static struct result parse(const uint8_t *data, size_t size, const size_t *cuts,
         http_request_init(&r->pool[i]);
     struct http_parser p;
     http_parser_init(&p, &cbs, &limits, r);
-    size_t pos = 0;
-    for (size_t k = 0; k <= n_cuts && !p.failed; k++) {
-        size_t end = k < n_cuts ? cuts[k] : size;
-        /* A heap copy per read, freed after it: nothing may point into it. */
-        size_t n = end - pos;
-        char *piece = malloc(n ? n : 1);
-        CHECK(piece != NULL);
-        memcpy(piece, data + pos, n);
-        feed(&p, piece, n);
-        free(piece);
-        pos = end;
-    }
+    fuzz_reads(data, size, cuts, n_cuts, feed, &p);
     if (p.failed) {
         CHECK(p.error != HTTP_OK);
         CHECK(http_parser_execute(&p, "GET / HTTP/1.1\r\n", 16) == 0);

@@ -76,17 +76,6 @@ static bool head_flag(const struct run *r, unsigned k)
     return k < N_HEAD_FLAGS && (r->o.head_mask >> k & 1);
 }
 
-static void log_bytes(struct buf *log, const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c >= 0x20 && c < 0x7f && c != '\\')
-            buf_append_char(log, (char)c);
-        else
-            buf_appendf(log, "\\x%02x", c);
-    }
-}
-
 /* A run of decimal digits (leading zeros allowed, as llhttp allows them),
  * or HTTP_NO_LENGTH when v is not one or overflows. */
 static uint64_t decimal_value(str_t v)
@@ -157,17 +146,12 @@ static int head_cb(struct http_rparser *p, struct http_response *resp)
 
     struct buf *log = &r->log;
     buf_appendf(log, "#%u %d [", r->n_done, resp->status);
-    log_bytes(log, resp->head.data, resp->reason_len);
+    fuzz_log_bytes(log, resp->head.data, resp->reason_len);
     buf_appendf(log, "] 1.%u head=%d ch=%d cl=%lld\n", resp->version_minor, r->head_request,
                 resp->chunked,
                 resp->content_length == HTTP_NO_LENGTH ? -1LL : (long long)resp->content_length);
-    for (uint32_t i = 0; i < resp->n_headers; i++) {
-        str_t k = http_header_name(resp, i), v = http_header_value(resp, i);
-        log_bytes(log, k.p, k.len);
-        buf_append_str(log, ": ");
-        log_bytes(log, v.p, v.len);
-        buf_append_char(log, '\n');
-    }
+    for (uint32_t i = 0; i < resp->n_headers; i++)
+        fuzz_log_field(log, http_header_name(resp, i), http_header_value(resp, i));
     buf_append_str(log, "body: ");
     return r->o.pause_head ? HTTP_PARSER_PAUSE : 0;
 }
@@ -184,7 +168,7 @@ static int body_cb(struct http_rparser *p, const char *at, size_t n)
     if (r->content_length != HTTP_NO_LENGTH)
         CHECK(r->body_len <= r->content_length);
     r->n_body_calls++;
-    log_bytes(&r->log, at, n);
+    fuzz_log_bytes(&r->log, at, n);
     return (r->o.pause_body && r->n_body_calls % 2 == 1) ? HTTP_PARSER_PAUSE : 0;
 }
 
@@ -209,12 +193,8 @@ static int complete_cb(struct http_rparser *p, struct http_response *resp)
     buf_appendf(&r->log, "\nbody(%llu) ka=%d\n", (unsigned long long)r->body_len,
                 resp->keep_alive);
     for (uint32_t i = r->n_head_fields; i < resp->n_headers; i++) {
-        str_t k = http_header_name(resp, i), v = http_header_value(resp, i);
         buf_append_str(&r->log, "trailer ");
-        log_bytes(&r->log, k.p, k.len);
-        buf_append_str(&r->log, ": ");
-        log_bytes(&r->log, v.p, v.len);
-        buf_append_char(&r->log, '\n');
+        fuzz_log_field(&r->log, http_header_name(resp, i), http_header_value(resp, i));
     }
     r->phase = PH_BETWEEN;
     r->n_done++;
@@ -231,23 +211,17 @@ static const struct http_rparser_cbs cbs = {
 /* Feeds one read: resumes after a pause in head_cb or body_cb, resets after
  * a completed response, and goes on with what is left of the read. After a
  * resume at the read's last byte, execute runs once more on no bytes: a
- * response paused in head_cb with no body completes only then. */
-static void feed(struct http_rparser *p, struct run *r, const char *in, size_t n)
+ * response paused in head_cb with no body completes only then. Says
+ * whether the parser is still good for the next read. */
+static bool feed(void *parser, const char *in, size_t n)
 {
+    struct http_rparser *p = parser;
+    struct run *r = p->data;
     size_t off = 0, spins = 0;
     for (;;) {
         size_t used = http_rparser_execute(p, in + off, n - off);
-        CHECK(used <= n - off);
-        off += used;
-        if (p->failed)
+        if (!fuzz_paused(used, p->failed, p->paused, n, &off, &spins))
             break;
-        if (!p->paused) {
-            CHECK(off == n);
-            break;
-        }
-        /* A head, a body piece and a completion per byte at most, plus those
-         * reached with no byte after a resume. */
-        CHECK(++spins <= 3 * n + 3);
         if (r->just_completed) {
             r->just_completed = false;
             http_rparser_reset(p, head_flag(r, r->n_done));
@@ -259,6 +233,7 @@ static void feed(struct http_rparser *p, struct run *r, const char *in, size_t n
             CHECK(!p->paused);
         }
     }
+    return !p->failed;
 }
 
 struct result {
@@ -278,18 +253,7 @@ static struct result parse(const struct opts *o, const uint8_t *data, size_t siz
     struct http_rparser p;
     http_rparser_init(&p, &cbs, o->max_head, r);
     http_rparser_reset(&p, head_flag(r, 0));
-    size_t pos = 0;
-    for (size_t k = 0; k <= n_cuts && !p.failed; k++) {
-        size_t end = k < n_cuts ? cuts[k] : size;
-        /* A heap copy per read, freed after it: nothing may point into it. */
-        size_t n = end - pos;
-        char *piece = malloc(n ? n : 1);
-        CHECK(piece != NULL);
-        memcpy(piece, data + pos, n);
-        feed(&p, r, piece, n);
-        free(piece);
-        pos = end;
-    }
+    fuzz_reads(data, size, cuts, n_cuts, feed, &p);
     bool failed_before = p.failed;
     http_rparser_finish(&p);
     if (r->just_completed) { /* finish completed a close-delimited body */

@@ -31,17 +31,7 @@
 #include <string.h>
 
 #include "proto/jtext.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                     \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            fprintf(stderr, "fuzz_json: invariant failed at %s:%d: %s\n", __FILE__,    \
-                    __LINE__, #cond);                                                   \
-            abort();                                                                    \
-        }                                                                               \
-    } while (0)
+#include "tests/fuzz/fuzz.h"
 
 /* Container nesting of a decoded value: "[]" is 1, "1" is 0. */
 static int tree_depth(json_t *v)
@@ -66,49 +56,6 @@ static int tree_depth(json_t *v)
         return max + 1;
     }
     return 0;
-}
-
-/* Length of the well-formed UTF-8 sequence at s (Unicode table 3-7), or 0. */
-static size_t ref_utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    unsigned char lo = 0x80, hi = 0xBF;
-    size_t len;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c == 0xE0)
-        len = 3, lo = 0xA0;
-    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
-        len = 3;
-    else if (c == 0xED)
-        len = 3, hi = 0x9F;
-    else if (c == 0xF0)
-        len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3)
-        len = 4;
-    else if (c == 0xF4)
-        len = 4, hi = 0x8F;
-    else
-        return 0;
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return len;
-}
-
-static bool ref_utf8_valid(const unsigned char *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        size_t len = ref_utf8_len(s + i, n - i);
-        if (len == 0)
-            return false;
-        i += len;
-    }
-    return true;
 }
 
 static void disagree(const char *why, const uint8_t *data, size_t size, const json_error_t *err)
@@ -173,14 +120,14 @@ static void check_append_string(const uint8_t *data, size_t size)
     /* No raw control characters, and only valid UTF-8, in the output. */
     for (size_t i = 0; i < out.len; i++)
         CHECK((unsigned char)out.data[i] >= 0x20);
-    CHECK(ref_utf8_valid((const unsigned char *)out.data, out.len));
+    CHECK(fuzz_utf8_valid((const unsigned char *)out.data, out.len));
 
     json_error_t err;
     json_t *v = json_loadb(lit.p, lit.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
     if (v == NULL || !json_is_string(v))
         disagree("jansson rejects jtext_append_string output", (const uint8_t *)lit.p, lit.len,
                  &err);
-    if (ref_utf8_valid(data, size)) {
+    if (fuzz_utf8_valid(data, size)) {
         CHECK(json_string_length(v) == size);
         CHECK(size == 0 || memcmp(json_string_value(v), data, size) == 0);
     } else {
@@ -194,10 +141,7 @@ static void check_append_string(const uint8_t *data, size_t size)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* A heap copy of exactly `size` bytes, so reads past the end are caught. */
-    char *s = malloc(size ? size : 1);
-    if (s == NULL)
-        return 0;
-    memcpy(s, data, size);
+    char *s = fuzz_copy(data, size);
 
     check_differential(s, size);
 
@@ -212,7 +156,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     if (size > 0)
-        CHECK(jtext_utf8_seq_len(data, size) == ref_utf8_len(data, size));
+        CHECK(jtext_utf8_seq_len(data, size) == fuzz_utf8_len(data, size));
 
     check_append_string(data, size);
     free(s);

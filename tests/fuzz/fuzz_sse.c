@@ -212,51 +212,13 @@ static bool ref_event_name_valid(str_t name)
     return true;
 }
 
-/* Well-formed UTF-8 (Unicode table 3-7: no overlongs, no surrogates, at
- * most U+10FFFF). */
-static bool ref_utf8_valid(const unsigned char *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        unsigned char c = s[i];
-        size_t len;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xC2 && c <= 0xDF)
-            len = 2;
-        else if (c == 0xE0)
-            len = 3, lo = 0xA0;
-        else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
-            len = 3;
-        else if (c == 0xED)
-            len = 3, hi = 0x9F;
-        else if (c == 0xF0)
-            len = 4, lo = 0x90;
-        else if (c >= 0xF1 && c <= 0xF3)
-            len = 4;
-        else if (c == 0xF4)
-            len = 4, hi = 0x8F;
-        else
-            return false;
-        if (n - i < len || s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k < len; k++)
-            if (s[i + k] < 0x80 || s[i + k] > 0xBF)
-                return false;
-        i += len;
-    }
-    return true;
-}
-
 /* sse.h: an id "<ms>-<seq>", an empty or valid event name, UTF-8 data. */
 static bool ref_event_valid(str_t id, str_t event, str_t data)
 {
     struct sse_id tmp;
     return memchr(id.p, '-', id.len) != NULL && ref_id_parse(id, &tmp) &&
            (event.len == 0 || ref_event_name_valid(event)) &&
-           ref_utf8_valid((const unsigned char *)data.p, data.len);
+           fuzz_utf8_valid((const unsigned char *)data.p, data.len);
 }
 
 static void check_idempotency_key(str_t v)
@@ -408,9 +370,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     /* A heap copy of exactly the bytes used, so reads past the end are caught. */
     size_t n = size - 6;
-    char *in = malloc(n ? n : 1);
-    CHECK(in != NULL);
-    memcpy(in, data + 6, n);
+    char *in = fuzz_copy(data + 6, n);
     size_t id_len = n ? data[0] % (n + 1) : 0;
     size_t ev_len = (n - id_len) ? data[1] % (n - id_len + 1) : 0;
     str_t id = str_make(in, id_len);

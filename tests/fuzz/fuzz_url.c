@@ -14,17 +14,7 @@
 #include <string.h>
 
 #include "proto/url.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                     \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            fprintf(stderr, "fuzz_url: invariant failed at %s:%d: %s\n", __FILE__,     \
-                    __LINE__, #cond);                                                   \
-            abort();                                                                    \
-        }                                                                               \
-    } while (0)
+#include "tests/fuzz/fuzz.h"
 
 static const char *const templates[] = {
     "/",
@@ -330,10 +320,7 @@ static void check_template(const char *tpl)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* A heap copy of exactly `size` bytes, so reads past the end are caught. */
-    char *in = malloc(size ? size : 1);
-    if (in == NULL)
-        return 0;
-    memcpy(in, data, size);
+    char *in = fuzz_copy(data, size);
     str_t s = str_make(in, size);
 
     check_decode(s, false);

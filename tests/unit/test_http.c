@@ -152,32 +152,25 @@ static void ctx_free(struct ctx *c)
     free(c);
 }
 
-/* Feeds in[0..len) in pieces ending at cuts[0], cuts[1], ..., then len, each
- * piece from a separate heap copy that is freed right after the call (so ASan
- * catches any pointer kept into the caller's read buffer). Stops at an error
- * or a pause; returns how many bytes were consumed in all. */
+/* One read (see unit_feed): stops at an error or a pause. */
+static bool read_piece(void *arg, const char *piece, size_t n, size_t *used)
+{
+    struct http_parser *p = arg;
+    *used = http_parser_execute(p, piece, n);
+    assert_true(*used <= n);
+    if (*used < n) {
+        assert_true(p->failed || p->paused);
+        return false;
+    }
+    return true;
+}
+
+/* Feeds in[0..len) in reads ending at the cuts (unit_feed); stops at an
+ * error or a pause; returns how many bytes were consumed in all. */
 static size_t feed(struct http_parser *p, const char *in, size_t len, const size_t *cuts,
                    size_t n_cuts)
 {
-    size_t pos = 0;
-    for (size_t k = 0; k <= n_cuts; k++) {
-        size_t end = k < n_cuts ? cuts[k] : len;
-        if (end < pos)
-            continue;
-        size_t n = end - pos;
-        char *piece = malloc(n ? n : 1);
-        assert_non_null(piece);
-        memcpy(piece, in + pos, n);
-        size_t used = http_parser_execute(p, piece, n);
-        free(piece);
-        assert_true(used <= n);
-        pos += used;
-        if (used < n) {
-            assert_true(p->failed || p->paused);
-            break;
-        }
-    }
-    return pos;
+    return unit_feed(in, len, cuts, n_cuts, read_piece, p);
 }
 
 /* Parses `in` fed at the given cuts and renders everything that was
@@ -214,6 +207,18 @@ static char *parse_render(const struct http_limits *lim, const char *in, size_t 
     return parse_render_reuse(lim, in, len, cuts, n_cuts, mode, NULL);
 }
 
+struct render_args {
+    const struct http_limits *lim;
+    enum http_body_mode mode;
+};
+
+static char *render_with(const void *arg, const char *in, size_t len, const size_t *cuts,
+                         size_t n_cuts)
+{
+    const struct render_args *a = arg;
+    return parse_render(a->lim, in, len, cuts, n_cuts, a->mode);
+}
+
 /* The result of parsing `in` must not depend on how the bytes are split:
  * checks every two-piece split and one byte at a time against a single
  * read. Returns the single-read rendering (free it). */
@@ -222,22 +227,8 @@ static char *check_all_splits(const struct http_limits *lim, const char *in,
 {
     size_t len = strlen(in);
     char *whole = parse_render(lim, in, len, NULL, 0, mode);
-    for (size_t cut = 1; cut < len; cut++) {
-        char *split = parse_render(lim, in, len, &cut, 1, mode);
-        if (strcmp(whole, split) != 0)
-            fail_msg("split at byte %zu differs.\n--- one read:\n%s--- split:\n%s", cut, whole,
-                     split);
-        free(split);
-    }
-    size_t *cuts = malloc(len * sizeof(*cuts));
-    assert_non_null(cuts);
-    for (size_t i = 0; i < len; i++)
-        cuts[i] = i + 1;
-    char *bytewise = parse_render(lim, in, len, cuts, len, mode);
-    free(cuts);
-    if (strcmp(whole, bytewise) != 0)
-        fail_msg("byte at a time differs.\n--- one read:\n%s--- bytewise:\n%s", whole, bytewise);
-    free(bytewise);
+    const struct render_args a = { lim, mode };
+    unit_check_splits(whole, in, len, 1, false, render_with, &a);
     return whole;
 }
 
