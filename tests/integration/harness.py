@@ -33,6 +33,26 @@ def free_port():
         return s.getsockname()[1]
 
 
+def made_for_the_test(make, close):
+    """A fixture's body: yields a factory that passes its arguments to
+    make, then closes whatever it made with close(x) after the test.
+
+        @pytest.fixture
+        def things():
+            yield from made_for_the_test(Thing, Thing.close)
+    """
+    made = []
+
+    def _make(*args, **kw):
+        x = make(*args, **kw)
+        made.append(x)
+        return x
+
+    yield _make
+    for x in made:
+        close(x)
+
+
 def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
     """Polls pred() until it is truthy; raises TimeoutError naming `what`."""
     deadline = time.monotonic() + timeout

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from harness import SAN_ENV, Http, get, request, wait_until
+from redis_proxy import ConnProxy
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -336,115 +337,11 @@ def test_failed_channel_sync_backs_off_and_recovers(app, redis):
     assert r.pubsub_numsub("events:session:wt")[0][1] == 0
 
 
-class RedisProxy:
-    """A TCP proxy in front of redis-server that can hold the replies on
-    chosen connections and cut the pub/sub ones: it forces the orderings a
-    real network produces only by chance."""
-
-    class Conn:
-        def __init__(self, client, server, held):
-            self.client, self.server, self.held = client, server, held
-            self.pubsub, self.sent, self.buf = False, b"", b""
-            self.lock = threading.Lock()
-
-        def kill(self):
-            for sock in (self.client, self.server):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        def release(self):
-            with self.lock:
-                self.held = False
-                buf, self.buf = self.buf, b""
-                try:
-                    self.client.sendall(buf)
-                except OSError:
-                    pass  # a connection batchd gave up on
-
-    def __init__(self, target_port):
-        self.target = target_port
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.lsock.getsockname()[1]
-        self.conns, self.hold_new = [], False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.lsock.accept()
-            except OSError:
-                return
-            c = self.Conn(client, socket.create_connection(("127.0.0.1", self.target)), self.hold_new)
-            self.conns.append(c)
-            threading.Thread(target=self._up, args=(c,), daemon=True).start()
-            threading.Thread(target=self._down, args=(c,), daemon=True).start()
-
-    def _up(self, c):
-        while True:
-            try:
-                data = c.client.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                c.kill()
-                return
-            c.sent += data
-            c.pubsub = c.pubsub or b"SUBSCRIBE" in data
-            try:
-                c.server.sendall(data)
-            except OSError:
-                c.kill()
-                return
-
-    def _down(self, c):
-        while True:
-            try:
-                data = c.server.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                c.kill()
-                return
-            with c.lock:
-                try:
-                    if c.held:
-                        c.buf += data
-                    else:
-                        c.client.sendall(data)
-                except OSError:
-                    c.kill()
-                    return
-
-    def hold_commands(self):
-        """Holds the replies on the command connections open now."""
-        held = [c for c in self.conns if not c.pubsub]
-        for c in held:
-            c.held = True
-        return held
-
-    def kill_pubsub(self):
-        for c in self.conns:
-            if c.pubsub:
-                c.kill()
-                c.pubsub = False
-
-    def close(self):
-        try:
-            self.lsock.shutdown(socket.SHUT_RDWR)  # see redis_proxy.py close()
-        except OSError:
-            pass
-        self.lsock.close()
-        for c in self.conns:
-            c.kill()
-
-
 def test_sync_overtaken_by_a_pubsub_drop_does_not_lose_the_gap(start_batchd, redis):
     """A channel's gap read still in flight when the pub/sub connection
     drops again must not mark the channel live: the next SUBSCRIBE
     confirmation has to read the gap that drop opened."""
-    proxy = RedisProxy(redis.port)
+    proxy = ConnProxy(redis.port)
     try:
         b = start_batchd(batchd=f"admin_token = {TOKEN}\n",
                          extra=stream_conf(proxy.port, command_timeout_ms=10000))

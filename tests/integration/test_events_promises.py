@@ -4,153 +4,31 @@ event after it; a retried publish is stored once; a client's queue is bounded
 in real bytes, kernel included; replayed entries are validated like live ones;
 every "retry:" is jittered; a client over the limit is asked to come back.
 
-Races are made deterministic with a TCP proxy in front of Redis that holds
-chosen replies or cuts a connection at a chosen command. Redis itself (XLEN,
-XRANGE, PTTL) is the evidence of what was stored."""
+Races are made deterministic with a TCP proxy in front of Redis (ConnProxy in
+redis_proxy.py) that holds chosen replies or cuts a connection at a chosen
+command. Redis itself (XLEN, XRANGE, PTTL) is the evidence of what was
+stored."""
 
 import signal
 import socket
 import subprocess
-import threading
 
 import pytest
 
 from harness import SAN_ENV, Http, wait_until
+from redis_proxy import ConnProxy
 from test_events import AUTH, TOKEN, Sse, app, publish, publish_until_received, stream_conf  # noqa: F401
 
 RETRY_MS = 2000  # [stream] retry_ms default
 
 
-class Proxy:
-    """A TCP proxy in front of redis-server. Per connection it can hold the
-    replies (and relay them later), or cut the connection once a command
-    holding a marker went through, before its reply is relayed."""
-
-    class Conn:
-        def __init__(self, client, server, held):
-            self.client, self.server = client, server
-            self.pubsub, self.sent = False, b""
-            self.held, self.buf = held, b""
-            self.cut_on, self.cutting = None, False
-            self.lock = threading.Lock()
-
-        def kill(self):
-            for sock in (self.client, self.server):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        def hold(self):
-            with self.lock:
-                self.held = True
-
-        def release(self):
-            with self.lock:
-                self.held = False
-                buf, self.buf = self.buf, b""
-                try:
-                    self.client.sendall(buf)
-                except OSError:
-                    pass  # a connection batchd gave up on
-
-    def __init__(self, target_port):
-        self.target = target_port
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.lsock.getsockname()[1]
-        self.conns, self.hold_new = [], False
-        self.cut = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.lsock.accept()
-            except OSError:
-                return
-            c = self.Conn(client, socket.create_connection(("127.0.0.1", self.target)), self.hold_new)
-            self.conns.append(c)
-            threading.Thread(target=self._up, args=(c,), daemon=True).start()
-            threading.Thread(target=self._down, args=(c,), daemon=True).start()
-
-    def _up(self, c):
-        while True:
-            try:
-                data = c.client.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                c.kill()
-                return
-            with c.lock:
-                c.sent += data
-                c.pubsub = c.pubsub or b"SUBSCRIBE" in data
-                if c.cut_on and c.cut_on in data:
-                    c.cutting = True  # the next reply is not relayed
-            try:
-                c.server.sendall(data)
-            except OSError:
-                c.kill()
-                return
-
-    def _down(self, c):
-        while True:
-            try:
-                data = c.server.recv(65536)
-            except OSError:
-                data = b""
-            with c.lock:
-                if c.cutting or not data:
-                    c.kill()
-                    if c.cutting:
-                        self.cut.set()
-                    return
-                if c.held:
-                    c.buf += data
-                    continue
-                try:
-                    c.client.sendall(data)
-                except OSError:
-                    c.kill()
-                    return
-
-    def commands(self):
-        return [c for c in self.conns if not c.pubsub]
-
-    def pubsubs(self):
-        return [c for c in self.conns if c.pubsub]
-
-    def cut_after(self, marker):
-        """Cuts the command connection that sends `marker` once its reply
-        comes back from Redis, without relaying it."""
-        for c in self.commands():
-            with c.lock:
-                c.cut_on = marker
-
-    def kill_pubsub(self):
-        for c in self.pubsubs():
-            c.kill()
-            c.pubsub = False
-
-    def close(self):
-        # shutdown first: a thread blocked in accept() keeps a closed
-        # listening socket alive, and would accept batchd's reconnect.
-        try:
-            self.lsock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.lsock.close()
-        for c in self.conns:
-            c.kill()
-
-
 @pytest.fixture
 def proxied(start_batchd, redis):
-    """batchd whose Redis connections all go through a Proxy."""
+    """batchd whose Redis connections all go through a ConnProxy."""
     made = []
 
     def _start(stream="", command_timeout_ms=10000):
-        proxy = Proxy(redis.port)
+        proxy = ConnProxy(redis.port)
         made.append(proxy)
         b = start_batchd(batchd=f"admin_token = {TOKEN}\nlog_level = info\n",
                          extra=stream_conf(proxy.port, stream=stream, command_timeout_ms=command_timeout_ms))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness import Http, free_port, get, request, wait_until
+from harness import Http, free_port, get, made_for_the_test, request, wait_until
 from test_proxy import App, app_server, upstream_conf, writes  # noqa: F401  (fixtures)
 
 
@@ -78,16 +78,8 @@ class ScriptedApp:
 
 @pytest.fixture
 def scripted():
-    apps = []
-
-    def _make(answer):
-        a = ScriptedApp(answer)
-        apps.append(a)
-        return a
-
-    yield _make
-    for a in apps:
-        a.close()
+    """scripted(answer) -> ScriptedApp, closed after the test."""
+    yield from made_for_the_test(ScriptedApp, ScriptedApp.close)
 
 
 # --- defect 3: bodiless answers with a length; a stalled answer -------------------

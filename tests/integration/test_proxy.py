@@ -17,16 +17,9 @@ import pytest
 
 from harness import Http, free_port, get, request, wait_until
 from test_resource import BY_IDS, resource_conf
+from upstream_app import pattern  # what GET /big sends
 
 APP = Path(__file__).parent / "upstream_app.py"
-
-
-def pattern(n):
-    block = bytes(range(256)) * 64
-    out = bytearray()
-    while len(out) < n:
-        out += block
-    return bytes(out[:n])
 
 
 class App:

@@ -42,12 +42,20 @@ def test_sigint_drains_too(start_batchd):
     assert b.wait(15) == 0
 
 
-def test_grace_expiry_forces_close(start_batchd):
-    b = start_batchd(batchd="shutdown_grace_ms = 300\nheader_timeout_ms = 60000\n")
+def sigterm_with_a_stuck_request(start_batchd, grace_ms, body_sent):
+    """batchd with one request stuck in its body (100 bytes announced,
+    body_sent sent), told to stop once the connection is seen; -> (b, the
+    stuck client, kept open by the caller)."""
+    b = start_batchd(batchd=f"shutdown_grace_ms = {grace_ms}\nheader_timeout_ms = 60000\n")
     stuck = Http(b.port)
-    stuck.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly part")
+    stuck.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + body_sent)
     wait_until(lambda: b.metric("batchd_connections_open", listener="main") == 1, what="connection seen")
     b.send_signal(signal.SIGTERM)
+    return b, stuck
+
+
+def test_grace_expiry_forces_close(start_batchd):
+    b, stuck = sigterm_with_a_stuck_request(start_batchd, 300, "only part")
     assert b.wait(15) == 0
     assert stuck.wait_closed(5)
     assert "shutdown grace expired" in b.log() and "forced_connections=1" in b.log()
@@ -55,11 +63,7 @@ def test_grace_expiry_forces_close(start_batchd):
 
 
 def test_second_sigterm_exits_at_once(start_batchd):
-    b = start_batchd(batchd="shutdown_grace_ms = 60000\nheader_timeout_ms = 60000\n")
-    stuck = Http(b.port)
-    stuck.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
-    wait_until(lambda: b.metric("batchd_connections_open", listener="main") == 1, what="connection seen")
-    b.send_signal(signal.SIGTERM)
+    b, stuck = sigterm_with_a_stuck_request(start_batchd, 60000, "")
     wait_until(lambda: "shutting down" in b.log(), what="drain to start")
     b.send_signal(signal.SIGTERM)
     assert b.wait(10) == 0

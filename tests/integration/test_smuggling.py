@@ -34,6 +34,7 @@ import time
 
 import pytest
 
+from harness import made_for_the_test
 from raw_upstream import (HOLD, Incomplete, RawUpstream, StrictError, field_values, read_fields,
                           read_framed_body, read_line)
 
@@ -182,16 +183,8 @@ class Problems(list):
 
 @pytest.fixture
 def raw_upstream():
-    ups = []
-
-    def _make(script=None):
-        u = RawUpstream(script)
-        ups.append(u)
-        return u
-
-    yield _make
-    for u in ups:
-        u.stop()
+    """raw_upstream(script=None) -> RawUpstream, stopped after the test."""
+    yield from made_for_the_test(RawUpstream, RawUpstream.stop)
 
 
 # --- shared checks ------------------------------------------------------------------

@@ -34,6 +34,7 @@ PG = None
 
 
 def pattern(n):
+    """The n bytes GET /big sends; test_proxy.py checks bodies against it."""
     block = bytes(range(256)) * 64
     out = bytearray()
     while len(out) < n:
