@@ -405,6 +405,10 @@ def test_race_guard_across_processes(start_batchd, redis, pg):
         assert request(b2.port, "PUT", "/api/sessions/s901?title=new").status == 200
         assert redis.client().exists("batchd:inval:session:s901")
         t.join()
+        # The answer can come before the write-back's reply: wait for that
+        # reply, so the check below sees what the script did (and the entry,
+        # joinable until then, is gone from process 1's table).
+        wait_until(lambda: b1.metric("batchd_cache_writebacks_in_flight") == 0, what="the write-back's reply")
         cached = redis.client().get("session:s901")
         assert cached is None, f"process 1 cached the old row: {cached}"
         assert title(b1.port, "s901") == "new"
