@@ -342,7 +342,7 @@ static void conn_close_cb(struct stream *s, unsigned why)
     if (lvl >= log_min_level) {
         char peer[64];
         log_write(lvl, "connection closed", "reason=%s listener=%s peer=%s requests_in_flight=%u",
-                  reason_names[reason], c->lst->name, stream_peer(s, peer, sizeof(peer)), c->n_reqs);
+                  reason_names[reason], c->lst->name, conn_peer(c, peer, sizeof(peer)), c->n_reqs);
     }
     conn_release_reqs(c);
     uv_timer_stop(&c->timer);
@@ -478,14 +478,43 @@ bool conn_draining(const struct conn *c)
     return c->draining;
 }
 
+/* The peer's address, from the kernel on the first call only. */
+static int peer_of(const struct conn *cc)
+{
+    struct conn *c = (struct conn *)cc; /* a cache: the address never changes */
+    if (!c->peer_known) {
+        struct sockaddr_storage ss;
+        c->peer_rc = stream_peer_addr(&c->s, &ss);
+        if (c->peer_rc == 0 && ss.ss_family == AF_INET6)
+            memcpy(&c->peer.v6, &ss, sizeof(c->peer.v6));
+        else if (c->peer_rc == 0 && ss.ss_family == AF_INET)
+            memcpy(&c->peer.v4, &ss, sizeof(c->peer.v4));
+        else if (c->peer_rc == 0)
+            c->peer_rc = UV_EAFNOSUPPORT;
+        c->peer_known = true;
+    }
+    return c->peer_rc;
+}
+
 int conn_peer_addr(const struct conn *c, struct sockaddr_storage *ss)
 {
-    return stream_peer_addr(&c->s, ss);
+    memset(ss, 0, sizeof(*ss));
+    int rc = peer_of(c);
+    if (rc == 0)
+        memcpy(ss, &c->peer, c->peer.sa.sa_family == AF_INET6 ? sizeof(c->peer.v6) : sizeof(c->peer.v4));
+    return rc;
 }
 
 const char *conn_peer(const struct conn *c, char *out, size_t cap)
 {
-    return stream_peer(&c->s, out, cap);
+    snprintf(out, cap, "?");
+    if (peer_of(c) != 0)
+        return out;
+    if (c->peer.sa.sa_family == AF_INET6)
+        uv_ip6_name(&c->peer.v6, out, cap);
+    else
+        uv_ip4_name(&c->peer.v4, out, cap);
+    return out;
 }
 
 int conn_fd(const struct conn *c)

@@ -78,6 +78,15 @@ struct conn {
     bool served_any;
     uint64_t head_deadline;       /* uv_now() ms by which headers must be in */
     uint32_t linger_bytes;
+    /* The peer's address, asked of the kernel once (the proxy needs it for
+     * every request it forwards) and kept: 28 bytes, not a sockaddr_storage. */
+    bool peer_known;
+    int peer_rc;                  /* getpeername's result, 0 or a libuv error */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in v4;
+        struct sockaddr_in6 v6;
+    } peer;
     LIST_ENTRY(conn) link;        /* the server's list */
 };
 

@@ -329,19 +329,6 @@ int stream_peer_addr(const struct stream *s, struct sockaddr_storage *ss)
     return uv_tcp_getpeername(&s->tcp, (struct sockaddr *)ss, &len);
 }
 
-const char *stream_peer(const struct stream *s, char *out, size_t cap)
-{
-    snprintf(out, cap, "?");
-    struct sockaddr_storage ss;
-    if (stream_peer_addr(s, &ss) != 0)
-        return out;
-    if (ss.ss_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)&ss, out, cap);
-    else
-        uv_ip4_name((struct sockaddr_in *)&ss, out, cap);
-    return out;
-}
-
 int stream_fd(const struct stream *s)
 {
     uv_os_fd_t fd;

@@ -210,8 +210,6 @@ static inline bool stream_closing(const struct stream *s)
 
 /* The peer's address; 0 or a negative libuv error. */
 int stream_peer_addr(const struct stream *s, struct sockaddr_storage *ss);
-/* The peer's address as text, "?" when unknown. */
-const char *stream_peer(const struct stream *s, char *out, size_t cap);
 /* The socket's file descriptor, or -1. */
 int stream_fd(const struct stream *s);
 
