@@ -23,7 +23,6 @@ def test_each_reload_frees_the_config_it_replaced(start_batchd, redis):
         # A setting that reloads in place, so every reload builds a new config.
         b.conf.write_text(b.conf.read_text().replace(f"max_len = {1000 + i}", f"max_len = {1001 + i}"))
         reload(b, i)
-        assert f"max_len = {1001 + i}" in b.conf.read_text()
     assert b.metric("batchd_configs_in_memory") == 1
     # The stream runs with the last one.
     assert publish(b.port, "r1", "after reloads").status == 201
