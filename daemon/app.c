@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "daemon/http/conn.h"
@@ -251,8 +252,13 @@ int app_run(struct config *cfg)
     ops_init(ready_check, a);
 
     srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
-    hashtab_seed_init();
-    jtext_cache_seed(((uint64_t)random() << 32) ^ (uint64_t)random() ^ uv_hrtime());
+    hashtab_seed_init(); /* aborts when getrandom() cannot answer */
+    /* The JSON memo's hash is keyed like the hash tables: from getrandom(),
+     * not from the clock and pid that seed random() (retry jitter only). */
+    uint64_t memo_seed;
+    if (getrandom(&memo_seed, sizeof(memo_seed), 0) != (ssize_t)sizeof(memo_seed))
+        memo_seed = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ uv_hrtime();
+    jtext_cache_seed(memo_seed);
     if (cfg->has_redis)
         a->redis = redis_pool_new(&a->loop, &cfg->redis, cfg->batchd.slow_ms);
     if (cfg->has_postgres)
