@@ -4,6 +4,7 @@ counters: Redis INFO commandstats and pg_stat_statements."""
 
 import asyncio
 import json
+import os
 import signal
 import threading
 import time
@@ -92,6 +93,31 @@ def test_single_read_miss_then_hit(app, redis, pg):
     assert pg.calls(BY_IDS_LIKE) == 1
 
 
+async def fetch_many_at_once(port, paths, pid):
+    """Every request is in batchd's socket buffers before batchd runs again:
+    it is stopped (SIGSTOP) while the clients connect (the kernel completes the
+    handshakes into the listen backlog) and write, then continued. So all the
+    reads reach it in the same loop iterations, whatever the machine's load."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        async def send(path):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            await writer.drain()
+            return reader, writer
+        conns = await asyncio.gather(*[send(p) for p in paths])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    async def answer(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0].split(b":")[1])
+        body = await reader.readexactly(length)
+        writer.close()
+        return int(head.split(b" ")[1]), body
+    return await asyncio.gather(*[answer(r, w) for r, w in conns])
+
+
 def test_400_concurrent_cached_reads_coalesce(app, redis, pg):
     b = app()
     ids = list(range(1, 401))
@@ -100,13 +126,16 @@ def test_400_concurrent_cached_reads_coalesce(app, redis, pg):
         q = ",".join(f"s{i}" for i in ids[k:k + 100])
         assert get(b.port, f"/v1/sessions?ids={q}").status == 200
     redis.client().config_resetstat()
-    results = asyncio.run(fetch_many(b.port, [f"/v1/sessions/s{i}" for i in ids]))
+    results = asyncio.run(fetch_many_at_once(b.port, [f"/v1/sessions/s{i}" for i in ids], b.proc.pid))
     for i, (status, body) in zip(ids, results):
         assert status == 200
         check_doc(json.loads(body), i)
     stats = redis.commandstats()
     assert stats.get("get", 0) == 0
-    assert 1 <= stats.get("mget", 0) <= 40, stats
+    # 400 reads that arrived together: accepted in one loop iteration, read in
+    # the next, so one MGET (max_batch_keys is 1000); a little room for the
+    # kernel handing the connections over in more than one wakeup.
+    assert 1 <= stats.get("mget", 0) <= 4, stats
     assert b.metric("batchd_cache_results_total", resource="sessions", result="hit") >= 400
 
 
@@ -205,7 +234,7 @@ def test_negative_ttl_zero_disables(app, redis, pg):
 
 def test_single_flight_100_concurrent_same_cold_id(app, redis, pg):
     b = app(by_ids=BY_IDS.replace("FROM sessions s WHERE", "FROM sessions s, pg_sleep(0.2) WHERE"))
-    results = asyncio.run(fetch_many(b.port, ["/v1/sessions/s42"] * 100))
+    results = asyncio.run(fetch_many_at_once(b.port, ["/v1/sessions/s42"] * 100, b.proc.pid))
     assert all(s == 200 for s, _ in results)
     assert len({body for _, body in results}) == 1
     assert pg.calls("%pg_sleep(%") == 1
