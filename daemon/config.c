@@ -23,7 +23,7 @@
 
 struct sect_seen {
     enum cfg_sect sect;
-    int index;              /* into resources/streams; 0 for singletons */
+    int index;              /* into resources/streams/lists; 0 for singletons */
     int line;
     uint64_t keys_seen;     /* bit i = i-th key of this section kind */
 };
@@ -68,6 +68,8 @@ static void *sect_struct(struct config *c, enum cfg_sect sect, int index)
     case SECT_UPSTREAM: return &c->upstream;
     case SECT_RESOURCE: return &c->resources[index];
     case SECT_STREAM: return &c->streams[index];
+    case SECT_AUTH: return &c->auth;
+    case SECT_LIST: return &c->lists[index];
     default: return NULL;
     }
 }
@@ -78,6 +80,8 @@ static const char *sect_label(struct config *c, enum cfg_sect sect, int index, c
         snprintf(out, cap, "[resource %s]", c->resources[index].name);
     else if (sect == SECT_STREAM)
         snprintf(out, cap, "[stream %s]", c->streams[index].name);
+    else if (sect == SECT_LIST)
+        snprintf(out, cap, "[list %s]", c->lists[index].name);
     else
         snprintf(out, cap, "[%s]", config_sect_names[sect]);
     return out;
@@ -134,10 +138,10 @@ static void begin_section(struct loader *ld, char *inner)
         if (strcmp(name, config_sect_names[i]) == 0)
             kind = i;
     if (kind < 0) {
-        error_at(ld, ld->line, "[%s]: unknown section (expected batchd, redis, postgres, upstream, resource NAME or stream NAME)", name);
+        error_at(ld, ld->line, "[%s]: unknown section (expected batchd, redis, postgres, upstream, auth, resource NAME, stream NAME or list NAME)", name);
         return;
     }
-    bool named = kind == SECT_RESOURCE || kind == SECT_STREAM;
+    bool named = kind == SECT_RESOURCE || kind == SECT_STREAM || kind == SECT_LIST;
     if (named && (arg == NULL || !valid_name(arg))) {
         error_at(ld, ld->line, "[%s]: needs a name of letters, digits, '_' or '-', like [%s sessions]", name, name);
         return;
@@ -152,6 +156,7 @@ static void begin_section(struct loader *ld, char *inner)
             continue;
         const char *other = kind == SECT_RESOURCE ? c->resources[s->index].name
                           : kind == SECT_STREAM   ? c->streams[s->index].name
+                          : kind == SECT_LIST     ? c->lists[s->index].name
                                                   : NULL;
         if (!named || strcmp(other, arg) == 0) {
             error_at(ld, ld->line, "[%s%s%s]: duplicate section (first at line %d)", name,
@@ -165,6 +170,7 @@ static void begin_section(struct loader *ld, char *inner)
     case SECT_REDIS: c->has_redis = true; break;
     case SECT_POSTGRES: c->has_postgres = true; break;
     case SECT_UPSTREAM: c->has_upstream = true; break;
+    case SECT_AUTH: c->has_auth = true; break;
     case SECT_RESOURCE:
         index = (int)c->n_resources++;
         c->resources = mem_realloc(c->resources, c->n_resources * sizeof(*c->resources));
@@ -178,6 +184,13 @@ static void begin_section(struct loader *ld, char *inner)
         memset(&c->streams[index], 0, sizeof(c->streams[index]));
         c->streams[index].name = mem_strdup(arg);
         c->streams[index].line = ld->line;
+        break;
+    case SECT_LIST:
+        index = (int)c->n_lists++;
+        c->lists = mem_realloc(c->lists, c->n_lists * sizeof(*c->lists));
+        memset(&c->lists[index], 0, sizeof(c->lists[index]));
+        c->lists[index].name = mem_strdup(arg);
+        c->lists[index].line = ld->line;
         break;
     default: break;
     }
@@ -254,224 +267,6 @@ static char *reader_cb(char *str, int num, void *stream)
     return str;
 }
 
-/* --- secrets in printed values ------------------------------------------------
- *
- * Every value the loader prints goes through config_mask_value, and the
- * reason a parser gave is scrubbed of the same secrets (it may quote part of
- * the value). The secret parts of a value depend on its type:
- *   CFG_SECRET     all of it
- *   URL types      the password in user:password@ (all the userinfo when it
- *                  has no ':'), and password-like query parameters
- *   CFG_CONNINFO   password= and sslpassword= values, quoted or not, a
- *                  dbname holding a nested conninfo, or the URL rules for a
- *                  postgresql:// URI
- * A value is printed because it is malformed, so the scanners err towards
- * masking too much rather than trusting a parse that would give up early.
- */
-
-struct spans {
-    struct {
-        size_t off, len;
-    } *v;
-    unsigned n;
-};
-
-static void span_add(struct spans *s, size_t off, size_t len)
-{
-    s->v = mem_realloc(s->v, (s->n + 1) * sizeof(*s->v));
-    s->v[s->n].off = off;
-    s->v[s->n].len = len;
-    s->n++;
-}
-
-/* Case-insensitive: does p[0..n) contain `word`? */
-static bool has_word_ci(const char *p, size_t n, const char *word)
-{
-    size_t w = strlen(word);
-    for (size_t i = 0; i + w <= n; i++)
-        if (strncasecmp(p + i, word, w) == 0)
-            return true;
-    return false;
-}
-
-/* A parameter whose value is a credential: password, sslpassword, pwd, token... */
-static bool secret_name(const char *p, size_t n)
-{
-    return has_word_ci(p, n, "pass") || has_word_ci(p, n, "pwd") || has_word_ci(p, n, "secret") ||
-           has_word_ci(p, n, "token");
-}
-
-/* libpq expands a dbname that is itself a conninfo or a URI. */
-static bool nested_conninfo(const char *key, size_t klen, const char *val, size_t vlen)
-{
-    return klen == 6 && memcmp(key, "dbname", 6) == 0 &&
-           (memchr(val, '=', vlen) != NULL || has_word_ci(val, vlen, "://"));
-}
-
-/* name=value&name=value from q to the end or '#'. */
-static void query_spans(const char *v, const char *q, struct spans *s)
-{
-    while (*q && *q != '#') {
-        size_t n = strcspn(q, "&#");
-        const char *eq = memchr(q, '=', n);
-        if (eq && (secret_name(q, (size_t)(eq - q)) ||
-                   nested_conninfo(q, (size_t)(eq - q), eq + 1, n - (size_t)(eq + 1 - q))))
-            span_add(s, (size_t)(eq + 1 - v), n - (size_t)(eq + 1 - q));
-        q += n;
-        if (*q == '&')
-            q++;
-    }
-}
-
-static void url_spans(const char *v, struct spans *s)
-{
-    const char *sep = strstr(v, "://");
-    const char *auth = sep ? sep + 3 : v; /* no scheme: a typo, still mask user:pw@ */
-    const char *rest = auth;
-    /* The last '@', as parse_redis_url reads it: a password may hold '/' or '@'. */
-    const char *at = strrchr(auth, '@');
-    if (at) {
-        const char *colon = memchr(auth, ':', (size_t)(at - auth));
-        const char *from = colon ? colon + 1 : auth;
-        span_add(s, (size_t)(from - v), (size_t)(at - from));
-        rest = at + 1;
-    }
-    const char *q = strchr(rest, '?');
-    if (q)
-        query_spans(v, q + 1, s);
-}
-
-/* End of one libpq conninfo value: 'quoted \' text' or a word, with \ escapes. */
-static const char *conninfo_value_end(const char *p)
-{
-    if (*p == '\'') {
-        for (p++; *p && *p != '\''; p++)
-            if (*p == '\\' && p[1])
-                p++;
-        return *p ? p + 1 : p;
-    }
-    for (; *p && !isspace((unsigned char)*p); p++)
-        if (*p == '\\' && p[1])
-            p++;
-    return p;
-}
-
-/* key = value pairs separated by spaces, as libpq reads them. */
-static void conninfo_spans(const char *v, struct spans *s)
-{
-    const char *p = v;
-    while (*p) {
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p == '\0')
-            break;
-        const char *key = p;
-        while (*p && *p != '=' && !isspace((unsigned char)*p))
-            p++;
-        size_t klen = (size_t)(p - key);
-        while (isspace((unsigned char)*p))
-            p++;
-        bool secret = secret_name(key, klen);
-        if (*p != '=' && !secret) {
-            /* A word with no '=': libpq rejects it, quoting it. It may be a
-             * password whose key was forgotten. The next word is a key. */
-            span_add(s, (size_t)(key - v), klen);
-            continue;
-        }
-        if (*p == '=') /* "password secret" (no '=') still masks the next word */
-            for (p++; isspace((unsigned char)*p); p++)
-                ;
-        const char *val = p;
-        p = conninfo_value_end(p);
-        size_t vlen = (size_t)(p - val);
-        if (secret || nested_conninfo(key, klen, val, vlen))
-            span_add(s, (size_t)(val - v), vlen);
-    }
-}
-
-static bool is_pg_uri(const char *v)
-{
-    return strncmp(v, "postgresql://", 13) == 0 || strncmp(v, "postgres://", 11) == 0;
-}
-
-/* The secret parts of `v`, in order, not overlapping. */
-static void find_secrets(enum cfg_type type, const char *v, struct spans *s)
-{
-    switch (type) {
-    case CFG_SECRET:
-        span_add(s, 0, strlen(v));
-        break;
-    case CFG_REDIS_URL:
-    case CFG_HTTP_URL:
-        url_spans(v, s);
-        break;
-    case CFG_CONNINFO:
-        if (is_pg_uri(v))
-            url_spans(v, s);
-        else if (strchr(v, '=')) /* otherwise libpq reads it as a database name */
-            conninfo_spans(v, s);
-        break;
-    default:
-        break;
-    }
-}
-
-void config_mask_value(enum cfg_type type, const char *value, struct buf *out)
-{
-    struct spans s = { 0 };
-    find_secrets(type, value, &s);
-    size_t at = 0;
-    for (unsigned i = 0; i < s.n; i++) {
-        buf_append(out, value + at, s.v[i].off - at);
-        buf_append_str(out, "***");
-        at = s.v[i].off + s.v[i].len;
-    }
-    buf_append_str(out, value + at);
-    free(s.v);
-}
-
-/* Replaces every copy of needle[0..n) in b with "***". */
-/* A parser's reason may quote part of the value (cannot resolve host
- * "user:pw@h"): remove the value's secrets from it too, in one pass over
- * the text, so that "***" written for one secret is never searched for
- * another (secrets "*" and "**" would otherwise multiply it). */
-static void scrub_secrets(enum cfg_type type, const char *value, struct buf *text)
-{
-    struct spans s = { 0 };
-    find_secrets(type, value, &s);
-    for (unsigned k = 0; k < s.n; k++) { /* quoted: the secret is inside the quotes */
-        const char *sec = value + s.v[k].off;
-        if (s.v[k].len >= 2 && sec[0] == '\'' && sec[s.v[k].len - 1] == '\'') {
-            s.v[k].off++;
-            s.v[k].len -= 2;
-        }
-    }
-    struct buf out = BUF_INIT;
-    bool changed = false;
-    for (size_t i = 0; i < text->len;) {
-        size_t hit = 0;
-        for (unsigned k = 0; k < s.n; k++) {
-            size_t n = s.v[k].len;
-            if (n > hit && i + n <= text->len && memcmp(text->data + i, value + s.v[k].off, n) == 0)
-                hit = n; /* the longest secret that starts here */
-        }
-        if (hit) {
-            buf_append_str(&out, "***");
-            i += hit;
-            changed = true;
-        } else {
-            buf_append_char(&out, text->data[i++]);
-        }
-    }
-    if (changed) {
-        buf_deinit(text);
-        *text = out;
-    } else {
-        buf_deinit(&out);
-    }
-    free(s.v);
-}
-
 static int handler_cb(void *user, const char *section, const char *name, const char *value)
 {
     struct loader *ld = user;
@@ -512,7 +307,7 @@ static int handler_cb(void *user, const char *section, const char *name, const c
             if (config_key_set(k, s, value, &why) != 0) {
                 struct buf shown = BUF_INIT;
                 config_mask_value(k->type, value, &shown);
-                scrub_secrets(k->type, value, &why);
+                config_scrub_secrets(k->type, value, &why);
                 error_at(ld, ld->line, "%s %s = %s: %s", label, name, shown.data ? shown.data : "",
                          why.data ? why.data : "");
                 buf_deinit(&shown);
@@ -548,6 +343,100 @@ static void check_required(struct loader *ld)
 static bool addr_same(const struct cfg_addr *a, const struct cfg_addr *b)
 {
     return a->len && a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
+static const struct cfg_resource *find_resource(const struct config *c, const char *name)
+{
+    for (unsigned i = 0; name && i < c->n_resources; i++)
+        if (strcmp(c->resources[i].name, name) == 0)
+            return &c->resources[i];
+    return NULL;
+}
+
+static bool word_ok(const char *s)
+{
+    if (*s == '\0' || strlen(s) > 64)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '_')
+            return false;
+    return true;
+}
+
+/* [auth], access = ..., and [list] sections: what each needs from the others. */
+static void check_access(struct loader *ld)
+{
+    struct config *c = ld->cfg;
+    const struct cfg_auth *a = &c->auth;
+    bool jwt = a->jwt_secret_file[0] || a->jwt_public_keys.n;
+    bool forward = a->check_url[0] != '\0';
+    int aline = 1;
+    for (unsigned i = 0; i < ld->n_secs; i++)
+        if (ld->secs[i].sect == SECT_AUTH)
+            aline = ld->secs[i].line;
+    if (c->has_auth && !jwt && !forward)
+        error_at(ld, aline, "[auth]: set jwt_secret_file or jwt_public_keys (JWTs), check_url (forward auth), or both");
+    if (forward && (a->check_url[0] != '/' || strpbrk(a->check_url, " \t\r\n#")))
+        error_at(ld, aline, "[auth] check_url: must be a path on [upstream], like /api/auth/whoami");
+    if (forward && !c->has_upstream)
+        error_at(ld, aline, "[auth] check_url: needs an [upstream] section, the app that answers it");
+    if (forward && a->check_principal_header[0] == '\0')
+        error_at(ld, aline, "[auth] check_principal_header: must be set when check_url is");
+    if (a->jwt_cookie[0] && strpbrk(a->jwt_cookie, " \t;,=\"\r\n"))
+        error_at(ld, aline, "[auth] jwt_cookie: must be a cookie name");
+
+    for (unsigned i = 0; i < c->n_resources; i++) {
+        const struct cfg_resource *r = &c->resources[i];
+        if (r->access != ACCESS_PUBLIC && !c->has_auth)
+            error_at(ld, r->line, "[resource %s] access: %s needs an [auth] section", r->name,
+                     r->access == ACCESS_OWNER ? "owner" : "authenticated");
+        if (r->access == ACCESS_OWNER && r->owner_field[0] == '\0')
+            error_at(ld, r->line, "[resource %s] owner_field: required with access = owner (the top-level field naming the owner)", r->name);
+    }
+    for (unsigned i = 0; i < c->n_streams; i++) {
+        const struct cfg_stream *s = &c->streams[i];
+        if (s->access != ACCESS_PUBLIC && !c->has_auth)
+            error_at(ld, s->line, "[stream %s] access: %s needs an [auth] section", s->name,
+                     s->access == ACCESS_OWNER ? "owner" : "authenticated");
+        const struct cfg_resource *r = find_resource(c, s->owner_resource);
+        if (s->access == ACCESS_OWNER && r == NULL)
+            error_at(ld, s->line, "[stream %s] owner_resource: access = owner needs the name of a [resource] whose {id} document owns the stream", s->name);
+        else if (s->access == ACCESS_OWNER && r->owner_field[0] == '\0')
+            error_at(ld, s->line, "[stream %s] owner_resource: [resource %s] has no owner_field", s->name, r->name);
+        if (s->owners_publish && s->access != ACCESS_OWNER)
+            error_at(ld, s->line, "[stream %s] owners_publish: needs access = owner", s->name);
+    }
+    for (unsigned i = 0; i < c->n_lists; i++) {
+        const struct cfg_listing *l = &c->lists[i];
+        if (!c->has_auth)
+            error_at(ld, l->line, "[list %s]: needs an [auth] section (its pages belong to the principal)", l->name);
+        if (!c->has_postgres)
+            error_at(ld, l->line, "[list %s]: needs a [postgres] section for page_query", l->name);
+        if (l->ttl > 0 && !c->has_redis)
+            error_at(ld, l->line, "[list %s] ttl: caching pages needs a [redis] section (or ttl = 0)", l->name);
+        if (find_resource(c, l->resource) == NULL)
+            error_at(ld, l->line, "[list %s] resource: no [resource %s]", l->name, l->resource);
+        if (l->default_limit > l->max_limit)
+            error_at(ld, l->line, "[list %s] default_limit: must not exceed max_limit (%lld)", l->name,
+                     (long long)l->max_limit);
+        if (l->params.n > 16)
+            error_at(ld, l->line, "[list %s] params: at most 16", l->name);
+        for (unsigned k = 0; k < l->params.n; k++) {
+            const char *p = l->params.items[k];
+            if (!word_ok(p) || strcmp(p, "limit") == 0 || strcmp(p, "after") == 0 ||
+                strcmp(p, "access_token") == 0)
+                error_at(ld, l->line, "[list %s] params: \"%s\" must be letters, digits or '_', and not limit, after or access_token",
+                         l->name, p);
+        }
+        for (unsigned j = 0; j < c->n_resources; j++)
+            if (l->path && c->resources[j].path && strcmp(l->path, c->resources[j].path) == 0)
+                error_at(ld, l->line, "[list %s] path: %s is already used by [resource %s]", l->name,
+                         l->path, c->resources[j].name);
+        for (unsigned j = 0; j < i; j++)
+            if (l->path && c->lists[j].path && strcmp(l->path, c->lists[j].path) == 0)
+                error_at(ld, l->line, "[list %s] path: %s is already used by [list %s]", l->name,
+                         l->path, c->lists[j].name);
+    }
 }
 
 static void check_cross(struct loader *ld)
@@ -587,6 +476,7 @@ static void check_cross(struct loader *ld)
             error_at(ld, s->line, "[stream %s] max_event_bytes: must not exceed client_queue_bytes (%lld), or one event would overflow a client",
                      s->name, (long long)s->client_queue_bytes);
     }
+    check_access(ld);
 }
 
 struct config *config_load(const char *path, struct buf *errors)
@@ -599,6 +489,8 @@ struct config *config_load(const char *path, struct buf *errors)
     live_configs++;
     ld.cfg->file = mem_strdup(path);
 
+    /* [auth] may be absent: its fields still hold their defaults ("" for off). */
+    apply_defaults(&ld, SECT_AUTH, &ld.cfg->auth);
     ld.fp = fopen(path, "r");
     if (ld.fp == NULL) {
         buf_appendf(errors, "%s: cannot open: %s\n", path, strerror(errno));
@@ -638,6 +530,8 @@ struct config *config_load(const char *path, struct buf *errors)
         ld.cfg->resources[i].owner = ld.cfg;
     for (unsigned i = 0; i < ld.cfg->n_streams; i++)
         ld.cfg->streams[i].owner = ld.cfg;
+    for (unsigned i = 0; i < ld.cfg->n_lists; i++)
+        ld.cfg->lists[i].owner = ld.cfg;
     return ld.cfg;
 }
 
@@ -663,8 +557,14 @@ static void config_free(struct config *c)
         release_sect(SECT_STREAM, &c->streams[i]);
         free(c->streams[i].name);
     }
+    release_sect(SECT_AUTH, &c->auth);
+    for (unsigned i = 0; i < c->n_lists; i++) {
+        release_sect(SECT_LIST, &c->lists[i]);
+        free(c->lists[i].name);
+    }
     free(c->resources);
     free(c->streams);
+    free(c->lists);
     free(c->file);
     free(c);
 }

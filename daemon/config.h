@@ -111,6 +111,33 @@ struct cfg_upstream {
 
 struct config;
 
+/* Who may read a resource or subscribe to a stream. */
+enum cfg_access {
+    ACCESS_PUBLIC,          /* anyone who can reach batchd (no credential looked at) */
+    ACCESS_AUTHENTICATED,   /* any verified principal */
+    ACCESS_OWNER,           /* the principal named by the document's owner_field */
+};
+
+/* [auth]: who is asking. JWTs verified by batchd, or forward auth through
+ * the app (check_url). Empty strings mean "not set". */
+struct cfg_auth {
+    char *jwt_secret_file;          /* HS256 */
+    struct cfg_list jwt_public_keys;/* PEM files, RS256/ES256, picked by kid */
+    char *jwt_issuer;               /* required iss when set */
+    char *jwt_audience;             /* required in aud when set */
+    char *principal_claim;
+    int64_t leeway_s;
+    int64_t max_token_bytes;
+    char *jwt_cookie;               /* the token may come from this cookie */
+    bool query_token;               /* on SSE routes, ?access_token= */
+    char *check_url;                /* forward auth: path on [upstream] */
+    char *check_principal_header;   /* in the app's 2xx answer */
+    int64_t check_cache_ms;
+    int64_t check_cache_entries;
+    int64_t check_timeout_ms;
+    char *forward_principal_header; /* set on proxied requests; always removed from clients' */
+};
+
 struct cfg_resource {
     struct config *owner;   /* the config this section is part of (see config_ref) */
     char *name;
@@ -125,6 +152,8 @@ struct cfg_resource {
     int64_t max_ids_in_flight;  /* distinct ids queued or being read; more: 503 resource_busy */
     char *by_ids;
     struct cfg_list invalidate;
+    int64_t access;             /* enum cfg_access */
+    char *owner_field;          /* top-level field of the document naming its owner */
 };
 
 struct cfg_stream {
@@ -143,6 +172,25 @@ struct cfg_stream {
     int64_t idempotency_window_ms;      /* how long a publish's Idempotency-Key is remembered */
     int64_t sync_held_bytes;            /* live events a syncing channel holds; past it: re-read */
     int64_t sync_gap_bytes;             /* a channel's gap read held before passing it on */
+    int64_t access;                     /* enum cfg_access */
+    char *owner_resource;               /* access = owner: the resource whose {id} document owns it */
+    bool owners_publish;                /* the owner may publish, not only the admin token */
+};
+
+/* [list NAME]: owner-scoped pages, ids from page_query, bodies from a resource. */
+struct cfg_listing {
+    struct config *owner;   /* the config this section is part of (see config_ref) */
+    char *name;
+    int line;
+    char *path;
+    char *resource;             /* the [resource] the items are read from */
+    char *page_query;           /* $1 principal, $2 cursor, $3 limit + 1, $4... params */
+    struct cfg_list params;     /* query-string filters, passed as $4... */
+    int64_t default_limit;
+    int64_t max_limit;
+    int64_t ttl;                /* a page's ids cached in Redis; 0: not cached */
+    int64_t max_cursor_bytes;
+    struct cfg_list invalidate; /* the principal's proxied writes that drop its pages */
 };
 
 struct config {
@@ -156,6 +204,10 @@ struct config {
     unsigned n_resources;
     struct cfg_stream *streams;
     unsigned n_streams;
+    bool has_auth;
+    struct cfg_auth auth;
+    struct cfg_listing *lists;
+    unsigned n_lists;
     unsigned refs;      /* holders: the app (while running), routers, resources, streams */
 };
 

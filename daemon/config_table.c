@@ -28,6 +28,7 @@
 const char *const config_sect_names[SECT__COUNT] = {
     [SECT_BATCHD] = "batchd",     [SECT_REDIS] = "redis",       [SECT_POSTGRES] = "postgres",
     [SECT_UPSTREAM] = "upstream", [SECT_RESOURCE] = "resource", [SECT_STREAM] = "stream",
+    [SECT_AUTH] = "auth",         [SECT_LIST] = "list",
 };
 
 #define B(name, type, min, max, def, reload) \
@@ -42,6 +43,10 @@ const char *const config_sect_names[SECT__COUNT] = {
     { SECT_RESOURCE, #name, type, min, max, def, true, offsetof(struct cfg_resource, name) }
 #define ST(name, type, min, max, def) \
     { SECT_STREAM, #name, type, min, max, def, true, offsetof(struct cfg_stream, name) }
+#define A(name, type, min, max, def) \
+    { SECT_AUTH, #name, type, min, max, def, true, offsetof(struct cfg_auth, name) }
+#define L(name, type, min, max, def) \
+    { SECT_LIST, #name, type, min, max, def, true, offsetof(struct cfg_listing, name) }
 
 const struct cfg_key config_keys[] = {
     B(listen, CFG_ADDR, 0, 0, "127.0.0.1:8080", false),
@@ -97,6 +102,8 @@ const struct cfg_key config_keys[] = {
     RS(max_ids_in_flight, CFG_INT, 1, 10000000, "50000"),
     RS(by_ids, CFG_SQL, 0, 0, NULL),
     RS(invalidate, CFG_TPL_LIST, 0, 0, ""),
+    RS(access, CFG_ACCESS, 0, 0, "public"),
+    RS(owner_field, CFG_STR_OPT, 0, 0, ""),
 
     ST(path, CFG_PATH_TPL, 0, 0, NULL),
     ST(key, CFG_KEY_TPL, 0, 0, NULL),
@@ -110,6 +117,35 @@ const struct cfg_key config_keys[] = {
     ST(idempotency_window_ms, CFG_INT, 1000, 86400000, "300000"),
     ST(sync_held_bytes, CFG_INT, 4 * KB, 1 * GB, "1048576"),
     ST(sync_gap_bytes, CFG_INT, 4 * KB, 1 * GB, "1048576"),
+    ST(access, CFG_ACCESS, 0, 0, "public"),
+    ST(owner_resource, CFG_STR_OPT, 0, 0, ""),
+    ST(owners_publish, CFG_BOOL, 0, 0, "no"),
+
+    A(jwt_secret_file, CFG_STR_OPT, 0, 0, ""),
+    A(jwt_public_keys, CFG_STR_LIST, 0, 0, ""),
+    A(jwt_issuer, CFG_STR_OPT, 0, 0, ""),
+    A(jwt_audience, CFG_STR_OPT, 0, 0, ""),
+    A(principal_claim, CFG_STR, 0, 0, "sub"),
+    A(leeway_s, CFG_INT, 0, 3600, "30"),
+    A(max_token_bytes, CFG_INT, 64, 64 * KB, "8192"),
+    A(jwt_cookie, CFG_STR_OPT, 0, 0, ""),
+    A(query_token, CFG_BOOL, 0, 0, "yes"),
+    A(check_url, CFG_STR_OPT, 0, 0, ""),
+    A(check_principal_header, CFG_HEADER, 0, 0, "X-Principal"),
+    A(check_cache_ms, CFG_INT, 0, 3600000, "5000"),
+    A(check_cache_entries, CFG_INT, 1, 10000000, "100000"),
+    A(check_timeout_ms, CFG_INT, 10, 600000, "2000"),
+    A(forward_principal_header, CFG_HEADER, 0, 0, "X-Principal"),
+
+    L(path, CFG_PATH, 0, 0, NULL),
+    L(resource, CFG_STR, 0, 0, NULL),
+    L(page_query, CFG_SQL, 0, 0, NULL),
+    L(params, CFG_STR_LIST, 0, 0, ""),
+    L(default_limit, CFG_INT, 1, 10000, "20"),
+    L(max_limit, CFG_INT, 1, 10000, "200"),
+    L(ttl, CFG_INT, 0, 86400, "30"),
+    L(max_cursor_bytes, CFG_INT, 16, 4096, "512"),
+    L(invalidate, CFG_PATH_LIST, 0, 0, ""),
 };
 
 const size_t config_n_keys = sizeof(config_keys) / sizeof(config_keys[0]);
@@ -141,6 +177,8 @@ static void list_release(struct cfg_list *l)
     case CFG_PATH:                                                                      \
     case CFG_PATH_TPL:                                                                  \
     case CFG_KEY_TPL:                                                                   \
+    case CFG_STR_OPT:                                                                   \
+    case CFG_HEADER:                                                                    \
     case CFG_SQL
 
 void config_key_release(const struct cfg_key *k, void *s)
@@ -149,6 +187,7 @@ void config_key_release(const struct cfg_key *k, void *s)
     case CFG_INT:
     case CFG_BOOL:
     case CFG_LOG_LEVEL:
+    case CFG_ACCESS:
         break;
     CFG_CASE_STRINGS:
         free(*FIELD(char *, s, k));
@@ -176,6 +215,8 @@ void config_key_release(const struct cfg_key *k, void *s)
         break;
     }
     case CFG_TPL_LIST:
+    case CFG_STR_LIST:
+    case CFG_PATH_LIST:
         list_release(FIELD(struct cfg_list, s, k));
         break;
     case CFG_CIDR_LIST: {
@@ -190,7 +231,7 @@ void config_key_release(const struct cfg_key *k, void *s)
 
 /* --- parsers ---------------------------------------------------------------- */
 
-static int parse_int(const char *v, int64_t *out)
+int config_parse_int(const char *v, int64_t *out)
 {
     if (*v == '\0')
         return -1;
@@ -200,210 +241,6 @@ static int parse_int(const char *v, int64_t *out)
     if (errno || *end != '\0')
         return -1;
     *out = x;
-    return 0;
-}
-
-static int parse_port(const char *s, int *port)
-{
-    int64_t p;
-    if (parse_int(s, &p) != 0 || p < 1 || p > 65535)
-        return -1;
-    *port = (int)p;
-    return 0;
-}
-
-/* Splits "host:port" or "[v6]:port". host is written to `host` (cap bytes). */
-static int split_host_port(const char *v, char *host, size_t cap, const char **port)
-{
-    const char *colon;
-    if (v[0] == '[') {
-        const char *close = strchr(v, ']');
-        if (close == NULL || close[1] != ':')
-            return -1;
-        size_t n = (size_t)(close - v - 1);
-        if (n == 0 || n >= cap)
-            return -1;
-        memcpy(host, v + 1, n);
-        host[n] = '\0';
-        *port = close + 2;
-        return 0;
-    }
-    colon = strrchr(v, ':');
-    if (colon == NULL)
-        return -1;
-    size_t n = (size_t)(colon - v);
-    if (n == 0 || n >= cap)
-        return -1;
-    memcpy(host, v, n);
-    host[n] = '\0';
-    *port = colon + 1;
-    return 0;
-}
-
-static int resolve(const char *host, const char *port, bool passive, struct cfg_addr *a,
-                   struct buf *why)
-{
-    struct addrinfo hints = { 0 }, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-    if (strcmp(host, "*") == 0)
-        host = "0.0.0.0";
-    int rc = getaddrinfo(host, port, &hints, &res);
-    if (rc != 0 || res == NULL) {
-        buf_appendf(why, "cannot resolve host \"%s\" (%s)", host, gai_strerror(rc));
-        return -1;
-    }
-    memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
-    a->len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
-static int parse_addr(const char *v, struct cfg_addr *a, struct buf *why)
-{
-    char host[256];
-    const char *port_s;
-    int port;
-    if (split_host_port(v, host, sizeof(host), &port_s) != 0) {
-        buf_append_str(why, "must be host:port, like 127.0.0.1:8080 or [::1]:8080");
-        return -1;
-    }
-    if (parse_port(port_s, &port) != 0) {
-        buf_append_str(why, "port must be a number from 1 to 65535");
-        return -1;
-    }
-    if (resolve(host, port_s, true, a, why) != 0)
-        return -1;
-    a->text = mem_strdup(v);
-    return 0;
-}
-
-static char *pct_decode_dup(const char *s, size_t n)
-{
-    struct buf b = BUF_INIT;
-    if (url_decode(str_make(s, n), false, &b) != 0) {
-        buf_deinit(&b);
-        return NULL;
-    }
-    if (b.data == NULL)
-        return mem_strdup("");
-    return b.data;
-}
-
-/* redis://[[username]:password@]host[:port][/db] */
-static int parse_redis_url(const char *v, struct cfg_redis_url *u, struct buf *why)
-{
-    const char *p = v;
-    if (strncmp(p, "redis://", 8) != 0) {
-        buf_append_str(why, "must be redis://[:password@]host[:port][/db] (rediss:// and unix sockets are not supported)");
-        return -1;
-    }
-    p += 8;
-    const char *at = strrchr(p, '@');
-    const char *slash = strchr(at ? at : p, '/');
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (colon == NULL) {
-            buf_append_str(why, "credentials must be :password@ or user:password@");
-            return -1;
-        }
-        if (colon > p)
-            u->username = pct_decode_dup(p, (size_t)(colon - p));
-        u->password = pct_decode_dup(colon + 1, (size_t)(at - colon - 1));
-        if ((colon > p && u->username == NULL) || u->password == NULL) {
-            buf_append_str(why, "bad percent-escape in credentials");
-            return -1;
-        }
-        p = at + 1;
-    }
-    size_t hostport_len = slash ? (size_t)(slash - p) : strlen(p);
-    char hp[256];
-    if (hostport_len == 0 || hostport_len >= sizeof(hp)) {
-        buf_append_str(why, "has no host");
-        return -1;
-    }
-    memcpy(hp, p, hostport_len);
-    hp[hostport_len] = '\0';
-    char host[256];
-    const char *port_s;
-    u->port = 6379;
-    if (split_host_port(hp, host, sizeof(host), &port_s) == 0) {
-        if (parse_port(port_s, &u->port) != 0) {
-            buf_append_str(why, "port must be a number from 1 to 65535");
-            return -1;
-        }
-    } else {
-        if (hp[0] == '[' || strchr(hp, ':')) {
-            buf_append_str(why, "has a bad host:port");
-            return -1;
-        }
-        snprintf(host, sizeof(host), "%s", hp);
-    }
-    u->host = mem_strdup(host);
-    u->db = 0;
-    if (slash && slash[1] != '\0') {
-        int64_t db;
-        if (parse_int(slash + 1, &db) != 0 || db < 0 || db > 10000) {
-            buf_append_str(why, "database must be a number, like /0");
-            return -1;
-        }
-        u->db = (int)db;
-    }
-    struct buf t = BUF_INIT;
-    buf_appendf(&t, "redis://%s%s%s:%d/%d", u->password ? (u->username ? u->username : "") : "",
-                u->password ? ":***@" : "", u->host, u->port, u->db);
-    u->text = t.data;
-    return 0;
-}
-
-/* http://host[:port][/] — no path, no TLS. */
-static int parse_http_url(const char *v, struct cfg_http_url *u, struct buf *why)
-{
-    if (strncmp(v, "https://", 8) == 0) {
-        buf_append_str(why, "https upstreams are not supported; batchd is a sidecar on the app host, use http://");
-        return -1;
-    }
-    if (strncmp(v, "http://", 7) != 0) {
-        buf_append_str(why, "must be http://host[:port]");
-        return -1;
-    }
-    const char *p = v + 7;
-    if (strchr(p, '@')) {
-        buf_append_str(why, "must not hold user:password@; batchd sends no credentials upstream");
-        return -1;
-    }
-    size_t n = strcspn(p, "/?#");
-    if (p[n] != '\0' && !(p[n] == '/' && p[n + 1] == '\0')) {
-        buf_append_str(why, "must not have a path; requests keep theirs");
-        return -1;
-    }
-    char hp[256], host[256], port_buf[8];
-    const char *port_s;
-    if (n == 0 || n >= sizeof(hp)) {
-        buf_append_str(why, "has no host");
-        return -1;
-    }
-    memcpy(hp, p, n);
-    hp[n] = '\0';
-    if (split_host_port(hp, host, sizeof(host), &port_s) != 0) {
-        if (hp[0] == '[' || strchr(hp, ':')) {
-            buf_append_str(why, "has a bad host:port");
-            return -1;
-        }
-        snprintf(host, sizeof(host), "%s", hp);
-        port_s = "80";
-    }
-    if (parse_port(port_s, &u->port) != 0) {
-        buf_append_str(why, "port must be a number from 1 to 65535");
-        return -1;
-    }
-    snprintf(port_buf, sizeof(port_buf), "%d", u->port);
-    if (resolve(host, port_buf, false, &u->addr, why) != 0)
-        return -1;
-    u->addr.text = mem_strdup(hp);
-    u->host = mem_strdup(hp);
-    u->text = mem_strdup(v);
     return 0;
 }
 
@@ -432,7 +269,7 @@ static int check_tpl(const char *v, bool need_id, bool allow_params, struct buf 
 
 /* Calls fn for each item of a comma- or space-separated list; fn owns the
  * item (a NUL-terminated copy). Stops at the first failure. */
-static int each_item(const char *v, int (*fn)(char *item, void *arg, struct buf *why), void *arg,
+int config_each_item(const char *v, int (*fn)(char *item, void *arg, struct buf *why), void *arg,
                      struct buf *why)
 {
     const char *p = v;
@@ -463,89 +300,57 @@ static int add_tpl(char *item, void *arg, struct buf *why)
 
 static int parse_tpl_list(const char *v, struct cfg_list *l, struct buf *why)
 {
-    return each_item(v, add_tpl, l, why);
+    return config_each_item(v, add_tpl, l, why);
 }
 
-/* One "addr" or "addr/bits". */
-static int parse_cidr(const char *item, struct cfg_cidr *c, struct buf *why)
+static int add_path(char *item, void *arg, struct buf *why)
 {
-    char a[INET6_ADDRSTRLEN + 8];
-    const char *slash = strchr(item, '/');
-    size_t n = slash ? (size_t)(slash - item) : strlen(item);
-    if (n == 0 || n >= sizeof(a))
-        goto bad;
-    memcpy(a, item, n);
-    a[n] = '\0';
-    memset(c, 0, sizeof(*c));
-    if (inet_pton(AF_INET, a, c->addr) == 1) {
-        c->family = AF_INET;
-        c->bits = 32;
-    } else if (inet_pton(AF_INET6, a, c->addr) == 1) {
-        c->family = AF_INET6;
-        c->bits = 128;
-    } else {
-        goto bad;
+    struct cfg_list *l = arg;
+    if (check_tpl(item, false, true, why) != 0) {
+        free(item);
+        return -1;
     }
-    if (slash) {
-        int64_t bits;
-        if (parse_int(slash + 1, &bits) != 0 || bits < 0 || bits > (int64_t)c->bits)
-            goto bad;
-        c->bits = (unsigned)bits;
-    }
+    l->items = mem_realloc(l->items, (l->n + 1) * sizeof(char *));
+    l->items[l->n++] = item;
     return 0;
-bad:
-    buf_appendf(why, "\"%s\" is not an address or range like 10.0.0.0/8 or ::1", item);
+}
+
+static int add_word(char *item, void *arg, struct buf *why)
+{
+    struct cfg_list *l = arg;
+    (void)why;
+    l->items = mem_realloc(l->items, (l->n + 1) * sizeof(char *));
+    l->items[l->n++] = item;
+    return 0;
+}
+
+/* An HTTP header name: RFC 9110 token characters, at most 64 of them. */
+static int parse_header_name(const char *v, char **out, struct buf *why)
+{
+    size_t n = strlen(v);
+    if (n > 64 || strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~") != n) {
+        buf_append_str(why, "must be a header name (letters, digits, '-'), at most 64 bytes, or empty for off");
+        return -1;
+    }
+    *out = mem_strdup(v);
+    return 0;
+}
+
+static int parse_access(const char *v, int64_t *out, struct buf *why)
+{
+    static const char *const names[] = { [ACCESS_PUBLIC] = "public",
+                                         [ACCESS_AUTHENTICATED] = "authenticated",
+                                         [ACCESS_OWNER] = "owner" };
+    for (int64_t i = 0; i < 3; i++) {
+        if (strcmp(v, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    }
+    buf_append_str(why, "must be public, authenticated or owner");
     return -1;
 }
 
-static int add_cidr(char *item, void *arg, struct buf *why)
-{
-    struct cfg_cidrs *l = arg;
-    l->items = mem_realloc(l->items, (l->n + 1) * sizeof(*l->items));
-    int rc = parse_cidr(item, &l->items[l->n], why);
-    free(item);
-    if (rc == 0)
-        l->n++;
-    return rc;
-}
-
-static int parse_cidr_list(const char *v, struct cfg_cidrs *l, struct buf *why)
-{
-    if (each_item(v, add_cidr, l, why) != 0)
-        return -1;
-    l->text = mem_strdup(v);
-    return 0;
-}
-
-static bool cidr_has(const struct cfg_cidr *c, const uint8_t *addr)
-{
-    unsigned full = c->bits / 8, rest = c->bits % 8;
-    if (memcmp(c->addr, addr, full) != 0)
-        return false;
-    if (rest == 0)
-        return true;
-    uint8_t mask = (uint8_t)(0xff << (8 - rest));
-    return (c->addr[full] & mask) == (addr[full] & mask);
-}
-
-bool config_cidrs_match(const struct cfg_cidrs *l, const struct sockaddr *sa)
-{
-    const uint8_t *v4 = NULL, *v6 = NULL;
-    if (sa->sa_family == AF_INET) {
-        v4 = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
-    } else if (sa->sa_family == AF_INET6) {
-        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-        v6 = a6->s6_addr;
-        if (IN6_IS_ADDR_V4MAPPED(a6))
-            v4 = a6->s6_addr + 12;
-    }
-    for (unsigned i = 0; i < l->n; i++) {
-        const struct cfg_cidr *c = &l->items[i];
-        if ((c->family == AF_INET && v4 && cidr_has(c, v4)) || (c->family == AF_INET6 && v6 && cidr_has(c, v6)))
-            return true;
-    }
-    return false;
-}
 
 /* pg_pool.c hands the conninfo to libpq as an expanded dbname: a URI or
  * text with '=' is read as connection options, anything else is a database
@@ -594,7 +399,7 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
     switch (k->type) {
     case CFG_INT: {
         int64_t x;
-        if (parse_int(v, &x) != 0) {
+        if (config_parse_int(v, &x) != 0) {
             buf_append_str(why, "must be a whole number");
             return -1;
         }
@@ -628,8 +433,17 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
         *FIELD(char *, s, k) = mem_strdup(v);
         return 0;
     case CFG_SECRET:
+    case CFG_STR_OPT:
         *FIELD(char *, s, k) = mem_strdup(v);
         return 0;
+    case CFG_HEADER:
+        return parse_header_name(v, FIELD(char *, s, k), why);
+    case CFG_ACCESS:
+        return parse_access(v, FIELD(int64_t, s, k), why);
+    case CFG_STR_LIST:
+        return config_each_item(v, add_word, FIELD(struct cfg_list, s, k), why);
+    case CFG_PATH_LIST:
+        return config_each_item(v, add_path, FIELD(struct cfg_list, s, k), why);
     case CFG_CONNINFO:
         if (check_conninfo(v, why) != 0)
             return -1;
@@ -640,11 +454,11 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
             return 0;
         /* fall through */
     case CFG_ADDR:
-        return parse_addr(v, FIELD(struct cfg_addr, s, k), why);
+        return config_parse_addr(v, FIELD(struct cfg_addr, s, k), why);
     case CFG_REDIS_URL:
-        return parse_redis_url(v, FIELD(struct cfg_redis_url, s, k), why);
+        return config_parse_redis_url(v, FIELD(struct cfg_redis_url, s, k), why);
     case CFG_HTTP_URL:
-        return parse_http_url(v, FIELD(struct cfg_http_url, s, k), why);
+        return config_parse_http_url(v, FIELD(struct cfg_http_url, s, k), why);
     case CFG_PATH:
         if (check_tpl(v, false, false, why) != 0)
             return -1;
@@ -671,6 +485,10 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
         *FIELD(char *, s, k) = mem_strdup(v);
         return 0;
     case CFG_SQL:
+        if (k->sect == SECT_LIST && (strstr(v, "$1") == NULL || strstr(v, "$2") == NULL || strstr(v, "$3") == NULL)) {
+            buf_append_str(why, "must use $1 (the principal), $2 (the cursor, NULL on the first page) and $3 (the limit)");
+            return -1;
+        }
         if (strstr(v, "$1") == NULL) {
             buf_append_str(why, "must use $1, the text[] of ids");
             return -1;
@@ -680,7 +498,7 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
     case CFG_TPL_LIST:
         return parse_tpl_list(v, FIELD(struct cfg_list, s, k), why);
     case CFG_CIDR_LIST:
-        return parse_cidr_list(v, FIELD(struct cfg_cidrs, s, k), why);
+        return config_parse_cidr_list(v, FIELD(struct cfg_cidrs, s, k), why);
     }
     return -1;
 }
@@ -690,6 +508,7 @@ size_t config_key_size(const struct cfg_key *k)
     switch (k->type) {
     case CFG_INT:
     case CFG_LOG_LEVEL:
+    case CFG_ACCESS:
         return sizeof(int64_t);
     case CFG_BOOL:
         return sizeof(bool);
@@ -701,6 +520,8 @@ size_t config_key_size(const struct cfg_key *k)
     case CFG_HTTP_URL:
         return sizeof(struct cfg_http_url);
     case CFG_TPL_LIST:
+    case CFG_STR_LIST:
+    case CFG_PATH_LIST:
         return sizeof(struct cfg_list);
     case CFG_CIDR_LIST:
         return sizeof(struct cfg_cidrs);
@@ -719,6 +540,7 @@ bool config_key_equal(const struct cfg_key *k, const void *a, const void *b)
     switch (k->type) {
     case CFG_INT:
     case CFG_LOG_LEVEL:
+    case CFG_ACCESS:
         return *CFIELD(int64_t, a, k) == *CFIELD(int64_t, b, k);
     case CFG_BOOL:
         return *CFIELD(bool, a, k) == *CFIELD(bool, b, k);
@@ -735,7 +557,9 @@ bool config_key_equal(const struct cfg_key *k, const void *a, const void *b)
     case CFG_HTTP_URL:
         return str_same(CFIELD(struct cfg_http_url, a, k)->text,
                         CFIELD(struct cfg_http_url, b, k)->text);
-    case CFG_TPL_LIST: {
+    case CFG_TPL_LIST:
+    case CFG_STR_LIST:
+    case CFG_PATH_LIST: {
         const struct cfg_list *x = CFIELD(struct cfg_list, a, k);
         const struct cfg_list *y = CFIELD(struct cfg_list, b, k);
         if (x->n != y->n)

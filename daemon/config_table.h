@@ -12,7 +12,7 @@
 #include "proto/buf.h"
 
 enum cfg_sect { SECT_BATCHD, SECT_REDIS, SECT_POSTGRES, SECT_UPSTREAM, SECT_RESOURCE, SECT_STREAM,
-                SECT__COUNT };
+                SECT_AUTH, SECT_LIST, SECT__COUNT };
 
 enum cfg_type {
     CFG_INT,
@@ -31,6 +31,11 @@ enum cfg_type {
     CFG_SQL,        /* a statement taking $1 */
     CFG_TPL_LIST,   /* comma-separated URL path templates with {id} */
     CFG_CIDR_LIST,  /* comma-separated addresses or ranges, "127.0.0.1, 10.0.0.0/8, ::1" */
+    CFG_STR_OPT,    /* text, may be empty for "not set" */
+    CFG_STR_LIST,   /* comma-separated words (file paths, names) */
+    CFG_PATH_LIST,  /* comma-separated URL path templates, {id} optional */
+    CFG_ACCESS,     /* public | authenticated | owner (enum cfg_access) */
+    CFG_HEADER,     /* an HTTP header name, or empty for "off" */
 };
 
 struct cfg_key {
@@ -60,7 +65,28 @@ bool config_key_equal(const struct cfg_key *k, const void *a, const void *b);
 /* Appends `value`, as written for a key of `type`, to `out` with its secrets
  * replaced by "***": all of a CFG_SECRET, the password of a URL's
  * user:password@ and of password-like query parameters, a conninfo's
- * password= values. Use it for every value that is printed. (config.c) */
+ * password= values. Use it for every value that is printed. (config_mask.c) */
 void config_mask_value(enum cfg_type type, const char *value, struct buf *out);
+/* Replaces the secrets of `value` (as config_mask_value finds them) wherever
+ * they appear in `text`, a parser's reason that may quote the value. */
+void config_scrub_secrets(enum cfg_type type, const char *value, struct buf *text);
+
+/* A whole number; -1 when v is not one. */
+int config_parse_int(const char *v, int64_t *out);
+/* Calls fn for each item of a comma- or space-separated list; fn owns the
+ * item (a NUL-terminated copy). Stops at the first failure. */
+int config_each_item(const char *v, int (*fn)(char *item, void *arg, struct buf *why), void *arg,
+                     struct buf *why);
+
+/* Network values (config_net.c). Each returns 0, or -1 with the rule that
+ * was broken appended to `why`. */
+struct cfg_addr;
+struct cfg_redis_url;
+struct cfg_http_url;
+struct cfg_cidrs;
+int config_parse_addr(const char *v, struct cfg_addr *a, struct buf *why);
+int config_parse_redis_url(const char *v, struct cfg_redis_url *u, struct buf *why);
+int config_parse_http_url(const char *v, struct cfg_http_url *u, struct buf *why);
+int config_parse_cidr_list(const char *v, struct cfg_cidrs *l, struct buf *why);
 
 #endif

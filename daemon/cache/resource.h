@@ -74,6 +74,33 @@ int resource_invalidate(struct resource *res, const char *id, size_t id_len,
 /* The same, by resource name (PURGE). */
 int resource_set_invalidate(struct resource_set *s, const char *resource, const char *id,
                             size_t id_len, void (*cb)(void *ctx, int err), void *ctx);
+/* --- reads from inside batchd (lists, stream owner checks) ----------------------------- */
+
+/* One id's outcome in a resource_fetch. */
+struct fetched {
+    enum { FETCH_FOUND, FETCH_ABSENT, FETCH_FAILED } result;
+    const char *doc;        /* FOUND: the JSON document, valid during the callback */
+    size_t doc_len;
+    bool from_cache;
+};
+
+/* fail: 0, or the HTTP status the failure maps to (503 unavailable or
+ * busy, 500 query failed); f[i] for ids[i]. */
+typedef void (*resource_fetch_fn)(void *ctx, const struct fetched *f, unsigned n, int fail);
+
+/* Reads ids through the same coalesced path as client reads (they join
+ * this loop iteration's MGET and by_ids). cb runs exactly once, maybe
+ * before this returns. */
+void resource_fetch(struct resource *res, const str_t *ids, unsigned n, resource_fetch_fn cb, void *ctx);
+/* The live (not retired) resource of that name, or NULL. */
+struct resource *resource_set_find(struct resource_set *s, const char *name);
+const struct cfg_resource *resource_cfg(const struct resource *res);
+
+/* Does `doc`'s top-level owner_field name this principal? (a JSON string
+ * equal to it, or a number whose text is). False for malformed documents. */
+bool resource_owned_by(const struct cfg_resource *cfg, const char *doc, size_t len,
+                       const char *principal, size_t principal_len);
+
 /* Frees the recycled read objects (at exit). */
 void resource_pool_drain(void);
 /* Releases everything; call after the pools have completed their callbacks. */

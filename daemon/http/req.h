@@ -71,6 +71,11 @@ struct req {
     struct url_params params;
     uint64_t allowed_methods;   /* for a 405: what the path accepts */
     uint64_t start_ns;
+    /* Who is asking, once daemon/auth/identity.c has verified it (NULL
+     * before, or when the request carries no valid credential). Owned. */
+    char *principal;
+    uint16_t principal_len;
+    bool identity_done;         /* resolved (principal may still be NULL) */
 
     /* response */
     int status;
