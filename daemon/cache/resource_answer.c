@@ -9,6 +9,7 @@
 
 #include "daemon/http/req.h"
 #include "daemon/cache/resource_int.h"
+#include "proto/jtext.h"
 #include "proto/freelist.h"
 #include "proto/mem.h"
 
@@ -92,8 +93,68 @@ static void answer_failure(struct resource *res, struct req *r, enum fail_kind k
     (void)res;
 }
 
+/* --- owners ---------------------------------------------------------------------- */
+
+bool resource_owned_by(const struct cfg_resource *cfg, const char *doc, size_t len,
+                       const char *principal, size_t principal_len)
+{
+    const char *v;
+    size_t vn;
+    if (principal == NULL || jtext_object_field(doc, len, cfg->owner_field, strlen(cfg->owner_field), &v, &vn) != 1)
+        return false;
+    if (v[0] == '"')
+        return jtext_string_equals(v, vn, principal, principal_len);
+    /* A number names its owner by its text: owner_id 42 is principal "42". */
+    return (v[0] == '-' || (v[0] >= '0' && v[0] <= '9')) && vn == principal_len &&
+           memcmp(v, principal, vn) == 0;
+}
+
+/* Under access = owner, may the asker see this document? */
+static bool visible(const struct resource *res, const struct req *r, const struct batch_entry *e)
+{
+    if (res->cfg->access != ACCESS_OWNER)
+        return true;
+    if (resource_owned_by(res->cfg, e->doc, e->doc_len, r->principal, r->principal_len))
+        return true;
+    (*res->m_not_owner)++;
+    return false;
+}
+
+/* --- reads from inside batchd ------------------------------------------------------ */
+
+void resource_fetch_done(struct read *rd)
+{
+    unsigned n = rd->rd.n;
+    struct fetched stack[64];
+    struct fetched *f = n <= 64 ? stack : mem_alloc(n * sizeof(*f));
+    int fail = 0;
+    for (unsigned i = 0; i < n; i++) {
+        struct batch_entry *e = rd->rd.slots[i];
+        f[i] = (struct fetched){ FETCH_ABSENT, NULL, 0, e->from_cache };
+        if (e->result == BATCH_FOUND) {
+            f[i].result = FETCH_FOUND;
+            f[i].doc = e->doc;
+            f[i].doc_len = e->doc_len;
+        } else if (e->result == BATCH_FAILED) {
+            f[i].result = FETCH_FAILED;
+            int status = e->err == FAIL_QUERY || e->err == FAIL_DOCUMENT ? 500 : 503;
+            if (status > fail)
+                fail = status;
+        }
+    }
+    rd->fetch_cb(rd->fetch_ctx, f, n, fail);
+    if (f != stack)
+        free(f);
+    batch_read_release(&rd->rd);
+    resource_read_put(rd);
+}
+
 void resource_answer(struct read *rd)
 {
+    if (rd->fetch_cb) {
+        resource_fetch_done(rd);
+        return;
+    }
     struct resource *res = rd->res;
     struct req *r = rd->r;
     enum fail_kind fail = FAIL_NONE;
@@ -129,7 +190,8 @@ void resource_answer(struct read *rd)
         struct batch_entry *e = rd->rd.slots[0];
         req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
         append_timing(r, cache_us, db_us, used_cache, used_db);
-        if (e->result == BATCH_FOUND)
+        /* Someone else's document is not found: existence does not leak. */
+        if (e->result == BATCH_FOUND && visible(res, r, e))
             req_respond(r, 200, "application/json", e->doc, e->doc_len);
         else
             req_error(r, 404, "not_found");
@@ -137,6 +199,7 @@ void resource_answer(struct read *rd)
         /* Built in the request's own (recycled) body buffer. */
         struct buf *body = &r->body;
         size_t total = 2;
+        bool owner = res->cfg->access == ACCESS_OWNER;
         for (unsigned i = 0; i < rd->rd.n; i++)
             total += (rd->rd.slots[i]->result == BATCH_FOUND ? rd->rd.slots[i]->doc_len : 4) + 1;
         buf_reset(body);
@@ -147,7 +210,7 @@ void resource_answer(struct read *rd)
             struct batch_entry *e = rd->rd.slots[i];
             if (i)
                 *p++ = ',';
-            if (e->result == BATCH_FOUND) {
+            if (e->result == BATCH_FOUND && (!owner || visible(res, r, e))) {
                 memcpy(p, e->doc, e->doc_len);
                 p += e->doc_len;
             } else {

@@ -162,6 +162,19 @@ static void handle_purge(struct req *r, void *data)
 
 /* --- lookups for PURGE and the proxy ------------------------------------------------------ */
 
+struct resource *resource_set_find(struct resource_set *s, const char *name)
+{
+    for (unsigned i = 0; s && i < s->n; i++)
+        if (!s->res[i]->retired && strcmp(s->res[i]->cfg->name, name) == 0)
+            return s->res[i];
+    return NULL;
+}
+
+const struct cfg_resource *resource_cfg(const struct resource *res)
+{
+    return res->cfg;
+}
+
 int resource_set_invalidate(struct resource_set *s, const char *resource, const char *id,
                             size_t id_len, void (*cb)(void *ctx, int err), void *ctx)
 {
