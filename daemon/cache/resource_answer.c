@@ -109,15 +109,12 @@ bool resource_owned_by(const struct cfg_resource *cfg, const char *doc, size_t l
            memcmp(v, principal, vn) == 0;
 }
 
-/* Under access = owner, may the asker see this document? */
+/* Under access = owner, may the asker see this slot's document? */
 static bool visible(const struct resource *res, const struct req *r, const struct batch_entry *e)
 {
-    if (res->cfg->access != ACCESS_OWNER)
-        return true;
-    if (resource_owned_by(res->cfg, e->doc, e->doc_len, r->principal, r->principal_len))
-        return true;
-    (*res->m_not_owner)++;
-    return false;
+    return e->result == BATCH_FOUND &&
+           (res->cfg->access != ACCESS_OWNER ||
+            resource_owned_by(res->cfg, e->doc, e->doc_len, r->principal, r->principal_len));
 }
 
 /* --- reads from inside batchd ------------------------------------------------------ */
@@ -157,9 +154,15 @@ void resource_answer(struct read *rd)
     }
     struct resource *res = rd->res;
     struct req *r = rd->r;
+    /* Under access = owner someone else's document must look exactly like
+     * a missing one: it is hidden, and X-Cache and Server-Timing describe
+     * only the documents shown (none at all on a 404), so whether it was
+     * cached says nothing either. */
+    bool owner = res->cfg->access == ACCESS_OWNER;
     enum fail_kind fail = FAIL_NONE;
     uint32_t cache_us = 0, db_us = 0;
     bool used_cache = false, used_db = false, all_cached = true;
+    unsigned shown = 0;
     for (unsigned i = 0; i < rd->rd.n; i++) {
         struct batch_entry *e = rd->rd.slots[i];
         if (e->result == BATCH_FAILED) {
@@ -167,6 +170,18 @@ void resource_answer(struct read *rd)
                 fail = (enum fail_kind)e->err;
             continue;
         }
+        if (!e->from_cache)
+            (*res->m_miss)++;
+        else if (e->result == BATCH_ABSENT)
+            (*res->m_absent)++;
+        else
+            (*res->m_hit)++;
+        if (owner && !visible(res, r, e)) {
+            if (e->result == BATCH_FOUND)
+                (*res->m_not_owner)++;
+            continue;
+        }
+        shown++;
         if (e->cache_us) {
             used_cache = true;
             if (e->cache_us > cache_us)
@@ -177,21 +192,17 @@ void resource_answer(struct read *rd)
             used_db = true;
             if (e->db_us > db_us)
                 db_us = e->db_us;
-            (*res->m_miss)++;
-        } else if (e->result == BATCH_ABSENT) {
-            (*res->m_absent)++;
-        } else {
-            (*res->m_hit)++;
         }
     }
     if (fail != FAIL_NONE) {
         answer_failure(res, r, fail);
     } else if (rd->single) {
         struct batch_entry *e = rd->rd.slots[0];
-        req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
-        append_timing(r, cache_us, db_us, used_cache, used_db);
-        /* Someone else's document is not found: existence does not leak. */
-        if (e->result == BATCH_FOUND && visible(res, r, e))
+        if (shown) {
+            req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
+            append_timing(r, cache_us, db_us, used_cache, used_db);
+        }
+        if (visible(res, r, e))
             req_respond(r, 200, "application/json", e->doc, e->doc_len);
         else
             req_error(r, 404, "not_found");
@@ -199,7 +210,6 @@ void resource_answer(struct read *rd)
         /* Built in the request's own (recycled) body buffer. */
         struct buf *body = &r->body;
         size_t total = 2;
-        bool owner = res->cfg->access == ACCESS_OWNER;
         for (unsigned i = 0; i < rd->rd.n; i++)
             total += (rd->rd.slots[i]->result == BATCH_FOUND ? rd->rd.slots[i]->doc_len : 4) + 1;
         buf_reset(body);
@@ -210,7 +220,7 @@ void resource_answer(struct read *rd)
             struct batch_entry *e = rd->rd.slots[i];
             if (i)
                 *p++ = ',';
-            if (e->result == BATCH_FOUND && (!owner || visible(res, r, e))) {
+            if (visible(res, r, e)) {
                 memcpy(p, e->doc, e->doc_len);
                 p += e->doc_len;
             } else {
@@ -221,8 +231,10 @@ void resource_answer(struct read *rd)
         *p++ = ']';
         body->len = (size_t)(p - body->data);
         body->data[body->len] = '\0';
-        req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
-        append_timing(r, cache_us, db_us, used_cache, used_db);
+        if (shown) {
+            req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
+            append_timing(r, cache_us, db_us, used_cache, used_db);
+        }
         req_respond_body(r, 200, "application/json");
     }
     batch_read_release(&rd->rd);
