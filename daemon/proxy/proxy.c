@@ -240,7 +240,7 @@ static void px_end_client(struct proxy *px)
     px_maybe_free(px);
 }
 
-void proxy_response_done(struct proxy *px)
+static void proxy_response_done(struct proxy *px)
 {
     if (px->r == NULL) {
         px->state = PX_DONE;
@@ -281,7 +281,7 @@ static bool method_idempotent(unsigned method)
     }
 }
 
-void proxy_fail(struct proxy *px, enum px_error kind)
+static void proxy_fail(struct proxy *px, enum px_error kind)
 {
     struct upstream *u = px->up;
     if (px->state == PX_DONE)
@@ -317,7 +317,7 @@ void proxy_fail(struct proxy *px, enum px_error kind)
     px_maybe_free(px);
 }
 
-void proxy_deadline_expired(struct proxy *px)
+static void proxy_deadline_expired(struct proxy *px)
 {
     upool_deadline_remove(px);
     if (px->state == PX_WAITING)
@@ -326,7 +326,7 @@ void proxy_deadline_expired(struct proxy *px)
     proxy_fail(px, PX_ERR_TIMEOUT);
 }
 
-void proxy_app_progress(struct proxy *px)
+static void proxy_app_progress(struct proxy *px)
 {
     if (px->answer == PX_ANSWER_NONE)
         px->answer = PX_ANSWER_ARRIVING; /* the app has seen the request: no retry */
@@ -461,7 +461,7 @@ static int rcomplete_cb(struct http_rparser *p, struct http_response *resp)
     return HTTP_PARSER_PAUSE;
 }
 
-const struct http_rparser_cbs proxy_rparser_cbs = {
+static const struct http_rparser_cbs proxy_rparser_cbs = {
     .head_cb = rhead_cb,
     .body_cb = rbody_cb,
     .complete_cb = rcomplete_cb,
@@ -514,14 +514,14 @@ static void px_send(struct proxy *px, const uv_buf_t *bufs, unsigned n)
     px->q_n++;
 }
 
-void proxy_written(struct proxy *px)
+static void proxy_written(struct proxy *px)
 {
     upool_deadline_touch(px);
     if (px->uc)
         resume_client_if_drained(px);
 }
 
-void proxy_conn_ready(struct proxy *px)
+static void proxy_conn_ready(struct proxy *px)
 {
     struct uconn *uc = px->uc;
     http_rparser_reset(&uc->parser, px->r && px->r->msg.method == HTTP_HEAD);
@@ -675,6 +675,7 @@ static void proxy_handler(struct req *r, void *data)
         return;
     }
     struct proxy *px = mem_calloc(1, sizeof(*px));
+    px->ops = &proxy_ops;
     px->r = r;
     px->up = u;
     px->start_ns = uv_hrtime();
@@ -707,6 +708,16 @@ static void proxy_handler(struct req *r, void *data)
     }
     px_start(px);
 }
+
+const struct px_ops proxy_ops = {
+    .rparser = &proxy_rparser_cbs,
+    .ready = proxy_conn_ready,
+    .progress = proxy_app_progress,
+    .written = proxy_written,
+    .done = proxy_response_done,
+    .fail = proxy_fail,
+    .expired = proxy_deadline_expired,
+};
 
 void upstream_add_routes(struct upstream *u, struct router *rt)
 {
