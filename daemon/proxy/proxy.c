@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/auth/identity.h"
 #include "daemon/http/req.h"
 #include "daemon/log.h"
 #include "daemon/proxy/proxy_int.h"
@@ -194,9 +195,19 @@ static void px_let_go(struct proxy *px, enum uc_close_reason reason)
 }
 
 /* The client went away: drop the app connection (its response is unwanted). */
+/* The request is leaving the proxy: a lookup of its principal must not
+ * come back to it. */
+static void px_forget_identity(struct proxy *px)
+{
+    identity_cancel(px->idw);
+    px->idw = NULL;
+    px->id_pending = false;
+}
+
 static void client_abort_cb(struct req *r)
 {
     struct proxy *px = r->hdata;
+    px_forget_identity(px);
     px->r = NULL;
     px_let_go(px, UC_CLOSE_CLIENT_GONE);
     px->state = PX_DONE;
@@ -207,6 +218,7 @@ static void client_abort_cb(struct req *r)
 static struct req *px_take_req(struct proxy *px)
 {
     struct req *r = px->r;
+    px_forget_identity(px);
     px->r = NULL;
     px->state = PX_DONE;
     r->hdata = NULL;
@@ -534,6 +546,10 @@ static void proxy_conn_ready(struct proxy *px)
 /* The request goes to the pool: a connection now, or a place in line. */
 static void px_start(struct proxy *px)
 {
+    if (px->id_pending) { /* the head goes once the principal is known */
+        px->start_wanted = true;
+        return;
+    }
     px->state = PX_NEW;
     upool_deadline_add(px);
     upool_acquire(px->up, px);
@@ -613,11 +629,31 @@ static void build_request_head(struct proxy *px, struct req *r)
         .default_host = u->cfg->url.host,
         .proto = "http",
     };
+    f.strip_header = identity_forward_header();
     http_forward_request(&r->msg, &f, &px->head);
     if (px->body != PX_BODY_NONE)
         px->req_frame = f.chunked ? PX_FRAME_CHUNKED : PX_FRAME_RAW;
     *u->m_drop_underscore += f.dropped_underscore;
     *u->m_drop_forwarded += f.dropped_forwarded;
+}
+
+/* The principal is known (or known to be absent): it goes to the app in
+ * forward_principal_header, which build_request_head stripped from what
+ * the client sent. */
+static void identity_cb(void *ctx, struct req *r)
+{
+    struct proxy *px = ctx;
+    px->idw = NULL;
+    px->id_pending = false;
+    const char *name = identity_forward_header();
+    if (name && r->principal && px->head.len >= 4) {
+        px->head.len -= 2; /* before the blank line that ends the head */
+        buf_appendf(&px->head, "%s: %s\r\n\r\n", name, r->principal);
+    }
+    if (px->start_wanted && px->state != PX_DONE) {
+        px->start_wanted = false;
+        px_start(px);
+    }
 }
 
 static void proxy_handler(struct req *r, void *data)
@@ -654,6 +690,14 @@ static void proxy_handler(struct req *r, void *data)
     r->body_cb = body_cb;
     r->body_end_cb = body_end_cb;
     r->drain_cb = client_drain_cb;
+    /* Who is asking, for the app (forward_principal_header) and for the
+     * lists a write invalidates; the head waits for a forward-auth check. */
+    bool write = m->method == HTTP_PUT || m->method == HTTP_PATCH || m->method == HTTP_POST ||
+                 m->method == HTTP_DELETE;
+    if (identity_forward_header() || (write && identity_enabled())) {
+        px->id_pending = true;
+        px->idw = identity_lookup(r, identity_cb, px);
+    }
     int64_t rb = u->cfg->request_buffer_bytes;
     if (has_body && rb > 0 && (m->chunked || m->content_length <= (uint64_t)rb)) {
         /* Like nginx's proxy_request_buffering: a slow client holds no

@@ -166,6 +166,9 @@ struct proxy {
     unsigned n_matches;
     struct resource_match matches[MAX_MATCHES];
     uint64_t start_ns;
+    struct identity_wait *idw;  /* the principal being looked up (forward auth) */
+    bool id_pending;            /* ... so the head waits: no principal header yet */
+    bool start_wanted;          /* px_start was called while id_pending */
     uint64_t deadline_ms;       /* the app must make progress by then */
     TAILQ_ENTRY(proxy) wait_link; /* the pool's line, while PX_WAITING */
     TAILQ_ENTRY(proxy) dl_link;   /* the pool's deadline list, oldest first */
