@@ -78,6 +78,12 @@ static void answer_for(const char *s, struct buf *out)
         buf_appendf(out, "%sX-Principal: al\x01ice\r\n\r\n{}", ok);
     else if (strcmp(s, "tab") == 0) /* llhttp takes a tab in a value; a principal has none */
         buf_appendf(out, "%sX-Principal: al\tice\r\n\r\n{}", ok);
+    else if (strcmp(s, "fold") == 0)
+        buf_appendf(out, "%sX-Principal: alice\r\n X-Injected: 1\r\n\r\n{}", ok);
+    else if (strcmp(s, "latin1") == 0)
+        buf_appendf(out, "%sX-Principal: j\xf6rg\r\n\r\n{}", ok);
+    else if (strcmp(s, "utf8") == 0)
+        buf_appendf(out, "%sX-Principal: j\xc3\xb6rg\r\n\r\n{}", ok);
     else if (strcmp(s, "bare_cr") == 0)
         buf_appendf(out, "%sX-Principal: alice\rX-Injected: 1\r\n\r\n{}", ok);
     else if (strcmp(s, "long") == 0) {
@@ -409,8 +415,8 @@ static void test_401_403_cached(void **state)
 static void test_unusable_answers_not_cached(void **state)
 {
     struct fx *f = *state;
-    static const char *const bad[] = { "e500", "e302", "noheader", "empty", "twice", "ctl",
-                                       "tab", "bare_cr", "long", "huge", "garbage" };
+    static const char *const bad[] = { "e500", "e302", "noheader", "empty", "twice", "ctl", "tab",
+                                       "fold", "latin1", "bare_cr", "long", "huge", "garbage" };
     struct got g;
     uint64_t too_large = sub_count("too_large"), bad_response = sub_count("bad_response");
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -427,13 +433,15 @@ static void test_unusable_answers_not_cached(void **state)
     }
     assert_int_equal(sub_count("too_large") - too_large, 2);
     /* llhttp refuses a control byte, a bare CR and garbage (twice each);
-     * the tab and the rest are the sub-request's own checks. */
+     * the tab, the fold and the rest are batchd's own checks. */
     assert_int_equal(sub_count("bad_response") - bad_response, 6);
     /* A principal of exactly the bound is fine; a body under it is read and dropped. */
     assert_int_equal(verdict(f, "session=max", &g), FORWARD_ALLOWED);
     assert_int_equal(g.len, SUBREQUEST_VALUE_MAX);
     assert_int_equal(verdict(f, "session=body", &g), FORWARD_ALLOWED);
     assert_string_equal(g.principal, "bob");
+    assert_int_equal(verdict(f, "session=utf8", &g), FORWARD_ALLOWED);
+    assert_string_equal(g.principal, "j\xc3\xb6rg");
 }
 
 static void test_connection_reuse(void **state)
