@@ -20,82 +20,103 @@
 #include "daemon/sse/sse_int.h"
 #include "proto/ids.h"
 #include "proto/mem.h"
+#include "proto/url.h"
 
+/* An owner lookup in flight (allocated only once the principal is known). */
 struct access_check {
     struct req *r;
     struct sse_stream *def;
-    sse_access_fn fn;
+    bool subscribe;
     uint16_t id_len;
     char id[IDS_MAX_LEN + 1];
 };
 
-static void go_on(struct access_check *a)
+static void granted(struct req *r, struct sse_stream *def, bool subscribe, str_t id)
 {
-    struct req *r = a->r;
-    struct sse_stream *def = a->def;
-    sse_access_fn fn = a->fn;
-    char id[IDS_MAX_LEN + 1];
-    size_t n = a->id_len;
-    memcpy(id, a->id, n + 1);
-    free(a);
-    fn(r, def, str_make(id, n));
+    if (subscribe)
+        sse_subscribe_granted(r, def, id);
+    else
+        sse_publish_granted(r, def, id);
 }
 
 static void owner_cb(void *ctx, const struct fetched *f, unsigned n, int fail)
 {
     struct access_check *a = ctx;
     struct req *r = a->r;
+    struct sse_stream *def = a->def;
     if (r->conn == NULL) { /* gone while its owner was looked up */
         free(a);
         req_error(r, 499, "client_closed");
         return;
     }
+    struct resource *res = resource_set_find(def->hub->resources, def->cfg->owner_resource);
     if (fail || n != 1) {
         free(a);
         req_add_header(r, "Retry-After", "1");
         req_error(r, 503, fail == 500 ? "owner_lookup_failed" : "db_unavailable");
-        return;
-    }
-    struct resource *res = resource_set_find(a->def->hub->resources, a->def->cfg->owner_resource);
-    if (res == NULL || f[0].result != FETCH_FOUND ||
-        !resource_owned_by(resource_cfg(res), f[0].doc, f[0].doc_len, r->principal, r->principal_len)) {
-        (*a->def->m_not_owner)++;
+    } else if (res == NULL || f[0].result != FETCH_FOUND ||
+               !resource_owned_by(resource_cfg(res), f[0].doc, f[0].doc_len, r->principal, r->principal_len)) {
+        (*def->m_not_owner)++;
         free(a);
         req_error(r, 404, "not_found");
-        return;
+    } else {
+        char id[IDS_MAX_LEN + 1];
+        size_t len = a->id_len;
+        bool subscribe = a->subscribe;
+        memcpy(id, a->id, len);
+        free(a);
+        granted(r, def, subscribe, str_make(id, len));
     }
-    go_on(a);
 }
 
-static void allowed_cb(struct req *r, void *data)
+/* The principal is known: for access = owner, look up the owner. */
+static void allowed(struct req *r, struct sse_stream *def, bool subscribe)
 {
-    struct access_check *a = data;
-    if (a->def->cfg->access != ACCESS_OWNER) {
-        go_on(a);
+    char id[IDS_MAX_LEN];
+    str_t raw;
+    size_t len;
+    /* The handler checked {id} before the gate; decode it again here. */
+    if (!req_param(r, "id", &raw) || url_decode_to(raw, false, id, sizeof(id), &len) != 0 ||
+        !ids_valid(id, len)) {
+        req_error(r, 400, "invalid_id");
         return;
     }
-    struct resource *res = resource_set_find(a->def->hub->resources, a->def->cfg->owner_resource);
+    if (def->cfg->access != ACCESS_OWNER) {
+        granted(r, def, subscribe, str_make(id, len));
+        return;
+    }
+    struct resource *res = resource_set_find(def->hub->resources, def->cfg->owner_resource);
     if (res == NULL) { /* a reload removed it: refuse rather than guess */
-        free(a);
         req_error(r, 404, "not_found");
-        return;
-    }
-    str_t id = str_make(a->id, a->id_len);
-    resource_fetch(res, &id, 1, owner_cb, a);
-}
-
-void sse_access_check(struct req *r, struct sse_stream *def, str_t id, bool sse, sse_access_fn fn)
-{
-    if (def->cfg->access == ACCESS_PUBLIC) {
-        fn(r, def, id);
         return;
     }
     struct access_check *a = mem_alloc(sizeof(*a));
     a->r = r;
     a->def = def;
-    a->fn = fn;
-    a->id_len = (uint16_t)id.len;
-    memcpy(a->id, id.p, id.len);
-    a->id[id.len] = '\0';
-    identity_gate(r, (enum cfg_access)def->cfg->access, sse, allowed_cb, a);
+    a->subscribe = subscribe;
+    a->id_len = (uint16_t)len;
+    memcpy(a->id, id, len);
+    a->id[len] = '\0';
+    str_t one = str_make(a->id, len);
+    resource_fetch(res, &one, 1, owner_cb, a);
+}
+
+static void allowed_subscribe(struct req *r, void *data)
+{
+    allowed(r, data, true);
+}
+
+static void allowed_publish(struct req *r, void *data)
+{
+    allowed(r, data, false);
+}
+
+void sse_access_check(struct req *r, struct sse_stream *def, str_t id, bool subscribe)
+{
+    if (def->cfg->access == ACCESS_PUBLIC) {
+        granted(r, def, subscribe, id);
+        return;
+    }
+    identity_gate(r, (enum cfg_access)def->cfg->access, subscribe,
+                  subscribe ? allowed_subscribe : allowed_publish, def);
 }

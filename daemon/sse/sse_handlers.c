@@ -45,7 +45,7 @@ static int last_event_id(struct req *r, struct sse_id *out, bool *present)
 }
 
 /* Access granted (or public): the client joins its channel. */
-static void subscribe(struct req *r, struct sse_stream *def, str_t id)
+void sse_subscribe_granted(struct req *r, struct sse_stream *def, str_t id)
 {
     struct sse_id from = { 0, 0 };
     bool replay = false;
@@ -80,12 +80,12 @@ void sse_subscribe_handler(struct req *r, void *data)
     } else if (def->n_clients >= (unsigned)def->cfg->max_sse_clients) {
         sse_turn_away(r, def, TURN_AWAY_OVERLOADED);
     } else {
-        sse_access_check(r, def, buf_str(&id), true, subscribe);
+        sse_access_check(r, def, buf_str(&id), true);
     }
     buf_deinit(&id);
 }
 
-static void publish(struct req *r, struct sse_stream *def, str_t id)
+void sse_publish_granted(struct req *r, struct sse_stream *def, str_t id)
 {
     sse_publish_handle(def->hub->publisher, r, def->cfg, &def->pub, id);
 }
@@ -103,8 +103,8 @@ void sse_publish_handler(struct req *r, void *data)
     if (req_param_decoded(r, "id", &id) != 0 || !ids_valid(id.data, id.len))
         req_error(r, 400, "invalid_id");
     else if (admin)
-        publish(r, def, buf_str(&id));
+        sse_publish_granted(r, def, buf_str(&id));
     else
-        sse_access_check(r, def, buf_str(&id), false, publish);
+        sse_access_check(r, def, buf_str(&id), false);
     buf_deinit(&id);
 }

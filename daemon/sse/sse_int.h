@@ -133,10 +133,14 @@ struct events {
 
 /* --- sse_access.c: access = authenticated | owner ------------------------------------ */
 
-/* Goes on with fn(r, def, id) once r may use def's stream {id} (at once
- * when it is public), else answers r (401/403/404/503). id is copied. */
-typedef void (*sse_access_fn)(struct req *r, struct sse_stream *def, str_t id);
-void sse_access_check(struct req *r, struct sse_stream *def, str_t id, bool sse, sse_access_fn fn);
+/* Goes on with sse_subscribe_granted / sse_publish_granted once r may use
+ * def's stream {id} (at once when it is public; id is the decoded {id}),
+ * else answers r (401/403/404/503). Nothing is allocated until the
+ * principal is known. */
+void sse_access_check(struct req *r, struct sse_stream *def, str_t id, bool subscribe);
+/* (sse_handlers.c) */
+void sse_subscribe_granted(struct req *r, struct sse_stream *def, str_t id);
+void sse_publish_granted(struct req *r, struct sse_stream *def, str_t id);
 
 /* --- sse_channel.c: channels and their sync state machine -------------------------- */
 

@@ -67,7 +67,7 @@ def owner_of(pg, sid):
 
 
 def auth_conf(keys, redis_port, pg, upstream_port=None, auth="", resource="", stream="",
-              by_ids=BY_IDS, public_keys="rsa-a.pem, rsa-b.pem, ec-a.pem"):
+              by_ids=BY_IDS, public_keys="rsa-a.pem, rsa-b.pem, ec-a.pem", secret=True):
     pub = ", ".join(str(keys / k.strip()) for k in public_keys.split(",") if k.strip())
     return f"""
 [redis]
@@ -79,7 +79,7 @@ conninfo = {pg.conninfo()}
 pool_size = 2
 {upstream_conf(upstream_port) if upstream_port else ""}
 [auth]
-jwt_secret_file = {keys / "jwt.secret"}
+{f"jwt_secret_file = {keys / 'jwt.secret'}" if secret else ""}
 jwt_public_keys = {pub}
 jwt_issuer = {ISS}
 jwt_audience = {AUD}
@@ -206,7 +206,8 @@ def alg_confusion_token(keys, sub):
     ("wrong_rsa_key", "bad_signature"),
     ("wrong_secret", "bad_signature"),
     ("unknown_kid", "unknown_key"),
-    ("alg_confusion", "bad_algorithm"),
+    # An HS256 token is checked against the HS256 secret only, whatever its kid says.
+    ("alg_confusion", "bad_signature"),
     ("alg_none", "bad_algorithm"),
     ("garbage", "malformed"),
 ])
@@ -233,6 +234,17 @@ def test_bad_tokens_are_401_invalid_token(app, keys, pg, case, reason):
     assert b.metric("batchd_auth_jwt_rejected_total", reason=reason) == 1, b.metrics()
     # Tokens never reach the log.
     assert tok not in b.log()
+
+
+def test_hs256_keyed_with_the_rsa_public_key_is_refused(app, keys, pg):
+    """The classic confusion: with only RSA keys configured, an HS256 token
+    whose HMAC secret is a configured public key's PEM text."""
+    b = app(secret=False)
+    owner = owner_of(pg, "s5")
+    assert get(b.port, "/v1/sessions/s5", bearer(mint(keys, sub=owner, alg="RS256", kid="rsa-a"))).status == 200
+    r = get(b.port, "/v1/sessions/s5", bearer(alg_confusion_token(keys, owner)))
+    assert r.status == 401 and r.json() == {"error": "invalid_token"}
+    assert b.metric("batchd_auth_jwt_rejected_total", reason="bad_algorithm") == 1
 
 
 def test_expiry_within_leeway_is_accepted(app, pg):
@@ -271,12 +283,12 @@ def test_reload_rotates_keys_and_forgets_verified_tokens(app, keys, pg):
     assert get(b.port, "/v1/sessions/s9", bearer(tok)).status == 200
     conf = b.conf.read_text()
     b.conf.write_text(conf.replace(f"{keys / 'rsa-a.pem'}, ", ""))
-    b.signal(signal.SIGHUP)
+    b.send_signal(signal.SIGHUP)
     wait_until(lambda: get(b.port, "/v1/sessions/s9", bearer(tok)).status == 401, what="rsa-a retired")
     assert get(b.port, "/v1/sessions/s9", bearer(mint(keys, sub=owner, alg="RS256", kid="rsa-b"))).status == 200
     # A key file that cannot be read rejects the reload; the running keys stay.
     b.conf.write_text(conf.replace("rsa-b.pem", "missing.pem"))
-    b.signal(signal.SIGHUP)
+    b.send_signal(signal.SIGHUP)
     wait_until(lambda: "missing.pem" in b.log(), what="the reload rejected")
     assert get(b.port, "/v1/sessions/s9", bearer(mint(keys, sub=owner, alg="RS256", kid="rsa-b"))).status == 200
 
