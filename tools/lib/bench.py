@@ -14,6 +14,14 @@ script starts the rest, measures every row and writes the table:
     redis-benchmark                      --->  redis-server
     pgbench                              --->  PostgreSQL
     sse-load                             --->  batchd SSE, nginx + nchan
+    wrk -H "Authorization: Bearer <JWT>" --->  batchd-access (list, owner)
+                                         --->  FastAPI /before, /after
+
+The list and owner scenarios run against a second batchd, "batchd-access"
+(same binary, same Redis and PostgreSQL), whose config adds [auth], two
+resources over the same owner-bearing documents (access = public and
+access = owner) and [list my-sessions]; the first batchd's config, which
+every other scenario measures, stays as conf/batchd.ini has it.
 
 Every row is measured the same way: a warm-up run, then Redis
 "CONFIG RESETSTAT" and pg_stat_statements_reset(), then the measured run,
@@ -34,11 +42,15 @@ import socket
 import subprocess
 import sys
 import time
+import secrets
+import statistics
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+import jwt
 import redis
 
 from bench_format import fmt_ms, fmt_num, fmt_ratio, fmt_rt, row_ratio, sse_value, update_readme
@@ -46,7 +58,19 @@ from driver import Procs, driver_args, first_line, machine
 
 ROOT = Path(__file__).resolve().parents[2]
 N_SESSIONS = 10000
-SCENARIOS = ["http", "hot-single", "hot-batch", "mixed", "cold-batch", "proxy", "sse"]
+SCENARIOS = ["http", "hot-single", "hot-batch", "mixed", "cold-batch", "proxy", "sse", "list", "owner"]
+# The list and owner scenarios (tools/lib/bench_owners.sql): u1 owns every
+# 10th session, 1,000 in all, read in pages of 50 through its token.
+OWNER = "u1"
+OWNED_IDS = [f"s{i}" for i in range(10, N_SESSIONS + 1, 10)]
+PAGE = 50
+PAGES = len(OWNED_IDS) // PAGE
+# Documents with owner_id, for the resources and routes that check it,
+# under their own keys so that conf/batchd.ini's documents stay as they are.
+OWNED_KEY = "owned:session:{id}"
+# batchd's [list my-sessions] page_query, and the FastAPI /after route's.
+PAGE_QUERY = ("SELECT id, created_at::text || ' ' || id FROM sessions WHERE owner_id = $1 AND ($2::text IS NULL "
+              "OR (created_at::text || ' ' || id) < $2) ORDER BY created_at DESC, id DESC LIMIT $3")
 TITLES = {
     "http": "HTTP ceiling: a small fixed JSON answer",
     "hot-single": "Hot single-id read (all 10,000 sessions cached, random ids)",
@@ -55,6 +79,8 @@ TITLES = {
     "cold-batch": "Cold 50-id batch: every id misses Redis, PostgreSQL answers, write-back follows",
     "proxy": "Proxied request to a fixed upstream (nginx return 200)",
     "sse": "SSE fan-out and sustained delivery",
+    "list": "A page of 50 of one owner's sessions (1,000 of 10,000), JWT-authenticated",
+    "owner": "Hot single read of an owned document: access = public against access = owner",
 }
 # Per-row note printed under each scenario's table.
 EXPLAIN = {
@@ -70,7 +96,22 @@ EXPLAIN = {
                   "an `ARRAY[...]` of parameters, prepared, 16 clients.",
     "proxy": "batchd `[upstream]` and nginx `proxy_pass` (keep-alive pool of 64) in front of the same origin, "
              "the HTTP-ceiling nginx; the origin's own row is the ceiling.",
+    "list": "`GET .../me/sessions?limit=50[&after=cursor]` with `Authorization: Bearer` (HS256, sub = u1; every "
+            "contender verifies it). batchd: `[list my-sessions]` over `[resource my_sessions]` (access = owner), "
+            "page ids cached for `ttl = 30` s. FastAPI *before*: SCAN of the whole keyspace (COUNT 1000), MGET of "
+            "every owned:session:* key, parse, filter, sort, slice. FastAPI *after*: batchd's page_query, then one "
+            "MGET of the page (+ by_ids for misses). *first page*: the same page over and over (the hot case); "
+            "*20 pages*: each request one of u1's 20 pages at random. \"SQL page queries/req\" counts the "
+            "page_query in pg_stat_statements (1 per uncached page, 0 per cached one); PG queries/req counts "
+            "by_ids. A walk row's ratio is against batchd's walk row.",
+    "owner": "`GET /v1/{pub,own}/sessions/{id}` over the 1,000 documents u1 owns (all cached, random ids, the "
+             "same token on every request), from two resources on the same keys and documents that differ only "
+             "in `access = public` / `access = owner` (owner_field = owner_id), in one batchd. The rows run in "
+             "alternation, A B A B ..., and each shows its median slice; \"batchd ÷ row\" on the public row is "
+             "owner ÷ public (the owner check's cost is 1 minus it).",
 }
+# A column some scenarios add to their table: (header, row field).
+EXTRA_COLUMN = {"list": ("SQL page queries/req", "pg_page")}
 
 
 def log(msg):
@@ -216,6 +257,7 @@ class Bench:
         self.port = {
             "redis": a.redis_port, "pg": a.pg_port,
             "batchd": self.base + 10, "admin": self.base + 11,
+            "batchd-access": self.base + 12, "access-admin": self.base + 13,
             "origin": self.base + 20, "nginx-proxy": self.base + 21, "nchan": self.base + 22,
             "webdis": self.base + 30, "fastapi1": self.base + 40, "fastapi2": self.base + 41,
         }
@@ -238,11 +280,22 @@ class Bench:
         self.repro = None
         self.started = {}
         self.r = redis.Redis(host="127.0.0.1", port=a.redis_port)
-        self.cache = None          # "hot", "mixed", "cold": what Redis holds now
+        self.cache = None          # "hot", "mixed", "cold", "owned": what Redis holds now
         self.janitor = None
         self.rb_keys = False
         self.docs = None
+        self.owned_docs = None
+        self.owner_order = None
         self.cfg = self.read_conf()
+        # The HS256 secret batchd-access and the FastAPI list routes verify
+        # tokens with (no trailing newline, so no reader can disagree about
+        # it), and u1's token, which wrk sends with -H.
+        self.jwt_secret_file = self.run / "jwt.secret"
+        self.jwt_secret_file.write_text(secrets.token_hex(32))
+        os.chmod(self.jwt_secret_file, 0o600)
+        self.token = jwt.encode({"sub": OWNER, "iat": int(time.time()), "exp": int(time.time()) + 86400},
+                                self.jwt_secret_file.read_text(), algorithm="HS256")
+        self.auth = {"Authorization": f"Bearer {self.token}"}
         roots = [os.getpid()]
         for f in (self.run / "redis" / "redis.pid", self.run / "pg" / "data" / "postmaster.pid"):
             try:
@@ -268,8 +321,14 @@ class Bench:
         by_ids = conf[("resource sessions", "by_ids")]
         if "$1::text[]" not in by_ids:
             raise SystemExit("conf/batchd.ini: by_ids does not take $1::text[]; tools/bench needs to know")
+        # The same documents with owner_id, for the list and owner
+        # scenarios; None when by_ids does not build them the way this
+        # expects (those scenarios then say so).
+        anchor = "json_build_object('id', s.id, "
+        owned = by_ids.replace(anchor, anchor + "'owner_id', s.owner_id, ") if by_ids.count(anchor) == 1 else None
         return {
             "by_ids": by_ids,
+            "owned_by_ids": owned,
             "token": conf.get(("batchd", "admin_token"), "change-me"),
             "ttl": int(conf.get(("resource sessions", "ttl"), "3600")),
         }
@@ -312,6 +371,62 @@ class Bench:
         path.write_text("\n".join(out) + "\n")
         return path
 
+    def write_access_conf(self):
+        """The second batchd's config, for the list and owner scenarios: the
+        bench's [batchd], [redis] and [postgres] on ports of its own, no
+        [upstream] (a path batchd does not serve answers 404, not the
+        origin's 200), and the sections these scenarios measure."""
+        if self.cfg["owned_by_ids"] is None:
+            raise NotAvailable("conf/batchd.ini's by_ids has no json_build_object('id', s.id, ...) to add "
+                               "owner_id to; tools/lib/bench.py read_conf() needs to learn its new form")
+        p = self.port
+        out = []
+        keep = False
+        for line in self.write_batchd_conf().read_text().splitlines():
+            s = line.strip()
+            if s.startswith("["):
+                keep = s.strip("[]") in ("batchd", "redis", "postgres")
+            if not keep:
+                continue
+            if re.match(r"^listen\s*=", s):
+                line = f"listen = 127.0.0.1:{p['batchd-access']}"
+            elif re.match(r"^admin_listen\s*=", s):
+                line = f"admin_listen = 127.0.0.1:{p['access-admin']}"
+            out.append(line)
+        owned = self.cfg["owned_by_ids"]
+        out += ["",
+                "[auth]",
+                f"jwt_secret_file = {self.jwt_secret_file}",
+                "principal_claim = sub",
+                "",
+                "; The same documents (with owner_id) under the same keys, twice: the owner",
+                "; scenario's two rows differ only in access.",
+                "[resource public_sessions]",
+                "path = /v1/pub/sessions",
+                f"key = {OWNED_KEY}",
+                f"ttl = {self.cfg['ttl']}",
+                f"by_ids = {owned}",
+                "access = public",
+                "",
+                "[resource my_sessions]",
+                "path = /v1/own/sessions",
+                f"key = {OWNED_KEY}",
+                f"ttl = {self.cfg['ttl']}",
+                f"by_ids = {owned}",
+                "access = owner",
+                "owner_field = owner_id",
+                "",
+                "[list my-sessions]",
+                "path = /v1/me/sessions",
+                "resource = my_sessions",
+                f"page_query = {PAGE_QUERY}",
+                "ttl = 30",
+                "max_limit = 200",
+                ""]
+        path = self.run / "batchd-access.ini"
+        path.write_text("\n".join(out))
+        return path
+
     def template(self, name, dest, **values):
         text = (ROOT / "tools" / "peers" / name).read_text()
         for k, v in values.items():
@@ -339,18 +454,25 @@ class Bench:
         return self.started[name]
 
     def start_batchd(self):
-        conf = self.write_batchd_conf()
+        return self.start_batchd_with("batchd", self.write_batchd_conf(), self.port["batchd"], self.port["admin"])
+
+    def start_batchd_access(self):
+        return self.start_batchd_with("batchd-access", self.write_access_conf(), self.port["batchd-access"],
+                                      self.port["access-admin"])
+
+    def start_batchd_with(self, name, conf, port, admin):
         chk = subprocess.run([str(self.batchd_bin), "-t", "-c", str(conf)], capture_output=True, text=True)
         if chk.returncode != 0:
-            raise NotAvailable("batchd -t rejected the bench config: " + chk.stderr.strip().splitlines()[-1])
-        p = self.procs.start("batchd", [str(self.batchd_bin), "-c", str(conf)])
-        wait_port(self.port["batchd"], p, name="batchd")
-        wait_port(self.port["admin"], p, name="batchd admin")
+            why = (chk.stderr.strip().splitlines() or ["?"])[-1]
+            raise NotAvailable(f"batchd -t rejected the bench config {conf.name}: {why}")
+        p = self.procs.start(name, [str(self.batchd_bin), "-c", str(conf)])
+        wait_port(port, p, name=name)
+        wait_port(admin, p, name=f"{name} admin")
         for _ in range(100):
-            if http_get(f"http://127.0.0.1:{self.port['admin']}/readyz")[0] == 200:
+            if http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200:
                 return p
             time.sleep(0.1)
-        raise NotAvailable("batchd /readyz did not turn 200")
+        raise NotAvailable(f"{name} /readyz did not turn 200")
 
     def start_nginx(self, name, conf_name, port, **values):
         d = self.run / name
@@ -397,7 +519,9 @@ class Bench:
         env = dict(os.environ,
                    BENCH_REDIS_URL=f"redis://127.0.0.1:{self.port['redis']}/0",
                    BENCH_PG_DSN=f"postgresql://app@127.0.0.1:{self.port['pg']}/app",
-                   BENCH_BY_IDS=self.cfg["by_ids"], BENCH_TTL=str(self.cfg["ttl"]))
+                   BENCH_BY_IDS=self.cfg["by_ids"], BENCH_TTL=str(self.cfg["ttl"]),
+                   BENCH_OWNED_BY_IDS=self.cfg["owned_by_ids"] or "", BENCH_OWNED_KEY=OWNED_KEY,
+                   BENCH_PAGE_QUERY=PAGE_QUERY, BENCH_JWT_SECRET_FILE=str(self.jwt_secret_file))
         env.pop("PYTHONPATH", None)
         argv = ["/usr/bin/python3", "-m", "uvicorn", "app:app", "--app-dir", str(ROOT / "tools" / "peers"),
                 "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
@@ -438,6 +562,29 @@ class Bench:
                 raise SystemExit(f"expected {N_SESSIONS} sessions, by_ids returned {len(self.docs)}")
         return self.docs
 
+    def load_owned_docs(self):
+        """Every session's document with owner_id, as the owner-bearing
+        by_ids returns it."""
+        if self.owned_docs is None:
+            q = self.cfg["owned_by_ids"].replace(
+                "$1::text[]", f"ARRAY(SELECT 's' || g FROM generate_series(1, {N_SESSIONS}) g)")
+            out = self.psql(q, user="app", fields=True)
+            self.owned_docs = dict(line.split("\t", 1) for line in out.splitlines() if line)
+            if len(self.owned_docs) != N_SESSIONS:
+                raise SystemExit(f"expected {N_SESSIONS} sessions, the owned by_ids returned {len(self.owned_docs)}")
+        return self.owned_docs
+
+    def owner_page_order(self):
+        """u1's session ids in page order, as page_query walks them."""
+        if self.owner_order is None:
+            out = self.psql(f"SELECT id FROM sessions WHERE owner_id = '{OWNER}' ORDER BY created_at DESC, id DESC",
+                            user="app")
+            self.owner_order = out.split()
+            if sorted(self.owner_order) != sorted(OWNED_IDS):
+                raise SystemExit(f"{OWNER} owns {len(self.owner_order)} sessions, not the {len(OWNED_IDS)} "
+                                 "tools/lib/bench_owners.sql gives it; was it loaded?")
+        return self.owner_order
+
     def fill(self, lo, hi, ttl=True):
         docs = self.load_docs()
         pipe = self.r.pipeline(transaction=False)
@@ -451,7 +598,9 @@ class Bench:
 
     def set_cache(self, state):
         """hot: every session cached. mixed: s1..s9000 cached, s9001..s10000
-        kept out. cold: nothing cached.
+        kept out. cold: nothing cached. owned: hot, and every session's
+        owner-bearing document cached under OWNED_KEY too (20,000 keys: what
+        the FastAPI /before route SCANs).
 
         Contenders write back what they load, so on 10,000 sessions a cold
         50-id batch at a few thousand requests per second would have cached
@@ -467,8 +616,13 @@ class Bench:
             self.procs.stop(self.janitor)
             self.janitor = None
         self.r.flushall()
-        if state == "hot":
+        if state in ("hot", "owned"):
             self.fill(1, N_SESSIONS)
+        if state == "owned":
+            pipe = self.r.pipeline(transaction=False)
+            for i, doc in self.load_owned_docs().items():
+                pipe.set(OWNED_KEY.replace("{id}", i), doc, ex=self.cfg["ttl"])
+            pipe.execute()
         elif state == "mixed":
             self.fill(1, 9000)
         if state in ("mixed", "cold"):
@@ -551,6 +705,10 @@ class Bench:
         pg = self.psql("SELECT coalesce(sum(calls), 0), coalesce(sum(rows), 0) FROM pg_stat_statements "
                        "WHERE query LIKE '%FROM sessions s %'", fields=True).split()
         detail["pg_rows"] = int(pg[1]) if len(pg) > 1 else 0
+        # The list scenario's page_query (batchd's or FastAPI /after's).
+        page = self.psql("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+                         "WHERE query LIKE '%FROM sessions WHERE owner_id = $1%'").split()
+        detail["pg_page"] = int(page[0]) if page else 0
         return redis_calls, int(pg[0]) if pg else 0, detail
 
     # -- load generators -------------------------------------------------------------------
@@ -558,9 +716,10 @@ class Bench:
     def gen(self, argv):
         return (["taskset", "-c", self.gen_cpus] if self.gen_cpus else []) + argv
 
-    def wrk(self, port, args, conns, seconds):
-        argv = self.gen(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
-                         "-s", str(ROOT / "tools" / "wrk" / "bench.lua"), f"http://127.0.0.1:{port}", "--"] + args)
+    def wrk(self, port, args, conns, seconds, headers=None):
+        hdr = [x for k, v in (headers or {}).items() for x in ("-H", f"{k}: {v}")]
+        argv = self.gen(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s"] + hdr +
+                        ["-s", str(ROOT / "tools" / "wrk" / "bench.lua"), f"http://127.0.0.1:{port}", "--"] + args)
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
         m = re.search(r"^BENCH_RESULT (\{.*\})$", out.stdout, re.M)
         if not m:
@@ -604,17 +763,26 @@ class Bench:
     # scenario through the same conditions, and interference only ever
     # slows a run down, so the best slice is the least disturbed one.
 
-    def job(self, scenario, system, kind, prepare, once, conns=64, ids=1, note=""):
+    def job(self, scenario, system, kind, prepare, once, conns=64, ids=1, note="", vs=None):
+        """vs: the system name of the batchd row this row's ratio is taken
+        against (default: the scenario's first "batchd" row)."""
         return dict(scenario=scenario, system=system, kind=kind, prepare=prepare, once=once, conns=conns,
-                    ids=ids, note=note, slices=[], na=None)
+                    ids=ids, note=note, slices=[], na=None, vs=vs)
 
-    def run_jobs(self, jobs):
+    def run_jobs(self, jobs, slices=None, pick="best"):
+        """slices: the measured slices' lengths (default: the run's).
+        pick: "best" shows each row's fastest slice; "median" its median
+        one (for a comparison of two rows of the same server, where drift
+        is what the alternation cancels and the best slice would reward
+        the luckier row)."""
+        slices = slices or self.slices
+        slice_text = " + ".join(str(x) for x in slices) + " s"
         for j in jobs:
             try:
                 j["prepare"]()
             except NotAvailable as e:
                 j["na"] = str(e)
-        for seconds in self.slices:
+        for seconds in slices:
             for j in jobs:
                 if j["na"]:
                     continue
@@ -626,43 +794,57 @@ class Bench:
                 except NotAvailable as e:
                     j["na"] = str(e)
         for j in jobs:
-            meta = dict(conns=j["conns"], ids=j["ids"])
+            meta = dict(conns=j["conns"], ids=j["ids"], vs=j["vs"])
             if j["na"]:
                 self.add(j["scenario"], j["system"], j["kind"], na=j["na"], **meta)
                 continue
-            best = max(j["slices"], key=lambda r: r["rps"])
+            if pick == "median":
+                ranked = sorted(j["slices"], key=lambda r: r["rps"])
+                best = ranked[(len(ranked) - 1) // 2]
+            else:
+                best = max(j["slices"], key=lambda r: r["rps"])
             notes = [n for n in (j["note"], best.get("note", "")) if n]
             if len(j["slices"]) > 1:
                 rest = [f"{r['rps']:,.0f}" for r in j["slices"] if r is not best]
-                notes.append(f"best of {self.slice_text} (others: {', '.join(rest)})")
+                notes.append(f"{'median' if pick == 'median' else 'best'} of {slice_text} "
+                             f"(others: {', '.join(rest)})")
             self.add(j["scenario"], j["system"], j["kind"], rps=best["rps"], p50=best["p50"], p99=best["p99"],
-                     redis=best["redis"], pg=best["pg"], pg_rows=best.get("pg_rows"), other_cpu=best["other_cpu"],
+                     redis=best["redis"], pg=best["pg"], pg_rows=best.get("pg_rows"),
+                     pg_page=best.get("pg_page"), other_cpu=best["other_cpu"],
                      requests=best["requests"], redis_detail=best.get("detail"), note="; ".join(notes),
                      slices=[r["rps"] for r in j["slices"]], **meta)
 
-    def http_job(self, scenario, system, kind, server, port, lua, conns=64, ids=1, check=None, note=""):
+    def http_job(self, scenario, system, kind, server, port, lua, conns=64, ids=1, check=None, note="",
+                 headers=None, pre=None, vs=None):
         """A wrk row: start what it needs, check one answer, warm up; slices
-        of wrk -t1 -cN against random ids."""
+        of wrk -t1 -cN against random ids. headers go on every request
+        (wrk -H); pre() runs once the servers are up and may raise
+        NotAvailable (it may also write the targets= file lua names)."""
         def prepare():
             for srv in ([server] if isinstance(server, str) else server):
                 self.ensure(srv)
+            if pre:
+                pre()
             opts = dict(a.split("=", 1) for a in lua)
-            target = self.sample_target(opts["path"], opts.get("item", "{id}"), opts.get("sep", ","),
-                                        int(opts.get("k", 50)))
-            status, headers, body = http_get(f"http://127.0.0.1:{port}{target}")
+            if "targets" in opts:
+                target = Path(opts["targets"]).read_text().split("\n", 1)[0]
+            else:
+                target = self.sample_target(opts["path"], opts.get("item", "{id}"), opts.get("sep", ","),
+                                            int(opts.get("k", 50)))
+            status, hdrs, body = http_get(f"http://127.0.0.1:{port}{target}", headers=headers)
             if check:
-                why = check(status, headers, body)
+                why = check(status, hdrs, body)
                 if why:
                     raise NotAvailable(why)
             elif status != 200:
                 raise NotAvailable(f"GET {target[:60]} answered {status} {body[:60].decode(errors='replace')}")
-            self.wrk(port, lua, conns, self.warm)
+            self.wrk(port, lua, conns, self.warm, headers)
 
         def once(seconds):
             self.quiesce()
             self.reset_counters()
             self.watch.start()
-            res = self.wrk(port, lua, conns, seconds)
+            res = self.wrk(port, lua, conns, seconds, headers)
             other = self.watch.stop()
             self.quiesce()
             redis_calls, pg_calls, detail = self.read_counters()
@@ -684,9 +866,10 @@ class Bench:
                 notes.append(f"{bad} errors ({', '.join(f'{k} {v}' for k, v in errs.items() if v)})")
             return dict(rps=res["rps"], p50=res["p50_us"] / 1000, p99=res["p99_us"] / 1000,
                         redis=redis_calls / served, pg=pg_calls / served, pg_rows=detail["pg_rows"] / served,
-                        other_cpu=other, requests=n, detail=detail, note="; ".join(notes))
+                        pg_page=detail["pg_page"] / served, other_cpu=other, requests=n, detail=detail,
+                        note="; ".join(notes))
 
-        return self.job(scenario, system, kind, prepare, once, conns=conns, ids=ids, note=note)
+        return self.job(scenario, system, kind, prepare, once, conns=conns, ids=ids, note=note, vs=vs)
 
     def redis_benchmark_job(self, scenario, system, cmd, ids):
         """redis-benchmark, 64 clients, one thread, no pipelining. It has no
@@ -854,6 +1037,142 @@ class Bench:
                           ["path=/api/ping"]),
         ])
 
+    # -- lists and access ------------------------------------------------------------------------
+    #
+    # Both run against batchd-access (write_access_conf) with u1's token on
+    # every request. Until batchd serves lists and checks owners, its rows
+    # say so (n/a) and the FastAPI rows are measured all the same.
+
+    BEFORE_CONNS = 8   # the /before route takes tens of ms a request: 64 would queue for seconds
+
+    def walk_pages(self, port, path, who):
+        """Follows "next" from the first page of u1's sessions and checks that
+        the pages hold u1's 1,000 ids in page_query's order, 50 a page, every
+        document u1's. Returns the 20 page targets. who names the server in
+        the reasons (NotAvailable) it gives."""
+        expect = self.owner_page_order()
+        got, targets, after = [], [], None
+        for _ in range(PAGES + 1):
+            t = f"{path}?limit={PAGE}" + ("" if after is None else "&after=" + urllib.parse.quote(after, safe=""))
+            status, _, body = http_get(f"http://127.0.0.1:{port}{t}", headers=self.auth)
+            text = " ".join(body[:100].decode(errors="replace").split())
+            if status == 404 and who == "batchd":
+                raise NotAvailable(f"batchd does not serve lists yet (404 for GET {path}: {text})")
+            if status != 200:
+                raise NotAvailable(f"{who}: GET {t[:80]} answered {status} {text}")
+            try:
+                doc = json.loads(body)
+                after = doc["next"]
+                ids = [it["id"] for it in doc["items"]]
+                owners = {it.get("owner_id") for it in doc["items"]}
+            except (ValueError, KeyError, TypeError) as e:
+                raise NotAvailable(f"{who}: GET {t[:80]} answered no {{items, next}} page ({e!r}): {text}")
+            if owners - {OWNER}:
+                raise NotAvailable(f"{who}: page {len(targets) + 1} holds documents owned by "
+                                   f"{sorted(map(str, owners - {OWNER}))[:3]}")
+            targets.append(t)
+            got += ids
+            if after is None:
+                break
+        if got != expect or len(targets) != PAGES:
+            i = next((k for k, (x, y) in enumerate(zip(got, expect)) if x != y), min(len(got), len(expect)))
+            raise NotAvailable(f"{who}: {len(targets)} pages of {PAGE} hold {len(got)} ids; page_query gives "
+                               f"{len(expect)} in {PAGES} pages; first difference at #{i + 1}: "
+                               f"{got[i] if i < len(got) else 'none'} for {expect[i] if i < len(expect) else 'none'}")
+        return targets
+
+    def access_ready(self):
+        """Why the list and owner scenarios cannot run at all, or None."""
+        if self.cfg["owned_by_ids"] is None:
+            return ("conf/batchd.ini's by_ids has no json_build_object('id', s.id, ...) to add owner_id to; "
+                    "read_conf() in tools/lib/bench.py needs to learn its new form")
+        return None
+
+    def sc_list(self):
+        p = self.port
+        why = self.access_ready()
+        tdir = self.run / "targets"
+        tdir.mkdir(exist_ok=True)
+
+        def list_job(system, kind, server, path, walk, conns=64, vs=None, note=""):
+            port = p[server]
+            f = tdir / (re.sub(r"[^a-z0-9]+", "-", system.lower()).strip("-") + ".txt")
+            who = "batchd" if server.startswith("batchd") else system.split(" (")[0]
+
+            def pre():
+                if why:
+                    raise NotAvailable(why)
+                pages = self.walk_pages(port, path, who)
+                f.write_text("\n".join(pages if walk else pages[:1]) + "\n")
+            return self.http_job("list", system, kind, server, port, [f"targets={f}"], conns=conns,
+                                 headers=self.auth, pre=pre, vs=vs, note=note)
+
+        walk = f"{PAGES} pages at random"
+        jobs = [
+            list_job("batchd, first page (cached)", "batchd", "batchd-access", "/v1/me/sessions", False),
+            list_job(f"batchd, {walk}", "batchd-walk", "batchd-access", "/v1/me/sessions", True),
+            list_job("FastAPI before (SCAN + MGET), 1 worker", "peer", "fastapi1", "/before/me/sessions", False,
+                     conns=self.BEFORE_CONNS),
+            list_job("FastAPI after (page query + MGET), 1 worker", "peer", "fastapi1", "/after/me/sessions", False),
+            list_job("FastAPI after (page query + MGET), 2 workers", "peer", "fastapi2", "/after/me/sessions",
+                     False),
+            list_job(f"FastAPI after, {walk}, 1 worker", "peer", "fastapi1", "/after/me/sessions", True,
+                     vs=f"batchd, {walk}"),
+        ]
+        if not why:
+            self.set_cache("owned")
+        self.run_jobs(jobs)
+        # What the fix alone gained, whether or not batchd's rows ran.
+        before = self.find("list", "FastAPI before")
+        for r in self.rows:
+            if before and r["scenario"] == "list" and r["system"].startswith("FastAPI after") and not r["na"]:
+                r["note"] = "; ".join(x for x in (f"{r['rps'] / before['rps']:,.0f}× FastAPI before", r["note"]) if x)
+
+    def sc_owner(self):
+        port = self.port["batchd-access"]
+        why = self.access_ready()
+        tdir = self.run / "targets"
+        tdir.mkdir(exist_ok=True)
+        files = {}
+        for name, path in (("public", "/v1/pub/sessions/"), ("owner", "/v1/own/sessions/")):
+            files[name] = tdir / f"owner-{name}.txt"
+            files[name].write_text("".join(f"{path}{i}\n" for i in OWNED_IDS))
+
+        def owned_doc(status, headers, body):
+            text = " ".join(body[:100].decode(errors="replace").split())
+            if status != 200:
+                return f"GET of a document u1 owns answered {status} {text}"
+            try:
+                owner = json.loads(body).get("owner_id")
+            except (ValueError, AttributeError):
+                owner = "(not a JSON object)"
+            return None if owner == OWNER else f"the document's owner_id is {owner!r}, not {OWNER!r}: {text}"
+
+        def pre_public():
+            if why:
+                raise NotAvailable(why)
+
+        def pre_owner():
+            """access = owner must be enforced, or the row measures nothing."""
+            pre_public()
+            base = f"http://127.0.0.1:{port}/v1/own/sessions/"
+            anon = http_get(base + OWNED_IDS[0])[0]
+            other = http_get(base + "s1", headers=self.auth)[0]   # s1 belongs to u3
+            if (anon, other) != (401, 404):
+                raise NotAvailable(f"batchd does not enforce access = owner yet (without a token a document "
+                                   f"answered {anon}, another owner's document to u1 {other}; expected 401 and 404)")
+
+        jobs = [
+            self.http_job("owner", "batchd, access = public", "batchd-public", "batchd-access", port,
+                          [f"targets={files['public']}"], headers=self.auth, check=owned_doc, pre=pre_public),
+            self.http_job("owner", "batchd, access = owner", "batchd", "batchd-access", port,
+                          [f"targets={files['owner']}"], headers=self.auth, check=owned_doc, pre=pre_owner),
+        ]
+        if not why:
+            self.set_cache("owned")
+        # A B A B ...: more, shorter slices than elsewhere, and the median.
+        self.run_jobs(jobs, slices=[2] * 3 if self.quick else [3] * 5, pick="median")
+
     # -- SSE -----------------------------------------------------------------------------------
 
     def sse_streams(self, port):
@@ -984,11 +1303,11 @@ class Bench:
             if line.startswith("PRETTY_NAME="):
                 osname = line.split("=", 1)[1].strip().strip('"')
         py = subprocess.run(["/usr/bin/python3", "-c",
-                             "import sys,fastapi,uvicorn,uvloop,httptools,redis,asyncpg,starlette;"
+                             "import sys,fastapi,uvicorn,uvloop,httptools,redis,asyncpg,starlette,jwt;"
                              "print(sys.version.split()[0],fastapi.__version__,starlette.__version__,"
                              "uvicorn.__version__,uvloop.__version__,httptools.__version__,redis.__version__,"
-                             "asyncpg.__version__)"], capture_output=True, text=True).stdout.split()
-        py += ["?"] * (8 - len(py))
+                             "asyncpg.__version__,jwt.__version__)"], capture_output=True, text=True).stdout.split()
+        py += ["?"] * (9 - len(py))
         rev = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                              text=True).stdout.strip() or "?"
         nchan = dpkg_version("libnginx-mod-nchan")
@@ -1004,13 +1323,16 @@ class Bench:
             ("redis-benchmark", first_line(["redis-benchmark", "--version"])),
             ("pgbench", first_line(["pgbench", "--version"])),
             ("FastAPI stack", f"Python {py[0]}, FastAPI {py[1]}, Starlette {py[2]}, uvicorn {py[3]}, uvloop {py[4]}, "
-                              f"httptools {py[5]}, redis-py {py[6]}, asyncpg {py[7]}"),
+                              f"httptools {py[5]}, redis-py {py[6]}, asyncpg {py[7]}, PyJWT {py[8]}"),
         ]
         return cpu, ncpu, kernel, osname, mem, versions
 
-    def ref(self, scenario):
+    def ref(self, scenario, system=None):
+        """The batchd row a row of the scenario is compared with: the one
+        named system, or the first "batchd" row."""
         for r in self.rows:
-            if r["scenario"] == scenario and r["kind"] == "batchd" and not r["na"]:
+            if r["scenario"] == scenario and not r["na"] and (
+                    r["system"] == system if system else r["kind"] == "batchd"):
                 return r
         return None
 
@@ -1035,7 +1357,8 @@ class Bench:
             if b is None or peer is None:
                 out.append((text, None, target, "not measured"))
             else:
-                out.append((text, b["rps"] / peer["rps"], target, f"batchd {b['rps']:,.0f} / {peer['system']} "
+                who = "batchd" if b["system"] == "batchd" or scenario == "http" else b["system"]
+                out.append((text, b["rps"] / peer["rps"], target, f"{who} {b['rps']:,.0f} / {peer['system']} "
                                                                    f"{peer['rps']:,.0f} req/s"))
 
         goal("single reads ≥ 2× Webdis", "hot-single", self.find("hot-single", "Webdis"), 2.0)
@@ -1045,6 +1368,11 @@ class Bench:
         goal("50-id batches ≥ 30× FastAPI-MGET", "hot-batch", best("hot-batch", "FastAPI MGET"), 30.0)
         goal("cold batches ≥ 0.8× pgbench ANY-50", "cold-batch", self.find("cold-batch", "pgbench ANY-50"), 0.8)
         goal("/healthz ≥ 0.9× nginx", "http", self.find("http", "nginx"), 0.9)
+        goal("owner lists ≥ 10× the fixed FastAPI app (page query + MGET)", "list",
+             best("list", "FastAPI after ("), 10.0)
+        # The owner check's cost: access = owner ÷ access = public ≥ 0.9.
+        goal("owner check costs ≤ 10% (access = owner ÷ access = public)", "owner",
+             self.find("owner", "batchd, access = public"), 0.9)
         return out
 
     fmt_num = staticmethod(fmt_num)
@@ -1168,14 +1496,15 @@ class Bench:
             L.append("")
             L.append(EXPLAIN[sc])
             L.append("")
+            extra = EXTRA_COLUMN.get(sc)
             L.append("| system | conns | req/s | p50 ms | p99 ms | Redis cmds/req | PG queries/req | PG rows/req "
-                     "| batchd ÷ row | others' CPU | note |")
-            L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-            b = self.ref(sc)
+                     + (f"| {extra[0]} " if extra else "") + "| batchd ÷ row | others' CPU | note |")
+            L.append("|---|" + "---:|" * (10 if extra else 9) + "---|")
             for r in [r for r in self.rows if r["scenario"] == sc]:
+                b = self.ref(sc, r.get("vs"))
                 name = r["system"] + (" *(machine limit)*" if r["kind"] == "limit" else "")
                 if r["na"]:
-                    L.append(f"| {name} | {r['conns']} | n/a: {r['na']} | | | | | | | | |")
+                    L.append(f"| {name} | {r['conns']} | n/a: {r['na']} | | | | | | | | |" + (" |" if extra else ""))
                     continue
                 ratio = "—"
                 note = r["note"]
@@ -1185,7 +1514,8 @@ class Bench:
                         note = "; ".join(x for x in [note, f"{r['rps'] * r['ids']:,.0f} ids/s; ratio in ids/s"] if x)
                 L.append(f"| {name} | {r['conns']} | {self.fmt_num(r['rps'])} | {self.fmt_ms(r['p50'])} | "
                          f"{self.fmt_ms(r['p99'])} | {self.fmt_rt(r['redis'])} | {self.fmt_rt(r['pg'])} | "
-                         f"{self.fmt_rt(r.get('pg_rows'))} | {ratio} | "
+                         f"{self.fmt_rt(r.get('pg_rows'))} | "
+                         + (f"{self.fmt_rt(r.get(extra[1]))} | " if extra else "") + f"{ratio} | "
                          f"{r.get('other_cpu', 0):.0%} | {note} |")
             L.append("")
         coal = [r for r in self.rows if r["kind"] in ("batchd", "batchd-c256") and not r["na"]
@@ -1306,6 +1636,17 @@ METHOD = """
   the default (`--cpu pinned`) gives the load generator CPU 0 and everything it measures CPU 1, so a
   result is per server core and wrk never steals from the server. `--cpu shared` leaves the scheduler
   to it.
+- **Lists and access** (scenarios list, owner): `tools/lib/bench_owners.sql` adds `owner_id` to the sessions
+  (every 10th, s10..s10000, is u1's: 1,000 sessions interleaved in time with 9,000 of 45 other owners) and an
+  index `(owner_id, created_at DESC, id DESC)`. A second batchd, same binary, Redis and PostgreSQL, runs
+  `.bench/batchd-access.ini`: `[auth] jwt_secret_file` (a random HS256 secret under `.bench/`), two resources
+  over the same documents and keys (`owned:session:{{id}}`, by_ids with `owner_id` added) at `/v1/pub/sessions`
+  (access = public) and `/v1/own/sessions` (access = owner), and `[list my-sessions]` at `/v1/me/sessions`
+  (ttl = 30, max_limit = 200) with the page_query the FastAPI /after route runs too. wrk sends u1's token with
+  `-H "Authorization: Bearer ..."`; FastAPI verifies it with PyJWT. Before a list row is measured its
+  contender's 20 pages are walked through `next` and must hold u1's 1,000 ids in page_query's order; an owner
+  row needs 401 without a token and 404 for another owner's document. The FastAPI /before row runs with 8
+  connections: each request reads all 20,000 keys of the keyspace (SCAN, MGET of the owned ones, parse).
 - **Not measured here**: TLS, HTTP/2, anything across a real network.
 """
 

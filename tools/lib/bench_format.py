@@ -84,12 +84,17 @@ def readme_section(doc):
         L.append("")
     L += ["| scenario | system | req/s | p50 ms | p99 ms | batchd ÷ row | Redis cmds/req | PG queries/req |",
           "|---|---|---:|---:|---:|---:|---:|---:|"]
-    refs = {r["scenario"]: r for r in doc["rows"] if r["kind"] == "batchd" and not r["na"]}
+    refs = {}
+    for r in doc["rows"]:
+        if r["kind"] == "batchd" and not r["na"]:
+            refs.setdefault(r["scenario"], r)
+    named = {(r["scenario"], r["system"]): r for r in doc["rows"] if not r["na"]}
     for r in doc["rows"]:
         if r["na"]:
             L.append(f"| {r['scenario']} | {r['system']} | n/a | | | | | |")
             continue
-        b = refs.get(r["scenario"])
+        # A row may name the batchd row it compares with (a list walk with a walk).
+        b = named.get((r["scenario"], r["vs"])) if r.get("vs") else refs.get(r["scenario"])
         ratio = "—" if b is None or b is r else fmt_ratio(row_ratio(b, r))
         name = r["system"] + (f", {r['conns']} conns" if r["conns"] not in (64, 16) and "connections" not in r["system"]
                               else "")
