@@ -29,9 +29,7 @@ def fmt_ms(v):
 
 
 def fmt_ratio(v):
-    if v is None:
-        return "—"
-    return f"{v:.2f}×" if v < 10 else f"{v:.1f}×" if v < 100 else f"{v:.0f}×"
+    return "—" if v is None else fmt_ms(v) + "×"
 
 
 def fmt_rt(v):
