@@ -381,3 +381,24 @@ def test_hostile_answers_are_unavailable_and_batchd_stays_up(fwd):
         assert len(up.messages()) == n + 1
     finally:
         up.stop()
+
+
+def test_jwt_and_forward_auth_together(fwd, auth_app, tmp_path):
+    """Both configured: a JWT is verified by batchd (no check call); an
+    opaque bearer token (not shaped like a JWT) or a cookie goes to the app;
+    a JWT-shaped token that fails is 401 invalid_token, not asked about."""
+    import jwt as pyjwt
+    secret = "fwd-and-jwt-secret-0123456789abcdef"
+    (tmp_path / "s").write_text(secret)
+    auth_app.session("se", "eve")
+    b = fwd(auth_app.port, auth=f"jwt_secret_file = {tmp_path / 's'}\n")
+    tok = pyjwt.encode({"sub": "zed", "exp": int(time.time()) + 300}, secret, algorithm="HS256")
+    assert read(b, authorization=f"Bearer {tok}").status == 200
+    assert auth_app.calls() == 0
+    assert read(b, "session=se", authorization="Bearer opaque-api-token").status == 200
+    assert auth_app.calls() == 1
+    (fields,) = auth_app.state()["log"]
+    assert dict((k.lower(), v) for k, v in fields)["authorization"] == "Bearer opaque-api-token"
+    r = read(b, "session=se", authorization="Bearer abc.def.ghi")
+    assert r.status == 401 and r.json() == {"error": "invalid_token"}
+    assert auth_app.calls() == 1
