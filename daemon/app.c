@@ -25,6 +25,7 @@
 #include "daemon/backend/redis_pool.h"
 #include "daemon/http/req.h"
 #include "daemon/cache/resource.h"
+#include "daemon/auth/cred_cache.h"
 #include "daemon/auth/identity.h"
 #include "daemon/http/router.h"
 #include "daemon/http/server.h"
@@ -326,6 +327,7 @@ run:
     req_pool_drain();
     batch_pool_drain();
     resource_pool_drain();
+    cred_key_cleanup();
     metrics_free_all();
     config_unref(a->cfg);
     free(a);

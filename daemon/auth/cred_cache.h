@@ -24,6 +24,8 @@ struct cred_key {
 /* The key of a credential: a kind byte ('j' JWT, 'f' forward auth) and up
  * to two parts (Cookie and Authorization for forward auth). */
 void cred_key_of(struct cred_key *k, char kind, const char *a, size_t an, const char *b, size_t bn);
+/* Frees the digest state cred_key_of keeps (at exit). */
+void cred_key_cleanup(void);
 
 struct cred_cache;
 
