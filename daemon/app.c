@@ -25,6 +25,7 @@
 #include "daemon/backend/redis_pool.h"
 #include "daemon/http/req.h"
 #include "daemon/cache/resource.h"
+#include "daemon/auth/identity.h"
 #include "daemon/http/router.h"
 #include "daemon/http/server.h"
 #include "daemon/proxy/upstream.h"
@@ -42,6 +43,7 @@ struct app {
     struct resource_set *resources;
     struct events *events;
     struct upstream *upstream;
+    struct identity *identity;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t grace_timer;
     bool stopping;
@@ -93,6 +95,8 @@ static void app_finish(struct app *a)
     redis_pool_free(a->redis);
     resource_set_free(a->resources);
     events_free(a->events);
+    identity_free(a->identity); /* its forward-auth checks run through the upstream */
+    a->identity = NULL;
     upstream_free(a->upstream);
     a->upstream = NULL;
     a->pg = NULL;
@@ -185,6 +189,14 @@ static void app_reload(struct app *a)
         notify_ready();
         return;
     }
+    if (identity_reconfigure(a->identity, next, &errors) != 0) {
+        log_lines(LOG_ERROR, "reload rejected", "error", &errors);
+        log_error("reload rejected, the running configuration stays", "file=%s", LOG_Q(a->cfg->file));
+        buf_deinit(&errors);
+        config_unref(next);
+        notify_ready();
+        return;
+    }
     buf_deinit(&errors);
     struct buf restart = BUF_INIT;
     if (config_restart_needed(a->cfg, next, &restart))
@@ -267,6 +279,18 @@ int app_run(struct config *cfg)
     a->events = events_new(&a->loop, cfg, a->redis);
     if (cfg->has_upstream)
         a->upstream = upstream_new(&a->loop, &cfg->upstream, a->resources);
+    events_set_resources(a->events, a->resources);
+    struct buf id_errors = BUF_INIT;
+    a->identity = identity_new(&a->loop, cfg, a->upstream, &id_errors);
+    if (a->identity == NULL) { /* a key file changed since main.c read it */
+        log_lines(LOG_ERROR, "cannot start", "error", &id_errors);
+        buf_deinit(&id_errors);
+        code = 1;
+        app_finish(a);
+        goto run;
+    }
+    buf_deinit(&id_errors);
+    identity_set_current(a->identity);
 
     uv_timer_init(&a->loop, &a->grace_timer);
     a->grace_timer.data = a;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "daemon/app.h"
+#include "daemon/auth/jwt.h"
 #include "daemon/config.h"
 
 #define EXIT_CONFIG 2
@@ -65,6 +66,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "batchd: configuration file %s is invalid\n", file);
         buf_deinit(&errors);
         return EXIT_CONFIG;
+    }
+    /* Key files are read now too, so a bad one fails the check (and the
+     * start) with the file named, not the first request. */
+    if (cfg->has_auth && (cfg->auth.jwt_secret_file[0] || cfg->auth.jwt_public_keys.n)) {
+        struct jwt_keys *keys = jwt_keys_load(&cfg->auth, &errors);
+        jwt_keys_free(keys);
+        if (keys == NULL) {
+            fprintf(stderr, "%s", errors.data ? errors.data : "");
+            fprintf(stderr, "batchd: configuration file %s is invalid\n", file);
+            buf_deinit(&errors);
+            config_unref(cfg);
+            return EXIT_CONFIG;
+        }
     }
     buf_deinit(&errors);
     if (test) {

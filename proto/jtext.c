@@ -311,6 +311,176 @@ after:
     }
 }
 
+/* --- one member of an object ------------------------------------------------- */
+
+static unsigned hex_val(unsigned char ch)
+{
+    return ch <= '9' ? (unsigned)(ch - '0') : (unsigned)((ch | 0x20) - 'a' + 10);
+}
+
+/* Decodes the next character of a string literal at q[*i] (after the
+ * opening quote) into out (1 to 4 bytes). Returns the byte count, 0 at the
+ * closing quote, -1 when malformed. */
+static int next_char(const unsigned char *q, size_t n, size_t *i, unsigned char out[4])
+{
+    if (*i >= n)
+        return -1;
+    unsigned char ch = q[(*i)++];
+    if (ch == '"')
+        return 0;
+    if (ch != '\\') {
+        out[0] = ch;
+        return 1;
+    }
+    if (*i >= n)
+        return -1;
+    ch = q[(*i)++];
+    switch (ch) {
+    case '"': case '\\': case '/': out[0] = ch; return 1;
+    case 'b': out[0] = '\b'; return 1;
+    case 'f': out[0] = '\f'; return 1;
+    case 'n': out[0] = '\n'; return 1;
+    case 'r': out[0] = '\r'; return 1;
+    case 't': out[0] = '\t'; return 1;
+    case 'u': break;
+    default: return -1;
+    }
+    uint32_t cp = 0;
+    for (int round = 0; round < 2; round++) {
+        if (n - *i < 4)
+            return -1;
+        uint32_t u = 0;
+        for (int k = 0; k < 4; k++) {
+            if (!is_hex(q[*i + k]))
+                return -1;
+            u = u << 4 | hex_val(q[*i + k]);
+        }
+        *i += 4;
+        if (round == 1) {
+            if (u < 0xdc00 || u > 0xdfff)
+                return -1;
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (u - 0xdc00);
+            break;
+        }
+        cp = u;
+        if (u < 0xd800 || u > 0xdbff)
+            break;
+        /* A high surrogate: its pair must follow as another \u escape. */
+        if (n - *i < 2 || q[*i] != '\\' || q[*i + 1] != 'u')
+            return -1;
+        *i += 2;
+    }
+    if (cp >= 0xdc00 && cp <= 0xdfff)
+        return -1;
+    if (cp < 0x80) {
+        out[0] = (unsigned char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (unsigned char)(0xc0 | cp >> 6);
+        out[1] = (unsigned char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (unsigned char)(0xe0 | cp >> 12);
+        out[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (unsigned char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xf0 | cp >> 18);
+    out[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (unsigned char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+bool jtext_string_equals(const char *q, size_t qn, const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)q;
+    if (qn < 2 || u[0] != '"')
+        return false;
+    size_t i = 1, at = 0;
+    unsigned char ch[4];
+    int k;
+    while ((k = next_char(u, qn, &i, ch)) > 0) {
+        if (n - at < (size_t)k || memcmp(s + at, ch, (size_t)k) != 0)
+            return false;
+        at += (size_t)k;
+    }
+    return k == 0 && i == qn && at == n;
+}
+
+/* Moves c past one value (c->i at its first byte). Containers are skipped
+ * by counting brackets outside strings. */
+static bool skip_value(struct cursor *c)
+{
+    if (c->i >= c->n)
+        return false;
+    unsigned char ch = c->s[c->i];
+    if (ch == '"')
+        return scan_string(c);
+    if (ch != '{' && ch != '[') {
+        size_t start = c->i;
+        while (c->i < c->n && !strchr(",}] \t\r\n", c->s[c->i]))
+            c->i++;
+        return c->i > start;
+    }
+    size_t depth = 0;
+    while (c->i < c->n) {
+        ch = c->s[c->i];
+        if (ch == '"') {
+            if (!scan_string(c))
+                return false;
+            continue;
+        }
+        c->i++;
+        if (ch == '{' || ch == '[')
+            depth++;
+        else if ((ch == '}' || ch == ']') && --depth == 0)
+            return true;
+    }
+    return false;
+}
+
+int jtext_object_field(const char *s, size_t n, const char *name, size_t name_len,
+                       const char **val, size_t *val_len)
+{
+    struct cursor c = { (const unsigned char *)s, n, 0 };
+    skip_ws(&c);
+    if (c.i >= c.n || c.s[c.i] != '{')
+        return -1;
+    c.i++;
+    skip_ws(&c);
+    if (c.i < c.n && c.s[c.i] == '}')
+        return 0;
+    for (;;) {
+        skip_ws(&c);
+        size_t key = c.i;
+        if (c.i >= c.n || c.s[c.i] != '"' || !scan_string(&c))
+            return -1;
+        bool match = jtext_string_equals(s + key, c.i - key, name, name_len);
+        skip_ws(&c);
+        if (c.i >= c.n || c.s[c.i] != ':')
+            return -1;
+        c.i++;
+        skip_ws(&c);
+        size_t start = c.i;
+        if (!skip_value(&c))
+            return -1;
+        if (match) {
+            *val = s + start;
+            *val_len = c.i - start;
+            return 1;
+        }
+        skip_ws(&c);
+        if (c.i < c.n && c.s[c.i] == ',') {
+            c.i++;
+            continue;
+        }
+        return c.i < c.n && c.s[c.i] == '}' ? 0 : -1;
+    }
+}
+
 /* --- memo of valid documents ------------------------------------------------ */
 
 #define MEMO_SLOTS (1u << 15) /* 256 KiB of hashes */

@@ -39,6 +39,17 @@ void jtext_cache_seed(uint64_t seed);
 /* The hash itself, exposed for tests. */
 uint64_t jtext_hash(const char *s, size_t n, uint64_t seed);
 
+/* Finds the member `name` of the top-level object s[0..n) (keys compared
+ * after decoding their escapes; the first match wins) and points *val at
+ * its value's text (a string with its quotes). Returns 1 found, 0 absent,
+ * -1 when s is not an object or is malformed on the way. */
+int jtext_object_field(const char *s, size_t n, const char *name, size_t name_len,
+                       const char **val, size_t *val_len);
+
+/* True when q[0..qn), a JSON string literal with its quotes, decodes to
+ * exactly s[0..n). */
+bool jtext_string_equals(const char *q, size_t qn, const char *s, size_t n);
+
 /* True when s[0..n) is valid UTF-8 (no overlongs, no surrogates). */
 bool jtext_utf8_valid(const char *s, size_t n);
 

@@ -35,6 +35,9 @@ struct identity;
  * public refuses). NULL with errors appended when a key file is bad. */
 struct identity *identity_new(uv_loop_t *loop, const struct config *cfg, struct upstream *up,
                               struct buf *errors);
+/* A reload: new keys and settings, or -1 with errors and nothing changed
+ * (a key file that cannot be used rejects the reload). */
+int identity_reconfigure(struct identity *id, const struct config *cfg, struct buf *errors);
 /* Completes pending checks (503) and frees. */
 void identity_free(struct identity *id);
 
@@ -50,10 +53,17 @@ typedef void (*identity_fn)(struct req *r, void *data);
 void identity_gate(struct req *r, enum cfg_access access, bool sse, identity_fn fn, void *data);
 
 /* Resolves r's principal when it carries a credential, never refusing:
- * fn(r, data) runs with r->principal set or NULL (the proxy forwards what
- * it can and leaves refusing to the app). */
-void identity_resolve(struct req *r, bool sse, identity_fn fn, void *data);
+ * cb(ctx, r) runs with r->principal set or NULL (the proxy forwards what it
+ * can and leaves refusing to the app). Returns NULL when cb has run
+ * already, else a handle: the caller must identity_cancel it if r goes
+ * away first (then cb never runs), and drop it when cb runs. */
+struct identity_wait;
+typedef void (*identity_lookup_fn)(void *ctx, struct req *r);
+struct identity_wait *identity_lookup(struct req *r, identity_lookup_fn cb, void *ctx);
+void identity_cancel(struct identity_wait *w);
 
+/* True when an [auth] section is configured. */
+bool identity_enabled(void);
 /* The header the principal is forwarded to the app in (NULL: none). */
 const char *identity_forward_header(void);
 

@@ -393,21 +393,16 @@ static void window_cb(uv_timer_t *t)
 
 /* --- requests ------------------------------------------------------------------------------- */
 
-void resource_start_read(struct resource *res, struct req *r, const str_t *ids, unsigned n, bool single)
+int resource_read_begin(struct resource *res, struct read *rd, const str_t *ids, unsigned n)
 {
     /* Checked on arrival: one read may take the count past the limit by at
      * most its own ids, and ids it shares with reads in flight add nothing. */
     if (batch_table_count(&res->table) >= (uint64_t)res->cfg->max_ids_in_flight) {
         (*res->m_busy)++;
-        req_add_header(r, "Retry-After", "1");
-        req_error(r, 503, "resource_busy");
-        return;
+        return -EBUSY;
     }
-    struct read *rd = resource_read_get();
     batch_read_init(&rd->rd, n);
     rd->res = res;
-    rd->r = r;
-    rd->single = single;
     for (unsigned i = 0; i < n; i++) {
         bool created;
         struct batch_entry *e = batch_table_get(&res->table, ids[i].p, ids[i].len, &created);
@@ -419,11 +414,35 @@ void resource_start_read(struct resource *res, struct req *r, const str_t *ids, 
     }
     if (rd->rd.pending == 0) {
         resource_answer(rd);
-        return;
+        return 0;
     }
     if (res->cfg->batch_window_us > 0 && !res->window_armed && res->n_queued) {
         res->window_armed = true;
         uv_timer_start(&res->window, window_cb, (uint64_t)(res->cfg->batch_window_us + 999) / 1000, 0);
+    }
+    return 0;
+}
+
+void resource_start_read(struct resource *res, struct req *r, const str_t *ids, unsigned n, bool single)
+{
+    struct read *rd = resource_read_get();
+    rd->r = r;
+    rd->single = single;
+    if (resource_read_begin(res, rd, ids, n) != 0) {
+        resource_read_put(rd);
+        req_add_header(r, "Retry-After", "1");
+        req_error(r, 503, "resource_busy");
+    }
+}
+
+void resource_fetch(struct resource *res, const str_t *ids, unsigned n, resource_fetch_fn cb, void *ctx)
+{
+    struct read *rd = resource_read_get();
+    rd->fetch_cb = cb;
+    rd->fetch_ctx = ctx;
+    if (resource_read_begin(res, rd, ids, n) != 0) {
+        resource_read_put(rd);
+        cb(ctx, NULL, 0, 503);
     }
 }
 
@@ -473,6 +492,8 @@ static void resource_metrics(struct resource *res)
                                          size_bounds, sizeof(size_bounds) / sizeof(double));
     res->m_busy = metrics_counter("batchd_resource_busy_total", l,
                                   "Reads answered 503 resource_busy: max_ids_in_flight ids were already queued or being read.");
+    res->m_not_owner = metrics_counter("batchd_resource_not_owner_total", l,
+                                       "Documents answered as not found (null in batches) because they belong to someone else (access = owner).");
     const char *eh = "Read problems: cached values that were not JSON (healed), PostgreSQL unavailable, query errors, bad documents, "
                      "a backend over max_pending, shutdown.";
     snprintf(l, sizeof(l), "resource=\"%s\",kind=\"invalid_cached\"", n);

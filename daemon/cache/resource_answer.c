@@ -9,6 +9,7 @@
 
 #include "daemon/http/req.h"
 #include "daemon/cache/resource_int.h"
+#include "proto/jtext.h"
 #include "proto/freelist.h"
 #include "proto/mem.h"
 
@@ -92,13 +93,76 @@ static void answer_failure(struct resource *res, struct req *r, enum fail_kind k
     (void)res;
 }
 
+/* --- owners ---------------------------------------------------------------------- */
+
+bool resource_owned_by(const struct cfg_resource *cfg, const char *doc, size_t len,
+                       const char *principal, size_t principal_len)
+{
+    const char *v;
+    size_t vn;
+    if (principal == NULL || jtext_object_field(doc, len, cfg->owner_field, strlen(cfg->owner_field), &v, &vn) != 1)
+        return false;
+    if (v[0] == '"')
+        return jtext_string_equals(v, vn, principal, principal_len);
+    /* A number names its owner by its text: owner_id 42 is principal "42". */
+    return (v[0] == '-' || (v[0] >= '0' && v[0] <= '9')) && vn == principal_len &&
+           memcmp(v, principal, vn) == 0;
+}
+
+/* Under access = owner, may the asker see this slot's document? */
+static bool visible(const struct resource *res, const struct req *r, const struct batch_entry *e)
+{
+    return e->result == BATCH_FOUND &&
+           (res->cfg->access != ACCESS_OWNER ||
+            resource_owned_by(res->cfg, e->doc, e->doc_len, r->principal, r->principal_len));
+}
+
+/* --- reads from inside batchd ------------------------------------------------------ */
+
+void resource_fetch_done(struct read *rd)
+{
+    unsigned n = rd->rd.n;
+    struct fetched stack[64];
+    struct fetched *f = n <= 64 ? stack : mem_alloc(n * sizeof(*f));
+    int fail = 0;
+    for (unsigned i = 0; i < n; i++) {
+        struct batch_entry *e = rd->rd.slots[i];
+        f[i] = (struct fetched){ FETCH_ABSENT, NULL, 0, e->from_cache };
+        if (e->result == BATCH_FOUND) {
+            f[i].result = FETCH_FOUND;
+            f[i].doc = e->doc;
+            f[i].doc_len = e->doc_len;
+        } else if (e->result == BATCH_FAILED) {
+            f[i].result = FETCH_FAILED;
+            int status = e->err == FAIL_QUERY || e->err == FAIL_DOCUMENT ? 500 : 503;
+            if (status > fail)
+                fail = status;
+        }
+    }
+    rd->fetch_cb(rd->fetch_ctx, f, n, fail);
+    if (f != stack)
+        free(f);
+    batch_read_release(&rd->rd);
+    resource_read_put(rd);
+}
+
 void resource_answer(struct read *rd)
 {
+    if (rd->fetch_cb) {
+        resource_fetch_done(rd);
+        return;
+    }
     struct resource *res = rd->res;
     struct req *r = rd->r;
+    /* Under access = owner someone else's document must look exactly like
+     * a missing one: it is hidden, and X-Cache and Server-Timing describe
+     * only the documents shown (none at all on a 404), so whether it was
+     * cached says nothing either. */
+    bool owner = res->cfg->access == ACCESS_OWNER;
     enum fail_kind fail = FAIL_NONE;
     uint32_t cache_us = 0, db_us = 0;
     bool used_cache = false, used_db = false, all_cached = true;
+    unsigned shown = 0;
     for (unsigned i = 0; i < rd->rd.n; i++) {
         struct batch_entry *e = rd->rd.slots[i];
         if (e->result == BATCH_FAILED) {
@@ -106,6 +170,18 @@ void resource_answer(struct read *rd)
                 fail = (enum fail_kind)e->err;
             continue;
         }
+        if (!e->from_cache)
+            (*res->m_miss)++;
+        else if (e->result == BATCH_ABSENT)
+            (*res->m_absent)++;
+        else
+            (*res->m_hit)++;
+        if (owner && !visible(res, r, e)) {
+            if (e->result == BATCH_FOUND)
+                (*res->m_not_owner)++;
+            continue;
+        }
+        shown++;
         if (e->cache_us) {
             used_cache = true;
             if (e->cache_us > cache_us)
@@ -116,20 +192,17 @@ void resource_answer(struct read *rd)
             used_db = true;
             if (e->db_us > db_us)
                 db_us = e->db_us;
-            (*res->m_miss)++;
-        } else if (e->result == BATCH_ABSENT) {
-            (*res->m_absent)++;
-        } else {
-            (*res->m_hit)++;
         }
     }
     if (fail != FAIL_NONE) {
         answer_failure(res, r, fail);
     } else if (rd->single) {
         struct batch_entry *e = rd->rd.slots[0];
-        req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
-        append_timing(r, cache_us, db_us, used_cache, used_db);
-        if (e->result == BATCH_FOUND)
+        if (shown) {
+            req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
+            append_timing(r, cache_us, db_us, used_cache, used_db);
+        }
+        if (visible(res, r, e))
             req_respond(r, 200, "application/json", e->doc, e->doc_len);
         else
             req_error(r, 404, "not_found");
@@ -147,7 +220,7 @@ void resource_answer(struct read *rd)
             struct batch_entry *e = rd->rd.slots[i];
             if (i)
                 *p++ = ',';
-            if (e->result == BATCH_FOUND) {
+            if (visible(res, r, e)) {
                 memcpy(p, e->doc, e->doc_len);
                 p += e->doc_len;
             } else {
@@ -158,8 +231,10 @@ void resource_answer(struct read *rd)
         *p++ = ']';
         body->len = (size_t)(p - body->data);
         body->data[body->len] = '\0';
-        req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
-        append_timing(r, cache_us, db_us, used_cache, used_db);
+        if (shown) {
+            req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
+            append_timing(r, cache_us, db_us, used_cache, used_db);
+        }
         req_respond_body(r, 200, "application/json");
     }
     batch_read_release(&rd->rd);

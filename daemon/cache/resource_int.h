@@ -76,6 +76,7 @@ struct resource {
     bool window_armed;
     uint64_t *m_hit, *m_miss, *m_absent, *m_pg_queries, *m_degraded, *m_joins, *m_writebacks;
     uint64_t *m_inval_unjoined, *m_invalid_cached, *m_busy;
+    uint64_t *m_not_owner;              /* documents hidden from a non-owner */
     uint64_t *m_err[FAIL__COUNT];       /* by enum fail_kind; FAIL_NONE unused */
     uint64_t *m_requests[READ__FORMS];  /* by enum read_form */
     struct metric_hist *m_mget_keys, *m_query_ids;
@@ -113,8 +114,10 @@ struct chunk {
 struct read {
     struct batch_read rd;
     struct resource *res;
-    struct req *r;
+    struct req *r;              /* NULL for resource_fetch reads */
     bool single;
+    resource_fetch_fn fetch_cb; /* resource_fetch: who gets the outcome */
+    void *fetch_ctx;
 };
 
 struct invalidation {
@@ -158,6 +161,11 @@ void resource_answer(struct read *rd);
  * (at once when every id was already resolved). single: answer the one
  * document rather than an array. */
 void resource_start_read(struct resource *res, struct req *r, const str_t *ids, unsigned n, bool single);
+/* Queues or joins ids for rd (res, r or fetch_cb set); answers at once when
+ * all are resolved. Returns -EBUSY (nothing started) past max_ids_in_flight. */
+int resource_read_begin(struct resource *res, struct read *rd, const str_t *ids, unsigned n);
+/* A resource_fetch read is complete: hands the outcome to its callback. */
+void resource_fetch_done(struct read *rd);
 struct read *resource_read_get(void);
 void resource_read_put(struct read *rd);
 

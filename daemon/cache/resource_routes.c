@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/auth/identity.h"
 #include "daemon/http/auth.h"
 #include "daemon/http/req.h"
 #include "proto/ids.h"
@@ -36,10 +37,9 @@ static void bad_ids(struct req *r, int rc)
     req_error(r, 400, rc == -E2BIG ? "too_many_ids" : "invalid_id");
 }
 
-static void handle_single(struct req *r, void *data)
+static void handle_single_allowed(struct req *r, void *data)
 {
     struct resource *res = data;
-    (*res->m_requests[READ_SINGLE])++;
     str_t raw;
     char id[IDS_MAX_LEN];
     size_t n;
@@ -52,10 +52,9 @@ static void handle_single(struct req *r, void *data)
     resource_start_read(res, r, &one, 1, true);
 }
 
-static void handle_list(struct req *r, void *data)
+static void handle_list_allowed(struct req *r, void *data)
 {
     struct resource *res = data;
-    (*res->m_requests[READ_LIST])++;
     struct id_list ids;
     id_list_init(&ids);
     str_t rest = r->msg.query, k, v;
@@ -82,10 +81,9 @@ static void handle_list(struct req *r, void *data)
     id_list_deinit(&ids);
 }
 
-static void handle_batch(struct req *r, void *data)
+static void handle_batch_allowed(struct req *r, void *data)
 {
     struct resource *res = data;
-    (*res->m_requests[READ_BATCH])++;
     json_error_t jerr;
     json_t *doc = json_loadb(r->msg.body.data ? r->msg.body.data : "", r->msg.body.len, 0, &jerr);
     json_t *arr = doc ? json_object_get(doc, "ids") : NULL;
@@ -162,6 +160,19 @@ static void handle_purge(struct req *r, void *data)
 
 /* --- lookups for PURGE and the proxy ------------------------------------------------------ */
 
+struct resource *resource_set_find(struct resource_set *s, const char *name)
+{
+    for (unsigned i = 0; s && i < s->n; i++)
+        if (!s->res[i]->retired && strcmp(s->res[i]->cfg->name, name) == 0)
+            return s->res[i];
+    return NULL;
+}
+
+const struct cfg_resource *resource_cfg(const struct resource *res)
+{
+    return res->cfg;
+}
+
 int resource_set_invalidate(struct resource_set *s, const char *resource, const char *id,
                             size_t id_len, void (*cb)(void *ctx, int err), void *ctx)
 {
@@ -198,6 +209,20 @@ unsigned resource_set_match_write(struct resource_set *s, str_t path, struct res
     }
     return n;
 }
+
+/* Each read is counted, then goes through the resource's access gate
+ * (public: straight on; otherwise a principal first, daemon/auth/). */
+#define GATED(name, form)                                                         \
+    static void name(struct req *r, void *data)                                   \
+    {                                                                             \
+        struct resource *res = data;                                              \
+        (*res->m_requests[form])++;                                               \
+        identity_gate(r, (enum cfg_access)res->cfg->access, false, name##_allowed, res); \
+    }
+GATED(handle_single, READ_SINGLE)
+GATED(handle_list, READ_LIST)
+GATED(handle_batch, READ_BATCH)
+#undef GATED
 
 void resource_set_add_routes(struct resource_set *s, struct router *rt)
 {

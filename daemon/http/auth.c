@@ -21,6 +21,15 @@ static int ct_equal(const char *a, size_t alen, const char *b, size_t blen)
     return diff == 0;
 }
 
+bool auth_admin_ok(const struct req *r, const char *token)
+{
+    static const char prefix[] = "Bearer ";
+    str_t h = req_header(r, "authorization");
+    return token != NULL && token[0] != '\0' && h.p != NULL && h.len >= sizeof(prefix) - 1 &&
+           strncasecmp(h.p, prefix, sizeof(prefix) - 1) == 0 &&
+           ct_equal(h.p + sizeof(prefix) - 1, h.len - (sizeof(prefix) - 1), token, strlen(token));
+}
+
 int auth_require(struct req *r, const char *token)
 {
     static uint64_t *m_denied;

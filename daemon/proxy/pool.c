@@ -159,7 +159,7 @@ static void uconn_after_parse(struct uconn *uc, bool leftover)
     px->uc = NULL;
     upool_deadline_remove(px);
     uconn_release(uc, keep);
-    proxy_response_done(px);
+    px->ops->done(px);
 }
 
 /* Closes the connection and fails its request, if it still has one. */
@@ -169,11 +169,11 @@ static void uconn_fail(struct uconn *uc, enum uc_close_reason reason, enum px_er
     upool_close(uc, reason);
     if (px) {
         px->uc = NULL;
-        proxy_fail(px, kind);
+        px->ops->fail(px, kind);
     }
 }
 
-/* The stream's parse_cb: the app's answer, through proxy_rparser_cbs.
+/* The stream's parse_cb: the app's answer, through px->ops->rparser.
  * The connection is handed back only after the parse returns: mid-parse,
  * a new request could use it. */
 static size_t uconn_parse_cb(struct stream *s, const char *data, size_t n)
@@ -218,7 +218,7 @@ static void uconn_read_cb(struct stream *s, const char *data, size_t n)
         return;
     }
     if (uc->px)
-        proxy_app_progress(uc->px);
+        uc->px->ops->progress(uc->px);
     stream_parse(s, data, n);
     stream_read_update(s); /* stops while a pause reason is set */
 }
@@ -229,7 +229,7 @@ static void uconn_written_cb(struct stream *s, int status)
 {
     struct proxy *px = ((struct uconn *)s)->px;
     if (px && status == 0)
-        proxy_written(px);
+        px->ops->written(px);
 }
 
 static void on_connect_cb(uv_connect_t *cr, int status)
@@ -253,7 +253,7 @@ static void on_connect_cb(uv_connect_t *cr, int status)
         uconn_release(uc, true);
         return;
     }
-    proxy_conn_ready(px);
+    px->ops->ready(px);
 }
 
 static struct uconn *uconn_connect(struct upstream *u)
@@ -263,7 +263,7 @@ static struct uconn *uconn_connect(struct upstream *u)
     uc->state = UC_CONNECTING;
     stream_init(&uc->s, u->loop, &u->kind);
     uc->connect_req.data = uc;
-    http_rparser_init(&uc->parser, &proxy_rparser_cbs, UPSTREAM_HEAD_MAX, uc);
+    http_rparser_init(&uc->parser, NULL, UPSTREAM_HEAD_MAX, uc); /* callbacks: uconn_bind */
     u->n_conns++;
     uc->connect_deadline = uv_now(u->loop) + (uint64_t)u->cfg->connect_timeout_ms;
     LIST_INSERT_HEAD(&u->connecting, uc, link);
@@ -278,13 +278,20 @@ static struct uconn *uconn_connect(struct upstream *u)
 
 /* --- handing out connections --------------------------------------------------- */
 
+/* uc serves px: the answer is parsed with px's callbacks. */
+static void uconn_bind(struct uconn *uc, struct proxy *px)
+{
+    uc->px = px;
+    px->uc = uc;
+    uc->parser.cbs = px->ops->rparser;
+}
+
 bool upool_connect_for(struct upstream *u, struct proxy *px)
 {
     struct uconn *uc = uconn_connect(u);
     if (uc == NULL)
         return false;
-    uc->px = px;
-    px->uc = uc;
+    uconn_bind(uc, px);
     px->state = PX_CONNECTING;
     return true;
 }
@@ -302,16 +309,15 @@ void upool_acquire(struct upstream *u, struct proxy *px)
         LIST_REMOVE(uc, link);
         u->n_idle--;
         uc->state = UC_BUSY;
-        uc->px = px;
-        px->uc = uc;
+        uconn_bind(uc, px);
         px->attempt = uc->served > 0 ? PX_ATTEMPT_REUSED : PX_ATTEMPT_FRESH;
-        proxy_conn_ready(px);
+        px->ops->ready(px);
         return;
     }
     if (u->n_conns < (unsigned)u->cfg->pool_size) {
         px->attempt = PX_ATTEMPT_FRESH;
         if (!upool_connect_for(u, px))
-            proxy_fail(px, PX_ERR_REFUSED);
+            px->ops->fail(px, PX_ERR_REFUSED);
         return;
     }
     px->state = PX_WAITING;
@@ -345,7 +351,7 @@ static void sweep_cb(uv_timer_t *t)
     /* Oldest first: the deadlines come in order. */
     struct proxy *px;
     while ((px = TAILQ_FIRST(&u->deadlines)) && px->deadline_ms <= now)
-        proxy_deadline_expired(px);
+        px->ops->expired(px);
     /* A connect the app never answers (SYNs dropped) fails at
      * connect_timeout_ms, not at the request's timeout_ms. Failing one may
      * start another connect: look again from the top. */
@@ -387,6 +393,7 @@ struct upstream *upstream_new(uv_loop_t *loop, const struct cfg_upstream *cfg,
         .over_limit = STREAM_OVER_LIMIT_NONE,
     };
     proxy_metrics_init(u);
+    subrequest_metrics_init(u);
     uv_timer_init(loop, &u->sweep);
     u->sweep.data = u;
     uv_timer_start(&u->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
@@ -406,6 +413,13 @@ void upstream_free(struct upstream *u)
     if (u == NULL)
         return;
     u->freeing = true;
+    /* Nobody waits for a pool that is going away (the clients are gone by
+     * now; a sub-request's owner may not be). */
+    struct proxy *px;
+    while ((px = TAILQ_FIRST(&u->waiting)) != NULL) {
+        upool_wait_remove(u, px);
+        px->ops->fail(px, PX_ERR_REFUSED);
+    }
     while (!LIST_EMPTY(&u->idle))
         upool_close(LIST_FIRST(&u->idle), UC_CLOSE_POOL_CLOSED);
     if (u->n_conns == 0)

@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/auth/identity.h"
 #include "daemon/http/req.h"
 #include "daemon/log.h"
 #include "daemon/proxy/proxy_int.h"
@@ -194,9 +195,19 @@ static void px_let_go(struct proxy *px, enum uc_close_reason reason)
 }
 
 /* The client went away: drop the app connection (its response is unwanted). */
+/* The request is leaving the proxy: a lookup of its principal must not
+ * come back to it. */
+static void px_forget_identity(struct proxy *px)
+{
+    identity_cancel(px->idw);
+    px->idw = NULL;
+    px->id_pending = false;
+}
+
 static void client_abort_cb(struct req *r)
 {
     struct proxy *px = r->hdata;
+    px_forget_identity(px);
     px->r = NULL;
     px_let_go(px, UC_CLOSE_CLIENT_GONE);
     px->state = PX_DONE;
@@ -207,6 +218,7 @@ static void client_abort_cb(struct req *r)
 static struct req *px_take_req(struct proxy *px)
 {
     struct req *r = px->r;
+    px_forget_identity(px);
     px->r = NULL;
     px->state = PX_DONE;
     r->hdata = NULL;
@@ -228,7 +240,7 @@ static void px_end_client(struct proxy *px)
     px_maybe_free(px);
 }
 
-void proxy_response_done(struct proxy *px)
+static void proxy_response_done(struct proxy *px)
 {
     if (px->r == NULL) {
         px->state = PX_DONE;
@@ -269,7 +281,7 @@ static bool method_idempotent(unsigned method)
     }
 }
 
-void proxy_fail(struct proxy *px, enum px_error kind)
+static void proxy_fail(struct proxy *px, enum px_error kind)
 {
     struct upstream *u = px->up;
     if (px->state == PX_DONE)
@@ -305,7 +317,7 @@ void proxy_fail(struct proxy *px, enum px_error kind)
     px_maybe_free(px);
 }
 
-void proxy_deadline_expired(struct proxy *px)
+static void proxy_deadline_expired(struct proxy *px)
 {
     upool_deadline_remove(px);
     if (px->state == PX_WAITING)
@@ -314,7 +326,7 @@ void proxy_deadline_expired(struct proxy *px)
     proxy_fail(px, PX_ERR_TIMEOUT);
 }
 
-void proxy_app_progress(struct proxy *px)
+static void proxy_app_progress(struct proxy *px)
 {
     if (px->answer == PX_ANSWER_NONE)
         px->answer = PX_ANSWER_ARRIVING; /* the app has seen the request: no retry */
@@ -449,7 +461,7 @@ static int rcomplete_cb(struct http_rparser *p, struct http_response *resp)
     return HTTP_PARSER_PAUSE;
 }
 
-const struct http_rparser_cbs proxy_rparser_cbs = {
+static const struct http_rparser_cbs proxy_rparser_cbs = {
     .head_cb = rhead_cb,
     .body_cb = rbody_cb,
     .complete_cb = rcomplete_cb,
@@ -502,14 +514,14 @@ static void px_send(struct proxy *px, const uv_buf_t *bufs, unsigned n)
     px->q_n++;
 }
 
-void proxy_written(struct proxy *px)
+static void proxy_written(struct proxy *px)
 {
     upool_deadline_touch(px);
     if (px->uc)
         resume_client_if_drained(px);
 }
 
-void proxy_conn_ready(struct proxy *px)
+static void proxy_conn_ready(struct proxy *px)
 {
     struct uconn *uc = px->uc;
     http_rparser_reset(&uc->parser, px->r && px->r->msg.method == HTTP_HEAD);
@@ -534,6 +546,10 @@ void proxy_conn_ready(struct proxy *px)
 /* The request goes to the pool: a connection now, or a place in line. */
 static void px_start(struct proxy *px)
 {
+    if (px->id_pending) { /* the head goes once the principal is known */
+        px->start_wanted = true;
+        return;
+    }
     px->state = PX_NEW;
     upool_deadline_add(px);
     upool_acquire(px->up, px);
@@ -613,11 +629,31 @@ static void build_request_head(struct proxy *px, struct req *r)
         .default_host = u->cfg->url.host,
         .proto = "http",
     };
+    f.strip_header = identity_forward_header();
     http_forward_request(&r->msg, &f, &px->head);
     if (px->body != PX_BODY_NONE)
         px->req_frame = f.chunked ? PX_FRAME_CHUNKED : PX_FRAME_RAW;
     *u->m_drop_underscore += f.dropped_underscore;
     *u->m_drop_forwarded += f.dropped_forwarded;
+}
+
+/* The principal is known (or known to be absent): it goes to the app in
+ * forward_principal_header, which build_request_head stripped from what
+ * the client sent. */
+static void identity_cb(void *ctx, struct req *r)
+{
+    struct proxy *px = ctx;
+    px->idw = NULL;
+    px->id_pending = false;
+    const char *name = identity_forward_header();
+    if (name && r->principal && px->head.len >= 4) {
+        px->head.len -= 2; /* before the blank line that ends the head */
+        buf_appendf(&px->head, "%s: %s\r\n\r\n", name, r->principal);
+    }
+    if (px->start_wanted && px->state != PX_DONE) {
+        px->start_wanted = false;
+        px_start(px);
+    }
 }
 
 static void proxy_handler(struct req *r, void *data)
@@ -639,6 +675,7 @@ static void proxy_handler(struct req *r, void *data)
         return;
     }
     struct proxy *px = mem_calloc(1, sizeof(*px));
+    px->ops = &proxy_ops;
     px->r = r;
     px->up = u;
     px->start_ns = uv_hrtime();
@@ -653,6 +690,14 @@ static void proxy_handler(struct req *r, void *data)
     r->body_cb = body_cb;
     r->body_end_cb = body_end_cb;
     r->drain_cb = client_drain_cb;
+    /* Who is asking, for the app (forward_principal_header) and for the
+     * lists a write invalidates; the head waits for a forward-auth check. */
+    bool write = m->method == HTTP_PUT || m->method == HTTP_PATCH || m->method == HTTP_POST ||
+                 m->method == HTTP_DELETE;
+    if (identity_forward_header() || (write && identity_enabled())) {
+        px->id_pending = true;
+        px->idw = identity_lookup(r, identity_cb, px);
+    }
     int64_t rb = u->cfg->request_buffer_bytes;
     if (has_body && rb > 0 && (m->chunked || m->content_length <= (uint64_t)rb)) {
         /* Like nginx's proxy_request_buffering: a slow client holds no
@@ -663,6 +708,16 @@ static void proxy_handler(struct req *r, void *data)
     }
     px_start(px);
 }
+
+const struct px_ops proxy_ops = {
+    .rparser = &proxy_rparser_cbs,
+    .ready = proxy_conn_ready,
+    .progress = proxy_app_progress,
+    .written = proxy_written,
+    .done = proxy_response_done,
+    .fail = proxy_fail,
+    .expired = proxy_deadline_expired,
+};
 
 void upstream_add_routes(struct upstream *u, struct router *rt)
 {

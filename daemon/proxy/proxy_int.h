@@ -1,9 +1,11 @@
 /*
- * proxy_int: what pool.c (app server connections) and proxy.c (one
- * proxied request) share. Private to daemon/proxy/; see upstream.h.
+ * proxy_int: what pool.c (app server connections), proxy.c (one proxied
+ * request) and subrequest.c (batchd's own requests to the app) share.
+ * Private to daemon/proxy/; see upstream.h.
  *
- *   proxy.c ──upool_acquire──> pool.c ──proxy_conn_ready──> proxy.c
- *           <──proxy_response_done / proxy_conn_failed / proxy_deadline_expired──
+ *   proxy.c ┐                       ┌─ px->ops->ready ──────────> proxy.c
+ *           ├─upool_acquire─> pool.c┤  <- done / fail / expired    or
+ *   subrequest.c ┘                  └─ parser: px->ops->rparser    subrequest.c
  *
  * A request's state is one main state plus a named sub-state per
  * direction; each has a name for the logs.
@@ -21,6 +23,7 @@
 #include "daemon/config.h"
 #include "daemon/metrics.h"
 #include "daemon/net/stream.h"
+#include "daemon/proxy/subrequest.h"
 #include "daemon/proxy/upstream.h"
 #include "proto/buf.h"
 #include "proto/http_response.h"
@@ -122,7 +125,28 @@ struct piece {
     char data[];
 };
 
+struct proxy;
+
+/* What the pool calls on the request a connection serves: a proxied
+ * request (proxy.c, proxy_ops) or a sub-request (subrequest.c). */
+struct px_ops {
+    const struct http_rparser_cbs *rparser; /* parses the answer; p->data is the uconn */
+    /* px->uc is connected and px's: send the head and the queued body. */
+    void (*ready)(struct proxy *px);
+    /* The app sent bytes: no retry from now on, and its deadline restarts. */
+    void (*progress)(struct proxy *px);
+    /* A queued write to the app finished. */
+    void (*written)(struct proxy *px);
+    /* The answer is complete and px's connection handed back. */
+    void (*done)(struct proxy *px);
+    /* px's connection failed (px->uc is NULL already), or it could not get one. */
+    void (*fail)(struct proxy *px, enum px_error kind);
+    /* px's deadline on the pool's list passed. */
+    void (*expired)(struct proxy *px);
+};
+
 struct proxy {
+    const struct px_ops *ops;
     struct req *r;              /* NULL once the client is gone or answered */
     struct upstream *up;
     struct uconn *uc;           /* the app connection, while it has one */
@@ -142,6 +166,9 @@ struct proxy {
     unsigned n_matches;
     struct resource_match matches[MAX_MATCHES];
     uint64_t start_ns;
+    struct identity_wait *idw;  /* the principal being looked up (forward auth) */
+    bool id_pending;            /* ... so the head waits: no principal header yet */
+    bool start_wanted;          /* px_start was called while id_pending */
     uint64_t deadline_ms;       /* the app must make progress by then */
     TAILQ_ENTRY(proxy) wait_link; /* the pool's line, while PX_WAITING */
     TAILQ_ENTRY(proxy) dl_link;   /* the pool's deadline list, oldest first */
@@ -175,7 +202,8 @@ enum uc_state { UC_CONNECTING, UC_IDLE, UC_BUSY, UC_CLOSING };
     X(TIMEOUT, "timeout")                   /* the app was silent for timeout_ms */  \
     X(NOT_REUSABLE, "not_reusable")         /* Connection: close, bytes after the    \
                                              * answer, or a body not sent whole */   \
-    X(CLIENT_GONE, "client_gone")                                                    \
+    X(CLIENT_GONE, "client_gone")           /* or a sub-request was cancelled */     \
+    X(ANSWER_TOO_LARGE, "answer_too_large") /* a sub-request's answer body */        \
     X(BODY_TOO_LARGE, "body_too_large")     /* the client's body, mid-stream */      \
     X(POOL_CLOSED, "pool_closed")
 
@@ -229,6 +257,7 @@ struct upstream {
     uint64_t *m_pause_req;
     uint64_t *m_inval, *m_inval_err;
     uint64_t *m_drop_underscore, *m_drop_forwarded, *m_buffered;
+    uint64_t *m_sub[SUBREQUEST__COUNT]; /* sub-requests by result */
     struct metric_hist *m_latency;
 };
 
@@ -252,20 +281,10 @@ void upool_deadline_remove(struct proxy *px);
 /* The app made progress: its timeout_ms starts again, if running. */
 void upool_deadline_touch(struct proxy *px);
 
-/* --- proxy.c, for pool.c --------------------------------------------------- */
+/* --- proxy.c and subrequest.c, for pool.c ---------------------------------- */
 
-extern const struct http_rparser_cbs proxy_rparser_cbs;
+extern const struct px_ops proxy_ops;
 void proxy_metrics_init(struct upstream *u);
-/* px->uc is connected and px's: send the head and the queued body. */
-void proxy_conn_ready(struct proxy *px);
-/* The app sent bytes: no retry from now on, and its deadline restarts. */
-void proxy_app_progress(struct proxy *px);
-/* A queued write to the app finished. */
-void proxy_written(struct proxy *px);
-/* The answer is complete and px's connection handed back. */
-void proxy_response_done(struct proxy *px);
-/* px's connection failed (px->uc is NULL already) or its deadline passed. */
-void proxy_fail(struct proxy *px, enum px_error kind);
-void proxy_deadline_expired(struct proxy *px);
+void subrequest_metrics_init(struct upstream *u);
 
 #endif

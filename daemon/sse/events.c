@@ -189,6 +189,9 @@ static void def_metrics(struct sse_stream *d)
     d->m_gap_flushes = metrics_counter("batchd_sse_sync_gap_flushes_total", l,
                                        "Times a channel's gap read held sync_gap_bytes and passed on what "
                                        "it had read before reading on.");
+    d->m_not_owner = metrics_counter("batchd_sse_not_owner_total", l,
+                                     "Subscribes and publishes answered 404: the stream's owner_resource document "
+                                     "is missing or belongs to someone else (access = owner).");
 }
 
 static void def_add(struct events *h, const struct cfg_stream *sc)
@@ -258,6 +261,11 @@ struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redi
     if (h->n_defs && redis)
         redis_pool_pubsub_start(redis, sub_cb, h);
     return h;
+}
+
+void events_set_resources(struct events *h, struct resource_set *resources)
+{
+    h->resources = resources;
 }
 
 void events_reconfigure(struct events *h, const struct config *cfg)

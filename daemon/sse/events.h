@@ -42,6 +42,9 @@ struct events *events_new(uv_loop_t *loop, const struct config *cfg, struct redi
  * place (connected clients stay); removed ones take no new clients.
  * `cfg` must outlive the hub. */
 void events_reconfigure(struct events *h, const struct config *cfg);
+/* Where access = owner streams look up their owner_resource documents. */
+struct resource_set;
+void events_set_resources(struct events *h, struct resource_set *resources);
 void events_add_routes(struct events *h, struct router *rt);
 /* Shutdown: every client gets a last "retry:" (jittered) and its stream ends. */
 void events_drain(struct events *h);

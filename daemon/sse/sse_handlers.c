@@ -1,10 +1,11 @@
 /*
  * sse_handlers: the two routes of a stream's path.
  *
- *   GET  {path}  id, Last-Event-ID (header or ?last_event_id=) checked; then a
- *                client (sse_client.c), or a 200 "retry:" when draining or
- *                at max_sse_clients
- *   POST {path}  token and id checked; then sse_publish.h
+ *   GET  {path}  id, Last-Event-ID (header or ?last_event_id=) checked, then
+ *                access (sse_access.c); then a client (sse_client.c), or a
+ *                200 "retry:" when draining or at max_sse_clients
+ *   POST {path}  the admin token, or (owners_publish) the owner; id checked;
+ *                then sse_publish.h
  */
 #include <errno.h>
 
@@ -43,10 +44,29 @@ static int last_event_id(struct req *r, struct sse_id *out, bool *present)
     return rc;
 }
 
+/* Access granted (or public): the client joins its channel. */
+void sse_subscribe_granted(struct req *r, struct sse_stream *def, str_t id)
+{
+    struct sse_id from = { 0, 0 };
+    bool replay = false;
+    if (last_event_id(r, &from, &replay) != 0) {
+        req_error(r, 400, "invalid_last_event_id");
+    } else if (def->hub->draining || def->retired) {
+        sse_turn_away(r, def, TURN_AWAY_SHUTTING_DOWN);
+    } else if (def->n_clients >= (unsigned)def->cfg->max_sse_clients) {
+        sse_turn_away(r, def, TURN_AWAY_OVERLOADED);
+    } else {
+        struct buf key = BUF_INIT;
+        url_template_expand(def->cfg->key, "id", id, &key);
+        sse_client_new(def, r, key.data, replay, from);
+        buf_deinit(&key);
+    }
+}
+
 void sse_subscribe_handler(struct req *r, void *data)
 {
     struct sse_stream *def = data;
-    struct buf id = BUF_INIT, key = BUF_INIT;
+    struct buf id = BUF_INIT;
     struct sse_id from = { 0, 0 };
     bool replay = false;
     if (r->msg.method == HTTP_HEAD) {
@@ -60,23 +80,31 @@ void sse_subscribe_handler(struct req *r, void *data)
     } else if (def->n_clients >= (unsigned)def->cfg->max_sse_clients) {
         sse_turn_away(r, def, TURN_AWAY_OVERLOADED);
     } else {
-        url_template_expand(def->cfg->key, "id", buf_str(&id), &key);
-        sse_client_new(def, r, key.data, replay, from);
+        sse_access_check(r, def, buf_str(&id), true);
     }
     buf_deinit(&id);
-    buf_deinit(&key);
+}
+
+void sse_publish_granted(struct req *r, struct sse_stream *def, str_t id)
+{
+    sse_publish_handle(def->hub->publisher, r, def->cfg, &def->pub, id);
 }
 
 void sse_publish_handler(struct req *r, void *data)
 {
     struct sse_stream *def = data;
     struct events *h = def->hub;
-    if (auth_require(r, h->cfg->batchd.admin_token) != 0)
+    /* The admin token publishes anywhere; with owners_publish, so does the
+     * owner of {id} (after the same checks as a subscriber). */
+    bool admin = auth_admin_ok(r, h->cfg->batchd.admin_token);
+    if (!admin && !def->cfg->owners_publish && auth_require(r, h->cfg->batchd.admin_token) != 0)
         return;
     struct buf id = BUF_INIT;
     if (req_param_decoded(r, "id", &id) != 0 || !ids_valid(id.data, id.len))
         req_error(r, 400, "invalid_id");
+    else if (admin)
+        sse_publish_granted(r, def, buf_str(&id));
     else
-        sse_publish_handle(h->publisher, r, def->cfg, &def->pub, buf_str(&id));
+        sse_access_check(r, def, buf_str(&id), false);
     buf_deinit(&id);
 }

@@ -42,6 +42,7 @@ struct sse_stream {
     uint64_t *m_rejected[TURN_AWAY__COUNT];
     uint64_t *m_invalid_live, *m_invalid_history;
     uint64_t *m_held_overflows, *m_gap_flushes;
+    uint64_t *m_not_owner;      /* subscribes/publishes refused: not the owner (access = owner) */
 };
 
 /* One Redis key with clients: one SUBSCRIBE, shared. */
@@ -124,10 +125,22 @@ struct events {
     unsigned handles_open;
     struct sse_publisher *publisher;
     struct sse_ev *ping_ev;
+    struct resource_set *resources;  /* for access = owner's owner_resource */
     bool draining;
     uint64_t *m_clients_total;
     uint64_t *m_history_errors;
 };
+
+/* --- sse_access.c: access = authenticated | owner ------------------------------------ */
+
+/* Goes on with sse_subscribe_granted / sse_publish_granted once r may use
+ * def's stream {id} (at once when it is public; id is the decoded {id}),
+ * else answers r (401/403/404/503). Nothing is allocated until the
+ * principal is known. */
+void sse_access_check(struct req *r, struct sse_stream *def, str_t id, bool subscribe);
+/* (sse_handlers.c) */
+void sse_subscribe_granted(struct req *r, struct sse_stream *def, str_t id);
+void sse_publish_granted(struct req *r, struct sse_stream *def, str_t id);
 
 /* --- sse_channel.c: channels and their sync state machine -------------------------- */
 

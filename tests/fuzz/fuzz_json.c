@@ -22,7 +22,9 @@
  *       their NUL bytes are removed.
  *
  * The input is also run through jtext_append_string, whose output must be
- * valid to both, and must decode back to the input when that is valid UTF-8.
+ * valid to both, and must decode back to the input when that is valid UTF-8;
+ * and through jtext_object_field, which must find every member jansson finds
+ * in an object (check_object_field).
  */
 #include <jansson.h>
 #include <stdint.h>
@@ -138,6 +140,39 @@ static void check_append_string(const uint8_t *data, size_t size)
     buf_deinit(&out);
 }
 
+/* jtext_object_field against jansson: in a valid object without duplicate
+ * keys, every member jansson sees is found, and its value's text decodes
+ * to the same value; a name that is not a key is absent. On any input it
+ * must stay inside the bytes (ASan) and a found value must be in them. */
+static void check_object_field(const char *s, size_t n)
+{
+    const char *v;
+    size_t vn;
+    int rc = jtext_object_field(s, n, "owner_id", 8, &v, &vn);
+    if (rc == 1)
+        CHECK(v >= s && vn <= n && v + vn <= s + n && vn > 0);
+    if (!jtext_valid(s, n))
+        return;
+    json_error_t err;
+    json_t *root = json_loadb(s, n, JSON_REJECT_DUPLICATES, &err);
+    if (root == NULL || !json_is_object(root)) {
+        json_decref(root);
+        return;
+    }
+    CHECK(jtext_object_field(s, n, "\x01no such key", 13, &v, &vn) == (json_object_get(root, "\x01no such key") ? 1 : 0));
+    const char *k;
+    json_t *member;
+    json_object_foreach(root, k, member) {
+        CHECK(jtext_object_field(s, n, k, strlen(k), &v, &vn) == 1);
+        json_t *mine = json_loadb(v, vn, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
+        CHECK(mine != NULL && json_equal(mine, member));
+        if (json_is_string(member))
+            CHECK(jtext_string_equals(v, vn, json_string_value(member), json_string_length(member)));
+        json_decref(mine);
+    }
+    json_decref(root);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* A heap copy of exactly `size` bytes, so reads past the end are caught. */
@@ -159,6 +194,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(jtext_utf8_seq_len(data, size) == fuzz_utf8_len(data, size));
 
     check_append_string(data, size);
+    check_object_field(s, size);
     free(s);
     return 0;
 }

@@ -305,6 +305,59 @@ static void test_hash_depends_on_every_byte_and_seed(void **state)
     }
 }
 
+/* field(doc, name) -> the value's text, "" when absent, NULL when malformed. */
+static const char *field(const char *doc, const char *name, char *out, size_t cap)
+{
+    const char *v;
+    size_t n;
+    int rc = jtext_object_field(doc, strlen(doc), name, strlen(name), &v, &n);
+    if (rc < 0)
+        return NULL;
+    if (rc == 0)
+        n = 0;
+    assert_true(n < cap);
+    memcpy(out, v, n);
+    out[n] = '\0';
+    return out;
+}
+
+static void test_object_field(void **state)
+{
+    char b[256];
+    assert_string_equal(field("{\"id\":\"s1\",\"owner_id\":\"alice\"}", "owner_id", b, sizeof(b)), "\"alice\"");
+    assert_string_equal(field(" { \"owner_id\" : 42 , \"x\":1}", "owner_id", b, sizeof(b)), "42");
+    /* Nested members of the same name are not the top-level one. */
+    assert_string_equal(field("{\"a\":{\"owner_id\":\"mallory\"},\"b\":[\"owner_id\",{\"owner_id\":1}],"
+                              "\"owner_id\":\"bob\"}", "owner_id", b, sizeof(b)), "\"bob\"");
+    /* Brackets and quotes inside strings do not confuse the skipping. */
+    assert_string_equal(field("{\"t\":\"}]{[\\\"\",\"owner_id\":true}", "owner_id", b, sizeof(b)), "true");
+    /* An escaped key matches its decoded form; the first match wins. */
+    assert_string_equal(field("{\"owner\\u005fid\":\"x\",\"owner_id\":\"y\"}", "owner_id", b, sizeof(b)), "\"x\"");
+    assert_string_equal(field("{\"id\":1}", "owner_id", b, sizeof(b)), "");
+    assert_string_equal(field("{}", "owner_id", b, sizeof(b)), "");
+    assert_null(field("[{\"owner_id\":1}]", "owner_id", b, sizeof(b)));
+    assert_null(field("\"owner_id\"", "owner_id", b, sizeof(b)));
+    assert_null(field("{\"owner_id\"", "owner_id", b, sizeof(b)));
+    assert_null(field("{\"a\":[1,2", "owner_id", b, sizeof(b)));
+    assert_null(field("", "owner_id", b, sizeof(b)));
+}
+
+static void test_string_equals(void **state)
+{
+    assert_true(jtext_string_equals("\"alice\"", 7, "alice", 5));
+    assert_false(jtext_string_equals("\"alice\"", 7, "alic", 4));
+    assert_false(jtext_string_equals("\"alic\"", 6, "alice", 5));
+    assert_true(jtext_string_equals("\"a\\\"b\"", 6, "a\"b", 3));
+    assert_true(jtext_string_equals("\"\\u00e9\"", 8, "\xc3\xa9", 2));
+    assert_true(jtext_string_equals("\"\\ud83d\\ude00\"", 14, "\xf0\x9f\x98\x80", 4));
+    assert_false(jtext_string_equals("\"\\ud83d\"", 8, "?", 1));        /* lone surrogate */
+    assert_false(jtext_string_equals("\"\\ude00\"", 8, "?", 1));
+    assert_true(jtext_string_equals("\"\\u0000\"", 8, "\0", 1));
+    assert_false(jtext_string_equals("alice", 5, "alice", 5));         /* not a literal */
+    assert_false(jtext_string_equals("\"alice", 6, "alice", 5));       /* unterminated */
+    assert_false(jtext_string_equals("\"a\"b\"", 5, "a", 1));          /* bytes after the quote */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -318,6 +371,8 @@ int main(void)
         cmocka_unit_test(test_valid_table),
         cmocka_unit_test(test_valid_respects_length),
         cmocka_unit_test(test_valid_depth),
+        cmocka_unit_test(test_object_field),
+        cmocka_unit_test(test_string_equals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
