@@ -23,9 +23,10 @@
  * app's answer is relayed; see list_cache.c for the race guard.
  *
  * The folder's list files:
- *   list.c        requests, the page table (single flight), page_query, answers, the set
+ *   list.c        requests, the page table (single flight), page_query, answers
  *   list_cache.c  the Redis side: lookups, the write script, invalidation
- *   list_int.h    what the two share
+ *   list_set.c    the lists by name: creation, metrics, reload, the end
+ *   list_int.h    what the three share
  */
 #ifndef BATCHD_LIST_H
 #define BATCHD_LIST_H

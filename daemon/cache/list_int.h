@@ -1,6 +1,6 @@
 /*
- * list_int: what the page path (list.c) and its Redis side (list_cache.c)
- * share. Internal to those two files; everyone else uses list.h.
+ * list_int: what the page path (list.c), its Redis side (list_cache.c) and
+ * the set (list_set.c) share. Internal to them; everyone else uses list.h.
  */
 #ifndef BATCHD_LIST_INT_H
 #define BATCHD_LIST_INT_H
@@ -162,5 +162,10 @@ void list_page_stored(struct page *p);
 /* Marks the principal's pages in flight stale and unjoinable. */
 void list_forget_principal(struct listing *l, const char *principal, size_t len);
 void list_page_unref(struct page *p);
+
+/* --- list_set.c ------------------------------------------------------------------- */
+
+/* Frees the set and its lists (list_set_free, or the last page after it). */
+void list_set_destroy(struct list_set *s);
 
 #endif
