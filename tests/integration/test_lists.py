@@ -471,3 +471,64 @@ def test_reload_changes_the_page_query(lists, redis, pg):
     # Another query: another page (its field has the query's hash), not the cached one.
     ids, _ = walk(b, A, 100)
     assert ids == newest_first(A)[::-1]
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def test_query_error_is_500_with_no_details(lists, pg):
+    b = lists(page_query=PAGE_QUERY.replace("owner_id = $1", "no_such_column = $1"))
+    r = page(b, A)
+    assert (r.status, r.json()) == (500, {"error": "query_failed"})
+    assert b"no_such_column" not in r.body
+    assert b.metric("batchd_list_errors_total", kind="query_failed") == 1
+    assert b.metric("batchd_list_requests_total", result="error") == 1
+    # With a cursor it is still the query's fault, not the cursor's: not class 22.
+    r = page(b, A, "?after=" + cursor("2027-01-01T00:00:00|lst1"))
+    assert (r.status, r.json()) == (500, {"error": "query_failed"})
+
+
+def test_postgres_down_cached_pages_served_others_503(lists, redis, pg):
+    b = lists()
+    d = page(b, A, "?limit=5").json()
+    wait_until(lambda: b.metric("batchd_list_writebacks_total") == 1
+               and b.metric("batchd_cache_writebacks_in_flight") == 0, what="page and bodies cached")
+    pg.stop("fast")
+    try:
+        assert page(b, A, "?limit=5").json() == d  # ids and bodies from Redis
+        r = page(b, A, "?limit=6")
+        assert (r.status, r.json()) == (503, {"error": "db_unavailable"})
+        assert r.headers["retry-after"] == "1"
+        assert b.metric("batchd_list_requests_total", result="unavailable") == 1
+    finally:
+        pg.start()
+    wait_until(lambda: page(b, A, "?limit=6").status == 200, timeout=10, what="PostgreSQL back")
+
+
+def test_redis_down_pages_come_from_postgres(start_batchd, tmp_path, pg, rows, secret_file):
+    from harness import RedisServer
+    own = RedisServer(tmp_path / "r").start()
+    try:
+        b = start_batchd(extra=list_conf(own.port, pg, secret_file))
+        wait_until(lambda: b.metric("batchd_redis_up") == 1 and b.metric("batchd_pg_up") == 1, what="ready")
+        assert [x["id"] for x in page(b, A, "?limit=3").json()["items"]] == newest_first(A)[:3]
+        own.kill()
+        wait_until(lambda: b.metric("batchd_redis_up") == 0, what="redis_up to drop")
+        r = page(b, A, "?limit=4")
+        assert r.status == 200 and [x["id"] for x in r.json()["items"]] == newest_first(A)[:4]
+        assert b.metric("batchd_list_cache_degraded_total") >= 1
+    finally:
+        own.stop()
+
+
+def test_shutdown_with_a_page_in_flight(lists, pg):
+    b = lists(page_query=PAGE_QUERY.replace("FROM sessions WHERE", "FROM sessions, pg_sleep(0.3) WHERE"))
+    with Http(b.port) as c:
+        hdr = "".join(f"{k}: {v}\r\n" for k, v in auth(A).items())
+        c.send(f"GET /v1/me/sessions?limit=3 HTTP/1.1\r\nHost: t\r\n{hdr}\r\n")
+        wait_until(lambda: b.metric("batchd_list_pages_in_flight") == 1, what="the page loading")
+        b.send_signal(signal.SIGTERM)
+        r = c.read_response()
+        assert r.status == 200 and r.headers["connection"] == "close"
+        assert [x["id"] for x in r.json()["items"]] == newest_first(A)[:3]
+    assert b.wait(15) == 0
