@@ -58,7 +58,7 @@ enum key_type { KEY_SECRET, KEY_RSA, KEY_EC_P256 };
 struct jwt_key {
     enum key_type type;
     char *kid;              /* NULL for the secret */
-    const char *path;       /* the config's string, for duplicate kid errors */
+    const char *path;       /* for duplicate kid errors, only while loading */
     unsigned char *data;    /* the secret's bytes, or the PEM text */
     size_t len;
 };
@@ -76,8 +76,9 @@ static int read_key_file(const char *path, unsigned char **out, size_t *len, str
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        buf_appendf(errors, "%s: cannot open: %s\n", path, strerror(errno));
-        return -errno;
+        int err = errno;
+        buf_appendf(errors, "%s: cannot open: %s\n", path, strerror(err));
+        return -err;
     }
     /* Read into one buffer of the limit: growing by realloc would leave
      * copies of a secret behind in freed memory. */
@@ -90,7 +91,7 @@ static int read_key_file(const char *path, unsigned char **out, size_t *len, str
             continue;
         if (got < 0) {
             rc = -errno;
-            buf_appendf(errors, "%s: cannot read: %s\n", path, strerror(errno));
+            buf_appendf(errors, "%s: cannot read: %s\n", path, strerror(-rc));
             break;
         }
         if (got == 0)
@@ -154,7 +155,7 @@ static int classify_pem(const char *path, const unsigned char *pem, size_t len,
             buf_appendf(errors, "%s: a private key, not a PEM public key "
                                 "(give the public half: openssl pkey -pubout)\n", path);
         else
-            buf_appendf(errors, "%s: not a PEM public key\n", path);
+            buf_appendf(errors, "%s: not a PEM public key (-----BEGIN PUBLIC KEY-----)\n", path);
         goto out;
     }
     switch (EVP_PKEY_get_base_id(pkey)) {
@@ -346,17 +347,26 @@ static json_t *segment_object(const char *s, size_t n)
 }
 
 /* Only these three; "none", HS384, RS512, "hs256" ... are refused. */
+static const struct {
+    const char *name;
+    jwt_alg_t alg;
+    enum key_type type;
+} algs[] = {
+    { "HS256", JWT_ALG_HS256, KEY_SECRET },
+    { "RS256", JWT_ALG_RS256, KEY_RSA },
+    { "ES256", JWT_ALG_ES256, KEY_EC_P256 },
+};
+
 static int alg_of(const char *name, jwt_alg_t *alg, enum key_type *type)
 {
-    if (strcmp(name, "HS256") == 0)
-        *alg = JWT_ALG_HS256, *type = KEY_SECRET;
-    else if (strcmp(name, "RS256") == 0)
-        *alg = JWT_ALG_RS256, *type = KEY_RSA;
-    else if (strcmp(name, "ES256") == 0)
-        *alg = JWT_ALG_ES256, *type = KEY_EC_P256;
-    else
-        return -1;
-    return 0;
+    for (size_t i = 0; i < sizeof(algs) / sizeof(algs[0]); i++) {
+        if (strcmp(name, algs[i].name) == 0) {
+            *alg = algs[i].alg;
+            *type = algs[i].type;
+            return 0;
+        }
+    }
+    return -1;
 }
 
 static enum jwt_result read_header(struct token *t)
@@ -401,7 +411,7 @@ static enum jwt_result token_parse(struct token *t, const char *s, size_t len, i
     t->claims = segment_object(dot1 + 1, pn);
     if (t->claims == NULL)
         return JWT_MALFORMED;
-    /* libjwt would read (and write) past an empty signature's buffer. */
+    /* libjwt 1.10 would write a byte past an empty RS/ES signature's buffer. */
     if (sn == 0)
         return JWT_BAD_SIGNATURE;
     t->text = mem_strndup(s, len);

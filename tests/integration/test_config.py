@@ -116,3 +116,41 @@ def test_command_line(tmp_path):
     assert h.returncode == 0 and "-t" in h.stdout
     assert subprocess.run([BATCHD], capture_output=True).returncode == 2
     assert subprocess.run([BATCHD, "-c", "x", "extra"], capture_output=True).returncode == 2
+
+
+PG = "[postgres]\nconninfo = host=/tmp dbname=x\n"
+RES = "[resource s]\npath = /v1/s\nkey = s:{id}\nby_ids = SELECT $1\n"
+AUTH = "[auth]\njwt_secret_file = /dev/null\n"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[batchd]\n" + PG + RES + "access = owner\n", "[resource s] access: owner needs an [auth] section"),
+    ("[batchd]\n" + PG + AUTH + RES + "access = owner\n", "[resource s] owner_field: required with access = owner"),
+    ("[batchd]\n" + PG + AUTH + RES + "access = everyone\n", "must be public, authenticated or owner"),
+    ("[batchd]\n[auth]\n", "[auth]: set jwt_secret_file or jwt_public_keys"),
+    ("[batchd]\n[auth]\ncheck_url = /whoami\n", "[auth] check_url: needs an [upstream] section"),
+    ("[batchd]\n[upstream]\nurl = http://127.0.0.1:9\n[auth]\ncheck_url = whoami\n", "must be a path on [upstream]"),
+    ("[batchd]\n" + AUTH + "forward_principal_header = X Principal\n", "must be a header name"),
+    ("[batchd]\n" + AUTH + "jwt_cookie = a;b\n", "[auth] jwt_cookie: must be a cookie name"),
+    ("[batchd]\n[redis]\n" + AUTH + "[stream e]\npath = /e/{id}\nkey = e:{id}\naccess = owner\n",
+     "[stream e] owner_resource: access = owner needs the name of a [resource]"),
+    ("[batchd]\n[redis]\n" + PG + AUTH + RES + "[stream e]\npath = /e/{id}\nkey = e:{id}\naccess = owner\nowner_resource = s\n",
+     "[stream e] owner_resource: [resource s] has no owner_field"),
+    ("[batchd]\n[redis]\n[stream e]\npath = /e/{id}\nkey = e:{id}\nowners_publish = yes\n",
+     "[stream e] owners_publish: needs access = owner"),
+    ("[batchd]\n" + PG + RES + "[list l]\npath = /me\nresource = s\npage_query = SELECT $1, $2, $3\nttl = 0\n",
+     "[list l]: needs an [auth] section"),
+    ("[batchd]\n" + PG + AUTH + "[list l]\npath = /me\nresource = nope\npage_query = SELECT $1, $2, $3\nttl = 0\n",
+     "[list l] resource: no [resource nope]"),
+    ("[batchd]\n" + PG + AUTH + RES + "[list l]\npath = /me\nresource = s\npage_query = SELECT $1\nttl = 0\n",
+     "must use $1 (the principal), $2 (the cursor"),
+    ("[batchd]\n" + PG + AUTH + RES + "[list l]\npath = /me\nresource = s\npage_query = SELECT $1, $2, $3\nttl = 0\nparams = after\n",
+     "must be letters, digits or '_', and not limit, after or access_token"),
+    ("[batchd]\n" + PG + AUTH + RES + "[list l]\npath = /me\nresource = s\npage_query = SELECT $1, $2, $3\n",
+     "[list l] ttl: caching pages needs a [redis] section"),
+    ("[batchd]\n" + PG + AUTH + RES + "[list l]\npath = /v1/s\nresource = s\npage_query = SELECT $1, $2, $3\nttl = 0\n",
+     "[list l] path: /v1/s is already used by [resource s]"),
+])
+def test_access_and_list_rules(tmp_path, text, needle):
+    rc, err, _ = check(tmp_path, text)
+    assert rc == 2 and needle in err, err

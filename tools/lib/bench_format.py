@@ -29,9 +29,7 @@ def fmt_ms(v):
 
 
 def fmt_ratio(v):
-    if v is None:
-        return "—"
-    return f"{v:.2f}×" if v < 10 else f"{v:.1f}×" if v < 100 else f"{v:.0f}×"
+    return "—" if v is None else fmt_ms(v) + "×"
 
 
 def fmt_rt(v):
@@ -84,12 +82,17 @@ def readme_section(doc):
         L.append("")
     L += ["| scenario | system | req/s | p50 ms | p99 ms | batchd ÷ row | Redis cmds/req | PG queries/req |",
           "|---|---|---:|---:|---:|---:|---:|---:|"]
-    refs = {r["scenario"]: r for r in doc["rows"] if r["kind"] == "batchd" and not r["na"]}
+    refs = {}
+    for r in doc["rows"]:
+        if r["kind"] == "batchd" and not r["na"]:
+            refs.setdefault(r["scenario"], r)
+    named = {(r["scenario"], r["system"]): r for r in doc["rows"] if not r["na"]}
     for r in doc["rows"]:
         if r["na"]:
             L.append(f"| {r['scenario']} | {r['system']} | n/a | | | | | |")
             continue
-        b = refs.get(r["scenario"])
+        # A row may name the batchd row it compares with (a list walk with a walk).
+        b = named.get((r["scenario"], r["vs"])) if r.get("vs") else refs.get(r["scenario"])
         ratio = "—" if b is None or b is r else fmt_ratio(row_ratio(b, r))
         name = r["system"] + (f", {r['conns']} conns" if r["conns"] not in (64, 16) and "connections" not in r["system"]
                               else "")

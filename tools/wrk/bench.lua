@@ -14,6 +14,11 @@
 --   cold=C-D    with miss=P: each id comes from C..D with probability P
 --   miss=P      (e.g. 0.1: 10% of ids from the cold range)
 --   method=M    GET (default) or POST; POST sends body=... as the body
+--   targets=F   request targets from file F, one per line, each request
+--               drawn at random from them (instead of path=)
+--
+-- Headers given to wrk with -H (e.g. -H "Authorization: Bearer ...") go
+-- on every request.
 --
 -- Requests are drawn at start-up (4096 of them, random) and replayed in a
 -- cycle, so wrk spends its time on the network, not in Lua: with -t1 the
@@ -53,13 +58,27 @@ function init(args)
   local method = opts.method or "GET"
   local body = opts.body
   local headers = nil
-  if body then headers = { ["Content-Type"] = "application/json" } end
+  if body then
+    -- wrk.format uses wrk.headers (wrk's -H) only when given none.
+    headers = { ["Content-Type"] = "application/json" }
+    for hk, hv in pairs(wrk.headers) do headers[hk] = hv end
+  end
   math.randomseed(os.time() + (id or 0))
-  local dynamic = string.find(path, "{id", 1, true) ~= nil
+  local targets = nil
+  if opts.targets then
+    targets = {}
+    for line in io.lines(opts.targets) do
+      if line ~= "" then targets[#targets + 1] = line end
+    end
+    assert(#targets > 0, "targets=" .. opts.targets .. ": no targets")
+  end
+  local dynamic = targets ~= nil or string.find(path, "{id", 1, true) ~= nil
   local n = dynamic and 4096 or 1
   for r = 1, n do
     local p = path
-    if string.find(p, "{ids}", 1, true) then
+    if targets then
+      p = targets[math.random(1, #targets)]
+    elseif string.find(p, "{ids}", 1, true) then
       local parts = {}
       for i = 1, k do
         local one = string.gsub(item, "{id}", pick_id(hot_a, hot_b, cold_a, cold_b, miss))
