@@ -317,6 +317,28 @@ def test_identical_page_queries_run_once(lists, pg):
     assert pg.calls("%pg_sleep(%") == 4
 
 
+def test_pages_arriving_together_share_one_mget(lists, redis, pg):
+    """Ten different cached pages asked for at once: ten HGETs, and their
+    bodies, 55 ids, in one MGET (the resource's coalesced read), not ten."""
+    b = lists()
+    for n in range(1, 11):
+        assert page(b, A, f"?limit={n}").status == 200
+    wait_until(lambda: b.metric("batchd_list_writebacks_total") == 10
+               and b.metric("batchd_cache_writebacks_in_flight") == 0, what="pages and bodies cached")
+    redis.client().config_resetstat()
+    pg.reset_stats()
+    results = asyncio.run(pages_at_once(b.port, [f"/v1/me/sessions?limit={n}" for n in range(1, 11)],
+                                        auth(A), b.proc.pid))
+    for n, (status, body) in zip(range(1, 11), results):
+        assert status == 200 and [x["id"] for x in json.loads(body)["items"]] == newest_first(A)[:n]
+    stats = redis.commandstats()
+    assert stats["hget"] == 10
+    # The HGET replies come back on the pool's two connections: at most a
+    # few loop iterations, so a few MGETs at most, never one per page.
+    assert 1 <= stats["mget"] <= 3, stats
+    assert pg.calls(PAGE_LIKE) == 0 and pg.calls(BY_IDS_LIKE) == 0
+
+
 def test_max_pages_in_flight_503(lists, pg):
     b = lists(page_query=PAGE_QUERY.replace("FROM sessions WHERE", "FROM sessions, pg_sleep(0.5) WHERE"),
               lst={"ttl": 0, "max_pages_in_flight": 1})
