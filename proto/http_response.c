@@ -67,6 +67,7 @@ static int on_message_begin(llhttp_t *ll)
     response_reset(&p->resp);
     p->head_bytes = 0;
     p->in_field = false;
+    p->in_value = false;
     return 0;
 }
 
@@ -114,7 +115,22 @@ static int on_header_field_complete(llhttp_t *ll)
         return fail(p, "bad header name"); /* relayed as is, it would reach the client */
     h->value_off = (uint32_t)r->head.len;
     p->in_field = false;
+    p->in_value = false;
     return 0;
+}
+
+/* llhttp 8 takes obs-fold (RFC 9112 5.2: a value going on in a line that
+ * starts with SP or HTAB) and hands the value over in pieces with the CRLF
+ * between them skipped. Pieces of one value that are not contiguous in the
+ * input are that: in one read, a gap between them; across reads, a piece
+ * that ended before its read did, or one that does not start its read. */
+static bool value_piece_folded(const struct http_rparser *p, const char *at)
+{
+    if (!p->in_value)
+        return false;
+    if (p->value_exec == p->execs)
+        return at != p->value_end;
+    return !p->value_at_end || at != p->exec_begin;
 }
 
 static int on_header_value(llhttp_t *ll, const char *at, size_t n)
@@ -123,6 +139,12 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t n)
     struct http_response *r = &p->resp;
     if (count(p, n))
         return HPE_USER;
+    if (value_piece_folded(p, at))
+        r->folded = true;
+    p->in_value = true;
+    p->value_end = at + n;
+    p->value_at_end = at + n == p->exec_end;
+    p->value_exec = p->execs;
     buf_append(&r->head, at, n);
     r->headers[r->n_headers - 1].value_len += (uint32_t)n;
     return 0;
@@ -236,6 +258,9 @@ void http_rparser_reset(struct http_rparser *p, bool head_request)
 size_t http_rparser_execute(struct http_rparser *p, const char *data, size_t len)
 {
     llhttp_errno_t e;
+    p->execs++;
+    p->exec_begin = data;
+    p->exec_end = data + len;
     size_t used = http_llhttp_step(&p->ll, &p->paused, &p->failed, data, len, &e);
     if (e != HPE_OK && e != HPE_PAUSED && p->error == NULL)
         p->error = llhttp_errno_name(e);

@@ -23,6 +23,8 @@ struct http_response {
     uint8_t version_minor;
     bool chunked;
     bool keep_alive;            /* valid after complete_cb */
+    bool folded;                /* a header value was continued on a line of its own
+                                 * (obs-fold): llhttp joins it with a space */
     uint64_t content_length;    /* HTTP_NO_LENGTH when absent */
     struct buf head;            /* reason phrase, then header names and values */
     uint32_t reason_len;        /* head.data[0 .. reason_len) */
@@ -55,6 +57,11 @@ struct http_rparser {
     size_t head_bytes;
     bool head_request;          /* answer to HEAD: no body whatever the headers say */
     bool in_field;
+    bool in_value;              /* a piece of the current value came already */
+    bool value_at_end;          /* ... and ended where its read did */
+    const char *value_end;      /* where that piece ended */
+    const char *exec_begin, *exec_end; /* the bytes of the current execute */
+    uint64_t execs, value_exec; /* executes so far; the one of that piece */
     bool interim;               /* a 1xx being skipped */
     bool paused;
     bool failed;

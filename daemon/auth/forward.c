@@ -36,6 +36,7 @@
 #include "daemon/metrics.h"
 #include "daemon/proxy/subrequest.h"
 #include "proto/hashtab.h"
+#include "proto/jtext.h"
 #include "proto/mem.h"
 
 #define MAX_WAITERS 65536
@@ -199,12 +200,15 @@ static enum forward_result verdict_of(const struct subrequest_answer *a, const c
         *why = "status";
         return FORWARD_UNAVAILABLE;
     }
-    /* A 2xx names who it is, once, cleanly; an empty name is no one. */
+    /* A 2xx names who it is, once, cleanly; an empty name is no one. The
+     * rules are a JWT principal's (jwt.h): 1..256 bytes of UTF-8, no
+     * control characters. */
     if (a->value_state == SUBREQUEST_VALUE_ABSENT) {
         *why = "no_principal_header";
         return FORWARD_UNAVAILABLE;
     }
-    if (a->value_state != SUBREQUEST_VALUE_OK || a->value.len == 0) {
+    if (a->value_state != SUBREQUEST_VALUE_OK || a->value.len == 0 ||
+        !jtext_utf8_valid(a->value.p, a->value.len)) {
         *why = "bad_principal_header";
         return FORWARD_UNAVAILABLE;
     }

@@ -292,6 +292,15 @@ static void forward_cb(void *ctx, enum forward_result fr, const char *principal,
     w->done(w->r, res, w);
 }
 
+/* header.payload.signature: exactly two dots. */
+static bool jwt_shaped(str_t t)
+{
+    unsigned dots = 0;
+    for (size_t i = 0; i < t.len; i++)
+        dots += t.p[i] == '.';
+    return dots == 2;
+}
+
 /* Resolves r; done(r, result, w) runs once, now or when a check answers. */
 static void resolve(struct req *r, bool sse, struct identity_wait *w)
 {
@@ -309,6 +318,10 @@ static void resolve(struct req *r, bool sse, struct identity_wait *w)
     str_t token;
     enum id_result res = ID_MISSING;
     int found = find_jwt(id, r, sse, &tmp, &token);
+    /* A bearer token that is not even shaped like a JWT (an app's own API
+     * token) is the app's to judge when forward auth is configured. */
+    if (found > 0 && id->fwd && !jwt_shaped(token))
+        found = 0;
     if (found > 0)
         res = check_jwt(id, r, token);
     else if (found < 0)

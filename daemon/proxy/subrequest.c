@@ -167,6 +167,10 @@ static void keep_value(struct subrequest *sr, const struct http_response *resp)
     sr->value_state = SUBREQUEST_VALUE_ABSENT;
     if (sr->want == NULL)
         return;
+    if (resp->folded) { /* llhttp joined lines of a value: not the header it looks like */
+        sr->value_state = SUBREQUEST_VALUE_INVALID;
+        return;
+    }
     str_t want = str_cstr(sr->want);
     for (uint32_t i = 0; i < resp->n_headers; i++) {
         if (!str_eq_ci(http_header_name(resp, i), want))

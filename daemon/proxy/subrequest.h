@@ -51,7 +51,8 @@ const char *subrequest_result_name(enum subrequest_result r);
 enum subrequest_value {
     SUBREQUEST_VALUE_ABSENT,  /* no such header in the answer */
     SUBREQUEST_VALUE_OK,      /* once, <= SUBREQUEST_VALUE_MAX bytes, no control characters */
-    SUBREQUEST_VALUE_INVALID, /* more than once, too long, or control characters */
+    SUBREQUEST_VALUE_INVALID, /* more than once, too long, control characters, or an
+                               * answer with a folded header line (obs-fold) */
 };
 
 struct subrequest_answer {

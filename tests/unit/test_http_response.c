@@ -65,6 +65,8 @@ static int complete_cb(struct http_rparser *p, struct http_response *r)
     }
     buf_appendf(out, "body %zu [%.*s]\n", c->body.len, (int)c->body.len,
                 c->body.data ? c->body.data : "");
+    if (r->folded) /* so every other test checks, at every split, that nothing else reads as one */
+        buf_append_str(out, "folded\n");
     c->n_done++;
     return HTTP_PARSER_PAUSE; /* as the proxy does: it resets before the next one */
 }
@@ -373,6 +375,43 @@ static void test_value_trailing_whitespace_trimmed(void **state)
                      "heads=1 done=1 failed=0 error=-\n");
 }
 
+/* obs-fold: llhttp 8 takes a value continued on the next line (which
+ * starts with SP or HTAB) and joins it with that whitespace; the answer
+ * says so, at any split, so that a caller can refuse it. A value split by
+ * reads alone, or a fold of an empty first line, is not flagged (the
+ * latter is just the value, RFC 9112 5.2). */
+static void test_obs_fold_flagged(void **state)
+{
+    check_all_splits("HTTP/1.1 200 OK\r\n"
+                     "X-Principal: alice\r\n X-Injected: 1\r\n"
+                     "Content-Length: 0\r\n"
+                     "\r\n",
+                     &plain, false,
+                     "200 [OK] HTTP/1.1 ka=1 chunked=0 cl=0\n"
+                     "h [X-Principal]=[alice X-Injected: 1]\n"
+                     "h [Content-Length]=[0]\n"
+                     "body 0 []\n"
+                     "folded\n"
+                     "heads=1 done=1 failed=0 error=-\n");
+    check_all_splits("HTTP/1.1 200 OK\r\n"
+                     "X-A: a\r\n\tb\r\n"
+                     "Content-Length: 0\r\n"
+                     "\r\n"
+                     "HTTP/1.1 204 No Content\r\n"
+                     "X-B: plain value\r\n"
+                     "\r\n",
+                     &plain, false,
+                     "200 [OK] HTTP/1.1 ka=1 chunked=0 cl=0\n"
+                     "h [X-A]=[a\tb]\n"
+                     "h [Content-Length]=[0]\n"
+                     "body 0 []\n"
+                     "folded\n"
+                     "204 [No Content] HTTP/1.1 ka=1 chunked=0 cl=none\n"
+                     "h [X-B]=[plain value]\n"
+                     "body 0 []\n"
+                     "heads=2 done=2 failed=0 error=-\n");
+}
+
 /* A header name that is not a token ("Bad Name", which llhttp 8 lets
  * through) fails the answer: the proxy would relay it to the client. */
 static void test_bad_header_name_fails(void **state)
@@ -406,6 +445,7 @@ int main(void)
         cmocka_unit_test(test_head_too_large),
         cmocka_unit_test(test_value_trailing_whitespace_trimmed),
         cmocka_unit_test(test_bad_header_name_fails),
+        cmocka_unit_test(test_obs_fold_flagged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
