@@ -24,6 +24,7 @@
 #include "daemon/backend/pg_pool.h"
 #include "daemon/backend/redis_pool.h"
 #include "daemon/http/req.h"
+#include "daemon/cache/list.h"
 #include "daemon/cache/resource.h"
 #include "daemon/auth/cred_cache.h"
 #include "daemon/auth/identity.h"
@@ -42,6 +43,7 @@ struct app {
     struct redis_pool *redis;
     struct pg_pool *pg;
     struct resource_set *resources;
+    struct list_set *lists;
     struct events *events;
     struct upstream *upstream;
     struct identity *identity;
@@ -70,6 +72,7 @@ static void build_routers(struct app *a, struct router **main_rt, struct router 
     *admin_rt = router_new();
     ops_add_routes(a->server.has_admin ? *admin_rt : *main_rt);
     resource_set_add_routes(a->resources, *main_rt);
+    list_set_add_routes(a->lists, *main_rt);
     events_add_routes(a->events, *main_rt);
     if (a->upstream)
         upstream_add_routes(a->upstream, *main_rt);
@@ -95,6 +98,8 @@ static void app_finish(struct app *a)
     pg_pool_free(a->pg);
     redis_pool_free(a->redis);
     resource_set_free(a->resources);
+    list_set_free(a->lists); /* after the resources: their fetches answer its pages */
+    a->lists = NULL;
     events_free(a->events);
     identity_free(a->identity); /* its forward-auth checks run through the upstream */
     a->identity = NULL;
@@ -212,6 +217,7 @@ static void app_reload(struct app *a)
     if (a->pg)
         pg_pool_configure(a->pg, &next->postgres, next->batchd.slow_ms);
     resource_set_reconfigure(a->resources, next);
+    list_set_reconfigure(a->lists, next);
     events_reconfigure(a->events, next);
     if (a->upstream)
         upstream_configure(a->upstream, &next->upstream, a->resources);
@@ -277,9 +283,12 @@ int app_run(struct config *cfg)
     if (cfg->has_postgres)
         a->pg = pg_pool_new(&a->loop, &cfg->postgres, cfg->batchd.slow_ms);
     a->resources = resource_set_new(&a->loop, cfg, a->redis, a->pg);
+    a->lists = list_set_new(&a->loop, cfg, a->redis, a->pg, a->resources);
     a->events = events_new(&a->loop, cfg, a->redis);
     if (cfg->has_upstream)
         a->upstream = upstream_new(&a->loop, &cfg->upstream, a->resources);
+    if (a->upstream)
+        upstream_set_lists(a->upstream, a->lists);
     events_set_resources(a->events, a->resources);
     struct buf id_errors = BUF_INIT;
     a->identity = identity_new(&a->loop, cfg, a->upstream, &id_errors);

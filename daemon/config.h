@@ -189,8 +189,10 @@ struct cfg_listing {
     int64_t default_limit;
     int64_t max_limit;
     int64_t ttl;                /* a page's ids cached in Redis; 0: not cached */
-    int64_t max_cursor_bytes;
+    int64_t max_cursor_bytes;   /* a cursor as the client sends it (longer: 400) */
     struct cfg_list invalidate; /* the principal's proxied writes that drop its pages */
+    int64_t max_pages_in_flight;/* distinct pages loading at once; more: 503 list_busy */
+    int64_t max_cached_pages;   /* pages kept per principal; a full hash is emptied first */
 };
 
 struct config {

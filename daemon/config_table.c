@@ -146,6 +146,8 @@ const struct cfg_key config_keys[] = {
     L(ttl, CFG_INT, 0, 86400, "30"),
     L(max_cursor_bytes, CFG_INT, 16, 4096, "512"),
     L(invalidate, CFG_PATH_LIST, 0, 0, ""),
+    L(max_pages_in_flight, CFG_INT, 1, 1000000, "1000"),
+    L(max_cached_pages, CFG_INT, 1, 100000, "100"),
 };
 
 const size_t config_n_keys = sizeof(config_keys) / sizeof(config_keys[0]);

@@ -14,6 +14,7 @@
  */
 #include "daemon/backend/pg_pool.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,8 +34,9 @@ struct pgq {
     STAILQ_ENTRY(pgq) link;
     enum pgq_kind kind;
     int stmt;
-    char *param;
-    size_t param_len;
+    unsigned nparams;
+    char *params;               /* the values back to back, each NUL-terminated */
+    int *lengths;               /* [nparams]; -1 for SQL NULL */
     unsigned batch;
     bool retried;
     pg_result_fn cb;
@@ -56,6 +58,7 @@ struct pconn {
 
 struct stmt {
     char *sql;
+    unsigned nparams;           /* 0: one text[] (pg_pool_prepare); else untyped */
     char name[24];
 };
 
@@ -106,7 +109,8 @@ static void pgq_free(struct pgq *q)
 {
     if (q->result)
         PQclear(q->result);
-    free(q->param);
+    free(q->params);
+    free(q->lengths);
     free(q);
 }
 
@@ -234,7 +238,9 @@ static int send_prepare(struct pconn *c, int stmt)
     struct pg_pool *p = pool_of(c);
     struct stmt *s = &p->stmts[stmt];
     Oid types[1] = { TEXTARRAYOID };
-    if (!PQsendPrepare(c->pg, s->name, s->sql, 1, types) || !PQpipelineSync(c->pg))
+    int ok = s->nparams == 0 ? PQsendPrepare(c->pg, s->name, s->sql, 1, types)
+                             : PQsendPrepare(c->pg, s->name, s->sql, (int)s->nparams, NULL);
+    if (!ok || !PQpipelineSync(c->pg))
         return -EIO;
     struct pgq *q = pgq_new(Q_PREPARE);
     q->stmt = stmt;
@@ -253,10 +259,17 @@ static int send_query(struct pconn *c, struct pgq *q)
     if (q->kind == Q_PING) {
         ok = PQsendQueryParams(c->pg, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0);
     } else {
-        const char *values[1] = { q->param };
-        int lengths[1] = { (int)q->param_len };
-        int formats[1] = { 0 };
-        ok = PQsendQueryPrepared(c->pg, p->stmts[q->stmt].name, 1, values, lengths, formats, 0);
+        const char *values[PG_POOL_MAX_PARAMS];
+        const char *v = q->params;
+        for (unsigned i = 0; i < q->nparams; i++) {
+            values[i] = q->lengths[i] < 0 ? NULL : v;
+            if (q->lengths[i] >= 0)
+                v += q->lengths[i] + 1;
+        }
+        /* Text format throughout (formats NULL), so lengths are ignored
+         * and the values go as the NUL-terminated strings they are. */
+        ok = PQsendQueryPrepared(c->pg, p->stmts[q->stmt].name, (int)q->nparams, values, q->lengths,
+                                 NULL, 0);
     }
     if (!ok || !PQpipelineSync(c->pg))
         return -EIO;
@@ -583,10 +596,10 @@ void pg_pool_configure(struct pg_pool *p, const struct cfg_postgres *cfg, int64_
     pool_configure(&p->core, limits_of(cfg, slow_ms));
 }
 
-int pg_pool_prepare(struct pg_pool *p, const char *sql)
+static int prepare(struct pg_pool *p, const char *sql, unsigned nparams)
 {
     for (unsigned i = 0; i < p->n_stmts; i++)
-        if (strcmp(p->stmts[i].sql, sql) == 0)
+        if (strcmp(p->stmts[i].sql, sql) == 0 && p->stmts[i].nparams == nparams)
             return (int)i; /* a reload that keeps by_ids */
     p->stmts = mem_realloc(p->stmts, (p->n_stmts + 1) * sizeof(*p->stmts));
     for (unsigned i = 0; i < p->core.n; i++) {
@@ -596,13 +609,34 @@ int pg_pool_prepare(struct pg_pool *p, const char *sql)
     }
     struct stmt *s = &p->stmts[p->n_stmts];
     s->sql = mem_strdup(sql);
+    s->nparams = nparams;
     snprintf(s->name, sizeof(s->name), "batchd_%u", p->n_stmts);
     return (int)p->n_stmts++;
+}
+
+int pg_pool_prepare(struct pg_pool *p, const char *sql)
+{
+    return prepare(p, sql, 0);
+}
+
+int pg_pool_prepare_n(struct pg_pool *p, const char *sql, unsigned nparams)
+{
+    assert(nparams >= 1 && nparams <= PG_POOL_MAX_PARAMS);
+    return prepare(p, sql, nparams);
 }
 
 int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_len, unsigned batch,
                  pg_result_fn cb, void *ctx)
 {
+    assert(p->stmts[stmt].nparams == 0);
+    return pg_pool_exec_params(p, stmt, 1, &param, &param_len, batch, cb, ctx);
+}
+
+int pg_pool_exec_params(struct pg_pool *p, int stmt, unsigned n, const char *const *values,
+                        const size_t *lengths, unsigned batch, pg_result_fn cb, void *ctx)
+{
+    assert(stmt >= 0 && (unsigned)stmt < p->n_stmts);
+    assert(n == (p->stmts[stmt].nparams ? p->stmts[stmt].nparams : 1));
     if (p->core.ready == 0)
         return -EAGAIN;
     int rc = pool_admit(&p->core);
@@ -610,8 +644,27 @@ int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_le
         return rc;
     struct pgq *q = pgq_new(Q_USER);
     q->stmt = stmt;
-    q->param = mem_strndup(param, param_len);
-    q->param_len = param_len;
+    /* One block for the values, each followed by a NUL (libpq's text
+     * parameters are C strings; a value with a NUL inside is cut there,
+     * as PostgreSQL's text cannot hold one anyway). */
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += values[i] ? lengths[i] + 1 : 0;
+    q->nparams = n;
+    q->params = mem_alloc(total ? total : 1);
+    q->lengths = mem_alloc(n * sizeof(*q->lengths));
+    char *w = q->params;
+    for (unsigned i = 0; i < n; i++) {
+        if (values[i] == NULL) {
+            q->lengths[i] = -1;
+            continue;
+        }
+        assert(lengths[i] < INT32_MAX);
+        memcpy(w, values[i], lengths[i]);
+        w[lengths[i]] = '\0';
+        w += lengths[i] + 1;
+        q->lengths[i] = (int)lengths[i];
+    }
     q->batch = batch;
     q->cb = cb;
     q->ctx = ctx;

@@ -15,6 +15,9 @@
  * for ping_interval_ms runs SELECT 1. Reconnects back off 100 ms to 5 s
  * with full jitter. At most max_pending queries are in flight over all
  * connections; more are refused with -EBUSY (pool.h).
+ *
+ * Statements take one text[] (pg_pool_prepare: by_ids) or n parameters
+ * whose types the server infers (pg_pool_prepare_n: a list's page_query).
  */
 #ifndef BATCHD_PG_POOL_H
 #define BATCHD_PG_POOL_H
@@ -43,12 +46,28 @@ void pg_pool_free(struct pg_pool *p);
  * prepares it at connect or before its first use there. Returns its id. */
 int pg_pool_prepare(struct pg_pool *p, const char *sql);
 
+/* Most parameters a statement of pg_pool_prepare_n may take. */
+#define PG_POOL_MAX_PARAMS 32
+
+/* Registers a statement taking nparams (1..PG_POOL_MAX_PARAMS) parameters
+ * whose types PostgreSQL infers from the statement (cast where it cannot:
+ * `$2::text IS NULL`); values are sent as text. Prepared like the above.
+ * Returns its id. */
+int pg_pool_prepare_n(struct pg_pool *p, const char *sql, unsigned nparams);
+
 /* Runs statement `stmt` with one parameter (copied). `batch` is only for
  * the slow log. Returns 0 (cb will run exactly once); or, and cb is not
  * called, -EAGAIN when no connection is READY, -EBUSY when max_pending
  * queries await their results already. */
 int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_len, unsigned batch,
                  pg_result_fn cb, void *ctx) __attribute__((warn_unused_result));
+
+/* The same with n parameters in text form, values[i] of lengths[i] bytes,
+ * or SQL NULL where values[i] is NULL. n must be the statement's count.
+ * The values are copied; retries, deadlines and max_pending as above. */
+int pg_pool_exec_params(struct pg_pool *p, int stmt, unsigned n, const char *const *values,
+                        const size_t *lengths, unsigned batch, pg_result_fn cb, void *ctx)
+    __attribute__((warn_unused_result));
 
 bool pg_pool_up(const struct pg_pool *p);
 

@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include "daemon/auth/identity.h"
+#include "daemon/cache/list.h"
 #include "daemon/http/req.h"
 #include "daemon/log.h"
 #include "daemon/proxy/proxy_int.h"
@@ -180,6 +181,7 @@ static void px_maybe_free(struct proxy *px)
         free(pc);
     }
     buf_deinit(&px->head);
+    list_writes_free(px->list_writes);
     free(px);
 }
 
@@ -395,11 +397,12 @@ static int rhead_cb(struct http_rparser *p, struct http_response *resp)
     upool_deadline_remove(px); /* back on once the answer is relayed */
     metrics_observe(px->up->m_latency, (double)(uv_hrtime() - px->start_ns) / 1e9);
     (*px->up->m_status[(resp->status / 100 - 1) % 5])++;
-    if (px->n_matches && resp->status >= 200 && resp->status < 300) {
+    if ((px->n_matches || px->list_writes) && resp->status >= 200 && resp->status < 300) {
         /* The write succeeded: delete the cached copies before the client
          * sees the answer, so it reads its own write. */
         px->state = PX_INVALIDATING;
         px->inval_pending = 1; /* held until every invalidation is sent */
+        px->inval_pending += list_writes_invalidate(px->list_writes, inval_done_cb, px);
         for (unsigned i = 0; i < px->n_matches; i++) {
             struct resource_match *m = &px->matches[i];
             px->inval_pending++;
@@ -645,6 +648,9 @@ static void identity_cb(void *ctx, struct req *r)
     struct proxy *px = ctx;
     px->idw = NULL;
     px->id_pending = false;
+    /* Now, while the client is here: its write counts even if it leaves. */
+    px->list_writes = list_set_match_writes(px->up->lists, r->msg.method, r->msg.path, r->principal,
+                                            r->principal_len);
     const char *name = identity_forward_header();
     if (name && r->principal && px->head.len >= 4) {
         px->head.len -= 2; /* before the blank line that ends the head */
@@ -718,6 +724,11 @@ const struct px_ops proxy_ops = {
     .fail = proxy_fail,
     .expired = proxy_deadline_expired,
 };
+
+void upstream_set_lists(struct upstream *u, struct list_set *lists)
+{
+    u->lists = lists;
+}
 
 void upstream_add_routes(struct upstream *u, struct router *rt)
 {

@@ -165,6 +165,7 @@ struct proxy {
     int status;
     unsigned n_matches;
     struct resource_match matches[MAX_MATCHES];
+    struct list_writes *list_writes; /* the lists this write by its principal invalidates */
     uint64_t start_ns;
     struct identity_wait *idw;  /* the principal being looked up (forward auth) */
     bool id_pending;            /* ... so the head waits: no principal header yet */
@@ -242,6 +243,7 @@ struct upstream {
     uv_loop_t *loop;
     const struct cfg_upstream *cfg;
     struct resource_set *resources;
+    struct list_set *lists;
     struct uconn_list idle;     /* most recently used first */
     struct uconn_list connecting; /* connects in progress, for connect_timeout_ms */
     unsigned n_conns, n_idle;

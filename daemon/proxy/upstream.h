@@ -36,12 +36,15 @@
 
 struct upstream;
 struct resource_set;
+struct list_set;
 
 struct upstream *upstream_new(uv_loop_t *loop, const struct cfg_upstream *cfg,
                               struct resource_set *resources);
 /* Takes reload-safe settings (timeouts, buffer and body limits). */
 void upstream_configure(struct upstream *u, const struct cfg_upstream *cfg,
                         struct resource_set *resources);
+/* The lists whose pages a principal's writes drop (list.h); NULL: none. */
+void upstream_set_lists(struct upstream *u, struct list_set *lists);
 /* Makes the proxy the router's fallback. */
 void upstream_add_routes(struct upstream *u, struct router *rt);
 /* Closes idle connections; busy ones close with their requests. Frees the

@@ -14,6 +14,9 @@ Run:  python3 upstream_app.py PORT [POSTGRES_CONNINFO]
                             requests dropped unanswered
   PUT /api/sessions/{id}?title=T&empty=1   UPDATE sessions SET title = T; 200 (404 when no
                             row), with an empty body
+  POST /api/sessions        body {"id": I, "title": T}: INSERT a session created now, owned by
+                            the principal batchd forwards in X-Principal (400 without one); 201
+  DELETE /api/sessions/{id} DELETE that session; 200 (404 when no row)
   GET /close                answers with Connection: close
   ANY /hangup               reads the request, then closes the connection without answering
   ANY /arm                  answers 200, then drops the next request on this connection
@@ -101,10 +104,12 @@ async def handle(reader, writer):
                 async for _ in read_body(reader, headers):
                     pass
                 continue
-            sha, length = hashlib.sha256(), 0
+            sha, length, kept = hashlib.sha256(), 0, []
             async for piece in read_body(reader, headers):
                 sha.update(piece)
                 length += len(piece)
+                if url.path.startswith("/api/"):
+                    kept.append(piece)
                 if url.path == "/upload":
                     await asyncio.sleep(0)  # consume as it streams
             path = url.path
@@ -160,6 +165,22 @@ async def handle(reader, writer):
                 PG.commit()
                 body = b"" if q.get("empty") == "1" else json.dumps({"id": sid}).encode()
                 writer.write(response(200 if cur.rowcount else 404, body))
+            elif path == "/api/sessions" and method == "POST":
+                doc = json.loads(b"".join(kept) or b"{}")
+                owner = headers.get("x-principal")
+                if not owner:
+                    writer.write(response(400, b'{"error":"no principal"}'))
+                else:
+                    cur = PG.cursor()
+                    cur.execute("INSERT INTO sessions (id, user_id, title, owner_id) VALUES (%s, 0, %s, %s)",
+                                (doc["id"], doc.get("title", ""), owner))
+                    PG.commit()
+                    writer.write(response(201, json.dumps({"id": doc["id"]}).encode()))
+            elif path.startswith("/api/sessions/") and method == "DELETE":
+                cur = PG.cursor()
+                cur.execute("DELETE FROM sessions WHERE id = %s", (path.rsplit("/", 1)[1],))
+                PG.commit()
+                writer.write(response(200 if cur.rowcount else 404, b"{}"))
             else:
                 writer.write(response(404, b'{"error":"no such path"}'))
             await writer.drain()
