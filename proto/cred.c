@@ -3,6 +3,7 @@
  */
 #include "proto/cred.h"
 
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 
@@ -11,17 +12,22 @@ static bool is_ows(char c)
     return c == ' ' || c == '\t';
 }
 
-/* RFC 6750 b64token: ALPHA DIGIT "-" "." "_" "~" "+" "/", then "=" padding. */
+/* RFC 6750 b64token: ALPHA DIGIT "-" "." "_" "~" "+" "/", then "=" padding.
+ * A table: tokens are hundreds of bytes and this runs on every request. */
+static const uint8_t b64token[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['+'] = 1, ['/'] = 1,
+    ['0' ... '9'] = 1, ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1,
+};
+
 static bool token68(str_t t)
 {
+    const unsigned char *p = (const unsigned char *)t.p;
     size_t i = 0;
-    while (i < t.len && (((t.p[i] | 0x20) >= 'a' && (t.p[i] | 0x20) <= 'z') ||
-                         (t.p[i] >= '0' && t.p[i] <= '9') || strchr("-._~+/", t.p[i]) != NULL) &&
-           t.p[i] != '\0')
+    while (i < t.len && b64token[p[i]])
         i++;
     if (i == 0)
         return false;
-    while (i < t.len && t.p[i] == '=')
+    while (i < t.len && p[i] == '=')
         i++;
     return i == t.len;
 }

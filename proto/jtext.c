@@ -419,9 +419,11 @@ static bool skip_value(struct cursor *c)
     unsigned char ch = c->s[c->i];
     if (ch == '"')
         return scan_string(c);
-    if (ch != '{' && ch != '[') {
+    if (ch != '{' && ch != '[') { /* a number or literal: up to what may follow a value */
+        static const uint8_t ends[256] = { [','] = 1, ['}'] = 1, [']'] = 1, [' '] = 1,
+                                           ['\t'] = 1, ['\r'] = 1, ['\n'] = 1 };
         size_t start = c->i;
-        while (c->i < c->n && !strchr(",}] \t\r\n", c->s[c->i]))
+        while (c->i < c->n && !ends[c->s[c->i]])
             c->i++;
         return c->i > start;
     }
@@ -458,7 +460,12 @@ int jtext_object_field(const char *s, size_t n, const char *name, size_t name_le
         size_t key = c.i;
         if (c.i >= c.n || c.s[c.i] != '"' || !scan_string(&c))
             return -1;
-        bool match = jtext_string_equals(s + key, c.i - key, name, name_len);
+        /* Keys are plain text nearly always: compare the bytes, and decode
+         * escapes only for a key that has some. */
+        size_t klen = c.i - key - 2;
+        bool match = memchr(s + key + 1, '\\', klen) == NULL
+                         ? klen == name_len && memcmp(s + key + 1, name, name_len) == 0
+                         : jtext_string_equals(s + key, c.i - key, name, name_len);
         skip_ws(&c);
         if (c.i >= c.n || c.s[c.i] != ':')
             return -1;

@@ -124,7 +124,7 @@ static struct cred_entry *find(struct cred_cache *c, const struct cred_key *k)
 }
 
 enum cred_verdict cred_cache_get(struct cred_cache *c, const struct cred_key *k, uint64_t now_ms,
-                                 struct buf *principal)
+                                 struct buf *principal, uint64_t *expires_ms)
 {
     struct cred_entry *e = find(c, k);
     if (e && e->expires_ms <= now_ms) {
@@ -139,6 +139,8 @@ enum cred_verdict cred_cache_get(struct cred_cache *c, const struct cred_key *k,
     if (!e->allowed)
         return CRED_DENIED;
     buf_append(principal, e->principal, e->principal_len);
+    if (expires_ms)
+        *expires_ms = e->expires_ms;
     return CRED_ALLOWED;
 }
 

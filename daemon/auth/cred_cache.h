@@ -36,9 +36,10 @@ void cred_cache_set_max(struct cred_cache *c, size_t max_entries);
 
 enum cred_verdict { CRED_MISS, CRED_ALLOWED, CRED_DENIED };
 
-/* On CRED_ALLOWED the principal is appended to `principal`. */
+/* On CRED_ALLOWED the principal is appended to `principal`, and the
+ * verdict's expiry is stored in *expires_ms when that is not NULL. */
 enum cred_verdict cred_cache_get(struct cred_cache *c, const struct cred_key *k, uint64_t now_ms,
-                                 struct buf *principal);
+                                 struct buf *principal, uint64_t *expires_ms);
 /* principal NULL: remember a denial. An entry for k is replaced. */
 void cred_cache_put(struct cred_cache *c, const struct cred_key *k, const char *principal, size_t n,
                     uint64_t expires_ms);

@@ -250,7 +250,7 @@ static bool from_cache(struct forward_auth *f, const struct cred_key *k, forward
     if (f->cache_ms <= 0)
         return false;
     buf_reset(&f->scratch);
-    enum cred_verdict v = cred_cache_get(f->cache, k, uv_now(f->loop), &f->scratch);
+    enum cred_verdict v = cred_cache_get(f->cache, k, uv_now(f->loop), &f->scratch, NULL);
     if (v == CRED_MISS)
         return false;
     if (v == CRED_DENIED) {

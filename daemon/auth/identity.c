@@ -9,6 +9,7 @@
  *        │                               │miss
  *        │                               ▼
  *        │                           jwt_verify ──ok──> principal (cached until exp, <= 5 min)
+ *        │   (before all that: the connection's memo of its last token, conn.h)
  *        │                                      └─no──> 401 invalid_token
  *        ▼ (no JWT source; Cookie or Authorization present, check_url set)
  *   forward_check ──(maybe later)──> principal | 401 | 403 | 503
@@ -64,9 +65,11 @@ struct identity {
     struct cred_cache *jwt_cache;
     struct forward_auth *fwd;       /* NULL: no check_url */
     struct upstream *up;
+    uint32_t gen;                   /* bumped by every reload: older memos are void */
     uint64_t *m_result[ID__COUNT];
     uint64_t *m_jwt[JWT__COUNT];
     uint64_t *m_method_jwt, *m_method_forward;
+    uint64_t *m_memo_hits;
 };
 
 static struct identity *current;
@@ -108,6 +111,9 @@ static void metrics_init(struct identity *id)
                                        "Credentials verified (not answered from a cache), by method.");
     id->m_method_forward = metrics_counter("batchd_auth_verifications_total", "method=\"forward\"",
                                            "Credentials verified (not answered from a cache), by method.");
+    id->m_memo_hits = metrics_counter("batchd_auth_connection_memo_hits_total", "",
+                                      "Requests whose token was the one their keep-alive connection proved last "
+                                      "(no hashing, no cache lookup).");
 }
 
 /* Loads cfg's keys into a fresh set; on failure leaves id as it was. */
@@ -140,6 +146,7 @@ static int apply(struct identity *id, const struct config *cfg, struct buf *erro
     }
     id->configured = cfg->has_auth;
     id->cfg = a;
+    id->gen++;
     return 0;
 }
 
@@ -217,12 +224,20 @@ static int64_t wall_s(void)
 
 static enum id_result check_jwt(struct identity *id, struct req *r, str_t token)
 {
+    uint64_t now = uv_now(id->loop);
+    str_t known;
+    /* A keep-alive client sends the same token request after request. */
+    if (req_memo_get(r, 'j', token, id->gen, now, &known)) {
+        (*id->m_memo_hits)++;
+        set_principal(r, known.p, known.len);
+        return ID_OK;
+    }
     struct cred_key k;
     cred_key_of(&k, 'j', token.p, token.len, NULL, 0);
-    uint64_t now = uv_now(id->loop);
     struct buf p = BUF_INIT;
     enum id_result res = ID_INVALID;
-    if (cred_cache_get(id->jwt_cache, &k, now, &p) == CRED_ALLOWED) {
+    uint64_t until = 0;
+    if (cred_cache_get(id->jwt_cache, &k, now, &p, &until) == CRED_ALLOWED) {
         res = ID_OK;
     } else {
         (*id->m_method_jwt)++;
@@ -235,14 +250,18 @@ static enum id_result check_jwt(struct identity *id, struct req *r, str_t token)
                 int64_t left = exp + id->cfg->leeway_s - t;
                 ttl = left <= 0 ? 0 : (uint64_t)left * 1000 < ttl ? (uint64_t)left * 1000 : ttl;
             }
+            until = now + ttl;
             if (ttl > 0)
-                cred_cache_put(id->jwt_cache, &k, p.data, p.len, now + ttl);
+                cred_cache_put(id->jwt_cache, &k, p.data, p.len, until);
         } else {
             (*id->m_jwt[jr])++;
         }
     }
-    if (res == ID_OK)
+    if (res == ID_OK) {
         set_principal(r, p.data, p.len);
+        if (until > now)
+            req_memo_put(r, 'j', token, p.data, p.len, id->gen, until);
+    }
     buf_deinit(&p);
     return res;
 }

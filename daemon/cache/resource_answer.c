@@ -124,6 +124,8 @@ void resource_fetch_done(struct read *rd)
     unsigned n = rd->rd.n;
     struct fetched stack[64];
     struct fetched *f = n <= 64 ? stack : mem_alloc(n * sizeof(*f));
+    if (n == 0)
+        f = NULL;
     int fail = 0;
     for (unsigned i = 0; i < n; i++) {
         struct batch_entry *e = rd->rd.slots[i];
@@ -140,7 +142,7 @@ void resource_fetch_done(struct read *rd)
         }
     }
     rd->fetch_cb(rd->fetch_ctx, f, n, fail);
-    if (f != stack)
+    if (n > 64)
         free(f);
     batch_read_release(&rd->rd);
     resource_read_put(rd);
@@ -159,12 +161,17 @@ void resource_answer(struct read *rd)
      * only the documents shown (none at all on a 404), so whether it was
      * cached says nothing either. */
     bool owner = res->cfg->access == ACCESS_OWNER;
+    /* Whether each slot is shown, found once (the owner check scans the
+     * document). */
+    bool vis_stack[64];
+    bool *vis = rd->rd.n <= 64 ? vis_stack : mem_alloc(rd->rd.n * sizeof(bool));
     enum fail_kind fail = FAIL_NONE;
     uint32_t cache_us = 0, db_us = 0;
     bool used_cache = false, used_db = false, all_cached = true;
     unsigned shown = 0;
     for (unsigned i = 0; i < rd->rd.n; i++) {
         struct batch_entry *e = rd->rd.slots[i];
+        vis[i] = visible(res, r, e);
         if (e->result == BATCH_FAILED) {
             if (fail == FAIL_NONE || e->err > (int)fail)
                 fail = (enum fail_kind)e->err;
@@ -176,7 +183,7 @@ void resource_answer(struct read *rd)
             (*res->m_absent)++;
         else
             (*res->m_hit)++;
-        if (owner && !visible(res, r, e)) {
+        if (owner && !vis[i]) {
             if (e->result == BATCH_FOUND)
                 (*res->m_not_owner)++;
             continue;
@@ -202,7 +209,7 @@ void resource_answer(struct read *rd)
             req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
             append_timing(r, cache_us, db_us, used_cache, used_db);
         }
-        if (visible(res, r, e))
+        if (vis[0])
             req_respond(r, 200, "application/json", e->doc, e->doc_len);
         else
             req_error(r, 404, "not_found");
@@ -220,7 +227,7 @@ void resource_answer(struct read *rd)
             struct batch_entry *e = rd->rd.slots[i];
             if (i)
                 *p++ = ',';
-            if (visible(res, r, e)) {
+            if (vis[i]) {
                 memcpy(p, e->doc, e->doc_len);
                 p += e->doc_len;
             } else {
@@ -237,6 +244,8 @@ void resource_answer(struct read *rd)
         }
         req_respond_body(r, 200, "application/json");
     }
+    if (vis != vis_stack)
+        free(vis);
     batch_read_release(&rd->rd);
     resource_read_put(rd);
 }

@@ -254,6 +254,39 @@ int conn_write_copy(struct conn *c, const uv_buf_t *bufs, unsigned n)
     return write_checked(c, bufs, n, NULL, NULL, STREAM_COPY);
 }
 
+/* --- the credential memo ------------------------------------------------------------ */
+
+bool conn_memo_get(const struct conn *c, char kind, str_t cred, uint32_t gen, uint64_t now_ms,
+                   str_t *principal)
+{
+    const struct conn_memo *m = c->memo;
+    if (m == NULL || m->kind != kind || m->gen != gen || m->expires_ms <= now_ms ||
+        m->cred_len != cred.len || memcmp(m->data, cred.p, cred.len) != 0)
+        return false;
+    *principal = str_make(m->data + m->cred_len, m->principal_len);
+    return true;
+}
+
+void conn_memo_put(struct conn *c, char kind, str_t cred, const char *principal, size_t n,
+                   uint32_t gen, uint64_t expires_ms)
+{
+    if (cred.len > CONN_MEMO_MAX || n > UINT16_MAX)
+        return;
+    struct conn_memo *m = c->memo;
+    if (m == NULL || m->cred_len + m->principal_len < cred.len + n) {
+        free(m);
+        m = mem_alloc(sizeof(*m) + cred.len + n);
+        c->memo = m;
+    }
+    m->gen = gen;
+    m->kind = kind;
+    m->cred_len = (uint16_t)cred.len;
+    m->principal_len = (uint16_t)n;
+    m->expires_ms = expires_ms;
+    memcpy(m->data, cred.p, cred.len);
+    memcpy(m->data + cred.len, principal, n);
+}
+
 /* --- closing ------------------------------------------------------------------- */
 
 /* The stream's closed_cb: the socket and the timer are closed. */
@@ -262,6 +295,7 @@ static void conn_closed_cb(struct stream *s)
     struct conn *c = (struct conn *)s;
     if (c->lst) /* NULL when the accept failed */
         server_conn_removed(conn_srv(c), c);
+    free(c->memo);
     free(c);
 }
 

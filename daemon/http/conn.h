@@ -34,6 +34,7 @@
 #include <uv.h>
 
 #include "daemon/http/close_reason.h"
+#include "proto/buf.h"
 
 struct conn;
 struct req;
@@ -78,6 +79,17 @@ bool conn_draining(const struct conn *c);
 /* The peer's address (0 or a negative libuv error), as text ("?" when
  * unknown), and the socket's descriptor (-1 when none). */
 int conn_peer_addr(const struct conn *c, struct sockaddr_storage *ss);
+
+/* The last credential a connection's requests proved, kept by identity.c so
+ * that a keep-alive client's token is verified (and hashed) once, not on
+ * every request: the credential's bytes, the principal, until when, and
+ * the identity generation (a reload) it belongs to. Credentials longer
+ * than CONN_MEMO_MAX are not kept. */
+#define CONN_MEMO_MAX 2048
+bool conn_memo_get(const struct conn *c, char kind, str_t cred, uint32_t gen, uint64_t now_ms,
+                   str_t *principal);
+void conn_memo_put(struct conn *c, char kind, str_t cred, const char *principal, size_t n,
+                   uint32_t gen, uint64_t expires_ms);
 const char *conn_peer(const struct conn *c, char *out, size_t cap);
 int conn_fd(const struct conn *c);
 

@@ -87,7 +87,16 @@ struct conn {
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
     } peer;
+    struct conn_memo *memo;       /* the last credential proved (conn_memo_*), or NULL */
     LIST_ENTRY(conn) link;        /* the server's list */
+};
+
+struct conn_memo {
+    uint32_t gen;
+    char kind;
+    uint16_t cred_len, principal_len;
+    uint64_t expires_ms;
+    char data[];                  /* cred_len bytes, then principal_len */
 };
 
 static inline struct server *conn_srv(const struct conn *c)

@@ -175,6 +175,19 @@ const char *req_peer(const struct req *r, char *out, size_t cap)
     return conn_peer(r->conn, out, cap);
 }
 
+bool req_memo_get(const struct req *r, char kind, str_t cred, uint32_t gen, uint64_t now_ms,
+                  str_t *principal)
+{
+    return r->conn != NULL && conn_memo_get(r->conn, kind, cred, gen, now_ms, principal);
+}
+
+void req_memo_put(struct req *r, char kind, str_t cred, const char *principal, size_t n,
+                  uint32_t gen, uint64_t expires_ms)
+{
+    if (r->conn != NULL)
+        conn_memo_put(r->conn, kind, cred, principal, n, gen, expires_ms);
+}
+
 int req_fd(const struct req *r)
 {
     return r->conn ? conn_fd(r->conn) : -1;

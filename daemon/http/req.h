@@ -110,6 +110,11 @@ int req_param_decoded(const struct req *r, const char *name, struct buf *out);
 int req_peer_addr(const struct req *r, struct sockaddr_storage *ss);
 /* The client's address as text, "?" when unknown. */
 const char *req_peer(const struct req *r, char *out, size_t cap);
+/* The connection's credential memo (conn.h): false once the client is gone. */
+bool req_memo_get(const struct req *r, char kind, str_t cred, uint32_t gen, uint64_t now_ms,
+                  str_t *principal);
+void req_memo_put(struct req *r, char kind, str_t cred, const char *principal, size_t n,
+                  uint32_t gen, uint64_t expires_ms);
 /* The client socket's file descriptor, -1 once the client is gone. */
 int req_fd(const struct req *r);
 

@@ -266,6 +266,28 @@ def test_a_verified_token_is_cached_until_it_expires(app, pg):
     assert b.metric("batchd_auth_jwt_rejected_total", reason="expired") >= 1
 
 
+def test_keep_alive_connection_remembers_its_token(app, pg):
+    """The second and later requests of a connection with the same token
+    need neither verification nor a cache lookup; another connection finds
+    the verdict in the cache; a different token on the same connection is
+    verified on its own."""
+    from harness import Http
+    b = app()
+    owner = owner_of(pg, "s14")
+    tok = mint(None, sub=owner)
+    c = Http(b.port)
+    for _ in range(5):
+        assert c.request("GET", "/v1/sessions/s14", bearer(tok)).status == 200
+    assert b.metric("batchd_auth_verifications_total", method="jwt") == 1
+    assert b.metric("batchd_auth_connection_memo_hits_total") == 4
+    assert b.metric("batchd_auth_cache_lookups_total", cache="jwt", result="miss") == 1
+    assert get(b.port, "/v1/sessions/s14", bearer(tok)).status == 200  # a new connection
+    assert b.metric("batchd_auth_cache_lookups_total", cache="jwt", result="hit") == 1
+    assert c.request("GET", "/v1/sessions/s14", bearer(mint(None, sub="nobody"))).status == 404
+    assert b.metric("batchd_auth_verifications_total", method="jwt") == 2
+    assert c.request("GET", "/v1/sessions/s14", bearer("abc.def.ghi")).status == 401
+
+
 def test_token_from_cookie(app, pg):
     b = app()
     owner = owner_of(pg, "s8")
