@@ -9,31 +9,16 @@
 #include "proto/cursor.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "proto/b64url.h"
 #include "proto/jtext.h"
-
-static const char B64URL[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
+#include "proto/mem.h"
 
 size_t cursor_encoded_len(size_t len)
 {
-    size_t n = len + 1; /* the version byte */
-    return n / 3 * 4 + (n % 3 ? n % 3 + 1 : 0);
+    return b64url_encoded_len(len + 1); /* the version byte, then the text */
 }
 
 bool cursor_text_valid(const char *text, size_t len)
@@ -46,70 +31,34 @@ bool cursor_text_valid(const char *text, size_t len)
     return jtext_utf8_valid(text, len);
 }
 
-static void encode_group(const unsigned char *in, size_t n, char *out)
-{
-    uint32_t v = (uint32_t)in[0] << 16 | (n > 1 ? (uint32_t)in[1] << 8 : 0) | (n > 2 ? in[2] : 0);
-    out[0] = B64URL[v >> 18 & 63];
-    out[1] = B64URL[v >> 12 & 63];
-    if (n > 1)
-        out[2] = B64URL[v >> 6 & 63];
-    if (n > 2)
-        out[3] = B64URL[v & 63];
-}
-
 void cursor_encode(const char *text, size_t len, struct buf *out)
 {
-    buf_reserve(out, cursor_encoded_len(len));
-    unsigned char g[3];
-    size_t k = 0;
-    char enc[4];
-    g[k++] = CURSOR_VERSION;
-    for (size_t i = 0; i <= len; i++) {
-        if (k == 3 || i == len) {
-            if (k > 0) {
-                encode_group(g, k, enc);
-                buf_append(out, enc, k + 1);
-            }
-            k = 0;
-        }
-        if (i < len)
-            g[k++] = (unsigned char)text[i];
-    }
+    char stack[256];
+    char *raw = len < sizeof(stack) ? stack : mem_alloc(len + 1);
+    raw[0] = CURSOR_VERSION;
+    memcpy(raw + 1, text, len);
+    b64url_encode(raw, len + 1, out);
+    if (raw != stack)
+        free(raw);
 }
 
 int cursor_decode(str_t in, size_t max_len, struct buf *out)
 {
     if (in.len > max_len)
         return -E2BIG;
-    if (in.len % 4 == 1 || in.len < 2)
-        return -EINVAL; /* no whole byte in the last character, or no version byte */
-    size_t start = out->len;
-    uint32_t acc = 0;
-    unsigned bits = 0;
-    bool version = false;
-    for (size_t i = 0; i < in.len; i++) {
-        int v = b64_value((unsigned char)in.p[i]);
-        if (v < 0)
-            return -EINVAL;
-        acc = (acc << 6 | (uint32_t)v) & 0xffffff;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            unsigned char byte = (unsigned char)(acc >> bits);
-            if (!version) {
-                if (byte != CURSOR_VERSION)
-                    return -EINVAL;
-                version = true;
-            } else {
-                buf_append_char(out, (char)byte);
-            }
-        }
-    }
-    if (acc & ((1u << bits) - 1))
-        return -EINVAL; /* the leftover bits of the last character must be zero */
-    if (out->len > start && !cursor_text_valid(out->data + start, out->len - start))
-        return -EINVAL;
-    return 0;
+    if (in.len < 2)
+        return -EINVAL; /* not even the version byte */
+    unsigned char stack[256];
+    unsigned char *raw = in.len * 3 / 4 <= sizeof(stack) ? stack : mem_alloc(in.len * 3 / 4);
+    ssize_t n = b64url_decode(in.p, in.len, raw);
+    int rc = 0;
+    if (n < 1 || raw[0] != CURSOR_VERSION || !cursor_text_valid((const char *)raw + 1, (size_t)n - 1))
+        rc = -EINVAL;
+    else
+        buf_append(out, raw + 1, (size_t)n - 1);
+    if (raw != stack)
+        free(raw);
+    return rc;
 }
 
 /* --- a page in the cache ------------------------------------------------------ */

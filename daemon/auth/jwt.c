@@ -41,6 +41,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "proto/b64url.h"
 #include "proto/jtext.h"
 #include "proto/mem.h"
 
@@ -285,50 +286,6 @@ struct token {
     const char *kid;            /* in header; NULL when absent */
     char *text;                 /* NUL-terminated copy, for jwt_decode */
 };
-
-static int b64url_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
-static bool b64url_valid(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (b64url_value((unsigned char)s[i]) < 0)
-            return false;
-    return n % 4 != 1;
-}
-
-/* Decodes unpadded base64url s[0..n) (checked by b64url_valid) into out,
- * which has room for n * 3 / 4 bytes; returns the length, or -1 when the
- * bits after the last byte are not zero (a second spelling of the same
- * bytes). */
-static ssize_t b64url_decode(const char *s, size_t n, unsigned char *out)
-{
-    uint32_t acc = 0;
-    unsigned bits = 0;
-    size_t len = 0;
-    for (size_t i = 0; i < n; i++) {
-        acc = (acc << 6) | (uint32_t)b64url_value((unsigned char)s[i]);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[len++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    return acc == 0 ? (ssize_t)len : -1;
-}
 
 /* A segment's JSON object, or NULL. Duplicate names are refused, so there
  * is no question of which "alg" libjwt's parser would pick. */

@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "proto/b64url.h"
 #include "proto/cred.h"
 
 static str_t S(const char *s)
@@ -68,11 +69,35 @@ static void test_cookie(void **state)
     assert_false(cred_cookie(STR_NULL, S("a"), &v));
 }
 
+static void test_b64url(void **state)
+{
+    /* RFC 4648's vectors, unpadded, and the two characters base64url differs in. */
+    const char *plain[] = { "", "f", "fo", "foo", "foob", "fooba", "foobar", "\xfb\xff" };
+    const char *coded[] = { "", "Zg", "Zm8", "Zm9v", "Zm9vYg", "Zm9vYmE", "Zm9vYmFy", "-_8" };
+    for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
+        struct buf b = BUF_INIT;
+        b64url_encode(plain[i], strlen(plain[i]), &b);
+        assert_int_equal(b.len, strlen(coded[i]));
+        assert_memory_equal(b.len ? b.data : "", coded[i], b.len);
+        assert_int_equal(b64url_encoded_len(strlen(plain[i])), strlen(coded[i]));
+        unsigned char out[16];
+        assert_int_equal(b64url_decode(coded[i], strlen(coded[i]), out), (ssize_t)strlen(plain[i]));
+        assert_memory_equal(out, plain[i], strlen(plain[i]));
+        buf_deinit(&b);
+    }
+    unsigned char out[16];
+    assert_int_equal(b64url_decode("Zh", 2, out), -1);     /* bits after the last byte */
+    assert_int_equal(b64url_decode("Zm9vY", 5, out), -1);  /* a lone character */
+    assert_int_equal(b64url_decode("Zg==", 4, out), -1);   /* padding */
+    assert_int_equal(b64url_decode("+/8", 3, out), -1);    /* base64, not base64url */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bearer),
         cmocka_unit_test(test_cookie),
+        cmocka_unit_test(test_b64url),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
