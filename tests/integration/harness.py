@@ -7,6 +7,7 @@ the tests start must exit 0 with no AddressSanitizer, LeakSanitizer or
 UBSan report in its log.
 """
 
+import asyncio
 import os
 import pwd
 import re
@@ -447,3 +448,35 @@ full_page_writes = off
         self.psql("SELECT pg_stat_statements_reset()")
 
 
+# --- many clients at once ------------------------------------------------------------------
+
+
+async def read_answer(reader, writer):
+    """One HTTP answer with a Content-Length from an asyncio stream: (status, body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0].split(b":")[1])
+    body = await reader.readexactly(length)
+    writer.close()
+    return int(head.split(b" ")[1]), body
+
+
+async def send_get(port, path, headers=None):
+    """Connects and writes one GET; returns (reader, writer) for read_answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n{head}\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def fetch_many_at_once(port, paths, pid, headers=None):
+    """Every request is in batchd's socket buffers before batchd runs again:
+    it is stopped (SIGSTOP) while the clients connect (the kernel completes the
+    handshakes into the listen backlog) and write, then continued. So all the
+    reads reach it in the same loop iterations, whatever the machine's load."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        conns = await asyncio.gather(*[send_get(port, p, headers) for p in paths])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return await asyncio.gather(*[read_answer(r, w) for r, w in conns])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Http, free_port, get, request, wait_until
+from harness import Http, free_port, get, read_answer, request, send_get, wait_until
 from raw_upstream import RawUpstream
 from test_resource import check_doc, resource_conf
 
@@ -106,25 +106,14 @@ async def read_many_while_held(b, app, n, cookie):
     check: sent, then released only once batchd counts n - 1 joined."""
     await asyncio.to_thread(app.post, "/_test/hold")
 
-    async def send():
-        reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
-        writer.write(f"GET {DOC} HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n".encode())
-        await writer.drain()
-        return reader, writer
-    conns = await asyncio.gather(*[send() for _ in range(n)])
+    conns = await asyncio.gather(*[send_get(b.port, DOC, {"Cookie": cookie}) for _ in range(n)])
 
     def all_waiting():
         return app.state()["held"] == 1 and b.metric("batchd_auth_check_joined_total") == n - 1
     await asyncio.to_thread(wait_until, all_waiting, 30, 0.05, f"{n} reads waiting on one check")
     await asyncio.to_thread(app.post, "/_test/release")
 
-    async def answer(reader, writer):
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0].split(b":")[1])
-        body = await reader.readexactly(length)
-        writer.close()
-        return int(head.split(b" ")[1]), body
-    return await asyncio.gather(*[answer(r, w) for r, w in conns])
+    return await asyncio.gather(*[read_answer(r, w) for r, w in conns])
 
 
 def test_1000_concurrent_reads_one_cookie_one_check(fwd, auth_app):

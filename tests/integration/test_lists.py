@@ -10,14 +10,13 @@ a session the app creates is the newest), every fifth of each 'archived'."""
 import asyncio
 import base64
 import json
-import os
 import signal
 import time
 
 import jwt
 import pytest
 
-from harness import Http, get, request, wait_until
+from harness import Http, fetch_many_at_once, get, request, wait_until
 from test_proxy import App, upstream_conf
 
 SECRET = "list-test-secret-0123456789abcdef"
@@ -276,28 +275,8 @@ def test_params_filter(lists, pg):
 
 
 async def pages_at_once(port, paths, headers, pid):
-    """Every request is in batchd's socket buffers before it runs again (as
-    test_resource.fetch_many_at_once): stopped while the clients connect and
-    write, then continued."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        async def send(path):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n{head}\r\n".encode())
-            await writer.drain()
-            return reader, writer
-        conns = await asyncio.gather(*[send(p) for p in paths])
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-    async def answer(reader, writer):
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0].split(b":")[1])
-        body = await reader.readexactly(length)
-        writer.close()
-        return int(head.split(b" ")[1]), body
-    return await asyncio.gather(*[answer(r, w) for r, w in conns])
+    """Every request is in batchd's socket buffers before it runs again."""
+    return await fetch_many_at_once(port, paths, pid, headers)
 
 
 def test_identical_page_queries_run_once(lists, pg):

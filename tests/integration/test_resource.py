@@ -4,14 +4,13 @@ counters: Redis INFO commandstats and pg_stat_statements."""
 
 import asyncio
 import json
-import os
 import signal
 import threading
 import time
 
 import pytest
 
-from harness import ROOT, Http, RedisServer, get, request, wait_until
+from harness import ROOT, Http, RedisServer, fetch_many_at_once, get, read_answer, request, send_get, wait_until
 
 BY_IDS = ("SELECT s.id, json_build_object('id', s.id, 'title', s.title, 'message_count', "
           "(SELECT count(*) FROM messages m WHERE m.session_id = s.id))::text "
@@ -65,15 +64,8 @@ def check_doc(doc, i):
 
 
 async def fetch_many(port, paths):
-    async def one(path):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0].split(b":")[1])
-        body = await reader.readexactly(length)
-        writer.close()
-        return int(head.split(b" ")[1]), body
-    return await asyncio.gather(*[one(p) for p in paths])
+    conns = await asyncio.gather(*[send_get(port, p) for p in paths])
+    return await asyncio.gather(*[read_answer(r, w) for r, w in conns])
 
 
 def test_single_read_miss_then_hit(app, redis, pg):
@@ -91,31 +83,6 @@ def test_single_read_miss_then_hit(app, redis, pg):
     assert json.loads(redis.client().get("session:s7")) == r.json()
     assert 0 < redis.client().ttl("session:s7") <= 300
     assert pg.calls(BY_IDS_LIKE) == 1
-
-
-async def fetch_many_at_once(port, paths, pid):
-    """Every request is in batchd's socket buffers before batchd runs again:
-    it is stopped (SIGSTOP) while the clients connect (the kernel completes the
-    handshakes into the listen backlog) and write, then continued. So all the
-    reads reach it in the same loop iterations, whatever the machine's load."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        async def send(path):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-            await writer.drain()
-            return reader, writer
-        conns = await asyncio.gather(*[send(p) for p in paths])
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-    async def answer(reader, writer):
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0].split(b":")[1])
-        body = await reader.readexactly(length)
-        writer.close()
-        return int(head.split(b" ")[1]), body
-    return await asyncio.gather(*[answer(r, w) for r, w in conns])
 
 
 def test_400_concurrent_cached_reads_coalesce(app, redis, pg):
