@@ -29,7 +29,7 @@
     X(SHUTDOWN_FORCED, "shutdown_forced")                                      \
     X(SSE_QUEUE_OVERFLOW, "sse_queue_overflow")                                \
     X(SSE_OVERLOADED, "sse_overloaded")           /* over max_sse_clients */     \
-    X(SSE_UNAVAILABLE, "sse_unavailable")         /* no Stream position yet */   \
+    X(SSE_UNAVAILABLE, "sse_unavailable")         /* no position or owner yet */ \
     X(UPSTREAM_ERROR, "upstream_error")                                        \
     X(STREAM_ENDED, "stream_ended")
 

@@ -4,7 +4,8 @@
  *
  *   GET/POST {path} ──identity_gate──> principal ──access = owner──> resource_fetch(owner_resource, {id})
  *                        │ 401/403/503                               │ found, owner_field = principal ──> go on
- *                        ▼                                           ▼ anything else ──> 404 not_found
+ *                        ▼                                           │ not read: GET 200 "retry:", POST 503
+ *                                                                    ▼ anything else ──> 404 not_found
  *
  * The owner lookup is an ordinary coalesced read: it joins the loop
  * iteration's MGET with every other read of that resource, and its
@@ -50,7 +51,13 @@ static void owner_cb(void *ctx, const struct fetched *f, unsigned n, int fail)
         return;
     }
     struct resource *res = resource_set_find(def->hub->resources, def->cfg->owner_resource);
-    if (fail || n != 1) {
+    if ((fail || n != 1) && a->subscribe) {
+        /* Any status but 200 is final for EventSource: a browser that met
+         * a restarting batchd (listening before its backends are up) would
+         * never come back. A 200 "retry:" brings it back. */
+        free(a);
+        sse_turn_away(r, def, TURN_AWAY_OWNER_UNAVAILABLE);
+    } else if (fail || n != 1) {
         free(a);
         req_add_header(r, "Retry-After", "1");
         req_error(r, 503, fail == 500 ? "owner_lookup_failed" : "db_unavailable");

@@ -28,8 +28,16 @@ struct sse_history;
 enum sse_ch_state { CH_SUBSCRIBING, CH_SYNCING, CH_SYNC_WAIT, CH_LIVE };
 enum sse_cl_state { CL_POSITIONING, CL_WAITING, CL_REPLAYING, CL_LIVE };
 
-/* Why a stream request is answered with a "retry:" and ended at once. */
-enum sse_turn_away { TURN_AWAY_OVERLOADED, TURN_AWAY_UNAVAILABLE, TURN_AWAY_SHUTTING_DOWN, TURN_AWAY__COUNT };
+/* Why a stream request is answered with a "retry:" and ended at once.
+ * OWNER_UNAVAILABLE: access = owner and the owner_resource document could
+ * not be read (Redis and PostgreSQL unreachable, busy, or the query failed). */
+enum sse_turn_away {
+    TURN_AWAY_OVERLOADED,
+    TURN_AWAY_UNAVAILABLE,
+    TURN_AWAY_SHUTTING_DOWN,
+    TURN_AWAY_OWNER_UNAVAILABLE,
+    TURN_AWAY__COUNT
+};
 
 /* One [stream NAME]: its config and counters. */
 struct sse_stream {

@@ -92,14 +92,16 @@ class Conn:
 
 class TcpProxy:
     """Listens on 127.0.0.1:<port>, connects each client to target_port and
-    pumps both ways; subclasses say what to do with each piece read:
-    _to_server(c, data) and _to_client(c, data) relay it (or hold it) and
-    return False to end the connection. Either side ending or failing ends
-    both; _ended(c) is then called once per direction."""
+    pumps both ways; by itself it relays every byte as it comes (a backend
+    that is reachable from some moment on), and subclasses say what to do
+    with each piece read: _to_server(c, data) and _to_client(c, data) relay
+    it (or hold it) and return False to end the connection. Either side ending or failing ends
+    both; _ended(c) is then called once per direction. port: where to
+    listen (0: any free port), e.g. where batchd was told a backend is."""
 
-    def __init__(self, target_port):
+    def __init__(self, target_port, port=0):
         self.target = target_port
-        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.lsock = socket.create_server(("127.0.0.1", port))
         self.port = self.lsock.getsockname()[1]
         self.conns = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -129,6 +131,14 @@ class TcpProxy:
         finally:
             c.kill()
             self._ended(c)
+
+    def _to_server(self, c, data):
+        c.server.sendall(data)
+        return True
+
+    def _to_client(self, c, data):
+        c.client.sendall(data)
+        return True
 
     def _ended(self, c):
         pass

@@ -351,6 +351,37 @@ def test_stream_owner_subscribes_others_refused(app, pg):
     assert b_id  # B's own stream is B's: checked through the same coalesced read
 
 
+class UnreachablePg:
+    """A PostgreSQL nothing listens for."""
+
+    def __init__(self, port):
+        self.port = port
+
+    def conninfo(self):
+        return f"host=127.0.0.1 port={self.port} dbname=app user=app"
+
+
+def test_stream_owner_lookup_unavailable_is_a_retry_not_a_final_status(start_batchd, keys):
+    """No Redis, no PostgreSQL (a batchd just started listens before its
+    backends are up): the owner cannot be looked up. A subscriber gets a
+    200 holding a jittered retry: and the end of the stream, since any
+    other status is final for EventSource; a publisher gets the 503."""
+    from harness import free_port
+    b = start_batchd(batchd=f"admin_token = {ADMIN}\n",
+                     extra=auth_conf(keys, free_port(), UnreachablePg(free_port()), stream="owners_publish = yes\n"))
+    tok = mint(None, sub="920")
+    s = Sse(b.port, "s1", query=f"?access_token={tok}")
+    assert s.status == 200 and s.headers["content-type"] == "text/event-stream"
+    assert 2000 <= int(s.frame()["retry"][0]) <= 4000
+    assert s.c.wait_closed(5)
+    assert s.c.buf == b""  # nothing after the retry:
+    assert b.metric("batchd_sse_rejected_total", stream="session-events", reason="owner_unavailable") == 1
+    r = request(b.port, "POST", "/v1/sessions/s1/events", bearer(tok), "x")
+    assert r.status == 503 and r.headers["retry-after"] == "1"
+    # Who is asking is still checked first: no credential is a 401.
+    assert Sse(b.port, "s1").status == 401
+
+
 def test_owners_publish(app, pg):
     b = app(stream="owners_publish = yes\n")
     a_id = owner_of(pg, "s12")

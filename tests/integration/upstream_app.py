@@ -18,6 +18,9 @@ Run:  python3 upstream_app.py PORT [POSTGRES_CONNINFO]
                             the principal batchd forwards in X-Principal (400 without one); 201
   DELETE /api/sessions/{id} DELETE that session; 200 (404 when no row)
   GET /close                answers with Connection: close
+  GET /page                 a small HTML page for the browser tests (test_browser.py): its
+                            listen(name, url) opens an EventSource and keeps what it sees in
+                            streams[name] (got: [lastEventId, data] pairs, opens, errors, states)
   ANY /hangup               reads the request, then closes the connection without answering
   ANY /arm                  answers 200, then drops the next request on this connection
                             unanswered (closes it): the race of an idle close meeting a request
@@ -63,6 +66,29 @@ async def read_body(reader, headers):
             raise ConnectionError("body cut short")
         n -= len(piece)
         yield piece
+
+
+# What GET /page serves. Served through batchd, the page shares batchd's
+# origin, so its EventSource is same-origin and carries batchd's cookies.
+PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>batchd browser test</title></head>
+<body><script>
+window.streams = {};
+window.listen = function (name, url) {
+  const s = {got: [], opens: 0, errors: 0, states: []};
+  const es = new EventSource(url);
+  s.es = es;
+  es.onopen = () => { s.opens++; };
+  es.onmessage = (e) => { s.got.push([e.lastEventId, e.data]); };
+  es.onerror = () => { s.errors++; s.states.push(es.readyState); };
+  window.streams[name] = s;
+};
+window.seen = (name) => {
+  const s = window.streams[name];
+  return {got: s.got, opens: s.opens, errors: s.errors, states: s.states, readyState: s.es.readyState};
+};
+</script></body></html>
+"""
 
 
 def response(status, body=b"", ctype="application/json", extra=None, close=False):
@@ -150,6 +176,8 @@ async def handle(reader, writer):
                     await writer.drain()
                     await asyncio.sleep(int(q.get("gap_ms", "200")) / 1000)
                 writer.write(b"0\r\n\r\n")
+            elif path == "/page" and method == "GET":
+                writer.write(response(200, PAGE, "text/html; charset=utf-8"))
             elif path == "/stats":
                 writer.write(response(200, json.dumps(STATS).encode()))
             elif path == "/close":
