@@ -81,6 +81,7 @@ struct identity_wait {
     struct req *r;
     resolved_fn done;
     identity_fn fn;             /* identity_gate */
+    identity_fn unavailable;    /* identity_gate_stream: answers ID_UNAVAILABLE */
     void *data;
     identity_lookup_fn lookup;  /* identity_lookup */
     void *ctx;
@@ -395,13 +396,17 @@ static struct identity_wait *wait_new(struct req *r, resolved_fn done)
 static void gate_done(struct req *r, enum id_result res, void *ctx)
 {
     struct identity_wait *w = ctx;
-    identity_fn fn = w->fn;
+    identity_fn fn = w->fn, unavailable = w->unavailable;
     void *data = w->data;
     free(w);
     if (current)
         (*current->m_result[res])++;
     if (r->conn == NULL) { /* the client went away while a check ran */
         req_error(r, 499, "client_closed");
+        return;
+    }
+    if (res == ID_UNAVAILABLE && unavailable) {
+        unavailable(r, data);
         return;
     }
     if (res != ID_OK) {
@@ -421,6 +426,20 @@ void identity_gate(struct req *r, enum cfg_access access, bool sse, identity_fn 
     w->fn = fn;
     w->data = data;
     resolve(r, sse, w);
+}
+
+void identity_gate_stream(struct req *r, enum cfg_access access, identity_fn fn,
+                          identity_fn unavailable, void *data)
+{
+    if (access == ACCESS_PUBLIC) {
+        fn(r, data);
+        return;
+    }
+    struct identity_wait *w = wait_new(r, gate_done);
+    w->fn = fn;
+    w->unavailable = unavailable;
+    w->data = data;
+    resolve(r, true, w);
 }
 
 static void lookup_done(struct req *r, enum id_result res, void *ctx)

@@ -51,6 +51,11 @@ typedef void (*identity_fn)(struct req *r, void *data);
  * and maybe later when a check goes to the app); otherwise answers r. sse:
  * the route is an event stream, where ?access_token= is accepted. */
 void identity_gate(struct req *r, enum cfg_access access, bool sse, identity_fn fn, void *data);
+/* The same for an event stream's subscribers, where any answer but 200 is
+ * final for a browser's EventSource: when the check cannot be answered
+ * (503 elsewhere), unavailable(r, data) answers instead (a 200 "retry:"). */
+void identity_gate_stream(struct req *r, enum cfg_access access, identity_fn fn,
+                          identity_fn unavailable, void *data);
 
 /* Resolves r's principal when it carries a credential, never refusing:
  * cb(ctx, r) runs with r->principal set or NULL (the proxy forwards what it

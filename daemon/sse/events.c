@@ -170,6 +170,7 @@ static void def_metrics(struct sse_stream *d)
         [TURN_AWAY_UNAVAILABLE] = "redis_unavailable",
         [TURN_AWAY_SHUTTING_DOWN] = "shutting_down",
         [TURN_AWAY_OWNER_UNAVAILABLE] = "owner_unavailable",
+        [TURN_AWAY_AUTH_UNAVAILABLE] = "auth_unavailable",
     };
     for (int i = 0; i < TURN_AWAY__COUNT; i++) {
         snprintf(l, sizeof(l), "stream=\"%s\",reason=\"%s\"", name, why[i]);

@@ -118,12 +118,22 @@ static void allowed_publish(struct req *r, void *data)
     allowed(r, data, false);
 }
 
+/* Forward auth could not answer: a subscriber is told to come back (a
+ * non-200 would be final for EventSource), as for owner_unavailable. */
+static void auth_unavailable(struct req *r, void *data)
+{
+    sse_turn_away(r, data, TURN_AWAY_AUTH_UNAVAILABLE);
+}
+
 void sse_access_check(struct req *r, struct sse_stream *def, str_t id, bool subscribe)
 {
     if (def->cfg->access == ACCESS_PUBLIC) {
         granted(r, def, subscribe, id);
         return;
     }
-    identity_gate(r, (enum cfg_access)def->cfg->access, subscribe,
-                  subscribe ? allowed_subscribe : allowed_publish, def);
+    if (subscribe)
+        identity_gate_stream(r, (enum cfg_access)def->cfg->access, allowed_subscribe,
+                             auth_unavailable, def);
+    else
+        identity_gate(r, (enum cfg_access)def->cfg->access, false, allowed_publish, def);
 }

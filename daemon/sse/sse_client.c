@@ -157,6 +157,7 @@ void sse_turn_away(struct req *r, struct sse_stream *def, enum sse_turn_away why
         [TURN_AWAY_UNAVAILABLE] = CONN_CLOSE_SSE_UNAVAILABLE,
         [TURN_AWAY_SHUTTING_DOWN] = CONN_CLOSE_SHUTDOWN,
         [TURN_AWAY_OWNER_UNAVAILABLE] = CONN_CLOSE_SSE_UNAVAILABLE,
+        [TURN_AWAY_AUTH_UNAVAILABLE] = CONN_CLOSE_SSE_UNAVAILABLE,
     };
     (*def->m_rejected[why])++;
     bool gone = false; /* a failed write closes the connection and frees r */

@@ -36,6 +36,7 @@ enum sse_turn_away {
     TURN_AWAY_UNAVAILABLE,
     TURN_AWAY_SHUTTING_DOWN,
     TURN_AWAY_OWNER_UNAVAILABLE,
+    TURN_AWAY_AUTH_UNAVAILABLE,     /* forward auth's check did not answer */
     TURN_AWAY__COUNT
 };
 

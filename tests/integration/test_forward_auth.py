@@ -391,3 +391,25 @@ def test_jwt_and_forward_auth_together(fwd, auth_app, tmp_path):
     r = read(b, "session=se", authorization="Bearer abc.def.ghi")
     assert r.status == 401 and r.json() == {"error": "invalid_token"}
     assert auth_app.calls() == 1
+
+
+def test_stream_subscriber_is_told_to_retry_when_the_check_cannot_answer(start_batchd, redis, pg):
+    """An EventSource gives up for good on any status but 200: a subscriber
+    whose forward-auth check finds the app down gets 200, retry:, end; a
+    plain read gets 503."""
+    from test_events import Sse
+    dead = free_port()  # nothing listens: the check cannot be answered
+    extra = (resource_conf(redis.port, pg, resource="access = authenticated\n") + auth_conf(dead)
+             + "[stream session-events]\npath = /v1/sessions/{id}/events\nkey = events:session:{id}\n"
+               "access = authenticated\n")
+    b = start_batchd(extra=extra)
+    s = Sse(b.port, "s1", query="")
+    assert s.status == 401  # no credential at all: refused, as before
+    c = Http(b.port, timeout=10)
+    c.send("GET /v1/sessions/s1/events HTTP/1.1\r\nHost: t\r\nCookie: session=x\r\n\r\n")
+    head = c._read_until(b"\r\n\r\n").decode()
+    assert head.startswith("HTTP/1.1 200"), head
+    assert b"retry:" in c._read_until(b"\n\n")
+    assert c.wait_closed(5)
+    assert b.metric("batchd_sse_rejected_total", stream="session-events", reason="auth_unavailable") == 1
+    assert_unavailable(read(b, "session=x"))
