@@ -430,3 +430,35 @@ def test_client_principal_header_never_reaches_the_app(app, upstream):
     r = request(b.port, "POST", "/echo", {**bearer(mint(None, sub="bob")), "X-Principal": "x"}, "body")
     assert [v for k, v in r.json()["headers"] if k.lower() == "x-principal"] == ["bob"]
     assert r.json()["length"] == 4
+
+
+def test_pipelined_requests_with_different_tokens_on_one_connection(app, pg):
+    """The connection remembers the last token it proved: requests pipelined
+    in one write, A's token, then B's, then A's again, each get their own
+    principal's answer, in order (the memo never lends A's identity to B)."""
+    from harness import Http
+    b = app()
+    a_id, b_id = owner_of(pg, "s15"), owner_of(pg, "s16")
+    ta, tb = mint(None, sub=a_id), mint(None, sub=b_id)
+    reqs = [("s15", ta), ("s15", tb), ("s16", tb), ("s16", ta), ("s15", ta), ("s15", "abc.def.ghi")]
+    c = Http(b.port)
+    c.send("".join(f"GET /v1/sessions/{sid} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\r\n"
+                   for sid, t in reqs))
+    got = [c.read_response().status for _ in reqs]
+    assert got == [200, 404, 200, 404, 200, 401]
+
+
+def test_access_token_never_reaches_the_log(start_batchd, keys, redis, pg):
+    """Even at log_level = debug, with good and bad tokens on a stream."""
+    b = start_batchd(batchd=f"admin_token = {ADMIN}\nlog_level = debug\n",
+                     extra=auth_conf(keys, redis.port, pg))
+    wait_until(lambda: b.metric("batchd_redis_up") == 1 and b.metric("batchd_pg_up") == 1, what="backends")
+    good, bad = mint(None, sub=owner_of(pg, "s17")), mint(None, sub="x", exp=-600)
+    assert Sse(b.port, "s17", query=f"?access_token={good}").status == 200
+    assert Sse(b.port, "s17", query=f"?access_token={bad}").status == 401
+    assert get(b.port, "/v1/sessions/s17", bearer(bad)).status == 401
+    log = b.log()
+    assert "level=debug" in log
+    for t in (good, bad):
+        for part in t.split("."):
+            assert part not in log

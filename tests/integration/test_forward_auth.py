@@ -413,3 +413,24 @@ def test_stream_subscriber_is_told_to_retry_when_the_check_cannot_answer(start_b
     assert c.wait_closed(5)
     assert b.metric("batchd_sse_rejected_total", stream="session-events", reason="auth_unavailable") == 1
     assert_unavailable(read(b, "session=x"))
+
+
+def test_sigterm_with_a_check_in_flight(fwd, auth_app):
+    """A request waiting on a held check when SIGTERM comes is in-flight work:
+    the check answers during the grace period and the request gets its 200
+    (with Connection: close); batchd then exits 0 with a clean sanitizer
+    report (the fixture checks it)."""
+    auth_app.session("st", "sam")
+    b = fwd(auth_app.port)
+    auth_app.post("/_test/hold")
+    with Http(b.port) as c:
+        c.send(f"GET {DOC} HTTP/1.1\r\nHost: t\r\nCookie: session=st\r\n\r\n")
+        wait_until(lambda: auth_app.state()["held"] == 1, what="the check held at the app")
+        b.send_signal(signal.SIGTERM)
+        wait_until(lambda: "shutting down" in b.log(), what="batchd draining")
+        auth_app.post("/_test/release")
+        r = c.read_response()
+        assert r.status == 200 and r.headers["connection"] == "close", (r, r.body)
+        check_doc(json.loads(r.body), 1)
+    assert b.proc.wait(30) == 0
+    assert auth_app.calls() == 1
