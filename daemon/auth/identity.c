@@ -33,6 +33,7 @@
 #include "daemon/auth/jwt.h"
 #include "daemon/http/req.h"
 #include "daemon/log.h"
+#include "daemon/proxy/subrequest.h"
 #include "daemon/metrics.h"
 #include "proto/cred.h"
 #include "proto/mem.h"
@@ -188,11 +189,6 @@ void identity_set_current(struct identity *id)
     current = id;
 }
 
-struct identity *identity_current(void)
-{
-    return current;
-}
-
 bool identity_enabled(void)
 {
     return current != NULL && current->configured;
@@ -207,12 +203,15 @@ const char *identity_forward_header(void)
 
 /* --- resolving ---------------------------------------------------------------------------- */
 
+_Static_assert(JWT_MAX_PRINCIPAL <= REQ_MAX_PRINCIPAL, "a JWT principal fits in a request");
+_Static_assert(SUBREQUEST_VALUE_MAX <= REQ_MAX_PRINCIPAL, "a forward-auth principal fits in a request");
+
+/* n is at most REQ_MAX_PRINCIPAL: jwt.c and forward.c refuse longer ones. */
 static void set_principal(struct req *r, const char *p, size_t n)
 {
-    free(r->principal);
-    r->principal = mem_alloc(n + 1);
-    memcpy(r->principal, p, n);
-    r->principal[n] = '\0';
+    memcpy(r->principal_buf, p, n);
+    r->principal_buf[n] = '\0';
+    r->principal = r->principal_buf;
     r->principal_len = (uint16_t)n;
 }
 

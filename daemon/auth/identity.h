@@ -41,9 +41,8 @@ int identity_reconfigure(struct identity *id, const struct config *cfg, struct b
 /* Completes pending checks (503) and frees. */
 void identity_free(struct identity *id);
 
-/* The identity the gates use; app.c sets it at start and on reload. */
+/* The identity the gates use; app.c sets it at start. */
 void identity_set_current(struct identity *id);
-struct identity *identity_current(void);
 
 typedef void (*identity_fn)(struct req *r, void *data);
 

@@ -107,7 +107,6 @@ static void req_destroy(void *p)
 void req_put(struct req *r)
 {
     router_unref(r->router);
-    free(r->principal);
     if (r->msg.head.cap > REQ_KEEP_HEAD_BYTES || r->msg.body.cap > REQ_KEEP_BODY_BYTES ||
         r->body.cap > REQ_KEEP_BODY_BYTES || r->head_extra.cap > REQ_KEEP_HEAD_BYTES ||
         pool.len >= pool.max) {

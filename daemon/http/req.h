@@ -35,6 +35,10 @@
 
 struct conn;
 
+/* The longest principal a request carries (JWT and forward auth both
+ * refuse longer ones). */
+#define REQ_MAX_PRINCIPAL 256
+
 enum req_state {
     REQ_RECEIVING,
     REQ_HANDLING,
@@ -71,11 +75,13 @@ struct req {
     struct url_params params;
     uint64_t allowed_methods;   /* for a 405: what the path accepts */
     uint64_t start_ns;
-    /* Who is asking, once daemon/auth/identity.c has verified it (NULL
-     * before, or when the request carries no valid credential). Owned. */
+    /* Who is asking, once daemon/auth/identity.c has verified it: NULL
+     * before, or when the request carries no valid credential; else it
+     * points at principal_buf (no allocation per request). */
     char *principal;
     uint16_t principal_len;
     bool identity_done;         /* resolved (principal may still be NULL) */
+    char principal_buf[REQ_MAX_PRINCIPAL + 1];
 
     /* response */
     int status;
