@@ -288,41 +288,38 @@ int config_each_item(const char *v, int (*fn)(char *item, void *arg, struct buf 
     return 0;
 }
 
-static int add_tpl(char *item, void *arg, struct buf *why)
+static void list_push(struct cfg_list *l, char *item)
 {
-    struct cfg_list *l = arg;
-    if (check_tpl(item, true, true, why) != 0) {
+    l->items = mem_realloc(l->items, (l->n + 1) * sizeof(char *));
+    l->items[l->n++] = item;
+}
+
+/* List items: templates that must have {id} (a resource's invalidate), any
+ * templates (a list's invalidate), or plain words. */
+static int add_checked(char *item, bool need_id, void *arg, struct buf *why)
+{
+    if (check_tpl(item, need_id, true, why) != 0) {
         free(item);
         return -1;
     }
-    l->items = mem_realloc(l->items, (l->n + 1) * sizeof(char *));
-    l->items[l->n++] = item;
+    list_push(arg, item);
     return 0;
 }
 
-static int parse_tpl_list(const char *v, struct cfg_list *l, struct buf *why)
+static int add_tpl(char *item, void *arg, struct buf *why)
 {
-    return config_each_item(v, add_tpl, l, why);
+    return add_checked(item, true, arg, why);
 }
 
 static int add_path(char *item, void *arg, struct buf *why)
 {
-    struct cfg_list *l = arg;
-    if (check_tpl(item, false, true, why) != 0) {
-        free(item);
-        return -1;
-    }
-    l->items = mem_realloc(l->items, (l->n + 1) * sizeof(char *));
-    l->items[l->n++] = item;
-    return 0;
+    return add_checked(item, false, arg, why);
 }
 
 static int add_word(char *item, void *arg, struct buf *why)
 {
-    struct cfg_list *l = arg;
     (void)why;
-    l->items = mem_realloc(l->items, (l->n + 1) * sizeof(char *));
-    l->items[l->n++] = item;
+    list_push(arg, item);
     return 0;
 }
 
@@ -498,7 +495,7 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
         *FIELD(char *, s, k) = mem_strdup(v);
         return 0;
     case CFG_TPL_LIST:
-        return parse_tpl_list(v, FIELD(struct cfg_list, s, k), why);
+        return config_each_item(v, add_tpl, FIELD(struct cfg_list, s, k), why);
     case CFG_CIDR_LIST:
         return config_parse_cidr_list(v, FIELD(struct cfg_cidrs, s, k), why);
     }
