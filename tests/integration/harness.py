@@ -480,3 +480,9 @@ async def fetch_many_at_once(port, paths, pid, headers=None):
     finally:
         os.kill(pid, signal.SIGCONT)
     return await asyncio.gather(*[read_answer(r, w) for r, w in conns])
+
+
+def backends_conf(redis_port, pg, pool_size=2):
+    """[redis] and [postgres] sections for a test's batchd."""
+    return (f"[redis]\nurl = redis://127.0.0.1:{redis_port}/0\npool_size = {pool_size}\nping_interval_ms = 300\n"
+            f"[postgres]\nconninfo = {pg.conninfo()}\npool_size = {pool_size}\n")

@@ -15,7 +15,7 @@ import time
 import jwt
 import pytest
 
-from harness import get, request, wait_until
+from harness import backends_conf, get, request, wait_until
 from test_events import Sse
 from test_proxy import App, upstream_conf
 
@@ -70,14 +70,7 @@ def auth_conf(keys, redis_port, pg, upstream_port=None, auth="", resource="", st
               by_ids=BY_IDS, public_keys="rsa-a.pem, rsa-b.pem, ec-a.pem", secret=True):
     pub = ", ".join(str(keys / k.strip()) for k in public_keys.split(",") if k.strip())
     return f"""
-[redis]
-url = redis://127.0.0.1:{redis_port}/0
-pool_size = 2
-ping_interval_ms = 300
-[postgres]
-conninfo = {pg.conninfo()}
-pool_size = 2
-{upstream_conf(upstream_port) if upstream_port else ""}
+{backends_conf(redis_port, pg)}{upstream_conf(upstream_port) if upstream_port else ""}
 [auth]
 {f"jwt_secret_file = {keys / 'jwt.secret'}" if secret else ""}
 jwt_public_keys = {pub}

@@ -16,7 +16,7 @@ import time
 import jwt
 import pytest
 
-from harness import Http, fetch_many_at_once, get, request, wait_until
+from harness import backends_conf, Http, fetch_many_at_once, get, request, wait_until
 from test_proxy import App, upstream_conf
 
 SECRET = "list-test-secret-0123456789abcdef"
@@ -87,14 +87,7 @@ LIST_KEYS = {"default_limit": 20, "max_limit": 100, "ttl": 30}
 def list_conf(redis_port, pg, secret, upstream_port=None, page_query=PAGE_QUERY, lst=None, resource=""):
     keys = "".join(f"{k} = {v}\n" for k, v in {**LIST_KEYS, **(lst or {})}.items())
     return f"""
-[redis]
-url = redis://127.0.0.1:{redis_port}/0
-pool_size = 2
-ping_interval_ms = 300
-[postgres]
-conninfo = {pg.conninfo()}
-pool_size = 2
-{upstream_conf(upstream_port) if upstream_port else ""}
+{backends_conf(redis_port, pg)}{upstream_conf(upstream_port) if upstream_port else ""}
 [auth]
 jwt_secret_file = {secret}
 [resource sessions]
