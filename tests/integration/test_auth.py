@@ -455,3 +455,24 @@ def test_access_token_never_reaches_the_log(start_batchd, keys, redis, pg):
     for t in (good, bad):
         for part in t.split("."):
             assert part not in log
+
+
+def test_verdict_cache_is_bounded_and_tokens_too(app, pg):
+    """check_cache_entries bounds the verified-token cache: a third token
+    evicts the oldest, which is then verified again (counted); a token over
+    max_token_bytes is refused as malformed."""
+    b = app(auth="check_cache_entries = 2\nmax_token_bytes = 600\n")
+    owner = owner_of(pg, "s18")
+    toks = [mint(None, sub=owner, n=i) for i in range(3)]
+    for t in toks:  # a new connection each: no per-connection memo
+        assert get(b.port, "/v1/sessions/s18", bearer(t)).status == 200
+    assert b.metric("batchd_auth_cache_entries", cache="jwt") == 2
+    assert b.metric("batchd_auth_cache_evictions_total", cache="jwt") == 1
+    assert get(b.port, "/v1/sessions/s18", bearer(toks[2])).status == 200  # still cached
+    assert b.metric("batchd_auth_verifications_total", method="jwt") == 3
+    assert get(b.port, "/v1/sessions/s18", bearer(toks[0])).status == 200  # evicted: verified again
+    assert b.metric("batchd_auth_verifications_total", method="jwt") == 4
+    big = mint(None, sub=owner, pad="x" * 700)
+    r = get(b.port, "/v1/sessions/s18", bearer(big))
+    assert r.status == 401 and r.json() == {"error": "invalid_token"}
+    assert b.metric("batchd_auth_jwt_rejected_total", reason="malformed") == 1
