@@ -162,6 +162,17 @@ static void uconn_after_parse(struct uconn *uc, bool leftover)
     px->ops->done(px);
 }
 
+/* Both rparser tables' complete_cb. Only noted here: the connection is
+ * handed back once the parse returns (uconn_parse_cb), since mid-parse a
+ * new request could use it; then ops->done runs. */
+int upool_complete_cb(struct http_rparser *p, struct http_response *resp)
+{
+    struct uconn *uc = p->data;
+    uc->complete = true;
+    uc->keep = resp->keep_alive;
+    return HTTP_PARSER_PAUSE;
+}
+
 /* Closes the connection and fails its request, if it still has one. */
 static void uconn_fail(struct uconn *uc, enum uc_close_reason reason, enum px_error kind)
 {

@@ -454,20 +454,10 @@ static int rbody_cb(struct http_rparser *p, const char *at, size_t n)
     return 0;
 }
 
-static int rcomplete_cb(struct http_rparser *p, struct http_response *resp)
-{
-    struct uconn *uc = p->data;
-    /* Finished after the parse returns (pool.c): releasing the connection
-     * here would let a new request use it mid-parse. */
-    uc->complete = true;
-    uc->keep = resp->keep_alive;
-    return HTTP_PARSER_PAUSE;
-}
-
 static const struct http_rparser_cbs proxy_rparser_cbs = {
     .head_cb = rhead_cb,
     .body_cb = rbody_cb,
-    .complete_cb = rcomplete_cb,
+    .complete_cb = upool_complete_cb,
 };
 
 /* The client took some of what was queued: read the app again once the

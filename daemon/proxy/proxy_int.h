@@ -275,6 +275,9 @@ bool upool_full(const struct upstream *u);
 /* Leaves the line (PX_WAITING only). */
 void upool_wait_remove(struct upstream *u, struct proxy *px);
 void upool_close(struct uconn *uc, enum uc_close_reason reason);
+/* The complete_cb of px->ops->rparser, proxied or not: notes the end of
+ * the answer; the pool hands the connection back and calls ops->done. */
+int upool_complete_cb(struct http_rparser *p, struct http_response *resp);
 /* Parses what the connection held back and reads again, unless paused. */
 void upool_read_resume(struct uconn *uc);
 /* The app's progress deadline: (re)started now, stopped. */

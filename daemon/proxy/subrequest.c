@@ -212,20 +212,10 @@ static int sub_body_cb(struct http_rparser *p, const char *at, size_t n)
     return HTTP_PARSER_PAUSE;
 }
 
-static int sub_complete_cb(struct http_rparser *p, struct http_response *resp)
-{
-    struct uconn *uc = p->data;
-    /* As for proxied requests: the pool hands the connection back once the
-     * parse returns, then calls sub_done. */
-    uc->complete = true;
-    uc->keep = resp->keep_alive;
-    return HTTP_PARSER_PAUSE;
-}
-
 static const struct http_rparser_cbs sub_rparser_cbs = {
     .head_cb = sub_head_cb,
     .body_cb = sub_body_cb,
-    .complete_cb = sub_complete_cb,
+    .complete_cb = upool_complete_cb, /* then sub_done */
 };
 
 /* --- the pool's calls ---------------------------------------------------------- */
