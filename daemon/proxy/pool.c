@@ -228,8 +228,12 @@ static void uconn_read_cb(struct stream *s, const char *data, size_t n)
         upool_close(uc, UC_CLOSE_UNEXPECTED_BYTES);
         return;
     }
-    if (uc->px)
-        uc->px->ops->progress(uc->px);
+    struct proxy *px = uc->px;
+    if (px) { /* the app has seen the request: no retry from now on */
+        if (px->answer == PX_ANSWER_NONE)
+            px->answer = PX_ANSWER_ARRIVING;
+        upool_deadline_touch(px); /* a sub-request is not on the list: nothing */
+    }
     stream_parse(s, data, n);
     stream_read_update(s); /* stops while a pause reason is set */
 }

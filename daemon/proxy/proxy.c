@@ -328,13 +328,6 @@ static void proxy_deadline_expired(struct proxy *px)
     proxy_fail(px, PX_ERR_TIMEOUT);
 }
 
-static void proxy_app_progress(struct proxy *px)
-{
-    if (px->answer == PX_ANSWER_NONE)
-        px->answer = PX_ANSWER_ARRIVING; /* the app has seen the request: no retry */
-    upool_deadline_touch(px);
-}
-
 /* --- the answer ------------------------------------------------------------------ */
 
 static void relay_head(struct proxy *px)
@@ -708,7 +701,6 @@ static void proxy_handler(struct req *r, void *data)
 const struct px_ops proxy_ops = {
     .rparser = &proxy_rparser_cbs,
     .ready = proxy_conn_ready,
-    .progress = proxy_app_progress,
     .written = proxy_written,
     .done = proxy_response_done,
     .fail = proxy_fail,

@@ -133,8 +133,6 @@ struct px_ops {
     const struct http_rparser_cbs *rparser; /* parses the answer; p->data is the uconn */
     /* px->uc is connected and px's: send the head and the queued body. */
     void (*ready)(struct proxy *px);
-    /* The app sent bytes: no retry from now on, and its deadline restarts. */
-    void (*progress)(struct proxy *px);
     /* A queued write to the app finished. */
     void (*written)(struct proxy *px);
     /* The answer is complete and px's connection handed back. */

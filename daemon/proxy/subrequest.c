@@ -235,12 +235,6 @@ static void sub_ready(struct proxy *px)
     upool_read_resume(uc);
 }
 
-static void sub_progress(struct proxy *px)
-{
-    if (px->answer == PX_ANSWER_NONE)
-        px->answer = PX_ANSWER_ARRIVING; /* the app has seen it: no retry */
-}
-
 static void sub_written(struct proxy *px)
 {
     (void)px;
@@ -282,7 +276,6 @@ static void sub_expired(struct proxy *px)
 static const struct px_ops sub_ops = {
     .rparser = &sub_rparser_cbs,
     .ready = sub_ready,
-    .progress = sub_progress,
     .written = sub_written,
     .done = sub_done,
     .fail = sub_fail,
