@@ -347,6 +347,17 @@ void upool_wait_remove(struct upstream *u, struct proxy *px)
     px->state = PX_NEW; /* out of the line: PX_WAITING means in it */
 }
 
+void upool_leave(struct proxy *px, enum uc_close_reason why)
+{
+    if (px->state == PX_WAITING)
+        upool_wait_remove(px->up, px);
+    if (px->uc) {
+        struct uconn *uc = px->uc;
+        px->uc = NULL;
+        upool_close(uc, why);
+    }
+}
+
 static void next_waiter(struct upstream *u)
 {
     struct proxy *px;

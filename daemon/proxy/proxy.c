@@ -185,18 +185,6 @@ static void px_maybe_free(struct proxy *px)
     free(px);
 }
 
-/* Stops the proxy: out of the pool's line, and its connection closed. */
-static void px_let_go(struct proxy *px, enum uc_close_reason reason)
-{
-    if (px->state == PX_WAITING)
-        upool_wait_remove(px->up, px);
-    if (px->uc) {
-        upool_close(px->uc, reason);
-        px->uc = NULL;
-    }
-}
-
-/* The client went away: drop the app connection (its response is unwanted). */
 /* The request is leaving the proxy: a lookup of its principal must not
  * come back to it. */
 static void px_forget_identity(struct proxy *px)
@@ -206,12 +194,13 @@ static void px_forget_identity(struct proxy *px)
     px->id_pending = false;
 }
 
+/* The client went away: drop the app connection (its response is unwanted). */
 static void client_abort_cb(struct req *r)
 {
     struct proxy *px = r->hdata;
     px_forget_identity(px);
     px->r = NULL;
-    px_let_go(px, UC_CLOSE_CLIENT_GONE);
+    upool_leave(px, UC_CLOSE_CLIENT_GONE);
     px->state = PX_DONE;
     px_maybe_free(px);
 }
@@ -554,7 +543,7 @@ static int body_cb(struct req *r, const char *data, size_t n)
         (*px->up->m_err_body)++;
         bool started = px->answer >= PX_ANSWER_RELAYED;
         if (!started) /* a started answer keeps its connection to its end */
-            px_let_go(px, UC_CLOSE_BODY_TOO_LARGE);
+            upool_leave(px, UC_CLOSE_BODY_TOO_LARGE);
         px_take_req(px);
         if (started)
             req_stream_abort(r, CONN_CLOSE_BODY_TOO_LARGE);

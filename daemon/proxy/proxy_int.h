@@ -272,6 +272,9 @@ bool upool_connect_for(struct upstream *u, struct proxy *px);
 bool upool_full(const struct upstream *u);
 /* Leaves the line (PX_WAITING only). */
 void upool_wait_remove(struct upstream *u, struct proxy *px);
+/* px lets go of the pool: out of its line, and its connection, if it has
+ * one, closed with `why` (one the pool took back is not px's any more). */
+void upool_leave(struct proxy *px, enum uc_close_reason why);
 void upool_close(struct uconn *uc, enum uc_close_reason reason);
 /* The complete_cb of px->ops->rparser, proxied or not: notes the end of
  * the answer; the pool hands the connection back and calls ops->done. */

@@ -80,20 +80,12 @@ static void sub_release(struct subrequest *sr)
     uv_close((uv_handle_t *)&sr->timer, sub_closed_cb);
 }
 
-/* Lets go of the pool: out of its line, and the connection closed with
- * `why` (a connection the pool took back is not px's any more). */
+/* Lets go of the pool (upool_leave) and of the timer. */
 static void sub_let_go(struct subrequest *sr, enum uc_close_reason why)
 {
-    struct proxy *px = &sr->px;
-    if (px->state == PX_WAITING)
-        upool_wait_remove(px->up, px);
-    if (px->uc) {
-        struct uconn *uc = px->uc;
-        px->uc = NULL;
-        upool_close(uc, why);
-    }
+    upool_leave(&sr->px, why);
     uv_timer_stop(&sr->timer);
-    px->state = PX_DONE;
+    sr->px.state = PX_DONE;
 }
 
 /* Ends sr: counted, released, then the callback (after the release: it
