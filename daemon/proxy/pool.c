@@ -301,7 +301,8 @@ static void uconn_bind(struct uconn *uc, struct proxy *px)
     uc->parser.cbs = px->ops->rparser;
 }
 
-bool upool_connect_for(struct upstream *u, struct proxy *px)
+/* A new connection for px; false when it cannot even start. */
+static bool upool_connect_for(struct upstream *u, struct proxy *px)
 {
     struct uconn *uc = uconn_connect(u);
     if (uc == NULL)
@@ -309,6 +310,15 @@ bool upool_connect_for(struct upstream *u, struct proxy *px)
     uconn_bind(uc, px);
     px->state = PX_CONNECTING;
     return true;
+}
+
+bool upool_retry(struct proxy *px, enum px_error kind)
+{
+    if (kind != PX_ERR_RESET || px->attempt != PX_ATTEMPT_REUSED || px->answer != PX_ANSWER_NONE)
+        return false;
+    px->attempt = PX_ATTEMPT_RETRY;
+    (*px->up->m_retries)++;
+    return upool_connect_for(px->up, px);
 }
 
 bool upool_full(const struct upstream *u)

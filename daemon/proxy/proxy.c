@@ -282,13 +282,8 @@ static void proxy_fail(struct proxy *px, enum px_error kind)
               proxy_answer_name(px->answer), proxy_attempt_name(px->attempt));
     /* A pooled connection the app had just closed: try once more on a new
      * one. On a new connection the close is the app's answer. */
-    if (kind == PX_ERR_RESET && px->attempt == PX_ATTEMPT_REUSED && px->answer == PX_ANSWER_NONE &&
-        px->body == PX_BODY_NONE && px->r && method_idempotent(px->r->msg.method)) {
-        px->attempt = PX_ATTEMPT_RETRY;
-        (*u->m_retries)++;
-        if (upool_connect_for(u, px))
-            return;
-    }
+    if (px->body == PX_BODY_NONE && px->r && method_idempotent(px->r->msg.method) && upool_retry(px, kind))
+        return;
     (*u->m_err[kind])++;
     if (px->uc) {
         upool_close(px->uc, uc_close_for[kind]);

@@ -266,8 +266,12 @@ struct upstream {
 /* A connection for px now (idle, then proxy_conn_ready), on its way
  * (PX_CONNECTING), or a place in line (PX_WAITING). */
 void upool_acquire(struct upstream *u, struct proxy *px);
-/* A new connection for px (a retry); false when it cannot even start. */
-bool upool_connect_for(struct upstream *u, struct proxy *px);
+/* The one retry: a pooled keep-alive connection failed with RESET before
+ * any byte of answer (the app may have closed it just as it was picked).
+ * True when px is on its way again on a new connection (PX_CONNECTING);
+ * false when that does not apply or the connect cannot start. The caller
+ * decides first whether its request may be sent twice. */
+bool upool_retry(struct proxy *px, enum px_error kind);
 /* Every connection busy and max_waiting requests in line already. */
 bool upool_full(const struct upstream *u);
 /* Leaves the line (PX_WAITING only). */

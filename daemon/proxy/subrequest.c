@@ -240,15 +240,10 @@ static void sub_done(struct proxy *px)
 static void sub_fail(struct proxy *px, enum px_error kind)
 {
     struct subrequest *sr = (struct subrequest *)px;
-    struct upstream *u = px->up;
     if (px->state == PX_DONE)
         return;
-    if (kind == PX_ERR_RESET && px->attempt == PX_ATTEMPT_REUSED && px->answer == PX_ANSWER_NONE) {
-        px->attempt = PX_ATTEMPT_RETRY;
-        (*u->m_retries)++;
-        if (upool_connect_for(u, px))
-            return;
-    }
+    if (upool_retry(px, kind)) /* a GET: safe to send twice */
+        return;
     static const enum subrequest_result result_of[PX_ERR__COUNT] = {
         [PX_ERR_REFUSED] = SUBREQUEST_REFUSED,
         [PX_ERR_RESET] = SUBREQUEST_RESET,
