@@ -17,6 +17,7 @@
  * first, so the scan stops at the first one not due), connects past
  * connect_timeout_ms, and idle connections past idle_timeout_ms.
  */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,6 +57,7 @@ void upool_deadline_add(struct proxy *px)
     struct upstream *u = px->up;
     if (px->state == PX_DONE)
         return;
+    assert(px->ops->expired != NULL);
     upool_deadline_remove(px);
     px->deadline_ms = uv_now(u->loop) + (uint64_t)u->cfg->timeout_ms;
     TAILQ_INSERT_TAIL(&u->deadlines, px, dl_link);
@@ -243,7 +245,7 @@ static void uconn_read_cb(struct stream *s, const char *data, size_t n)
 static void uconn_written_cb(struct stream *s, int status)
 {
     struct proxy *px = ((struct uconn *)s)->px;
-    if (px && status == 0)
+    if (px && status == 0 && px->ops->written)
         px->ops->written(px);
 }
 

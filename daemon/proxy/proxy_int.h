@@ -133,13 +133,14 @@ struct px_ops {
     const struct http_rparser_cbs *rparser; /* parses the answer; p->data is the uconn */
     /* px->uc is connected and px's: send the head and the queued body. */
     void (*ready)(struct proxy *px);
-    /* A queued write to the app finished. */
+    /* A queued write to the app finished (optional). */
     void (*written)(struct proxy *px);
     /* The answer is complete and px's connection handed back. */
     void (*done)(struct proxy *px);
     /* px's connection failed (px->uc is NULL already), or it could not get one. */
     void (*fail)(struct proxy *px, enum px_error kind);
-    /* px's deadline on the pool's list passed. */
+    /* px's deadline on the pool's list passed (only a px with one goes
+     * on the list). */
     void (*expired)(struct proxy *px);
 };
 

@@ -36,7 +36,6 @@ struct subrequest {
     void *ctx;
     char *want;                 /* the answer header to keep, or NULL */
     bool starting;              /* inside subrequest_start: it reports a failure */
-    enum subrequest_result result;
     enum subrequest_value value_state;
     uint64_t body_bytes;
     size_t value_len;
@@ -96,7 +95,6 @@ static void sub_end(struct subrequest *sr, enum subrequest_result result, enum u
     if (px->state == PX_DONE)
         return;
     sub_let_go(sr, why);
-    sr->result = result;
     (*px->up->m_sub[result])++;
     if (result != SUBREQUEST_ANSWERED)
         log_debug("sub-request failed", "result=%s attempt=%s", result_names[result],
@@ -227,11 +225,6 @@ static void sub_ready(struct proxy *px)
     upool_read_resume(uc);
 }
 
-static void sub_written(struct proxy *px)
-{
-    (void)px;
-}
-
 static void sub_done(struct proxy *px)
 {
     sub_end((struct subrequest *)px, SUBREQUEST_ANSWERED, UC_CLOSE_NOT_REUSABLE);
@@ -254,19 +247,13 @@ static void sub_fail(struct proxy *px, enum px_error kind)
     sub_end(sr, result_of[kind], UC_CLOSE_RESET);
 }
 
-static void sub_expired(struct proxy *px)
-{
-    /* Not on the pool's deadline list (see the top); for completeness. */
-    sub_end((struct subrequest *)px, SUBREQUEST_TIMEOUT, UC_CLOSE_TIMEOUT);
-}
-
 static const struct px_ops sub_ops = {
     .rparser = &sub_rparser_cbs,
     .ready = sub_ready,
-    .written = sub_written,
     .done = sub_done,
     .fail = sub_fail,
-    .expired = sub_expired,
+    /* No .written (the head is all it sends) and no .expired: its own
+     * timer bounds it, never the pool's deadline list (see the top). */
 };
 
 /* --- the start ------------------------------------------------------------------ */
