@@ -551,8 +551,12 @@ static void test_no_or_bad_credential(void **state)
     memset(&g, 0, sizeof(g));
     forward_check(f->f, STR_LIT("session=user-x\0b"), STR_NULL, got_cb, &g);
     assert_true(g.calls == 1 && g.res == FORWARD_DENIED);
-    uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_int_equal(f->app.requests, 0);
+    /* None went out: by the time a good check is answered, the app has
+     * seen that one only, on the one connection. (One turn of the loop
+     * right away, as before, was too soon to see a connect.) */
+    assert_int_equal(verdict(f, "session=user-y", &g), FORWARD_ALLOWED);
+    assert_int_equal(f->app.accepts, 1);
+    assert_int_equal(f->app.requests, 1);
 }
 
 static void test_reload(void **state)
@@ -590,6 +594,12 @@ static void test_subrequest_refuses_injection(void **state)
     o.path = "http://x/";
     assert_int_equal(subrequest_start(f->up, &o, NULL, NULL, &sr), -EINVAL);
     assert_null(sr);
+    /* Refused before the pool: nothing reached the app (a good check,
+     * answered, is the only request it saw). */
+    struct got g;
+    assert_int_equal(verdict(f, "session=user-z", &g), FORWARD_ALLOWED);
+    assert_int_equal(f->app.accepts, 1);
+    assert_int_equal(f->app.requests, 1);
 }
 
 int main(void)
