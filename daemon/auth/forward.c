@@ -108,12 +108,9 @@ struct forward_auth *forward_auth_new(uv_loop_t *loop, const struct cfg_auth *a,
     settings_take(f, a);
     f->cache = cred_cache_new("forward", (size_t)a->check_cache_entries);
     hashtab_init(&f->pending, 64);
-    char l[32];
-    for (int i = 0; i <= FORWARD_UNAVAILABLE; i++) {
-        snprintf(l, sizeof(l), "result=\"%s\"", result_labels[i]);
-        f->m_result[i] = metrics_counter("batchd_auth_checks_total", l,
-                                         "Forward auth checks (cache misses, one per credential in flight), by verdict.");
-    }
+    metrics_counter_family("batchd_auth_checks_total", "result", result_labels, FORWARD_UNAVAILABLE + 1,
+                           "Forward auth checks (cache misses, one per credential in flight), by verdict.",
+                           f->m_result);
     f->m_joined = metrics_counter("batchd_auth_check_joined_total", "",
                                   "Requests that waited for a forward auth check already in flight for the same credential.");
     f->m_waiters_full = metrics_counter("batchd_auth_check_waiters_full_total", "",

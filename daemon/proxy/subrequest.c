@@ -55,12 +55,8 @@ const char *subrequest_result_name(enum subrequest_result r)
 
 void subrequest_metrics_init(struct upstream *u)
 {
-    char l[48];
-    for (int i = 0; i < SUBREQUEST__COUNT; i++) {
-        snprintf(l, sizeof(l), "result=\"%s\"", result_names[i]);
-        u->m_sub[i] = metrics_counter("batchd_upstream_subrequests_total", l,
-                                      "batchd's own requests to the app (forward auth checks), by how they ended.");
-    }
+    metrics_counter_family("batchd_upstream_subrequests_total", "result", result_names, SUBREQUEST__COUNT,
+                           "batchd's own requests to the app (forward auth checks), by how they ended.", u->m_sub);
 }
 
 /* --- the end ------------------------------------------------------------------- */
