@@ -32,14 +32,16 @@
 #include <sys/queue.h>
 
 #include "daemon/auth/cred_cache.h"
+#include "daemon/auth/jwt.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "daemon/proxy/subrequest.h"
 #include "proto/hashtab.h"
-#include "proto/jtext.h"
 #include "proto/mem.h"
 
 #define MAX_WAITERS 65536
+/* A principal comes whole through a sub-request, and fits from_cache's copy. */
+_Static_assert(SUBREQUEST_VALUE_MAX >= JWT_MAX_PRINCIPAL, "a principal fits a sub-request's value");
 static const char FORBIDDEN_MARK[] = "\0forbidden";
 
 /* A request waiting for a check's verdict. */
@@ -198,14 +200,12 @@ static enum forward_result verdict_of(const struct subrequest_answer *a, const c
         return FORWARD_UNAVAILABLE;
     }
     /* A 2xx names who it is, once, cleanly; an empty name is no one. The
-     * rules are a JWT principal's (jwt.h): 1..256 bytes of UTF-8, no
-     * control characters. */
+     * rules are a JWT principal's (jwt.h). */
     if (a->value_state == SUBREQUEST_VALUE_ABSENT) {
         *why = "no_principal_header";
         return FORWARD_UNAVAILABLE;
     }
-    if (a->value_state != SUBREQUEST_VALUE_OK || a->value.len == 0 ||
-        !jtext_utf8_valid(a->value.p, a->value.len)) {
+    if (a->value_state != SUBREQUEST_VALUE_OK || !jwt_principal_valid(a->value.p, a->value.len)) {
         *why = "bad_principal_header";
         return FORWARD_UNAVAILABLE;
     }
