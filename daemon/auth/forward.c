@@ -60,7 +60,6 @@ struct fwd_check {
     struct forward_auth *f;
     struct subrequest *sr;
     struct fwd_waiters waiters; /* arrival order */
-    unsigned n_waiters;
     unsigned gen;               /* f->gen at the start: an older check_url's verdict is not cached */
     uint64_t start_ns;
 };
@@ -75,13 +74,13 @@ struct forward_auth {
     struct cred_cache *cache;
     struct hashtab pending;     /* digest ──> fwd_check */
     unsigned gen;               /* bumped when check_url or the header changes */
-    size_t n_waiters;           /* over all checks */
     bool failing;               /* the last check was unavailable (logged once per change) */
     uint64_t n_failed;          /* unavailable checks since failing began */
     struct buf scratch;         /* a cached principal, on its way to the stack */
     uint64_t *m_result[FORWARD_UNAVAILABLE + 1];
     uint64_t *m_joined, *m_waiters_full;
-    int64_t *m_in_flight, *m_waiting;
+    int64_t *m_in_flight;
+    int64_t *m_waiting;         /* waiters over all checks: MAX_WAITERS bounds it */
     struct metric_hist *m_duration;
 };
 
@@ -152,12 +151,11 @@ static void check_finish(struct fwd_check *c, enum forward_result res, const cha
     struct fwd_waiters w;
     STAILQ_INIT(&w);
     STAILQ_CONCAT(&w, &c->waiters);
-    f->n_waiters -= c->n_waiters;
-    *f->m_waiting -= c->n_waiters;
     free(c);
     struct fwd_waiter *x;
     while ((x = STAILQ_FIRST(&w)) != NULL) {
         STAILQ_REMOVE_HEAD(&w, link);
+        (*f->m_waiting)--;
         forward_fn cb = x->cb;
         void *ctx = x->ctx;
         free(x);
@@ -272,8 +270,6 @@ static void add_waiter(struct forward_auth *f, struct fwd_check *c, forward_fn c
     w->cb = cb;
     w->ctx = ctx;
     STAILQ_INSERT_TAIL(&c->waiters, w, link);
-    c->n_waiters++;
-    f->n_waiters++;
     (*f->m_waiting)++;
 }
 
@@ -329,7 +325,7 @@ void forward_check(struct forward_auth *f, str_t cookie, str_t authorization, fo
     cred_key_of(&k, 'f', cookie.p, cookie.len, authorization.p, authorization.len);
     if (from_cache(f, &k, cb, ctx))
         return;
-    if (f->n_waiters >= MAX_WAITERS) {
+    if (*f->m_waiting >= MAX_WAITERS) {
         (*f->m_waiters_full)++;
         cb(ctx, FORWARD_UNAVAILABLE, NULL, 0);
         return;
