@@ -76,6 +76,18 @@ uint64_t *metrics_counter(const char *name, const char *labels, const char *help
     return &series_get(name, labels, help, METRIC_COUNTER)->u.counter;
 }
 
+void metrics_counter_family(const char *name, const char *key, const char *const *labels, unsigned n,
+                            const char *help, uint64_t **out)
+{
+    struct buf l = BUF_INIT;
+    for (unsigned i = 0; i < n; i++) {
+        buf_reset(&l);
+        buf_appendf(&l, "%s=\"%s\"", key, labels[i]);
+        out[i] = metrics_counter(name, l.data, help);
+    }
+    buf_deinit(&l);
+}
+
 int64_t *metrics_gauge(const char *name, const char *labels, const char *help)
 {
     return &series_get(name, labels, help, METRIC_GAUGE)->u.gauge;

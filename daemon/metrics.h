@@ -25,6 +25,10 @@ struct metric_hist {
 /* A counter; increment the returned value. Calling again with the same name
  * and labels returns the same pointer. */
 uint64_t *metrics_counter(const char *name, const char *labels, const char *help);
+/* One counter per label value: out[i] is name{key="labels[i]"}, for a
+ * module's table of reasons or results. */
+void metrics_counter_family(const char *name, const char *key, const char *const *labels, unsigned n,
+                            const char *help, uint64_t **out);
 /* A gauge the owner sets. */
 int64_t *metrics_gauge(const char *name, const char *labels, const char *help);
 /* A gauge computed at scrape time by fn(arg). */

@@ -4,7 +4,7 @@
  *   forward_check(cookie, authorization)
  *     key = SHA-256('f', cookie, authorization)
  *       │ cred_cache: allowed / denied / forbidden ──> cb at once
- *       │ pending[key]: a check in flight ──> one more waiter on it
+ *       │ pending[key]: a check in flight (this check_url's) ──> one more waiter
  *       ▼
  *     a check: subrequest GET check_url (proxy/subrequest.h), Cookie and
  *     Authorization as the client sent them, nothing else of the client's
@@ -32,14 +32,16 @@
 #include <sys/queue.h>
 
 #include "daemon/auth/cred_cache.h"
+#include "daemon/auth/jwt.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "daemon/proxy/subrequest.h"
 #include "proto/hashtab.h"
-#include "proto/jtext.h"
 #include "proto/mem.h"
 
 #define MAX_WAITERS 65536
+/* A principal comes whole through a sub-request, and fits from_cache's copy. */
+_Static_assert(SUBREQUEST_VALUE_MAX >= JWT_MAX_PRINCIPAL, "a principal fits a sub-request's value");
 static const char FORBIDDEN_MARK[] = "\0forbidden";
 
 /* A request waiting for a check's verdict. */
@@ -53,13 +55,14 @@ STAILQ_HEAD(fwd_waiters, fwd_waiter);
 
 /* One credential being checked. */
 struct fwd_check {
-    struct hashtab_node node;   /* in pending; key: the digest */
+    struct hashtab_node node;   /* in pending while gen is f->gen; key: the digest */
+    LIST_ENTRY(fwd_check) link; /* in f->checks until answered */
     struct cred_key key;
     struct forward_auth *f;
     struct subrequest *sr;
     struct fwd_waiters waiters; /* arrival order */
-    unsigned n_waiters;
-    unsigned gen;               /* f->gen at the start: an older check_url's verdict is not cached */
+    unsigned gen;               /* f->gen at the start: an older check_url's verdict is
+                                 * neither cached nor joined */
     uint64_t start_ns;
 };
 
@@ -71,15 +74,16 @@ struct forward_auth {
     int64_t cache_ms;
     int64_t timeout_ms;
     struct cred_cache *cache;
-    struct hashtab pending;     /* digest ──> fwd_check */
+    struct hashtab pending;     /* digest ──> fwd_check, this gen's: new requests join */
+    LIST_HEAD(, fwd_check) checks; /* every check in flight, older gens' too */
     unsigned gen;               /* bumped when check_url or the header changes */
-    size_t n_waiters;           /* over all checks */
     bool failing;               /* the last check was unavailable (logged once per change) */
     uint64_t n_failed;          /* unavailable checks since failing began */
     struct buf scratch;         /* a cached principal, on its way to the stack */
     uint64_t *m_result[FORWARD_UNAVAILABLE + 1];
     uint64_t *m_joined, *m_waiters_full;
-    int64_t *m_in_flight, *m_waiting;
+    int64_t *m_in_flight;
+    int64_t *m_waiting;         /* waiters over all checks: MAX_WAITERS bounds it */
     struct metric_hist *m_duration;
 };
 
@@ -108,12 +112,10 @@ struct forward_auth *forward_auth_new(uv_loop_t *loop, const struct cfg_auth *a,
     settings_take(f, a);
     f->cache = cred_cache_new("forward", (size_t)a->check_cache_entries);
     hashtab_init(&f->pending, 64);
-    char l[32];
-    for (int i = 0; i <= FORWARD_UNAVAILABLE; i++) {
-        snprintf(l, sizeof(l), "result=\"%s\"", result_labels[i]);
-        f->m_result[i] = metrics_counter("batchd_auth_checks_total", l,
-                                         "Forward auth checks (cache misses, one per credential in flight), by verdict.");
-    }
+    LIST_INIT(&f->checks);
+    metrics_counter_family("batchd_auth_checks_total", "result", result_labels, FORWARD_UNAVAILABLE + 1,
+                           "Forward auth checks (cache misses, one per credential in flight), by verdict.",
+                           f->m_result);
     f->m_joined = metrics_counter("batchd_auth_check_joined_total", "",
                                   "Requests that waited for a forward auth check already in flight for the same credential.");
     f->m_waiters_full = metrics_counter("batchd_auth_check_waiters_full_total", "",
@@ -139,8 +141,15 @@ void forward_auth_configure(struct forward_auth *f, const struct cfg_auth *a)
     } else {
         cred_cache_set_max(f->cache, (size_t)a->check_cache_entries);
     }
-    if (other_app)
+    if (other_app) {
+        /* Checks in flight asked the old app: their waiters get its
+         * verdict, but a new request must not join them. */
+        struct fwd_check *c;
+        LIST_FOREACH(c, &f->checks, link)
+            if (c->gen == f->gen)
+                hashtab_remove(&f->pending, &c->node);
         f->gen++;
+    }
 }
 
 /* --- verdicts -------------------------------------------------------------------- */
@@ -153,12 +162,11 @@ static void check_finish(struct fwd_check *c, enum forward_result res, const cha
     struct fwd_waiters w;
     STAILQ_INIT(&w);
     STAILQ_CONCAT(&w, &c->waiters);
-    f->n_waiters -= c->n_waiters;
-    *f->m_waiting -= c->n_waiters;
     free(c);
     struct fwd_waiter *x;
     while ((x = STAILQ_FIRST(&w)) != NULL) {
         STAILQ_REMOVE_HEAD(&w, link);
+        (*f->m_waiting)--;
         forward_fn cb = x->cb;
         void *ctx = x->ctx;
         free(x);
@@ -201,14 +209,12 @@ static enum forward_result verdict_of(const struct subrequest_answer *a, const c
         return FORWARD_UNAVAILABLE;
     }
     /* A 2xx names who it is, once, cleanly; an empty name is no one. The
-     * rules are a JWT principal's (jwt.h): 1..256 bytes of UTF-8, no
-     * control characters. */
+     * rules are a JWT principal's (jwt.h). */
     if (a->value_state == SUBREQUEST_VALUE_ABSENT) {
         *why = "no_principal_header";
         return FORWARD_UNAVAILABLE;
     }
-    if (a->value_state != SUBREQUEST_VALUE_OK || a->value.len == 0 ||
-        !jtext_utf8_valid(a->value.p, a->value.len)) {
+    if (a->value_state != SUBREQUEST_VALUE_OK || !jwt_principal_valid(a->value.p, a->value.len)) {
         *why = "bad_principal_header";
         return FORWARD_UNAVAILABLE;
     }
@@ -220,7 +226,9 @@ static void check_answered_cb(void *ctx, const struct subrequest_answer *a)
     struct fwd_check *c = ctx;
     struct forward_auth *f = c->f;
     c->sr = NULL;
-    hashtab_remove(&f->pending, &c->node);
+    LIST_REMOVE(c, link);
+    if (c->gen == f->gen)
+        hashtab_remove(&f->pending, &c->node);
     (*f->m_in_flight)--;
     metrics_observe(f->m_duration, (double)(uv_hrtime() - c->start_ns) / 1e9);
     const char *why;
@@ -275,8 +283,6 @@ static void add_waiter(struct forward_auth *f, struct fwd_check *c, forward_fn c
     w->cb = cb;
     w->ctx = ctx;
     STAILQ_INSERT_TAIL(&c->waiters, w, link);
-    c->n_waiters++;
-    f->n_waiters++;
     (*f->m_waiting)++;
 }
 
@@ -307,6 +313,7 @@ static struct fwd_check *check_start(struct forward_auth *f, const struct cred_k
     if (rc == 0) {
         hashtab_add(&f->pending, &c->node, (const char *)c->key.d, sizeof(c->key.d),
                     hashtab_hash((const char *)c->key.d, sizeof(c->key.d)));
+        LIST_INSERT_HEAD(&f->checks, c, link);
         (*f->m_in_flight)++;
         return c;
     }
@@ -332,7 +339,7 @@ void forward_check(struct forward_auth *f, str_t cookie, str_t authorization, fo
     cred_key_of(&k, 'f', cookie.p, cookie.len, authorization.p, authorization.len);
     if (from_cache(f, &k, cb, ctx))
         return;
-    if (f->n_waiters >= MAX_WAITERS) {
+    if (*f->m_waiting >= MAX_WAITERS) {
         (*f->m_waiters_full)++;
         cb(ctx, FORWARD_UNAVAILABLE, NULL, 0);
         return;
@@ -360,22 +367,23 @@ void forward_auth_free(struct forward_auth *f)
 {
     if (f == NULL)
         return;
-    /* Out of the table first: a waiter's callback must find nothing pending. */
-    struct fwd_check **all = mem_calloc(f->pending.count + 1, sizeof(*all));
-    size_t n = 0;
-    struct hashtab_iter it;
-    struct hashtab_node *node;
-    for (hashtab_iter_init(&it, &f->pending); (node = hashtab_iter_next(&it)) != NULL;)
-        all[n++] = hashtab_entry(node, struct fwd_check, node);
-    for (size_t i = 0; i < n; i++) {
-        hashtab_remove(&f->pending, &all[i]->node);
-        subrequest_cancel(all[i]->sr);
+    /* Out of the table and the list first: a waiter's callback must find
+     * nothing pending. */
+    LIST_HEAD(, fwd_check) all = LIST_HEAD_INITIALIZER(all);
+    struct fwd_check *c;
+    while ((c = LIST_FIRST(&f->checks)) != NULL) {
+        LIST_REMOVE(c, link);
+        if (c->gen == f->gen)
+            hashtab_remove(&f->pending, &c->node);
+        subrequest_cancel(c->sr);
         (*f->m_in_flight)--;
         (*f->m_result[FORWARD_UNAVAILABLE])++;
+        LIST_INSERT_HEAD(&all, c, link);
     }
-    for (size_t i = 0; i < n; i++)
-        check_finish(all[i], FORWARD_UNAVAILABLE, NULL, 0);
-    free(all);
+    while ((c = LIST_FIRST(&all)) != NULL) {
+        LIST_REMOVE(c, link);
+        check_finish(c, FORWARD_UNAVAILABLE, NULL, 0);
+    }
     hashtab_deinit(&f->pending);
     cred_cache_free(f->cache);
     buf_deinit(&f->scratch);

@@ -93,22 +93,16 @@ struct identity_wait {
 
 static void metrics_init(struct identity *id)
 {
-    char l[96];
     static const char *const labels[ID__COUNT] = {
 #define X(name, label) label,
         ID_RESULTS(X)
 #undef X
     };
-    for (int i = 0; i < ID__COUNT; i++) {
-        snprintf(l, sizeof(l), "result=\"%s\"", labels[i]);
-        id->m_result[i] = metrics_counter("batchd_auth_requests_total", l,
-                                          "Requests whose principal was asked for, by outcome.");
-    }
-    for (int i = 1; i < JWT__COUNT; i++) {
-        snprintf(l, sizeof(l), "reason=\"%s\"", jwt_result_labels[i]);
-        id->m_jwt[i] = metrics_counter("batchd_auth_jwt_rejected_total", l,
-                                       "Bearer tokens refused, by why (the request got 401 invalid_token).");
-    }
+    metrics_counter_family("batchd_auth_requests_total", "result", labels, ID__COUNT,
+                           "Requests whose principal was asked for, by outcome.", id->m_result);
+    /* From 1: JWT_OK is no refusal. */
+    metrics_counter_family("batchd_auth_jwt_rejected_total", "reason", jwt_result_labels + 1, JWT__COUNT - 1,
+                           "Bearer tokens refused, by why (the request got 401 invalid_token).", id->m_jwt + 1);
     id->m_method_jwt = metrics_counter("batchd_auth_verifications_total", "method=\"jwt\"",
                                        "Credentials verified (not answered from a cache), by method.");
     id->m_method_forward = metrics_counter("batchd_auth_verifications_total", "method=\"forward\"",

@@ -496,6 +496,11 @@ static bool has_control(const char *s, size_t n)
     return false;
 }
 
+bool jwt_principal_valid(const char *p, size_t n)
+{
+    return n > 0 && n <= JWT_MAX_PRINCIPAL && jtext_utf8_valid(p, n) && !has_control(p, n);
+}
+
 static enum jwt_result take_principal(const struct cfg_auth *a, const json_t *c,
                                       struct buf *principal)
 {
@@ -512,7 +517,7 @@ static enum jwt_result take_principal(const struct cfg_auth *a, const json_t *c,
     } else {
         return JWT_NO_PRINCIPAL;
     }
-    if (n == 0 || n > JWT_MAX_PRINCIPAL || !jtext_utf8_valid(p, n) || has_control(p, n))
+    if (!jwt_principal_valid(p, n))
         return JWT_NO_PRINCIPAL;
     buf_append(principal, p, n);
     return JWT_OK;

@@ -16,6 +16,7 @@
 #ifndef BATCHD_JWT_H
 #define BATCHD_JWT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,6 +49,10 @@ extern const char *const jwt_result_labels[JWT__COUNT];
 /* A principal is 1..JWT_MAX_PRINCIPAL bytes of UTF-8 with no control
  * characters (it goes into headers, Redis keys and SQL parameters). */
 #define JWT_MAX_PRINCIPAL 256
+
+/* The rule above, for every way a principal arrives (a claim, forward
+ * auth's answer header). */
+bool jwt_principal_valid(const char *p, size_t n);
 
 struct jwt_keys;
 

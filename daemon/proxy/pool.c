@@ -17,6 +17,7 @@
  * first, so the scan stops at the first one not due), connects past
  * connect_timeout_ms, and idle connections past idle_timeout_ms.
  */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,6 +57,7 @@ void upool_deadline_add(struct proxy *px)
     struct upstream *u = px->up;
     if (px->state == PX_DONE)
         return;
+    assert(px->ops->expired != NULL);
     upool_deadline_remove(px);
     px->deadline_ms = uv_now(u->loop) + (uint64_t)u->cfg->timeout_ms;
     TAILQ_INSERT_TAIL(&u->deadlines, px, dl_link);
@@ -162,6 +164,17 @@ static void uconn_after_parse(struct uconn *uc, bool leftover)
     px->ops->done(px);
 }
 
+/* Both rparser tables' complete_cb. Only noted here: the connection is
+ * handed back once the parse returns (uconn_parse_cb), since mid-parse a
+ * new request could use it; then ops->done runs. */
+int upool_complete_cb(struct http_rparser *p, struct http_response *resp)
+{
+    struct uconn *uc = p->data;
+    uc->complete = true;
+    uc->keep = resp->keep_alive;
+    return HTTP_PARSER_PAUSE;
+}
+
 /* Closes the connection and fails its request, if it still has one. */
 static void uconn_fail(struct uconn *uc, enum uc_close_reason reason, enum px_error kind)
 {
@@ -217,8 +230,12 @@ static void uconn_read_cb(struct stream *s, const char *data, size_t n)
         upool_close(uc, UC_CLOSE_UNEXPECTED_BYTES);
         return;
     }
-    if (uc->px)
-        uc->px->ops->progress(uc->px);
+    struct proxy *px = uc->px;
+    if (px) { /* the app has seen the request: no retry from now on */
+        if (px->answer == PX_ANSWER_NONE)
+            px->answer = PX_ANSWER_ARRIVING;
+        upool_deadline_touch(px); /* a sub-request is not on the list: nothing */
+    }
     stream_parse(s, data, n);
     stream_read_update(s); /* stops while a pause reason is set */
 }
@@ -228,7 +245,7 @@ static void uconn_read_cb(struct stream *s, const char *data, size_t n)
 static void uconn_written_cb(struct stream *s, int status)
 {
     struct proxy *px = ((struct uconn *)s)->px;
-    if (px && status == 0)
+    if (px && status == 0 && px->ops->written)
         px->ops->written(px);
 }
 
@@ -286,7 +303,8 @@ static void uconn_bind(struct uconn *uc, struct proxy *px)
     uc->parser.cbs = px->ops->rparser;
 }
 
-bool upool_connect_for(struct upstream *u, struct proxy *px)
+/* A new connection for px; false when it cannot even start. */
+static bool upool_connect_for(struct upstream *u, struct proxy *px)
 {
     struct uconn *uc = uconn_connect(u);
     if (uc == NULL)
@@ -294,6 +312,15 @@ bool upool_connect_for(struct upstream *u, struct proxy *px)
     uconn_bind(uc, px);
     px->state = PX_CONNECTING;
     return true;
+}
+
+bool upool_retry(struct proxy *px, enum px_error kind)
+{
+    if (kind != PX_ERR_RESET || px->attempt != PX_ATTEMPT_REUSED || px->answer != PX_ANSWER_NONE)
+        return false;
+    px->attempt = PX_ATTEMPT_RETRY;
+    (*px->up->m_retries)++;
+    return upool_connect_for(px->up, px);
 }
 
 bool upool_full(const struct upstream *u)
@@ -330,6 +357,17 @@ void upool_wait_remove(struct upstream *u, struct proxy *px)
     TAILQ_REMOVE(&u->waiting, px, wait_link);
     u->n_waiting--;
     px->state = PX_NEW; /* out of the line: PX_WAITING means in it */
+}
+
+void upool_leave(struct proxy *px, enum uc_close_reason why)
+{
+    if (px->state == PX_WAITING)
+        upool_wait_remove(px->up, px);
+    if (px->uc) {
+        struct uconn *uc = px->uc;
+        px->uc = NULL;
+        upool_close(uc, why);
+    }
 }
 
 static void next_waiter(struct upstream *u)

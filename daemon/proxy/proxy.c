@@ -185,18 +185,6 @@ static void px_maybe_free(struct proxy *px)
     free(px);
 }
 
-/* Stops the proxy: out of the pool's line, and its connection closed. */
-static void px_let_go(struct proxy *px, enum uc_close_reason reason)
-{
-    if (px->state == PX_WAITING)
-        upool_wait_remove(px->up, px);
-    if (px->uc) {
-        upool_close(px->uc, reason);
-        px->uc = NULL;
-    }
-}
-
-/* The client went away: drop the app connection (its response is unwanted). */
 /* The request is leaving the proxy: a lookup of its principal must not
  * come back to it. */
 static void px_forget_identity(struct proxy *px)
@@ -206,12 +194,13 @@ static void px_forget_identity(struct proxy *px)
     px->id_pending = false;
 }
 
+/* The client went away: drop the app connection (its response is unwanted). */
 static void client_abort_cb(struct req *r)
 {
     struct proxy *px = r->hdata;
     px_forget_identity(px);
     px->r = NULL;
-    px_let_go(px, UC_CLOSE_CLIENT_GONE);
+    upool_leave(px, UC_CLOSE_CLIENT_GONE);
     px->state = PX_DONE;
     px_maybe_free(px);
 }
@@ -293,13 +282,8 @@ static void proxy_fail(struct proxy *px, enum px_error kind)
               proxy_answer_name(px->answer), proxy_attempt_name(px->attempt));
     /* A pooled connection the app had just closed: try once more on a new
      * one. On a new connection the close is the app's answer. */
-    if (kind == PX_ERR_RESET && px->attempt == PX_ATTEMPT_REUSED && px->answer == PX_ANSWER_NONE &&
-        px->body == PX_BODY_NONE && px->r && method_idempotent(px->r->msg.method)) {
-        px->attempt = PX_ATTEMPT_RETRY;
-        (*u->m_retries)++;
-        if (upool_connect_for(u, px))
-            return;
-    }
+    if (px->body == PX_BODY_NONE && px->r && method_idempotent(px->r->msg.method) && upool_retry(px, kind))
+        return;
     (*u->m_err[kind])++;
     if (px->uc) {
         upool_close(px->uc, uc_close_for[kind]);
@@ -326,13 +310,6 @@ static void proxy_deadline_expired(struct proxy *px)
         upool_wait_remove(px->up, px);
     log_warn("app server did not answer in time", "timeout_ms=%lld", (long long)px->up->cfg->timeout_ms);
     proxy_fail(px, PX_ERR_TIMEOUT);
-}
-
-static void proxy_app_progress(struct proxy *px)
-{
-    if (px->answer == PX_ANSWER_NONE)
-        px->answer = PX_ANSWER_ARRIVING; /* the app has seen the request: no retry */
-    upool_deadline_touch(px);
 }
 
 /* --- the answer ------------------------------------------------------------------ */
@@ -454,20 +431,10 @@ static int rbody_cb(struct http_rparser *p, const char *at, size_t n)
     return 0;
 }
 
-static int rcomplete_cb(struct http_rparser *p, struct http_response *resp)
-{
-    struct uconn *uc = p->data;
-    /* Finished after the parse returns (pool.c): releasing the connection
-     * here would let a new request use it mid-parse. */
-    uc->complete = true;
-    uc->keep = resp->keep_alive;
-    return HTTP_PARSER_PAUSE;
-}
-
 static const struct http_rparser_cbs proxy_rparser_cbs = {
     .head_cb = rhead_cb,
     .body_cb = rbody_cb,
-    .complete_cb = rcomplete_cb,
+    .complete_cb = upool_complete_cb,
 };
 
 /* The client took some of what was queued: read the app again once the
@@ -571,7 +538,7 @@ static int body_cb(struct req *r, const char *data, size_t n)
         (*px->up->m_err_body)++;
         bool started = px->answer >= PX_ANSWER_RELAYED;
         if (!started) /* a started answer keeps its connection to its end */
-            px_let_go(px, UC_CLOSE_BODY_TOO_LARGE);
+            upool_leave(px, UC_CLOSE_BODY_TOO_LARGE);
         px_take_req(px);
         if (started)
             req_stream_abort(r, CONN_CLOSE_BODY_TOO_LARGE);
@@ -718,7 +685,6 @@ static void proxy_handler(struct req *r, void *data)
 const struct px_ops proxy_ops = {
     .rparser = &proxy_rparser_cbs,
     .ready = proxy_conn_ready,
-    .progress = proxy_app_progress,
     .written = proxy_written,
     .done = proxy_response_done,
     .fail = proxy_fail,

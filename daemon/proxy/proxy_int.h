@@ -133,15 +133,14 @@ struct px_ops {
     const struct http_rparser_cbs *rparser; /* parses the answer; p->data is the uconn */
     /* px->uc is connected and px's: send the head and the queued body. */
     void (*ready)(struct proxy *px);
-    /* The app sent bytes: no retry from now on, and its deadline restarts. */
-    void (*progress)(struct proxy *px);
-    /* A queued write to the app finished. */
+    /* A queued write to the app finished (optional). */
     void (*written)(struct proxy *px);
     /* The answer is complete and px's connection handed back. */
     void (*done)(struct proxy *px);
     /* px's connection failed (px->uc is NULL already), or it could not get one. */
     void (*fail)(struct proxy *px, enum px_error kind);
-    /* px's deadline on the pool's list passed. */
+    /* px's deadline on the pool's list passed (only a px with one goes
+     * on the list). */
     void (*expired)(struct proxy *px);
 };
 
@@ -268,13 +267,23 @@ struct upstream {
 /* A connection for px now (idle, then proxy_conn_ready), on its way
  * (PX_CONNECTING), or a place in line (PX_WAITING). */
 void upool_acquire(struct upstream *u, struct proxy *px);
-/* A new connection for px (a retry); false when it cannot even start. */
-bool upool_connect_for(struct upstream *u, struct proxy *px);
+/* The one retry: a pooled keep-alive connection failed with RESET before
+ * any byte of answer (the app may have closed it just as it was picked).
+ * True when px is on its way again on a new connection (PX_CONNECTING);
+ * false when that does not apply or the connect cannot start. The caller
+ * decides first whether its request may be sent twice. */
+bool upool_retry(struct proxy *px, enum px_error kind);
 /* Every connection busy and max_waiting requests in line already. */
 bool upool_full(const struct upstream *u);
 /* Leaves the line (PX_WAITING only). */
 void upool_wait_remove(struct upstream *u, struct proxy *px);
+/* px lets go of the pool: out of its line, and its connection, if it has
+ * one, closed with `why` (one the pool took back is not px's any more). */
+void upool_leave(struct proxy *px, enum uc_close_reason why);
 void upool_close(struct uconn *uc, enum uc_close_reason reason);
+/* The complete_cb of px->ops->rparser, proxied or not: notes the end of
+ * the answer; the pool hands the connection back and calls ops->done. */
+int upool_complete_cb(struct http_rparser *p, struct http_response *resp);
 /* Parses what the connection held back and reads again, unless paused. */
 void upool_read_resume(struct uconn *uc);
 /* The app's progress deadline: (re)started now, stopped. */

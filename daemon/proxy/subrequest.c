@@ -36,7 +36,6 @@ struct subrequest {
     void *ctx;
     char *want;                 /* the answer header to keep, or NULL */
     bool starting;              /* inside subrequest_start: it reports a failure */
-    enum subrequest_result result;
     enum subrequest_value value_state;
     uint64_t body_bytes;
     size_t value_len;
@@ -56,12 +55,8 @@ const char *subrequest_result_name(enum subrequest_result r)
 
 void subrequest_metrics_init(struct upstream *u)
 {
-    char l[48];
-    for (int i = 0; i < SUBREQUEST__COUNT; i++) {
-        snprintf(l, sizeof(l), "result=\"%s\"", result_names[i]);
-        u->m_sub[i] = metrics_counter("batchd_upstream_subrequests_total", l,
-                                      "batchd's own requests to the app (forward auth checks), by how they ended.");
-    }
+    metrics_counter_family("batchd_upstream_subrequests_total", "result", result_names, SUBREQUEST__COUNT,
+                           "batchd's own requests to the app (forward auth checks), by how they ended.", u->m_sub);
 }
 
 /* --- the end ------------------------------------------------------------------- */
@@ -80,20 +75,12 @@ static void sub_release(struct subrequest *sr)
     uv_close((uv_handle_t *)&sr->timer, sub_closed_cb);
 }
 
-/* Lets go of the pool: out of its line, and the connection closed with
- * `why` (a connection the pool took back is not px's any more). */
+/* Lets go of the pool (upool_leave) and of the timer. */
 static void sub_let_go(struct subrequest *sr, enum uc_close_reason why)
 {
-    struct proxy *px = &sr->px;
-    if (px->state == PX_WAITING)
-        upool_wait_remove(px->up, px);
-    if (px->uc) {
-        struct uconn *uc = px->uc;
-        px->uc = NULL;
-        upool_close(uc, why);
-    }
+    upool_leave(&sr->px, why);
     uv_timer_stop(&sr->timer);
-    px->state = PX_DONE;
+    sr->px.state = PX_DONE;
 }
 
 /* Ends sr: counted, released, then the callback (after the release: it
@@ -104,7 +91,6 @@ static void sub_end(struct subrequest *sr, enum subrequest_result result, enum u
     if (px->state == PX_DONE)
         return;
     sub_let_go(sr, why);
-    sr->result = result;
     (*px->up->m_sub[result])++;
     if (result != SUBREQUEST_ANSWERED)
         log_debug("sub-request failed", "result=%s attempt=%s", result_names[result],
@@ -212,20 +198,10 @@ static int sub_body_cb(struct http_rparser *p, const char *at, size_t n)
     return HTTP_PARSER_PAUSE;
 }
 
-static int sub_complete_cb(struct http_rparser *p, struct http_response *resp)
-{
-    struct uconn *uc = p->data;
-    /* As for proxied requests: the pool hands the connection back once the
-     * parse returns, then calls sub_done. */
-    uc->complete = true;
-    uc->keep = resp->keep_alive;
-    return HTTP_PARSER_PAUSE;
-}
-
 static const struct http_rparser_cbs sub_rparser_cbs = {
     .head_cb = sub_head_cb,
     .body_cb = sub_body_cb,
-    .complete_cb = sub_complete_cb,
+    .complete_cb = upool_complete_cb, /* then sub_done */
 };
 
 /* --- the pool's calls ---------------------------------------------------------- */
@@ -245,17 +221,6 @@ static void sub_ready(struct proxy *px)
     upool_read_resume(uc);
 }
 
-static void sub_progress(struct proxy *px)
-{
-    if (px->answer == PX_ANSWER_NONE)
-        px->answer = PX_ANSWER_ARRIVING; /* the app has seen it: no retry */
-}
-
-static void sub_written(struct proxy *px)
-{
-    (void)px;
-}
-
 static void sub_done(struct proxy *px)
 {
     sub_end((struct subrequest *)px, SUBREQUEST_ANSWERED, UC_CLOSE_NOT_REUSABLE);
@@ -264,15 +229,10 @@ static void sub_done(struct proxy *px)
 static void sub_fail(struct proxy *px, enum px_error kind)
 {
     struct subrequest *sr = (struct subrequest *)px;
-    struct upstream *u = px->up;
     if (px->state == PX_DONE)
         return;
-    if (kind == PX_ERR_RESET && px->attempt == PX_ATTEMPT_REUSED && px->answer == PX_ANSWER_NONE) {
-        px->attempt = PX_ATTEMPT_RETRY;
-        (*u->m_retries)++;
-        if (upool_connect_for(u, px))
-            return;
-    }
+    if (upool_retry(px, kind)) /* a GET: safe to send twice */
+        return;
     static const enum subrequest_result result_of[PX_ERR__COUNT] = {
         [PX_ERR_REFUSED] = SUBREQUEST_REFUSED,
         [PX_ERR_RESET] = SUBREQUEST_RESET,
@@ -283,20 +243,13 @@ static void sub_fail(struct proxy *px, enum px_error kind)
     sub_end(sr, result_of[kind], UC_CLOSE_RESET);
 }
 
-static void sub_expired(struct proxy *px)
-{
-    /* Not on the pool's deadline list (see the top); for completeness. */
-    sub_end((struct subrequest *)px, SUBREQUEST_TIMEOUT, UC_CLOSE_TIMEOUT);
-}
-
 static const struct px_ops sub_ops = {
     .rparser = &sub_rparser_cbs,
     .ready = sub_ready,
-    .progress = sub_progress,
-    .written = sub_written,
     .done = sub_done,
     .fail = sub_fail,
-    .expired = sub_expired,
+    /* No .written (the head is all it sends) and no .expired: its own
+     * timer bounds it, never the pool's deadline list (see the top). */
 };
 
 /* --- the start ------------------------------------------------------------------ */

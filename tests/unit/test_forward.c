@@ -551,8 +551,12 @@ static void test_no_or_bad_credential(void **state)
     memset(&g, 0, sizeof(g));
     forward_check(f->f, STR_LIT("session=user-x\0b"), STR_NULL, got_cb, &g);
     assert_true(g.calls == 1 && g.res == FORWARD_DENIED);
-    uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_int_equal(f->app.requests, 0);
+    /* None went out: by the time a good check is answered, the app has
+     * seen that one only, on the one connection. (One turn of the loop
+     * right away, as before, was too soon to see a connect.) */
+    assert_int_equal(verdict(f, "session=user-y", &g), FORWARD_ALLOWED);
+    assert_int_equal(f->app.accepts, 1);
+    assert_int_equal(f->app.requests, 1);
 }
 
 static void test_reload(void **state)
@@ -575,6 +579,33 @@ static void test_reload(void **state)
     assert_int_equal(f->app.requests, 4);
 }
 
+/* A reload to another check_url while a check is in flight: its waiters
+ * get the old app's verdict, but a request arriving after the reload asks
+ * the new check_url instead of joining it. */
+static void test_reload_mid_check_is_not_joined(void **state)
+{
+    struct fx *f = *state;
+    struct got old, later;
+    f->app.hold = true;
+    check(f, "session=user-m", NULL, &old);
+    RUN_UNTIL_COUNT(f, f->app.n_held, 1);
+    assert_memory_equal(f->app.last_head, "GET /whoami ", 12);
+    f->acfg.check_url = "/whoami2";
+    forward_auth_configure(f->f, &f->acfg);
+    check(f, "session=user-m", NULL, &later);
+    RUN_UNTIL_COUNT(f, f->app.n_held, 2);
+    assert_memory_equal(f->app.last_head, "GET /whoami2 ", 13);
+    app_release(&f->app);
+    RUN_UNTIL_CALLED(f, &old);
+    RUN_UNTIL_CALLED(f, &later);
+    assert_true(old.res == FORWARD_ALLOWED && later.res == FORWARD_ALLOWED);
+    assert_int_equal(f->app.requests, 2);
+    /* The new check_url's verdict is the one cached. */
+    check(f, "session=user-m", NULL, &later);
+    assert_int_equal(later.calls, 1);
+    assert_int_equal(f->app.requests, 2);
+}
+
 static void test_subrequest_refuses_injection(void **state)
 {
     struct fx *f = *state;
@@ -590,6 +621,12 @@ static void test_subrequest_refuses_injection(void **state)
     o.path = "http://x/";
     assert_int_equal(subrequest_start(f->up, &o, NULL, NULL, &sr), -EINVAL);
     assert_null(sr);
+    /* Refused before the pool: nothing reached the app (a good check,
+     * answered, is the only request it saw). */
+    struct got g;
+    assert_int_equal(verdict(f, "session=user-z", &g), FORWARD_ALLOWED);
+    assert_int_equal(f->app.accepts, 1);
+    assert_int_equal(f->app.requests, 1);
 }
 
 int main(void)
@@ -609,6 +646,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_free_completes_every_waiter_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_or_bad_credential, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_mid_check_is_not_joined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_subrequest_refuses_injection, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
