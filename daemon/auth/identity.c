@@ -77,7 +77,8 @@ static struct identity *current;
 
 typedef void (*resolved_fn)(struct req *r, enum id_result res, void *ctx);
 
-/* A request being resolved; lives on while forward auth is asked. */
+/* A request being resolved: on the caller's stack, or copied to the heap
+ * while forward auth is asked. */
 struct identity_wait {
     struct req *r;
     resolved_fn done;
@@ -291,18 +292,17 @@ static int find_jwt(struct identity *id, struct req *r, bool sse, struct buf *tm
 static void forward_cb(void *ctx, enum forward_result fr, const char *principal, size_t len)
 {
     struct identity_wait *w = ctx;
-    if (w->cancelled) {
-        free(w);
-        return;
+    if (!w->cancelled) {
+        enum id_result res = fr == FORWARD_ALLOWED     ? ID_OK
+                           : fr == FORWARD_DENIED      ? ID_DENIED
+                           : fr == FORWARD_FORBIDDEN   ? ID_FORBIDDEN
+                                                       : ID_UNAVAILABLE;
+        if (res == ID_OK)
+            set_principal(w->r, principal, len);
+        w->r->identity_done = true;
+        w->done(w->r, res, w);
     }
-    enum id_result res = fr == FORWARD_ALLOWED     ? ID_OK
-                       : fr == FORWARD_DENIED      ? ID_DENIED
-                       : fr == FORWARD_FORBIDDEN   ? ID_FORBIDDEN
-                                                   : ID_UNAVAILABLE;
-    if (res == ID_OK)
-        set_principal(w->r, principal, len);
-    w->r->identity_done = true;
-    w->done(w->r, res, w);
+    free(w);
 }
 
 /* header.payload.signature: exactly two dots. */
@@ -314,45 +314,47 @@ static bool jwt_shaped(str_t t)
     return dots == 2;
 }
 
-/* Resolves r; done(r, result, w) runs once, now or when a check answers. */
-static void resolve(struct req *r, bool sse, struct identity_wait *w)
+/* Resolves r: w->done(r, result, w) runs once. Most credentials are
+ * decided now, with the caller's w (on its stack: nothing allocated); a
+ * forward-auth check gets a heap copy, freed after its done, which is
+ * returned while the check runs (NULL once done has run). */
+static struct identity_wait *resolve(struct req *r, bool sse, struct identity_wait *w)
 {
     struct identity *id = current;
+    enum id_result res = ID_MISSING;
     if (r->identity_done) {
         w->done(r, r->principal ? ID_OK : ID_MISSING, w);
-        return;
+        return NULL;
     }
-    if (id == NULL || !id->configured) {
-        r->identity_done = true;
-        w->done(r, ID_MISSING, w);
-        return;
+    if (id != NULL && id->configured) {
+        struct buf tmp = BUF_INIT;
+        str_t token;
+        int found = find_jwt(id, r, sse, &tmp, &token);
+        /* A bearer token that is not even shaped like a JWT (an app's own
+         * API token) is the app's to judge when forward auth is configured. */
+        if (found > 0 && id->fwd && !jwt_shaped(token))
+            found = 0;
+        if (found > 0)
+            res = check_jwt(id, r, token);
+        else if (found < 0)
+            res = ID_INVALID;
+        buf_deinit(&tmp);
+        str_t cookie = STR_NULL, authz = STR_NULL;
+        if (res == ID_MISSING && id->fwd) {
+            cookie = req_header(r, "cookie");
+            authz = req_header(r, "authorization");
+        }
+        if (cookie.p || authz.p) {
+            (*id->m_method_forward)++;
+            struct identity_wait *h = mem_alloc(sizeof(*h));
+            *h = *w;
+            forward_check(id->fwd, cookie, authz, forward_cb, h);
+            return r->identity_done ? NULL : h; /* a cached verdict answered at once */
+        }
     }
-    struct buf tmp = BUF_INIT;
-    str_t token;
-    enum id_result res = ID_MISSING;
-    int found = find_jwt(id, r, sse, &tmp, &token);
-    /* A bearer token that is not even shaped like a JWT (an app's own API
-     * token) is the app's to judge when forward auth is configured. */
-    if (found > 0 && id->fwd && !jwt_shaped(token))
-        found = 0;
-    if (found > 0)
-        res = check_jwt(id, r, token);
-    else if (found < 0)
-        res = ID_INVALID;
-    buf_deinit(&tmp);
-    if (res != ID_MISSING || id->fwd == NULL) {
-        r->identity_done = true;
-        w->done(r, res, w);
-        return;
-    }
-    str_t cookie = req_header(r, "cookie"), authz = req_header(r, "authorization");
-    if (cookie.p == NULL && authz.p == NULL) {
-        r->identity_done = true;
-        w->done(r, ID_MISSING, w);
-        return;
-    }
-    (*id->m_method_forward)++;
-    forward_check(id->fwd, cookie, authz, forward_cb, w);
+    r->identity_done = true;
+    w->done(r, res, w);
+    return NULL;
 }
 
 /* --- the gate ------------------------------------------------------------------------------ */
@@ -378,86 +380,55 @@ static void refuse(struct req *r, enum id_result res)
     }
 }
 
-static struct identity_wait *wait_new(struct req *r, resolved_fn done)
-{
-    struct identity_wait *w = mem_calloc(1, sizeof(*w));
-    w->r = r;
-    w->done = done;
-    return w;
-}
-
 static void gate_done(struct req *r, enum id_result res, void *ctx)
 {
-    struct identity_wait *w = ctx;
-    identity_fn fn = w->fn, unavailable = w->unavailable;
-    void *data = w->data;
-    free(w);
+    const struct identity_wait *w = ctx;
     if (current)
         (*current->m_result[res])++;
-    if (r->conn == NULL) { /* the client went away while a check ran */
+    if (r->conn == NULL) /* the client went away while a check ran */
         req_error(r, 499, "client_closed");
-        return;
-    }
-    if (res == ID_UNAVAILABLE && unavailable) {
-        unavailable(r, data);
-        return;
-    }
-    if (res != ID_OK) {
+    else if (res == ID_UNAVAILABLE && w->unavailable)
+        w->unavailable(r, w->data);
+    else if (res != ID_OK)
         refuse(r, res);
-        return;
-    }
-    fn(r, data);
+    else
+        w->fn(r, w->data);
 }
 
-void identity_gate(struct req *r, enum cfg_access access, bool sse, identity_fn fn, void *data)
+static void gate(struct req *r, enum cfg_access access, bool sse, identity_fn fn, identity_fn unavailable,
+                 void *data)
 {
     if (access == ACCESS_PUBLIC) {
         fn(r, data);
         return;
     }
-    struct identity_wait *w = wait_new(r, gate_done);
-    w->fn = fn;
-    w->data = data;
-    resolve(r, sse, w);
+    struct identity_wait w = { .r = r, .done = gate_done, .fn = fn, .unavailable = unavailable, .data = data };
+    resolve(r, sse, &w);
+}
+
+void identity_gate(struct req *r, enum cfg_access access, bool sse, identity_fn fn, void *data)
+{
+    gate(r, access, sse, fn, NULL, data);
 }
 
 void identity_gate_stream(struct req *r, enum cfg_access access, identity_fn fn,
                           identity_fn unavailable, void *data)
 {
-    if (access == ACCESS_PUBLIC) {
-        fn(r, data);
-        return;
-    }
-    struct identity_wait *w = wait_new(r, gate_done);
-    w->fn = fn;
-    w->unavailable = unavailable;
-    w->data = data;
-    resolve(r, true, w);
+    gate(r, access, true, fn, unavailable, data);
 }
 
 static void lookup_done(struct req *r, enum id_result res, void *ctx)
 {
-    struct identity_wait *w = ctx;
-    identity_lookup_fn cb = w->lookup;
-    void *cctx = w->ctx;
-    free(w);
+    const struct identity_wait *w = ctx;
     if (current && res != ID_MISSING)
         (*current->m_result[res])++;
-    cb(cctx, r);
+    w->lookup(w->ctx, r);
 }
 
 struct identity_wait *identity_lookup(struct req *r, identity_lookup_fn cb, void *ctx)
 {
-    struct identity_wait *w = wait_new(r, lookup_done);
-    w->lookup = cb;
-    w->ctx = ctx;
-    /* An answer at once (a JWT, a cached verdict) has freed w by now, and
-     * marked the request resolved: then there is nothing to cancel. */
-    bool was_done = r->identity_done;
-    resolve(r, false, w);
-    if (was_done || r->identity_done)
-        return NULL;
-    return w;
+    struct identity_wait w = { .r = r, .done = lookup_done, .lookup = cb, .ctx = ctx };
+    return resolve(r, false, &w);
 }
 
 void identity_cancel(struct identity_wait *w)
