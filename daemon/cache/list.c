@@ -500,7 +500,8 @@ static const char *parse_ask(const struct listing *l, const struct req *r, struc
     return bad;
 }
 
-static struct page *page_new(struct listing *l, struct req *r, const struct ask *a, const struct buf *tkey,
+/* Takes *tkey (left empty). */
+static struct page *page_new(struct listing *l, struct req *r, const struct ask *a, struct buf *tkey,
                              size_t field_off)
 {
     struct list_set *s = l->set;
@@ -512,7 +513,8 @@ static struct page *page_new(struct listing *l, struct req *r, const struct ask 
     p->limit = a->limit;
     p->waiters_tail = &p->waiters;
     id_list_init(&p->ids);
-    buf_append(&p->tkey, tkey->data, tkey->len);
+    p->tkey = *tkey;
+    *tkey = BUF_INIT;
     p->field_off = field_off;
     p->arg_len[0] = a->has_cursor ? (int32_t)a->cursor_text.len : -1;
     if (a->has_cursor)
