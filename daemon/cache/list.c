@@ -31,7 +31,6 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "daemon/auth/identity.h"
 #include "daemon/backend/pg_pool.h"
@@ -43,13 +42,6 @@
 #include "proto/jtext.h"
 #include "proto/mem.h"
 #include "proto/url.h"
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* --- answers ----------------------------------------------------------------------- */
 
@@ -379,7 +371,7 @@ static void page_query(struct page *p)
     }
     p->state = PAGE_DB;
     p->start_ns = uv_hrtime();
-    p->start_wall_ms = wall_ms();
+    p->start_wall_ms = list_wall_ms();
     int rc = pg_pool_exec_params(pg, p->stmt, p->nparams, values, lens, p->limit, query_cb, p);
     if (rc == 0)
         p->refs++;
@@ -405,7 +397,7 @@ void list_page_cached(struct page *p, str_t v, int err)
     } else if (v.p) {
         uint64_t expires;
         int rc = cursor_page_decode(v, p->limit, (size_t)l->cfg->max_cursor_bytes, &expires, &p->next, &p->ids);
-        if (rc == 0 && expires > wall_ms()) {
+        if (rc == 0 && expires > list_wall_ms()) {
             p->from_cache = true;
             page_resolve(p);
             return;

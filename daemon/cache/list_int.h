@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 #include <sys/queue.h>
+#include <time.h>
 #include <uv.h>
 
 #include "daemon/cache/list.h"
@@ -131,6 +132,14 @@ struct page {
     struct buf args;            /* $2 and $4...: the cursor text and the params, back to back */
     int32_t arg_len[1 + LIST_MAX_PARAMS];   /* -1: NULL */
 };
+
+/* Wall-clock ms: pages' expiry and tombstones, compared across processes. */
+static inline uint64_t list_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 static inline str_t page_principal(const struct page *p)
 {
