@@ -356,6 +356,8 @@ def test_put_and_post_through_the_proxy_show_on_the_next_page(lists, redis, pg):
     assert after[0] == ("lstnew", "Brand new") and after[1] == (first, "Renamed")
     assert pg.calls(PAGE_LIKE) == calls + 2
     assert b.metric("batchd_list_invalidations_total") == 2
+    # The resource's count is its own: the PUT's one document, not the lists' drops.
+    assert b.metric("batchd_invalidations_total") == 1
     # bob's pages were not touched by alice's writes.
     assert "lstnew" not in [x["id"] for x in page(b, B, "?limit=5").json()["items"]]
 
