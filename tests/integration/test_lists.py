@@ -471,12 +471,16 @@ def test_max_cached_pages_empties_the_hash(lists, redis):
 def test_reload_changes_the_page_query(lists, redis, pg):
     b = lists()
     assert [x["id"] for x in page(b, A, "?limit=2").json()["items"]] == newest_first(A)[:2]
+    wait_until(lambda: b.metric("batchd_list_writebacks_total") == 1, what="the page cached")
     oldest_first = PAGE_QUERY.replace("(created_at, id) <", "(created_at, id) >").replace(
         "created_at DESC, id DESC", "created_at, id")
     b.conf.write_text(b.conf.read_text().replace(PAGE_QUERY, oldest_first))
     b.send_signal(signal.SIGHUP)
     wait_until(lambda: "reloaded" in b.log(), what="the reload")
     # Another query: another page (its field has the query's hash), not the cached one.
+    r = page(b, A, "?limit=2")
+    assert r.headers["x-cache"] == "miss"
+    assert [x["id"] for x in r.json()["items"]] == newest_first(A)[::-1][:2]
     ids, _ = walk(b, A, 100)
     assert ids == newest_first(A)[::-1]
 
