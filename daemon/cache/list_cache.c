@@ -76,7 +76,8 @@ static const char DROP_SCRIPT[] =
 static struct redis_script store_script = { STORE_SCRIPT, "" };
 static struct redis_script drop_script = { DROP_SCRIPT, "" };
 
-void list_cache_key(const struct listing *l, str_t principal, struct buf *out)
+/* The Redis key of a principal's pages in l, appended to out. */
+static void list_cache_key(const struct listing *l, str_t principal, struct buf *out)
 {
     buf_append_str(out, LIST_KEY_PREFIX);
     buf_append_str(out, l->cfg->name);

@@ -58,7 +58,6 @@ enum list_error {
 };
 
 struct list_set {
-    uv_loop_t *loop;
     const struct config *cfg;
     struct redis_pool *redis;
     struct pg_pool *pg;
@@ -153,8 +152,6 @@ static inline str_t page_field(const struct page *p)
 
 /* --- list_cache.c ------------------------------------------------------------ */
 
-/* The Redis key of a principal's pages in l, appended to out. */
-void list_cache_key(const struct listing *l, str_t principal, struct buf *out);
 /* HGETs p's field; the answer comes to list_page_cached. Returns 0, or
  * -EBUSY / -EAGAIN when nothing was sent. */
 int list_cache_lookup(struct page *p);

@@ -106,11 +106,10 @@ static void list_add(struct list_set *s, const struct cfg_listing *lc)
     s->lists[s->n++] = l;
 }
 
-struct list_set *list_set_new(uv_loop_t *loop, const struct config *cfg, struct redis_pool *redis,
-                              struct pg_pool *pg, struct resource_set *resources)
+struct list_set *list_set_new(const struct config *cfg, struct redis_pool *redis, struct pg_pool *pg,
+                              struct resource_set *resources)
 {
     struct list_set *s = mem_calloc(1, sizeof(*s));
-    s->loop = loop;
     s->cfg = cfg;
     s->redis = redis;
     s->pg = pg;
