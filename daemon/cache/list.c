@@ -122,7 +122,10 @@ static void fetch_cb(void *ctx, const struct fetched *f, unsigned n, int fail)
             (*l->m_requests[LIST_OK])++;
             req_add_header(w->r, "Cache-Control", "private");
             req_add_header(w->r, "X-Cache", p->from_cache ? "hit" : "miss");
-            req_respond(w->r, 200, "application/json", body.data, body.len);
+            if (next) /* a copy each; the last one takes the body */
+                req_respond(w->r, 200, "application/json", body.data, body.len);
+            else
+                req_respond_buf(w->r, 200, "application/json", &body);
         }
         free(w);
         w = next;
