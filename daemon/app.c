@@ -283,7 +283,7 @@ int app_run(struct config *cfg)
     if (cfg->has_postgres)
         a->pg = pg_pool_new(&a->loop, &cfg->postgres, cfg->batchd.slow_ms);
     a->resources = resource_set_new(&a->loop, cfg, a->redis, a->pg);
-    a->lists = list_set_new(&a->loop, cfg, a->redis, a->pg, a->resources);
+    a->lists = list_set_new(cfg, a->redis, a->pg, a->resources);
     a->events = events_new(&a->loop, cfg, a->redis);
     if (cfg->has_upstream)
         a->upstream = upstream_new(&a->loop, &cfg->upstream, a->resources);

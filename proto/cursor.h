@@ -41,10 +41,10 @@ size_t cursor_encoded_len(size_t len);
 bool cursor_text_valid(const char *text, size_t len);
 /* Appends the cursor for text[0..len) to out. */
 void cursor_encode(const char *text, size_t len, struct buf *out);
-/* Appends the text of cursor `in` to out. Returns 0; -E2BIG when `in` is
- * longer than max_len bytes; -EINVAL when it is not canonical unpadded
- * base64url, its version is not CURSOR_VERSION, or its text is not
- * cursor_text_valid (out then holds part of it). */
+/* Appends the text of cursor `in` to out (NULL: only checks it). Returns
+ * 0; -E2BIG when `in` is longer than max_len bytes; -EINVAL when it is not
+ * canonical unpadded base64url, its version is not CURSOR_VERSION, or its
+ * text is not cursor_text_valid (out is then unchanged). */
 int cursor_decode(str_t in, size_t max_len, struct buf *out);
 
 /* --- a page in the cache ------------------------------------------------------ */

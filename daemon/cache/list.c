@@ -31,7 +31,6 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "daemon/auth/identity.h"
 #include "daemon/backend/pg_pool.h"
@@ -43,13 +42,6 @@
 #include "proto/jtext.h"
 #include "proto/mem.h"
 #include "proto/url.h"
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* --- answers ----------------------------------------------------------------------- */
 
@@ -130,7 +122,10 @@ static void fetch_cb(void *ctx, const struct fetched *f, unsigned n, int fail)
             (*l->m_requests[LIST_OK])++;
             req_add_header(w->r, "Cache-Control", "private");
             req_add_header(w->r, "X-Cache", p->from_cache ? "hit" : "miss");
-            req_respond(w->r, 200, "application/json", body.data, body.len);
+            if (next) /* a copy each; the last one takes the body */
+                req_respond(w->r, 200, "application/json", body.data, body.len);
+            else
+                req_respond_buf(w->r, 200, "application/json", &body);
         }
         free(w);
         w = next;
@@ -379,7 +374,7 @@ static void page_query(struct page *p)
     }
     p->state = PAGE_DB;
     p->start_ns = uv_hrtime();
-    p->start_wall_ms = wall_ms();
+    p->start_wall_ms = list_wall_ms();
     int rc = pg_pool_exec_params(pg, p->stmt, p->nparams, values, lens, p->limit, query_cb, p);
     if (rc == 0)
         p->refs++;
@@ -405,7 +400,7 @@ void list_page_cached(struct page *p, str_t v, int err)
     } else if (v.p) {
         uint64_t expires;
         int rc = cursor_page_decode(v, p->limit, (size_t)l->cfg->max_cursor_bytes, &expires, &p->next, &p->ids);
-        if (rc == 0 && expires > wall_ms()) {
+        if (rc == 0 && expires > list_wall_ms()) {
             p->from_cache = true;
             page_resolve(p);
             return;
@@ -500,7 +495,8 @@ static const char *parse_ask(const struct listing *l, const struct req *r, struc
     return bad;
 }
 
-static struct page *page_new(struct listing *l, struct req *r, const struct ask *a, const struct buf *tkey,
+/* Takes *tkey (left empty). */
+static struct page *page_new(struct listing *l, struct req *r, const struct ask *a, struct buf *tkey,
                              size_t field_off)
 {
     struct list_set *s = l->set;
@@ -512,7 +508,8 @@ static struct page *page_new(struct listing *l, struct req *r, const struct ask 
     p->limit = a->limit;
     p->waiters_tail = &p->waiters;
     id_list_init(&p->ids);
-    buf_append(&p->tkey, tkey->data, tkey->len);
+    p->tkey = *tkey;
+    *tkey = BUF_INIT;
     p->field_off = field_off;
     p->arg_len[0] = a->has_cursor ? (int32_t)a->cursor_text.len : -1;
     if (a->has_cursor)

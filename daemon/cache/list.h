@@ -32,7 +32,6 @@
 #define BATCHD_LIST_H
 
 #include <stdbool.h>
-#include <uv.h>
 
 #include "daemon/config.h"
 #include "daemon/http/router.h"
@@ -46,8 +45,8 @@ struct list_set;
 /* Creates the lists of `cfg` (none is fine). redis may be NULL (then no
  * page is cached); lists need pg (config.c checks it). Items are read
  * from `resources`, which must outlive the set. */
-struct list_set *list_set_new(uv_loop_t *loop, const struct config *cfg, struct redis_pool *redis,
-                              struct pg_pool *pg, struct resource_set *resources);
+struct list_set *list_set_new(const struct config *cfg, struct redis_pool *redis, struct pg_pool *pg,
+                              struct resource_set *resources);
 /* A reload: lists are matched by name and updated in place; new ones
  * start; removed ones lose their routes and finish their work. `cfg`
  * must outlive the set (or the next reconfigure). */

@@ -34,7 +34,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "daemon/backend/redis_pool.h"
 #include "daemon/cache/list_int.h"
@@ -77,14 +76,8 @@ static const char DROP_SCRIPT[] =
 static struct redis_script store_script = { STORE_SCRIPT, "" };
 static struct redis_script drop_script = { DROP_SCRIPT, "" };
 
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-void list_cache_key(const struct listing *l, str_t principal, struct buf *out)
+/* The Redis key of a principal's pages in l, appended to out. */
+static void list_cache_key(const struct listing *l, str_t principal, struct buf *out)
 {
     buf_append_str(out, LIST_KEY_PREFIX);
     buf_append_str(out, l->cfg->name);
@@ -142,7 +135,7 @@ void list_cache_store(struct page *p)
     struct listing *l = p->list;
     struct buf key = BUF_INIT, value = BUF_INIT;
     list_cache_key(l, page_principal(p), &key);
-    cursor_page_encode(wall_ms() + (uint64_t)l->cfg->ttl * 1000, buf_str(&p->next), &p->ids, &value);
+    cursor_page_encode(list_wall_ms() + (uint64_t)l->cfg->ttl * 1000, buf_str(&p->next), &p->ids, &value);
     char ttl[24], max[24], start[24];
     size_t ttl_n = fmt_u64(ttl, (uint64_t)l->cfg->ttl * 1000);
     size_t max_n = fmt_u64(max, (uint64_t)l->cfg->max_cached_pages);
@@ -190,7 +183,7 @@ static int list_invalidate(struct listing *l, str_t principal, void (*cb)(void *
     struct buf key = BUF_INIT;
     list_cache_key(l, principal, &key);
     char now[24], ttl[24];
-    size_t now_n = fmt_u64(now, wall_ms());
+    size_t now_n = fmt_u64(now, list_wall_ms());
     size_t ttl_n = fmt_u64(ttl, (uint64_t)s->cfg->postgres.query_timeout_ms + LIST_TOMBSTONE_EXTRA_MS);
     const char *argv[4] = { "1", key.data, now, ttl };
     size_t lens[4] = { 1, key.len, now_n, ttl_n };

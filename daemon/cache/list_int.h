@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 #include <sys/queue.h>
+#include <time.h>
 #include <uv.h>
 
 #include "daemon/cache/list.h"
@@ -57,7 +58,6 @@ enum list_error {
 };
 
 struct list_set {
-    uv_loop_t *loop;
     const struct config *cfg;
     struct redis_pool *redis;
     struct pg_pool *pg;
@@ -132,6 +132,14 @@ struct page {
     int32_t arg_len[1 + LIST_MAX_PARAMS];   /* -1: NULL */
 };
 
+/* Wall-clock ms: pages' expiry and tombstones, compared across processes. */
+static inline uint64_t list_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static inline str_t page_principal(const struct page *p)
 {
     return str_make(p->tkey.data + 2, p->field_off - 2);
@@ -144,8 +152,6 @@ static inline str_t page_field(const struct page *p)
 
 /* --- list_cache.c ------------------------------------------------------------ */
 
-/* The Redis key of a principal's pages in l, appended to out. */
-void list_cache_key(const struct listing *l, str_t principal, struct buf *out);
 /* HGETs p's field; the answer comes to list_page_cached. Returns 0, or
  * -EBUSY / -EAGAIN when nothing was sent. */
 int list_cache_lookup(struct page *p);

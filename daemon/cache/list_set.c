@@ -106,11 +106,10 @@ static void list_add(struct list_set *s, const struct cfg_listing *lc)
     s->lists[s->n++] = l;
 }
 
-struct list_set *list_set_new(uv_loop_t *loop, const struct config *cfg, struct redis_pool *redis,
-                              struct pg_pool *pg, struct resource_set *resources)
+struct list_set *list_set_new(const struct config *cfg, struct redis_pool *redis, struct pg_pool *pg,
+                              struct resource_set *resources)
 {
     struct list_set *s = mem_calloc(1, sizeof(*s));
-    s->loop = loop;
     s->cfg = cfg;
     s->redis = redis;
     s->pg = pg;
@@ -123,8 +122,12 @@ struct list_set *list_set_new(uv_loop_t *loop, const struct config *cfg, struct 
 void list_set_reconfigure(struct list_set *s, const struct config *cfg)
 {
     s->cfg = cfg;
-    for (unsigned i = 0; i < s->n; i++)
+    unsigned n_before = s->n;
+    bool *was_live = mem_alloc(n_before + 1);
+    for (unsigned i = 0; i < n_before; i++) {
+        was_live[i] = !s->lists[i]->retired;
         s->lists[i]->retired = true;
+    }
     for (unsigned k = 0; k < cfg->n_lists; k++) {
         const struct cfg_listing *lc = &cfg->lists[k];
         struct listing *l = NULL;
@@ -143,9 +146,10 @@ void list_set_reconfigure(struct list_set *s, const struct config *cfg)
         l->retired = false;
         list_compile(l);
     }
-    for (unsigned i = 0; i < s->n; i++)
-        if (s->lists[i]->retired)
+    for (unsigned i = 0; i < n_before; i++)
+        if (s->lists[i]->retired && was_live[i]) /* not again at every reload after */
             log_info("list removed", "list=%s", s->lists[i]->cfg->name);
+    free(was_live);
 }
 
 void list_set_destroy(struct list_set *s)

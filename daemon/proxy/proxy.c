@@ -336,15 +336,9 @@ static void relay_head(struct proxy *px)
     buf_deinit(&h);
 }
 
-static void inval_done_cb(void *ctx, int err)
+/* One invalidation answered: the head goes out after the last. */
+static void inval_settled(struct proxy *px)
 {
-    struct proxy *px = ctx;
-    if (err < 0) {
-        (*px->up->m_inval_err)++;
-        log_warn("invalidation failed; the entry expires by its TTL", "err=%d", err);
-    } else {
-        (*px->up->m_inval)++;
-    }
     if (--px->inval_pending > 0)
         return;
     if (px->state == PX_DONE) { /* the client left meanwhile */
@@ -360,6 +354,25 @@ static void inval_done_cb(void *ctx, int err)
         http_rparser_resume(&uc->parser);
         upool_read_resume(uc);
     }
+}
+
+static void inval_done_cb(void *ctx, int err)
+{
+    struct proxy *px = ctx;
+    if (err < 0) {
+        (*px->up->m_inval_err)++;
+        log_warn("invalidation failed; the entry expires by its TTL", "err=%d", err);
+    } else {
+        (*px->up->m_inval)++;
+    }
+    inval_settled(px);
+}
+
+/* A list's pages dropped (or not): counted and logged by the list. */
+static void list_inval_done_cb(void *ctx, int err)
+{
+    (void)err;
+    inval_settled(ctx);
 }
 
 static int rhead_cb(struct http_rparser *p, struct http_response *resp)
@@ -379,7 +392,7 @@ static int rhead_cb(struct http_rparser *p, struct http_response *resp)
          * sees the answer, so it reads its own write. */
         px->state = PX_INVALIDATING;
         px->inval_pending = 1; /* held until every invalidation is sent */
-        px->inval_pending += list_writes_invalidate(px->list_writes, inval_done_cb, px);
+        px->inval_pending += list_writes_invalidate(px->list_writes, list_inval_done_cb, px);
         for (unsigned i = 0; i < px->n_matches; i++) {
             struct resource_match *m = &px->matches[i];
             px->inval_pending++;

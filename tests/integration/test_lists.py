@@ -349,6 +349,8 @@ def test_put_and_post_through_the_proxy_show_on_the_next_page(lists, redis, pg):
     assert after[0] == ("lstnew", "Brand new") and after[1] == (first, "Renamed")
     assert pg.calls(PAGE_LIKE) == calls + 2
     assert b.metric("batchd_list_invalidations_total") == 2
+    # The resource's count is its own: the PUT's one document, not the lists' drops.
+    assert b.metric("batchd_invalidations_total") == 1
     # bob's pages were not touched by alice's writes.
     assert "lstnew" not in [x["id"] for x in page(b, B, "?limit=5").json()["items"]]
 
@@ -369,6 +371,19 @@ def test_write_without_a_principal_drops_nothing(lists, redis, pg):
     assert b.metric("batchd_list_invalidations_total") == 0
 
 
+def write_during_page_query(c, pg, write_port, new_id):
+    """Sends alice's ?limit=2 on c and, while its page query (pg_sleep(1))
+    runs, creates session new_id through the proxy at write_port."""
+    hdr = "".join(f"{k}: {v}\r\n" for k, v in auth(A).items())
+    c.send(f"GET /v1/me/sessions?limit=2 HTTP/1.1\r\nHost: t\r\n{hdr}\r\n")
+    running = ("FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' "
+               "AND state = 'active' AND pid <> pg_backend_pid()")
+    wait_until(lambda: pg.psql("SELECT count(*) " + running) == "1", what="the page query to run")
+    r = request(write_port, "POST", "/api/sessions", {**auth(A), "Content-Type": "application/json"},
+                json.dumps({"id": new_id, "title": "Race"}))
+    assert r.status == 201
+
+
 def test_page_loading_during_a_write_is_not_cached(lists, redis, pg):
     """The race guard in one process: a page query that started before the
     write committed answers its request but is not cached, and a request
@@ -376,14 +391,7 @@ def test_page_loading_during_a_write_is_not_cached(lists, redis, pg):
     slow = PAGE_QUERY.replace("FROM sessions WHERE", "FROM sessions, pg_sleep(1) WHERE")
     b = lists(upstream=True, page_query=slow)
     with Http(b.port) as c:
-        hdr = "".join(f"{k}: {v}\r\n" for k, v in auth(A).items())
-        c.send(f"GET /v1/me/sessions?limit=2 HTTP/1.1\r\nHost: t\r\n{hdr}\r\n")
-        running = ("FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' "
-                   "AND state = 'active' AND pid <> pg_backend_pid()")
-        wait_until(lambda: pg.psql("SELECT count(*) " + running) == "1", what="the page query to run")
-        r = request(b.port, "POST", "/api/sessions", {**auth(A), "Content-Type": "application/json"},
-                    json.dumps({"id": "lstrace", "title": "Race"}))
-        assert r.status == 201
+        write_during_page_query(c, pg, b.port, "lstrace")
         # After the write's answer: a fresh query, which sees the new row.
         # (Started 250 ms or more after the invalidation, or its page would
         # not be cached either: hosts' clocks may be that far apart.)
@@ -407,14 +415,7 @@ def test_store_landing_after_another_process_invalidated_is_skipped(lists, redis
     b1 = lists(page_query=slow)
     b2 = lists(upstream=True)
     with Http(b1.port) as c:
-        hdr = "".join(f"{k}: {v}\r\n" for k, v in auth(A).items())
-        c.send(f"GET /v1/me/sessions?limit=2 HTTP/1.1\r\nHost: t\r\n{hdr}\r\n")
-        running = ("FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' "
-                   "AND state = 'active' AND pid <> pg_backend_pid()")
-        wait_until(lambda: pg.psql("SELECT count(*) " + running) == "1", what="the page query to run")
-        r = request(b2.port, "POST", "/api/sessions", {**auth(A), "Content-Type": "application/json"},
-                    json.dumps({"id": "lstrace2", "title": "Race"}))
-        assert r.status == 201
+        write_during_page_query(c, pg, b2.port, "lstrace2")
         assert c.read_response().status == 200
     wait_until(lambda: b1.metric("batchd_list_writebacks_skipped_total") == 1, what="the store refused")
     assert b1.metric("batchd_list_writebacks_total") == 0
@@ -463,12 +464,16 @@ def test_max_cached_pages_empties_the_hash(lists, redis):
 def test_reload_changes_the_page_query(lists, redis, pg):
     b = lists()
     assert [x["id"] for x in page(b, A, "?limit=2").json()["items"]] == newest_first(A)[:2]
+    wait_until(lambda: b.metric("batchd_list_writebacks_total") == 1, what="the page cached")
     oldest_first = PAGE_QUERY.replace("(created_at, id) <", "(created_at, id) >").replace(
         "created_at DESC, id DESC", "created_at, id")
     b.conf.write_text(b.conf.read_text().replace(PAGE_QUERY, oldest_first))
     b.send_signal(signal.SIGHUP)
     wait_until(lambda: "reloaded" in b.log(), what="the reload")
     # Another query: another page (its field has the query's hash), not the cached one.
+    r = page(b, A, "?limit=2")
+    assert r.headers["x-cache"] == "miss"
+    assert [x["id"] for x in r.json()["items"]] == newest_first(A)[::-1][:2]
     ids, _ = walk(b, A, 100)
     assert ids == newest_first(A)[::-1]
 

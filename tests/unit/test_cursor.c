@@ -64,6 +64,10 @@ static void test_bad_cursors(void **state)
     assert_int_equal(decode("AWFiYw", 6, &out), 0);
     assert_str_eq(buf_str(&out), "abc");
     assert_int_equal(decode("AWFiYw", 5, &out), -E2BIG);
+    /* Checking only (out NULL): the same verdicts. */
+    assert_int_equal(cursor_decode(STR_LIT("AWFiYw"), 6, NULL), 0);
+    assert_int_equal(cursor_decode(STR_LIT("AWF"), 512, NULL), -EINVAL);
+    assert_int_equal(cursor_decode(STR_LIT("AWFiYw"), 5, NULL), -E2BIG);
     /* A NUL inside the input is a bad character, not the end. */
     buf_reset(&out);
     assert_int_equal(cursor_decode(STR_LIT("AWFi\0w"), 512, &out), -EINVAL);
