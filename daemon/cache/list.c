@@ -63,6 +63,15 @@ static void respond_error(struct listing *l, struct req *r, int status, const ch
     req_error(r, status, code);
 }
 
+/* Frees one answered waiter; returns the next. */
+static struct waiter *waiter_done(struct listing *l, struct waiter *w)
+{
+    struct waiter *next = w->next;
+    free(w);
+    l->n_waiters--;
+    return next;
+}
+
 /* The bodies of one page, for the requests that waited on it together. */
 struct answer {
     struct page *page;
@@ -127,8 +136,7 @@ static void fetch_cb(void *ctx, const struct fetched *f, unsigned n, int fail)
             else
                 req_respond_buf(w->r, 200, "application/json", &body);
         }
-        free(w);
-        w = next;
+        w = waiter_done(l, w);
     }
     buf_deinit(&body);
     list_page_unref(p);
@@ -232,10 +240,8 @@ static void page_fail(struct page *p, int status, const char *code)
     struct waiter *w = take_waiters(p);
     page_unjoin(p);
     while (w) {
-        struct waiter *next = w->next;
         respond_error(l, w->r, status, code);
-        free(w);
-        w = next;
+        w = waiter_done(l, w);
     }
 }
 
@@ -546,7 +552,9 @@ static void add_waiter(struct page *p, struct req *r)
     w->r = r;
     *p->waiters_tail = w;
     p->waiters_tail = &w->next;
+    p->list->n_waiters++;
 }
+
 
 /* The principal is known (identity_gate). */
 static void page_allowed(struct req *r, void *data)
@@ -578,7 +586,10 @@ static void page_allowed(struct req *r, void *data)
     cursor_page_field(l->query_hash, a.limit, a.has_cursor ? buf_str(&a.cursor) : STR_NULL,
                       (const char *const *)c->params.items, values, c->params.n, &tkey);
     struct hashtab_node *n = hashtab_find(&l->pages, tkey.data, tkey.len);
-    if (n) {
+    if (l->n_waiters >= LIST_MAX_WAITERS) {
+        (*l->m_waiters_full)++;
+        respond_error(l, r, 503, "list_busy");
+    } else if (n) {
         struct page *p = hashtab_entry(n, struct page, hnode);
         (*l->m_joins)++;
         if (p->state == PAGE_DONE) {

@@ -25,6 +25,10 @@
  * it of an invalidation is not cached. */
 #define LIST_CLOCK_SKEW_MS 250
 #define LIST_MAX_PARAMS 16
+/* Requests one list may have waiting on its pages (joined to a page in
+ * flight, or the first of one); more: 503 list_busy, counted in
+ * batchd_list_waiters_full_total. */
+#define LIST_MAX_WAITERS 65536
 
 /* How a page request ended, with the result label of
  * batchd_list_requests_total. */
@@ -79,9 +83,10 @@ struct listing {
     struct hashtab pages;       /* joinable pages, by principal and field */
     struct hashtab owners;      /* principals with joinable pages */
     unsigned n_loading;         /* pages reading Redis or PostgreSQL (max_pages_in_flight) */
+    unsigned n_waiters;         /* requests waiting on pages (LIST_MAX_WAITERS) */
     uint64_t *m_requests[LIST__RESULTS];
     uint64_t *m_err[LERR__COUNT];
-    uint64_t *m_pages_cache, *m_pages_db, *m_joins, *m_busy;
+    uint64_t *m_pages_cache, *m_pages_db, *m_joins, *m_busy, *m_waiters_full;
     uint64_t *m_inval, *m_inval_err, *m_writebacks, *m_wb_skipped, *m_resets;
     uint64_t *m_absent, *m_not_owner, *m_degraded;
     struct metric_hist *m_query_s;

@@ -18,6 +18,11 @@
 #include "daemon/log.h"
 #include "proto/mem.h"
 
+static double gauge_waiters(void *arg)
+{
+    return ((struct listing *)arg)->n_waiters;
+}
+
 static double gauge_loading(void *arg)
 {
     return ((struct listing *)arg)->n_loading;
@@ -72,6 +77,11 @@ static void list_metrics(struct listing *l)
                                      metrics_latency_n);
     metrics_gauge_fn("batchd_list_pages_in_flight", lb, "Pages reading Redis or PostgreSQL now (max_pages_in_flight).",
                      gauge_loading, l);
+    metrics_gauge_fn("batchd_list_waiters", lb, "Requests waiting on pages being read (at most 65536 per list).",
+                     gauge_waiters, l);
+    l->m_waiters_full = metrics_counter("batchd_list_waiters_full_total", lb,
+                                        "Page requests answered 503 list_busy because 65536 requests were waiting "
+                                        "on this list's pages already.");
 }
 
 /* The query's hash in cache fields: a page of another page_query (after a

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import signal
+import threading
 import time
 
 import jwt
@@ -273,9 +274,17 @@ async def pages_at_once(port, paths, headers, pid):
 
 
 def test_identical_page_queries_run_once(lists, pg):
-    b = lists(page_query=PAGE_QUERY.replace("FROM sessions WHERE", "FROM sessions, pg_sleep(0.3) WHERE"),
+    b = lists(page_query=PAGE_QUERY.replace("FROM sessions WHERE", "FROM sessions, pg_sleep(0.6) WHERE"),
               lst={"ttl": 0})
+    seen = []
+    watch = threading.Thread(target=lambda: seen.append(wait_until(
+        lambda: b.metric("batchd_list_waiters", list="my-sessions") == 40, timeout=10, interval=0.01,
+        what="40 requests waiting on one page") or True))
+    watch.start()
     results = asyncio.run(pages_at_once(b.port, ["/v1/me/sessions?limit=25"] * 40, auth(A), b.proc.pid))
+    watch.join()
+    assert seen == [True]  # all 40 were counted as waiting while the query slept
+    assert b.metric("batchd_list_waiters", list="my-sessions") == 0
     assert all(s == 200 for s, _ in results)
     assert len({body for _, body in results}) == 1
     assert [x["id"] for x in json.loads(results[0][1])["items"]] == newest_first(A)[:25]
