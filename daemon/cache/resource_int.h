@@ -220,6 +220,8 @@ int resource_read_begin(struct resource *res, struct read *rd, const str_t *ids,
 /* A resource_fetch read is complete: hands the outcome to its callback. */
 void resource_fetch_done(struct read *rd);
 struct read *resource_read_get(void);
+/* Frees resource_routes.c's decoding scratch (resource_pool_drain). */
+void resource_routes_drain(void);
 void resource_read_put(struct read *rd);
 
 #endif
