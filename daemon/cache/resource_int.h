@@ -84,7 +84,7 @@ struct resource {
     /* The near cache (local_cache_bytes > 0), and its counters. */
     bool near_on;
     struct near_cache near;
-    uint64_t *m_local_hit, *m_local_miss, *m_local_bypass, *m_local_evictions;
+    uint64_t *m_local_hit, *m_local_miss, *m_local_bypass, *m_local_evictions, *m_local_restarts;
     uint64_t *m_local_drops[NEAR_DROP__COUNT];
 };
 
