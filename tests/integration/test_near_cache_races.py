@@ -1,0 +1,347 @@
+"""The near cache (issue 14) through races and outages, made deterministic
+with proxies in front of Redis: a read's MGET reply held while its key is
+invalidated (by a write through batchd or behind its back), the pub/sub
+connection killed and its reconnect held, CLIENT TRACKING refused, Redis
+restarted while batchd cannot reach it, and two processes on one port. The
+rule: once an invalidation reached batchd, or tracking was lost, nothing
+read before it is served from the near cache. Helpers: test_near_cache.py."""
+
+import json
+import threading
+
+import pytest
+
+from harness import Http, RedisServer, free_port, get, wait_until
+from redis_proxy import ConnProxy, RedisProxy, TcpProxy
+from test_consistency import is_invalidation_of, is_mget_of
+from test_near_cache import doc, key, local, near, near_conf, ready, seed, tracked, wait_tracked  # noqa: F401
+from test_proxy import App, restore_titles, upstream_conf
+
+HOLD_MAX = 10.0
+
+
+class GateProxy(RedisProxy):
+    """A RedisProxy whose holds last until the test sets the rule's gate (a
+    threading.Event given in place of the seconds), HOLD_MAX at most."""
+
+    def _to_server(self, c, data):
+        for raw, args in c.commands.feed(data):
+            gate = self._match(self.rules_cmd, args, "command")
+            if gate:
+                gate.wait(HOLD_MAX)
+            with c.lock:
+                c.pending.append(args)
+            c.server.sendall(raw)
+        return True
+
+    def _to_client(self, c, data):
+        for raw, _ in c.replies.feed(data):
+            with c.lock:
+                args = c.pending.pop(0) if c.pending else None
+            gate = self._match(self.rules_reply, args, "reply")
+            if gate:
+                gate.wait(HOLD_MAX)
+            c.client.sendall(raw)
+        return True
+
+
+def title(port, sid, c=None):
+    return (c.request("GET", f"/v1/sessions/{sid}") if c else get(port, f"/v1/sessions/{sid}")).json()["title"]
+
+
+# --- 5: a reader concurrent with a write through batchd -----------------------------------------
+
+
+@pytest.fixture
+def gated(start_batchd, redis, pg):
+    proxy = GateProxy(redis.port)
+    app = App(conninfo=pg.conninfo())
+    conf = near_conf(proxy.port, pg, resource="invalidate = /api/sessions/{id}\n")
+    b = ready(start_batchd(batchd="admin_token = t\nlog_level = info\n", extra=conf + upstream_conf(app.port)))
+    yield b, proxy
+    app.stop()
+    proxy.close()
+    restore_titles(pg)
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_a_reader_concurrent_with_a_write_leaves_nothing_stale(gated, redis, attempt):
+    """test_consistency's race with the near cache on, each step held until
+    the test lets it go: the write's invalidation is held on its way to
+    Redis; another reader, arriving meanwhile, finds no local entry (the
+    write dropped it) and reads Redis, its MGET reply held. The invalidation
+    completes and its message reaches batchd, the write is answered, the
+    writer reads the new value, and only then the reader's old value comes
+    back: answered to the reader, but not kept. Every read afterwards shows
+    the new value, and the near cache settles on it."""
+    b, proxy = gated
+    sid, k = "s5", b"session:s5"
+    with Http(b.port) as c:
+        old = local(c, f"/v1/sessions/{sid}").json()["title"]
+    inval, reply = threading.Event(), threading.Event()
+    proxy.hold_command(is_invalidation_of(k), inval)
+    proxy.hold_reply(is_mget_of(k), reply)
+    new = f"after-{attempt}"
+    seen = {}
+
+    def writer():
+        with Http(b.port) as c:
+            seen["put"] = c.request("PUT", f"/api/sessions/{sid}?title={new}").status
+            seen["writer"] = title(b.port, sid, c)
+
+    def reader():
+        seen["reader"] = title(b.port, sid)
+
+    w, rd = threading.Thread(target=writer), threading.Thread(target=reader)
+    try:
+        w.start()
+        wait_until(lambda: any(kind == "command" for kind, _ in proxy.held), what="the invalidation to be sent")
+        rd.start()
+        wait_until(lambda: len(proxy.held) == 2, what="the reader's MGET (the write dropped the local entry)")
+        k0 = tracked(b)[0]
+        inval.set()
+        wait_tracked(b, k0 + 1, what="the invalidation's message")
+        wait_until(lambda: "writer" in seen, what="the writer's read, with the reader's reply still held")
+    finally:
+        inval.set()
+        reply.set()
+        w.join(10)
+        rd.join(10)
+    assert seen["put"] == 200
+    assert seen["writer"] == new, f"stale read after the write: {seen}"
+    assert seen["reader"] == old  # its MGET ran before the invalidation
+    with Http(b.port) as c:
+        for _ in range(5):
+            assert title(b.port, sid, c) == new, "the reader's old value was kept"
+        assert local(c, f"/v1/sessions/{sid}").json()["title"] == new
+    assert b.metric("batchd_invalidation_unjoined_total", resource="sessions") == 1
+
+
+def test_a_fill_overtaken_by_its_invalidation_is_not_kept(start_batchd, redis, pg):
+    """A read's MGET reply is held while the key changes behind batchd's
+    back and that change's invalidation reaches batchd: the reply (the old
+    value) answers its reader, but must not enter the near cache after the
+    invalidation that outdated it."""
+    proxy = GateProxy(redis.port)
+    try:
+        b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
+        k0 = tracked(b)[0]
+        seed(redis, [502], lambda i: "old")
+        wait_tracked(b, k0 + 1)
+        gate = threading.Event()
+        proxy.hold_reply(is_mget_of(key(502).encode()), gate)
+        seen = {}
+        t = threading.Thread(target=lambda: seen.update(reader=title(b.port, "s502")))
+        try:
+            t.start()
+            wait_until(lambda: len(proxy.held) == 1, what="the MGET to be read by Redis, its reply held")
+            k0 = tracked(b)[0]
+            redis.client().set(key(502), doc(502, "new"))
+            wait_tracked(b, k0 + 1)
+        finally:
+            gate.set()
+            t.join(10)
+        assert seen["reader"] == "old"
+        with Http(b.port) as c:
+            for _ in range(5):
+                r = c.request("GET", "/v1/sessions/s502")
+                assert r.json()["title"] == "new", f"the overtaken fill was kept: {r}"
+            assert local(c, "/v1/sessions/s502").json()["title"] == "new"
+    finally:
+        proxy.close()
+
+
+# --- 2: the pub/sub connection killed ------------------------------------------------------------
+
+
+def test_client_kill_pubsub_then_a_change_is_not_served_stale(near, redis):
+    """CLIENT KILL TYPE pubsub, then changes: the next reads show them (no
+    invalidation can come for them; the near cache is emptied as tracking
+    is lost). Tracking comes back, and reads fill the near cache again."""
+    b = near()
+    ids = range(201, 211)
+    k0 = tracked(b)[0]
+    seed(redis, ids, lambda i: "before")
+    wait_tracked(b, k0 + len(ids))
+    with Http(b.port) as c:
+        for i in ids:
+            local(c, f"/v1/sessions/s{i}")
+        assert b.metric("batchd_local_cache_entries", resource="sessions") == len(ids)
+        lost = b.metric("batchd_redis_tracking_lost_total")
+        dropped = b.metric("batchd_local_cache_invalidations_total", resource="sessions", source="tracking")
+        assert redis.client().client_kill_filter(_type="pubsub") >= 1
+        seed(redis, ids, lambda i: "after")
+        for i in ids:
+            r = c.request("GET", f"/v1/sessions/s{i}")
+            assert r.json()["title"] == "after" and r.headers["x-cache"] != "local", (i, r)
+        wait_until(lambda: b.metric("batchd_redis_tracking_lost_total") == lost + 1, what="tracking lost")
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, timeout=20, what="tracking back")
+        assert b.metric("batchd_local_cache_invalidations_total", resource="sessions",
+                        source="tracking") == dropped + len(ids)
+        for i in ids:
+            assert local(c, f"/v1/sessions/s{i}").json()["title"] == "after"
+
+
+
+
+def test_while_tracking_is_down_reads_bypass_the_near_cache(start_batchd, redis, pg):
+    """The pub/sub connection is killed and its reconnect held in its
+    handshake (a proxy holds what Redis answers on new connections): for
+    as long as tracking is not confirmed (batchd_redis_tracking_up 0) the
+    near cache is empty, every id looked up is a bypass answered from
+    Redis, and a change made meanwhile (no invalidation can come) is seen
+    at once. Once the handshake goes through, reads are local again."""
+    proxy = ConnProxy(redis.port)
+    try:
+        b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
+        ids = range(211, 221)
+        k0 = tracked(b)[0]
+        seed(redis, ids, lambda i: "before")
+        wait_tracked(b, k0 + len(ids))
+        with Http(b.port) as c:
+            for i in ids:
+                local(c, f"/v1/sessions/s{i}")
+            dropped = b.metric("batchd_local_cache_invalidations_total", resource="sessions", source="tracking")
+            proxy.hold_new = True
+            assert redis.client().client_kill_filter(_type="pubsub") >= 1
+            wait_until(lambda: b.metric("batchd_redis_tracking_up") == 0, what="tracking down")
+            assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
+            assert b.metric("batchd_local_cache_invalidations_total", resource="sessions",
+                            source="tracking") == dropped + len(ids)
+            bypass = b.metric("batchd_local_cache_results_total", resource="sessions", result="bypass")
+            for n in range(3):
+                seed(redis, ids, lambda i: f"during {n}")
+                for i in ids:
+                    r = c.request("GET", f"/v1/sessions/s{i}")
+                    assert (r.headers["x-cache"], r.json()["title"]) == ("hit", f"during {n}"), r
+            assert b.metric("batchd_redis_tracking_up") == 0  # still held: the reads above were all bypasses
+            assert b.metric("batchd_local_cache_results_total", resource="sessions",
+                            result="bypass") == bypass + 3 * len(ids)
+            assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
+            proxy.hold_new = False
+            for conn in list(proxy.conns):
+                if conn.held:
+                    conn.release()
+            wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, timeout=20, what="tracking back")
+            for i in ids:
+                assert local(c, f"/v1/sessions/s{i}").json()["title"] == "during 2"
+    finally:
+        proxy.close()
+
+
+# --- 7: tracking refused ---------------------------------------------------------------------------
+
+
+def test_tracking_refused_reads_are_answered_and_never_local(start_batchd, tmp_path, pg):
+    """A Redis whose default user may not run CLIENT TRACKING (ACL): batchd
+    asks, is refused (Redis's ACL LOG shows it), and keeps answering
+    correctly through MGET: tracking_up stays 0, every id looked up is a
+    bypass, nothing is held, and a change is seen by the very next read."""
+    own = RedisServer(tmp_path / "r").start()
+    try:
+        own.client().execute_command("ACL", "SETUSER", "default", "-client|tracking")
+        b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(own.port, pg)), tracking=False)
+        wait_until(lambda: any(b"client|tracking" in e for e in own.client().execute_command("ACL", "LOG")),
+                   what="CLIENT TRACKING to be asked for and refused")
+        ids = range(231, 236)
+        with Http(b.port) as c:
+            for n in range(4):
+                seed(own, ids, lambda i: f"v{n}")
+                for i in ids:
+                    for _ in range(2):
+                        r = c.request("GET", f"/v1/sessions/s{i}")
+                        assert (r.status, r.headers["x-cache"], r.json()["title"]) == (200, "hit", f"v{n}"), r
+        assert b.metric("batchd_redis_tracking_up") == 0
+        assert b.metric("batchd_local_cache_results_total", resource="sessions", result="bypass") == 4 * 5 * 2
+        assert b.metric("batchd_local_cache_results_total", resource="sessions", result="hit") == 0
+        assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
+    finally:
+        own.stop()
+
+
+# --- 8: Redis restarted --------------------------------------------------------------------------------
+
+
+def test_redis_restart_empties_the_near_cache_and_a_change_meanwhile_is_seen(start_batchd, tmp_path, pg):
+    """Redis restarts (SHUTDOWN SAVE, start) while batchd cannot reach it (a
+    proxy in between is closed), and a value changes meanwhile. Losing
+    tracking emptied the near cache (source="tracking"); reads while Redis
+    is away bypass it (answered from PostgreSQL); once Redis and tracking
+    are back the changed value is served, then held locally again."""
+    own = RedisServer(tmp_path / "r").start()
+    proxy = TcpProxy(own.port)
+    try:
+        b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
+        ids = range(241, 246)
+        k0 = tracked(b)[0]
+        seed(own, ids, lambda i: "one")
+        wait_tracked(b, k0 + len(ids))
+        with Http(b.port) as c:
+            for i in ids:
+                local(c, f"/v1/sessions/s{i}")
+        dropped = b.metric("batchd_local_cache_invalidations_total", resource="sessions", source="tracking")
+        lost = b.metric("batchd_redis_tracking_lost_total")
+        proxy.close()
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 0, what="tracking lost")
+        assert b.metric("batchd_redis_tracking_lost_total") == lost + 1
+        assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
+        assert b.metric("batchd_local_cache_invalidations_total", resource="sessions",
+                        source="tracking") == dropped + len(ids)
+        own.shutdown_save()
+        own.start()
+        assert json.loads(own.client().get(key(241)))["title"] == "one"  # back from its RDB
+        seed(own, ids, lambda i: "two")
+        with Http(b.port) as c:
+            for i in ids:
+                r = c.request("GET", f"/v1/sessions/s{i}")
+                assert (r.status, r.headers["x-cache"], r.json()["title"]) == (200, "miss", f"Conversation {i}"), r
+        assert b.metric("batchd_redis_tracking_up") == 0
+        proxy = TcpProxy(own.port, port=proxy.port)
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, timeout=20, what="tracking back")
+        with Http(b.port) as c:
+            for i in ids:
+                assert title(b.port, f"s{i}", c) == "two"
+            for i in ids:
+                assert local(c, f"/v1/sessions/s{i}").json()["title"] == "two"
+    finally:
+        proxy.close()
+        own.stop()
+
+
+# --- 10: two processes on one port ---------------------------------------------------------------------
+
+
+def test_two_processes_sharing_a_port_each_stay_coherent(near, redis):
+    """Two batchd processes on one port (reuseport = yes), each with its own
+    near cache and admin port: warmed over many connections until both
+    hold the ids and answer locally, changed behind their backs, and once
+    both have received the invalidations, reads over many fresh
+    connections (reaching both) never return the old value."""
+    port = free_port()
+    procs = [near(batchd="reuseport = yes\n", port=port) for _ in range(2)]
+    ids = [f"s{i}" for i in range(251, 261)]
+    path = "/v1/sessions?ids=" + ",".join(ids)
+    k0 = [tracked(b)[0] for b in procs]
+    seed(redis, range(251, 261), lambda i: "old")
+    for b, k in zip(procs, k0):
+        wait_tracked(b, k + len(ids))
+
+    def answered_locally():
+        return all(b.metric("batchd_local_cache_results_total", resource="sessions", result="hit") > 0
+                   and b.metric("batchd_local_cache_entries", resource="sessions") == len(ids) for b in procs)
+
+    def warm():
+        for _ in range(10):
+            assert [d["title"] for d in get(port, path).json()] == ["old"] * len(ids)
+        return answered_locally()
+
+    wait_until(warm, what="both processes to answer from their near caches")
+    k0 = [tracked(b)[0] for b in procs]
+    seed(redis, range(251, 261), lambda i: "new")
+    for b, k in zip(procs, k0):
+        wait_tracked(b, k + len(ids))
+    looked = [b.metric("batchd_local_cache_results_total", resource="sessions") for b in procs]
+    for _ in range(100):
+        r = get(port, path)
+        assert [d["title"] for d in r.json()] == ["new"] * len(ids), r
+    assert all(b.metric("batchd_local_cache_results_total", resource="sessions") > n for b, n in zip(procs, looked))
