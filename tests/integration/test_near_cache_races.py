@@ -252,6 +252,7 @@ def test_tracking_refused_reads_are_answered_and_never_local(start_batchd, tmp_p
                         r = c.request("GET", f"/v1/sessions/s{i}")
                         assert (r.status, r.headers["x-cache"], r.json()["title"]) == (200, "hit", f"v{n}"), r
         assert b.metric("batchd_redis_tracking_up") == 0
+        assert b.metric("batchd_redis_tracking_refused_total") >= 1
         assert b.metric("batchd_local_cache_results_total", resource="sessions", result="bypass") == 4 * 5 * 2
         assert b.metric("batchd_local_cache_results_total", resource="sessions", result="hit") == 0
         assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
@@ -264,10 +265,11 @@ def test_tracking_refused_reads_are_answered_and_never_local(start_batchd, tmp_p
 
 def test_redis_restart_empties_the_near_cache_and_a_change_meanwhile_is_seen(start_batchd, tmp_path, pg):
     """Redis restarts (SHUTDOWN SAVE, start) while batchd cannot reach it (a
-    proxy in between is closed), and a value changes meanwhile. Losing
-    tracking emptied the near cache (source="tracking"); reads while Redis
-    is away bypass it (answered from PostgreSQL); once Redis and tracking
-    are back the changed value is served, then held locally again."""
+    proxy in between is closed), and a document changes meanwhile (in
+    PostgreSQL and in Redis). Losing tracking emptied the near cache
+    (source="tracking"); reads while Redis is away bypass it (answered from
+    PostgreSQL); once Redis and tracking are back the changed document is
+    served, then held locally again."""
     own = RedisServer(tmp_path / "r").start()
     proxy = TcpProxy(own.port)
     try:
@@ -287,25 +289,29 @@ def test_redis_restart_empties_the_near_cache_and_a_change_meanwhile_is_seen(sta
         assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
         assert b.metric("batchd_local_cache_invalidations_total", resource="sessions",
                         source="tracking") == dropped + len(ids)
-        own.shutdown_save()
-        own.start()
-        assert json.loads(own.client().get(key(241)))["title"] == "one"  # back from its RDB
-        seed(own, ids, lambda i: "two")
         with Http(b.port) as c:
             for i in ids:
                 r = c.request("GET", f"/v1/sessions/s{i}")
                 assert (r.status, r.headers["x-cache"], r.json()["title"]) == (200, "miss", f"Conversation {i}"), r
+        own.shutdown_save()
+        own.start()
+        assert json.loads(own.client().get(key(241)))["title"] == "one"  # back from its RDB
+        # The change, as an app makes it: the row, then the cached document.
+        pg.psql("UPDATE sessions SET title = 'two' WHERE id IN ('s241','s242','s243','s244','s245')")
+        seed(own, ids, lambda i: "two")
         assert b.metric("batchd_redis_tracking_up") == 0
         proxy = TcpProxy(own.port, port=proxy.port)
         wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, timeout=20, what="tracking back")
         with Http(b.port) as c:
             for i in ids:
-                assert title(b.port, f"s{i}", c) == "two"
+                r = c.request("GET", f"/v1/sessions/s{i}")
+                assert r.json()["title"] == "two", (r, own.client().get(key(i)))
             for i in ids:
                 assert local(c, f"/v1/sessions/s{i}").json()["title"] == "two"
     finally:
         proxy.close()
         own.stop()
+        restore_titles(pg)
 
 
 # --- 10: two processes on one port ---------------------------------------------------------------------
