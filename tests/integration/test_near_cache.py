@@ -9,20 +9,19 @@ no read is answered from what the near cache held before it; while tracking
 is not confirmed the near cache is empty and bypassed. Values are changed
 behind batchd's back with a direct Redis client; races are made
 deterministic with proxies in front of Redis that hold a command, a reply or
-a whole connection until the test lets it go. Races and restarts are in
-test_near_cache_races.py."""
+a whole connection until the test lets it go. Races, outages and reloads
+are in test_near_cache_races.py."""
 
 import json
-import signal
 import threading
 import time
 
 import pytest
 
 from harness import Http, parse_metrics, wait_until
-from test_auth import auth_conf, bearer, keys, mint, owner_of  # noqa: F401 (keys: a fixture)
+from test_auth import BY_IDS as AUTH_BY_IDS
+from test_auth import BY_IDS_NUM, auth_conf, bearer, keys, mint, owner_of  # noqa: F401 (keys: a fixture)
 from test_proxy import App, restore_titles, upstream_conf
-from test_reload import reload
 from test_resource import BY_IDS, resource_conf
 
 NEAR = 1048576
@@ -44,11 +43,11 @@ def ready(b, tracking=True):
 
 @pytest.fixture
 def near(start_batchd, redis, pg):
-    """near(size=NEAR, redis_port=None, extra="", tracking=True, **resource_conf args) -> Batchd,
-    ready, with tracking confirmed unless tracking=False."""
-    def _start(size=NEAR, redis_port=None, batchd="", extra="", tracking=True, port=None, **kw):
-        b = start_batchd(batchd="admin_token = secret\nlog_level = info\n" + batchd, port=port,
-                         extra=near_conf(redis_port or redis.port, pg, size, **kw) + extra)
+    """near(size=NEAR, redis_port=None, extra="", tracking=True, max_ids=100, **resource_conf args)
+    -> Batchd, ready, with tracking confirmed unless tracking=False."""
+    def _start(size=NEAR, redis_port=None, batchd="", extra="", tracking=True, port=None, max_ids=100, **kw):
+        conf = near_conf(redis_port or redis.port, pg, size, **kw).replace("max_ids = 100", f"max_ids = {max_ids}")
+        b = start_batchd(batchd="admin_token = secret\nlog_level = info\n" + batchd, port=port, extra=conf + extra)
         return ready(b, tracking)
     return _start
 
@@ -308,8 +307,10 @@ def test_an_absent_marker_is_dropped_when_the_key_appears(near, redis, pg):
     document: the key set behind batchd's back is served once its
     invalidation arrived."""
     b = near()
+    k0 = tracked(b)[0]
     with Http(b.port) as c:
         assert c.request("GET", "/v1/sessions/ghost").status == 404
+        wait_tracked(b, k0 + 1, what="the absent marker's write-back, invalidated")
         r = local(c, "/v1/sessions/ghost")
         assert (r.status, r.json()) == (404, {"error": "not_found"})
         k0 = tracked(b)[0]
@@ -474,93 +475,29 @@ def test_read_your_write_on_the_same_and_another_connection(near_writes, pg):
     assert b.metric("batchd_local_cache_invalidations_total", resource="sessions", source="write") == writes + 30
 
 
-# --- 9: reload -----------------------------------------------------------------------------------
-
-
-def test_reload_turns_the_near_cache_on_resizes_follows_the_key_and_off(near, redis):
-    """SIGHUP reloads: off -> on (tracking confirmed, reads become local),
-    a smaller size (within it, still coherent), a new key (tracking follows the new
-    prefix: a change to the new key is invalidated), a refused reload (a
-    key with two {id}: the near cache goes on), and on -> off."""
-    b = near(size=0, tracking=False)
-    ids = range(91, 96)
-    r = redis.client()
-    seed(redis, ids, lambda i: "one")
-    conf = b.conf.read_text()
-    with Http(b.port) as c:
-        for _ in range(3):
-            for i in ids:
-                assert c.request("GET", f"/v1/sessions/s{i}").headers["x-cache"] == "hit"
-        assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
-
-        on = conf.replace("[resource sessions]\n", "[resource sessions]\nlocal_cache_bytes = 262144\n")
-        b.conf.write_text(on)
-        reload(b, 0)
-        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking")
-        for i in ids:
-            assert local(c, f"/v1/sessions/s{i}").json()["title"] == "one"
-        assert b.metric("batchd_local_cache_limit_bytes", resource="sessions") == 262144
-        k0 = tracked(b)[0]
-        r.set(key(91), doc(91, "two"))
-        wait_tracked(b, k0 + 1)
-        assert c.request("GET", "/v1/sessions/s91").json()["title"] == "two"
-
-        b.conf.write_text(on.replace("262144", "65536"))
-        reload(b, 1)
-        assert b.metric("batchd_local_cache_limit_bytes", resource="sessions") == 65536
-        assert b.metric("batchd_local_cache_bytes", resource="sessions") <= 65536
-        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking")
-        assert local(c, "/v1/sessions/s92").json()["title"] == "one"
-        assert c.request("GET", "/v1/sessions/s91").json()["title"] == "two"
-
-        moved = on.replace("262144", "524288").replace("key = session:{id}", "key = sess2:{id}")
-        for i in ids:
-            r.set(f"sess2:s{i}", doc(i, "moved"))
-        b.conf.write_text(moved)
-        reload(b, 2)
-        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking")
-        assert local(c, "/v1/sessions/s93").json()["title"] == "moved"
-        k0 = tracked(b)[0]
-        r.set("sess2:s93", doc(93, "moved again"))
-        wait_tracked(b, k0 + 1, what="the invalidation of a key under the new prefix")
-        assert c.request("GET", "/v1/sessions/s93").json()["title"] == "moved again"
-        local(c, "/v1/sessions/s93")
-
-        b.conf.write_text(moved.replace("key = sess2:{id}", "key = sess2:{id}:{id}"))
-        b.send_signal(signal.SIGHUP)
-        wait_until(lambda: "reload rejected" in b.log(), what="the reload to be refused")
-        assert "local_cache_bytes needs a key with exactly one {id}" in b.log()
-        r2 = c.request("GET", "/v1/sessions/s93")
-        assert (r2.headers["x-cache"], r2.json()["title"]) == ("local", "moved again")
-
-        b.conf.write_text(moved.replace("local_cache_bytes = 524288\n", ""))
-        reload(b, 3)
-        assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
-        for _ in range(3):
-            for i in ids:
-                r2 = c.request("GET", f"/v1/sessions/s{i}")
-                assert r2.headers["x-cache"] == "hit" and r2.json()["title"].startswith("moved"), r2
-        r.set("sess2:s94", doc(94, "off"))
-        assert c.request("GET", "/v1/sessions/s94").json()["title"] == "off"
-        assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
-
-
 # --- 11: access = owner -------------------------------------------------------------------------
 
 
-def test_owner_reads_locally_and_another_principal_gets_404(start_batchd, redis, pg, keys):
+@pytest.mark.parametrize("by_ids", [AUTH_BY_IDS, BY_IDS_NUM], ids=["text_owner", "number_owner"])
+def test_owner_reads_locally_and_another_principal_gets_404(start_batchd, redis, pg, keys, by_ids):
     """access = owner with the near cache on: the owner's document comes
     from the near cache (X-Cache: local); another principal gets the same
     404 as for a missing id, with no X-Cache or Server-Timing, also while
-    the document is held locally, and null in a batch."""
+    the document is held locally, and null in a batch. The owner field as
+    text and as a number."""
     b = ready(start_batchd(batchd="admin_token = a\nlog_level = info\n",
-                           extra=auth_conf(keys, redis.port, pg, resource=f"local_cache_bytes = {NEAR}\n")))
+                           extra=auth_conf(keys, redis.port, pg, by_ids=by_ids,
+                                           resource=f"local_cache_bytes = {NEAR}\n")))
     a_id, b_id = owner_of(pg, "s1"), owner_of(pg, "s2")
     assert a_id != b_id
     ta, tb = bearer(mint(None, sub=a_id)), bearer(mint(None, sub=b_id))
+    k0 = tracked(b)[0]
     with Http(b.port) as c:
+        for path, who in [("/v1/sessions/s1", ta), ("/v1/sessions/s2", tb), ("/v1/sessions/nope", tb)]:
+            c.request("GET", path, who)
+        wait_tracked(b, k0 + 3, what="the write-backs' invalidations")  # or they drop what is held below
         r = local(c, "/v1/sessions/s1", ta)
-        assert r.json()["owner_id"] == a_id
+        assert str(r.json()["owner_id"]) == a_id
         local(c, "/v1/sessions/s2", tb)
         not_owner = b.metric("batchd_resource_not_owner_total", resource="sessions")
         for _ in range(3):
@@ -626,3 +563,33 @@ def test_resources_with_the_same_or_nested_key_prefix_are_all_kept_coherent(near
         for path in ("/v1/sessions/s81", "/v1/same/s81"):
             assert local(c, path).json()["title"] == "two"
         assert local(c, "/v1/arch/s81").json()["title"] == "arch two"
+
+
+# --- answers gathered from held documents --------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [400, 600], ids=["iovecs", "over_1000_parts"])
+def test_large_batches_answered_locally_are_exact(near, redis, n):
+    """A batch of n ids, all held (one missing: an absent marker; one
+    twice), answered locally: the JSON array is exactly the documents in
+    request order with null for the missing one, both when the answer's
+    parts fit one writev (2n + 2 <= 1000) and when they are copied into
+    one buffer."""
+    b = near(max_ids=n)
+    ids = list(range(1, n - 1))
+    k0 = tracked(b)[0]
+    seed(redis, ids, lambda i: f"batch {i}")
+    wait_tracked(b, k0 + len(ids))
+    asked = [f"s{i}" for i in ids] + ["nope", "s1"]
+    want = [{"id": f"s{i}", "title": f"batch {i}"} for i in ids] + [None, {"id": "s1", "title": "batch 1"}]
+    body = json.dumps({"ids": asked})
+    exact = ("[" + ",".join([doc(i, f"batch {i}") for i in ids] + ["null", doc(1, "batch 1")]) + "]").encode()
+    with Http(b.port) as c:
+        def ask():
+            return c.request("POST", "/v1/sessions/_batch", {"Content-Type": "application/json"}, body)
+        assert ask().json() == want
+        wait_tracked(b, k0 + len(ids) + 1, what="the absent marker's write-back, invalidated")
+        wait_until(lambda: ask().headers["x-cache"] == "local", what="the whole batch held")
+        for _ in range(3):
+            r = ask()
+            assert r.headers["x-cache"] == "local" and r.body == exact, r

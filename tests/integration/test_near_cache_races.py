@@ -2,11 +2,14 @@
 with proxies in front of Redis: a read's MGET reply held while its key is
 invalidated (by a write through batchd or behind its back), the pub/sub
 connection killed and its reconnect held, CLIENT TRACKING refused, Redis
-restarted while batchd cannot reach it, and two processes on one port. The
+restarted while batchd cannot reach it, two processes on one port, answers
+still being written while their document goes, and reloads. The
 rule: once an invalidation reached batchd, or tracking was lost, nothing
 read before it is served from the near cache. Helpers: test_near_cache.py."""
 
 import json
+import signal
+import socket
 import threading
 
 import pytest
@@ -14,8 +17,10 @@ import pytest
 from harness import Http, RedisServer, free_port, get, wait_until
 from redis_proxy import ConnProxy, RedisProxy, TcpProxy
 from test_consistency import is_invalidation_of, is_mget_of
-from test_near_cache import doc, key, local, near, near_conf, ready, seed, tracked, wait_tracked  # noqa: F401
+from test_near_cache import (NEAR, doc, key, local, near, near_conf, ready, seed, tracked,  # noqa: F401
+                             wait_tracked)
 from test_proxy import App, restore_titles, upstream_conf
+from test_reload import reload
 
 HOLD_MAX = 10.0
 
@@ -76,7 +81,10 @@ def test_a_reader_concurrent_with_a_write_leaves_nothing_stale(gated, redis, att
     the new value, and the near cache settles on it."""
     b, proxy = gated
     sid, k = "s5", b"session:s5"
+    k0 = tracked(b)[0]
     with Http(b.port) as c:
+        c.request("GET", f"/v1/sessions/{sid}")
+        wait_tracked(b, k0 + 1, what="the write-back's invalidation")
         old = local(c, f"/v1/sessions/{sid}").json()["title"]
     inval, reply = threading.Event(), threading.Event()
     proxy.hold_command(is_invalidation_of(k), inval)
@@ -351,3 +359,129 @@ def test_two_processes_sharing_a_port_each_stay_coherent(near, redis):
         r = get(port, path)
         assert [d["title"] for d in r.json()] == ["new"] * len(ids), r
     assert all(b.metric("batchd_local_cache_results_total", resource="sessions") > n for b, n in zip(procs, looked))
+
+
+# --- answers still being written hold their documents ----------------------------------------------
+
+
+class SlowReader(Http):
+    """A client connection with a small receive buffer: what batchd answers
+    stays queued in batchd until the test reads it."""
+
+    def __init__(self, port):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
+        self.buf = b""
+        self.timeout = 10
+
+
+def test_answers_being_written_keep_their_documents_through_a_drop_and_a_reload(start_batchd, redis, pg):
+    """Local answers point at the near cache's documents until written. A
+    client that does not read has 120 pipelined answers of a 60 KB
+    document coming (more than the kernel's buffers hold): batchd's write
+    queue fills and its reading pauses. Meanwhile the document is
+    invalidated behind batchd's back, and a reload turns the near cache
+    off (freeing it). Every answer then arrives whole: the old document
+    (from the near cache) up to some point, the new one after, and the
+    requests sent after the reload get the new one; batchd exits with a
+    clean sanitizer report (nothing used after being freed)."""
+    b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(redis.port, pg)))
+    big = {t: json.dumps({"id": "s71", "title": t, "pad": t[0] * 60000}) for t in ("old", "new")}
+    k0 = tracked(b)[0]
+    redis.client().set(key(71), big["old"])
+    wait_tracked(b, k0 + 1)
+    with Http(b.port) as c:
+        local(c, "/v1/sessions/s71")
+    slow = SlowReader(b.port)
+    try:
+        slow.send("GET /v1/sessions/s71 HTTP/1.1\r\nHost: t\r\n\r\n" * 120)
+        wait_until(lambda: b.metric("batchd_client_read_pauses_total", reason="write_queue") >= 1,
+                   what="the answers to queue up in batchd")
+        k0 = tracked(b)[0]
+        redis.client().set(key(71), big["new"])
+        wait_tracked(b, k0 + 1)
+        b.conf.write_text(b.conf.read_text().replace(f"local_cache_bytes = {NEAR}\n", ""))
+        reload(b, 0)
+        assert b.metric("batchd_local_cache_limit_bytes", resource="sessions") == 0
+        slow.send("GET /v1/sessions/s71 HTTP/1.1\r\nHost: t\r\n\r\n" * 5)
+        got = [slow.read_response() for _ in range(125)]
+    finally:
+        slow.close()
+    assert all(r.status == 200 for r in got)
+    bodies = [r.body.decode() for r in got]
+    n_old = bodies.count(big["old"])
+    assert n_old >= 5 and bodies == [big["old"]] * n_old + [big["new"]] * (125 - n_old)
+    assert [r.headers["x-cache"] for r in got[:n_old]] == ["local"] * n_old
+
+
+# --- 9: reload -----------------------------------------------------------------------------------
+
+
+def test_reload_turns_the_near_cache_on_resizes_follows_the_key_and_off(near, redis):
+    """SIGHUP reloads: off -> on (tracking confirmed, reads become local),
+    a smaller size (within it, still coherent), a new key (tracking follows the new
+    prefix: a change to the new key is invalidated), a refused reload (a
+    key with two {id}: the near cache goes on), and on -> off."""
+    b = near(size=0, tracking=False)
+    ids = range(91, 96)
+    r = redis.client()
+    seed(redis, ids, lambda i: "one")
+    conf = b.conf.read_text()
+    with Http(b.port) as c:
+        for _ in range(3):
+            for i in ids:
+                assert c.request("GET", f"/v1/sessions/s{i}").headers["x-cache"] == "hit"
+        assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
+
+        on = conf.replace("[resource sessions]\n", "[resource sessions]\nlocal_cache_bytes = 262144\n")
+        b.conf.write_text(on)
+        reload(b, 0)
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking")
+        for i in ids:
+            assert local(c, f"/v1/sessions/s{i}").json()["title"] == "one"
+        assert b.metric("batchd_local_cache_limit_bytes", resource="sessions") == 262144
+        k0 = tracked(b)[0]
+        r.set(key(91), doc(91, "two"))
+        wait_tracked(b, k0 + 1)
+        assert c.request("GET", "/v1/sessions/s91").json()["title"] == "two"
+
+        b.conf.write_text(on.replace("262144", "65536"))
+        reload(b, 1)
+        assert b.metric("batchd_local_cache_limit_bytes", resource="sessions") == 65536
+        assert b.metric("batchd_local_cache_bytes", resource="sessions") <= 65536
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking")
+        assert local(c, "/v1/sessions/s92").json()["title"] == "one"
+        assert c.request("GET", "/v1/sessions/s91").json()["title"] == "two"
+
+        moved = on.replace("262144", "524288").replace("key = session:{id}", "key = sess2:{id}")
+        for i in ids:
+            r.set(f"sess2:s{i}", doc(i, "moved"))
+        b.conf.write_text(moved)
+        reload(b, 2)
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking")
+        assert local(c, "/v1/sessions/s93").json()["title"] == "moved"
+        k0 = tracked(b)[0]
+        r.set("sess2:s93", doc(93, "moved again"))
+        wait_tracked(b, k0 + 1, what="the invalidation of a key under the new prefix")
+        assert c.request("GET", "/v1/sessions/s93").json()["title"] == "moved again"
+        local(c, "/v1/sessions/s93")
+
+        b.conf.write_text(moved.replace("key = sess2:{id}", "key = sess2:{id}:{id}"))
+        b.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload rejected" in b.log(), what="the reload to be refused")
+        assert "local_cache_bytes needs a key with exactly one {id}" in b.log()
+        r2 = c.request("GET", "/v1/sessions/s93")
+        assert (r2.headers["x-cache"], r2.json()["title"]) == ("local", "moved again")
+
+        b.conf.write_text(moved.replace("local_cache_bytes = 524288\n", ""))
+        reload(b, 3)
+        assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
+        for _ in range(3):
+            for i in ids:
+                r2 = c.request("GET", f"/v1/sessions/s{i}")
+                assert r2.headers["x-cache"] == "hit" and r2.json()["title"].startswith("moved"), r2
+        r.set("sess2:s94", doc(94, "off"))
+        assert c.request("GET", "/v1/sessions/s94").json()["title"] == "off"
+        assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
