@@ -445,12 +445,12 @@ def test_purge_drops_the_local_entry_at_once(near, redis, pg):
 
 @pytest.fixture
 def near_writes(start_batchd, redis, pg):
-    """near_writes(redis_port=None) -> Batchd with the near cache on, an
+    """near_writes(redis_port=None, by_ids=BY_IDS) -> Batchd with the near cache on, an
     app that writes to PostgreSQL, and invalidate = /api/sessions/{id}."""
     a = App(conninfo=pg.conninfo())
 
-    def _start(redis_port=None):
-        conf = near_conf(redis_port or redis.port, pg, resource="invalidate = /api/sessions/{id}\n")
+    def _start(redis_port=None, by_ids=BY_IDS):
+        conf = near_conf(redis_port or redis.port, pg, by_ids=by_ids, resource="invalidate = /api/sessions/{id}\n")
         b = start_batchd(batchd="admin_token = t\nlog_level = info\n", extra=conf + upstream_conf(a.port))
         return ready(b)
 

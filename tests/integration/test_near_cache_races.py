@@ -8,18 +8,20 @@ rule: once an invalidation reached batchd, or tracking was lost, nothing
 read before it is served from the near cache. Helpers: test_near_cache.py."""
 
 import json
+import os
 import signal
 import socket
 import threading
 
 import pytest
 
-from harness import Http, RedisServer, free_port, get, wait_until
+from harness import Http, RedisServer, free_port, get, request, wait_until
 from redis_proxy import ConnProxy, RedisProxy, TcpProxy
 from test_consistency import is_invalidation_of, is_mget_of
-from test_near_cache import (NEAR, doc, key, local, near, near_conf, ready, seed, tracked,  # noqa: F401
-                             wait_tracked)
+from test_near_cache import (NEAR, doc, key, local, near, near_conf, near_writes, ready, seed,  # noqa: F401
+                             tracked, wait_tracked)
 from test_proxy import App, restore_titles, upstream_conf
+from test_resource import BY_IDS
 from test_reload import reload
 
 HOLD_MAX = 10.0
@@ -157,6 +159,118 @@ def test_a_fill_overtaken_by_its_invalidation_is_not_kept(start_batchd, redis, p
             assert local(c, "/v1/sessions/s502").json()["title"] == "new"
     finally:
         proxy.close()
+
+
+def test_a_read_sent_while_tracking_was_down_is_not_kept_once_it_is_back(start_batchd, redis, pg):
+    """Tracking is lost (CLIENT KILL TYPE pubsub) and its return held (the
+    SUBSCRIBE to __redis__:invalidate held on its way to Redis). A read
+    made meanwhile bypasses the near cache, its MGET reply (the old value)
+    held; the key changes (no invalidation can reach batchd for it);
+    tracking comes back; only then the old value arrives: answered, but
+    not kept, since it was read while tracking was down."""
+    proxy = GateProxy(redis.port)
+    try:
+        b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
+        k0 = tracked(b)[0]
+        seed(redis, [503], lambda i: "old")
+        wait_tracked(b, k0 + 1)
+        back, reply = threading.Event(), threading.Event()
+        proxy.hold_command(lambda a: a[0].upper() == b"SUBSCRIBE" and a[1:] == [b"__redis__:invalidate"], back)
+        proxy.hold_reply(is_mget_of(key(503).encode()), reply)
+        seen = {}
+        t = threading.Thread(target=lambda: seen.update(reader=title(b.port, "s503")))
+        try:
+            assert redis.client().client_kill_filter(_type="pubsub") >= 1
+            wait_until(lambda: b.metric("batchd_redis_tracking_up") == 0, what="tracking lost")
+            wait_until(lambda: len(proxy.held) == 1, what="the SUBSCRIBE to invalidations, held")
+            t.start()
+            wait_until(lambda: len(proxy.held) == 2, what="the read's MGET, its reply held")
+            redis.client().set(key(503), doc(503, "new"))
+            back.set()
+            wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, timeout=20, what="tracking back")
+        finally:
+            back.set()
+            reply.set()
+            t.join(10)
+        assert seen["reader"] == "old"
+        with Http(b.port) as c:
+            for _ in range(5):
+                r = c.request("GET", "/v1/sessions/s503")
+                assert r.json()["title"] == "new", f"a read from while tracking was down was kept: {r}"
+            assert local(c, "/v1/sessions/s503").json()["title"] == "new"
+    finally:
+        proxy.close()
+
+
+def stopped(pid):
+    """True once the process is stopped (state T in /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def unread(local_port, remote_port):
+    """Bytes received and not yet read on the loopback TCP socket from
+    local_port to remote_port (/proc/net/tcp's rx_queue)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)) == (local_port, remote_port):
+                return int(fields[4].split(":")[1], 16)
+    return 0
+
+
+def test_an_invalidation_read_in_the_same_loop_iteration_as_a_read_comes_first(near, redis):
+    """batchd is stopped (SIGSTOP, until it is) while a read arrives on a
+    kept-alive connection and then, the key changed, its invalidation
+    arrives on the pub/sub connection: woken, batchd reads both sockets in
+    one loop iteration, the read first. Local answers wait for the end of the
+    iteration, so the read is not answered from the entry the invalidation
+    dropped: it shows the change."""
+    b = near()
+    ids = range(511, 516)
+    k0 = tracked(b)[0]
+    seed(redis, ids, lambda i: "old")
+    wait_tracked(b, k0 + len(ids))
+    tracking = [c for c in redis.client().client_list() if "t" in c["flags"]]
+    assert len(tracking) == 1
+    pubsub = int(tracking[0]["addr"].rsplit(":", 1)[1])  # batchd's end of it
+    with Http(b.port) as c:
+        for i in ids:
+            local(c, f"/v1/sessions/s{i}")
+            os.kill(b.proc.pid, signal.SIGSTOP)
+            try:
+                # kill() returns before the process stops: until then an
+                # epoll_wait in progress could still return with the read alone.
+                wait_until(lambda: stopped(b.proc.pid), interval=0.001, what="batchd to stop")
+                c.send(f"GET /v1/sessions/s{i} HTTP/1.1\r\nHost: t\r\n\r\n")
+                redis.client().set(key(i), doc(i, "new"))
+                wait_until(lambda: unread(pubsub, redis.port) > 0, what="the invalidation in batchd's socket")
+            finally:
+                os.kill(b.proc.pid, signal.SIGCONT)
+            r = c.read_response()
+            assert r.json()["title"] == "new", f"answered from an entry invalidated in the same iteration: {r}"
+
+
+def test_a_postgresql_load_overtaken_by_a_write_is_not_kept(near_writes, pg):
+    """test_proxy's race guard with the near cache on: a load of the old row
+    is still in PostgreSQL (pg_sleep) when a write through batchd commits
+    and invalidates the id. The load answers its reader (who asked
+    before), but neither Redis nor the near cache keeps it: every read
+    afterwards shows the write."""
+    b = near_writes(by_ids=BY_IDS.replace("FROM sessions s WHERE", "FROM sessions s, pg_sleep(0.6) WHERE"))
+    pg.psql("UPDATE sessions SET title = 'old' WHERE id = 's902'")
+    seen = {}
+    t = threading.Thread(target=lambda: seen.update(reader=title(b.port, "s902")))
+    t.start()
+    wait_until(lambda: pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' "
+                               "AND state = 'active' AND pid <> pg_backend_pid()") == "1", what="the slow load")
+    assert request(b.port, "PUT", "/api/sessions/s902?title=new").status == 200
+    t.join(10)
+    assert seen["reader"] == "old"
+    with Http(b.port) as c:
+        for _ in range(3):
+            assert title(b.port, "s902", c) == "new"
+        assert local(c, "/v1/sessions/s902").json()["title"] == "new"
 
 
 # --- 2: the pub/sub connection killed ------------------------------------------------------------
