@@ -3,9 +3,10 @@ with proxies in front of Redis: a read's MGET reply held while its key is
 invalidated (by a write through batchd or behind its back), the pub/sub
 connection killed and its reconnect held, CLIENT TRACKING refused, Redis
 restarted while batchd cannot reach it, two processes on one port, answers
-still being written while their document goes, and reloads. The
-rule: once an invalidation reached batchd, or tracking was lost, nothing
-read before it is served from the near cache. Helpers: test_near_cache.py."""
+still being written while their document goes, large local batches, and
+reloads. The rule: once an invalidation reached batchd, or tracking was
+lost, nothing read before it is served from the near cache. Helpers:
+test_near_cache.py."""
 
 import json
 import os
@@ -473,6 +474,36 @@ def test_two_processes_sharing_a_port_each_stay_coherent(near, redis):
         r = get(port, path)
         assert [d["title"] for d in r.json()] == ["new"] * len(ids), r
     assert all(b.metric("batchd_local_cache_results_total", resource="sessions") > n for b, n in zip(procs, looked))
+
+
+# --- answers gathered from held documents --------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [400, 600], ids=["iovecs", "over_1000_parts"])
+def test_large_batches_answered_locally_are_exact(near, redis, n):
+    """A batch of n ids, all held (one missing: an absent marker; one
+    twice), answered locally: the JSON array is exactly the documents in
+    request order with null for the missing one, both when the answer's
+    parts fit one writev (2n + 2 <= 1000) and when they are copied into
+    one buffer."""
+    b = near(max_ids=n)
+    ids = list(range(1, n - 1))
+    k0 = tracked(b)[0]
+    seed(redis, ids, lambda i: f"batch {i}")
+    wait_tracked(b, k0 + len(ids))
+    asked = [f"s{i}" for i in ids] + ["nope", "s1"]
+    want = [{"id": f"s{i}", "title": f"batch {i}"} for i in ids] + [None, {"id": "s1", "title": "batch 1"}]
+    body = json.dumps({"ids": asked})
+    exact = ("[" + ",".join([doc(i, f"batch {i}") for i in ids] + ["null", doc(1, "batch 1")]) + "]").encode()
+    with Http(b.port) as c:
+        def ask():
+            return c.request("POST", "/v1/sessions/_batch", {"Content-Type": "application/json"}, body)
+        assert ask().json() == want
+        wait_tracked(b, k0 + len(ids) + 1, what="the absent marker's write-back, invalidated")
+        wait_until(lambda: ask().headers["x-cache"] == "local", what="the whole batch held")
+        for _ in range(3):
+            r = ask()
+            assert r.headers["x-cache"] == "local" and r.body == exact, r
 
 
 # --- answers still being written hold their documents ----------------------------------------------
