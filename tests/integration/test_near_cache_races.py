@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from harness import Http, RedisServer, free_port, get, request, wait_until
+from harness import Http, RedisServer, free_port, get, request, stop_process, wait_until
 from redis_proxy import ConnProxy, RedisProxy, TcpProxy
 from test_consistency import is_invalidation_of, is_mget_of
 from test_near_cache import (NEAR, doc, key, local, near, near_conf, near_writes, ready, seed,  # noqa: F401
@@ -203,12 +203,6 @@ def test_a_read_sent_while_tracking_was_down_is_not_kept_once_it_is_back(start_b
         proxy.close()
 
 
-def stopped(pid):
-    """True once the process is stopped (state T in /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
-
-
 def unread(local_port, remote_port):
     """Bytes received and not yet read on the loopback TCP socket from
     local_port to remote_port (/proc/net/tcp's rx_queue)."""
@@ -238,11 +232,8 @@ def test_an_invalidation_read_in_the_same_loop_iteration_as_a_read_comes_first(n
     with Http(b.port) as c:
         for i in ids:
             local(c, f"/v1/sessions/s{i}")
-            os.kill(b.proc.pid, signal.SIGSTOP)
+            stop_process(b.proc.pid)  # stopped, not just signalled: see harness
             try:
-                # kill() returns before the process stops: until then an
-                # epoll_wait in progress could still return with the read alone.
-                wait_until(lambda: stopped(b.proc.pid), interval=0.001, what="batchd to stop")
                 c.send(f"GET /v1/sessions/s{i} HTTP/1.1\r\nHost: t\r\n\r\n")
                 redis.client().set(key(i), doc(i, "new"))
                 wait_until(lambda: unread(pubsub, redis.port) > 0, what="the invalidation in batchd's socket")
