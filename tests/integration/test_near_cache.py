@@ -7,10 +7,10 @@ The rule under test: once an invalidation naming a key has reached batchd
 (batchd_redis_tracking_keys_total, or _flushes_total for FLUSHALL, says so),
 no read is answered from what the near cache held before it; while tracking
 is not confirmed the near cache is empty and bypassed. Values are changed
-behind batchd's back with a direct Redis client; races are made
-deterministic with proxies in front of Redis that hold a command, a reply or
-a whole connection until the test lets it go. Races, outages and reloads
-are in test_near_cache_races.py."""
+behind batchd's back with a direct Redis client, and the evidence comes
+from batchd's counters, Redis's own (INFO commandstats, CLIENT LIST) and a
+tracking client of the test's own. Races (made deterministic with proxies
+in front of Redis), outages and reloads are in test_near_cache_races.py."""
 
 import json
 import socket
@@ -23,6 +23,7 @@ from harness import Http, parse_metrics, wait_until
 from redis_proxy import _Resp
 from test_auth import BY_IDS as AUTH_BY_IDS
 from test_auth import BY_IDS_NUM, auth_conf, bearer, keys, mint, owner_of  # noqa: F401 (keys: a fixture)
+from test_events import Sse
 from test_proxy import App, restore_titles, upstream_conf
 from test_resource import BY_IDS, resource_conf
 
@@ -564,6 +565,37 @@ def test_owner_reads_locally_and_another_principal_gets_404(start_batchd, redis,
             r = c.request("GET", "/v1/sessions?ids=s1,s2", ta)
             assert r.json()[0]["id"] == "s1" and r.json()[1] is None
         assert b.metric("batchd_resource_not_owner_total", resource="sessions") == not_owner + 9
+
+
+def test_stream_owner_checks_read_the_near_cache_and_follow_a_change(start_batchd, redis, pg, keys):
+    """The owner checks of a stream (owners_publish = yes, owner_resource
+    near-cached) are internal reads through the near cache: a publish
+    counts a local hit. The document's owner changed behind batchd's
+    back, once the invalidation arrived the checks follow the new owner,
+    for publishing and for subscribing."""
+    b = ready(start_batchd(batchd="admin_token = a\nlog_level = info\n",
+                           extra=auth_conf(keys, redis.port, pg, stream="owners_publish = yes\n",
+                                           resource=f"local_cache_bytes = {NEAR}\n")))
+    a_id, b_id = owner_of(pg, "s12"), owner_of(pg, "s13")
+    ta, tb = bearer(mint(None, sub=a_id)), bearer(mint(None, sub=b_id))
+    k0 = tracked(b)[0]
+    redis.client().set(key(12), json.dumps({"id": "s12", "title": "t", "owner_id": a_id}))
+    wait_tracked(b, k0 + 1)
+    with Http(b.port) as c:
+        local(c, "/v1/sessions/s12", ta)
+        hits = b.metric("batchd_local_cache_results_total", resource="sessions", result="hit")
+        assert c.request("POST", "/v1/sessions/s12/events", ta, "mine").status == 201
+        assert b.metric("batchd_local_cache_results_total", resource="sessions", result="hit") == hits + 1
+        assert c.request("POST", "/v1/sessions/s12/events", tb, "not mine").status == 404
+        k0 = tracked(b)[0]
+        redis.client().set(key(12), json.dumps({"id": "s12", "title": "t", "owner_id": b_id}))
+        wait_tracked(b, k0 + 1)
+        assert c.request("POST", "/v1/sessions/s12/events", ta, "no longer mine").status == 404
+        assert c.request("POST", "/v1/sessions/s12/events", tb, "mine now").status == 201
+    assert Sse(b.port, "s12", query=f"?access_token={ta['Authorization'][7:]}").status == 404
+    s = Sse(b.port, "s12", query=f"?access_token={tb['Authorization'][7:]}")
+    assert s.status == 200
+    s.c.close()
 
 
 # --- resources sharing key prefixes --------------------------------------------------------------
