@@ -21,6 +21,7 @@ from redis_proxy import ConnProxy, RedisProxy, TcpProxy
 from test_consistency import is_invalidation_of, is_mget_of
 from test_near_cache import (NEAR, doc, key, local, near, near_conf, near_writes, ready, seed,  # noqa: F401
                              tracked, wait_tracked)
+from test_auth import auth_conf, bearer, keys, mint  # noqa: F401 (keys: a fixture)
 from test_proxy import App, restore_titles, upstream_conf
 from test_resource import BY_IDS
 from test_reload import reload
@@ -621,3 +622,25 @@ def test_reload_turns_the_near_cache_on_resizes_follows_the_key_and_off(near, re
         r.set("sess2:s94", doc(94, "off"))
         assert c.request("GET", "/v1/sessions/s94").json()["title"] == "off"
         assert b.metric("batchd_local_cache_entries", resource="sessions") == 0
+
+
+def test_reload_to_another_owner_field_forgets_who_owned_what(start_batchd, redis, pg, keys):
+    """Who may see a held document is noted when it enters the near cache;
+    a reload to another owner_field empties the near cache, so a document
+    held for its old owner is not shown to them any more, and is shown to
+    the new one."""
+    b = ready(start_batchd(batchd="admin_token = a\nlog_level = info\n",
+                           extra=auth_conf(keys, redis.port, pg, resource=f"local_cache_bytes = {NEAR}\n")))
+    ta, tb = bearer(mint(None, sub="7001")), bearer(mint(None, sub="7002"))
+    k0 = tracked(b)[0]
+    redis.client().set(key(14), json.dumps({"id": "s14", "owner_id": "7001", "editor_id": "7002"}))
+    wait_tracked(b, k0 + 1)
+    with Http(b.port) as c:
+        local(c, "/v1/sessions/s14", ta)
+        assert c.request("GET", "/v1/sessions/s14", tb).status == 404
+        b.conf.write_text(b.conf.read_text().replace("owner_field = owner_id", "owner_field = editor_id"))
+        reload(b, 0)
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking")
+        assert c.request("GET", "/v1/sessions/s14", ta).status == 404
+        assert local(c, "/v1/sessions/s14", tb).json()["editor_id"] == "7002"
+        assert c.request("GET", "/v1/sessions/s14", ta).status == 404
