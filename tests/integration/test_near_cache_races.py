@@ -24,6 +24,15 @@ from test_near_cache import (NEAR, doc, key, local, near, near_conf, near_writes
 from test_auth import auth_conf, bearer, keys, mint  # noqa: F401 (keys: a fixture)
 from test_proxy import App, restore_titles, upstream_conf
 from test_resource import BY_IDS
+
+SAME_KEY = f"""
+[resource same]
+path = /v1/same
+key = session:{{id}}
+ttl = 300
+by_ids = {BY_IDS}
+local_cache_bytes = {NEAR}
+"""
 from test_reload import reload
 
 HOLD_MAX = 10.0
@@ -127,6 +136,40 @@ def test_a_reader_concurrent_with_a_write_leaves_nothing_stale(gated, redis, att
             assert title(b.port, sid, c) == new, "the reader's old value was kept"
         assert local(c, f"/v1/sessions/{sid}").json()["title"] == new
     assert b.metric("batchd_invalidation_unjoined_total", resource="sessions") == 1
+
+
+def test_a_write_drops_the_entry_at_once_from_every_resource_sharing_its_key(start_batchd, redis, pg):
+    """Two near-cached resources keyed session:{id} (as tools/run's
+    sessions and my_sessions): a write through batchd invalidates the id
+    through the one that names its path. Read-your-write must not wait for
+    Redis's message: with the pub/sub connection held (nothing Redis sends
+    on it reaches batchd), the read after the write's answer shows the
+    write on both resources."""
+    proxy = ConnProxy(redis.port)
+    app = App(conninfo=pg.conninfo())
+    try:
+        conf = near_conf(proxy.port, pg, resource="invalidate = /api/sessions/{id}\n") + SAME_KEY
+        b = ready(start_batchd(batchd="admin_token = t\nlog_level = info\n", extra=conf + upstream_conf(app.port)))
+        k0 = tracked(b)[0]
+        with Http(b.port) as c:
+            c.request("GET", "/v1/sessions/s31")
+            wait_tracked(b, k0 + 1, what="the write-back's invalidation")
+            for path in ("/v1/sessions/s31", "/v1/same/s31"):
+                local(c, path)
+            [sub] = [x for x in proxy.pubsubs()]
+            sub.hold()
+            try:
+                assert c.request("PUT", "/api/sessions/s31?title=rw").status == 200
+                got = {path: c.request("GET", path).json()["title"] for path in ("/v1/sessions/s31", "/v1/same/s31")}
+            finally:
+                sub.release()
+            assert got == {"/v1/sessions/s31": "rw", "/v1/same/s31": "rw"}, got
+            for path in ("/v1/sessions/s31", "/v1/same/s31"):
+                assert local(c, path).json()["title"] == "rw"
+    finally:
+        app.stop()
+        proxy.close()
+        restore_titles(pg)
 
 
 def test_a_fill_overtaken_by_its_invalidation_is_not_kept(start_batchd, redis, pg):
