@@ -22,6 +22,7 @@ from test_consistency import is_invalidation_of, is_mget_of
 from test_near_cache import (NEAR, doc, key, local, near, near_conf, near_writes, ready, seed,  # noqa: F401
                              tracked, wait_tracked)
 from test_auth import auth_conf, bearer, keys, mint  # noqa: F401 (keys: a fixture)
+from test_lists import A, auth, lists, newest_first, rows, secret_file, walk  # noqa: F401 (fixtures)
 from test_proxy import App, restore_titles, upstream_conf
 from test_resource import BY_IDS
 
@@ -687,3 +688,34 @@ def test_reload_to_another_owner_field_forgets_who_owned_what(start_batchd, redi
         assert c.request("GET", "/v1/sessions/s14", ta).status == 404
         assert local(c, "/v1/sessions/s14", tb).json()["editor_id"] == "7002"
         assert c.request("GET", "/v1/sessions/s14", ta).status == 404
+
+
+# --- internal reads: list pages ---------------------------------------------------------------------
+
+
+def test_list_pages_take_documents_from_the_near_cache_and_follow_changes(lists, redis, pg):
+    """A [list]'s pages are filled with its resource's documents through
+    the near cache: walking alice's list twice, the second walk's
+    documents are local hits and Redis counts no MGET of bodies; a document
+    changed behind batchd's back shows in the page once its invalidation
+    arrived."""
+    b = lists(resource=f"local_cache_bytes = {NEAR}\n")
+    ready(b)
+    want = newest_first(A)
+    ids, _ = walk(b, A, 100)
+    assert ids == want
+    wait_until(lambda: b.metric("batchd_cache_writebacks_in_flight") == 0
+               and b.metric("batchd_list_writebacks_total") == 10, what="pages and bodies cached")
+    ids, _ = walk(b, A, 100)  # the bodies from Redis, into the near cache
+    hits = b.metric("batchd_local_cache_results_total", resource="sessions", result="hit")
+    mget = redis.commandstats().get("mget", 0)
+    ids, _ = walk(b, A, 100)
+    assert ids == want
+    assert b.metric("batchd_local_cache_results_total", resource="sessions", result="hit") == hits + len(want)
+    assert redis.commandstats().get("mget", 0) == mget
+    k0 = tracked(b)[0]
+    first = json.loads(redis.client().get(f"session:{want[0]}"))
+    redis.client().set(f"session:{want[0]}", json.dumps({**first, "title": "changed"}))
+    wait_tracked(b, k0 + 1)
+    r = get(b.port, "/v1/me/sessions?limit=5", auth(A))
+    assert r.json()["items"][0] == {**first, "title": "changed"}
