@@ -18,12 +18,13 @@ import pytest
 
 from harness import Http, RedisServer, free_port, get, request, stop_process, wait_until
 from redis_proxy import ConnProxy, RedisProxy, TcpProxy
+from test_auth import auth_conf, bearer, keys, mint  # noqa: F401 (keys: a fixture)
 from test_consistency import is_invalidation_of, is_mget_of
+from test_lists import A, auth, lists, newest_first, rows, secret_file, walk  # noqa: F401 (fixtures)
 from test_near_cache import (NEAR, doc, key, local, near, near_conf, near_writes, ready, seed,  # noqa: F401
                              tracked, wait_tracked)
-from test_auth import auth_conf, bearer, keys, mint  # noqa: F401 (keys: a fixture)
-from test_lists import A, auth, lists, newest_first, rows, secret_file, walk  # noqa: F401 (fixtures)
 from test_proxy import App, restore_titles, upstream_conf
+from test_reload import reload
 from test_resource import BY_IDS
 
 SAME_KEY = f"""
@@ -34,7 +35,6 @@ ttl = 300
 by_ids = {BY_IDS}
 local_cache_bytes = {NEAR}
 """
-from test_reload import reload
 
 HOLD_MAX = 10.0
 
