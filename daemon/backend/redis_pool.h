@@ -126,5 +126,11 @@ typedef void (*redis_track_fn)(void *arg, enum redis_track_event ev, const char 
 void redis_pool_track(struct redis_pool *p, const char *const *prefixes, unsigned n, redis_track_fn fn,
                       void *arg);
 bool redis_pool_tracking_up(const struct redis_pool *p);
+/* Reads what is waiting on the pub/sub connection now (its messages and
+ * invalidations are handled before this returns), up to about max_bytes:
+ * hiredis reads 16 KiB per readable event, so a backlog would otherwise
+ * be handled over several loop iterations. Returns false when more was
+ * waiting than that; true when nothing is (or the connection is down). */
+bool redis_pool_pubsub_drain(struct redis_pool *p, size_t max_bytes);
 
 #endif

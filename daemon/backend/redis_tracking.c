@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <strings.h>
 
@@ -228,4 +229,23 @@ void redis_pool_track(struct redis_pool *p, const char *const *prefixes, unsigne
 bool redis_pool_tracking_up(const struct redis_pool *p)
 {
     return p->track_up;
+}
+
+bool redis_pool_pubsub_drain(struct redis_pool *p, size_t max_bytes)
+{
+    struct rconn *c = p->sub;
+    size_t taken = 0;
+    while (c && c->ac && c->base.state == POOL_READY) {
+        char b;
+        ssize_t n = recv(c->ac->c.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return true;
+        if (taken >= max_bytes)
+            return false;
+        /* Bytes, an end of file or an error: hiredis reads (at most 16 KiB)
+         * or notices, and a lost connection reports tracking down. */
+        redisAsyncHandleRead(c->ac);
+        taken += 16384;
+    }
+    return true;
 }

@@ -82,9 +82,18 @@ void near_drop_key(struct resource_set *s, const char *key, size_t len, enum nea
         if (!res->near_on || !id_of_key(res, key, len, &id))
             continue;
         near_drop(&res->near, id.p, id.len, why);
+        /* A load of it on its way (an MGET, a by_ids read, or one waiting
+         * for its write-back) may carry the old value: it answers the
+         * readers it has, but nobody who asks from now on joins it, and
+         * it is kept neither here nor, from PostgreSQL, in Redis. A queued
+         * one has not read anything yet. */
         struct batch_entry *e = batch_table_find(&res->table, id.p, id.len);
-        if (e && e->state != BATCH_QUEUED) /* a queued one has not read anything yet */
+        if (e && e->state != BATCH_QUEUED) {
             e->no_near = true;
+            if (e->state == BATCH_DB)
+                e->stale = true;
+            batch_table_remove(&res->table, e);
+        }
     }
 }
 
@@ -188,8 +197,24 @@ void near_defer(struct read *rd)
         uv_idle_start(&s->idle, idle_cb);
 }
 
+/* What the pub/sub connection may hold unread before local answers go
+ * out; more, and they go to Redis instead (a flood of invalidations must
+ * not stall the loop). */
+#define DRAIN_MAX_BYTES (4u << 20)
+
 void near_answer_deferred(struct resource_set *s)
 {
+    if (s->local_head == NULL) {
+        uv_idle_stop(&s->idle);
+        return;
+    }
+    /* Every invalidation already in batchd's socket is applied first,
+     * however many loop iterations hiredis would take to read them (it
+     * reads 16 KiB per readable event), and a connection that closed is
+     * noticed: a local answer is never older than what batchd was told. */
+    if (s->redis && !redis_pool_pubsub_drain(s->redis, DRAIN_MAX_BYTES))
+        for (struct read *rd = s->local_head; rd; rd = rd->next_local)
+            rd->no_near = true; /* not trusted: restarted below */
     struct read *rd;
     while ((rd = s->local_head) != NULL) {
         s->local_head = rd->next_local;
@@ -220,7 +245,7 @@ static void restart(struct read *rd)
     nr->fetch_cb = rd->fetch_cb;
     nr->fetch_ctx = rd->fetch_ctx;
     nr->restarts = (uint8_t)(rd->restarts + 1);
-    nr->no_near = nr->restarts >= 3;
+    nr->no_near = rd->no_near || nr->restarts >= 3;
     struct resource *res = rd->res;
     int rc = resource_read_begin(res, nr, ids, n); /* ids point into rd's entries: rd goes after */
     near_read_release(rd);
@@ -244,6 +269,10 @@ static void restart(struct read *rd)
 
 bool near_read_current(struct read *rd)
 {
+    if (rd->n_local && rd->no_near) { /* the near cache could not be trusted for it */
+        restart(rd);
+        return false;
+    }
     for (unsigned i = 0; rd->n_local && i < rd->rd.n; i++) {
         if (rd->local[i] && !rd->local[i]->in_table) {
             restart(rd);

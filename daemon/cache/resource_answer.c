@@ -190,28 +190,27 @@ static void entry_release(void *e)
     batch_entry_unref(e);
 }
 
-/* Points the next part at slot i's document, held by the request until
- * its bytes are written; a near-cache document carries its ',' along when
- * `comma`. Returns the parts used. */
-static unsigned part_of(struct read *rd, struct req *r, unsigned i, const struct slot *sl, uv_buf_t *p,
-                        bool comma)
+/* Adds slot i's document (and a ',' after it when `comma`) to the answer:
+ * pointed at and held until its bytes are written, or copied (small ones,
+ * req_gather_piece). A near-cache document carries its ',' along. */
+static void piece_of(struct read *rd, struct req *r, unsigned i, const struct slot *sl, bool comma)
 {
     if (sl->local) {
         struct near_entry *l = rd->local[i];
-        rd->local[i] = NULL; /* the read's reference becomes the request's */
-        rd->n_local--;
-        req_hold(r, near_entry_release, l);
-        p[0] = uv_buf_init(l->data, (unsigned)(l->doc_len + comma));
-        return 1;
+        if (req_gather_piece(r, l->data, l->doc_len + comma)) {
+            rd->local[i] = NULL; /* the read's reference becomes the request's */
+            rd->n_local--;
+            req_hold(r, near_entry_release, l);
+        }
+        return;
     }
     struct batch_entry *e = rd->rd.slots[i];
-    batch_entry_ref(e);
-    req_hold(r, entry_release, e);
-    p[0] = uv_buf_init(e->doc, (unsigned)e->doc_len);
-    if (!comma)
-        return 1;
-    p[1] = uv_buf_init((char *)",", 1);
-    return 2;
+    if (req_gather_piece(r, e->doc, e->doc_len)) {
+        batch_entry_ref(e);
+        req_hold(r, entry_release, e);
+    }
+    if (comma)
+        req_gather_piece(r, ",", 1);
 }
 
 void resource_answer(struct read *rd)
@@ -290,27 +289,35 @@ void resource_answer(struct read *rd)
     } else if (rd->single) {
         struct slot sl = slot_at(rd, 0);
         if (vis[0]) {
-            part_of(rd, r, 0, &sl, req_parts(r, 1), false);
-            req_respond_parts(r, 200, "application/json", 1);
+            req_gather_begin(r, 1, sl.len);
+            piece_of(rd, r, 0, &sl, false);
+            req_respond_gathered(r, 200, "application/json");
         } else {
             req_error(r, 404, "not_found");
         }
     } else {
-        /* [doc,doc,null,doc]: iovecs over the documents, not a copy. */
-        uv_buf_t *p = req_parts(r, 2 * n + 2);
-        unsigned k = 0;
-        p[k++] = uv_buf_init((char *)"[", 1);
+        /* [doc,doc,null,doc]: pieces over the documents (the small ones
+         * copied, see req_gather_piece). */
+        size_t bytes = 2;
+        unsigned large = 0;
+        for (unsigned i = 0; i < n; i++) {
+            size_t len = vis[i] ? slot_at(rd, i).len : 4;
+            bytes += len + 1;
+            large += len + 1 >= REQ_COPY_BELOW;
+        }
+        req_gather_begin(r, 2 * large + 2, bytes);
+        req_gather_piece(r, "[", 1);
         for (unsigned i = 0; i < n; i++) {
             bool comma = i + 1 < n;
             if (vis[i]) {
                 struct slot sl = slot_at(rd, i);
-                k += part_of(rd, r, i, &sl, p + k, comma);
+                piece_of(rd, r, i, &sl, comma);
             } else {
-                p[k++] = uv_buf_init((char *)"null,", comma ? 5 : 4);
+                req_gather_piece(r, "null,", comma ? 5 : 4);
             }
         }
-        p[k++] = uv_buf_init((char *)"]", 1);
-        req_respond_parts(r, 200, "application/json", k);
+        req_gather_piece(r, "]", 1);
+        req_respond_gathered(r, 200, "application/json");
     }
     if (vis != vis_stack)
         free(vis);

@@ -55,8 +55,8 @@ struct req_hold {
     void *obj;
 };
 
-/* The most iovecs one answer's body may have; more are copied into one
- * buffer (req_respond_parts). */
+/* The most iovecs one answer's body may have; more pieces are copied
+ * (req_gather_piece). */
 #define REQ_MAX_PARTS 1000
 
 typedef void (*req_abort_fn)(struct req *r);
@@ -105,7 +105,7 @@ struct req {
     const char *body_ptr;       /* body to send: body.data or static bytes */
     size_t body_len;
     /* A body gathered from memory the request holds rather than copied
-     * (req_respond_parts): n_parts iovecs in parts; the arrays are kept
+     * (req_gather_*): n_parts iovecs in parts; the arrays are kept
      * with a recycled request, so a warm one allocates nothing. */
     uv_buf_t *parts;
     unsigned n_parts, cap_parts;
@@ -166,16 +166,26 @@ void req_respond_body(struct req *r, int status, const char *content_type);
 /* Same, with bytes that outlive the request (string literals). */
 void req_respond_static(struct req *r, int status, const char *content_type, const char *body,
                        size_t len);
-/* Answers gathered rather than copied. req_parts gives room for n iovecs
- * (valid until the next call); the caller points them at memory it keeps
- * alive with req_hold (each hold released once, when the request is), then
- * req_respond_parts sends parts[0..n): pieces of 2 KiB and more from where
- * they are, runs of smaller ones copied into the request's recycled body
- * buffer (the kernel's cost per iovec outweighs such a copy; see req.c),
- * and everything copied when there are over REQ_MAX_PARTS parts. */
-uv_buf_t *req_parts(struct req *r, unsigned n);
+/* Answers gathered rather than copied (h2o-style), piece by piece:
+ * req_gather_begin reserves for the whole body (`bytes`) and at most
+ * max_pieces pieces; req_gather_piece either points an iovec at the bytes
+ * and returns true (they must then stay valid while the request lives:
+ * the caller takes a req_hold on what keeps them, released once when the
+ * request is), or copies them into the request's recycled body buffer and
+ * returns false (pieces under REQ_COPY_BELOW, whose iovec costs the kernel
+ * more than the copy; and any piece once max_pieces are used).
+ * req_respond_gathered completes the request. */
+void req_gather_begin(struct req *r, unsigned max_pieces, size_t bytes);
+/* Pieces shorter than this are copied, run by run, into the request's own
+ * (recycled) buffer instead of going out as iovecs of their own: the
+ * kernel spends more per iovec than copying that many bytes costs.
+ * Measured on loopback TCP (writev vs memcpy + write, per answer): 52
+ * pieces of 150 bytes 9.4 vs 5.9 us, 10 of 1,000 bytes 12.7 vs 10.8 us,
+ * 10 of 2,000 16.9 vs 15.2 us; from 4 KiB on, writev is as fast or faster. */
+#define REQ_COPY_BELOW 2048
+bool req_gather_piece(struct req *r, const char *p, size_t len);
+void req_respond_gathered(struct req *r, int status, const char *content_type);
 void req_hold(struct req *r, void (*release)(void *obj), void *obj);
-void req_respond_parts(struct req *r, int status, const char *content_type, unsigned n);
 /* {"error":"code"} with the status. */
 void req_error(struct req *r, int status, const char *code);
 

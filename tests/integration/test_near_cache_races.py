@@ -136,7 +136,9 @@ def test_a_reader_concurrent_with_a_write_leaves_nothing_stale(gated, redis, att
         for _ in range(5):
             assert title(b.port, sid, c) == new, "the reader's old value was kept"
         assert local(c, f"/v1/sessions/{sid}").json()["title"] == new
-    assert b.metric("batchd_invalidation_unjoined_total", resource="sessions") == 1
+    # The reader's MGET was made unjoinable by the invalidation's message or
+    # by the completed invalidation, whichever batchd saw first: the outcome
+    # above is the promise, not which of the two it was.
 
 
 def test_a_write_drops_the_entry_at_once_from_every_resource_sharing_its_key(start_batchd, redis, pg):

@@ -1,18 +1,23 @@
 """The near cache applies every invalidation that reached batchd before it
-answers a read, also one read in the same loop iteration as the read:
-answers from the near cache wait for the end of the iteration. Made
-deterministic by stopping batchd (SIGSTOP) while the read and the change's
-invalidation message both land in its socket buffers, in either order,
-then letting it run (SIGCONT): the answer must show the change."""
+answers a read: one read in the same loop iteration as the read (answers
+from the near cache wait for the end of the iteration), a backlog larger
+than one read of the pub/sub socket (it is drained first), and an
+invalidation of an id whose load is on its way (later readers do not join
+that load). Made deterministic by stopping batchd (SIGSTOP) while the read
+and the change's invalidation message land in its socket buffers, then
+letting it run (SIGCONT), or by holding an MGET reply."""
 
 import json
 import os
 import signal
 import socket
 
+import threading
+
 import pytest
 
 from harness import get, stop_process, wait_until
+from redis_proxy import RedisProxy
 from test_resource import resource_conf
 
 
@@ -76,3 +81,60 @@ def test_an_invalidation_read_in_the_same_iteration_is_applied_first(near, redis
         warm_local(b, sid)
     print(f"NEAR-ITERATION read_first={read_first}: restarted reads "
           f"{b.metric('batchd_local_cache_restarts_total') - restarts0:.0f} of 10")
+
+
+def test_a_backlog_of_invalidations_is_read_whole_before_a_local_answer(near, redis):
+    """hiredis reads 16 KiB per readable event: thousands of invalidations
+    waiting in batchd's socket span many reads. A read arriving behind them
+    must not be answered from an entry one of them drops."""
+    b = near
+    r = redis.client()
+    sid = "s8"
+    for n_other in (100, 1000, 4000):
+        warm_local(b, sid)
+        title = f"changed-behind-{n_other}"
+        s = socket.create_connection(("127.0.0.1", b.port))
+        stop_process(b.proc.pid)
+        try:
+            pipe = r.pipeline(transaction=False)
+            for i in range(n_other):  # each names a key of its own: ~40 bytes of message each
+                pipe.set(f"session:other-{n_other}-{i}", "{}")
+            pipe.execute()
+            r.set(f"session:{sid}", json.dumps({"id": sid, "title": title}))
+            s.sendall(f"GET /v1/sessions/{sid} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        status, headers, doc = read_answer(s)
+        s.close()
+        assert status == 200 and doc["title"] == title, (n_other, headers, doc)
+
+
+def test_a_reader_after_an_invalidation_does_not_join_a_load_from_before_it(start_batchd, redis, pg):
+    """Reader A's MGET of s41 is held on its way back (it read the old
+    value); the key changes behind batchd's back and the invalidation
+    arrives; reader B, arriving after it, must not join A's load."""
+    proxy = RedisProxy(redis.port)
+    try:
+        b = start_batchd(batchd="admin_token = secret\n",
+                         extra=resource_conf(proxy.port, pg, resource="local_cache_bytes = 1048576\n"))
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking")
+        r = redis.client()
+        key = "session:s41"
+        r.set(key, json.dumps({"id": "s41", "title": "old"}))
+        proxy.hold_reply(lambda a: a[0].upper() == b"MGET" and key.encode() in a[1:], 0.6)
+        seen = {}
+        a = threading.Thread(target=lambda: seen.update(a=get(b.port, "/v1/sessions/s41").json()["title"]))
+        a.start()
+        wait_until(lambda: b.metric("batchd_batch_ids_in_flight") >= 1, what="A's MGET on its way")
+        keys0 = b.metric("batchd_redis_tracking_keys_total")
+        r.set(key, json.dumps({"id": "s41", "title": "new"}))
+        wait_until(lambda: b.metric("batchd_redis_tracking_keys_total") > keys0, what="the invalidation")
+        seen["b"] = get(b.port, "/v1/sessions/s41").json()["title"]
+        a.join()
+        assert seen["b"] == "new", seen
+        assert seen["a"] == "old", seen  # A asked before the change: the old value is its answer
+        # And the old value was not kept: every later read is new.
+        for _ in range(5):
+            assert get(b.port, "/v1/sessions/s41").json()["title"] == "new"
+    finally:
+        proxy.close()
