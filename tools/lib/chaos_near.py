@@ -1,0 +1,748 @@
+"""tools/lib/chaos_near.py: the near-cache coherence scenario of tools/chaos.
+
+    near_coherence   batchd with the near cache on (local_cache_bytes) for
+                     the sessions resource; a changer SETs new versions of
+                     200 hot documents straight into Redis (behind batchd's
+                     back) while readers read them through batchd; faults:
+                     CLIENT KILL TYPE pubsub x3, a reset of every Redis
+                     connection (RedisLink) x2, SIGSTOP/SIGCONT of batchd
+                     for 1 s x1
+
+What is measured is staleness: a read that returns version v of an id
+whose version v+1 was acknowledged by Redis (to the changer) at time A,
+and that began (its request was written to the socket) at time S > A, is
+stale by S - A; otherwise 0. Both times are CLOCK_MONOTONIC, taken in
+different processes: the changer takes A after it has read Redis's +OK
+(later than the real acknowledgement) and a reader takes S just before it
+writes the request (no later than the real start), so the error of both
+goes towards 0: a read flagged stale really was served something older
+than what Redis had acknowledged before it was asked.
+
+The changer and the relay (RedisLink, between batchd and Redis, to reset
+every connection) run as processes of their own (this file, with
+`changer` / `relay` as first argument), so that neither the readers'
+load nor the driver's pauses delay an acknowledgement's time stamp or an
+invalidation on its way to batchd.
+
+CHAOS_NEAR_FREEZE=SECONDS (a demonstration that the scenario can fail,
+not part of a normal run) adds one more fault: the relay stops passing
+on what Redis sends on batchd's pub/sub connection for that long, without
+closing it (a stalled link), then passes it all on. batchd cannot tell
+that from a quiet connection until its heartbeat (ping_interval_ms +
+command_timeout_ms) and keeps serving what it holds: the stale reads
+show in the row.
+
+Returns one row for the report (see chaos.py)."""
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from array import array
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chaos_load import Http, HttpFail, RedisLink, percentile  # noqa: E402
+
+N_HOT = 200           # ids s1..s200
+BATCH = 10            # ids per ?ids= read
+PAD = "p" * 96        # every document is about 130 bytes
+NO_VERSION = 0xFFFFFFFF   # a document without "v": loaded from PostgreSQL (Redis unreachable)
+WINDOW_S = 1.0        # "right after a fault": from its start until this long after it ended
+HOLD_S = 0.1          # a link reset first withholds Redis's replies this long (as a partition would)
+
+
+def key_of(i):
+    return f"session:s{i + 1}"
+
+
+def doc_of(i, v):
+    return f'{{"id":"s{i + 1}","v":{v},"pad":"{PAD}"}}'
+
+
+# --- what is stale -----------------------------------------------------------------------------------
+
+
+def load_acks(path, n_ids):
+    """The changer's log: acks[i][v] = when version v of id i was
+    acknowledged (acks[i][0], the version set before the run, is 0.0)."""
+    acks = [array("d", [0.0]) for _ in range(n_ids)]
+    with open(path) as f:
+        for line in f:
+            i, v, t = line.split()
+            i, v = int(i), int(v)
+            a = acks[i]
+            if v != len(a):
+                raise RuntimeError(f"changer log: id {i} version {v} after {len(a) - 1}")
+            a.append(float(t))
+    return acks
+
+
+def staleness(acks, t, idx, v):
+    """How long before t the version after v had been acknowledged (0 when
+    v was still the newest acknowledged before t, or is unknown)."""
+    if v == NO_VERSION:
+        return 0.0
+    a = acks[idx]
+    if v + 1 < len(a) and a[v + 1] < t:
+        return t - a[v + 1]
+    return 0.0
+
+
+class Obs:
+    """Every read: when it began, how it was answered, and each (id,
+    version) it returned. Arrays, not objects: a run has ~10^6 of them."""
+
+    def __init__(self):
+        self.t = array("d")        # per request
+        self.kind = array("b")     # 0 single, 1 batch (closed loop); 2 single, 3 batch (paced)
+        self.cache = array("b")    # CACHE_CODES index
+        self.first = array("I")    # its observations: first .. first[k+1]
+        self.idx = array("H")      # per observation
+        self.ver = array("I")
+        self.errors = {}
+        self.unversioned = 0
+
+    def add(self, t, kind, cache, pairs):
+        self.t.append(t)
+        self.kind.append(kind)
+        self.cache.append(cache)
+        self.first.append(len(self.idx))
+        for i, v in pairs:
+            self.idx.append(i)
+            self.ver.append(v)
+            self.unversioned += v == NO_VERSION
+
+    def error(self, kind):
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def stale_each(self, acks):
+        """Staleness of each request (the largest of its documents')."""
+        out = array("d", bytes(8 * len(self.t)))
+        n_obs = len(self.idx)
+        for k in range(len(self.t)):
+            t = self.t[k]
+            end = self.first[k + 1] if k + 1 < len(self.t) else n_obs
+            worst = 0.0
+            for j in range(self.first[k], end):
+                s = staleness(acks, t, self.idx[j], self.ver[j])
+                if s > worst:
+                    worst = s
+            out[k] = worst
+        return out
+
+
+CACHE_CODES = ["local", "hit", "miss", "other"]
+CACHE_OF = {"local": 0, "hit": 1, "miss": 2}
+
+
+def classify(t, windows):
+    """The index of the fault window t falls in, or -1."""
+    for n, (_, t0, t1) in enumerate(windows):
+        if t0 <= t < t1 + WINDOW_S:
+            return n
+    return -1
+
+
+def summarize(obs, stale, sel):
+    """Figures over the requests k with sel(k)."""
+    ks = [k for k in range(len(obs.t)) if sel(k)]
+    vals = [stale[k] for k in ks]
+    st = [x for x in vals if x > 0]
+    local = sum(1 for k in ks if obs.cache[k] == 0)
+    return dict(reads=len(ks), local=local, local_share=local / len(ks) if ks else None, stale=len(st),
+                max_ms=max(vals) * 1000 if vals else None, p99_ms=percentile(vals, 99) * 1000 if vals else None,
+                stale_p50_ms=percentile(st, 50) * 1000 if st else None)
+
+
+def selfcheck():
+    """The computation above on made-up logs with stale answers injected:
+    it must find exactly those, by exactly as much."""
+    acks = [array("d", [0.0, 10.0, 11.0, 12.0]), array("d", [0.0])]
+    o = Obs()
+    o.add(9.5, 0, 0, [(0, 0)])              # began before v1 was acknowledged: fine
+    o.add(10.5, 0, 0, [(0, 1)])             # the newest: fine
+    o.add(10.3, 0, 0, [(0, 0)])             # v1 acknowledged 0.3 s before it began: stale 0.3
+    o.add(12.5, 1, 0, [(1, 0), (0, 1)])     # a batch: s1's v2 acknowledged at 11.0: stale 1.5
+    o.add(12.5, 0, 1, [(0, 4)])             # a version not yet acknowledged (in flight): fine
+    o.add(12.5, 0, 2, [(0, NO_VERSION)])    # from PostgreSQL: not measured
+    o.add(11.0, 0, 0, [(0, 1)])             # v2 acknowledged at exactly its start: not before it
+    got = [round(x, 6) for x in o.stale_each(acks)]
+    want = [0.0, 0.0, 0.3, 1.5, 0.0, 0.0, 0.0]
+    if got != want:
+        raise RuntimeError(f"staleness self-check: {got}, expected {want}")
+    windows = [("x", 10.0, 10.2)]
+    inside = summarize(o, got, lambda k: classify(o.t[k], windows) >= 0)
+    if inside["stale"] != 1 or abs(inside["max_ms"] - 300) > 1e-6 or inside["reads"] != 3:
+        raise RuntimeError(f"staleness self-check (windows): {inside}")
+    return "the staleness computation found 2 of 2 stale answers injected into 7 made-up reads (0.3 s, 1.5 s)"
+
+
+# --- the changer (a process of its own) ---------------------------------------------------------------
+
+
+def resp(*args):
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else a
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def changer_main(port, n_ids, rate, seconds, out, seed):
+    """SETs version n+1 of a random hot id, one at a time (each
+    acknowledged before the next is sent), about `rate` a second, for
+    `seconds` or until SIGTERM; then writes "id version ack_time" lines."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    rnd = random.Random(seed)
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ver = [0] * n_ids
+    log_i, log_v, log_t = array("H"), array("I"), array("d")
+    errors = 0
+    step = 1.0 / rate
+    t_end = time.monotonic() + seconds
+    due = time.monotonic()
+    while not stop and time.monotonic() < t_end:
+        i = rnd.randrange(n_ids)
+        v = ver[i] + 1
+        s.sendall(resp("SET", key_of(i), doc_of(i, v)))
+        got = b""
+        while not got.endswith(b"\r\n"):
+            chunk = s.recv(64)
+            if not chunk:
+                raise SystemExit("changer: Redis closed the connection")
+            got += chunk
+        t = time.monotonic()
+        if got != b"+OK\r\n":
+            errors += 1
+            continue
+        ver[i] = v
+        log_i.append(i)
+        log_v.append(v)
+        log_t.append(t)
+        due += step
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        elif now - due > 0.2:
+            due = now          # far behind (descheduled): do not make up for it in a burst
+    with open(out + ".tmp", "w") as f:
+        for i, v, t in zip(log_i, log_v, log_t):
+            f.write(f"{i} {v} {t!r}\n")
+    os.replace(out + ".tmp", out)
+    print(json.dumps(dict(changes=len(log_t), errors=errors)), flush=True)
+
+
+# --- the relay (a process of its own) ------------------------------------------------------------------
+
+
+class NearLink(RedisLink):
+    """RedisLink that also knows batchd's pub/sub connection (the one that
+    sends CLIENT TRACKING or SUBSCRIBE) and can stall what Redis sends on
+    it (freeze) without closing it."""
+
+    def __init__(self, port, target):
+        super().__init__(port, target)
+        self.frozen_until = 0.0
+        self.pubsub = set()
+        self.events = []          # (what, monotonic time)
+
+    async def cut(self, hold=0.1):
+        t0 = time.monotonic()
+        await super().cut(hold)
+        self.events.append(("reset", t0, time.monotonic(), len(self.pubsub)))
+
+    async def _handle(self, cr, cw):
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            cw.transport.abort()
+            return
+        pair = (cw, uw)
+        self.pairs.add(pair)
+
+        async def pump(src, dst, replies):
+            try:
+                while True:
+                    data = await src.read(65536)
+                    if not data:
+                        break
+                    if replies:
+                        if self.holding:
+                            self.withheld += len(data)
+                            continue
+                        wait = self.frozen_until - time.monotonic()
+                        if pair in self.pubsub and wait > 0:
+                            await asyncio.sleep(wait)
+                    elif b"TRACKING" in data or b"SUBSCRIBE" in data:
+                        self.pubsub.add(pair)
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                cw.transport.abort()
+                uw.transport.abort()
+        try:
+            await asyncio.gather(pump(cr, uw, False), pump(ur, cw, True))
+        finally:
+            self.pairs.discard(pair)
+            self.pubsub.discard(pair)
+
+    def freeze(self, seconds):
+        t0 = time.monotonic()
+        self.frozen_until = t0 + seconds
+        self.events.append(("freeze", t0, t0 + seconds, len(self.pubsub)))
+
+
+async def relay_async(port, target, status, freeze_s):
+    link = NearLink(port, target)
+    await link.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    tasks = set()
+
+    def cut():
+        t = asyncio.ensure_future(link.cut(HOLD_S))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+    loop.add_signal_handler(signal.SIGUSR1, cut)
+    loop.add_signal_handler(signal.SIGUSR2, lambda: link.freeze(freeze_s))
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # How late this process's loop runs (a relay late to pass an
+    # invalidation on makes batchd late to apply it).
+    lags = array("d")
+    while not stop.is_set():
+        t = time.monotonic()
+        await asyncio.sleep(0.002)
+        lags.append(time.monotonic() - t - 0.002)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    link.close()
+    doc = dict(events=link.events, cuts=link.cuts, withheld=link.withheld,
+               lag_p99_ms=(percentile(lags, 99) or 0) * 1000, lag_max_ms=max(lags, default=0) * 1000)
+    Path(status).write_text(json.dumps(doc))
+
+
+def relay_main(port, target, status, freeze_s):
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(relay_async(port, target, status, freeze_s))
+
+
+# --- the readers ------------------------------------------------------------------------------------
+
+
+class TimedHttp(Http):
+    """Http whose `sent` is the monotonic time taken just before the
+    request is written (the read's start)."""
+
+    sent = 0.0
+
+    async def _exchange(self, data, head_only, timeout):
+        self.fresh = False
+        if self.w is not None and (self.r.at_eof() or self.w.is_closing()):
+            self.close()
+        if self.w is None:
+            await self.connect(timeout=min(timeout, 5.0))
+        self.got = 0
+        self.sent = time.monotonic()
+        try:
+            self.w.write(data)
+        except (ConnectionError, OSError, RuntimeError):
+            raise HttpFail("reset")
+        resp_ = await self._read(head_only)
+        if resp_.close:
+            self.close()
+        return resp_
+
+
+DOC_RE = re.compile(rb'\{"id":"s(\d+)","v":(\d+),')
+
+
+def versions(body, ids):
+    """[(index, version)] of the documents of an answer for `ids` (in
+    order), or None when it is not one document per id."""
+    found = DOC_RE.findall(body)
+    if len(found) == len(ids) and all(int(s) - 1 == i for (s, _), i in zip(found, ids)):
+        return [(i, int(v)) for (_, v), i in zip(found, ids)]
+    # Some came from PostgreSQL (no "v"): Redis was out of reach.
+    try:
+        docs = json.loads(body)
+    except ValueError:
+        return None
+    if len(ids) == 1:
+        docs = [docs]
+    if not isinstance(docs, list) or len(docs) != len(ids):
+        return None
+    out = []
+    for d, i in zip(docs, ids):
+        if not isinstance(d, dict) or d.get("id") != f"s{i + 1}":
+            return None
+        out.append((i, int(d["v"]) if "v" in d else NO_VERSION))
+    return out
+
+
+async def reader(port, stop, obs, batch, rnd):
+    """Closed loop: one keep-alive connection, the next read as soon as
+    the last was answered."""
+    h = TimedHttp(port)
+    while not stop.is_set():
+        if not await read_once(h, obs, batch, rnd, batch):
+            h.close()
+            await asyncio.sleep(0.01)
+    h.close()
+
+
+async def read_once(h, obs, batch, rnd, kind):
+    """One read on h; False when h is no longer usable."""
+    ids = rnd.sample(range(N_HOT), BATCH) if batch else [rnd.randrange(N_HOT)]
+    path = ("/v1/sessions?ids=" + ",".join(f"s{i + 1}" for i in ids)) if batch else f"/v1/sessions/s{ids[0] + 1}"
+    try:
+        r = await h.request("GET", path, timeout=10)
+    except HttpFail as e:
+        obs.error(e.kind)
+        return False
+    if r.status != 200:
+        obs.error(str(r.status))
+        return h.w is not None
+    pairs = versions(r.body, ids)
+    if pairs is None:
+        obs.error("wrong body")
+    else:
+        obs.add(h.sent, kind, CACHE_OF.get(r.headers.get("x-cache", ""), 3), pairs)
+    return h.w is not None
+
+
+async def paced(port, stop, obs, rnd, every):
+    """Open loop: a read every `every` seconds whatever happens to the
+    earlier ones, each on an idle keep-alive connection or a new one. While
+    batchd is stopped these keep beginning (the kernel accepts the
+    connections), so reads that begin late in a stop are measured too; the
+    closed-loop readers all began theirs just as it stopped."""
+    idle, running = [], set()
+
+    async def one(batch):
+        h = idle.pop() if idle else TimedHttp(port)
+        if await read_once(h, obs, batch, rnd, 2 + batch):
+            idle.append(h)
+        else:
+            h.close()
+    due = time.monotonic()
+    n = 0
+    while not stop.is_set():
+        due += every
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        if len(running) < 2000:
+            t = asyncio.create_task(one(n % 2))
+            running.add(t)
+            t.add_done_callback(running.discard)
+            n += 1
+    await asyncio.gather(*running, return_exceptions=True)
+    for h in idle:
+        h.close()
+
+
+# --- the scenario -------------------------------------------------------------------------------------
+
+
+def backlog(pid, port, r):
+    """(bytes waiting in the receive buffers of pid's connections to port,
+    output buffer bytes Redis holds for its pub/sub clients)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"127.0.0.1:{port}"],
+                         capture_output=True, text=True).stdout
+    recvq = sum(int(ln.split()[0]) for ln in out.splitlines() if f"pid={pid}," in ln)
+    try:
+        omem = sum(int(c.get("omem", 0)) for c in r.client_list(_type="pubsub"))
+    except Exception:
+        omem = None
+    return recvq, omem
+
+
+def proc_state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def fmt_ms(x):
+    if x is None:
+        return "—"
+    return f"{x:.0f} ms" if x >= 100 else f"{x:.1f} ms" if x >= 1 else f"{x:.2f} ms"
+
+
+def pct(x):
+    return "—" if x is None else f"{100 * x:.0f}%"
+
+
+def by_source(m):
+    """{source: count} of batchd_local_cache_invalidations_total."""
+    out = {}
+    for key, v in m.items():
+        mm = re.match(r'batchd_local_cache_invalidations_total\{(?:.*,)?source="([^"]*)"', key)
+        if mm:
+            out[mm.group(1)] = out.get(mm.group(1), 0) + int(v)
+    return out
+
+
+NEAR_METRICS = [("tracking lost", "batchd_redis_tracking_lost_total", {}),
+                ("bypassed lookups", "batchd_local_cache_results_total", {"result": "bypass"}),
+                ("local hits", "batchd_local_cache_results_total", {"result": "hit"}),
+                ("local misses", "batchd_local_cache_results_total", {"result": "miss"}),
+                ("restarts", "batchd_local_cache_restarts_total", {}),
+                ("tracking keys", "batchd_redis_tracking_keys_total", {}),
+                ("degraded reads", "batchd_cache_degraded_total", {})]
+
+
+async def near_coherence(env):
+    from chaos_env import Skip, metric
+    check = selfcheck()
+    rate = float(os.environ.get("CHAOS_NEAR_RATE") or 1500)
+    gap, warm, tail = (2.5, 1.5, 2.0) if env.quick else (4.0, 3.0, 3.0)
+    n_single, n_batch, pace = 48, 16, 0.005
+    plan = ["kill", "reset", "stop", "kill", "reset", "kill"]
+    if os.environ.get("CHAOS_NEAR_PLAN"):
+        plan = os.environ["CHAOS_NEAR_PLAN"].split(",")
+        if not plan or any(k not in ("kill", "reset", "stop", "freeze") for k in plan):
+            raise Skip("CHAOS_NEAR_PLAN: a comma-separated list of kill, reset, stop, freeze")
+    freeze_s = float(os.environ.get("CHAOS_NEAR_FREEZE", "0") or 0)
+    if freeze_s > 0 and "freeze" not in plan:
+        plan.insert(3, "freeze")
+    freeze_s = freeze_s or 3.0
+    # The relay only when a fault needs it: without it, batchd talks to Redis directly.
+    via_link = "reset" in plan or "freeze" in plan
+    env.redis_fresh(aof=False)
+    r = env.redis()
+    pipe = r.pipeline(transaction=False)
+    for i in range(N_HOT):
+        pipe.set(key_of(i), doc_of(i, 0))
+    pipe.execute()
+    me = str(Path(__file__).resolve())
+    status = env.run / "near-relay.json"
+    acks_path = env.run / "near-changes.txt"
+    for p in (status, acks_path):
+        p.unlink(missing_ok=True)
+    relay = None
+    if via_link:
+        relay = env.procs.start("near-relay", ["/usr/bin/python3", me, "relay", str(env.port["link"]),
+                                               str(env.port["redis"]), str(status), str(freeze_s)])
+    deadline = time.monotonic() + 10
+    while relay is not None:
+        try:
+            socket.create_connection(("127.0.0.1", env.port["link"]), timeout=0.5).close()
+            break
+        except OSError:
+            if relay.poll() is not None or time.monotonic() > deadline:
+                raise Skip("the relay (RedisLink) did not listen; see .chaos/logs/near-relay.log")
+            await asyncio.sleep(0.05)
+    b = await env.start_batchd({"redis": {"url": f"redis://127.0.0.1:{env.port['link' if via_link else 'redis']}/0"},
+                                "resource sessions": {"local_cache_bytes": str(64 << 20)}})
+    deadline = time.monotonic() + 10
+    while (await b.metric("batchd_redis_tracking_up")) != 1:
+        if time.monotonic() > deadline:
+            raise Skip("batchd's Redis tracking did not come up within 10 s (batchd_redis_tracking_up)")
+        await asyncio.sleep(0.05)
+    m0 = await b.metrics()
+
+    seconds = warm + gap * len(plan) + tail
+    changer = env.procs.start("near-changer", ["/usr/bin/python3", me, "changer", str(env.port["redis"]),
+                                               str(N_HOT), str(rate), str(seconds + 30), str(acks_path), "7"])
+    obs = Obs()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(reader(b.port, stop, obs, 0, random.Random(100 + k))) for k in range(n_single)]
+    tasks += [asyncio.create_task(reader(b.port, stop, obs, 1, random.Random(200 + k))) for k in range(n_batch)]
+    tasks.append(asyncio.create_task(paced(b.port, stop, obs, random.Random(300), pace)))
+    faults = []      # (kind, start, end); a reset's times come from the relay afterwards
+    backlogs = []    # what was waiting for batchd when it was continued
+    upstream_port = env.port["link" if via_link else "redis"]
+    killed = []
+    t_load = time.monotonic()
+    try:
+        await asyncio.sleep(warm)
+        for kind in plan:
+            t0 = time.monotonic()
+            if kind == "kill":
+                killed.append(await asyncio.to_thread(r.execute_command, "CLIENT", "KILL", "TYPE", "pubsub"))
+                faults.append([kind, t0, time.monotonic()])
+            elif kind == "reset":
+                relay.send_signal(signal.SIGUSR1)
+                faults.append([kind, t0, t0 + HOLD_S])       # replaced by the relay's own times
+            elif kind == "freeze":
+                relay.send_signal(signal.SIGUSR2)
+                faults.append([kind, t0, t0 + freeze_s])
+            else:
+                os.kill(b.pid, signal.SIGSTOP)
+                while proc_state(b.pid) not in ("T", "t"):
+                    await asyncio.sleep(0.001)
+                await asyncio.sleep(1.0)
+                backlogs.append(await asyncio.to_thread(backlog, b.pid, upstream_port, r))
+                os.kill(b.pid, signal.SIGCONT)
+                faults.append([kind, t0, time.monotonic()])
+            print(f"   {kind} at +{t0 - t_load:.1f} s", flush=True)
+            await asyncio.sleep(gap)
+        await asyncio.sleep(tail - gap if tail > gap else 0)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        t_end = time.monotonic()
+        alive = b.alive()
+        m1 = await b.metrics() if alive else {}     # before the relay goes (and tracking with it)
+        for p in (changer, relay):
+            if p is not None:
+                p.send_signal(signal.SIGTERM)
+        for p in (changer, relay):
+            if p is None:
+                continue
+            try:
+                await asyncio.wait_for(asyncio.to_thread(p.wait), 30)
+            except asyncio.TimeoutError:
+                p.kill()
+    await env.stop_batchd(b)
+    if not acks_path.exists():
+        raise Skip("the changer wrote no log; see .chaos/logs/near-changer.log")
+    acks = load_acks(acks_path, N_HOT)
+    n_changes = sum(len(a) - 1 for a in acks)
+    rl = json.loads(status.read_text()) if status.exists() else {}
+    resets = [e for e in rl.get("events", []) if e[0] == "reset"]
+    n_reset = 0
+    for f in faults:
+        if f[0] == "reset" and n_reset < len(resets):
+            f[1], f[2] = resets[n_reset][1], resets[n_reset][2]
+            n_reset += 1
+    windows = [tuple(f) for f in faults]
+
+    stale = obs.stale_each(acks)
+    where = [classify(t, windows) for t in obs.t]
+    allr = summarize(obs, stale, lambda k: True)
+    out = summarize(obs, stale, lambda k: where[k] < 0)
+    inw = summarize(obs, stale, lambda k: where[k] >= 0)
+    paced_out = summarize(obs, stale, lambda k: where[k] < 0 and obs.kind[k] >= 2)
+    paced_in = summarize(obs, stale, lambda k: where[k] >= 0 and obs.kind[k] >= 2)
+    per = []
+    for n, (kind, t0, t1) in enumerate(windows):
+        s = summarize(obs, stale, lambda k, n=n: where[k] == n)
+        # How soon the near cache answered again: the first local answer to
+        # a read that began after the fault ended.
+        back = next((obs.t[k] for k in range(len(obs.t)) if obs.t[k] >= t1 and obs.cache[k] == 0), None)
+        s.update(kind=kind, at=t0 - t_load, dur=t1 - t0, back_ms=None if back is None else (back - t1) * 1000)
+        per.append(s)
+    by_kind = {}
+    for kind in dict.fromkeys(f[0] for f in windows):
+        by_kind[kind] = summarize(obs, stale, lambda k, kind=kind: where[k] >= 0 and windows[where[k]][0] == kind)
+    # The worst stale reads, to see what they were.
+    worst = sorted(range(len(stale)), key=lambda k: -stale[k])[:5]
+    worst_txt = []
+    for k in worst:
+        if stale[k] <= 0:
+            break
+        w = where[k]
+        ctx = f"{windows[w][0]} +{(obs.t[k] - windows[w][1]) * 1000:.0f} ms" if w >= 0 else "outside faults"
+        worst_txt.append(f"{fmt_ms(stale[k] * 1000)} ({('single', 'batch')[obs.kind[k] & 1]}"
+                         f"{', paced' if obs.kind[k] >= 2 else ''}, "
+                         f"X-Cache {CACHE_CODES[obs.cache[k]]}, {ctx})")
+    # Stale reads second by second after each fault: must not grow.
+    tails = []
+    for n, (kind, t0, t1) in enumerate(windows):
+        ks = [k for k in range(len(obs.t)) if t0 <= obs.t[k] < t1 + gap and stale[k] > 0]
+        if ks:
+            tails.append(f"{kind}#{n + 1}: last stale read began {(max(obs.t[k] for k in ks) - t1) * 1000:+.0f} ms "
+                         f"after it ended")
+
+    def delta(name, **labels):
+        return metric(m1, name, **labels) - metric(m0, name, **labels)
+
+    inval0 = by_source(m0)
+    inval1 = by_source(m1)
+    inval = {k: v - inval0.get(k, 0) for k, v in inval1.items() if v - inval0.get(k, 0)}
+    errors = sum(obs.errors.values())
+    lim_out_max, lim_out_p99, lim_fault_max, min_local = 50.0, 5.0, 250.0, 0.5
+    met = (alive and allr["reads"] > 0 and out["max_ms"] is not None and out["max_ms"] <= lim_out_max
+           and out["p99_ms"] <= lim_out_p99 and (inw["max_ms"] or 0) <= lim_fault_max
+           and allr["local_share"] >= min_local)
+    n_kill, n_reset_, n_stop = plan.count("kill"), plan.count("reset"), plan.count("stop")
+    fault_txt = (f"{n_kill} pub/sub kills, {n_reset_} link resets, {n_stop} SIGSTOP"
+                 + (f", {plan.count('freeze')} pub/sub freeze of {freeze_s:g} s" if "freeze" in plan else ""))
+
+    def line(s):
+        return (f"{s['reads']:,} reads, {s['stale']:,} stale, max {fmt_ms(s['max_ms'])}, "
+                f"p99 {fmt_ms(s['p99_ms'])}, local {pct(s['local_share'])}")
+    return dict(
+        title="near cache coherence: documents changed behind batchd's back, tracking lost",
+        promise=(f"a read never returns a version older than one Redis acknowledged before it began, beyond "
+                 f"the invalidation's delivery: stale by ≤ {lim_out_max:.0f} ms (p99 ≤ {lim_out_p99:.0f} ms) "
+                 f"outside faults, ≤ {lim_fault_max:.0f} ms within {WINDOW_S:.0f} s of a fault; "
+                 f"X-Cache: local ≥ {min_local:.0%}"),
+        measured=(f"{allr['reads']:,} reads over {n_changes:,} changes and {fault_txt}: outside faults "
+                  f"{out['stale']:,} stale (max {fmt_ms(out['max_ms'])}, p99 {fmt_ms(out['p99_ms'])}); within "
+                  f"{WINDOW_S:.0f} s of a fault {inw['stale']:,} stale (max {fmt_ms(inw['max_ms'])}); local "
+                  f"{pct(allr['local_share'])}; {errors} failed reads" + ("" if alive else "; batchd died")),
+        met=met,
+        how=(f"s1..s{N_HOT} hold `{{\"id\":…,\"v\":n,…}}` in Redis; batchd has `local_cache_bytes = 64 MiB` on "
+             f"the sessions resource and reaches Redis through a relay (`RedisLink`, a process of its own). A "
+             f"changer (a process of its own) SETs version n+1 of a random one of them straight into Redis, one "
+             f"at a time, about {rate:,} a second, noting when each was acknowledged. {n_single} keep-alive "
+             f"connections read one id (`/v1/sessions/{{id}}`) and {n_batch} read {BATCH} (`?ids=`) as fast as "
+             f"answered, and a paced reader starts one read every {pace * 1000:g} ms (alternately one id and {BATCH}) on "
+             f"an idle connection or a new one, whatever became of the earlier ones (so reads also begin while "
+             f"batchd is stopped); each notes when its request was written and which versions came back. "
+             f"After {warm:g} s, "
+             f"every {gap:g} s a fault: `CLIENT KILL TYPE pubsub`, a reset of every connection through the relay "
+             f"(its replies withheld {HOLD_S * 1000:.0f} ms first), or batchd SIGSTOPped 1 s then SIGCONTed. A "
+             f"read is stale by S − A when it returned version v, began at S, and v+1 had been acknowledged at "
+             f"A < S; S is taken just before the request is written and A just after Redis's +OK is read, so "
+             f"both errors make it smaller, never larger. \"Within a fault\" is from the fault's start until "
+             f"{WINDOW_S:.0f} s after it ended. Self-check: {check}."),
+        details={
+            "reads": f"{allr['reads']:,} answered ({sum(1 for x in obs.kind if x & 1):,} of them `?ids=` of {BATCH}; "
+                     f"{sum(1 for x in obs.kind if x >= 2):,} paced); "
+                     f"X-Cache " + ", ".join(f"{c} {sum(1 for x in obs.cache if x == n):,}"
+                                             for n, c in enumerate(CACHE_CODES)) +
+                     f"; {obs.unversioned:,} documents from PostgreSQL (Redis out of reach; not measured); "
+                     f"failed: " + (", ".join(f"{k} {v:,}" for k, v in obs.errors.items()) or "none"),
+            "changes": f"{n_changes:,} acknowledged in {t_end - t_load:.0f} s "
+                       f"({n_changes / max(t_end - t_load, 1e-9):,.0f}/s)",
+            "overall": line(allr),
+            "outside faults": line(out),
+            "paced reads only": f"outside faults {line(paced_out)}; within 1 s of a fault {line(paced_in)}",
+            "within 1 s of a fault": line(inw),
+            "by fault kind": "; ".join(f"{k}: {line(v)}" for k, v in by_kind.items()),
+            "each fault": "; ".join(f"{p['kind']} at +{p['at']:.1f} s ({p['dur'] * 1000:.0f} ms): {p['reads']:,} "
+                                    f"reads, {p['stale']} stale, max {fmt_ms(p['max_ms'])}, local answers again "
+                                    f"{fmt_ms(p['back_ms'])} after it" for p in per),
+            "worst stale reads": "; ".join(worst_txt) or "none",
+            "stale reads after each fault": "; ".join(tails) or "none",
+            "pub/sub kills": f"CLIENT KILL closed {', '.join(str(x) for x in killed) or 'no'} connection(s)",
+            "when batchd was continued": "; ".join(
+                f"{q:,} bytes in batchd's receive buffers from {'the relay' if via_link else 'Redis'}, "
+                f"{'?' if o is None else f'{o:,}'} bytes in Redis's pub/sub output buffers" for q, o in backlogs)
+                or "not stopped",
+            "relay": (f"{rl.get('cuts', '?')} resets, {rl.get('withheld', 0):,} reply bytes withheld; its loop "
+                      f"late by p99 {fmt_ms(rl.get('lag_p99_ms'))}, max {fmt_ms(rl.get('lag_max_ms'))}")
+                     if via_link else "not used: batchd reached Redis directly",
+            "batchd counters (during the load)": ", ".join(f"{label} {delta(name, **lb):,.0f}"
+                                                           for label, name, lb in NEAR_METRICS)
+                                                 + f"; tracking up at the end {metric(m1, 'batchd_redis_tracking_up'):.0f}",
+            "near-cache invalidations by source": ", ".join(f"{k} {v:,}" for k, v in
+                                                            sorted(inval.items(), key=lambda kv: -kv[1])) or "none",
+        })
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what == "changer":
+        changer_main(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6],
+                     int(sys.argv[7]))
+    elif what == "relay":
+        relay_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]))
+    elif what == "selfcheck":
+        print(selfcheck())
+    else:
+        sys.exit(__doc__)
