@@ -61,6 +61,17 @@ def key_of(i):
     return f"session:s{i + 1}"
 
 
+def marker_of(i, v):
+    """A key under the tracked prefix set with version v of id i (one MSET,
+    so one invalidation message names both): the relay learns from it when
+    that version's invalidation reached batchd. batchd takes it for the id
+    "~i.v", which it never holds."""
+    return f"session:~{i}.{v}"
+
+
+MARK_RE = re.compile(rb"session:~(\d+)\.(\d+)\r\n")
+
+
 def doc_of(i, v):
     return f'{{"id":"s{i + 1}","v":{v},"pad":"{PAD}"}}'
 
@@ -83,15 +94,46 @@ def load_acks(path, n_ids):
     return acks
 
 
-def staleness(acks, t, idx, v):
-    """How long before t the version after v had been acknowledged (0 when
-    v was still the newest acknowledged before t, or is unknown)."""
+def load_deliveries(path, acks):
+    """The relay's log: deliv[i][v] = when the invalidation of version v of
+    id i had been written into batchd's socket (0.0: never seen)."""
+    deliv = [array("d", bytes(8 * len(a))) for a in acks]
+    with open(path) as f:
+        for line in f:
+            i, v, t = line.split()
+            i, v = int(i), int(v)
+            if i < len(deliv) and v < len(deliv[i]) and deliv[i][v] == 0.0:
+                deliv[i][v] = float(t)
+    return deliv
+
+
+def staleness(acks, deliv, t, idx, v):
+    """(raw, beyond delivery) for a read that began at t and returned
+    version v of id idx. raw: how long before t the next version had been
+    acknowledged (0 when v was still the newest acknowledged before t, or
+    is unknown). Beyond delivery: the same from when batchd could know,
+    the later of the acknowledgement and its invalidation's arrival in
+    batchd's socket, over every newer version acknowledged before t.
+    deliv None: no relay, Redis sends the invalidation with the reply. A
+    version whose invalidation never arrived (lost with a connection)
+    counts from its acknowledgement: batchd must have seen the loss."""
     if v == NO_VERSION:
-        return 0.0
+        return 0.0, 0.0
     a = acks[idx]
-    if v + 1 < len(a) and a[v + 1] < t:
-        return t - a[v + 1]
-    return 0.0
+    u = v + 1
+    if u >= len(a) or a[u] >= t:
+        return 0.0, 0.0
+    raw = t - a[u]
+    if deliv is None:
+        return raw, raw
+    d = deliv[idx]
+    beyond = 0.0
+    while u < len(a) and a[u] < t:
+        known = max(a[u], d[u]) if d[u] > 0.0 else a[u]
+        if t - known > beyond:
+            beyond = t - known
+        u += 1
+    return raw, beyond
 
 
 class Obs:
@@ -121,20 +163,22 @@ class Obs:
     def error(self, kind):
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    def stale_each(self, acks):
-        """Staleness of each request (the largest of its documents')."""
-        out = array("d", bytes(8 * len(self.t)))
+    def stale_each(self, acks, deliv):
+        """(raw, beyond delivery) staleness of each request: the largest of
+        its documents'."""
+        raw = array("d", bytes(8 * len(self.t)))
+        beyond = array("d", bytes(8 * len(self.t)))
         n_obs = len(self.idx)
         for k in range(len(self.t)):
             t = self.t[k]
             end = self.first[k + 1] if k + 1 < len(self.t) else n_obs
-            worst = 0.0
+            w_raw = w_beyond = 0.0
             for j in range(self.first[k], end):
-                s = staleness(acks, t, self.idx[j], self.ver[j])
-                if s > worst:
-                    worst = s
-            out[k] = worst
-        return out
+                r, b = staleness(acks, deliv, t, self.idx[j], self.ver[j])
+                w_raw = max(w_raw, r)
+                w_beyond = max(w_beyond, b)
+            raw[k], beyond[k] = w_raw, w_beyond
+        return raw, beyond
 
 
 CACHE_CODES = ["local", "hit", "miss", "other"]
@@ -164,23 +208,31 @@ def selfcheck():
     """The computation above on made-up logs with stale answers injected:
     it must find exactly those, by exactly as much."""
     acks = [array("d", [0.0, 10.0, 11.0, 12.0]), array("d", [0.0])]
+    # v1's invalidation reached batchd 0.2 s after its acknowledgement, v2's
+    # with it, v3's never (lost with a connection).
+    deliv = [array("d", [0.0, 10.2, 11.0, 0.0]), array("d", [0.0])]
     o = Obs()
     o.add(9.5, 0, 0, [(0, 0)])              # began before v1 was acknowledged: fine
     o.add(10.5, 0, 0, [(0, 1)])             # the newest: fine
-    o.add(10.3, 0, 0, [(0, 0)])             # v1 acknowledged 0.3 s before it began: stale 0.3
-    o.add(12.5, 1, 0, [(1, 0), (0, 1)])     # a batch: s1's v2 acknowledged at 11.0: stale 1.5
+    o.add(10.1, 0, 0, [(0, 0)])             # v1 acknowledged 0.1 s before, not yet delivered: 0.1 / 0
+    o.add(10.3, 0, 0, [(0, 0)])             # ... delivered 0.1 s before it began: 0.3 / 0.1
+    o.add(12.5, 1, 0, [(1, 0), (0, 1)])     # a batch: s1's v2 acknowledged and delivered at 11.0: 1.5 / 1.5
     o.add(12.5, 0, 1, [(0, 4)])             # a version not yet acknowledged (in flight): fine
     o.add(12.5, 0, 2, [(0, NO_VERSION)])    # from PostgreSQL: not measured
     o.add(11.0, 0, 0, [(0, 1)])             # v2 acknowledged at exactly its start: not before it
-    got = [round(x, 6) for x in o.stale_each(acks)]
-    want = [0.0, 0.0, 0.3, 1.5, 0.0, 0.0, 0.0]
+    o.add(12.25, 0, 0, [(0, 2)])            # v3 never delivered: from its acknowledgement, 0.25 / 0.25
+    raw, beyond = o.stale_each(acks, deliv)
+    got = [(round(x, 6), round(y, 6)) for x, y in zip(raw, beyond)]
+    want = [(0.0, 0.0), (0.0, 0.0), (0.1, 0.0), (0.3, 0.1), (1.5, 1.5), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0),
+            (0.25, 0.25)]
     if got != want:
         raise RuntimeError(f"staleness self-check: {got}, expected {want}")
     windows = [("x", 10.0, 10.2)]
-    inside = summarize(o, got, lambda k: classify(o.t[k], windows) >= 0)
-    if inside["stale"] != 1 or abs(inside["max_ms"] - 300) > 1e-6 or inside["reads"] != 3:
+    inside = summarize(o, beyond, lambda k: classify(o.t[k], windows) >= 0)
+    if inside["stale"] != 1 or abs(inside["max_ms"] - 100) > 1e-6 or inside["reads"] != 4:
         raise RuntimeError(f"staleness self-check (windows): {inside}")
-    return "the staleness computation found 2 of 2 stale answers injected into 7 made-up reads (0.3 s, 1.5 s)"
+    return ("the staleness computation found the 4 stale answers injected into 9 made-up reads, by as much "
+            "as injected (0.1 s, 0.3 s, 1.5 s, 0.25 s; 0.1 s, 1.5 s and 0.25 s beyond delivery)")
 
 
 # --- the changer (a process of its own) ---------------------------------------------------------------
@@ -212,7 +264,7 @@ def changer_main(port, n_ids, rate, seconds, out, seed):
     while not stop and time.monotonic() < t_end:
         i = rnd.randrange(n_ids)
         v = ver[i] + 1
-        s.sendall(resp("SET", key_of(i), doc_of(i, v)))
+        s.sendall(resp("MSET", key_of(i), doc_of(i, v), marker_of(i, v), "1"))
         got = b""
         while not got.endswith(b"\r\n"):
             chunk = s.recv(64)
@@ -245,19 +297,25 @@ def changer_main(port, n_ids, rate, seconds, out, seed):
 
 class NearLink(RedisLink):
     """RedisLink that also knows batchd's pub/sub connection (the one that
-    sends CLIENT TRACKING or SUBSCRIBE) and can stall what Redis sends on
-    it (freeze) without closing it."""
+    sends CLIENT TRACKING or SUBSCRIBE), notes when each changer marker
+    (marker_of) on it was written into batchd's socket, and can stall what
+    Redis sends on it (freeze) without closing it."""
 
     def __init__(self, port, target):
         super().__init__(port, target)
         self.frozen_until = 0.0
         self.pubsub = set()
-        self.events = []          # (what, monotonic time)
+        self.events = []          # (what, start, end, pub/sub connections)
+        self.delivered = []       # (i, v, monotonic time in batchd's socket)
+        self.held = []            # markers withheld by a cut: their news is the reset
 
     async def cut(self, hold=0.1):
         t0 = time.monotonic()
         await super().cut(hold)
-        self.events.append(("reset", t0, time.monotonic(), len(self.pubsub)))
+        t1 = time.monotonic()
+        self.delivered += [(i, v, t1) for i, v in self.held]
+        self.held = []
+        self.events.append(("reset", t0, t1, len(self.pubsub)))
 
     async def _handle(self, cr, cw):
         try:
@@ -268,15 +326,27 @@ class NearLink(RedisLink):
         pair = (cw, uw)
         self.pairs.add(pair)
 
+        # drain() returns only once the kernel has taken every byte: then
+        # what was written is in batchd's socket.
+        cw.transport.set_write_buffer_limits(high=0)
+        tail = b""
+
         async def pump(src, dst, replies):
+            nonlocal tail
             try:
                 while True:
                     data = await src.read(65536)
                     if not data:
                         break
+                    marks = ()
+                    if replies and pair in self.pubsub:
+                        buf = tail + data
+                        marks = [(int(m.group(1)), int(m.group(2)), m.end()) for m in MARK_RE.finditer(buf)]
+                        tail = buf[marks[-1][2] if marks else 0:][-40:]
                     if replies:
                         if self.holding:
                             self.withheld += len(data)
+                            self.held += [(i, v) for i, v, _ in marks]
                             continue
                         wait = self.frozen_until - time.monotonic()
                         if pair in self.pubsub and wait > 0:
@@ -285,6 +355,9 @@ class NearLink(RedisLink):
                         self.pubsub.add(pair)
                     dst.write(data)
                     await dst.drain()
+                    if marks:
+                        t = time.monotonic()
+                        self.delivered += [(i, v, t) for i, v, _ in marks]
             except (OSError, asyncio.CancelledError):
                 pass
             finally:
@@ -325,8 +398,11 @@ async def relay_async(port, target, status, freeze_s):
         lags.append(time.monotonic() - t - 0.002)
     await asyncio.gather(*tasks, return_exceptions=True)
     link.close()
-    doc = dict(events=link.events, cuts=link.cuts, withheld=link.withheld,
+    doc = dict(events=link.events, cuts=link.cuts, withheld=link.withheld, delivered=len(link.delivered),
                lag_p99_ms=(percentile(lags, 99) or 0) * 1000, lag_max_ms=max(lags, default=0) * 1000)
+    with open(status + ".deliv", "w") as f:
+        for i, v, t in link.delivered:
+            f.write(f"{i} {v} {t!r}\n")
     Path(status).write_text(json.dumps(doc))
 
 
@@ -619,8 +695,13 @@ async def near_coherence(env):
             n_reset += 1
     windows = [tuple(f) for f in faults]
 
-    stale = obs.stale_each(acks)
+    deliv_path = Path(str(status) + ".deliv")
+    deliv = load_deliveries(deliv_path, acks) if via_link and deliv_path.exists() else None
+    n_deliv = sum(1 for d in deliv for x in d if x > 0) if deliv else 0
+    raw, stale = obs.stale_each(acks, deliv)
     where = [classify(t, windows) for t in obs.t]
+    raw_out = summarize(obs, raw, lambda k: where[k] < 0)
+    raw_in = summarize(obs, raw, lambda k: where[k] >= 0)
     allr = summarize(obs, stale, lambda k: True)
     out = summarize(obs, stale, lambda k: where[k] < 0)
     inw = summarize(obs, stale, lambda k: where[k] >= 0)
@@ -645,7 +726,8 @@ async def near_coherence(env):
             break
         w = where[k]
         ctx = f"{windows[w][0]} +{(obs.t[k] - windows[w][1]) * 1000:.0f} ms" if w >= 0 else "outside faults"
-        worst_txt.append(f"{fmt_ms(stale[k] * 1000)} ({('single', 'batch')[obs.kind[k] & 1]}"
+        worst_txt.append(f"{fmt_ms(stale[k] * 1000)} (from the acknowledgement {fmt_ms(raw[k] * 1000)}; "
+                         f"{('single', 'batch')[obs.kind[k] & 1]}"
                          f"{', paced' if obs.kind[k] >= 2 else ''}, "
                          f"X-Cache {CACHE_CODES[obs.cache[k]]}, {ctx})")
     # Stale reads second by second after each fault: must not grow.
@@ -686,20 +768,25 @@ async def near_coherence(env):
                   f"{pct(allr['local_share'])}; {errors} failed reads" + ("" if alive else "; batchd died")),
         met=met,
         how=(f"s1..s{N_HOT} hold `{{\"id\":…,\"v\":n,…}}` in Redis; batchd has `local_cache_bytes = 64 MiB` on "
-             f"the sessions resource and reaches Redis through a relay (`RedisLink`, a process of its own). A "
-             f"changer (a process of its own) SETs version n+1 of a random one of them straight into Redis, one "
-             f"at a time, about {rate:,} a second, noting when each was acknowledged. {n_single} keep-alive "
-             f"connections read one id (`/v1/sessions/{{id}}`) and {n_batch} read {BATCH} (`?ids=`) as fast as "
-             f"answered, and a paced reader starts one read every {pace * 1000:g} ms (alternately one id and {BATCH}) on "
-             f"an idle connection or a new one, whatever became of the earlier ones (so reads also begin while "
-             f"batchd is stopped); each notes when its request was written and which versions came back. "
-             f"After {warm:g} s, "
-             f"every {gap:g} s a fault: `CLIENT KILL TYPE pubsub`, a reset of every connection through the relay "
-             f"(its replies withheld {HOLD_S * 1000:.0f} ms first), or batchd SIGSTOPped 1 s then SIGCONTed. A "
-             f"read is stale by S − A when it returned version v, began at S, and v+1 had been acknowledged at "
-             f"A < S; S is taken just before the request is written and A just after Redis's +OK is read, so "
-             f"both errors make it smaller, never larger. \"Within a fault\" is from the fault's start until "
-             f"{WINDOW_S:.0f} s after it ended. Self-check: {check}."),
+             f"the sessions resource" + (" and reaches Redis through a relay (`RedisLink`, a process of its own)"
+                                         if via_link else "") +
+             f". A changer (a process of its own) writes version n+1 of a random one of them straight into Redis, "
+             f"one at a time, about {rate:,.0f} a second, with `MSET session:<id> <doc> session:~<i>.<n> 1` (the "
+             f"second key, also under the tracked prefix, marks which version an invalidation message is for), "
+             f"noting when each was acknowledged. {n_single} keep-alive connections read one id "
+             f"(`/v1/sessions/{{id}}`) and {n_batch} read {BATCH} (`?ids=`) as fast as answered, and a paced reader "
+             f"starts one read every {pace * 1000:g} ms (alternately one id and {BATCH}) on an idle connection or a "
+             f"new one whatever became of the earlier ones, so reads also begin while batchd is stopped; each "
+             f"notes when its request was written and which versions came back. After {warm:g} s, every {gap:g} s "
+             f"a fault: `CLIENT KILL TYPE pubsub`, a reset of every connection through the relay (Redis's replies "
+             f"withheld {HOLD_S * 1000:.0f} ms first, as in a partition), or batchd SIGSTOPped for 1 s and "
+             f"continued. A read that began at S and returned version v is stale when a newer version was "
+             f"acknowledged at A < S; by S − A from the acknowledgement, and by S − max(A, D) beyond delivery, "
+             f"D being when the relay had written that version's invalidation into batchd's socket (for "
+             f"invalidations withheld by a reset, the reset; for one that never came, A). The promise is about "
+             f"the latter. S is taken just before the request is written, A just after Redis's reply is read and "
+             f"D after the relay's write has drained, so every error makes staleness smaller, never larger. "
+             f"\"Within a fault\" is from its start until {WINDOW_S:.0f} s after it ended. Self-check: {check}."),
         details={
             "reads": f"{allr['reads']:,} answered ({sum(1 for x in obs.kind if x & 1):,} of them `?ids=` of {BATCH}; "
                      f"{sum(1 for x in obs.kind if x >= 2):,} paced); "
@@ -711,6 +798,8 @@ async def near_coherence(env):
                        f"({n_changes / max(t_end - t_load, 1e-9):,.0f}/s)",
             "overall": line(allr),
             "outside faults": line(out),
+            "from the acknowledgement (delivery time included)": f"outside faults {line(raw_out)}; within 1 s of a "
+                                                                 f"fault {line(raw_in)}",
             "paced reads only": f"outside faults {line(paced_out)}; within 1 s of a fault {line(paced_in)}",
             "within 1 s of a fault": line(inw),
             "by fault kind": "; ".join(f"{k}: {line(v)}" for k, v in by_kind.items()),
@@ -724,7 +813,8 @@ async def near_coherence(env):
                 f"{q:,} bytes in batchd's receive buffers from {'the relay' if via_link else 'Redis'}, "
                 f"{'?' if o is None else f'{o:,}'} bytes in Redis's pub/sub output buffers" for q, o in backlogs)
                 or "not stopped",
-            "relay": (f"{rl.get('cuts', '?')} resets, {rl.get('withheld', 0):,} reply bytes withheld; its loop "
+            "relay": (f"{rl.get('cuts', '?')} resets, {rl.get('withheld', 0):,} reply bytes withheld; "
+                      f"invalidations of {n_deliv:,} of the {n_changes:,} changes seen reaching batchd; its loop "
                       f"late by p99 {fmt_ms(rl.get('lag_p99_ms'))}, max {fmt_ms(rl.get('lag_max_ms'))}")
                      if via_link else "not used: batchd reached Redis directly",
             "batchd counters (during the load)": ", ".join(f"{label} {delta(name, **lb):,.0f}"
