@@ -24,13 +24,19 @@ every connection) run as processes of their own (this file, with
 load nor the driver's pauses delay an acknowledgement's time stamp or an
 invalidation on its way to batchd.
 
-CHAOS_NEAR_FREEZE=SECONDS (a demonstration that the scenario can fail,
-not part of a normal run) adds one more fault: the relay stops passing
-on what Redis sends on batchd's pub/sub connection for that long, without
-closing it (a stalled link), then passes it all on. batchd cannot tell
-that from a quiet connection until its heartbeat (ping_interval_ms +
-command_timeout_ms) and keeps serving what it holds: the stale reads
-show in the row.
+Knobs, for looking into a result (a normal run sets none):
+CHAOS_NEAR_PLAN=kill,reset,stop,...  the faults, in order; besides the
+    three above: freeze (the relay stops passing on what Redis sends on
+    batchd's pub/sub connection for CHAOS_NEAR_HOLD seconds, default 3,
+    without closing it, then passes it all on: a stalled link, which
+    batchd cannot tell from a quiet one before its heartbeat) and blind (a
+    reset, then for CHAOS_NEAR_HOLD seconds the relay renames every key in
+    the invalidation messages out of the tracked prefix: batchd sees
+    tracking confirmed but learns of no change, as if Redis had silently
+    forgotten its tracking; what a batchd that mishandles a lost tracker
+    would do, so the row must fail). Without reset, freeze or blind in the
+    plan, batchd talks to Redis directly.
+CHAOS_NEAR_RATE=N  changes a second (default 1500).
 
 Returns one row for the report (see chaos.py)."""
 import asyncio
@@ -304,6 +310,7 @@ class NearLink(RedisLink):
     def __init__(self, port, target):
         super().__init__(port, target)
         self.frozen_until = 0.0
+        self.blind_until = 0.0
         self.pubsub = set()
         self.events = []          # (what, start, end, pub/sub connections)
         self.delivered = []       # (i, v, monotonic time in batchd's socket)
@@ -340,6 +347,8 @@ class NearLink(RedisLink):
                         break
                     marks = ()
                     if replies and pair in self.pubsub:
+                        if self.blind_until > time.monotonic():
+                            data = data.replace(b"\r\nsession:", b"\r\nxession:")
                         buf = tail + data
                         marks = [(int(m.group(1)), int(m.group(2)), m.end()) for m in MARK_RE.finditer(buf)]
                         tail = buf[marks[-1][2] if marks else 0:][-40:]
@@ -374,20 +383,33 @@ class NearLink(RedisLink):
         self.frozen_until = t0 + seconds
         self.events.append(("freeze", t0, t0 + seconds, len(self.pubsub)))
 
+    async def blind(self, seconds):
+        """A reset, then for `seconds` every key in what Redis sends on the
+        pub/sub connection is renamed out of the tracked prefix (same
+        length, so the stream stays well formed): batchd reconnects, sees
+        tracking confirmed, and gets invalidations that name nothing it
+        holds, as if Redis had silently forgotten its tracking."""
+        t0 = time.monotonic()
+        self.blind_until = t0 + HOLD_S + seconds
+        await super().cut(HOLD_S)
+        self.held = []
+        self.events.append(("blind", t0, self.blind_until, len(self.pubsub)))
 
-async def relay_async(port, target, status, freeze_s):
+
+async def relay_async(port, target, status, hold_s):
     link = NearLink(port, target)
     await link.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     tasks = set()
 
-    def cut():
-        t = asyncio.ensure_future(link.cut(HOLD_S))
+    def run(coro):
+        t = asyncio.ensure_future(coro)
         tasks.add(t)
         t.add_done_callback(tasks.discard)
-    loop.add_signal_handler(signal.SIGUSR1, cut)
-    loop.add_signal_handler(signal.SIGUSR2, lambda: link.freeze(freeze_s))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: run(link.cut(HOLD_S)))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: link.freeze(hold_s))
+    loop.add_signal_handler(signal.SIGHUP, lambda: run(link.blind(hold_s)))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     # How late this process's loop runs (a relay late to pass an
     # invalidation on makes batchd late to apply it).
@@ -406,13 +428,13 @@ async def relay_async(port, target, status, freeze_s):
     Path(status).write_text(json.dumps(doc))
 
 
-def relay_main(port, target, status, freeze_s):
+def relay_main(port, target, status, hold_s):
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(relay_async(port, target, status, freeze_s))
+    asyncio.run(relay_async(port, target, status, hold_s))
 
 
 # --- the readers ------------------------------------------------------------------------------------
@@ -569,6 +591,12 @@ def by_source(m):
     return out
 
 
+FAULTS = ("kill", "reset", "stop", "freeze", "blind")
+FAULT_NAMES = {"kill": "pub/sub kills (kill)", "reset": "link resets (reset)", "stop": "SIGSTOP of 1 s (stop)",
+               "freeze": "pub/sub stalls of {s:g} s (freeze)",
+               "blind": "resets followed by {s:g} s of invalidations naming nothing (blind)"}
+
+
 NEAR_METRICS = [("tracking lost", "batchd_redis_tracking_lost_total", {}),
                 ("bypassed lookups", "batchd_local_cache_results_total", {"result": "bypass"}),
                 ("local hits", "batchd_local_cache_results_total", {"result": "hit"}),
@@ -587,14 +615,11 @@ async def near_coherence(env):
     plan = ["kill", "reset", "stop", "kill", "reset", "kill"]
     if os.environ.get("CHAOS_NEAR_PLAN"):
         plan = os.environ["CHAOS_NEAR_PLAN"].split(",")
-        if not plan or any(k not in ("kill", "reset", "stop", "freeze") for k in plan):
-            raise Skip("CHAOS_NEAR_PLAN: a comma-separated list of kill, reset, stop, freeze")
-    freeze_s = float(os.environ.get("CHAOS_NEAR_FREEZE", "0") or 0)
-    if freeze_s > 0 and "freeze" not in plan:
-        plan.insert(3, "freeze")
-    freeze_s = freeze_s or 3.0
+        if not plan or any(k not in FAULTS for k in plan):
+            raise Skip(f"CHAOS_NEAR_PLAN: a comma-separated list of {', '.join(FAULTS)}")
+    hold_s = float(os.environ.get("CHAOS_NEAR_HOLD") or 3.0)
     # The relay only when a fault needs it: without it, batchd talks to Redis directly.
-    via_link = "reset" in plan or "freeze" in plan
+    via_link = any(k in plan for k in ("reset", "freeze", "blind"))
     env.redis_fresh(aof=False)
     r = env.redis()
     pipe = r.pipeline(transaction=False)
@@ -609,7 +634,7 @@ async def near_coherence(env):
     relay = None
     if via_link:
         relay = env.procs.start("near-relay", ["/usr/bin/python3", me, "relay", str(env.port["link"]),
-                                               str(env.port["redis"]), str(status), str(freeze_s)])
+                                               str(env.port["redis"]), str(status), str(hold_s)])
     deadline = time.monotonic() + 10
     while relay is not None:
         try:
@@ -653,7 +678,10 @@ async def near_coherence(env):
                 faults.append([kind, t0, t0 + HOLD_S])       # replaced by the relay's own times
             elif kind == "freeze":
                 relay.send_signal(signal.SIGUSR2)
-                faults.append([kind, t0, t0 + freeze_s])
+                faults.append([kind, t0, t0 + hold_s])
+            elif kind == "blind":
+                relay.send_signal(signal.SIGHUP)
+                faults.append([kind, t0, t0 + HOLD_S + hold_s])
             else:
                 os.kill(b.pid, signal.SIGSTOP)
                 while proc_state(b.pid) not in ("T", "t"):
@@ -730,13 +758,22 @@ async def near_coherence(env):
                          f"{('single', 'batch')[obs.kind[k] & 1]}"
                          f"{', paced' if obs.kind[k] >= 2 else ''}, "
                          f"X-Cache {CACHE_CODES[obs.cache[k]]}, {ctx})")
-    # Stale reads second by second after each fault: must not grow.
+    # Stale reads during each fault and second by second after it, until
+    # the next one: they must not go on (or grow) once it is over.
     tails = []
     for n, (kind, t0, t1) in enumerate(windows):
-        ks = [k for k in range(len(obs.t)) if t0 <= obs.t[k] < t1 + gap and stale[k] > 0]
-        if ks:
-            tails.append(f"{kind}#{n + 1}: last stale read began {(max(obs.t[k] for k in ks) - t1) * 1000:+.0f} ms "
-                         f"after it ended")
+        until = windows[n + 1][1] if n + 1 < len(windows) else t_end
+        ks = [k for k in range(len(obs.t)) if t0 <= obs.t[k] < until and stale[k] > 0]
+        if not ks:
+            continue
+        buckets = {}
+        for k in ks:
+            b_ = -1 if obs.t[k] < t1 else int(obs.t[k] - t1)
+            n_, mx = buckets.get(b_, (0, 0.0))
+            buckets[b_] = (n_ + 1, max(mx, stale[k]))
+        tails.append(f"{kind}#{n + 1}: " + ", ".join(
+            f"{'during' if b_ < 0 else f'+{b_}–{b_ + 1} s'} {c} (max {fmt_ms(mx * 1000)})"
+            for b_, (c, mx) in sorted(buckets.items())))
 
     def delta(name, **labels):
         return metric(m1, name, **labels) - metric(m0, name, **labels)
@@ -749,9 +786,7 @@ async def near_coherence(env):
     met = (alive and allr["reads"] > 0 and out["max_ms"] is not None and out["max_ms"] <= lim_out_max
            and out["p99_ms"] <= lim_out_p99 and (inw["max_ms"] or 0) <= lim_fault_max
            and allr["local_share"] >= min_local)
-    n_kill, n_reset_, n_stop = plan.count("kill"), plan.count("reset"), plan.count("stop")
-    fault_txt = (f"{n_kill} pub/sub kills, {n_reset_} link resets, {n_stop} SIGSTOP"
-                 + (f", {plan.count('freeze')} pub/sub freeze of {freeze_s:g} s" if "freeze" in plan else ""))
+    fault_txt = ", ".join(f"{plan.count(k)} {FAULT_NAMES[k].format(s=hold_s)}" for k in FAULTS if k in plan)
 
     def line(s):
         return (f"{s['reads']:,} reads, {s['stale']:,} stale, max {fmt_ms(s['max_ms'])}, "
@@ -807,7 +842,7 @@ async def near_coherence(env):
                                     f"reads, {p['stale']} stale, max {fmt_ms(p['max_ms'])}, local answers again "
                                     f"{fmt_ms(p['back_ms'])} after it" for p in per),
             "worst stale reads": "; ".join(worst_txt) or "none",
-            "stale reads after each fault": "; ".join(tails) or "none",
+            "stale reads during and after each fault (until the next)": "; ".join(tails) or "none",
             "pub/sub kills": f"CLIENT KILL closed {', '.join(str(x) for x in killed) or 'no'} connection(s)",
             "when batchd was continued": "; ".join(
                 f"{q:,} bytes in batchd's receive buffers from {'the relay' if via_link else 'Redis'}, "
