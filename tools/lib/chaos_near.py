@@ -8,21 +8,31 @@
                      connection (RedisLink) x2, SIGSTOP/SIGCONT of batchd
                      for 1 s x1
 
-What is measured is staleness: a read that returns version v of an id
-whose version v+1 was acknowledged by Redis (to the changer) at time A,
-and that began (its request was written to the socket) at time S > A, is
-stale by S - A; otherwise 0. Both times are CLOCK_MONOTONIC, taken in
-different processes: the changer takes A after it has read Redis's +OK
-(later than the real acknowledgement) and a reader takes S just before it
-writes the request (no later than the real start), so the error of both
-goes towards 0: a read flagged stale really was served something older
-than what Redis had acknowledged before it was asked.
+What is measured is staleness. A read that began at S (its request
+written to the socket) and returned version v of an id is stale when a
+newer version had been acknowledged by Redis (to the changer) at A < S:
+by S - A from the acknowledgement, and by S - max(A, D) beyond delivery,
+D being when that version's invalidation had been written into batchd's
+socket. The changer writes each version with one `MSET session:<id> <doc>
+session:~<i>.<v> 1`: the second key is under the tracked prefix too, so
+the invalidation message that names the document also names the version,
+and the relay notes when it passed it on. Without the relay (no fault
+that needs it) D is taken as A: Redis writes the invalidation with the
+reply. All times are CLOCK_MONOTONIC, taken in different processes: A
+after the changer has read Redis's reply, S just before a reader writes
+its request, D after the relay's write has drained into the kernel; each
+error makes staleness smaller, never larger, so a read flagged stale
+really was served something older than what batchd had been told of
+before it was asked. The promise is about staleness beyond delivery.
 
 The changer and the relay (RedisLink, between batchd and Redis, to reset
 every connection) run as processes of their own (this file, with
 `changer` / `relay` as first argument), so that neither the readers'
 load nor the driver's pauses delay an acknowledgement's time stamp or an
-invalidation on its way to batchd.
+invalidation on its way to batchd. Besides the closed-loop readers (the
+next read when the last is answered), a paced reader begins a read every
+5 ms whatever became of the earlier ones, so that reads also begin while
+batchd is stopped.
 
 Knobs, for looking into a result (a normal run sets none):
 CHAOS_NEAR_PLAN=kill,reset,stop,...  the faults, in order; besides the
@@ -37,6 +47,8 @@ CHAOS_NEAR_PLAN=kill,reset,stop,...  the faults, in order; besides the
     would do, so the row must fail). Without reset, freeze or blind in the
     plan, batchd talks to Redis directly.
 CHAOS_NEAR_RATE=N  changes a second (default 1500).
+CHAOS_NEAR_JITTER_MS=N  the relay delays every piece of a command or a
+    reply by 0..N ms (RedisLink's jitter), on every connection alike.
 
 Returns one row for the report (see chaos.py)."""
 import asyncio
@@ -307,8 +319,8 @@ class NearLink(RedisLink):
     (marker_of) on it was written into batchd's socket, and can stall what
     Redis sends on it (freeze) without closing it."""
 
-    def __init__(self, port, target):
-        super().__init__(port, target)
+    def __init__(self, port, target, jitter_ms=0.0):
+        super().__init__(port, target, jitter_ms)
         self.frozen_until = 0.0
         self.blind_until = 0.0
         self.pubsub = set()
@@ -362,6 +374,8 @@ class NearLink(RedisLink):
                             await asyncio.sleep(wait)
                     elif b"TRACKING" in data or b"SUBSCRIBE" in data:
                         self.pubsub.add(pair)
+                    if self.jitter:
+                        await asyncio.sleep(random.uniform(0, self.jitter))
                     dst.write(data)
                     await dst.drain()
                     if marks:
@@ -396,8 +410,8 @@ class NearLink(RedisLink):
         self.events.append(("blind", t0, self.blind_until, len(self.pubsub)))
 
 
-async def relay_async(port, target, status, hold_s):
-    link = NearLink(port, target)
+async def relay_async(port, target, status, hold_s, jitter_ms):
+    link = NearLink(port, target, jitter_ms)
     await link.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -428,13 +442,13 @@ async def relay_async(port, target, status, hold_s):
     Path(status).write_text(json.dumps(doc))
 
 
-def relay_main(port, target, status, hold_s):
+def relay_main(port, target, status, hold_s, jitter_ms):
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(relay_async(port, target, status, hold_s))
+    asyncio.run(relay_async(port, target, status, hold_s, jitter_ms))
 
 
 # --- the readers ------------------------------------------------------------------------------------
@@ -567,8 +581,11 @@ def backlog(pid, port, r):
 
 
 def proc_state(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 def fmt_ms(x):
@@ -592,9 +609,11 @@ def by_source(m):
 
 
 FAULTS = ("kill", "reset", "stop", "freeze", "blind")
-FAULT_NAMES = {"kill": "pub/sub kills (kill)", "reset": "link resets (reset)", "stop": "SIGSTOP of 1 s (stop)",
-               "freeze": "pub/sub stalls of {s:g} s (freeze)",
-               "blind": "resets followed by {s:g} s of invalidations naming nothing (blind)"}
+FAULT_NAMES = {"kill": ("pub/sub kill", "pub/sub kills"), "reset": ("link reset", "link resets"),
+               "stop": ("SIGSTOP of 1 s", "SIGSTOPs of 1 s"),
+               "freeze": ("pub/sub stall of {s:g} s", "pub/sub stalls of {s:g} s"),
+               "blind": ("reset followed by {s:g} s of invalidations naming nothing",
+                         "resets followed by {s:g} s of invalidations naming nothing")}
 
 
 NEAR_METRICS = [("tracking lost", "batchd_redis_tracking_lost_total", {}),
@@ -618,8 +637,9 @@ async def near_coherence(env):
         if not plan or any(k not in FAULTS for k in plan):
             raise Skip(f"CHAOS_NEAR_PLAN: a comma-separated list of {', '.join(FAULTS)}")
     hold_s = float(os.environ.get("CHAOS_NEAR_HOLD") or 3.0)
+    jitter_ms = float(os.environ.get("CHAOS_NEAR_JITTER_MS") or 0.0)
     # The relay only when a fault needs it: without it, batchd talks to Redis directly.
-    via_link = any(k in plan for k in ("reset", "freeze", "blind"))
+    via_link = jitter_ms > 0 or any(k in plan for k in ("reset", "freeze", "blind"))
     env.redis_fresh(aof=False)
     r = env.redis()
     pipe = r.pipeline(transaction=False)
@@ -634,7 +654,8 @@ async def near_coherence(env):
     relay = None
     if via_link:
         relay = env.procs.start("near-relay", ["/usr/bin/python3", me, "relay", str(env.port["link"]),
-                                               str(env.port["redis"]), str(status), str(hold_s)])
+                                               str(env.port["redis"]), str(status), str(hold_s),
+                                               str(jitter_ms)])
     deadline = time.monotonic() + 10
     while relay is not None:
         try:
@@ -684,11 +705,14 @@ async def near_coherence(env):
                 faults.append([kind, t0, t0 + HOLD_S + hold_s])
             else:
                 os.kill(b.pid, signal.SIGSTOP)
-                while proc_state(b.pid) not in ("T", "t"):
-                    await asyncio.sleep(0.001)
-                await asyncio.sleep(1.0)
-                backlogs.append(await asyncio.to_thread(backlog, b.pid, upstream_port, r))
-                os.kill(b.pid, signal.SIGCONT)
+                try:
+                    # kill() returns before a process on another core has stopped.
+                    while proc_state(b.pid) not in ("T", "t") and time.monotonic() < t0 + 2:
+                        await asyncio.sleep(0.001)
+                    await asyncio.sleep(1.0)
+                    backlogs.append(await asyncio.to_thread(backlog, b.pid, upstream_port, r))
+                finally:
+                    os.kill(b.pid, signal.SIGCONT)
                 faults.append([kind, t0, time.monotonic()])
             print(f"   {kind} at +{t0 - t_load:.1f} s", flush=True)
             await asyncio.sleep(gap)
@@ -775,6 +799,15 @@ async def near_coherence(env):
             f"{'during' if b_ < 0 else f'+{b_}–{b_ + 1} s'} {c} (max {fmt_ms(mx * 1000)})"
             for b_, (c, mx) in sorted(buckets.items())))
 
+    def stale_by_cache(sel):
+        c = {}
+        for k in range(len(stale)):
+            if stale[k] > 0 and sel(k):
+                name = CACHE_CODES[obs.cache[k]]
+                n_, mx = c.get(name, (0, 0.0))
+                c[name] = (n_ + 1, max(mx, stale[k]))
+        return ", ".join(f"{name} {n_:,} (max {fmt_ms(mx * 1000)})" for name, (n_, mx) in c.items()) or "none"
+
     def delta(name, **labels):
         return metric(m1, name, **labels) - metric(m0, name, **labels)
 
@@ -786,7 +819,10 @@ async def near_coherence(env):
     met = (alive and allr["reads"] > 0 and out["max_ms"] is not None and out["max_ms"] <= lim_out_max
            and out["p99_ms"] <= lim_out_p99 and (inw["max_ms"] or 0) <= lim_fault_max
            and allr["local_share"] >= min_local)
-    fault_txt = ", ".join(f"{plan.count(k)} {FAULT_NAMES[k].format(s=hold_s)}" for k in FAULTS if k in plan)
+    fault_txt = ", ".join(f"{plan.count(k)} {FAULT_NAMES[k][plan.count(k) > 1].format(s=hold_s)}"
+                          for k in FAULTS if k in plan)
+    which = ", ".join(f"{v['stale']:,} after {FAULT_NAMES[k][plan.count(k) > 1].format(s=hold_s)} (max {fmt_ms(v['max_ms'])})"
+                      for k, v in by_kind.items() if v["stale"])
 
     def line(s):
         return (f"{s['reads']:,} reads, {s['stale']:,} stale, max {fmt_ms(s['max_ms'])}, "
@@ -799,7 +835,7 @@ async def near_coherence(env):
                  f"X-Cache: local ≥ {min_local:.0%}"),
         measured=(f"{allr['reads']:,} reads over {n_changes:,} changes and {fault_txt}: outside faults "
                   f"{out['stale']:,} stale (max {fmt_ms(out['max_ms'])}, p99 {fmt_ms(out['p99_ms'])}); within "
-                  f"{WINDOW_S:.0f} s of a fault {inw['stale']:,} stale (max {fmt_ms(inw['max_ms'])}); local "
+                  f"{WINDOW_S:.0f} s of a fault {inw['stale']:,} stale" + (f": {which}" if which else "") + "; local "
                   f"{pct(allr['local_share'])}; {errors} failed reads" + ("" if alive else "; batchd died")),
         met=met,
         how=(f"s1..s{N_HOT} hold `{{\"id\":…,\"v\":n,…}}` in Redis; batchd has `local_cache_bytes = 64 MiB` on "
@@ -841,6 +877,8 @@ async def near_coherence(env):
             "each fault": "; ".join(f"{p['kind']} at +{p['at']:.1f} s ({p['dur'] * 1000:.0f} ms): {p['reads']:,} "
                                     f"reads, {p['stale']} stale, max {fmt_ms(p['max_ms'])}, local answers again "
                                     f"{fmt_ms(p['back_ms'])} after it" for p in per),
+            "stale reads by X-Cache": "outside faults " + stale_by_cache(lambda k: where[k] < 0)
+                                      + "; within 1 s of a fault " + stale_by_cache(lambda k: where[k] >= 0),
             "worst stale reads": "; ".join(worst_txt) or "none",
             "stale reads during and after each fault (until the next)": "; ".join(tails) or "none",
             "pub/sub kills": f"CLIENT KILL closed {', '.join(str(x) for x in killed) or 'no'} connection(s)",
@@ -866,7 +904,7 @@ if __name__ == "__main__":
         changer_main(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6],
                      int(sys.argv[7]))
     elif what == "relay":
-        relay_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]))
+        relay_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), float(sys.argv[6]))
     elif what == "selfcheck":
         print(selfcheck())
     else:
