@@ -674,7 +674,7 @@ async def near_coherence(env):
         await asyncio.sleep(0.05)
     m0 = await b.metrics()
 
-    seconds = warm + gap * len(plan) + tail
+    seconds = warm + gap * len(plan) + tail + hold_s * (plan.count("freeze") + plan.count("blind"))
     changer = env.procs.start("near-changer", ["/usr/bin/python3", me, "changer", str(env.port["redis"]),
                                                str(N_HOT), str(rate), str(seconds + 30), str(acks_path), "7"])
     obs = Obs()
@@ -715,7 +715,8 @@ async def near_coherence(env):
                     os.kill(b.pid, signal.SIGCONT)
                 faults.append([kind, t0, time.monotonic()])
             print(f"   {kind} at +{t0 - t_load:.1f} s", flush=True)
-            await asyncio.sleep(gap)
+            # The next fault comes `gap` after this one is over.
+            await asyncio.sleep(max(0.0, faults[-1][2] - time.monotonic()) + gap)
         await asyncio.sleep(tail - gap if tail > gap else 0)
     finally:
         stop.set()
