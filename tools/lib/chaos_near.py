@@ -538,10 +538,22 @@ async def read_once(h, obs, batch, rnd, kind):
 async def paced(port, stop, obs, rnd, every):
     """Open loop: a read every `every` seconds whatever happens to the
     earlier ones, each on an idle keep-alive connection or a new one. While
-    batchd is stopped these keep beginning (the kernel accepts the
-    connections), so reads that begin late in a stop are measured too; the
-    closed-loop readers all began theirs just as it stopped."""
+    batchd is stopped these keep beginning, so reads that begin late in a
+    stop are measured too (the closed-loop readers all began theirs just as
+    it stopped). Connections for 1.5 s of reads are opened first, so that
+    those begun during a stop are on connections batchd already watches:
+    it reads them all in its first loop iteration after it is continued
+    (a new connection is read an iteration after it is accepted)."""
     idle, running = [], set()
+
+    async def opened():
+        h = TimedHttp(port)
+        try:
+            await h.connect()
+            idle.append(h)
+        except HttpFail as e:
+            obs.error(e.kind)
+    await asyncio.gather(*(opened() for _ in range(int(1.5 / every))))
 
     async def one(batch):
         h = idle.pop() if idle else TimedHttp(port)
@@ -763,10 +775,11 @@ async def near_coherence(env):
     per = []
     for n, (kind, t0, t1) in enumerate(windows):
         s = summarize(obs, stale, lambda k, n=n: where[k] == n)
-        # How soon the near cache answered again: the first local answer to
-        # a read that began after the fault ended.
-        back = next((obs.t[k] for k in range(len(obs.t)) if obs.t[k] >= t1 and obs.cache[k] == 0), None)
-        s.update(kind=kind, at=t0 - t_load, dur=t1 - t0, back_ms=None if back is None else (back - t1) * 1000)
+        # How long the near cache was out of use: the longest stretch
+        # between reads (by when they began) answered X-Cache: local.
+        loc = sorted(obs.t[k] for k in range(len(obs.t)) if where[k] == n and obs.cache[k] == 0)
+        gap_ms = max((b_ - a_ for a_, b_ in zip(loc, loc[1:])), default=None)
+        s.update(kind=kind, at=t0 - t_load, dur=t1 - t0, gap_ms=None if gap_ms is None else gap_ms * 1000)
         per.append(s)
     by_kind = {}
     for kind in dict.fromkeys(f[0] for f in windows):
@@ -816,7 +829,12 @@ async def near_coherence(env):
     inval1 = by_source(m1)
     inval = {k: v - inval0.get(k, 0) for k, v in inval1.items() if v - inval0.get(k, 0)}
     errors = sum(obs.errors.values())
-    lim_out_max, lim_out_p99, lim_fault_max, min_local = 50.0, 5.0, 250.0, 0.5
+    # Beyond delivery a coherent near cache is never stale; what is allowed
+    # is scheduling noise on a loaded machine. Within a fault the same
+    # bound: an invalidation that never came counts from its
+    # acknowledgement, so the time batchd takes to see the connection go is
+    # in it too (measured: ~1 ms).
+    lim_out_max, lim_out_p99, lim_fault_max, min_local = 50.0, 5.0, 50.0, 0.5
     met = (alive and allr["reads"] > 0 and out["max_ms"] is not None and out["max_ms"] <= lim_out_max
            and out["p99_ms"] <= lim_out_p99 and (inw["max_ms"] or 0) <= lim_fault_max
            and allr["local_share"] >= min_local)
@@ -831,9 +849,9 @@ async def near_coherence(env):
     return dict(
         title="near cache coherence: documents changed behind batchd's back, tracking lost",
         promise=(f"a read never returns a version older than one Redis acknowledged before it began, beyond "
-                 f"the invalidation's delivery: stale by ≤ {lim_out_max:.0f} ms (p99 ≤ {lim_out_p99:.0f} ms) "
-                 f"outside faults, ≤ {lim_fault_max:.0f} ms within {WINDOW_S:.0f} s of a fault; "
-                 f"X-Cache: local ≥ {min_local:.0%}"),
+                 f"the arrival of its invalidation in batchd's socket: by ≤ {lim_out_max:.0f} ms (p99 ≤ "
+                 f"{lim_out_p99:.0f} ms) outside faults, ≤ {lim_fault_max:.0f} ms within {WINDOW_S:.0f} s of a "
+                 f"pub/sub kill, link reset or SIGSTOP; X-Cache: local ≥ {min_local:.0%}"),
         measured=(f"{allr['reads']:,} reads over {n_changes:,} changes and {fault_txt}: outside faults "
                   f"{out['stale']:,} stale (max {fmt_ms(out['max_ms'])}, p99 {fmt_ms(out['p99_ms'])}); within "
                   f"{WINDOW_S:.0f} s of a fault {inw['stale']:,} stale" + (f": {which}" if which else "") + "; local "
@@ -876,8 +894,8 @@ async def near_coherence(env):
             "within 1 s of a fault": line(inw),
             "by fault kind": "; ".join(f"{k}: {line(v)}" for k, v in by_kind.items()),
             "each fault": "; ".join(f"{p['kind']} at +{p['at']:.1f} s ({p['dur'] * 1000:.0f} ms): {p['reads']:,} "
-                                    f"reads, {p['stale']} stale, max {fmt_ms(p['max_ms'])}, local answers again "
-                                    f"{fmt_ms(p['back_ms'])} after it" for p in per),
+                                    f"reads, {p['stale']} stale, max {fmt_ms(p['max_ms'])}, no local answer for "
+                                    f"{fmt_ms(p['gap_ms'])}" for p in per),
             "stale reads by X-Cache": "outside faults " + stale_by_cache(lambda k: where[k] < 0)
                                       + "; within 1 s of a fault " + stale_by_cache(lambda k: where[k] >= 0),
             "worst stale reads": "; ".join(worst_txt) or "none",
