@@ -865,7 +865,7 @@ async def near_coherence(env):
              f"second key, also under the tracked prefix, marks which version an invalidation message is for), "
              f"noting when each was acknowledged. {n_single} keep-alive connections read one id "
              f"(`/v1/sessions/{{id}}`) and {n_batch} read {BATCH} (`?ids=`) as fast as answered, and a paced reader "
-             f"starts one read every {pace * 1000:g} ms (alternately one id and {BATCH}) on an idle connection or a "
+             f"starts one read every {pace * 1000:g} ms (alternately one id and {BATCH}) on an idle connection ({int(1.5 / pace)} opened first) or a "
              f"new one whatever became of the earlier ones, so reads also begin while batchd is stopped; each "
              f"notes when its request was written and which versions came back. After {warm:g} s, every {gap:g} s "
              f"a fault: `CLIENT KILL TYPE pubsub`, a reset of every connection through the relay (Redis's replies "
