@@ -22,6 +22,10 @@ needs one, and runs the load and the faults from one asyncio loop:
     sigterm            SIGTERM to batchd                   keep-alive and new-connection readers
     read-your-write    0-2 ms of jitter on every Redis     50 writers (PUT, then GET) and 20 readers
                        command and reply                   through tests/integration/upstream_app.py
+    near-coherence     CLIENT KILL TYPE pubsub x3, link    a changer SETting new versions of 200 hot
+                       resets x2, batchd SIGSTOP 1 s       documents straight into Redis; readers
+                                                           through the near cache (local_cache_bytes),
+                                                           every answer's staleness measured
 
 "link" is RedisLink (chaos_load.py), a relay between batchd and Redis that
 can withhold replies, reset every connection, or delay traffic.
@@ -50,6 +54,7 @@ from driver import driver_args, first_line, machine  # noqa: E402
 # --- the run ---------------------------------------------------------------------------------------
 
 def scenarios():
+    import chaos_near
     import chaos_reads
     import chaos_streams
     return [
@@ -61,6 +66,7 @@ def scenarios():
         ("slowloris", chaos_streams.slowloris),
         ("sigterm", chaos_reads.sigterm),
         ("read-your-write", chaos_reads.read_your_write),
+        ("near-coherence", chaos_near.near_coherence),
     ]
 
 
