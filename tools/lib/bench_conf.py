@@ -6,7 +6,10 @@ processes and for the peers (tools/peers/ templates).
 
     conf/batchd.ini --read_conf()----------> by_ids, ttl, admin token
                     --batchd_conf_lines()--> .bench/batchd.ini          (every scenario but list, owner)
-                                         \-> .bench/batchd-access.ini   (list, owner: [auth], access, [list])
+                                         |-> .bench/batchd-access.ini   (list, owner: [auth], access, [list])
+                                         |-> .bench/batchd-near.ini     (hot-*, profile: + local_cache_bytes
+                                         |                               = 256 MiB on [resource sessions])
+                                         \-> .bench/batchd-fill.ini     (near-fill: local_cache_bytes = 16 MiB)
     tools/peers/*   --template()---------> .bench/<peer>/...
 
 Nothing here starts a process or talks to a server (bench_env.py does).
@@ -101,6 +104,27 @@ def batchd_conf_lines(port):
 def write_batchd_conf(run, port):
     path = run / "batchd.ini"
     path.write_text("\n".join(batchd_conf_lines(port)) + "\n")
+    return path
+
+
+def write_near_conf(run, port, name, listen, admin, local_cache_bytes):
+    """The first batchd's config on ports of its own (port[listen],
+    port[admin]) with local_cache_bytes on [resource sessions]: the
+    near-cache processes (tools/lib/bench_near.py). Same [upstream] and
+    streams, so the only difference from batchd.ini is the near cache."""
+    out = []
+    for section, key, _, line in conf_lines(batchd_conf_lines(port)):
+        if section == "batchd" and key == "listen":
+            line = f"listen = 127.0.0.1:{port[listen]}"
+        elif section == "batchd" and key == "admin_listen":
+            line = f"admin_listen = 127.0.0.1:{port[admin]}"
+        out.append(line)
+        if line.strip() == "[resource sessions]":
+            out.append(f"local_cache_bytes = {local_cache_bytes}")
+    if f"local_cache_bytes = {local_cache_bytes}" not in out:
+        raise SystemExit("conf/batchd.ini has no [resource sessions]; tools/lib/bench_conf.py needs to know")
+    path = run / f"{name}.ini"
+    path.write_text("\n".join(out) + "\n")
     return path
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench_conf import N_SESSIONS, ROOT
 from bench_env import Env, NotAvailable, http_get, log
+from bench_near import NearServers
 
 
 def percentile(sorted_vals, p):
@@ -54,9 +55,10 @@ def rb_parse(out):
     return {"rps": float(d["rps"]), "p50": float(d["p50_latency_ms"]), "p99": float(d["p99_latency_ms"])}
 
 
-class Bench(Env):
-    """The environment, the rows measured in it (rows: one dict a row; sse:
-    one a test of the sse scenario) and the jobs that measure them."""
+class Bench(NearServers, Env):
+    """The environment (with the near-cache processes and Varnish:
+    bench_near.NearServers), the rows measured in it (rows: one dict a row;
+    sse: one a test of the sse scenario) and the jobs that measure them."""
 
     def __init__(self, a):
         super().__init__(a)

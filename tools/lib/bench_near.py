@@ -1,0 +1,660 @@
+"""tools/lib/bench_near.py: the near cache's part of tools/bench (issue 14:
+documents held in batchd's own memory, kept coherent by Redis client
+tracking), and the HTTP cache users would put in front of their app instead.
+
+    hot-single  + batchd /healthz (admin listener), same run: the ceiling a single read is held to
+                + batchd-near at 64 and 256 connections (local_cache_bytes = 256 MiB)
+                + Varnish (Debian varnishd) caching the FastAPI peer's /n1/sessions/{id}, every request a hit
+    hot-batch   + batchd-near, 50 ids
+    near-fill   batchd-fill (local_cache_bytes = 16 MiB) under 50-id batches over ~4x its bound in
+                distinct documents (Redis holds 10,000 sessions + copies under more ids): full and
+                evicting; VmRSS sampled during every slice against the bound
+    profile     (tools/bench --profile, or --only profile) perf stat and strace -c per request, for
+                batchd and batchd-near, hot single and hot 50-id batch at wrk -c64
+
+    NearServers (mixed into bench_jobs.Bench): start_batchd_near, start_batchd_fill, start_varnish
+    goals(): the issue's near-cache goals, same run; memory_section(), profile_section(): their tables
+
+batchd-near and batchd-fill are bench_conf.write_near_conf()'s configs:
+the bench's batchd.ini on ports of their own plus local_cache_bytes. A
+batchd without the near cache refuses that key at `batchd -t`, and their
+rows say "n/a: ..." with batchd's reason. Every scenario but hot-single,
+hot-batch, near-fill and profile runs with them stopped: a process
+tracking session:* gets an invalidation message for every key the mixed
+and cold janitors drop (500k keys/s), work Redis would do on the measured
+core.
+"""
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench_conf import N_SESSIONS, write_near_conf
+from bench_env import NotAvailable, children, http_get, log, wait_port
+from bench_format import fmt_ms, fmt_num, fmt_rt
+
+NEAR_BYTES = 256 << 20      # batchd-near's local_cache_bytes
+FILL_BYTES = 16 << 20       # batchd-fill's
+FILL_FACTOR = 4             # near-fill: distinct document bytes in Redis / FILL_BYTES
+RSS_SLACK = 1.10            # goal: RSS <= (local_cache_bytes + baseline) x 1.1
+ADMIN = {"batchd": "admin", "batchd-near": "near-admin", "batchd-fill": "fill-admin"}
+NEAR_USERS = {"hot-single", "hot-batch", "near-fill", "profile"}
+PROFILE_SECONDS = 5
+
+
+# --- reading a process ------------------------------------------------------------------------
+
+
+def rss(pid):
+    """VmRSS of pid in bytes (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def metrics(port):
+    """batchd's /metrics: "name{labels}" -> value."""
+    try:
+        status, _, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    except OSError:
+        return {}
+    out = {}
+    for line in body.decode(errors="replace").splitlines():
+        m = re.match(r"^([A-Za-z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if m and status == 200:
+            try:
+                out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+            except ValueError:
+                pass
+    return out
+
+
+def metric(ms, name, **labels):
+    """The sum of name's series carrying labels; None when there is none."""
+    found = [v for k, v in ms.items() if k.partition("{")[0] == name
+             and all(f'{lk}="{lv}"' in k for lk, lv in labels.items())]
+    return sum(found) if found else None
+
+
+def near_stats(port):
+    ms = metrics(port)
+    g = lambda n, **kw: metric(ms, n, resource="sessions", **kw)
+    return dict(bytes=g("batchd_local_cache_bytes"), entries=g("batchd_local_cache_entries"),
+                limit=g("batchd_local_cache_limit_bytes"), evictions=g("batchd_local_cache_evictions_total"),
+                hit=g("batchd_local_cache_results_total", result="hit"),
+                miss=g("batchd_local_cache_results_total", result="miss"),
+                bypass=g("batchd_local_cache_results_total", result="bypass"),
+                tracking=metric(ms, "batchd_redis_tracking_up"),
+                requests=metric(ms, "batchd_http_requests_total"))
+
+
+def mib(v):
+    return "—" if v is None else f"{v / 1048576:,.1f} MiB"
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+class NearServers:
+    """Env.ensure()'s starters for the near-cache processes and Varnish."""
+
+    near = None        # name -> dict(pid, admin, limit, base_rss, rss_log) of the running process
+    near_runs = None   # every such dict, in start order (a process stopped and started again has two)
+    profile_rows = None
+
+    def start_near(self, name, limit):
+        if self.near is None:
+            self.near, self.near_runs = {}, []
+        conf = write_near_conf(self.run, self.port, name, name, ADMIN[name], limit)
+        p = self.start_batchd_with(name, conf, self.port[name], self.port[ADMIN[name]])
+        admin = self.port[ADMIN[name]]
+        deadline = time.monotonic() + 15
+        st = near_stats(admin)
+        while st["tracking"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            st = near_stats(admin)
+        if st["tracking"] is None or st["limit"] is None:
+            raise NotAvailable(f"{name} took local_cache_bytes but its /metrics has no batchd_redis_tracking_up "
+                               "or batchd_local_cache_limit_bytes")
+        if st["tracking"] != 1:
+            raise NotAvailable(f"{name}: batchd_redis_tracking_up stayed {st['tracking']:g} for 15 s")
+        # Baseline: started, tracking, no read yet.
+        self.near[name] = dict(name=name, pid=p.pid, admin=admin, limit=limit, base_rss=rss(p.pid), rss_log=[])
+        self.near_runs.append(self.near[name])
+        log(f"  {name}: pid {p.pid}, baseline VmRSS {mib(self.near[name]['base_rss'])}, "
+            f"local_cache_bytes {mib(limit)}")
+        return p
+
+    def start_batchd_near(self):
+        return self.start_near("batchd-near", NEAR_BYTES)
+
+    def start_batchd_fill(self):
+        return self.start_near("batchd-fill", FILL_BYTES)
+
+    def start_varnish(self):
+        """Debian's varnishd in the foreground under .bench/varnish (its own
+        -n work dir, no CLI port, no jail when root), in front of FastAPI
+        with 1 worker. Started like the other peers, so it gets their CPU."""
+        if not shutil.which("varnishd"):
+            raise NotAvailable("varnishd is not installed (Debian package varnish)")
+        self.ensure("fastapi1")
+        d = self.run / "varnish"
+        d.mkdir(exist_ok=True)
+        vcl = d / "bench.vcl"
+        vcl.write_text(VCL.replace("@PORT@", str(self.port["fastapi1"])))
+        argv = ["varnishd", "-F", "-n", str(d / "work"), "-a", f"127.0.0.1:{self.port['varnish']}",
+                "-T", "none", "-f", str(vcl), "-s", "malloc,256m"]
+        if os.getuid() == 0:
+            argv += ["-j", "none"]
+        p = self.procs.start("varnish", argv)
+        wait_port(self.port["varnish"], p, timeout=30, name="varnishd")
+        for c in children(p.pid):
+            self.procs.record(c)
+        self.varnish_dir = d / "work"
+        return p
+
+    def varnish_stats(self):
+        out = subprocess.run(["varnishstat", "-n", str(self.varnish_dir), "-1", "-f", "MAIN.cache_hit",
+                              "-f", "MAIN.cache_miss", "-f", "MAIN.s_pass", "-f", "MAIN.cache_hitpass",
+                              "-f", "MAIN.cache_hitmiss"], capture_output=True, text=True, timeout=10)
+        return {l.split()[0].split(".", 1)[1]: int(l.split()[1]) for l in out.stdout.splitlines() if l.strip()}
+
+    def set_fill_cache(self):
+        """Redis holds the 10,000 sessions and, under s10001..sN, copies of
+        them (each with its own id), FILL_FACTOR x FILL_BYTES in all. Returns N."""
+        docs = self.load_docs()
+        avg = sum(map(len, docs.values())) / len(docs)
+        n = max(N_SESSIONS, int(FILL_FACTOR * FILL_BYTES / avg))
+        if self.cache == ("fill", n):
+            return n
+        self.set_cache("hot")
+        ttl = self.cfg["ttl"]
+
+        def extra():
+            for i in range(N_SESSIONS + 1, n + 1):
+                k = (i - 1) % N_SESSIONS + 1
+                yield f"session:s{i}", docs[f"s{k}"].replace(f'"s{k}"', f'"s{i}"', 1)
+        self.store(extra(), ttl)
+        self.cache = ("fill", n)
+        log(f"  near-fill: Redis holds {n:,} documents, {n * avg / 1048576:,.0f} MiB "
+            f"({FILL_FACTOR}x {mib(FILL_BYTES)}, {avg:.0f} bytes each on average)")
+        return n
+
+
+VCL = """vcl 4.1;
+# tools/bench: Varnish in front of the FastAPI peer (1 worker); every read
+# after the warm-up is a hit. Written by tools/lib/bench_near.py.
+backend fastapi {
+    .host = "127.0.0.1";
+    .port = "@PORT@";
+}
+
+sub vcl_recv {
+    # Nothing may turn a read into a pass: no cookie, no credential.
+    unset req.http.Cookie;
+    unset req.http.Authorization;
+    if (req.method != "GET" && req.method != "HEAD") {
+        return (pass);
+    }
+    return (hash);
+}
+
+sub vcl_backend_response {
+    unset beresp.http.Set-Cookie;
+    set beresp.ttl = 1h;
+    set beresp.grace = 0s;
+    return (deliver);
+}
+"""
+
+
+def before_scenario(b, name):
+    """Stops the near-cache processes before a scenario that does not use them."""
+    if name not in NEAR_USERS:
+        for server in ("batchd-near", "batchd-fill"):
+            if server in b.started:
+                log(f"  stopping {server} (not used by {name})")
+                b.stop(server)
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+
+def near_job(b, scenario, system, kind, server, lua, conns=64, ids=1, note="", sample_rss=False):
+    """A wrk row against a near-cache batchd: after the warm-up an answer
+    must say X-Cache: local (else the note says what it said); each slice
+    notes the share of ids the near cache answered (its own counters)."""
+    port = b.port[server]
+    j = b.http_job(scenario, system, kind, server, port, lua, conns=conns, ids=ids, note=note)
+    prepare, once = j["prepare"], j["once"]
+    opts = dict(a.split("=", 1) for a in lua)
+    probe = opts["path"].replace("{ids}", ",".join(f"s{i}" for i in range(1, 51))).replace("{id}", "s1")
+
+    def prepare2():
+        prepare()
+        http_get(f"http://127.0.0.1:{port}{probe}")
+        status, hdrs, _ = http_get(f"http://127.0.0.1:{port}{probe}")
+        xc = {k.lower(): v for k, v in hdrs.items()}.get("x-cache")
+        if status == 200 and xc != "local" and not sample_rss:
+            j["note"] = "; ".join(x for x in (j["note"], f"after the warm-up answers say X-Cache: {xc}, not local")
+                                  if x)
+
+    def once2(seconds):
+        near = b.near[server]
+        s0 = near_stats(near["admin"])
+        sampler = RssSampler(near["pid"], near["admin"]) if sample_rss else None
+        try:
+            res = once(seconds)
+        finally:
+            if sampler:
+                sampler.stop()
+        s1 = near_stats(near["admin"])
+        looked = sum((s1[k] or 0) - (s0[k] or 0) for k in ("hit", "miss", "bypass"))
+        notes = [res.get("note", "")]
+        if looked:
+            notes.append(f"near cache answered {((s1['hit'] or 0) - (s0['hit'] or 0)) / looked:.1%} of ids")
+        if sampler:
+            res["rss"] = sampler.result(s0, s1)
+            near["rss_log"].append(dict(when=f"{scenario} slice", **res["rss"]))
+            notes.append(f"VmRSS max {mib(res['rss']['rss_max'])}, cache {mib(res['rss']['bytes_max'])}, "
+                         f"{res['rss']['evictions']:,.0f} evictions")
+        res["note"] = "; ".join(n for n in notes if n)
+        return res
+
+    j["prepare"], j["once"] = prepare2, once2
+    return j
+
+
+class RssSampler:
+    """VmRSS every 100 ms and the near cache's gauges every 500 ms while a slice runs."""
+
+    def __init__(self, pid, admin):
+        self.pid, self.admin = pid, admin
+        self.rss, self.bytes = [], []
+        self.done = threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+        self.t.start()
+
+    def loop(self):
+        n = 0
+        while not self.done.wait(0.1):
+            r = rss(self.pid)
+            if r:
+                self.rss.append(r)
+            n += 1
+            if n % 5 == 0:
+                v = near_stats(self.admin)["bytes"]
+                if v is not None:
+                    self.bytes.append(v)
+
+    def stop(self):
+        self.done.set()
+        self.t.join()
+
+    def result(self, s0, s1):
+        return dict(rss_max=max(self.rss, default=None), rss_end=rss(self.pid),
+                    bytes_max=max(self.bytes + [s1["bytes"] or 0]), bytes_end=s1["bytes"],
+                    entries=s1["entries"], evictions=(s1["evictions"] or 0) - (s0["evictions"] or 0))
+
+
+def record_rss(b, server, when):
+    """The near-cache process's VmRSS and gauges now, for the memory section."""
+    near = (b.near or {}).get(server)
+    if not near or isinstance(b.started.get(server), NotAvailable):
+        return
+    st = near_stats(near["admin"])
+    near["rss_log"].append(dict(when=when, rss_max=rss(near["pid"]), rss_end=rss(near["pid"]),
+                                bytes_max=st["bytes"], bytes_end=st["bytes"], entries=st["entries"],
+                                evictions=st["evictions"]))
+
+
+def warm_varnish(b):
+    """Every /n1/sessions/{id} through Varnish once (8 keep-alive
+    connections), then the same again: all 10,000 must be hits."""
+    def worker(ids):
+        c = http.client.HTTPConnection("127.0.0.1", b.port["varnish"], timeout=10)
+        hits = 0
+        for i in ids:
+            c.request("GET", f"/n1/sessions/s{i}")
+            r = c.getresponse()
+            r.read()
+            hits += len((r.getheader("X-Varnish") or "").split()) == 2
+        c.close()
+        return hits
+    parts = [range(k, N_SESSIONS + 1, 8) for k in range(1, 9)]
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(worker, parts))
+        hits = sum(ex.map(worker, parts))
+    if hits < N_SESSIONS:
+        raise NotAvailable(f"Varnish: {N_SESSIONS - hits} of {N_SESSIONS} second reads were not hits")
+
+
+def varnish_job(b):
+    port = b.port["varnish"]
+    lua = ["path=/n1/sessions/{id}", f"hot=1-{N_SESSIONS}"]
+
+    def hit(status, headers, body):
+        h = {k.lower(): v for k, v in headers.items()}
+        if status != 200:
+            return f"Varnish answered {status} {body[:60].decode(errors='replace')}"
+        if len(h.get("x-varnish", "").split()) != 2:
+            return f"Varnish did not answer from its cache (X-Varnish: {h.get('x-varnish')}, Age: {h.get('age')})"
+        return None
+
+    j = b.http_job("hot-single", "Varnish in front of FastAPI (1 worker), all hits", "peer", "varnish", port, lua,
+                   check=hit, pre=lambda: warm_varnish(b),
+                   note="Debian varnishd, default thread pools, `beresp.ttl = 1h`, cookies stripped")
+    once = j["once"]
+
+    def once2(seconds):
+        v0 = b.varnish_stats()
+        res = once(seconds)
+        v1 = b.varnish_stats()
+        d = {k: v1.get(k, 0) - v0.get(k, 0) for k in v1}
+        looked = d.get("cache_hit", 0) + d.get("cache_miss", 0) + d.get("s_pass", 0)
+        if looked:
+            res["note"] = "; ".join(x for x in (res.get("note", ""), f"varnishstat: {d.get('cache_hit', 0) / looked:.2%}"
+                                                f" hits ({d.get('cache_miss', 0)} misses, {d.get('s_pass', 0)} passes)")
+                                    if x)
+            if d.get("cache_miss", 0) + d.get("s_pass", 0) > 0.001 * looked:
+                raise NotAvailable(f"Varnish missed or passed {d.get('cache_miss', 0) + d.get('s_pass', 0)} of "
+                                   f"{looked} requests: not an all-hits row")
+        return res
+
+    j["once"] = once2
+    return j
+
+
+def hot_single_jobs(b, lua):
+    """The rows hot-single adds (bench_reads.hot_single keeps its own first)."""
+    p = b.port
+    return [
+        near_job(b, "hot-single", "batchd, near cache", "batchd-near", "batchd-near", lua),
+        near_job(b, "hot-single", "batchd, near cache, 256 connections", "batchd-near-c256", "batchd-near", lua,
+                 conns=256),
+        b.http_job("hot-single", "batchd /healthz (admin listener)", "batchd-healthz", "batchd", p["admin"],
+                   ["path=/healthz"], note="the ceiling of a single read: same binary, same run"),
+    ]
+
+
+def hot_batch_jobs(b, lua):
+    return [near_job(b, "hot-batch", "batchd, near cache", "batchd-near", "batchd-near", lua, ids=50)]
+
+
+def near_fill(b):
+    """batchd-fill (16 MiB near cache) under random 50-id batches over N
+    ids, ~4x its bound in documents: the cache fills in the warm-up and
+    evicts from then on. Next to it, batchd (near cache off) on the same load."""
+    n = b.set_fill_cache()
+    lua = ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{n}"]
+    fill = near_job(b, "near-fill", f"batchd, near cache {mib(FILL_BYTES)}", "batchd-near", "batchd-fill", lua,
+                    ids=50, sample_rss=True)
+    prepare = fill["prepare"]
+
+    def prepare2():
+        prepare()
+        near = b.near["batchd-fill"]
+        for _ in range(10):
+            st = near_stats(near["admin"])
+            if (st["bytes"] or 0) >= 0.9 * FILL_BYTES and (st["evictions"] or 0) > 0:
+                break
+            b.wrk(b.port["batchd-fill"], lua, 64, 2)
+        else:
+            fill["note"] = f"near cache not full after 20 s: {mib(st['bytes'])}, {st['evictions'] or 0:g} evictions"
+        log(f"    batchd-fill after the warm-up: cache {mib(st['bytes'])} in {st['entries'] or 0:,.0f} entries, "
+            f"{st['evictions'] or 0:,.0f} evictions, VmRSS {mib(rss(near['pid']))}")
+
+    fill["prepare"] = prepare2
+    b.run_jobs([b.http_job("near-fill", "batchd (near cache off)", "batchd", "batchd", b.port["batchd"], lua, ids=50),
+                fill])
+    record_rss(b, "batchd-fill", "after near-fill")
+
+
+# --- goals and memory -----------------------------------------------------------------------
+
+
+def goals(b, only):
+    """(text, ratio, target, how, upper): the issue's near-cache goals,
+    each from rows of one run; target None: reported, no goal; upper: the
+    ratio must stay at or below target."""
+    out = []
+
+    def row(scenario, system):
+        return next((r for r in b.rows if r["scenario"] == scenario and r["system"] == system), None)
+
+    def ratio(text, scenario, num, den, target):
+        if scenario not in only:
+            return
+        a, c = row(scenario, num), row(scenario, den)
+        missing = [f"{s}: n/a ({r['na'][:160]})" if r else f"{s}: no row" for s, r in ((num, a), (den, c))
+                   if r is None or r["na"]]
+        if missing:
+            out.append((text, None, target, "; ".join(missing), False))
+        else:
+            out.append((text, a["rps"] / c["rps"], target, f"{num} {a['rps']:,.0f} / {den} {c['rps']:,.0f} req/s",
+                        False))
+
+    ratio("near cache: hot single reads ≥ 0.9× batchd's own /healthz", "hot-single", "batchd, near cache",
+          "batchd /healthz (admin listener)", 0.9)
+    ratio("near cache off: hot single reads ÷ /healthz (0.82× when issue 14 was filed)", "hot-single", "batchd",
+          "batchd /healthz (admin listener)", None)
+    ratio("near cache: hot 50-id batches ≥ 1.5× redis-benchmark MGET-50", "hot-batch", "batchd, near cache",
+          "redis-benchmark MGET-50", 1.5)
+    ratio("near cache: hot 50-id batches ≥ 10× FastAPI MGET route, 2 workers", "hot-batch", "batchd, near cache",
+          "FastAPI MGET + one query, 2 workers", 10.0)
+    ratio("near cache off: hot 50-id batches ÷ FastAPI MGET route, 2 workers (3.6× when filed)", "hot-batch",
+          "batchd", "FastAPI MGET + one query, 2 workers", None)
+    varnish = "Varnish in front of FastAPI (1 worker), all hits"
+    ratio("near cache: hot single reads ÷ Varnish (all hits)", "hot-single", "batchd, near cache", varnish, None)
+    ratio("near cache off: hot single reads ÷ Varnish (2.6× by hand when filed)", "hot-single", "batchd", varnish,
+          None)
+    if "near-fill" in only:
+        text = "near-fill: RSS ≤ (local_cache_bytes + baseline) + 10%, cache full and evicting"
+        m = mem_figures(b, "batchd-fill")
+        if m is None:
+            why = next((str(v) for k, v in b.started.items() if k == "batchd-fill" and isinstance(v, Exception)),
+                       "not measured")
+            out.append((text, None, RSS_SLACK, f"batchd-fill: n/a ({why[:100]})", True))
+        else:
+            out.append((text, m["rss_max"] / (m["limit"] + m["base"]), RSS_SLACK,
+                        f"VmRSS max {mib(m['rss_max'])} / ({mib(m['limit'])} + baseline {mib(m['base'])}); "
+                        f"cache {mib(m['bytes_max'])}, {m['evictions']:,.0f} evictions", True))
+    return out
+
+
+def mem_figures(b, server):
+    near = (b.near or {}).get(server)
+    if not near or not near["rss_log"]:
+        return None
+    log_ = near["rss_log"]
+    return dict(base=near["base_rss"], limit=near["limit"], rss_max=max(x["rss_max"] or 0 for x in log_),
+                bytes_max=max(x["bytes_max"] or 0 for x in log_), evictions=sum(
+                    x["evictions"] or 0 for x in log_ if x["when"].endswith("slice")))
+
+
+def memory_section(b):
+    """The near-cache processes' memory: baseline (started, tracking, no
+    read), then after each hot scenario's rows and during each near-fill slice."""
+    rows = [(near["name"], near, x) for near in (b.near_runs or []) for x in near["rss_log"]]
+    if not rows:
+        return []
+    L = ["### Near cache: memory", "",
+         "VmRSS from `/proc/<pid>/status`; baseline: right after start, once tracking is up, before any read. "
+         "Cache bytes: the `batchd_local_cache_bytes` gauge (bookkeeping included). Bound: "
+         f"(local_cache_bytes + baseline) × {RSS_SLACK:g}. A near-fill slice shows the largest VmRSS and gauge "
+         "sampled during it (every 100 and 500 ms).", "",
+         "| process | when | local_cache_bytes | baseline RSS | RSS | cache bytes (max) | entries | evictions | "
+         "RSS − baseline | RSS ÷ (limit + baseline) | within bound |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    for name, near, x in rows:
+        r = x["rss_max"] or 0
+        q = r / (near["limit"] + near["base_rss"])
+        L.append(f"| {name} | {x['when']} | {mib(near['limit'])} | {mib(near['base_rss'])} | {mib(r)} | "
+                 f"{mib(x['bytes_max'])} | {fmt_num(x['entries'])} | {fmt_num(x['evictions'])} | "
+                 f"{mib(r - near['base_rss'])} | {q:.3f} | {'yes' if q <= RSS_SLACK else '**no**'} |")
+    L.append("")
+    return L
+
+
+# --- profile ------------------------------------------------------------------------------------
+
+
+SYSCALLS = ["read", "write", "writev", "readv", "recvfrom", "sendto", "sendmsg", "recvmsg", "epoll_wait",
+            "epoll_pwait", "epoll_ctl", "accept4", "close", "ioctl", "futex", "getrusage", "clock_gettime"]
+
+
+def perf_events():
+    ev = ["task-clock", "context-switches", "cpu-migrations", "instructions", "cycles"]
+    tp = Path("/sys/kernel/tracing/events/syscalls")
+    if Path("/sys/kernel/tracing/events/raw_syscalls/sys_enter").exists():
+        ev.append("raw_syscalls:sys_enter")
+    ev += [f"syscalls:sys_enter_{s}" for s in SYSCALLS if (tp / f"sys_enter_{s}").exists()]
+    return ev
+
+
+def parse_perf(path):
+    """perf stat -x, output: event -> value (None when not supported)."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        f = line.split(",")
+        if len(f) < 3 or line.startswith("#"):
+            continue
+        try:
+            out[f[2]] = float(f[0])
+        except ValueError:
+            out[f[2]] = None
+    return out
+
+
+def parse_strace(path):
+    """strace -c's table: syscall -> calls."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        f = line.split()
+        if len(f) >= 5 and re.match(r"^[\d.]+$", f[0]) and f[-1] != "total":
+            try:
+                out[f[-1]] = int(f[3])
+            except ValueError:
+                pass
+    return out
+
+
+def traced(b, argv, port, lua, conns, seconds):
+    """Runs a tracer (perf stat -p, strace -c -p: both stop on SIGINT) around one wrk run; returns wrk's result."""
+    t = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    b.procs.record(t.pid)
+    time.sleep(0.5)
+    try:
+        if t.poll() is not None:
+            raise NotAvailable(f"{argv[0]} exited at once: {t.stderr.read().strip()[:160]}")
+        return b.wrk(port, lua, conns, seconds)
+    finally:
+        if t.poll() is None:
+            t.send_signal(signal.SIGINT)
+        try:
+            t.wait(20)
+        except subprocess.TimeoutExpired:
+            t.kill()
+            t.wait()
+
+
+def profile(b):
+    """Per request: perf stat (task-clock, context switches, instructions and
+    cycles where the CPU exposes them, syscalls by tracepoint: at full speed)
+    and strace -c -f (every syscall, counts only: it slows the process
+    several times) for batchd and batchd-near, hot single and hot 50-id
+    batch, wrk -c64 for PROFILE_SECONDS s each; redis-server's task-clock per
+    request alongside."""
+    b.set_cache("hot")
+    b.profile_rows = []
+    events = perf_events()
+    redis_pid = int((b.run / "redis" / "redis.pid").read_text().split()[0])
+    d = b.run / "profile"
+    d.mkdir(exist_ok=True)
+    loads = [("hot single", ["path=/v1/sessions/{id}", f"hot=1-{N_SESSIONS}"]),
+             ("hot 50-id batch", ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{N_SESSIONS}"])]
+    for server, label in (("batchd", "batchd (near cache off)"), ("batchd-near", "batchd, near cache")):
+        for load, lua in loads:
+            row = dict(system=label, load=load, na=None)
+            b.profile_rows.append(row)
+            try:
+                if not shutil.which("perf") or not shutil.which("strace"):
+                    raise NotAvailable("perf or strace is not installed (Debian linux-perf, strace)")
+                p = b.ensure(server)
+                port = b.port[server]
+                b.wrk(port, lua, 64, b.warm)
+                tag = f"{server}-{load.split()[1]}"
+                pf, rf, sf = d / f"perf-{tag}.csv", d / f"perf-redis-{tag}.csv", d / f"strace-{tag}.txt"
+                # redis-server is measured by a second perf alongside.
+                rp = subprocess.Popen(["perf", "stat", "-x,", "-o", str(rf), "-e", "task-clock", "-p",
+                                       str(redis_pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                b.procs.record(rp.pid)
+                try:
+                    res = traced(b, ["perf", "stat", "-x,", "-o", str(pf), "-e", ",".join(events), "-p", str(p.pid)],
+                                 port, lua, 64, PROFILE_SECONDS)
+                finally:
+                    rp.send_signal(signal.SIGINT)
+                    rp.wait(20)
+                n = res["requests"] + 64
+                perf = parse_perf(pf)
+                redis_ms = parse_perf(rf).get("task-clock")
+                sres = traced(b, ["strace", "-c", "-f", "-qq", "-o", str(sf), "-p", str(p.pid)], port, lua, 64,
+                              PROFILE_SECONDS)
+                sn = sres["requests"] + 64
+                row.update(rps=res["rps"], n=n, perf=perf, strace={k: v / sn for k, v in parse_strace(sf).items()},
+                           strace_rps=sres["rps"], redis_us=None if redis_ms is None else redis_ms * 1000 / n)
+                log(f"  profile {label}, {load}: {res['rps']:,.0f} req/s under perf, "
+                    f"task-clock {per(perf, 'task-clock', n, 1000):.2f} µs/req, "
+                    f"syscalls {per(perf, 'raw_syscalls:sys_enter', n) or 0:.2f}/req; "
+                    f"{sres['rps']:,.0f} req/s under strace")
+            except NotAvailable as e:
+                row["na"] = " ".join(str(e).split())
+                log(f"  profile {label}, {load}: n/a: {row['na']}")
+
+
+def per(perf, event, n, scale=1.0):
+    v = perf.get(event)
+    return None if v is None else v * scale / n
+
+
+def profile_section(b, sc):
+    rows = b.profile_rows or []
+    L = [f"### {sc.name}: {sc.title}", "", sc.explain, ""]
+    if not rows:
+        return L + ["Not run.", ""]
+    L += ["| system | load | req/s under perf | task-clock µs/req | redis-server µs/req | ctx switches/req | "
+          "instructions/req | cycles/req | syscalls/req (perf) | by syscall, per request (perf tracepoints) |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r["na"]:
+            L.append(f"| {r['system']} | {r['load']} | n/a: {r['na']} | | | | | | | |")
+            continue
+        p, n = r["perf"], r["n"]
+        hw = lambda e: ("not supported" if e in p and p[e] is None else fmt_num(per(p, e, n)))
+        calls = sorted(((e.split("sys_enter_")[1], v / n) for e, v in p.items()
+                        if e.startswith("syscalls:") and v), key=lambda x: -x[1])
+        L.append(f"| {r['system']} | {r['load']} | {fmt_num(r['rps'])} | {fmt_ms(per(p, 'task-clock', n, 1000))} | "
+                 f"{fmt_ms(r['redis_us'])} | {fmt_rt(per(p, 'context-switches', n))} | {hw('instructions')} | "
+                 f"{hw('cycles')} | {fmt_rt(per(p, 'raw_syscalls:sys_enter', n))} | "
+                 + ", ".join(f"{k} {fmt_rt(v)}" for k, v in calls) + " |")
+    L += ["", "strace -c -f (every syscall; the traced process runs several times slower, so more requests "
+          "share each loop iteration than at full speed: compare rows with each other, not with perf's):", "",
+          "| system | load | req/s under strace | syscalls/req | by syscall, per request |", "|---|---|---:|---:|---|"]
+    for r in rows:
+        if not r["na"]:
+            s = sorted(r["strace"].items(), key=lambda x: -x[1])
+            L.append(f"| {r['system']} | {r['load']} | {fmt_num(r['strace_rps'])} | {fmt_rt(sum(r['strace'].values()))} | "
+                     + ", ".join(f"{k} {fmt_rt(v)}" for k, v in s if v >= 0.001) + " |")
+    L.append("")
+    return L
