@@ -647,7 +647,7 @@ def profile_section(b, sc):
         L.append(f"| {r['system']} | {r['load']} | {fmt_num(r['rps'])} | {fmt_ms(per(p, 'task-clock', n, 1000))} | "
                  f"{fmt_ms(r['redis_us'])} | {fmt_rt(per(p, 'context-switches', n))} | {hw('instructions')} | "
                  f"{hw('cycles')} | {fmt_rt(per(p, 'raw_syscalls:sys_enter', n))} | "
-                 + ", ".join(f"{k} {fmt_rt(v)}" for k, v in calls) + " |")
+                 + ", ".join(f"{k} {fmt_rt(v)}" for k, v in calls if v >= 0.001) + " |")
     L += ["", "strace -c -f (every syscall; the traced process runs several times slower, so more requests "
           "share each loop iteration than at full speed: compare rows with each other, not with perf's):", "",
           "| system | load | req/s under strace | syscalls/req | by syscall, per request |", "|---|---|---:|---:|---|"]
