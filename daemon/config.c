@@ -392,6 +392,13 @@ static void check_access(struct loader *ld)
                      r->access == ACCESS_OWNER ? "owner" : "authenticated");
         if (r->access == ACCESS_OWNER && r->owner_field[0] == '\0')
             error_at(ld, r->line, "[resource %s] owner_field: required with access = owner (the top-level field naming the owner)", r->name);
+        if (r->local_cache_bytes > 0 && r->local_cache_bytes < 65536)
+            error_at(ld, r->line, "[resource %s] local_cache_bytes: 0 (off) or at least 65536", r->name);
+        const char *at = strstr(r->key, "{id}");
+        if (r->local_cache_bytes > 0 && (at == NULL || strstr(at + 4, "{id}") != NULL))
+            error_at(ld, r->line, "[resource %s] local_cache_bytes needs a key with exactly one {id} (invalidations name keys)", r->name);
+        if (r->local_cache_bytes > 0 && !c->has_redis)
+            error_at(ld, r->line, "[resource %s] local_cache_bytes: the near cache needs a [redis] section (Redis tells it what changed)", r->name);
     }
     for (unsigned i = 0; i < c->n_streams; i++) {
         const struct cfg_stream *s = &c->streams[i];

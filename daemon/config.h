@@ -154,6 +154,7 @@ struct cfg_resource {
     struct cfg_list invalidate;
     int64_t access;             /* enum cfg_access */
     char *owner_field;          /* top-level field of the document naming its owner */
+    int64_t local_cache_bytes;  /* near cache bound (bookkeeping included); 0: off */
 };
 
 struct cfg_stream {

@@ -104,6 +104,7 @@ const struct cfg_key config_keys[] = {
     RS(invalidate, CFG_TPL_LIST, 0, 0, ""),
     RS(access, CFG_ACCESS, 0, 0, "public"),
     RS(owner_field, CFG_STR_OPT, 0, 0, ""),
+    RS(local_cache_bytes, CFG_INT, 0, 1024 * GB, "0"),
 
     ST(path, CFG_PATH_TPL, 0, 0, NULL),
     ST(key, CFG_KEY_TPL, 0, 0, NULL),

@@ -117,6 +117,15 @@ void batch_read_init(struct batch_read *rd, unsigned n)
     rd->next_done = NULL;
 }
 
+void batch_read_init_none(struct batch_read *rd, unsigned n)
+{
+    rd->n = n;
+    rd->pending = 0;
+    rd->one_slot = NULL;
+    rd->slots = NULL;
+    rd->next_done = NULL;
+}
+
 void batch_read_set(struct batch_read *rd, unsigned i, struct batch_entry *e)
 {
     batch_entry_ref(e);
@@ -143,7 +152,7 @@ void batch_read_set(struct batch_read *rd, unsigned i, struct batch_entry *e)
 
 void batch_read_release(struct batch_read *rd)
 {
-    for (unsigned i = 0; i < rd->n; i++) {
+    for (unsigned i = 0; rd->slots && i < rd->n; i++) {
         struct batch_entry *e = rd->slots[i];
         if (e == NULL)
             continue;
@@ -159,7 +168,7 @@ void batch_read_release(struct batch_read *rd)
         batch_entry_unref(e);
     }
     if (rd->slots != &rd->one_slot)
-        free(rd->slots);
+        free(rd->slots); /* NULL for batch_read_init_none */
     rd->slots = NULL;
     rd->n = 0;
 }

@@ -55,6 +55,7 @@ struct batch_entry {
     bool in_table;
     bool from_cache;
     bool stale;                     /* owner's: invalidated while loading */
+    bool no_near;                   /* owner's: changed while loading, not to be kept locally */
     int err;                        /* for BATCH_FAILED: owner's code */
     uint32_t cache_us, db_us;       /* time spent in Redis / PostgreSQL */
     char *doc;                      /* BATCH_FOUND: the document */
@@ -107,6 +108,9 @@ void batch_entry_unref(struct batch_entry *e);
 void batch_pool_drain(void);
 
 void batch_read_init(struct batch_read *rd, unsigned n);
+/* A read of n slots none of which will be a batch entry (the owner answers
+ * them from elsewhere): no slot array, nothing pending. */
+void batch_read_init_none(struct batch_read *rd, unsigned n);
 /* Points slot i at e. A resolved entry fills the slot at once; otherwise the
  * read waits on e. */
 void batch_read_set(struct batch_read *rd, unsigned i, struct batch_entry *e);

@@ -543,3 +543,12 @@ bool jtext_valid_cached(const char *s, size_t n)
     pair[0] = h;
     return true;
 }
+
+bool jtext_value_names(const char *v, size_t vn, const char *s, size_t n)
+{
+    if (vn == 0)
+        return false;
+    if (v[0] == '"')
+        return jtext_string_equals(v, vn, s, n);
+    return (v[0] == '-' || (v[0] >= '0' && v[0] <= '9')) && vn == n && memcmp(v, s, n) == 0;
+}

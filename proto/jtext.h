@@ -50,6 +50,11 @@ int jtext_object_field(const char *s, size_t n, const char *name, size_t name_le
  * exactly s[0..n). */
 bool jtext_string_equals(const char *q, size_t qn, const char *s, size_t n);
 
+/* True when the JSON value v[0..vn) (a string with its quotes, or a
+ * number's text) names s[0..n): a string that decodes to it, or a number
+ * whose text is it (owner_id 42 names principal "42"). */
+bool jtext_value_names(const char *v, size_t vn, const char *s, size_t n);
+
 /* True when s[0..n) is valid UTF-8 (no overlongs, no surrogates). */
 bool jtext_utf8_valid(const char *s, size_t n);
 

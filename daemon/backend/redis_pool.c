@@ -42,7 +42,7 @@ struct rcmd {
 
 static const char *const cmd_names[] = { "GET",  "MGET",   "SET",    "DEL",     "PING",        "AUTH",
                                          "SELECT", "EVALSHA", "EVAL", "SCRIPT", "XADD",   "XRANGE",
-                                         "XREVRANGE", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "other" };
+                                         "XREVRANGE", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "CLIENT", "other" };
 #define N_CMDS (sizeof(cmd_names) / sizeof(cmd_names[0]))
 
 static uint64_t *m_cmds[N_CMDS];
@@ -218,6 +218,12 @@ static int send_cmd(struct rconn *c, redis_reply_fn cb, void *ctx, int argc, con
     return rc;
 }
 
+int redis_conn_command(struct rconn *c, redis_reply_fn cb, void *ctx, int argc, const char **argv,
+                       const size_t *argvlen)
+{
+    return send_cmd(c, cb, ctx, argc, argv, argvlen);
+}
+
 static struct rconn *pick(struct redis_pool *p)
 {
     return (struct rconn *)pool_pick(&p->core);
@@ -376,7 +382,12 @@ static void handshake_step_cb(void *ctx, const redisReply *reply, int err)
         redis_conn_break(c, -ECONNREFUSED, reply->str);
         return;
     }
-    if (c->base.pending == 0)
+    redis_conn_handshake_step(c);
+}
+
+void redis_conn_handshake_step(struct rconn *c)
+{
+    if (c->base.state == POOL_HANDSHAKE && c->base.pending == 0)
         handshake_done(c);
 }
 
@@ -405,6 +416,8 @@ static void on_connect_cb(const redisAsyncContext *ac, int status)
         size_t lens[2] = { 6, strlen(db) };
         (void)send_cmd(c, handshake_step_cb, c, 2, argv, lens);
     }
+    if (c->pubsub)
+        redis_tracking_handshake(c);
     const char *argv[1] = { "PING" };
     size_t lens[1] = { 4 };
     (void)send_cmd(c, handshake_step_cb, c, 1, argv, lens);
@@ -539,6 +552,7 @@ struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, 
               limits_of(cfg, slow_ms), pool_destroy_cb);
     metrics_init();
     redis_pubsub_init();
+    redis_tracking_init();
     LIST_INIT(&p->channels);
     for (unsigned i = 0; i < p->core.n; i++)
         TAILQ_INIT(&((struct rconn *)p->core.conns[i])->cmds);
@@ -559,5 +573,6 @@ void redis_pool_free(struct redis_pool *p)
     redis_reply_drain();
     p->core.freeing = true;
     redis_pubsub_free(p);
+    redis_tracking_free(p);
     pool_close(&p->core);
 }

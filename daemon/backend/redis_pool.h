@@ -95,4 +95,36 @@ void redis_pool_subscribe(struct redis_pool *p, const char *channel);
 void redis_pool_unsubscribe(struct redis_pool *p, const char *channel);
 bool redis_pool_pubsub_up(const struct redis_pool *p);
 
+/* --- server-assisted client-side caching (Redis 6+, RESP2) ------------------------------
+ *
+ * The pub/sub connection, during its handshake, asks for its own id and turns
+ * tracking on with itself as the redirect target, in broadcast mode for the
+ * key prefixes given:
+ *
+ *   CLIENT ID ──> n;  CLIENT TRACKING on REDIRECT n BCAST PREFIX p1 PREFIX p2 ..;  PING
+ *   then SUBSCRIBE __redis__:invalidate: its confirmation is REDIS_TRACK_UP
+ *
+ * Tracking and its messages share one connection, so they live and die
+ * together: a lost connection (Redis restarted, CLIENT KILL, a timeout) is
+ * REDIS_TRACK_DOWN, and Redis, which forgets a closed connection's tracking
+ * without a word, cannot leave batchd trusting a tracker that is gone.
+ * CLIENT TRACKING refused (an old Redis, an ACL): tracking stays down, and
+ * the connection serves pub/sub as before. */
+enum redis_track_event {
+    REDIS_TRACK_UP,    /* confirmed: every change from here on is announced */
+    REDIS_TRACK_DOWN,  /* lost: changes may go unannounced until the next UP */
+    REDIS_TRACK_KEY,   /* key[0..len) changed (or expired, or was evicted) */
+    REDIS_TRACK_FLUSH, /* FLUSHALL / FLUSHDB: every key changed */
+};
+
+typedef void (*redis_track_fn)(void *arg, enum redis_track_event ev, const char *key, size_t len);
+
+/* Tracks the prefixes (copied; n == 0: none), reporting to fn(arg); fn
+ * NULL only stops the reports (the listener is going away). A new
+ * set reconnects the pub/sub connection (Redis cannot change a subscribed
+ * RESP2 connection's tracking), which SSE channels survive by resyncing. */
+void redis_pool_track(struct redis_pool *p, const char *const *prefixes, unsigned n, redis_track_fn fn,
+                      void *arg);
+bool redis_pool_tracking_up(const struct redis_pool *p);
+
 #endif

@@ -47,6 +47,10 @@ static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
     if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING)
         return;
     c->base.last_activity_ms = uv_now(p->core.loop);
+    if (chan->len == sizeof(REDIS_TRACK_CHANNEL) - 1 && memcmp(chan->str, REDIS_TRACK_CHANNEL, chan->len) == 0) {
+        redis_tracking_message(c, kind, msg);
+        return;
+    }
     bool heartbeat = chan->len == sizeof(HEARTBEAT_CHANNEL) - 1 &&
                      memcmp(chan->str, HEARTBEAT_CHANNEL, chan->len) == 0;
     if (heartbeat) {
@@ -62,7 +66,7 @@ static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
         p->sub_fn(p->sub_arg, REDIS_SUB_SUBSCRIBED, chan->str, chan->len, NULL, 0);
 }
 
-static void sub_send(struct rconn *c, const char *verb, const char *channel)
+void redis_sub_send(struct rconn *c, const char *verb, const char *channel)
 {
     if (c->base.state != POOL_READY || c->ac == NULL)
         return;
@@ -90,7 +94,7 @@ static void sub_ping_cb(struct pool_conn *pc)
 {
     struct rconn *c = (struct rconn *)pc;
     c->heartbeat_sent_ms = uv_now(pc->pool->loop);
-    sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
+    redis_sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
 }
 
 /* In pool.h's order: connect, connect_timeout, oldest, overdue, ping, close. */
@@ -104,11 +108,12 @@ void redis_pubsub_ready(struct rconn *c)
 {
     struct redis_pool *p = redis_pool_of(c);
     *m_pubsub_up = 1;
-    sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
+    redis_sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
+    redis_tracking_ready(c);
     struct channel *ch;
     unsigned n = 0;
     LIST_FOREACH(ch, &p->channels, link) {
-        sub_send(c, "SUBSCRIBE", ch->name);
+        redis_sub_send(c, "SUBSCRIBE", ch->name);
         n++;
     }
     if (c->ac)
@@ -122,6 +127,7 @@ void redis_pubsub_lost(struct rconn *c, bool was_ready, const char *reason)
 {
     struct redis_pool *p = redis_pool_of(c);
     *m_pubsub_up = 0;
+    redis_tracking_lost(c);
     if (was_ready && p->sub_fn)
         p->sub_fn(p->sub_arg, REDIS_SUB_DOWN, NULL, 0, NULL, 0);
     if (was_ready)
@@ -146,7 +152,12 @@ void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *ar
 {
     p->sub_fn = fn;
     p->sub_arg = arg;
-    if (p->sub)
+    redis_pubsub_ensure(p);
+}
+
+void redis_pubsub_ensure(struct redis_pool *p)
+{
+    if (p->sub || p->core.freeing)
         return;
     struct rconn *c = (struct rconn *)pool_conn_new(&p->core, &sub_ops);
     c->pubsub = true;
@@ -172,7 +183,7 @@ void redis_pool_subscribe(struct redis_pool *p, const char *channel)
     ch->name = mem_strdup(channel);
     LIST_INSERT_HEAD(&p->channels, ch, link);
     if (p->sub) {
-        sub_send(p->sub, "SUBSCRIBE", channel);
+        redis_sub_send(p->sub, "SUBSCRIBE", channel);
         if (p->sub->ac && p->sub->base.state == POOL_READY)
             redisAsyncHandleWrite(p->sub->ac);
     }
@@ -192,7 +203,7 @@ void redis_pool_unsubscribe(struct redis_pool *p, const char *channel)
         }
     }
     if (p->sub)
-        sub_send(p->sub, "UNSUBSCRIBE", channel);
+        redis_sub_send(p->sub, "UNSUBSCRIBE", channel);
 }
 
 bool redis_pool_pubsub_up(const struct redis_pool *p)

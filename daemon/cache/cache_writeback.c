@@ -58,6 +58,7 @@ static void inval_part_done(struct invalidation *op, int err)
         struct resource *res = op->res;
         struct batch_entry *e = res->set->freeing ? NULL : batch_table_find(&res->table, op->id, op->id_len);
         if (e && e->state == BATCH_CACHE) {
+            e->no_near = true;
             batch_table_remove(&res->table, e);
             (*res->m_inval_unjoined)++;
         }
@@ -108,6 +109,9 @@ int resource_invalidate(struct resource *res, const char *id, size_t id_len,
     op->id_len = (uint16_t)id_len;
     memcpy(op->id, id, id_len);
     op->pending = 1; /* held while the parts are being sent */
+    /* The near cache forgets it at once: read-your-write needs no message. */
+    if (res->near_on)
+        near_drop(&res->near, id, id_len, NEAR_DROP_WRITE);
     /* Loads in flight may carry the old row: answer, but do not cache. */
     struct batch_entry *e = batch_table_find(&res->table, id, id_len);
     if (e && e->state != BATCH_QUEUED) {

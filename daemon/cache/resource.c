@@ -163,6 +163,9 @@ static void db_cb(void *ctx, const PGresult *pgres, int err)
             batch_entry_resolve(e, shape_ok ? BATCH_ABSENT : BATCH_FAILED, shape_ok ? 0 : FAIL_QUERY,
                                 NULL, 0, &done);
         }
+        for (unsigned i = 0; i < ch->n; i++)
+            if (ch->entries[i]->state == BATCH_DONE && ch->entries[i]->result != BATCH_FAILED)
+                near_fill(res, ch->entries[i], ch->track_gen);
         resource_write_back(res, ch);
         if (res->set->redis)
             redis_pool_flush(res->set->redis);
@@ -216,6 +219,7 @@ static void flight_db(struct flight *f)
         ch->n = n;
         ch->start_ns = uv_hrtime();
         ch->start_wall_ms = resource_wall_ms();
+        ch->track_gen = res->set->track_gen;
         struct buf param = BUF_INIT;
         for (unsigned i = 0; i < n; i++) {
             struct batch_entry *next = e->next;
@@ -286,6 +290,8 @@ static void mget_cb(void *ctx, const redisReply *reply, int err)
         }
         if (err == -EBUSY)
             batch_entry_resolve(e, BATCH_FAILED, FAIL_BUSY, NULL, 0, &done);
+        else if (e->state == BATCH_DONE)
+            near_fill(res, e, ch->track_gen);
         if (e->state == BATCH_DONE) {
             batch_table_remove(&res->table, e);
             batch_entry_unref(e);
@@ -330,6 +336,7 @@ static void resource_flush(struct resource *res)
         ch->res = res;
         ch->n = n;
         ch->start_ns = uv_hrtime();
+        ch->track_gen = res->set->track_gen;
         /* Scratch space reused from flush to flush (one loop, one thread). */
         static struct buf keys;
         static size_t *offs, *lens, cap;
@@ -377,6 +384,7 @@ static void resource_flush(struct resource *res)
 static void check_cb(uv_check_t *h)
 {
     struct resource_set *s = h->data;
+    near_answer_deferred(s); /* first: a restarted read queues its ids for the flush below */
     for (unsigned i = 0; i < s->n; i++) {
         struct resource *res = s->res[i];
         if (res->n_queued && res->cfg->batch_window_us == 0)
@@ -395,15 +403,25 @@ static void window_cb(uv_timer_t *t)
 
 int resource_read_begin(struct resource *res, struct read *rd, const str_t *ids, unsigned n)
 {
+    rd->res = res;
+    unsigned local = near_lookup(res, rd, ids, n);
+    if (local == n && n > 0) {
+        /* All in the near cache: no batch entry, no allocation. */
+        batch_read_init_none(&rd->rd, n);
+        near_defer(rd);
+        return 0;
+    }
     /* Checked on arrival: one read may take the count past the limit by at
      * most its own ids, and ids it shares with reads in flight add nothing. */
     if (batch_table_count(&res->table) >= (uint64_t)res->cfg->max_ids_in_flight) {
+        near_read_release(rd);
         (*res->m_busy)++;
         return -EBUSY;
     }
     batch_read_init(&rd->rd, n);
-    rd->res = res;
     for (unsigned i = 0; i < n; i++) {
+        if (local && rd->local[i])
+            continue;
         bool created;
         struct batch_entry *e = batch_table_get(&res->table, ids[i].p, ids[i].len, &created);
         if (created)
@@ -413,7 +431,10 @@ int resource_read_begin(struct resource *res, struct read *rd, const str_t *ids,
         batch_read_set(&rd->rd, i, e);
     }
     if (rd->rd.pending == 0) {
-        resource_answer(rd);
+        if (local)
+            near_defer(rd);
+        else
+            resource_answer(rd);
         return 0;
     }
     if (res->cfg->batch_window_us > 0 && !res->window_armed && res->n_queued) {
@@ -492,6 +513,7 @@ static void resource_metrics(struct resource *res)
                                          size_bounds, sizeof(size_bounds) / sizeof(double));
     res->m_busy = metrics_counter("batchd_resource_busy_total", l,
                                   "Reads answered 503 resource_busy: max_ids_in_flight ids were already queued or being read.");
+    near_metrics(res);
     res->m_not_owner = metrics_counter("batchd_resource_not_owner_total", l,
                                        "Documents answered as not found (null in batches) because they belong to someone else (access = owner).");
     const char *eh = "Read problems: cached values that were not JSON (healed), PostgreSQL unavailable, query errors, bad documents, "
@@ -549,6 +571,7 @@ static void resource_add(struct resource_set *s, const struct cfg_resource *rc)
     uv_unref((uv_handle_t *)&res->window);
     s->handles_open++;
     resource_metrics(res);
+    near_configure(res, false);
     if (s->redis == NULL)
         log_warn("resource has no cache", "resource=%s hint=\"add a [redis] section\"", rc->name);
     s->res = mem_realloc(s->res, (s->n + 1) * sizeof(*s->res));
@@ -570,6 +593,12 @@ struct resource_set *resource_set_new(uv_loop_t *loop, const struct config *cfg,
     s->handles_open++;
     uv_check_start(&s->check, check_cb);
     uv_unref((uv_handle_t *)&s->check);
+    s->local_tail = &s->local_head;
+    uv_idle_init(loop, &s->idle);
+    s->idle.data = s;
+    s->handles_open++;
+    uv_unref((uv_handle_t *)&s->idle);
+    near_track_apply(s);
     return s;
 }
 
@@ -592,6 +621,7 @@ void resource_set_reconfigure(struct resource_set *s, const struct config *cfg)
         /* Same name: new TTLs, limits, key and statement from here on;
          * work in flight finishes with what it started with. */
         bool new_sql = strcmp(res->cfg->by_ids, rc->by_ids) != 0;
+        bool new_key = strcmp(res->cfg->key, rc->key) != 0;
         config_ref(rc->owner);
         config_unref(res->cfg->owner);
         res->cfg = rc;
@@ -599,10 +629,15 @@ void resource_set_reconfigure(struct resource_set *s, const struct config *cfg)
         key_compile(res);
         if (new_sql && s->pg)
             res->stmt = pg_pool_prepare(s->pg, rc->by_ids);
+        near_configure(res, new_key);
     }
-    for (unsigned i = 0; i < s->n; i++)
-        if (s->res[i]->retired)
+    for (unsigned i = 0; i < s->n; i++) {
+        if (s->res[i]->retired) {
             log_info("resource removed", "resource=%s", s->res[i]->cfg->name);
+            near_configure(s->res[i], false);
+        }
+    }
+    near_track_apply(s);
 }
 
 const char *resource_set_not_ready(const struct resource_set *s)
@@ -619,6 +654,9 @@ void resource_set_free(struct resource_set *s)
     if (s == NULL)
         return;
     s->freeing = true;
+    near_answer_deferred(s);
+    if (s->redis)
+        redis_pool_track(s->redis, NULL, 0, NULL, NULL); /* no more reports: the set goes */
     for (unsigned i = 0; i < s->n; i++) {
         struct resource *res = s->res[i];
         struct batch_read *done = NULL;
@@ -631,8 +669,12 @@ void resource_set_free(struct resource_set *s)
             e = next;
         }
         answer_all(done);
+        if (res->near_on)
+            near_deinit(&res->near);
+        res->near_on = false;
         batch_table_deinit(&res->table);
         uv_close((uv_handle_t *)&res->window, window_closed_cb);
     }
     uv_close((uv_handle_t *)&s->check, check_closed_cb);
+    uv_close((uv_handle_t *)&s->idle, check_closed_cb);
 }

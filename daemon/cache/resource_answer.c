@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "daemon/http/req.h"
+#include "daemon/cache/near.h"
 #include "daemon/cache/resource_int.h"
 #include "proto/jtext.h"
 #include "proto/freelist.h"
@@ -20,21 +21,32 @@ struct read *resource_read_get(void)
 {
     struct read *rd = freelist_get(&spare_reads);
     if (rd) {
+        struct near_entry **buf = rd->local_buf;
+        unsigned cap = rd->local_cap;
         memset(rd, 0, sizeof(*rd));
+        rd->local_buf = buf;
+        rd->local_cap = cap;
         return rd;
     }
     return mem_calloc(1, sizeof(*rd));
 }
 
+static void read_free(void *p)
+{
+    struct read *rd = p;
+    free(rd->local_buf);
+    free(rd);
+}
+
 void resource_read_put(struct read *rd)
 {
-    if (!freelist_put(&spare_reads, rd))
-        free(rd);
+    if (rd->local_cap > 1024 || !freelist_put(&spare_reads, rd))
+        read_free(rd);
 }
 
 void resource_pool_drain(void)
 {
-    freelist_drain(&spare_reads, NULL);
+    freelist_drain(&spare_reads, read_free);
 }
 
 /* --- answering ---------------------------------------------------------------- */
@@ -100,21 +112,44 @@ bool resource_owned_by(const struct cfg_resource *cfg, const char *doc, size_t l
 {
     const char *v;
     size_t vn;
-    if (principal == NULL || jtext_object_field(doc, len, cfg->owner_field, strlen(cfg->owner_field), &v, &vn) != 1)
-        return false;
-    if (v[0] == '"')
-        return jtext_string_equals(v, vn, principal, principal_len);
-    /* A number names its owner by its text: owner_id 42 is principal "42". */
-    return (v[0] == '-' || (v[0] >= '0' && v[0] <= '9')) && vn == principal_len &&
-           memcmp(v, principal, vn) == 0;
+    return principal != NULL &&
+           jtext_object_field(doc, len, cfg->owner_field, strlen(cfg->owner_field), &v, &vn) == 1 &&
+           jtext_value_names(v, vn, principal, principal_len);
 }
 
-/* Under access = owner, may the asker see this slot's document? */
-static bool visible(const struct resource *res, const struct req *r, const struct batch_entry *e)
+/* --- slots ----------------------------------------------------------------------- */
+
+/* Slot i of a read, wherever it was answered from. */
+struct slot {
+    enum batch_result result;
+    int err;
+    const char *doc;
+    size_t len;
+    bool local;                 /* from the near cache */
+    bool from_cache;            /* Redis or the near cache */
+    uint32_t cache_us, db_us;
+};
+
+static struct slot slot_at(const struct read *rd, unsigned i)
 {
-    return e->result == BATCH_FOUND &&
-           (res->cfg->access != ACCESS_OWNER ||
-            resource_owned_by(res->cfg, e->doc, e->doc_len, r->principal, r->principal_len));
+    const struct near_entry *l = rd->local ? rd->local[i] : NULL;
+    if (l)
+        return (struct slot){ l->absent ? BATCH_ABSENT : BATCH_FOUND, 0, l->data, l->doc_len, true, true, 0, 0 };
+    const struct batch_entry *e = rd->rd.slots[i];
+    return (struct slot){ e->result, e->err, e->doc, e->doc_len, false, e->from_cache, e->cache_us, e->db_us };
+}
+
+/* Under access = owner, may the asker see slot i? (A near-cache entry
+ * found its owner field when it was stored; a batch entry is scanned.) */
+static bool visible(const struct read *rd, const struct req *r, unsigned i, const struct slot *sl)
+{
+    if (sl->result != BATCH_FOUND)
+        return false;
+    if (rd->res->cfg->access != ACCESS_OWNER)
+        return true;
+    if (sl->local)
+        return near_entry_owned_by(rd->local[i], r->principal, r->principal_len);
+    return resource_owned_by(rd->res->cfg, sl->doc, sl->len, r->principal, r->principal_len);
 }
 
 /* --- reads from inside batchd ------------------------------------------------------ */
@@ -128,15 +163,15 @@ void resource_fetch_done(struct read *rd)
         f = NULL;
     int fail = 0;
     for (unsigned i = 0; i < n; i++) {
-        struct batch_entry *e = rd->rd.slots[i];
-        f[i] = (struct fetched){ FETCH_ABSENT, NULL, 0, e->from_cache };
-        if (e->result == BATCH_FOUND) {
+        struct slot sl = slot_at(rd, i);
+        f[i] = (struct fetched){ FETCH_ABSENT, NULL, 0, sl.from_cache };
+        if (sl.result == BATCH_FOUND) {
             f[i].result = FETCH_FOUND;
-            f[i].doc = e->doc;
-            f[i].doc_len = e->doc_len;
-        } else if (e->result == BATCH_FAILED) {
+            f[i].doc = sl.doc;
+            f[i].doc_len = sl.len;
+        } else if (sl.result == BATCH_FAILED) {
             f[i].result = FETCH_FAILED;
-            int status = e->err == FAIL_QUERY || e->err == FAIL_DOCUMENT ? 500 : 503;
+            int status = sl.err == FAIL_QUERY || sl.err == FAIL_DOCUMENT ? 500 : 503;
             if (status > fail)
                 fail = status;
         }
@@ -144,108 +179,136 @@ void resource_fetch_done(struct read *rd)
     rd->fetch_cb(rd->fetch_ctx, f, n, fail);
     if (n > 64)
         free(f);
+    near_read_release(rd);
     batch_read_release(&rd->rd);
     resource_read_put(rd);
 }
 
+static void entry_release(void *e)
+{
+    batch_entry_unref(e);
+}
+
+/* Points the next part at slot i's document, held by the request until
+ * its bytes are written; a near-cache document carries its ',' along when
+ * `comma`. Returns the parts used. */
+static unsigned part_of(struct read *rd, struct req *r, unsigned i, const struct slot *sl, uv_buf_t *p,
+                        bool comma)
+{
+    if (sl->local) {
+        struct near_entry *l = rd->local[i];
+        rd->local[i] = NULL; /* the read's reference becomes the request's */
+        rd->n_local--;
+        req_hold(r, near_entry_release, l);
+        p[0] = uv_buf_init(l->data, (unsigned)(l->doc_len + comma));
+        return 1;
+    }
+    struct batch_entry *e = rd->rd.slots[i];
+    batch_entry_ref(e);
+    req_hold(r, entry_release, e);
+    p[0] = uv_buf_init(e->doc, (unsigned)e->doc_len);
+    if (!comma)
+        return 1;
+    p[1] = uv_buf_init((char *)",", 1);
+    return 2;
+}
+
 void resource_answer(struct read *rd)
 {
+    if (rd->n_local && !near_read_current(rd))
+        return; /* a local slot was invalidated meanwhile: restarted */
     if (rd->fetch_cb) {
         resource_fetch_done(rd);
         return;
     }
     struct resource *res = rd->res;
     struct req *r = rd->r;
+    unsigned n = rd->rd.n;
     /* Under access = owner someone else's document must look exactly like
      * a missing one: it is hidden, and X-Cache and Server-Timing describe
      * only the documents shown (none at all on a 404), so whether it was
      * cached says nothing either. */
     bool owner = res->cfg->access == ACCESS_OWNER;
-    /* Whether each slot is shown, found once (the owner check scans the
+    /* Whether each slot is shown, found once (the owner check may scan the
      * document). */
     bool vis_stack[64];
-    bool *vis = rd->rd.n <= 64 ? vis_stack : mem_alloc(rd->rd.n * sizeof(bool));
+    bool *vis = n <= 64 ? vis_stack : mem_alloc(n * sizeof(bool));
     enum fail_kind fail = FAIL_NONE;
     uint32_t cache_us = 0, db_us = 0;
-    bool used_cache = false, used_db = false, all_cached = true;
+    bool used_cache = false, used_db = false, all_cached = true, all_local = true;
     unsigned shown = 0;
-    for (unsigned i = 0; i < rd->rd.n; i++) {
-        struct batch_entry *e = rd->rd.slots[i];
-        vis[i] = visible(res, r, e);
-        if (e->result == BATCH_FAILED) {
-            if (fail == FAIL_NONE || e->err > (int)fail)
-                fail = (enum fail_kind)e->err;
+    for (unsigned i = 0; i < n; i++) {
+        struct slot sl = slot_at(rd, i);
+        vis[i] = visible(rd, r, i, &sl);
+        if (sl.result == BATCH_FAILED) {
+            if (fail == FAIL_NONE || sl.err > (int)fail)
+                fail = (enum fail_kind)sl.err;
             continue;
         }
-        if (!e->from_cache)
+        if (sl.local)
+            ; /* counted in batchd_local_cache_results_total */
+        else if (!sl.from_cache)
             (*res->m_miss)++;
-        else if (e->result == BATCH_ABSENT)
+        else if (sl.result == BATCH_ABSENT)
             (*res->m_absent)++;
         else
             (*res->m_hit)++;
         if (owner && !vis[i]) {
-            if (e->result == BATCH_FOUND)
+            if (sl.result == BATCH_FOUND)
                 (*res->m_not_owner)++;
             continue;
         }
         shown++;
-        if (e->cache_us) {
+        if (sl.local)
+            continue;
+        all_local = false;
+        if (sl.cache_us) {
             used_cache = true;
-            if (e->cache_us > cache_us)
-                cache_us = e->cache_us;
+            if (sl.cache_us > cache_us)
+                cache_us = sl.cache_us;
         }
-        if (!e->from_cache) {
+        if (!sl.from_cache) {
             all_cached = false;
             used_db = true;
-            if (e->db_us > db_us)
-                db_us = e->db_us;
+            if (sl.db_us > db_us)
+                db_us = sl.db_us;
         }
+    }
+    if (fail == FAIL_NONE && shown) {
+        req_add_header(r, "X-Cache", all_local ? "local" : all_cached ? "hit" : "miss");
+        if (!all_local)
+            append_timing(r, cache_us, db_us, used_cache, used_db);
     }
     if (fail != FAIL_NONE) {
         answer_failure(res, r, fail);
     } else if (rd->single) {
-        struct batch_entry *e = rd->rd.slots[0];
-        if (shown) {
-            req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
-            append_timing(r, cache_us, db_us, used_cache, used_db);
-        }
-        if (vis[0])
-            req_respond(r, 200, "application/json", e->doc, e->doc_len);
-        else
+        struct slot sl = slot_at(rd, 0);
+        if (vis[0]) {
+            part_of(rd, r, 0, &sl, req_parts(r, 1), false);
+            req_respond_parts(r, 200, "application/json", 1);
+        } else {
             req_error(r, 404, "not_found");
+        }
     } else {
-        /* Built in the request's own (recycled) body buffer. */
-        struct buf *body = &r->body;
-        size_t total = 2;
-        for (unsigned i = 0; i < rd->rd.n; i++)
-            total += (rd->rd.slots[i]->result == BATCH_FOUND ? rd->rd.slots[i]->doc_len : 4) + 1;
-        buf_reset(body);
-        buf_reserve(body, total);
-        char *p = body->data;
-        *p++ = '[';
-        for (unsigned i = 0; i < rd->rd.n; i++) {
-            struct batch_entry *e = rd->rd.slots[i];
-            if (i)
-                *p++ = ',';
+        /* [doc,doc,null,doc]: iovecs over the documents, not a copy. */
+        uv_buf_t *p = req_parts(r, 2 * n + 2);
+        unsigned k = 0;
+        p[k++] = uv_buf_init((char *)"[", 1);
+        for (unsigned i = 0; i < n; i++) {
+            bool comma = i + 1 < n;
             if (vis[i]) {
-                memcpy(p, e->doc, e->doc_len);
-                p += e->doc_len;
+                struct slot sl = slot_at(rd, i);
+                k += part_of(rd, r, i, &sl, p + k, comma);
             } else {
-                memcpy(p, "null", 4);
-                p += 4;
+                p[k++] = uv_buf_init((char *)"null,", comma ? 5 : 4);
             }
         }
-        *p++ = ']';
-        body->len = (size_t)(p - body->data);
-        body->data[body->len] = '\0';
-        if (shown) {
-            req_add_header(r, "X-Cache", all_cached ? "hit" : "miss");
-            append_timing(r, cache_us, db_us, used_cache, used_db);
-        }
-        req_respond_body(r, 200, "application/json");
+        p[k++] = uv_buf_init((char *)"]", 1);
+        req_respond_parts(r, 200, "application/json", k);
     }
     if (vis != vis_stack)
         free(vis);
+    near_read_release(rd);
     batch_read_release(&rd->rd);
     resource_read_put(rd);
 }

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "daemon/metrics.h"
+#include "daemon/cache/near.h"
 #include "daemon/cache/resource.h"
 #include "proto/batch.h"
 #include "proto/buf.h"
@@ -80,6 +81,11 @@ struct resource {
     uint64_t *m_err[FAIL__COUNT];       /* by enum fail_kind; FAIL_NONE unused */
     uint64_t *m_requests[READ__FORMS];  /* by enum read_form */
     struct metric_hist *m_mget_keys, *m_query_ids;
+    /* The near cache (local_cache_bytes > 0), and its counters. */
+    bool near_on;
+    struct near_cache near;
+    uint64_t *m_local_hit, *m_local_miss, *m_local_bypass, *m_local_evictions;
+    uint64_t *m_local_drops[NEAR_DROP__COUNT];
 };
 
 struct resource_set {
@@ -92,6 +98,16 @@ struct resource_set {
     uv_check_t check;
     unsigned handles_open;
     bool freeing;
+    /* Redis tracking as the near caches see it: trusted only while up.
+     * track_gen changes whenever trust was broken (down, up, a flush):
+     * a load that began under another generation is not kept locally. */
+    bool track_up;
+    uint32_t track_gen;
+    /* Reads answered from the near cache wait here for the end of the
+     * loop iteration, after every invalidation read in it (near_track.c);
+     * the idle handle keeps the loop from blocking while any waits. */
+    struct read *local_head, **local_tail;
+    uv_idle_t idle;
 };
 
 /* One flush of one resource: its MGETs, then its misses. */
@@ -104,20 +120,31 @@ struct flight {
 struct chunk {
     struct flight *flight;       /* MGET chunks */
     struct resource *res;
+    uint32_t track_gen;          /* the set's when sent (near_fill) */
     uint64_t start_ns;
     uint64_t start_wall_ms;      /* DB chunks: when the read was sent */
     unsigned n;
     struct batch_entry *entries[];
 };
 
-/* A client request waiting on its slots. */
+/* A client request waiting on its slots. Slot i is either local[i] (a
+ * near-cache entry the read holds) or rd.slots[i] (a batch entry). */
 struct read {
     struct batch_read rd;
     struct resource *res;
     struct req *r;              /* NULL for resource_fetch reads */
     bool single;
+    bool no_near;               /* restarted too often: Redis and PostgreSQL only */
+    uint8_t restarts;
     resource_fetch_fn fetch_cb; /* resource_fetch: who gets the outcome */
     void *fetch_ctx;
+    struct read *next_local;    /* the set's list of reads waiting for the check phase */
+    unsigned n_local;           /* slots taken from the near cache */
+    struct near_entry **local;  /* NULL when n_local == 0; &one_local for one id */
+    struct near_entry *one_local;
+    /* Kept when the read is recycled. */
+    struct near_entry **local_buf;
+    unsigned local_cap;
 };
 
 struct invalidation {
@@ -152,6 +179,32 @@ uint64_t resource_wall_ms(void);
 /* Caches what a by_ids chunk loaded (found and absent), in one script call
  * that respects tombstones; see cache_writeback.c. */
 void resource_write_back(struct resource *res, struct chunk *ch);
+
+/* --- near_track.c: the near cache's side of the read path ------------------------------- */
+
+/* Follows Redis tracking for the set's near caches (resource_set_new and
+ * every reconfigure): the key prefixes of the resources that have one. */
+void near_track_apply(struct resource_set *s);
+/* Looks rd's ids up in res's near cache (when it is on and trusted); fills
+ * rd->local and returns how many were found (each held). */
+unsigned near_lookup(struct resource *res, struct read *rd, const str_t *ids, unsigned n);
+/* A read all of whose slots are resolved and some local: answered at the
+ * end of this loop iteration. */
+void near_defer(struct read *rd);
+/* Answers the deferred reads (the set's check callback, first). */
+void near_answer_deferred(struct resource_set *s);
+/* True when every local slot of rd is still in its near cache; else rd was
+ * restarted (its readers get a fresh read) and must not be answered. */
+bool near_read_current(struct read *rd);
+/* Keeps what a load brought, when the near cache may: e resolved FOUND or
+ * ABSENT, by a load sent under generation gen. */
+void near_fill(struct resource *res, struct batch_entry *e, uint32_t gen);
+/* Drops the read's local slots (their holds). */
+void near_read_release(struct read *rd);
+/* Near-cache state of a resource: on, off or resized by a (re)load;
+ * key_changed: its key template changed (what is held names old keys). */
+void near_configure(struct resource *res, bool key_changed);
+void near_metrics(struct resource *res);
 
 /* Answers a read whose slots are all resolved (a document, a JSON array,
  * 404 or the failure), then frees it. (resource_answer.c) */

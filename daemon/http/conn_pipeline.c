@@ -20,6 +20,7 @@
 #include "daemon/metrics.h"
 
 #define MAX_IOV STREAM_MAX_IOV
+_Static_assert(REQ_MAX_PARTS + 2 <= MAX_IOV, "an answer's iovecs fit one write");
 
 static inline struct req *req_of(struct http_request *m)
 {
@@ -363,7 +364,7 @@ void conn_flush(struct conn *c)
         struct req_list batch = TAILQ_HEAD_INITIALIZER(batch);
         bool last = false;
         while (conn_head(c) && conn_head(c)->state == REQ_READY && conn_head(c) != c->reading &&
-               n + 3 <= MAX_IOV) {
+               n + req_iov_count(conn_head(c)) <= MAX_IOV) {
             struct req *r = dequeue(c);
             r->state = REQ_WRITING;
             if (c->draining && conn_head(c) == NULL && c->reading == NULL)

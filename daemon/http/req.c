@@ -95,9 +95,20 @@ struct req *req_get(void)
     return r;
 }
 
+static void release_holds(struct req *r)
+{
+    for (unsigned i = 0; i < r->n_holds; i++)
+        r->holds[i].release(r->holds[i].obj);
+    r->n_holds = 0;
+    r->n_parts = 0;
+}
+
 static void req_destroy(void *p)
 {
     struct req *r = p;
+    release_holds(r);
+    free(r->parts);
+    free(r->holds);
     http_request_deinit(&r->msg);
     buf_deinit(&r->body);
     buf_deinit(&r->head_extra);
@@ -107,6 +118,7 @@ static void req_destroy(void *p)
 void req_put(struct req *r)
 {
     router_unref(r->router);
+    release_holds(r);
     if (r->msg.head.cap > REQ_KEEP_HEAD_BYTES || r->msg.body.cap > REQ_KEEP_BODY_BYTES ||
         r->body.cap > REQ_KEEP_BODY_BYTES || r->head_extra.cap > REQ_KEEP_HEAD_BYTES ||
         pool.len >= pool.max) {
@@ -115,6 +127,9 @@ void req_put(struct req *r)
     }
     struct http_request msg = r->msg;
     struct buf body = r->body, extra = r->head_extra;
+    uv_buf_t *parts = r->parts;
+    struct req_hold *holds = r->holds;
+    unsigned cap_parts = r->cap_parts, cap_holds = r->cap_holds;
     http_request_reset(&msg);
     buf_reset(&body);
     buf_reset(&extra);
@@ -124,6 +139,10 @@ void req_put(struct req *r)
     r->msg = msg;
     r->body = body;
     r->head_extra = extra;
+    r->parts = parts;
+    r->holds = holds;
+    r->cap_parts = cap_parts;
+    r->cap_holds = cap_holds;
     bool kept = freelist_put(&pool, r);
     assert(kept); /* room checked above */
     (void)kept;
@@ -267,8 +286,13 @@ unsigned req_gather(struct req *r, uv_buf_t *iov)
     unsigned n = 0;
     iov[n++] = uv_buf_init(r->head_fixed, r->head_fixed_len);
     iov[n++] = uv_buf_init(r->head_extra.data, (unsigned)r->head_extra.len);
-    if (!r->head_only && r->body_len > 0)
+    if (r->head_only) {
+    } else if (r->n_parts) {
+        memcpy(iov + n, r->parts, r->n_parts * sizeof(*iov));
+        n += r->n_parts;
+    } else if (r->body_len > 0) {
         iov[n++] = uv_buf_init((char *)r->body_ptr, (unsigned)r->body_len);
+    }
     r->bytes_out = r->head_fixed_len + r->head_extra.len + (r->head_only ? 0 : r->body_len);
     return n;
 }
@@ -321,6 +345,44 @@ void req_respond_static(struct req *r, int status, const char *content_type, con
 {
     r->body_ptr = body;
     r->body_len = len;
+    finish(r, status, content_type);
+}
+
+uv_buf_t *req_parts(struct req *r, unsigned n)
+{
+    if (n > r->cap_parts) {
+        r->cap_parts = n < 8 ? 8 : n;
+        r->parts = mem_realloc(r->parts, r->cap_parts * sizeof(*r->parts));
+    }
+    return r->parts;
+}
+
+void req_hold(struct req *r, void (*release)(void *obj), void *obj)
+{
+    if (r->n_holds == r->cap_holds) {
+        r->cap_holds = r->cap_holds ? 2 * r->cap_holds : 8;
+        r->holds = mem_realloc(r->holds, r->cap_holds * sizeof(*r->holds));
+    }
+    r->holds[r->n_holds++] = (struct req_hold){ release, obj };
+}
+
+void req_respond_parts(struct req *r, int status, const char *content_type, unsigned n)
+{
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += r->parts[i].len;
+    if (n > REQ_MAX_PARTS) {
+        /* More than one writev takes: one buffer (the holds stay until
+         * the request goes, harmlessly). */
+        buf_reset(&r->body);
+        buf_reserve(&r->body, total);
+        for (unsigned i = 0; i < n; i++)
+            buf_append(&r->body, r->parts[i].base, r->parts[i].len);
+        n = 0;
+    }
+    r->n_parts = n;
+    r->body_ptr = n ? NULL : r->body.data;
+    r->body_len = total;
     finish(r, status, content_type);
 }
 

@@ -47,6 +47,18 @@ enum req_state {
     REQ_WRITING,    /* handed to the socket; freed when the write completes */
 };
 
+/* A reference an answer holds on memory its parts point at (a near-cache
+ * entry, a batch entry): released when the request is, after the socket
+ * has taken the bytes. */
+struct req_hold {
+    void (*release)(void *obj);
+    void *obj;
+};
+
+/* The most iovecs one answer's body may have; more are copied into one
+ * buffer (req_respond_parts). */
+#define REQ_MAX_PARTS 1000
+
 typedef void (*req_abort_fn)(struct req *r);
 /* A piece of a streamed request body (ROUTE_AT_HEAD routes). Return 0, or
  * HTTP_PARSER_PAUSE to stop reading until req_body_resume(). */
@@ -92,6 +104,13 @@ struct req {
     struct buf body;            /* owned body */
     const char *body_ptr;       /* body to send: body.data or static bytes */
     size_t body_len;
+    /* A body gathered from memory the request holds rather than copied
+     * (req_respond_parts): n_parts iovecs in parts; the arrays are kept
+     * with a recycled request, so a warm one allocates nothing. */
+    uv_buf_t *parts;
+    unsigned n_parts, cap_parts;
+    struct req_hold *holds;
+    unsigned n_holds, cap_holds;
     uint64_t bytes_out;         /* response bytes, for access logs/metrics */
 
     /* handler hooks */
@@ -142,6 +161,14 @@ void req_respond_body(struct req *r, int status, const char *content_type);
 /* Same, with bytes that outlive the request (string literals). */
 void req_respond_static(struct req *r, int status, const char *content_type, const char *body,
                        size_t len);
+/* Answers gathered, not copied. req_parts gives room for n iovecs (valid
+ * until the next call); the caller points them at memory it keeps alive
+ * with req_hold (each hold released once, when the request is), then
+ * req_respond_parts sends parts[0..n). Over REQ_MAX_PARTS parts are copied
+ * into one buffer instead. */
+uv_buf_t *req_parts(struct req *r, unsigned n);
+void req_hold(struct req *r, void (*release)(void *obj), void *obj);
+void req_respond_parts(struct req *r, int status, const char *content_type, unsigned n);
 /* {"error":"code"} with the status. */
 void req_error(struct req *r, int status, const char *code);
 
@@ -190,8 +217,13 @@ void req_put(struct req *r);
 void req_pool_drain(void);
 /* Builds the response head (now, so that Connection: close reflects the
  * connection's latest state) and points iov at head and body. Returns the
- * number of iovecs used (at most 3). */
+ * number of iovecs used (req_iov_count). */
 unsigned req_gather(struct req *r, uv_buf_t *iov);
+/* How many iovecs req_gather will use: at most REQ_MAX_PARTS + 2. */
+static inline unsigned req_iov_count(const struct req *r)
+{
+    return 2 + (r->head_only ? 0 : r->n_parts ? r->n_parts : 1);
+}
 /* Accounts a finished response in /metrics. */
 void req_observe(struct req *r);
 void req_metrics_init(void);

@@ -38,7 +38,7 @@
 #include <uv.h>
 
 /* Buffers one stream_write takes at most. */
-#define STREAM_MAX_IOV 64
+#define STREAM_MAX_IOV 1024
 /* Pause reasons are bits 0..STREAM_PAUSE_REASONS-1, named by the owner. */
 #define STREAM_PAUSE_REASONS 16
 #define STREAM_PAUSE_ALL 0xffffu
