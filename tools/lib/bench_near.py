@@ -112,6 +112,13 @@ class NearServers:
     near = None        # name -> dict(pid, admin, limit, base_rss, rss_log) of the running process
     near_runs = None   # every such dict, in start order (a process stopped and started again has two)
     profile_rows = None
+    batchd_base_rss = None   # the near-off batchd's VmRSS right after start
+    off_rss = None           # its VmRSS during near-fill's slices: dict(rss_max)
+
+    def start_batchd(self):
+        p = super().start_batchd()
+        self.batchd_base_rss = rss(p.pid)
+        return p
 
     def start_near(self, name, limit):
         if self.near is None:
@@ -231,10 +238,23 @@ def before_scenario(b, name):
 # --- rows ---------------------------------------------------------------------------------------
 
 
+def warm_all(b, port):
+    """Reads every session once, 500 ids a request: wrk replays 4,096
+    requests drawn at its start, so a single-id warm-up would leave most
+    of the 10,000 out of the near cache and the measured slice would load
+    them (Varnish is warmed with all 10,000 the same way)."""
+    for lo in range(1, N_SESSIONS + 1, 500):
+        ids = ",".join(f"s{i}" for i in range(lo, min(lo + 500, N_SESSIONS + 1)))
+        status, _, body = http_get(f"http://127.0.0.1:{port}/v1/sessions?ids={ids}")
+        if status != 200:
+            raise NotAvailable(f"warming the near cache: ?ids= answered {status} {body[:60].decode(errors='replace')}")
+
+
 def near_job(b, scenario, system, kind, server, lua, conns=64, ids=1, note="", sample_rss=False):
-    """A wrk row against a near-cache batchd: after the warm-up an answer
-    must say X-Cache: local (else the note says what it said); each slice
-    notes the share of ids the near cache answered (its own counters)."""
+    """A wrk row against a near-cache batchd: every session read once
+    first (warm_all), then after the warm-up an answer must say X-Cache:
+    local (else the note says what it said); each slice notes the share of
+    ids the near cache answered (its own counters)."""
     port = b.port[server]
     j = b.http_job(scenario, system, kind, server, port, lua, conns=conns, ids=ids, note=note)
     prepare, once = j["prepare"], j["once"]
@@ -242,6 +262,9 @@ def near_job(b, scenario, system, kind, server, lua, conns=64, ids=1, note="", s
     probe = opts["path"].replace("{ids}", ",".join(f"s{i}" for i in range(1, 51))).replace("{id}", "s1")
 
     def prepare2():
+        b.ensure(server)
+        if not sample_rss:
+            warm_all(b, port)
         prepare()
         http_get(f"http://127.0.0.1:{port}{probe}")
         status, hdrs, _ = http_get(f"http://127.0.0.1:{port}{probe}")
@@ -277,9 +300,10 @@ def near_job(b, scenario, system, kind, server, lua, conns=64, ids=1, note="", s
 
 
 class RssSampler:
-    """VmRSS every 100 ms and the near cache's gauges every 500 ms while a slice runs."""
+    """VmRSS every 100 ms and the near cache's gauges every 500 ms (admin:
+    None, no gauges) while a slice runs."""
 
-    def __init__(self, pid, admin):
+    def __init__(self, pid, admin=None):
         self.pid, self.admin = pid, admin
         self.rss, self.bytes = [], []
         self.done = threading.Event()
@@ -293,7 +317,7 @@ class RssSampler:
             if r:
                 self.rss.append(r)
             n += 1
-            if n % 5 == 0:
+            if n % 5 == 0 and self.admin:
                 v = near_stats(self.admin)["bytes"]
                 if v is not None:
                     self.bytes.append(v)
@@ -416,8 +440,20 @@ def near_fill(b):
             f"{st['evictions'] or 0:,.0f} evictions, VmRSS {mib(rss(near['pid']))}")
 
     fill["prepare"] = prepare2
-    b.run_jobs([b.http_job("near-fill", "batchd (near cache off)", "batchd", "batchd", b.port["batchd"], lua, ids=50),
-                fill])
+    # The near-off batchd's VmRSS under the same load: what serving it
+    # costs without a near cache (connections, buffers, replies in flight).
+    off = b.http_job("near-fill", "batchd (near cache off)", "batchd", "batchd", b.port["batchd"], lua, ids=50)
+    off_once = off["once"]
+
+    def off_once2(seconds):
+        sampler = RssSampler(b.started["batchd"].pid)
+        try:
+            return off_once(seconds)
+        finally:
+            sampler.stop()
+            b.off_rss = max(b.off_rss or 0, max(sampler.rss, default=0))
+    off["once"] = off_once2
+    b.run_jobs([off, fill])
     record_rss(b, "batchd-fill", "after near-fill")
 
 
@@ -467,9 +503,11 @@ def goals(b, only):
                        "not measured")
             out.append((text, None, RSS_SLACK, f"batchd-fill: n/a ({why[:100]})", True))
         else:
+            off = (f"; batchd near off, same load: VmRSS {mib(b.off_rss - b.batchd_base_rss)} over its baseline"
+                   if b.off_rss and b.batchd_base_rss else "")
             out.append((text, m["rss_max"] / (m["limit"] + m["base"]), RSS_SLACK,
                         f"VmRSS max {mib(m['rss_max'])} / ({mib(m['limit'])} + baseline {mib(m['base'])}); "
-                        f"cache {mib(m['bytes_max'])}, {m['evictions']:,.0f} evictions", True))
+                        f"cache {mib(m['bytes_max'])}, {m['evictions']:,.0f} evictions{off}", True))
     return out
 
 
@@ -503,6 +541,12 @@ def memory_section(b):
         L.append(f"| {name} | {x['when']} | {mib(near['limit'])} | {mib(near['base_rss'])} | {mib(r)} | "
                  f"{mib(x['bytes_max'])} | {fmt_num(x['entries'])} | {fmt_num(x['evictions'])} | "
                  f"{mib(r - near['base_rss'])} | {q:.3f} | {'yes' if q <= RSS_SLACK else '**no**'} |")
+    if b.off_rss and b.batchd_base_rss:
+        L.append(f"| batchd (near cache off) | near-fill slices, same load | 0 | {mib(b.batchd_base_rss)} | "
+                 f"{mib(b.off_rss)} | — | — | — | {mib(b.off_rss - b.batchd_base_rss)} | — | — |")
+        L += ["", "The near-off row's RSS − baseline is what the load itself costs (64 connections' buffers, "
+              "replies in flight; its baseline was taken at its start, and it has served the earlier scenarios "
+              "since): the part of a near-cache process's growth that is not its cache."]
     L.append("")
     return L
 
@@ -593,6 +637,7 @@ def profile(b):
                     raise NotAvailable("perf or strace is not installed (Debian linux-perf, strace)")
                 p = b.ensure(server)
                 port = b.port[server]
+                warm_all(b, port)
                 b.wrk(port, lua, 64, b.warm)
                 tag = f"{server}-{load.split()[1]}"
                 pf, rf, sf = d / f"perf-{tag}.csv", d / f"perf-redis-{tag}.csv", d / f"strace-{tag}.txt"
