@@ -11,6 +11,8 @@ script starts the rest, measures every row and writes the table:
                                          --->  nginx        |--> PostgreSQL
                                          --->  Webdis ------+
                                          --->  FastAPI -----+
+                                         --->  Varnish --> FastAPI
+                                         --->  batchd-near, batchd-fill* (near cache on)
     redis-benchmark                      --->  redis-server
     pgbench                              --->  PostgreSQL
     sse-load                             --->  batchd SSE, nginx + nchan
@@ -18,12 +20,14 @@ script starts the rest, measures every row and writes the table:
                                          --->  FastAPI /before, /after
 
 The near-cache rows (hot-single, hot-batch), near-fill and profile run
-against batchd-near and batchd-fill (bench_near.py): the first batchd's
-config plus local_cache_bytes (256 MiB, 16 MiB) on ports of their own;
-until batchd knows that key their rows say n/a. hot-single also measures
-batchd's own /healthz and Varnish (Debian varnishd in front of the FastAPI
-peer, every request a hit) in the same run, so that the issue's goals
-are ratios of one run (the report's Goals).
+against batchd-near, batchd-fill and batchd-fill32 (bench_near.py): the
+first batchd's config plus local_cache_bytes (256, 16, 32 MiB) on ports
+of their own; until batchd knows that key their rows say n/a. They are
+stopped before any other scenario (they would take an invalidation
+message for every key the mixed and cold janitors drop). hot-single also
+measures batchd's own /healthz and Varnish (Debian varnishd in front of
+the FastAPI peer, every request a hit) in the same run, so that the
+issue's goals are ratios of one run (the report's Goals).
 
 The list and owner scenarios run against a second batchd, "batchd-access"
 (same binary, same Redis and PostgreSQL), whose config adds [auth], two
@@ -96,11 +100,11 @@ SCENARIOS = [
              "batchd `GET /v1/sessions?ids=` (50 ids), near cache off and on; Webdis `/MGET/...`; FastAPI N+1 "
              "(50 GETs in turn) and batched (one MGET); redis-benchmark `MGET` of 50 keys.",
              bench_reads.hot_batch),
-    Scenario("near-fill", f"Near cache full and evicting: 50-id batches over ~{bench_near.FILL_FACTOR}× "
-             "a 16 MiB near cache in distinct documents",
-             "batchd with `local_cache_bytes = 16 MiB` (batchd-fill) and batchd (near cache off) under random "
-             "50-id batches over s1..sN, where Redis holds the 10,000 sessions and copies of them under "
-             f"s10001..sN ({bench_near.FILL_FACTOR}× 16 MiB of documents): the near cache fills during the "
+    Scenario("near-fill", "Near caches full and evicting: 50-id batches over 64 MiB of distinct documents",
+             "batchd with `local_cache_bytes` = 16 MiB (batchd-fill) and 32 MiB (batchd-fill32), and batchd "
+             "(near cache off), under random 50-id batches over s1..sN, where Redis holds the 10,000 sessions and "
+             "copies of them under s10001..sN, 64 MiB of documents (4× and 2× the bounds; wrk replays 4,096 "
+             "requests, ~160k distinct ids a run, more than either cache holds): each near cache fills during the "
              "warm-up and evicts from then on. VmRSS is sampled every 100 ms during each slice (see Near cache: "
              "memory).", bench_near.near_fill),
     Scenario("mixed", "Mixed 50-id batch: 90% of ids cached, 10% misses",

@@ -9,7 +9,7 @@ processes and for the peers (tools/peers/ templates).
                                          |-> .bench/batchd-access.ini   (list, owner: [auth], access, [list])
                                          |-> .bench/batchd-near.ini     (hot-*, profile: + local_cache_bytes
                                          |                               = 256 MiB on [resource sessions])
-                                         \-> .bench/batchd-fill.ini     (near-fill: local_cache_bytes = 16 MiB)
+                                         \-> .bench/batchd-fill*.ini    (near-fill: local_cache_bytes = 16, 32 MiB)
     tools/peers/*   --template()---------> .bench/<peer>/...
 
 Nothing here starts a process or talks to a server (bench_env.py does).

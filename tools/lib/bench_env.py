@@ -7,7 +7,7 @@ measures rows on top of it.
     Env.ensure(name) --> batchd, batchd-access     (bench_conf.py's configs)
                          nginx-origin, nginx-proxy, nginx-nchan, Webdis,
                          FastAPI with 1 and 2 workers (tools/peers/)
-                         batchd-near, batchd-fill, Varnish   (bench_near.NearServers)
+                         batchd-near, batchd-fill(32), Varnish   (bench_near.NearServers)
     Env.set_cache()  --> redis-server   hot, mixed, cold, owned (+ a janitor
                                         that keeps the misses misses)
     Env.read_counters() <-- INFO commandstats, pg_stat_statements
@@ -156,6 +156,7 @@ class Env:
             "batchd-access": self.base + 12, "access-admin": self.base + 13,
             "batchd-near": self.base + 14, "near-admin": self.base + 15,
             "batchd-fill": self.base + 16, "fill-admin": self.base + 17,
+            "batchd-fill32": self.base + 18, "fill32-admin": self.base + 19,
             "origin": self.base + 20, "nginx-proxy": self.base + 21, "nchan": self.base + 22,
             "webdis": self.base + 30, "fastapi1": self.base + 40, "fastapi2": self.base + 41,
             "varnish": self.base + 50,

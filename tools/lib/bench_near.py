@@ -6,16 +6,16 @@ tracking), and the HTTP cache users would put in front of their app instead.
                 + batchd-near at 64 and 256 connections (local_cache_bytes = 256 MiB)
                 + Varnish (Debian varnishd) caching the FastAPI peer's /n1/sessions/{id}, every request a hit
     hot-batch   + batchd-near, 50 ids
-    near-fill   batchd-fill (local_cache_bytes = 16 MiB) under 50-id batches over ~4x its bound in
-                distinct documents (Redis holds 10,000 sessions + copies under more ids): full and
-                evicting; VmRSS sampled during every slice against the bound
+    near-fill   batchd-fill and batchd-fill32 (local_cache_bytes = 16 and 32 MiB) under 50-id batches
+                over 64 MiB of distinct documents (Redis holds the 10,000 sessions + copies under more
+                ids; 4x and 2x their bounds): full and evicting; VmRSS sampled during every slice
     profile     (tools/bench --profile, or --only profile) perf stat and strace -c per request, for
                 batchd and batchd-near, hot single and hot 50-id batch at wrk -c64
 
     NearServers (mixed into bench_jobs.Bench): start_batchd_near, start_batchd_fill, start_varnish
     goals(): the issue's near-cache goals, same run; memory_section(), profile_section(): their tables
 
-batchd-near and batchd-fill are bench_conf.write_near_conf()'s configs:
+batchd-near and the fill processes are bench_conf.write_near_conf()'s configs:
 the bench's batchd.ini on ports of their own plus local_cache_bytes. A
 batchd without the near cache refuses that key at `batchd -t`, and their
 rows say "n/a: ..." with batchd's reason. Every scenario but hot-single,
@@ -40,10 +40,21 @@ from bench_env import NotAvailable, children, http_get, log, wait_port
 from bench_format import fmt_ms, fmt_num, fmt_rt
 
 NEAR_BYTES = 256 << 20      # batchd-near's local_cache_bytes
-FILL_BYTES = 16 << 20       # batchd-fill's
-FILL_FACTOR = 4             # near-fill: distinct document bytes in Redis / FILL_BYTES
+# near-fill's processes and their local_cache_bytes: with a small bound the
+# load's own memory (connections, replies in flight: a few MiB, not part
+# of the baseline) weighs more against the 10% slack, so two bounds.
+FILL = {"batchd-fill": 16 << 20, "batchd-fill32": 32 << 20}
+FILL_DOC_BYTES = 64 << 20   # near-fill: distinct document bytes in Redis (4x and 2x the bounds)
+# Ids per near-fill request. wrk replays the 4,096 requests bench.lua drew
+# at its start: at 50 ids that is ~160k distinct ids of the ~380k a run,
+# ~45 MiB with bookkeeping, more than either cache holds, so both evict
+# all along (a 64 MiB cache would hold a run's ids whole and evict only
+# when the next run starts). More ids a request would grow the load's own
+# memory (replies and answers in flight), which is not the cache's.
+FILL_K = 50
 RSS_SLACK = 1.10            # goal: RSS <= (local_cache_bytes + baseline) x 1.1
-ADMIN = {"batchd": "admin", "batchd-near": "near-admin", "batchd-fill": "fill-admin"}
+ADMIN = {"batchd": "admin", "batchd-near": "near-admin", "batchd-fill": "fill-admin",
+         "batchd-fill32": "fill32-admin"}
 NEAR_USERS = {"hot-single", "hot-batch", "near-fill", "profile"}
 PROFILE_SECONDS = 5
 
@@ -147,7 +158,10 @@ class NearServers:
         return self.start_near("batchd-near", NEAR_BYTES)
 
     def start_batchd_fill(self):
-        return self.start_near("batchd-fill", FILL_BYTES)
+        return self.start_near("batchd-fill", FILL["batchd-fill"])
+
+    def start_batchd_fill32(self):
+        return self.start_near("batchd-fill32", FILL["batchd-fill32"])
 
     def start_varnish(self):
         """Debian's varnishd in the foreground under .bench/varnish (its own
@@ -179,10 +193,10 @@ class NearServers:
 
     def set_fill_cache(self):
         """Redis holds the 10,000 sessions and, under s10001..sN, copies of
-        them (each with its own id), FILL_FACTOR x FILL_BYTES in all. Returns N."""
+        them (each with its own id), FILL_DOC_BYTES in all. Returns N."""
         docs = self.load_docs()
         avg = sum(map(len, docs.values())) / len(docs)
-        n = max(N_SESSIONS, int(FILL_FACTOR * FILL_BYTES / avg))
+        n = max(N_SESSIONS, int(FILL_DOC_BYTES / avg))
         if self.cache == ("fill", n):
             return n
         self.set_cache("hot")
@@ -195,7 +209,7 @@ class NearServers:
         self.store(extra(), ttl)
         self.cache = ("fill", n)
         log(f"  near-fill: Redis holds {n:,} documents, {n * avg / 1048576:,.0f} MiB "
-            f"({FILL_FACTOR}x {mib(FILL_BYTES)}, {avg:.0f} bytes each on average)")
+            f"({avg:.0f} bytes each on average)")
         return n
 
 
@@ -229,7 +243,7 @@ sub vcl_backend_response {
 def before_scenario(b, name):
     """Stops the near-cache processes before a scenario that does not use them."""
     if name not in NEAR_USERS:
-        for server in ("batchd-near", "batchd-fill"):
+        for server in ["batchd-near"] + list(FILL):
             if server in b.started:
                 log(f"  stopping {server} (not used by {name})")
                 b.stop(server)
@@ -417,32 +431,36 @@ def hot_batch_jobs(b, lua):
 
 
 def near_fill(b):
-    """batchd-fill (16 MiB near cache) under random 50-id batches over N
-    ids, ~4x its bound in documents: the cache fills in the warm-up and
-    evicts from then on. Next to it, batchd (near cache off) on the same load."""
+    """The fill processes (16 and 32 MiB near caches) under random 50-id
+    batches (FILL_K) over N ids, 64 MiB of documents: each cache fills in the
+    warm-up and evicts from then on. Next to them, batchd (near cache off)
+    on the same load, its VmRSS sampled too."""
     n = b.set_fill_cache()
-    lua = ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{n}"]
-    fill = near_job(b, "near-fill", f"batchd, near cache {mib(FILL_BYTES)}", "batchd-near", "batchd-fill", lua,
-                    ids=50, sample_rss=True)
-    prepare = fill["prepare"]
+    lua = ["path=/v1/sessions?ids={ids}", f"k={FILL_K}", f"hot=1-{n}"]
 
-    def prepare2():
-        prepare()
-        near = b.near["batchd-fill"]
-        for _ in range(10):
-            st = near_stats(near["admin"])
-            if (st["bytes"] or 0) >= 0.9 * FILL_BYTES and (st["evictions"] or 0) > 0:
-                break
-            b.wrk(b.port["batchd-fill"], lua, 64, 2)
-        else:
-            fill["note"] = f"near cache not full after 20 s: {mib(st['bytes'])}, {st['evictions'] or 0:g} evictions"
-        log(f"    batchd-fill after the warm-up: cache {mib(st['bytes'])} in {st['entries'] or 0:,.0f} entries, "
-            f"{st['evictions'] or 0:,.0f} evictions, VmRSS {mib(rss(near['pid']))}")
+    def fill_job(server, limit):
+        j = near_job(b, "near-fill", f"batchd, near cache {mib(limit)}", "batchd-near", server, lua, ids=FILL_K,
+                     sample_rss=True)
+        prepare = j["prepare"]
 
-    fill["prepare"] = prepare2
+        def prepare2():
+            prepare()
+            near = b.near[server]
+            for _ in range(10):
+                st = near_stats(near["admin"])
+                if (st["bytes"] or 0) >= 0.9 * limit and (st["evictions"] or 0) > 0:
+                    break
+                b.wrk(b.port[server], lua, 64, 2)
+            else:
+                j["note"] = f"near cache not full after 20 s: {mib(st['bytes'])}, {st['evictions'] or 0:g} evictions"
+            log(f"    {server} after the warm-up: cache {mib(st['bytes'])} in {st['entries'] or 0:,.0f} entries, "
+                f"{st['evictions'] or 0:,.0f} evictions, VmRSS {mib(rss(near['pid']))}")
+        j["prepare"] = prepare2
+        return j
+
     # The near-off batchd's VmRSS under the same load: what serving it
     # costs without a near cache (connections, buffers, replies in flight).
-    off = b.http_job("near-fill", "batchd (near cache off)", "batchd", "batchd", b.port["batchd"], lua, ids=50)
+    off = b.http_job("near-fill", "batchd (near cache off)", "batchd", "batchd", b.port["batchd"], lua, ids=FILL_K)
     off_once = off["once"]
 
     def off_once2(seconds):
@@ -453,8 +471,9 @@ def near_fill(b):
             sampler.stop()
             b.off_rss = max(b.off_rss or 0, max(sampler.rss, default=0))
     off["once"] = off_once2
-    b.run_jobs([off, fill])
-    record_rss(b, "batchd-fill", "after near-fill")
+    b.run_jobs([off] + [fill_job(server, limit) for server, limit in FILL.items()])
+    for server in FILL:
+        record_rss(b, server, "after near-fill")
 
 
 # --- goals and memory -----------------------------------------------------------------------
@@ -496,18 +515,20 @@ def goals(b, only):
     ratio("near cache off: hot single reads ÷ Varnish (2.6× by hand when filed)", "hot-single", "batchd", varnish,
           None)
     if "near-fill" in only:
-        text = "near-fill: RSS ≤ (local_cache_bytes + baseline) + 10%, cache full and evicting"
-        m = mem_figures(b, "batchd-fill")
-        if m is None:
-            why = next((str(v) for k, v in b.started.items() if k == "batchd-fill" and isinstance(v, Exception)),
-                       "not measured")
-            out.append((text, None, RSS_SLACK, f"batchd-fill: n/a ({why[:100]})", True))
-        else:
-            off = (f"; batchd near off, same load: VmRSS {mib(b.off_rss - b.batchd_base_rss)} over its baseline"
-                   if b.off_rss and b.batchd_base_rss else "")
-            out.append((text, m["rss_max"] / (m["limit"] + m["base"]), RSS_SLACK,
-                        f"VmRSS max {mib(m['rss_max'])} / ({mib(m['limit'])} + baseline {mib(m['base'])}); "
-                        f"cache {mib(m['bytes_max'])}, {m['evictions']:,.0f} evictions{off}", True))
+        off = (f"; batchd near off, same load: VmRSS {mib(b.off_rss - b.batchd_base_rss)} over its baseline"
+               if b.off_rss and b.batchd_base_rss else "")
+        for server, limit in FILL.items():
+            text = (f"near-fill: RSS ≤ (local_cache_bytes + baseline) + 10%, {mib(limit)} near cache full and "
+                    "evicting")
+            m = mem_figures(b, server)
+            if m is None:
+                why = b.started.get(server)
+                why = str(why) if isinstance(why, Exception) else "not measured"
+                out.append((text, None, RSS_SLACK, f"{server}: n/a ({why[:160]})", True))
+            else:
+                out.append((text, m["rss_max"] / (m["limit"] + m["base"]), RSS_SLACK,
+                            f"VmRSS max {mib(m['rss_max'])} / ({mib(m['limit'])} + baseline {mib(m['base'])}); "
+                            f"cache {mib(m['bytes_max'])}, {m['evictions']:,.0f} evictions{off}", True))
     return out
 
 
@@ -618,54 +639,58 @@ def profile(b):
     cycles where the CPU exposes them, syscalls by tracepoint: at full speed)
     and strace -c -f (every syscall, counts only: it slows the process
     several times) for batchd and batchd-near, hot single and hot 50-id
-    batch, wrk -c64 for PROFILE_SECONDS s each; redis-server's task-clock per
-    request alongside."""
+    batch, and batchd's /healthz (the ceiling), wrk -c64 for PROFILE_SECONDS
+    s each; redis-server's task-clock per request alongside."""
     b.set_cache("hot")
     b.profile_rows = []
     events = perf_events()
     redis_pid = int((b.run / "redis" / "redis.pid").read_text().split()[0])
     d = b.run / "profile"
     d.mkdir(exist_ok=True)
-    loads = [("hot single", ["path=/v1/sessions/{id}", f"hot=1-{N_SESSIONS}"]),
-             ("hot 50-id batch", ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{N_SESSIONS}"])]
+    single = ["path=/v1/sessions/{id}", f"hot=1-{N_SESSIONS}"]
+    batch = ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{N_SESSIONS}"]
+    # (server, row label, load, port, wrk arguments, file tag); /healthz is the ceiling of a single read.
+    runs = [("batchd", "batchd /healthz (admin listener)", "healthz", "admin", ["path=/healthz"], "healthz")]
     for server, label in (("batchd", "batchd (near cache off)"), ("batchd-near", "batchd, near cache")):
-        for load, lua in loads:
-            row = dict(system=label, load=load, na=None)
-            b.profile_rows.append(row)
-            try:
-                if not shutil.which("perf") or not shutil.which("strace"):
-                    raise NotAvailable("perf or strace is not installed (Debian linux-perf, strace)")
-                p = b.ensure(server)
-                port = b.port[server]
+        runs += [(server, label, "hot single", server, single, f"{server}-single"),
+                 (server, label, "hot 50-id batch", server, batch, f"{server}-batch")]
+    for server, label, load, port_name, lua, tag in runs:
+        row = dict(system=label, load=load, na=None)
+        b.profile_rows.append(row)
+        try:
+            if not shutil.which("perf") or not shutil.which("strace"):
+                raise NotAvailable("perf or strace is not installed (Debian linux-perf, strace)")
+            p = b.ensure(server)
+            port = b.port[port_name]
+            if load != "healthz":
                 warm_all(b, port)
-                b.wrk(port, lua, 64, b.warm)
-                tag = f"{server}-{load.split()[1]}"
-                pf, rf, sf = d / f"perf-{tag}.csv", d / f"perf-redis-{tag}.csv", d / f"strace-{tag}.txt"
-                # redis-server is measured by a second perf alongside.
-                rp = subprocess.Popen(["perf", "stat", "-x,", "-o", str(rf), "-e", "task-clock", "-p",
-                                       str(redis_pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                b.procs.record(rp.pid)
-                try:
-                    res = traced(b, ["perf", "stat", "-x,", "-o", str(pf), "-e", ",".join(events), "-p", str(p.pid)],
-                                 port, lua, 64, PROFILE_SECONDS)
-                finally:
-                    rp.send_signal(signal.SIGINT)
-                    rp.wait(20)
-                n = res["requests"] + 64
-                perf = parse_perf(pf)
-                redis_ms = parse_perf(rf).get("task-clock")
-                sres = traced(b, ["strace", "-c", "-f", "-qq", "-o", str(sf), "-p", str(p.pid)], port, lua, 64,
-                              PROFILE_SECONDS)
-                sn = sres["requests"] + 64
-                row.update(rps=res["rps"], n=n, perf=perf, strace={k: v / sn for k, v in parse_strace(sf).items()},
-                           strace_rps=sres["rps"], redis_us=None if redis_ms is None else redis_ms * 1000 / n)
-                log(f"  profile {label}, {load}: {res['rps']:,.0f} req/s under perf, "
-                    f"task-clock {per(perf, 'task-clock', n, 1000):.2f} µs/req, "
-                    f"syscalls {per(perf, 'raw_syscalls:sys_enter', n) or 0:.2f}/req; "
-                    f"{sres['rps']:,.0f} req/s under strace")
-            except NotAvailable as e:
-                row["na"] = " ".join(str(e).split())
-                log(f"  profile {label}, {load}: n/a: {row['na']}")
+            b.wrk(port, lua, 64, b.warm)
+            pf, rf, sf = d / f"perf-{tag}.csv", d / f"perf-redis-{tag}.csv", d / f"strace-{tag}.txt"
+            # redis-server is measured by a second perf alongside.
+            rp = subprocess.Popen(["perf", "stat", "-x,", "-o", str(rf), "-e", "task-clock", "-p",
+                                   str(redis_pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            b.procs.record(rp.pid)
+            try:
+                res = traced(b, ["perf", "stat", "-x,", "-o", str(pf), "-e", ",".join(events), "-p", str(p.pid)],
+                             port, lua, 64, PROFILE_SECONDS)
+            finally:
+                rp.send_signal(signal.SIGINT)
+                rp.wait(20)
+            n = res["requests"] + 64
+            perf = parse_perf(pf)
+            redis_ms = parse_perf(rf).get("task-clock")
+            sres = traced(b, ["strace", "-c", "-f", "-qq", "-o", str(sf), "-p", str(p.pid)], port, lua, 64,
+                          PROFILE_SECONDS)
+            sn = sres["requests"] + 64
+            row.update(rps=res["rps"], n=n, perf=perf, strace={k: v / sn for k, v in parse_strace(sf).items()},
+                       strace_rps=sres["rps"], redis_us=None if redis_ms is None else redis_ms * 1000 / n)
+            log(f"  profile {label}, {load}: {res['rps']:,.0f} req/s under perf, "
+                f"task-clock {per(perf, 'task-clock', n, 1000):.2f} µs/req, "
+                f"syscalls {per(perf, 'raw_syscalls:sys_enter', n) or 0:.2f}/req; "
+                f"{sres['rps']:,.0f} req/s under strace")
+        except NotAvailable as e:
+            row["na"] = " ".join(str(e).split())
+            log(f"  profile {label}, {load}: n/a: {row['na']}")
 
 
 def per(perf, event, n, scale=1.0):
