@@ -34,6 +34,12 @@ void id_list_deinit(struct id_list *l)
     *l = (struct id_list){ .bytes = BUF_INIT };
 }
 
+void id_list_clear(struct id_list *l)
+{
+    buf_reset(&l->bytes);
+    l->n = 0;
+}
+
 int id_list_add(struct id_list *l, const char *s, size_t n, unsigned max)
 {
     if (!ids_valid(s, n))

@@ -27,6 +27,8 @@ struct id_list {
 
 void id_list_init(struct id_list *l);
 void id_list_deinit(struct id_list *l);
+/* Empties the list, keeping its memory for the next use. */
+void id_list_clear(struct id_list *l);
 /* Appends one id. Returns 0, -EINVAL when it is not a valid id, or -E2BIG
  * when the list already holds `max`. */
 int id_list_add(struct id_list *l, const char *s, size_t n, unsigned max);

@@ -118,7 +118,8 @@ bool near_put(struct near_cache *nc, const char *id, size_t id_len, const char *
     if (old) /* replaced: not counted as a drop */
         unlink_entry(nc, hashtab_entry(old, struct near_entry, hnode));
     struct near_entry *e = mem_alloc(sizeof(*e) + doc_len + 1 + id_len + 1);
-    size_t charge = malloc_usable_size(e);
+    /* What the allocator gives plus its chunk header (glibc's size word). */
+    size_t charge = malloc_usable_size(e) + sizeof(size_t);
     /* The table doubles its buckets when it is full: that growth is
      * charged to the entry that causes it. */
     size_t growth = nc->ht.count > nc->ht.mask ? BUCKET_BYTES(nc) : 0;

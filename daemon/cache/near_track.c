@@ -208,6 +208,7 @@ static void restart(struct read *rd)
         const struct batch_entry *e = l ? NULL : rd->rd.slots[i];
         ids[i] = l ? str_make(near_entry_id(l), l->id_len) : str_make(e->id, e->id_len);
     }
+    (*rd->res->m_local_restarts)++;
     struct read *nr = resource_read_get();
     nr->r = rd->r;
     nr->single = rd->single;
@@ -266,6 +267,8 @@ void near_fill(struct resource *res, struct batch_entry *e, uint32_t gen)
 void near_configure(struct resource *res, bool key_changed)
 {
     size_t want = res->retired ? 0 : (size_t)res->cfg->local_cache_bytes;
+    if ((want != 0) != res->near_on || key_changed)
+        res->set->track_gen++; /* loads in flight were sent for the old arrangement */
     if (res->near_on && (want == 0 || key_changed)) {
         near_deinit(&res->near);
         res->near_on = false;
@@ -308,6 +311,9 @@ void near_metrics(struct resource *res)
                      gauge_entries, res);
     metrics_gauge_fn("batchd_local_cache_limit_bytes", l, "local_cache_bytes: the near cache's bound (0: off).",
                      gauge_limit, res);
+    res->m_local_restarts = metrics_counter("batchd_local_cache_restarts_total", l,
+                                            "Reads found in the near cache whose entry was invalidated before the answer went "
+                                            "out: they were read again from Redis.");
     res->m_local_evictions = metrics_counter("batchd_local_cache_evictions_total", l,
                                              "Entries evicted to stay within local_cache_bytes.");
     const char *h = "Ids looked up in the near cache: hit, miss, or bypass (Redis tracking not confirmed: not trusted).";

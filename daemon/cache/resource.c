@@ -621,7 +621,8 @@ void resource_set_reconfigure(struct resource_set *s, const struct config *cfg)
         /* Same name: new TTLs, limits, key and statement from here on;
          * work in flight finishes with what it started with. */
         bool new_sql = strcmp(res->cfg->by_ids, rc->by_ids) != 0;
-        bool new_key = strcmp(res->cfg->key, rc->key) != 0;
+        /* What the near cache holds names keys and owners the old way. */
+        bool new_key = strcmp(res->cfg->key, rc->key) != 0 || strcmp(res->cfg->owner_field, rc->owner_field) != 0;
         config_ref(rc->owner);
         config_unref(res->cfg->owner);
         res->cfg = rc;

@@ -101,7 +101,7 @@ const struct cfg_resource *resource_cfg(const struct resource *res);
 bool resource_owned_by(const struct cfg_resource *cfg, const char *doc, size_t len,
                        const char *principal, size_t principal_len);
 
-/* Frees the recycled read objects (at exit). */
+/* Frees the recycled read objects and decoding scratch (at exit). */
 void resource_pool_drain(void);
 /* Releases everything; call after the pools have completed their callbacks. */
 void resource_set_free(struct resource_set *s);

@@ -47,6 +47,7 @@ void resource_read_put(struct read *rd)
 void resource_pool_drain(void)
 {
     freelist_drain(&spare_reads, read_free);
+    resource_routes_drain();
 }
 
 /* --- answering ---------------------------------------------------------------- */

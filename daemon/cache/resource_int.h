@@ -84,7 +84,7 @@ struct resource {
     /* The near cache (local_cache_bytes > 0), and its counters. */
     bool near_on;
     struct near_cache near;
-    uint64_t *m_local_hit, *m_local_miss, *m_local_bypass, *m_local_evictions;
+    uint64_t *m_local_hit, *m_local_miss, *m_local_bypass, *m_local_evictions, *m_local_restarts;
     uint64_t *m_local_drops[NEAR_DROP__COUNT];
 };
 
@@ -220,6 +220,8 @@ int resource_read_begin(struct resource *res, struct read *rd, const str_t *ids,
 /* A resource_fetch read is complete: hands the outcome to its callback. */
 void resource_fetch_done(struct read *rd);
 struct read *resource_read_get(void);
+/* Frees resource_routes.c's decoding scratch (resource_pool_drain). */
+void resource_routes_drain(void);
 void resource_read_put(struct read *rd);
 
 #endif

@@ -52,33 +52,62 @@ static void handle_single_allowed(struct req *r, void *data)
     resource_start_read(res, r, &one, 1, true);
 }
 
+struct list_scratch;
+static void resource_routes_drain_one(struct list_scratch *sc);
+
+/* What decoding ?ids= needs, kept from request to request (one loop, one
+ * thread): a warm list read allocates nothing. Answering can resume the
+ * connection's parser and so run this handler again before it returns:
+ * that inner call uses memory of its own. */
+static struct list_scratch {
+    struct id_list ids;
+    struct buf key, val;
+    bool busy;
+} scratch; /* all zero: empty lists and buffers */
+
+#define SCRATCH_KEEP_BYTES (64 * 1024)
+
+static void resource_routes_drain_one(struct list_scratch *sc)
+{
+    id_list_deinit(&sc->ids);
+    buf_deinit(&sc->key);
+    buf_deinit(&sc->val);
+}
+
+void resource_routes_drain(void)
+{
+    resource_routes_drain_one(&scratch);
+}
+
 static void handle_list_allowed(struct req *r, void *data)
 {
     struct resource *res = data;
-    struct id_list ids;
-    id_list_init(&ids);
+    struct list_scratch own;
+    memset(&own, 0, sizeof(own));
+    struct list_scratch *sc = scratch.busy ? &own : &scratch;
+    sc->busy = true;
+    id_list_clear(&sc->ids);
     str_t rest = r->msg.query, k, v;
-    struct buf key = BUF_INIT, val = BUF_INIT;
     bool seen = false;
     int rc = 0;
     while (rc == 0 && url_query_next(&rest, &k, &v)) {
-        buf_reset(&key);
-        if (url_decode(k, true, &key) != 0 || !str_eq(buf_str(&key), STR_LIT("ids")))
+        buf_reset(&sc->key);
+        if (url_decode(k, true, &sc->key) != 0 || !str_eq(buf_str(&sc->key), STR_LIT("ids")))
             continue;
         seen = true;
-        buf_reset(&val);
-        rc = url_decode(v, true, &val) != 0 ? -EINVAL
-                                             : id_list_add_csv(&ids, buf_str(&val), (unsigned)res->cfg->max_ids);
+        buf_reset(&sc->val);
+        rc = url_decode(v, true, &sc->val) != 0 ? -EINVAL
+                                                 : id_list_add_csv(&sc->ids, buf_str(&sc->val), (unsigned)res->cfg->max_ids);
     }
     if (rc != 0)
         bad_ids(r, rc);
     else if (!seen)
         req_error(r, 400, "missing_ids");
     else
-        start_list_read(res, r, &ids);
-    buf_deinit(&key);
-    buf_deinit(&val);
-    id_list_deinit(&ids);
+        start_list_read(res, r, &sc->ids);
+    sc->busy = false;
+    if (sc == &own || sc->ids.bytes.cap + sc->key.cap + sc->val.cap > SCRATCH_KEEP_BYTES)
+        resource_routes_drain_one(sc);
 }
 
 static void handle_batch_allowed(struct req *r, void *data)

@@ -3,6 +3,7 @@
 
 #include <llhttp.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "proto/mem.h"
 
@@ -20,12 +21,18 @@ void router_add(struct router *rt, uint64_t methods, const char *pattern, route_
     struct route *r = &rt->routes[rt->n++];
     if (methods & ROUTE_M(HTTP_GET))
         methods |= ROUTE_M(HTTP_HEAD);
-    *r = (struct route){ methods, mem_strdup(pattern), fn, data, flags };
+    *r = (struct route){ methods, mem_strdup(pattern), strcspn(pattern, "{"), fn, data, flags };
+}
+
+/* A cheap first test: the literal start of the pattern. */
+static bool starts_like(const struct route *r, str_t path)
+{
+    return path.len >= r->prefix_len && memcmp(path.p, r->pattern, r->prefix_len) == 0;
 }
 
 void router_set_fallback(struct router *rt, route_fn fn, void *data, unsigned flags)
 {
-    rt->fallback = (struct route){ ~0ULL, NULL, fn, data, flags };
+    rt->fallback = (struct route){ ~0ULL, NULL, 0, fn, data, flags };
 }
 
 enum router_result router_match(const struct router *rt, uint8_t method, str_t path,
@@ -34,15 +41,14 @@ enum router_result router_match(const struct router *rt, uint8_t method, str_t p
 {
     const struct route *best = NULL;
     int best_score = -1;
-    uint64_t path_methods = 0;
     struct url_params tmp;
+    /* Routes for this method first: the usual request needs no more. */
     for (unsigned i = 0; i < rt->n; i++) {
         const struct route *r = &rt->routes[i];
-        int score = url_template_match(r->pattern, path, &tmp);
-        if (score < 0)
+        if (!(r->methods & ROUTE_M(method)) || !starts_like(r, path))
             continue;
-        path_methods |= r->methods;
-        if ((r->methods & ROUTE_M(method)) && score > best_score) {
+        int score = url_template_match(r->pattern, path, &tmp);
+        if (score > best_score) {
             best = r;
             best_score = score;
             *params = tmp;
@@ -58,6 +64,12 @@ enum router_result router_match(const struct router *rt, uint8_t method, str_t p
         params->n = 0;
         *route = &rt->fallback;
         return ROUTER_FOUND;
+    }
+    uint64_t path_methods = 0;
+    for (unsigned i = 0; i < rt->n; i++) {
+        const struct route *r = &rt->routes[i];
+        if (starts_like(r, path) && url_template_match(r->pattern, path, &tmp) >= 0)
+            path_methods |= r->methods;
     }
     if (path_methods) {
         *allowed = path_methods;

@@ -34,6 +34,7 @@ enum route_flags {
 struct route {
     uint64_t methods;      /* ROUTE_M bits; GET implies HEAD */
     char *pattern;
+    size_t prefix_len;     /* the pattern's bytes before its first '{': a path must start with them */
     route_fn fn;
     void *data;
     unsigned flags;

@@ -469,12 +469,21 @@ async def send_get(port, path, headers=None):
     return reader, writer
 
 
+def stop_process(pid):
+    """SIGSTOP, then wait until the process is stopped: kill() returns
+    before a process running on another core has stopped, and what a test
+    sends meanwhile could still be read."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+               interval=0.001, what=f"process {pid} stopped")
+
+
 async def fetch_many_at_once(port, paths, pid, headers=None):
     """Every request is in batchd's socket buffers before batchd runs again:
     it is stopped (SIGSTOP) while the clients connect (the kernel completes the
     handshakes into the listen backlog) and write, then continued. So all the
     reads reach it in the same loop iterations, whatever the machine's load."""
-    os.kill(pid, signal.SIGSTOP)
+    stop_process(pid)
     try:
         conns = await asyncio.gather(*[send_get(port, p, headers) for p in paths])
     finally:
