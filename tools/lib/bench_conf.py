@@ -75,8 +75,8 @@ def owned_missing(cfg):
 
 def batchd_conf_lines(port):
     """conf/batchd.ini with the bench's ports (port: name -> number), as
-    tools/run does, plus an [upstream] to the origin and room for 15k SSE
-    clients. 16,000 connections leave batchd about 4,000 of its 20,000
+    tools/run does, plus an [upstream] to the origin, room for 15k SSE
+    clients and the near cache off. 16,000 connections leave batchd about 4,000 of its 20,000
     descriptors."""
     sets = {
         ("batchd", "listen"): f"127.0.0.1:{port['batchd']}",
@@ -86,6 +86,9 @@ def batchd_conf_lines(port):
         ("redis", "url"): f"redis://127.0.0.1:{port['redis']}/0",
         ("postgres", "conninfo"): f"host=127.0.0.1 port={port['pg']} dbname=app user=app",
         ("upstream", "url"): f"http://127.0.0.1:{port['origin']}",
+        # The near cache off, whatever conf/batchd.ini says (not added
+        # where it does not say: a batchd without it refuses the key).
+        ("resource sessions", "local_cache_bytes"): "0",
     }
     out = []
     has_upstream = False
@@ -113,15 +116,20 @@ def write_near_conf(run, port, name, listen, admin, local_cache_bytes):
     near-cache processes (tools/lib/bench_near.py). Same [upstream] and
     streams, so the only difference from batchd.ini is the near cache."""
     out = []
-    for section, key, _, line in conf_lines(batchd_conf_lines(port)):
+    lines = list(conf_lines(batchd_conf_lines(port)))
+    has_key = any(section == "resource sessions" and key == "local_cache_bytes" for section, key, _, _ in lines)
+    setting = f"local_cache_bytes = {local_cache_bytes}"
+    for section, key, _, line in lines:
         if section == "batchd" and key == "listen":
             line = f"listen = 127.0.0.1:{port[listen]}"
         elif section == "batchd" and key == "admin_listen":
             line = f"admin_listen = 127.0.0.1:{port[admin]}"
+        elif section == "resource sessions" and key == "local_cache_bytes":
+            line = setting
         out.append(line)
-        if line.strip() == "[resource sessions]":
-            out.append(f"local_cache_bytes = {local_cache_bytes}")
-    if f"local_cache_bytes = {local_cache_bytes}" not in out:
+        if line.strip() == "[resource sessions]" and not has_key:
+            out.append(setting)
+    if setting not in out:
         raise SystemExit("conf/batchd.ini has no [resource sessions]; tools/lib/bench_conf.py needs to know")
     path = run / f"{name}.ini"
     path.write_text("\n".join(out) + "\n")
