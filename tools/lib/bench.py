@@ -20,8 +20,9 @@ script starts the rest, measures every row and writes the table:
                                          --->  FastAPI /before, /after
 
 The near-cache rows (hot-single, hot-batch), near-fill and profile run
-against batchd-near, batchd-fill and batchd-fill32 (bench_near.py): the
-first batchd's config plus local_cache_bytes (256, 16, 32 MiB) on ports
+against batchd-near, batchd-fill, batchd-fill32 and batchd-fill0
+(bench_near.py): the first batchd's config with local_cache_bytes (256,
+16, 32 MiB, and 0 for near-fill's near-off row) on ports
 of their own; until batchd knows that key their rows say n/a. They are
 stopped before any other scenario (they would take an invalidation
 message for every key the mixed and cold janitors drop). hot-single also
@@ -101,8 +102,9 @@ SCENARIOS = [
              "(50 GETs in turn) and batched (one MGET); redis-benchmark `MGET` of 50 keys.",
              bench_reads.hot_batch),
     Scenario("near-fill", "Near caches full and evicting: 50-id batches over 64 MiB of distinct documents",
-             "batchd with `local_cache_bytes` = 16 MiB (batchd-fill) and 32 MiB (batchd-fill32), and batchd "
-             "(near cache off), under random 50-id batches over s1..sN, where Redis holds the 10,000 sessions and "
+             "batchd with `local_cache_bytes` = 16 MiB (batchd-fill) and 32 MiB (batchd-fill32), and a fresh "
+             "batchd with it off (batchd-fill0, for the load's own memory), under random 50-id batches over "
+             "s1..sN, where Redis holds the 10,000 sessions and "
              "copies of them under s10001..sN, 64 MiB of documents (4× and 2× the bounds; wrk replays 4,096 "
              "requests, ~160k distinct ids a run, more than either cache holds): each near cache fills during the "
              "warm-up and evicts from then on. VmRSS is sampled every 100 ms during each slice (see Near cache: "

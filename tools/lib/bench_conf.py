@@ -9,7 +9,7 @@ processes and for the peers (tools/peers/ templates).
                                          |-> .bench/batchd-access.ini   (list, owner: [auth], access, [list])
                                          |-> .bench/batchd-near.ini     (hot-*, profile: + local_cache_bytes
                                          |                               = 256 MiB on [resource sessions])
-                                         \-> .bench/batchd-fill*.ini    (near-fill: local_cache_bytes = 16, 32 MiB)
+                                         \-> .bench/batchd-fill*.ini    (near-fill: local_cache_bytes = 16, 32 MiB, 0)
     tools/peers/*   --template()---------> .bench/<peer>/...
 
 Nothing here starts a process or talks to a server (bench_env.py does).
@@ -114,7 +114,8 @@ def write_near_conf(run, port, name, listen, admin, local_cache_bytes):
     """The first batchd's config on ports of its own (port[listen],
     port[admin]) with local_cache_bytes on [resource sessions]: the
     near-cache processes (tools/lib/bench_near.py). Same [upstream] and
-    streams, so the only difference from batchd.ini is the near cache."""
+    streams, so the only difference from batchd.ini is the near cache.
+    local_cache_bytes 0 is only written over a line that sets it."""
     out = []
     lines = list(conf_lines(batchd_conf_lines(port)))
     has_key = any(section == "resource sessions" and key == "local_cache_bytes" for section, key, _, _ in lines)
@@ -127,9 +128,9 @@ def write_near_conf(run, port, name, listen, admin, local_cache_bytes):
         elif section == "resource sessions" and key == "local_cache_bytes":
             line = setting
         out.append(line)
-        if line.strip() == "[resource sessions]" and not has_key:
+        if line.strip() == "[resource sessions]" and not has_key and local_cache_bytes:
             out.append(setting)
-    if setting not in out:
+    if setting not in out and (local_cache_bytes or has_key):
         raise SystemExit("conf/batchd.ini has no [resource sessions]; tools/lib/bench_conf.py needs to know")
     path = run / f"{name}.ini"
     path.write_text("\n".join(out) + "\n")

@@ -159,7 +159,7 @@ class Env:
             "batchd-fill32": self.base + 18, "fill32-admin": self.base + 19,
             "origin": self.base + 20, "nginx-proxy": self.base + 21, "nchan": self.base + 22,
             "webdis": self.base + 30, "fastapi1": self.base + 40, "fastapi2": self.base + 41,
-            "varnish": self.base + 50,
+            "varnish": self.base + 50, "batchd-fill0": self.base + 60, "fill0-admin": self.base + 61,
         }
         # CPU placement. Measured both ways on the 2-core VM this was written
         # on (quick runs, quiet machine): unpinned, batchd gained on /healthz

@@ -8,7 +8,8 @@ tracking), and the HTTP cache users would put in front of their app instead.
     hot-batch   + batchd-near, 50 ids
     near-fill   batchd-fill and batchd-fill32 (local_cache_bytes = 16 and 32 MiB) under 50-id batches
                 over 64 MiB of distinct documents (Redis holds the 10,000 sessions + copies under more
-                ids; 4x and 2x their bounds): full and evicting; VmRSS sampled during every slice
+                ids; 4x and 2x their bounds): full and evicting; VmRSS sampled during every slice;
+                + batchd-fill0 (a fresh near-off process): the same load's own memory
     profile     (tools/bench --profile, or --only profile) perf stat and strace -c per request, for
                 batchd and batchd-near, hot single and hot 50-id batch at wrk -c64
 
@@ -53,8 +54,12 @@ FILL_DOC_BYTES = 64 << 20   # near-fill: distinct document bytes in Redis (4x an
 # memory (replies and answers in flight), which is not the cache's.
 FILL_K = 50
 RSS_SLACK = 1.10            # goal: RSS <= (local_cache_bytes + baseline) x 1.1
+# near-fill's near-off process, fresh like the others: its VmRSS growth
+# under the same load is the load's own memory (connections, replies in
+# flight), which the baseline (before any read) does not hold.
+FILL_OFF = "batchd-fill0"
 ADMIN = {"batchd": "admin", "batchd-near": "near-admin", "batchd-fill": "fill-admin",
-         "batchd-fill32": "fill32-admin"}
+         "batchd-fill32": "fill32-admin", FILL_OFF: "fill0-admin"}
 NEAR_USERS = {"hot-single", "hot-batch", "near-fill", "profile"}
 PROFILE_SECONDS = 5
 
@@ -123,14 +128,6 @@ class NearServers:
     near = None        # name -> dict(pid, admin, limit, base_rss, rss_log) of the running process
     near_runs = None   # every such dict, in start order (a process stopped and started again has two)
     profile_rows = None
-    batchd_base_rss = None   # the near-off batchd's VmRSS right after start
-    off_rss = None           # its VmRSS during near-fill's slices: dict(rss_max)
-
-    def start_batchd(self):
-        p = super().start_batchd()
-        self.batchd_base_rss = rss(p.pid)
-        return p
-
     def start_near(self, name, limit):
         if self.near is None:
             self.near, self.near_runs = {}, []
@@ -139,13 +136,13 @@ class NearServers:
         admin = self.port[ADMIN[name]]
         deadline = time.monotonic() + 15
         st = near_stats(admin)
-        while st["tracking"] != 1 and time.monotonic() < deadline:
+        while limit and st["tracking"] != 1 and time.monotonic() < deadline:
             time.sleep(0.1)
             st = near_stats(admin)
-        if st["tracking"] is None or st["limit"] is None:
+        if limit and (st["tracking"] is None or st["limit"] is None):
             raise NotAvailable(f"{name} took local_cache_bytes but its /metrics has no batchd_redis_tracking_up "
                                "or batchd_local_cache_limit_bytes")
-        if st["tracking"] != 1:
+        if limit and st["tracking"] != 1:
             raise NotAvailable(f"{name}: batchd_redis_tracking_up stayed {st['tracking']:g} for 15 s")
         # Baseline: started, tracking, no read yet.
         self.near[name] = dict(name=name, pid=p.pid, admin=admin, limit=limit, base_rss=rss(p.pid), rss_log=[])
@@ -162,6 +159,9 @@ class NearServers:
 
     def start_batchd_fill32(self):
         return self.start_near("batchd-fill32", FILL["batchd-fill32"])
+
+    def start_batchd_fill0(self):
+        return self.start_near(FILL_OFF, 0)
 
     def start_varnish(self):
         """Debian's varnishd in the foreground under .bench/varnish (its own
@@ -243,7 +243,7 @@ sub vcl_backend_response {
 def before_scenario(b, name):
     """Stops the near-cache processes before a scenario that does not use them."""
     if name not in NEAR_USERS:
-        for server in ["batchd-near"] + list(FILL):
+        for server in ["batchd-near", *FILL, FILL_OFF]:
             if server in b.started:
                 log(f"  stopping {server} (not used by {name})")
                 b.stop(server)
@@ -304,8 +304,9 @@ def near_job(b, scenario, system, kind, server, lua, conns=64, ids=1, note="", s
         if sampler:
             res["rss"] = sampler.result(s0, s1)
             near["rss_log"].append(dict(when=f"{scenario} slice", **res["rss"]))
-            notes.append(f"VmRSS max {mib(res['rss']['rss_max'])}, cache {mib(res['rss']['bytes_max'])}, "
-                         f"{res['rss']['evictions']:,.0f} evictions")
+            notes.append(f"VmRSS max {mib(res['rss']['rss_max'])}" + (
+                f", cache {mib(res['rss']['bytes_max'])}, {res['rss']['evictions']:,.0f} evictions"
+                if near["limit"] else ""))
         res["note"] = "; ".join(n for n in notes if n)
         return res
 
@@ -458,21 +459,11 @@ def near_fill(b):
         j["prepare"] = prepare2
         return j
 
-    # The near-off batchd's VmRSS under the same load: what serving it
-    # costs without a near cache (connections, buffers, replies in flight).
-    off = b.http_job("near-fill", "batchd (near cache off)", "batchd", "batchd", b.port["batchd"], lua, ids=FILL_K)
-    off_once = off["once"]
-
-    def off_once2(seconds):
-        sampler = RssSampler(b.started["batchd"].pid)
-        try:
-            return off_once(seconds)
-        finally:
-            sampler.stop()
-            b.off_rss = max(b.off_rss or 0, max(sampler.rss, default=0))
-    off["once"] = off_once2
+    # A fresh near-off batchd on the same load: what serving it costs in
+    # memory without a near cache (connections, buffers, replies in flight).
+    off = near_job(b, "near-fill", "batchd (near cache off)", "batchd", FILL_OFF, lua, ids=FILL_K, sample_rss=True)
     b.run_jobs([off] + [fill_job(server, limit) for server, limit in FILL.items()])
-    for server in FILL:
+    for server in [FILL_OFF, *FILL]:
         record_rss(b, server, "after near-fill")
 
 
@@ -515,8 +506,8 @@ def goals(b, only):
     ratio("near cache off: hot single reads ÷ Varnish (2.6× by hand when filed)", "hot-single", "batchd", varnish,
           None)
     if "near-fill" in only:
-        off = (f"; batchd near off, same load: VmRSS {mib(b.off_rss - b.batchd_base_rss)} over its baseline"
-               if b.off_rss and b.batchd_base_rss else "")
+        o = mem_figures(b, FILL_OFF)
+        load = None if o is None else o["rss_max"] - o["base"]
         for server, limit in FILL.items():
             text = (f"near-fill: RSS ≤ (local_cache_bytes + baseline) + 10%, {mib(limit)} near cache full and "
                     "evicting")
@@ -525,10 +516,13 @@ def goals(b, only):
                 why = b.started.get(server)
                 why = str(why) if isinstance(why, Exception) else "not measured"
                 out.append((text, None, RSS_SLACK, f"{server}: n/a ({why[:160]})", True))
-            else:
-                out.append((text, m["rss_max"] / (m["limit"] + m["base"]), RSS_SLACK,
-                            f"VmRSS max {mib(m['rss_max'])} / ({mib(m['limit'])} + baseline {mib(m['base'])}); "
-                            f"cache {mib(m['bytes_max'])}, {m['evictions']:,.0f} evictions{off}", True))
+                continue
+            net = ("" if load is None else
+                   f"; the same load grows a near-off batchd by {mib(load)}: net of it the cache's "
+                   f"{mib(m['bytes_max'])} cost {mib(m['rss_max'] - m['base'] - load)} of RSS")
+            out.append((text, m["rss_max"] / (m["limit"] + m["base"]), RSS_SLACK,
+                        f"VmRSS max {mib(m['rss_max'])} / ({mib(m['limit'])} + baseline {mib(m['base'])}); "
+                        f"cache {mib(m['bytes_max'])}, {m['evictions']:,.0f} evictions{net}", True))
     return out
 
 
@@ -558,16 +552,18 @@ def memory_section(b):
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for name, near, x in rows:
         r = x["rss_max"] or 0
+        if not near["limit"]:
+            L.append(f"| {name} (near cache off) | {x['when']} | 0 | {mib(near['base_rss'])} | {mib(r)} | — | — | "
+                     f"— | {mib(r - near['base_rss'])} | — | — |")
+            continue
         q = r / (near["limit"] + near["base_rss"])
         L.append(f"| {name} | {x['when']} | {mib(near['limit'])} | {mib(near['base_rss'])} | {mib(r)} | "
                  f"{mib(x['bytes_max'])} | {fmt_num(x['entries'])} | {fmt_num(x['evictions'])} | "
                  f"{mib(r - near['base_rss'])} | {q:.3f} | {'yes' if q <= RSS_SLACK else '**no**'} |")
-    if b.off_rss and b.batchd_base_rss:
-        L.append(f"| batchd (near cache off) | near-fill slices, same load | 0 | {mib(b.batchd_base_rss)} | "
-                 f"{mib(b.off_rss)} | — | — | — | {mib(b.off_rss - b.batchd_base_rss)} | — | — |")
-        L += ["", "The near-off row's RSS − baseline is what the load itself costs (64 connections' buffers, "
-              "replies in flight; its baseline was taken at its start, and it has served the earlier scenarios "
-              "since): the part of a near-cache process's growth that is not its cache."]
+    if FILL_OFF in (b.near or {}):
+        L += ["", f"{FILL_OFF}'s RSS − baseline is what the near-fill load itself costs without a near cache "
+              "(64 connections' buffers, replies and answers in flight): memory a near-cache process holds on the "
+              "same load besides its cache, which the baseline (before any read) does not include."]
     L.append("")
     return L
 
@@ -728,3 +724,21 @@ def profile_section(b, sc):
                      + ", ".join(f"{k} {fmt_rt(v)}" for k, v in s if v >= 0.001) + " |")
     L.append("")
     return L
+
+
+METHOD = """
+- **Near cache** (issue 14): the near-cache rows run against batchd-near, a second process of the same binary
+  with the first batchd's config plus `local_cache_bytes = 268435456` on `[resource sessions]` (the first
+  batchd keeps it at 0), on ports of its own and the same Redis; before its rows every session is read once
+  (500 ids a request) and an answer must say `X-Cache: local`; each slice notes the share of ids its own
+  counters (`batchd_local_cache_results_total`) say it answered. hot-single measures batchd's `/healthz` (admin
+  listener) and Varnish in the same interleaved rounds, hot-batch keeps redis-benchmark MGET-50 and FastAPI MGET
+  with 2 workers, so the Goals' near-cache ratios come from one run. Varnish: Debian's `varnishd -F` under
+  `.bench/varnish` (own `-n` work dir, `-j none`, `-s malloc,256m`, default thread pools), pinned like the other
+  peers, in front of FastAPI 1 worker's `/n1/sessions/{id}` with `beresp.ttl = 1h` and cookies stripped; all
+  10,000 ids are read through it twice before its row (the second time every answer must be a hit: two ids in
+  `X-Varnish`) and `varnishstat` must count no miss or pass during a slice. RSS: `VmRSS` from
+  `/proc/<pid>/status`, the baseline right after start once tracking is up; the near-cache processes are
+  stopped before any other scenario. Profile (`--profile`): `perf stat -p` and then `strace -c -f -p` around
+  wrk runs of their own; per request = counts / (requests completed + the 64 in flight).
+"""

@@ -252,6 +252,8 @@ def report(b, scenarios, only, timing, wall):
         "with the best slice shown: this VM's speed drifts by tens of per cent over minutes with nothing "
         "visible running, interleaving gives a scenario's contenders the same conditions, and interference "
         "only slows a run down")).strip().splitlines()
+    if any(n in only for n in bench_near.NEAR_USERS):
+        L += bench_near.METHOD.strip().splitlines()
     L.append("")
     text = "\n".join(L)
     out = Path(b.a.out)
