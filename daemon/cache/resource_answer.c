@@ -276,7 +276,12 @@ void resource_answer(struct read *rd)
         }
     }
     if (fail == FAIL_NONE && shown) {
-        req_add_header(r, "X-Cache", all_local ? "local" : all_cached ? "hit" : "miss");
+        if (all_local)
+            REQ_HEADER_LINE(r, "X-Cache: local\r\n");
+        else if (all_cached)
+            REQ_HEADER_LINE(r, "X-Cache: hit\r\n");
+        else
+            REQ_HEADER_LINE(r, "X-Cache: miss\r\n");
         if (!all_local)
             append_timing(r, cache_us, db_us, used_cache, used_db);
     }

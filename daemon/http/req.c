@@ -221,6 +221,11 @@ void req_add_header(struct req *r, const char *name, const char *value)
     buf_append(&r->head_extra, "\r\n", 2);
 }
 
+void req_add_header_line(struct req *r, const char *line, size_t len)
+{
+    buf_append(&r->head_extra, line, len);
+}
+
 /* The Date header changes once a second; format it once a second. */
 static const char *date_now(size_t *len)
 {

@@ -21,18 +21,21 @@ void router_add(struct router *rt, uint64_t methods, const char *pattern, route_
     struct route *r = &rt->routes[rt->n++];
     if (methods & ROUTE_M(HTTP_GET))
         methods |= ROUTE_M(HTTP_HEAD);
-    *r = (struct route){ methods, mem_strdup(pattern), strcspn(pattern, "{"), fn, data, flags };
+    *r = (struct route){ methods, mem_strdup(pattern), strcspn(pattern, "{"), strlen(pattern), fn, data, flags };
 }
 
-/* A cheap first test: the literal start of the pattern. */
+/* A cheap first test: the literal start of the pattern (all of it, and
+ * nothing more, for a pattern without parameters). */
 static bool starts_like(const struct route *r, str_t path)
 {
+    if (r->prefix_len == r->pattern_len && path.len != r->pattern_len)
+        return false;
     return path.len >= r->prefix_len && memcmp(path.p, r->pattern, r->prefix_len) == 0;
 }
 
 void router_set_fallback(struct router *rt, route_fn fn, void *data, unsigned flags)
 {
-    rt->fallback = (struct route){ ~0ULL, NULL, 0, fn, data, flags };
+    rt->fallback = (struct route){ ~0ULL, NULL, 0, 0, fn, data, flags };
 }
 
 enum router_result router_match(const struct router *rt, uint8_t method, str_t path,

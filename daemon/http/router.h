@@ -35,6 +35,7 @@ struct route {
     uint64_t methods;      /* ROUTE_M bits; GET implies HEAD */
     char *pattern;
     size_t prefix_len;     /* the pattern's bytes before its first '{': a path must start with them */
+    size_t pattern_len;    /* == prefix_len: a literal pattern, matched by equality */
     route_fn fn;
     void *data;
     unsigned flags;
