@@ -182,6 +182,7 @@ def main():
     ap = driver_args(__doc__)
     ap.add_argument("--cpu", choices=["pinned", "shared"], default="pinned")
     ap.add_argument("--profile", action="store_true", help="add the profile scenario")
+    ap.add_argument("--rounds", type=int, default=None, help="measured slices per row (default 3; --quick 1)")
     a = ap.parse_args()
     only = a.only.split(",") if a.only else list(DEFAULT)
     if a.profile and "profile" not in only:

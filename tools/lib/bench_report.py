@@ -180,9 +180,9 @@ def report(b, scenarios, only, timing, wall):
     when = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
     others = [r["other_cpu"] for r in b.rows if r.get("other_cpu") is not None]
     others += [s["other_cpu"] for s in b.sse if s.get("other_cpu") is not None]
-    mode = ("quick (3 s per row after 1 s of warm-up)" if b.quick else
-            f"full (10 s per row, as the best of {b.rounds} interleaved slices, {b.slice_text}, "
-            f"after 2 s of warm-up)")
+    mode = (("quick" if b.quick else "full") + f" ({b.dur} s per row"
+            + (f", as the best of {b.rounds} interleaved slices, {b.slice_text}," if b.rounds > 1 else "")
+            + f" after {b.warm} s of warm-up)")
     if b.a.only or b.a.profile:
         mode += f", only {', '.join(only)}"
     placement = ("load generators (wrk, redis-benchmark, pgbench, sse-load) pinned to CPU 0; every server and "
@@ -191,7 +191,8 @@ def report(b, scenarios, only, timing, wall):
                  if b.pinned else "nothing pinned: load generators, servers and backends share both CPUs")
     L = ["# batchd benchmark", "",
          f"`tools/bench{' --quick' if b.quick else ''}{' --only ' + b.a.only if b.a.only else ''}"
-         f"{' --profile' if b.a.profile else ''}{' --cpu shared' if not b.pinned else ''}` on "
+         f"{' --profile' if b.a.profile else ''}{f' --rounds {b.a.rounds}' if b.a.rounds else ''}"
+         f"{' --cpu shared' if not b.pinned else ''}` on "
          f"{when}: {mode}; "
          f"whole run {int(wall // 60)} min {int(wall % 60)} s (set-up {b.a.setup_seconds:.0f} s, "
          + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()) + ")."
