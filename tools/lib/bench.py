@@ -52,7 +52,8 @@ This file is the entry point and the list of scenarios; the rest is in
     bench_env.py     servers started on demand, cache states, counters, CPU watch
     bench_jobs.py    a row measured in slices (wrk, redis-benchmark, pgbench)
     bench_reads.py   http, hot-single, hot-batch, mixed, cold-batch, proxy
-    bench_near.py    near cache rows, Varnish, near-fill, profile, their goals and tables
+    bench_near.py    near cache rows, Varnish, near-fill, their goals and memory table
+    bench_profile.py profile: perf stat, strace -c and callgrind per request
     bench_access.py  list, owner
     bench_sse.py     sse, and its table
     bench_report.py  bench/results/*.md and .json
@@ -67,6 +68,7 @@ from typing import NamedTuple
 
 import bench_access
 import bench_near
+import bench_profile
 import bench_reads
 import bench_sse
 from bench_env import NotAvailable, log
@@ -140,13 +142,15 @@ SCENARIOS = [
              "alternation, A B A B ..., and each shows its median slice; \"batchd ÷ row\" on the public row is "
              "owner ÷ public (the owner check's cost is 1 minus it).",
              bench_access.owner),
-    Scenario("profile", "Per request: perf stat and strace -c, near cache off and on",
-             f"batchd and batchd-near under wrk -t1 -c64, hot single and hot 50-id batch, "
-             f"{bench_near.PROFILE_SECONDS} s each with `perf stat -p` (task-clock, context switches, "
-             "instructions and cycles where the VM exposes a PMU, syscalls counted by tracepoint: at full speed), "
-             f"then {bench_near.PROFILE_SECONDS} s with `strace -c -f -p` (counts only). Divided by the requests "
-             "wrk completed plus the 64 in flight. redis-server's task-clock over the same perf window, per "
-             "request.", bench_near.profile, default=False, section=bench_near.profile_section),
+    Scenario("profile", "Per request: perf stat, strace -c and callgrind, near cache off and on",
+             f"batchd (/healthz, hot single, hot 50-id batch) and batchd-near (hot single, hot 50-id batch) under wrk "
+             f"-t1 -c64, {bench_profile.PROFILE_SECONDS} s each with `perf stat -p` (task-clock, context switches, "
+             "instructions and cycles where the VM exposes a PMU, syscalls counted by tracepoint: at full speed) and "
+             f"redis-server's task-clock alongside, then {bench_profile.PROFILE_SECONDS} s with `strace -c -f -p` "
+             "(counts only); divided by the requests wrk completed plus the 64 in flight. redis-benchmark MGET-50 "
+             "(100,000 requests) with `perf stat` on redis-server. Instructions per request from callgrind (a batchd "
+             "of each config under valgrind, instrumented around one wrk run per load).",
+             bench_profile.profile, default=False, section=bench_profile.profile_section),
 ]
 NAMES = [sc.name for sc in SCENARIOS]
 DEFAULT = [sc.name for sc in SCENARIOS if sc.default]

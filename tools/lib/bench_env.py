@@ -160,6 +160,8 @@ class Env:
             "origin": self.base + 20, "nginx-proxy": self.base + 21, "nchan": self.base + 22,
             "webdis": self.base + 30, "fastapi1": self.base + 40, "fastapi2": self.base + 41,
             "varnish": self.base + 50, "batchd-fill0": self.base + 60, "fill0-admin": self.base + 61,
+            "batchd-cg": self.base + 62, "cg-admin": self.base + 63,
+            "batchd-cg-near": self.base + 64, "cg-near-admin": self.base + 65,
         }
         # CPU placement. Measured both ways on the 2-core VM this was written
         # on (quick runs, quiet machine): unpinned, batchd gained on /healthz

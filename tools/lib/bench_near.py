@@ -10,11 +10,10 @@ tracking), and the HTTP cache users would put in front of their app instead.
                 over 64 MiB of distinct documents (Redis holds the 10,000 sessions + copies under more
                 ids; 4x and 2x their bounds): full and evicting; VmRSS sampled during every slice;
                 + batchd-fill0 (a fresh near-off process): the same load's own memory
-    profile     (tools/bench --profile, or --only profile) perf stat and strace -c per request, for
-                batchd and batchd-near, hot single and hot 50-id batch at wrk -c64
+    profile     (tools/bench --profile, or --only profile) in bench_profile.py
 
     NearServers (mixed into bench_jobs.Bench): start_batchd_near, start_batchd_fill, start_varnish
-    goals(): the issue's near-cache goals, same run; memory_section(), profile_section(): their tables
+    goals(): the issue's near-cache goals, same run; memory_section(): the RSS table
 
 batchd-near and the fill processes are bench_conf.write_near_conf()'s configs:
 the bench's batchd.ini on ports of their own plus local_cache_bytes. A
@@ -29,16 +28,14 @@ import http.client
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from bench_conf import N_SESSIONS, write_near_conf
 from bench_env import NotAvailable, children, http_get, log, wait_port
-from bench_format import fmt_ms, fmt_num, fmt_rt
+from bench_format import fmt_num
 
 NEAR_BYTES = 256 << 20      # batchd-near's local_cache_bytes
 # near-fill's processes and their local_cache_bytes: with a small bound the
@@ -59,9 +56,9 @@ RSS_SLACK = 1.10            # goal: RSS <= (local_cache_bytes + baseline) x 1.1
 # flight), which the baseline (before any read) does not hold.
 FILL_OFF = "batchd-fill0"
 ADMIN = {"batchd": "admin", "batchd-near": "near-admin", "batchd-fill": "fill-admin",
-         "batchd-fill32": "fill32-admin", FILL_OFF: "fill0-admin"}
+         "batchd-fill32": "fill32-admin", FILL_OFF: "fill0-admin", "batchd-cg": "cg-admin",
+         "batchd-cg-near": "cg-near-admin"}
 NEAR_USERS = {"hot-single", "hot-batch", "near-fill", "profile"}
-PROFILE_SECONDS = 5
 
 
 # --- reading a process ------------------------------------------------------------------------
@@ -128,6 +125,7 @@ class NearServers:
     near = None        # name -> dict(pid, admin, limit, base_rss, rss_log) of the running process
     near_runs = None   # every such dict, in start order (a process stopped and started again has two)
     profile_rows = None
+    callgrind_rows = None
     def start_near(self, name, limit):
         if self.near is None:
             self.near, self.near_runs = {}, []
@@ -570,164 +568,6 @@ def memory_section(b):
         L += ["", f"{FILL_OFF}'s RSS − baseline is what the near-fill load itself costs without a near cache "
               "(64 connections' buffers, replies and answers in flight): memory a near-cache process holds on the "
               "same load besides its cache, which the baseline (before any read) does not include."]
-    L.append("")
-    return L
-
-
-# --- profile ------------------------------------------------------------------------------------
-
-
-SYSCALLS = ["read", "write", "writev", "readv", "recvfrom", "sendto", "sendmsg", "recvmsg", "epoll_wait",
-            "epoll_pwait", "epoll_ctl", "accept4", "close", "ioctl", "futex", "getrusage", "clock_gettime"]
-
-
-def perf_events():
-    ev = ["task-clock", "context-switches", "cpu-migrations", "instructions", "cycles"]
-    tp = Path("/sys/kernel/tracing/events/syscalls")
-    if Path("/sys/kernel/tracing/events/raw_syscalls/sys_enter").exists():
-        ev.append("raw_syscalls:sys_enter")
-    ev += [f"syscalls:sys_enter_{s}" for s in SYSCALLS if (tp / f"sys_enter_{s}").exists()]
-    return ev
-
-
-def parse_perf(path):
-    """perf stat -x, output: event -> value (None when not supported)."""
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        f = line.split(",")
-        if len(f) < 3 or line.startswith("#"):
-            continue
-        try:
-            out[f[2]] = float(f[0])
-        except ValueError:
-            out[f[2]] = None
-    return out
-
-
-def parse_strace(path):
-    """strace -c's table: syscall -> calls."""
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        f = line.split()
-        if len(f) >= 5 and re.match(r"^[\d.]+$", f[0]) and f[-1] != "total":
-            try:
-                out[f[-1]] = int(f[3])
-            except ValueError:
-                pass
-    return out
-
-
-def traced(b, argv, port, lua, conns, seconds):
-    """Runs a tracer (perf stat -p, strace -c -p: both stop on SIGINT) around one wrk run; returns wrk's result."""
-    t = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    b.procs.record(t.pid)
-    time.sleep(0.5)
-    try:
-        if t.poll() is not None:
-            raise NotAvailable(f"{argv[0]} exited at once: {t.stderr.read().strip()[:160]}")
-        return b.wrk(port, lua, conns, seconds)
-    finally:
-        if t.poll() is None:
-            t.send_signal(signal.SIGINT)
-        try:
-            t.wait(20)
-        except subprocess.TimeoutExpired:
-            t.kill()
-            t.wait()
-
-
-def profile(b):
-    """Per request: perf stat (task-clock, context switches, instructions and
-    cycles where the CPU exposes them, syscalls by tracepoint: at full speed)
-    and strace -c -f (every syscall, counts only: it slows the process
-    several times) for batchd and batchd-near, hot single and hot 50-id
-    batch, and batchd's /healthz (the ceiling), wrk -c64 for PROFILE_SECONDS
-    s each; redis-server's task-clock per request alongside."""
-    b.set_cache("hot")
-    b.profile_rows = []
-    events = perf_events()
-    redis_pid = int((b.run / "redis" / "redis.pid").read_text().split()[0])
-    d = b.run / "profile"
-    d.mkdir(exist_ok=True)
-    single = ["path=/v1/sessions/{id}", f"hot=1-{N_SESSIONS}"]
-    batch = ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{N_SESSIONS}"]
-    # (server, row label, load, port, wrk arguments, file tag); /healthz is the ceiling of a single read.
-    runs = [("batchd", "batchd /healthz (admin listener)", "healthz", "admin", ["path=/healthz"], "healthz")]
-    for server, label in (("batchd", "batchd (near cache off)"), ("batchd-near", "batchd, near cache")):
-        runs += [(server, label, "hot single", server, single, f"{server}-single"),
-                 (server, label, "hot 50-id batch", server, batch, f"{server}-batch")]
-    for server, label, load, port_name, lua, tag in runs:
-        row = dict(system=label, load=load, na=None)
-        b.profile_rows.append(row)
-        try:
-            if not shutil.which("perf") or not shutil.which("strace"):
-                raise NotAvailable("perf or strace is not installed (Debian linux-perf, strace)")
-            p = b.ensure(server)
-            port = b.port[port_name]
-            if load != "healthz":
-                warm_all(b, port)
-            b.wrk(port, lua, 64, b.warm)
-            pf, rf, sf = d / f"perf-{tag}.csv", d / f"perf-redis-{tag}.csv", d / f"strace-{tag}.txt"
-            # redis-server is measured by a second perf alongside.
-            rp = subprocess.Popen(["perf", "stat", "-x,", "-o", str(rf), "-e", "task-clock", "-p",
-                                   str(redis_pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            b.procs.record(rp.pid)
-            try:
-                res = traced(b, ["perf", "stat", "-x,", "-o", str(pf), "-e", ",".join(events), "-p", str(p.pid)],
-                             port, lua, 64, PROFILE_SECONDS)
-            finally:
-                rp.send_signal(signal.SIGINT)
-                rp.wait(20)
-            n = res["requests"] + 64
-            perf = parse_perf(pf)
-            redis_ms = parse_perf(rf).get("task-clock")
-            sres = traced(b, ["strace", "-c", "-f", "-qq", "-o", str(sf), "-p", str(p.pid)], port, lua, 64,
-                          PROFILE_SECONDS)
-            sn = sres["requests"] + 64
-            row.update(rps=res["rps"], n=n, perf=perf, strace={k: v / sn for k, v in parse_strace(sf).items()},
-                       strace_rps=sres["rps"], redis_us=None if redis_ms is None else redis_ms * 1000 / n)
-            log(f"  profile {label}, {load}: {res['rps']:,.0f} req/s under perf, "
-                f"task-clock {per(perf, 'task-clock', n, 1000):.2f} µs/req, "
-                f"syscalls {per(perf, 'raw_syscalls:sys_enter', n) or 0:.2f}/req; "
-                f"{sres['rps']:,.0f} req/s under strace")
-        except NotAvailable as e:
-            row["na"] = " ".join(str(e).split())
-            log(f"  profile {label}, {load}: n/a: {row['na']}")
-
-
-def per(perf, event, n, scale=1.0):
-    v = perf.get(event)
-    return None if v is None else v * scale / n
-
-
-def profile_section(b, sc):
-    rows = b.profile_rows or []
-    L = [f"### {sc.name}: {sc.title}", "", sc.explain, ""]
-    if not rows:
-        return L + ["Not run.", ""]
-    L += ["| system | load | req/s under perf | task-clock µs/req | redis-server µs/req | ctx switches/req | "
-          "instructions/req | cycles/req | syscalls/req (perf) | by syscall, per request (perf tracepoints) |",
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        if r["na"]:
-            L.append(f"| {r['system']} | {r['load']} | n/a: {r['na']} | | | | | | | |")
-            continue
-        p, n = r["perf"], r["n"]
-        hw = lambda e: ("not supported" if e in p and p[e] is None else fmt_num(per(p, e, n)))
-        calls = sorted(((e.split("sys_enter_")[1], v / n) for e, v in p.items()
-                        if e.startswith("syscalls:") and v), key=lambda x: -x[1])
-        L.append(f"| {r['system']} | {r['load']} | {fmt_num(r['rps'])} | {fmt_ms(per(p, 'task-clock', n, 1000))} | "
-                 f"{fmt_ms(r['redis_us'])} | {fmt_rt(per(p, 'context-switches', n))} | {hw('instructions')} | "
-                 f"{hw('cycles')} | {fmt_rt(per(p, 'raw_syscalls:sys_enter', n))} | "
-                 + ", ".join(f"{k} {fmt_rt(v)}" for k, v in calls if v >= 0.001) + " |")
-    L += ["", "strace -c -f (every syscall; the traced process runs several times slower, so more requests "
-          "share each loop iteration than at full speed: compare rows with each other, not with perf's):", "",
-          "| system | load | req/s under strace | syscalls/req | by syscall, per request |", "|---|---|---:|---:|---|"]
-    for r in rows:
-        if not r["na"]:
-            s = sorted(r["strace"].items(), key=lambda x: -x[1])
-            L.append(f"| {r['system']} | {r['load']} | {fmt_num(r['strace_rps'])} | {fmt_rt(sum(r['strace'].values()))} | "
-                     + ", ".join(f"{k} {fmt_rt(v)}" for k, v in s if v >= 0.001) + " |")
     L.append("")
     return L
 

@@ -263,7 +263,7 @@ def report(b, scenarios, only, timing, wall):
     doc = {"mode": mode, "placement": b.a.cpu, "when": when,
            "machine": {"cpu": cpu, "cores": ncpu, "kernel": kernel},
            "goals": [dict(text=t, ratio=r, target=g, how=h, upper=u) for t, r, g, h, u in gs],
-           "profile": b.profile_rows, "near": b.near_runs,
+           "profile": b.profile_rows, "callgrind": b.callgrind_rows, "near": b.near_runs,
            "repro": repro,
            "rows": b.rows, "sse": b.sse}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
