@@ -109,9 +109,12 @@ int resource_invalidate(struct resource *res, const char *id, size_t id_len,
     op->id_len = (uint16_t)id_len;
     memcpy(op->id, id, id_len);
     op->pending = 1; /* held while the parts are being sent */
-    /* The near cache forgets it at once: read-your-write needs no message. */
-    if (res->near_on)
-        near_drop(&res->near, id, id_len, NEAR_DROP_WRITE);
+    /* The near caches forget it at once (every resource that has this
+     * key): read-your-write needs no message. */
+    struct buf key = BUF_INIT;
+    resource_key_of(res, id, id_len, &key);
+    near_drop_key(res->set, key.data, key.len, NEAR_DROP_WRITE);
+    buf_deinit(&key);
     /* Loads in flight may carry the old row: answer, but do not cache. */
     struct batch_entry *e = batch_table_find(&res->table, id, id_len);
     if (e && e->state != BATCH_QUEUED) {

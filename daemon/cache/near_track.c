@@ -69,17 +69,22 @@ static void track_cb(void *arg, enum redis_track_event ev, const char *key, size
         clear_all(s, NEAR_DROP_FLUSH);
         return;
     case REDIS_TRACK_KEY:
-        for (unsigned i = 0; i < s->n; i++) {
-            struct resource *res = s->res[i];
-            str_t id;
-            if (!res->near_on || !id_of_key(res, key, len, &id))
-                continue;
-            near_drop(&res->near, id.p, id.len, NEAR_DROP_REDIS);
-            struct batch_entry *e = batch_table_find(&res->table, id.p, id.len);
-            if (e && e->state != BATCH_QUEUED) /* a queued one has not read anything yet */
-                e->no_near = true;
-        }
+        near_drop_key(s, key, len, NEAR_DROP_REDIS);
         return;
+    }
+}
+
+void near_drop_key(struct resource_set *s, const char *key, size_t len, enum near_drop why)
+{
+    for (unsigned i = 0; i < s->n; i++) {
+        struct resource *res = s->res[i];
+        str_t id;
+        if (!res->near_on || !id_of_key(res, key, len, &id))
+            continue;
+        near_drop(&res->near, id.p, id.len, why);
+        struct batch_entry *e = batch_table_find(&res->table, id.p, id.len);
+        if (e && e->state != BATCH_QUEUED) /* a queued one has not read anything yet */
+            e->no_near = true;
     }
 }
 

@@ -185,6 +185,9 @@ void resource_write_back(struct resource *res, struct chunk *ch);
 /* Follows Redis tracking for the set's near caches (resource_set_new and
  * every reconfigure): the key prefixes of the resources that have one. */
 void near_track_apply(struct resource_set *s);
+/* key changed: every resource whose near cache maps it to an id drops that
+ * id, and a load of it in flight is not kept (resources may share keys). */
+void near_drop_key(struct resource_set *s, const char *key, size_t len, enum near_drop why);
 /* Looks rd's ids up in res's near cache (when it is on and trusted); fills
  * rd->local and returns how many were found (each held). */
 unsigned near_lookup(struct resource *res, struct read *rd, const str_t *ids, unsigned n);

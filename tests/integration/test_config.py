@@ -150,7 +150,25 @@ AUTH = "[auth]\njwt_secret_file = /dev/null\n"
      "[list l] ttl: caching pages needs a [redis] section"),
     ("[batchd]\n" + PG + AUTH + RES + "[list l]\npath = /v1/s\nresource = s\npage_query = SELECT $1, $2, $3\nttl = 0\n",
      "[list l] path: /v1/s is already used by [resource s]"),
+    ("[batchd]\n[redis]\n" + PG + RES.replace("key = s:{id}", "key = s:{id}:{id}") + "local_cache_bytes = 65536\n",
+     "[resource s] local_cache_bytes needs a key with exactly one {id}"),
+    ("[batchd]\n" + PG + RES + "local_cache_bytes = 65536\n",
+     "[resource s] local_cache_bytes: the near cache needs a [redis] section"),
+    ("[batchd]\n[redis]\n" + PG + RES + "local_cache_bytes = 65535\n",
+     "[resource s] local_cache_bytes: 0 (off) or at least 65536"),
+    ("[batchd]\n[redis]\n" + PG + RES + "local_cache_bytes = 1099511627777\n",
+     "local_cache_bytes = 1099511627777: must be between 0 and 1099511627776"),
 ])
 def test_access_and_list_rules(tmp_path, text, needle):
     rc, err, _ = check(tmp_path, text)
     assert rc == 2 and needle in err, err
+
+
+def test_local_cache_bytes_off_needs_no_redis_and_any_key(tmp_path):
+    """The near cache's rules apply only when it is on: 0 (the default)
+    takes a key with two {id} and no [redis]; the largest size is valid."""
+    rc, err, _ = check(tmp_path, "[batchd]\n" + PG + RES.replace("key = s:{id}", "key = s:{id}:{id}")
+                       + "local_cache_bytes = 0\n")
+    assert rc == 0, err
+    rc, err, _ = check(tmp_path, "[batchd]\n[redis]\n" + PG + RES + "local_cache_bytes = 1099511627776\n")
+    assert rc == 0, err
