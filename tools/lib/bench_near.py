@@ -585,6 +585,8 @@ METHOD = """
   10,000 ids are read through it twice before its row (the second time every answer must be a hit: two ids in
   `X-Varnish`) and `varnishstat` must count no miss or pass during a slice. RSS: `VmRSS` from
   `/proc/<pid>/status`, the baseline right after start once tracking is up; the near-cache processes are
-  stopped before any other scenario. Profile (`--profile`): `perf stat -p` and then `strace -c -f -p` around
-  wrk runs of their own; per request = counts / (requests completed + the 64 in flight).
+  stopped before any other scenario. Profile (`--profile`, tools/lib/bench_profile.py): `perf stat -p` and then
+  `strace -c -f -p` around wrk runs of their own, per request = counts / (requests completed + the 64 in
+  flight); redis-benchmark MGET-50 with `perf stat -p` on redis-server; instructions from callgrind (this VM's
+  perf has no hardware counters), a batchd of each config under valgrind instrumented around one wrk run.
 """
