@@ -6,7 +6,10 @@ processes and for the peers (tools/peers/ templates).
 
     conf/batchd.ini --read_conf()----------> by_ids, ttl, admin token
                     --batchd_conf_lines()--> .bench/batchd.ini          (every scenario but list, owner)
-                                         \-> .bench/batchd-access.ini   (list, owner: [auth], access, [list])
+                                         |-> .bench/batchd-access.ini   (list, owner: [auth], access, [list])
+                                         |-> .bench/batchd-near.ini     (hot-*, profile: + local_cache_bytes
+                                         |                               = 256 MiB on [resource sessions])
+                                         \-> .bench/batchd-fill*.ini    (near-fill: local_cache_bytes = 16, 32 MiB, 0)
     tools/peers/*   --template()---------> .bench/<peer>/...
 
 Nothing here starts a process or talks to a server (bench_env.py does).
@@ -72,8 +75,8 @@ def owned_missing(cfg):
 
 def batchd_conf_lines(port):
     """conf/batchd.ini with the bench's ports (port: name -> number), as
-    tools/run does, plus an [upstream] to the origin and room for 15k SSE
-    clients. 16,000 connections leave batchd about 4,000 of its 20,000
+    tools/run does, plus an [upstream] to the origin, room for 15k SSE
+    clients and the near cache off. 16,000 connections leave batchd about 4,000 of its 20,000
     descriptors."""
     sets = {
         ("batchd", "listen"): f"127.0.0.1:{port['batchd']}",
@@ -83,6 +86,9 @@ def batchd_conf_lines(port):
         ("redis", "url"): f"redis://127.0.0.1:{port['redis']}/0",
         ("postgres", "conninfo"): f"host=127.0.0.1 port={port['pg']} dbname=app user=app",
         ("upstream", "url"): f"http://127.0.0.1:{port['origin']}",
+        # The near cache off, whatever conf/batchd.ini says (not added
+        # where it does not say: a batchd without it refuses the key).
+        ("resource sessions", "local_cache_bytes"): "0",
     }
     out = []
     has_upstream = False
@@ -101,6 +107,33 @@ def batchd_conf_lines(port):
 def write_batchd_conf(run, port):
     path = run / "batchd.ini"
     path.write_text("\n".join(batchd_conf_lines(port)) + "\n")
+    return path
+
+
+def write_near_conf(run, port, name, listen, admin, local_cache_bytes):
+    """The first batchd's config on ports of its own (port[listen],
+    port[admin]) with local_cache_bytes on [resource sessions]: the
+    near-cache processes (tools/lib/bench_near.py). Same [upstream] and
+    streams, so the only difference from batchd.ini is the near cache.
+    local_cache_bytes 0 is only written over a line that sets it."""
+    out = []
+    lines = list(conf_lines(batchd_conf_lines(port)))
+    has_key = any(section == "resource sessions" and key == "local_cache_bytes" for section, key, _, _ in lines)
+    setting = f"local_cache_bytes = {local_cache_bytes}"
+    for section, key, _, line in lines:
+        if section == "batchd" and key == "listen":
+            line = f"listen = 127.0.0.1:{port[listen]}"
+        elif section == "batchd" and key == "admin_listen":
+            line = f"admin_listen = 127.0.0.1:{port[admin]}"
+        elif section == "resource sessions" and key == "local_cache_bytes":
+            line = setting
+        out.append(line)
+        if line.strip() == "[resource sessions]" and not has_key and local_cache_bytes:
+            out.append(setting)
+    if setting not in out and (local_cache_bytes or has_key):
+        raise SystemExit("conf/batchd.ini has no [resource sessions]; tools/lib/bench_conf.py needs to know")
+    path = run / f"{name}.ini"
+    path.write_text("\n".join(out) + "\n")
     return path
 
 

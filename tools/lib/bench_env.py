@@ -7,6 +7,7 @@ measures rows on top of it.
     Env.ensure(name) --> batchd, batchd-access     (bench_conf.py's configs)
                          nginx-origin, nginx-proxy, nginx-nchan, Webdis,
                          FastAPI with 1 and 2 workers (tools/peers/)
+                         batchd-near, batchd-fill(32), Varnish   (bench_near.NearServers)
     Env.set_cache()  --> redis-server   hot, mixed, cold, owned (+ a janitor
                                         that keeps the misses misses)
     Env.read_counters() <-- INFO commandstats, pg_stat_statements
@@ -153,8 +154,14 @@ class Env:
             "redis": a.redis_port, "pg": a.pg_port,
             "batchd": self.base + 10, "admin": self.base + 11,
             "batchd-access": self.base + 12, "access-admin": self.base + 13,
+            "batchd-near": self.base + 14, "near-admin": self.base + 15,
+            "batchd-fill": self.base + 16, "fill-admin": self.base + 17,
+            "batchd-fill32": self.base + 18, "fill32-admin": self.base + 19,
             "origin": self.base + 20, "nginx-proxy": self.base + 21, "nchan": self.base + 22,
             "webdis": self.base + 30, "fastapi1": self.base + 40, "fastapi2": self.base + 41,
+            "varnish": self.base + 50, "batchd-fill0": self.base + 60, "fill0-admin": self.base + 61,
+            "batchd-cg": self.base + 62, "cg-admin": self.base + 63,
+            "batchd-cg-near": self.base + 64, "cg-near-admin": self.base + 65,
         }
         # CPU placement. Measured both ways on the 2-core VM this was written
         # on (quick runs, quiet machine): unpinned, batchd gained on /healthz
@@ -217,6 +224,12 @@ class Env:
             raise
         return self.started[name]
 
+    def stop(self, name):
+        """Stops a server ensure() started; the next ensure() starts it again."""
+        p = self.started.pop(name, None)
+        if p is not None and not isinstance(p, NotAvailable):
+            self.procs.stop(p)
+
     def start_batchd(self):
         return self.start_batchd_with("batchd", write_batchd_conf(self.run, self.port), self.port["batchd"],
                                       self.port["admin"])
@@ -231,7 +244,11 @@ class Env:
     def start_batchd_with(self, name, conf, port, admin):
         chk = subprocess.run([str(self.batchd_bin), "-t", "-c", str(conf)], capture_output=True, text=True)
         if chk.returncode != 0:
-            why = (chk.stderr.strip().splitlines() or ["?"])[-1]
+            # The first line naming a key says why; the last is only
+            # "configuration file ... is invalid".
+            lines = chk.stderr.strip().splitlines() or ["?"]
+            why = next((l for l in lines if "is invalid" not in l), lines[-1])
+            why = why.replace(str(conf), conf.name)
             raise NotAvailable(f"batchd -t rejected the bench config {conf.name}: {why}")
         p = self.procs.start(name, [str(self.batchd_bin), "-c", str(conf)])
         wait_port(port, p, name=name)

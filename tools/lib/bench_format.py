@@ -77,8 +77,11 @@ def readme_section(doc):
     if goals:
         L += ["| goal | measured | target | met |", "|---|---:|---:|:---:|"]
         for g in goals:
-            met = "—" if g["ratio"] is None else ("yes" if g["ratio"] >= g["target"] else "**no**")
-            L.append(f"| {g['text']} | {fmt_ratio(g['ratio'])} | {g['target']:g}× | {met} |")
+            t, up = g["target"], g.get("upper")
+            met = ("—" if g["ratio"] is None or t is None else
+                   "yes" if (g["ratio"] <= t if up else g["ratio"] >= t) else "**no**")
+            target = "—" if t is None else f"{'≤' if up else '≥'} {t:g}×"
+            L.append(f"| {g['text']} | {fmt_ratio(g['ratio'])} | {target} | {met} |")
         L.append("")
     L += ["| scenario | system | req/s | p50 ms | p99 ms | batchd ÷ row | Redis cmds/req | PG queries/req |",
           "|---|---|---:|---:|---:|---:|---:|---:|"]

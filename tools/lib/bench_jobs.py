@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench_conf import N_SESSIONS, ROOT
 from bench_env import Env, NotAvailable, http_get, log
+from bench_near import NearServers
 
 
 def percentile(sorted_vals, p):
@@ -54,9 +55,10 @@ def rb_parse(out):
     return {"rps": float(d["rps"]), "p50": float(d["p50_latency_ms"]), "p99": float(d["p99_latency_ms"])}
 
 
-class Bench(Env):
-    """The environment, the rows measured in it (rows: one dict a row; sse:
-    one a test of the sse scenario) and the jobs that measure them."""
+class Bench(NearServers, Env):
+    """The environment (with the near-cache processes and Varnish:
+    bench_near.NearServers), the rows measured in it (rows: one dict a row;
+    sse: one a test of the sse scenario) and the jobs that measure them."""
 
     def __init__(self, a):
         super().__init__(a)
@@ -66,6 +68,12 @@ class Bench(Env):
         # Measured slices per row, taken in rounds across the scenario's rows
         # (wrk takes whole seconds): 4 + 3 + 3 = 10 s in a full run.
         self.slices = [3] if a.quick else [4, 3, 3]
+        rounds = getattr(a, "rounds", None)
+        if rounds:
+            # --rounds N: N slices (the first of 4 s in a full run): on a busy
+            # machine more rounds give each row more chances of a quiet slice.
+            self.slices = [3] * rounds if a.quick else [4] + [3] * (rounds - 1)
+        self.dur = sum(self.slices)
         self.rounds = len(self.slices)
         self.slice_text = slice_text(self.slices)
         self.rows = []

@@ -6,9 +6,12 @@ jobs and runs them; bench.py lists them.
 
     http        batchd /healthz            nginx return 200
     hot-*       batchd, 64 and 256 conns   Webdis, FastAPI (1 and 2 workers), redis-benchmark
+                + bench_near's rows: batchd-near (near cache on; 64 and 256 conns single, 64 batch),
+                batchd /healthz (hot-single: its ceiling, same run), Varnish in front of FastAPI (hot-single)
     mixed/cold  batchd                     FastAPI N+1 and MGET, pgbench (cold)
     proxy       batchd [upstream]          nginx proxy_pass, the origin itself
 """
+import bench_near
 from bench_conf import N_SESSIONS
 
 
@@ -28,14 +31,17 @@ def hot_single(b):
         b.http_job("hot-single", "batchd", "batchd", "batchd", p["batchd"], lua),
         b.http_job("hot-single", "batchd, 256 connections", "batchd-c256", "batchd", p["batchd"], lua,
                    conns=256, note="coalescing row"),
+    ] + bench_near.hot_single_jobs(b, lua) + [
         b.http_job("hot-single", "Webdis GET (1 thread)", "peer", "webdis", p["webdis"],
                    ["path=/GET/session:{id}", f"hot=1-{N_SESSIONS}"]),
     ]
     for w in (1, 2):
         jobs.append(b.http_job("hot-single", f"FastAPI, {w} worker{'s' * (w > 1)}", "peer", f"fastapi{w}",
                                p[f"fastapi{w}"], ["path=/n1/sessions/{id}", f"hot=1-{N_SESSIONS}"]))
+    jobs.append(bench_near.varnish_job(b))
     jobs.append(b.redis_benchmark_job("hot-single", "redis-benchmark GET", ["GET", "rb:__rand_int__"], 1))
     b.run_jobs(jobs)
+    bench_near.record_rss(b, "batchd-near", "after hot-single")
 
 
 def batch_jobs(b, scenario, lua_ids, extra=()):
@@ -62,8 +68,10 @@ def batch_jobs(b, scenario, lua_ids, extra=()):
 def hot_batch(b):
     b.set_cache("hot")
     jobs = batch_jobs(b, "hot-batch", [f"hot=1-{N_SESSIONS}"], extra=("c256", "webdis"))
+    jobs[2:2] = bench_near.hot_batch_jobs(b, ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{N_SESSIONS}"])
     jobs.append(b.redis_benchmark_job("hot-batch", "redis-benchmark MGET-50", ["MGET"] + ["rb:__rand_int__"] * 50, 50))
     b.run_jobs(jobs)
+    bench_near.record_rss(b, "batchd-near", "after hot-batch")
 
 
 def mixed(b):

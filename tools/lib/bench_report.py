@@ -1,6 +1,7 @@
 """tools/lib/bench_report.py: the report tools/bench writes once every
 scenario has run: bench/results/<out>.md (machine and versions, goals,
-one table per scenario, the change from the previous run, the method),
+one table per scenario, the near cache's memory and profile tables
+(bench_near.py), the change from the previous run, the method),
 the same rows in <out>.json, and after a full pinned run the README's
 benchmark section (bench_format.update_readme).
 """
@@ -9,6 +10,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+import bench_near
 import bench_sse
 from bench_conf import N_SESSIONS, ROOT
 from bench_env import log
@@ -58,7 +60,8 @@ def versions(b):
 
 
 def goals(b, only):
-    """The issue's goals, each as (text, measured ratio or None, target, how)."""
+    """The issues' goals, each as (text, measured ratio or None, target or
+    None (reported, no goal), how, upper (met when ratio <= target))."""
     out = []
 
     def best(scenario, prefix):
@@ -69,11 +72,11 @@ def goals(b, only):
         if scenario not in only:
             return
         if r is None or peer is None:
-            out.append((text, None, target, "not measured"))
+            out.append((text, None, target, "not measured", False))
         else:
             who = "batchd" if r["system"] == "batchd" or scenario == "http" else r["system"]
             out.append((text, r["rps"] / peer["rps"], target, f"{who} {r['rps']:,.0f} / {peer['system']} "
-                                                               f"{peer['rps']:,.0f} req/s"))
+                                                               f"{peer['rps']:,.0f} req/s", False))
 
     goal("single reads ≥ 2× Webdis", "hot-single", b.find("hot-single", "Webdis"), 2.0)
     goal("single reads ≥ 20× FastAPI", "hot-single", best("hot-single", "FastAPI"), 20.0)
@@ -86,7 +89,17 @@ def goals(b, only):
     # The owner check's cost: access = owner ÷ access = public ≥ 0.9.
     goal("owner check costs ≤ 10% (access = owner ÷ access = public)", "owner",
          b.find("owner", "batchd, access = public"), 0.9)
-    return out
+    return out + bench_near.goals(b, only)
+
+
+def goal_met(ratio, target, upper):
+    if ratio is None or target is None:
+        return "—"
+    return "yes" if (ratio <= target if upper else ratio >= target) else "**no**"
+
+
+def goal_target(target, upper):
+    return "—" if target is None else f"{'≤' if upper else '≥'} {target:g}×"
 
 
 def compare_previous(b):
@@ -167,10 +180,10 @@ def report(b, scenarios, only, timing, wall):
     when = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
     others = [r["other_cpu"] for r in b.rows if r.get("other_cpu") is not None]
     others += [s["other_cpu"] for s in b.sse if s.get("other_cpu") is not None]
-    mode = ("quick (3 s per row after 1 s of warm-up)" if b.quick else
-            f"full (10 s per row, as the best of {b.rounds} interleaved slices, {b.slice_text}, "
-            f"after 2 s of warm-up)")
-    if b.a.only:
+    mode = (("quick" if b.quick else "full") + f" ({b.dur} s per row"
+            + (f", as the best of {b.rounds} interleaved slices, {b.slice_text}," if b.rounds > 1 else "")
+            + f" after {b.warm} s of warm-up)")
+    if b.a.only or b.a.profile:
         mode += f", only {', '.join(only)}"
     placement = ("load generators (wrk, redis-benchmark, pgbench, sse-load) pinned to CPU 0; every server and "
                  "its backends (batchd, redis-server, PostgreSQL, nginx, Webdis, FastAPI with 1 worker) pinned "
@@ -178,6 +191,7 @@ def report(b, scenarios, only, timing, wall):
                  if b.pinned else "nothing pinned: load generators, servers and backends share both CPUs")
     L = ["# batchd benchmark", "",
          f"`tools/bench{' --quick' if b.quick else ''}{' --only ' + b.a.only if b.a.only else ''}"
+         f"{' --profile' if b.a.profile else ''}{f' --rounds {b.a.rounds}' if b.a.rounds else ''}"
          f"{' --cpu shared' if not b.pinned else ''}` on "
          f"{when}: {mode}; "
          f"whole run {int(wall // 60)} min {int(wall % 60)} s (set-up {b.a.setup_seconds:.0f} s, "
@@ -198,10 +212,11 @@ def report(b, scenarios, only, timing, wall):
     gs = goals(b, only)
     if gs:
         L += ["## Goals", "", "| goal | measured | target | met | from |", "|---|---:|---:|:---:|---|"]
-        for text, ratio, target, how in gs:
-            met = "—" if ratio is None else ("yes" if ratio >= target else "**no**")
-            L.append(f"| {text} | {fmt_ratio(ratio)} | {target:g}× | {met} | {how} |")
-        scored = [(r / t, text, r, t) for text, r, t, _ in gs if r is not None]
+        for text, ratio, target, how, upper in gs:
+            L.append(f"| {text} | {fmt_ratio(ratio)} | {goal_target(target, upper)} | "
+                     f"{goal_met(ratio, target, upper)} | {how} |")
+        scored = [((t / r if up else r / t), text, r, t) for text, r, t, _, up in gs
+                  if r is not None and t is not None]
         if scored:
             frac, text, r, t = min(scored)
             verdict = "short of" if frac < 1 else "above"
@@ -219,7 +234,8 @@ def report(b, scenarios, only, timing, wall):
           "is shared; a row with a busy neighbour is not comparable).", ""]
     for sc in scenarios:
         if sc.name in only and sc.name != "sse":
-            L += scenario_table(b, sc)
+            L += sc.section(b, sc) if sc.section else scenario_table(b, sc)
+    L += bench_near.memory_section(b)
     coal = [r for r in b.rows if r["kind"] in ("batchd", "batchd-c256") and not r["na"]
             and r["scenario"] in ("hot-single", "hot-batch")]
     if coal:
@@ -237,6 +253,8 @@ def report(b, scenarios, only, timing, wall):
         "with the best slice shown: this VM's speed drifts by tens of per cent over minutes with nothing "
         "visible running, interleaving gives a scenario's contenders the same conditions, and interference "
         "only slows a run down")).strip().splitlines()
+    if any(n in only for n in bench_near.NEAR_USERS):
+        L += bench_near.METHOD.strip().splitlines()
     L.append("")
     text = "\n".join(L)
     out = Path(b.a.out)
@@ -244,7 +262,8 @@ def report(b, scenarios, only, timing, wall):
     out.write_text(text)
     doc = {"mode": mode, "placement": b.a.cpu, "when": when,
            "machine": {"cpu": cpu, "cores": ncpu, "kernel": kernel},
-           "goals": [dict(text=t, ratio=r, target=g, how=h) for t, r, g, h in gs],
+           "goals": [dict(text=t, ratio=r, target=g, how=h, upper=u) for t, r, g, h, u in gs],
+           "profile": b.profile_rows, "callgrind": b.callgrind_rows, "near": b.near_runs,
            "repro": repro,
            "rows": b.rows, "sse": b.sse}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))

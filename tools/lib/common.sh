@@ -35,9 +35,9 @@ need_packages() {
         log "apt-get install failed"
         exit 1
     fi
-    # Debian starts redis-server/postgresql/nginx services on install where an
-    # init system runs; ours are private instances, so stop those if any.
-    for svc in redis-server postgresql nginx; do
+    # Debian starts redis-server/postgresql/nginx/varnish services on install
+    # where an init system runs; ours are private instances, so stop those if any.
+    for svc in redis-server postgresql nginx varnish varnishncsa; do
         if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
     done
 }
