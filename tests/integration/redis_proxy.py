@@ -182,6 +182,15 @@ class RedisProxy(TcpProxy):
                     return rule[1]
         return 0
 
+    @staticmethod
+    def _hold(delay):
+        """A rule's hold: seconds, or a threading.Event the test sets (10 s
+        at most), so a race can be released exactly when the test says."""
+        if hasattr(delay, "wait"):
+            delay.wait(10.0)
+        elif delay:
+            time.sleep(delay)
+
     def _conn(self, client, server):
         c = Conn(client, server)
         c.commands, c.replies = _Resp(), _Resp()
@@ -190,9 +199,7 @@ class RedisProxy(TcpProxy):
 
     def _to_server(self, c, data):
         for raw, args in c.commands.feed(data):
-            delay = self._match(self.rules_cmd, args, "command")
-            if delay:
-                time.sleep(delay)
+            self._hold(self._match(self.rules_cmd, args, "command"))
             with c.lock:
                 c.pending.append(args)
             c.server.sendall(raw)
@@ -202,9 +209,7 @@ class RedisProxy(TcpProxy):
         for raw, _ in c.replies.feed(data):
             with c.lock:
                 args = c.pending.pop(0) if c.pending else None
-            delay = self._match(self.rules_reply, args, "reply")
-            if delay:
-                time.sleep(delay)
+            self._hold(self._match(self.rules_reply, args, "reply"))
             c.client.sendall(raw)
         return True
 

@@ -36,33 +36,6 @@ by_ids = {BY_IDS}
 local_cache_bytes = {NEAR}
 """
 
-HOLD_MAX = 10.0
-
-
-class GateProxy(RedisProxy):
-    """A RedisProxy whose holds last until the test sets the rule's gate (a
-    threading.Event given in place of the seconds), HOLD_MAX at most."""
-
-    def _to_server(self, c, data):
-        for raw, args in c.commands.feed(data):
-            gate = self._match(self.rules_cmd, args, "command")
-            if gate:
-                gate.wait(HOLD_MAX)
-            with c.lock:
-                c.pending.append(args)
-            c.server.sendall(raw)
-        return True
-
-    def _to_client(self, c, data):
-        for raw, _ in c.replies.feed(data):
-            with c.lock:
-                args = c.pending.pop(0) if c.pending else None
-            gate = self._match(self.rules_reply, args, "reply")
-            if gate:
-                gate.wait(HOLD_MAX)
-            c.client.sendall(raw)
-        return True
-
 
 def title(port, sid, c=None):
     return (c.request("GET", f"/v1/sessions/{sid}") if c else get(port, f"/v1/sessions/{sid}")).json()["title"]
@@ -73,7 +46,7 @@ def title(port, sid, c=None):
 
 @pytest.fixture
 def gated(start_batchd, redis, pg):
-    proxy = GateProxy(redis.port)
+    proxy = RedisProxy(redis.port)  # holds released by Events the test sets
     app = App(conninfo=pg.conninfo())
     conf = near_conf(proxy.port, pg, resource="invalidate = /api/sessions/{id}\n")
     b = ready(start_batchd(batchd="admin_token = t\nlog_level = info\n", extra=conf + upstream_conf(app.port)))
@@ -180,7 +153,7 @@ def test_a_fill_overtaken_by_its_invalidation_is_not_kept(start_batchd, redis, p
     back and that change's invalidation reaches batchd: the reply (the old
     value) answers its reader, but must not enter the near cache after the
     invalidation that outdated it."""
-    proxy = GateProxy(redis.port)
+    proxy = RedisProxy(redis.port)  # holds released by Events the test sets
     try:
         b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
         k0 = tracked(b)[0]
@@ -216,7 +189,7 @@ def test_a_read_sent_while_tracking_was_down_is_not_kept_once_it_is_back(start_b
     held; the key changes (no invalidation can reach batchd for it);
     tracking comes back; only then the old value arrives: answered, but
     not kept, since it was read while tracking was down."""
-    proxy = GateProxy(redis.port)
+    proxy = RedisProxy(redis.port)  # holds released by Events the test sets
     try:
         b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
         k0 = tracked(b)[0]
