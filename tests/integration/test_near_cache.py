@@ -129,6 +129,21 @@ def seed(redis, ids, title):
         c.set(key(i), doc(i, title(i)))
     return len(ids)
 
+def seed_seen(b, redis, ids, title):
+    """seed(), then wait until batchd has received the invalidations the
+    writes caused (they would drop what a test then reads locally).
+    Returns the key count reached, for a test that waits for more."""
+    n = tracked(b)[0] + len(ids)
+    seed(redis, ids, title)
+    wait_tracked(b, n)
+    return n
+
+
+def hold_locally(c, ids):
+    """Reads s<i> for each id on connection c until each is held locally."""
+    for i in ids:
+        local(c, f"/v1/sessions/s{i}")
+
 
 def percentile(xs, q):
     s = sorted(xs)
@@ -144,9 +159,7 @@ def test_second_read_is_local_and_tracking_is_bcast_on_the_pubsub_connection(nea
     PostgreSQL. Redis lists one tracking connection, in BCAST mode,
     subscribed, redirecting to itself."""
     b = near()
-    k0 = tracked(b)[0]
-    seed(redis, [1], lambda i: "from redis")
-    wait_tracked(b, k0 + 1)
+    seed_seen(b, redis, [1], lambda i: "from redis")
     with Http(b.port) as c:
         r = c.request("GET", "/v1/sessions/s1")
         assert (r.status, r.headers["x-cache"], r.json()["title"]) == (200, "hit", "from redis")
@@ -385,14 +398,11 @@ def test_hot_reads_send_no_mget(near, redis):
     answer with one id not held is not local."""
     b = near()
     ids = list(range(301, 311))
-    k0 = tracked(b)[0]
-    seed(redis, ids, lambda i: f"hot {i}")
-    wait_tracked(b, k0 + len(ids))
+    seed_seen(b, redis, ids, lambda i: f"hot {i}")
     q = ",".join(f"s{i}" for i in ids)
     body = json.dumps({"ids": [f"s{i}" for i in ids]})
     with Http(b.port) as c:
-        for i in ids:
-            local(c, f"/v1/sessions/s{i}")
+        hold_locally(c, ids)
         mget = redis.commandstats()["mget"]
         hits = b.metric("batchd_local_cache_results_total", resource="sessions", result="hit")
         for _ in range(40):
@@ -476,9 +486,7 @@ def test_purge_drops_the_local_entry_at_once(near, redis, pg):
     PURGE through batchd drops the local entry at once: the next read is
     not local and shows the new row."""
     b = near()
-    k0 = tracked(b)[0]
-    seed(redis, [61], pg_title)  # not filled from PostgreSQL: no write-back's invalidation to come
-    wait_tracked(b, k0 + 1)
+    seed_seen(b, redis, [61], pg_title)  # not filled from PostgreSQL: no write-back's invalidation to come
     try:
         with Http(b.port) as c:
             assert local(c, "/v1/sessions/s61").json()["title"] == pg_title(61)
@@ -603,14 +611,16 @@ def test_stream_owner_checks_read_the_near_cache_and_follow_a_change(start_batch
 
 # --- resources sharing key prefixes --------------------------------------------------------------
 
-SAME_PREFIX = f"""
+# A second resource on the very keys of the first (test_near_cache_races too).
+SAME_KEY = f"""
 [resource same]
 path = /v1/same
 key = session:{{id}}
 ttl = 300
 by_ids = {BY_IDS}
 local_cache_bytes = {NEAR}
-[resource arch]
+"""
+SAME_PREFIX = SAME_KEY + f"""[resource arch]
 path = /v1/arch
 key = session:arch:{{id}}:v1
 ttl = 300

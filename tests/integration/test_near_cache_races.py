@@ -21,20 +21,11 @@ from redis_proxy import ConnProxy, RedisProxy, TcpProxy
 from test_auth import auth_conf, bearer, keys, mint  # noqa: F401 (keys: a fixture)
 from test_consistency import is_invalidation_of, is_mget_of
 from test_lists import A, auth, lists, newest_first, rows, secret_file, walk  # noqa: F401 (fixtures)
-from test_near_cache import (NEAR, doc, key, local, near, near_conf, near_writes, ready, seed,  # noqa: F401
-                             tracked, wait_tracked)
+from test_near_cache import (NEAR, SAME_KEY, doc, hold_locally, key, local, near, near_conf,  # noqa: F401
+                             near_writes, ready, seed, seed_seen, tracked, wait_tracked)
 from test_proxy import App, restore_titles, upstream_conf
 from test_reload import reload
 from test_resource import BY_IDS
-
-SAME_KEY = f"""
-[resource same]
-path = /v1/same
-key = session:{{id}}
-ttl = 300
-by_ids = {BY_IDS}
-local_cache_bytes = {NEAR}
-"""
 
 
 def title(port, sid, c=None):
@@ -156,9 +147,7 @@ def test_a_fill_overtaken_by_its_invalidation_is_not_kept(start_batchd, redis, p
     proxy = RedisProxy(redis.port)  # holds released by Events the test sets
     try:
         b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
-        k0 = tracked(b)[0]
-        seed(redis, [502], lambda i: "old")
-        wait_tracked(b, k0 + 1)
+        seed_seen(b, redis, [502], lambda i: "old")
         gate = threading.Event()
         proxy.hold_reply(is_mget_of(key(502).encode()), gate)
         seen = {}
@@ -192,9 +181,7 @@ def test_a_read_sent_while_tracking_was_down_is_not_kept_once_it_is_back(start_b
     proxy = RedisProxy(redis.port)  # holds released by Events the test sets
     try:
         b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
-        k0 = tracked(b)[0]
-        seed(redis, [503], lambda i: "old")
-        wait_tracked(b, k0 + 1)
+        seed_seen(b, redis, [503], lambda i: "old")
         back, reply = threading.Event(), threading.Event()
         proxy.hold_command(lambda a: a[0].upper() == b"SUBSCRIBE" and a[1:] == [b"__redis__:invalidate"], back)
         proxy.hold_reply(is_mget_of(key(503).encode()), reply)
@@ -243,9 +230,7 @@ def test_an_invalidation_read_in_the_same_loop_iteration_as_a_read_comes_first(n
     dropped: it shows the change."""
     b = near()
     ids = range(511, 516)
-    k0 = tracked(b)[0]
-    seed(redis, ids, lambda i: "old")
-    wait_tracked(b, k0 + len(ids))
+    seed_seen(b, redis, ids, lambda i: "old")
     tracking = [c for c in redis.client().client_list() if "t" in c["flags"]]
     assert len(tracking) == 1
     pubsub = int(tracking[0]["addr"].rsplit(":", 1)[1])  # batchd's end of it
@@ -294,12 +279,9 @@ def test_client_kill_pubsub_then_a_change_is_not_served_stale(near, redis):
     is lost). Tracking comes back, and reads fill the near cache again."""
     b = near()
     ids = range(201, 211)
-    k0 = tracked(b)[0]
-    seed(redis, ids, lambda i: "before")
-    wait_tracked(b, k0 + len(ids))
+    seed_seen(b, redis, ids, lambda i: "before")
     with Http(b.port) as c:
-        for i in ids:
-            local(c, f"/v1/sessions/s{i}")
+        hold_locally(c, ids)
         assert b.metric("batchd_local_cache_entries", resource="sessions") == len(ids)
         lost = b.metric("batchd_redis_tracking_lost_total")
         dropped = b.metric("batchd_local_cache_invalidations_total", resource="sessions", source="tracking")
@@ -329,12 +311,9 @@ def test_while_tracking_is_down_reads_bypass_the_near_cache(start_batchd, redis,
     try:
         b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
         ids = range(211, 221)
-        k0 = tracked(b)[0]
-        seed(redis, ids, lambda i: "before")
-        wait_tracked(b, k0 + len(ids))
+        seed_seen(b, redis, ids, lambda i: "before")
         with Http(b.port) as c:
-            for i in ids:
-                local(c, f"/v1/sessions/s{i}")
+            hold_locally(c, ids)
             dropped = b.metric("batchd_local_cache_invalidations_total", resource="sessions", source="tracking")
             proxy.hold_new = True
             assert redis.client().client_kill_filter(_type="pubsub") >= 1
@@ -409,12 +388,9 @@ def test_redis_restart_empties_the_near_cache_and_a_change_meanwhile_is_seen(sta
     try:
         b = ready(start_batchd(batchd="log_level = info\n", extra=near_conf(proxy.port, pg)))
         ids = range(241, 246)
-        k0 = tracked(b)[0]
-        seed(own, ids, lambda i: "one")
-        wait_tracked(b, k0 + len(ids))
+        seed_seen(b, own, ids, lambda i: "one")
         with Http(b.port) as c:
-            for i in ids:
-                local(c, f"/v1/sessions/s{i}")
+            hold_locally(c, ids)
         dropped = b.metric("batchd_local_cache_invalidations_total", resource="sessions", source="tracking")
         lost = b.metric("batchd_redis_tracking_lost_total")
         proxy.close()
@@ -499,9 +475,7 @@ def test_large_batches_answered_locally_are_exact(near, redis, n):
     one buffer."""
     b = near(max_ids=n)
     ids = list(range(1, n - 1))
-    k0 = tracked(b)[0]
-    seed(redis, ids, lambda i: f"batch {i}")
-    wait_tracked(b, k0 + len(ids))
+    seen = seed_seen(b, redis, ids, lambda i: f"batch {i}")
     asked = [f"s{i}" for i in ids] + ["nope", "s1"]
     want = [{"id": f"s{i}", "title": f"batch {i}"} for i in ids] + [None, {"id": "s1", "title": "batch 1"}]
     body = json.dumps({"ids": asked})
@@ -510,7 +484,7 @@ def test_large_batches_answered_locally_are_exact(near, redis, n):
         def ask():
             return c.request("POST", "/v1/sessions/_batch", {"Content-Type": "application/json"}, body)
         assert ask().json() == want
-        wait_tracked(b, k0 + len(ids) + 1, what="the absent marker's write-back, invalidated")
+        wait_tracked(b, seen + 1, what="the absent marker's write-back, invalidated")
         wait_until(lambda: ask().headers["x-cache"] == "local", what="the whole batch held")
         for _ in range(3):
             r = ask()

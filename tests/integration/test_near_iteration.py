@@ -138,3 +138,4 @@ def test_a_reader_after_an_invalidation_does_not_join_a_load_from_before_it(star
             assert get(b.port, "/v1/sessions/s41").json()["title"] == "new"
     finally:
         proxy.close()
+
