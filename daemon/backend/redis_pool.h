@@ -125,7 +125,6 @@ typedef void (*redis_track_fn)(void *arg, enum redis_track_event ev, const char 
  * RESP2 connection's tracking), which SSE channels survive by resyncing. */
 void redis_pool_track(struct redis_pool *p, const char *const *prefixes, unsigned n, redis_track_fn fn,
                       void *arg);
-bool redis_pool_tracking_up(const struct redis_pool *p);
 /* Reads what is waiting on the pub/sub connection now (its messages and
  * invalidations are handled before this returns), up to about max_bytes:
  * hiredis reads 16 KiB per readable event, so a backlog would otherwise

@@ -226,11 +226,6 @@ void redis_pool_track(struct redis_pool *p, const char *const *prefixes, unsigne
         redis_pubsub_ensure(p);
 }
 
-bool redis_pool_tracking_up(const struct redis_pool *p)
-{
-    return p->track_up;
-}
-
 bool redis_pool_pubsub_drain(struct redis_pool *p, size_t max_bytes)
 {
     struct rconn *c = p->sub;
