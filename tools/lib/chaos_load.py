@@ -402,6 +402,24 @@ class RedisLink:
     async def start(self):
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
+    # Hooks a subclass may replace (chaos_near_load.NearLink does).
+    def _opened(self, pair):
+        """A client connection and its Redis connection are paired."""
+
+    async def _chunk(self, pair, data, replies):
+        """What to pass on of a piece read (None: nothing). replies: it
+        comes from Redis. A cut withholds replies."""
+        if replies and self.holding:
+            self.withheld += len(data)
+            return None
+        return data
+
+    def _passed(self, pair, replies):
+        """The piece last returned by _chunk is in the other side's socket."""
+
+    def _closed(self, pair):
+        """The pair is gone."""
+
     async def _handle(self, cr, cw):
         try:
             ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
@@ -410,6 +428,7 @@ class RedisLink:
             return
         pair = (cw, uw)
         self.pairs.add(pair)
+        self._opened(pair)
 
         async def pump(src, dst, replies):
             try:
@@ -417,13 +436,14 @@ class RedisLink:
                     data = await src.read(65536)
                     if not data:
                         break
-                    if replies and self.holding:
-                        self.withheld += len(data)
+                    data = await self._chunk(pair, data, replies)
+                    if data is None:
                         continue
                     if self.jitter:
                         await asyncio.sleep(random.uniform(0, self.jitter))
                     dst.write(data)
                     await dst.drain()
+                    self._passed(pair, replies)
             except (OSError, asyncio.CancelledError):
                 pass
             finally:
@@ -433,6 +453,7 @@ class RedisLink:
             await asyncio.gather(pump(cr, uw, False), pump(ur, cw, True))
         finally:
             self.pairs.discard(pair)
+            self._closed(pair)
 
     async def cut(self, hold=0.1):
         self.holding = True

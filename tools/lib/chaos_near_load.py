@@ -94,6 +94,8 @@ class NearLink(RedisLink):
         self.events = []          # (what, start, end, pub/sub connections)
         self.delivered = []       # (i, v, monotonic time in batchd's socket)
         self.held = []            # markers withheld by a cut: their news is the reset
+        self.tails = {}           # per pair: the end of what Redis sent, for a marker cut in two
+        self.marks = {}           # per pair: markers in the piece on its way to batchd
 
     async def cut(self, hold=0.1):
         t0 = time.monotonic()
@@ -103,61 +105,44 @@ class NearLink(RedisLink):
         self.held = []
         self.events.append(("reset", t0, t1, len(self.pubsub)))
 
-    async def _handle(self, cr, cw):
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            cw.transport.abort()
-            return
-        pair = (cw, uw)
-        self.pairs.add(pair)
-
+    def _opened(self, pair):
         # drain() returns only once the kernel has taken every byte: then
         # what was written is in batchd's socket.
-        cw.transport.set_write_buffer_limits(high=0)
-        tail = b""
+        pair[0].transport.set_write_buffer_limits(high=0)
+        self.tails[pair] = b""
 
-        async def pump(src, dst, replies):
-            nonlocal tail
-            try:
-                while True:
-                    data = await src.read(65536)
-                    if not data:
-                        break
-                    marks = ()
-                    if replies and pair in self.pubsub:
-                        if self.blind_until > time.monotonic():
-                            data = data.replace(b"\r\nsession:", b"\r\nxession:")
-                        buf = tail + data
-                        marks = [(int(m.group(1)), int(m.group(2)), m.end()) for m in MARK_RE.finditer(buf)]
-                        tail = buf[marks[-1][2] if marks else 0:][-40:]
-                    if replies:
-                        if self.holding:
-                            self.withheld += len(data)
-                            self.held += [(i, v) for i, v, _ in marks]
-                            continue
-                        wait = self.frozen_until - time.monotonic()
-                        if pair in self.pubsub and wait > 0:
-                            await asyncio.sleep(wait)
-                    elif b"TRACKING" in data or b"SUBSCRIBE" in data:
-                        self.pubsub.add(pair)
-                    if self.jitter:
-                        await asyncio.sleep(random.uniform(0, self.jitter))
-                    dst.write(data)
-                    await dst.drain()
-                    if marks:
-                        t = time.monotonic()
-                        self.delivered += [(i, v, t) for i, v, _ in marks]
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                cw.transport.abort()
-                uw.transport.abort()
-        try:
-            await asyncio.gather(pump(cr, uw, False), pump(ur, cw, True))
-        finally:
-            self.pairs.discard(pair)
-            self.pubsub.discard(pair)
+    async def _chunk(self, pair, data, replies):
+        marks = ()
+        if replies and pair in self.pubsub:
+            if self.blind_until > time.monotonic():
+                data = data.replace(b"\r\nsession:", b"\r\nxession:")
+            buf = self.tails[pair] + data
+            marks = [(int(m.group(1)), int(m.group(2)), m.end()) for m in MARK_RE.finditer(buf)]
+            self.tails[pair] = buf[marks[-1][2] if marks else 0:][-40:]
+        if replies:
+            if self.holding:
+                self.withheld += len(data)
+                self.held += [(i, v) for i, v, _ in marks]
+                return None
+            wait = self.frozen_until - time.monotonic()
+            if pair in self.pubsub and wait > 0:
+                await asyncio.sleep(wait)
+        elif b"TRACKING" in data or b"SUBSCRIBE" in data:
+            self.pubsub.add(pair)
+        if replies:  # only Redis's side carries markers
+            self.marks[pair] = marks
+        return data
+
+    def _passed(self, pair, replies):
+        marks = self.marks.pop(pair, ()) if replies else ()
+        if marks:
+            t = time.monotonic()
+            self.delivered += [(i, v, t) for i, v, _ in marks]
+
+    def _closed(self, pair):
+        self.pubsub.discard(pair)
+        self.tails.pop(pair, None)
+        self.marks.pop(pair, None)
 
     def freeze(self, seconds):
         t0 = time.monotonic()
