@@ -143,12 +143,14 @@ class RedisCluster:
         self.create_seconds = None  # (redis-cli --cluster create, then the wait until healthy)
         self._migrating = {}  # slot -> (source node, destination node)
         self._killed = {}  # killed primary -> (its slots, its replicas)
+        self._runs = 0  # clusters started; each in its own dir/run<n>/
 
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self, timeout=30):
         ports = free_cluster_ports(self.N_NODES, self.base_port)
-        self.nodes = [ClusterNode(self.dir, p) for p in ports]
+        self._runs += 1
+        self.nodes = [ClusterNode(self.dir / f"run{self._runs}", p) for p in ports]
         for n in self.nodes:
             n.start()
         t0 = time.monotonic()
@@ -164,6 +166,14 @@ class RedisCluster:
     def stop(self):
         for n in self.nodes:
             n.kill()
+
+    def renew(self):
+        """Stops every node and starts a fresh cluster (new ports, empty
+        directories): for a test that left this one broken."""
+        self.stop()
+        self._migrating.clear()
+        self._killed.clear()
+        return self.start()
 
     def live(self):
         return [n for n in self.nodes if n.alive()]
@@ -244,7 +254,8 @@ class RedisCluster:
     # --- data and stats -------------------------------------------------------------
 
     def commandstats(self):
-        """{port: {"mget": calls, ...}} over the live nodes."""
+        """{port: {"mget": calls, ...}} over the live nodes (a replica counts
+        the writes it applies)."""
         return {n.port: n.commandstats() for n in self.live()}
 
     def reset_stats(self):
