@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Batchd, PgServer, RedisServer, config, free_port  # noqa: E402
+from harness_cluster import RedisCluster  # noqa: E402
 
 
 @pytest.fixture
@@ -52,6 +53,27 @@ def redis(redis_server):
     c.flushall()
     c.config_resetstat()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A 6-node Redis Cluster (3 primaries, a replica each) for the session;
+    tests take `cluster`, which repairs it first."""
+    c = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def cluster(redis_cluster):
+    """The session's Redis Cluster, healthy (3 primaries each with a replica
+    in sync; a fresh cluster when a test left a node down or a slot half
+    migrated), emptied, with zeroed command stats."""
+    if not redis_cluster.healthy():
+        redis_cluster.renew()
+    redis_cluster.flushall()
+    redis_cluster.reset_stats()
+    return redis_cluster
 
 
 @pytest.fixture(scope="session")
