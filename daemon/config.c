@@ -459,6 +459,17 @@ static void check_cross(struct loader *ld)
     if (b->max_uri_bytes > b->max_header_bytes)
         error_at(ld, bline, "[batchd] max_uri_bytes: must not exceed max_header_bytes (%lld)",
                  (long long)b->max_header_bytes);
+    if (c->has_redis) {
+        int rline = 1;
+        for (unsigned i = 0; i < ld->n_secs; i++)
+            if (ld->secs[i].sect == SECT_REDIS)
+                rline = ld->secs[i].line;
+        const struct cfg_redis_url *u = &c->redis.url;
+        if (u->n_seeds > 1 && !c->redis.cluster)
+            error_at(ld, rline, "[redis] url: several hosts are a cluster's seed nodes; set cluster = yes");
+        if (c->redis.cluster && u->db != 0)
+            error_at(ld, rline, "[redis] url: a Redis Cluster has only database 0 (url ends in /%d)", u->db);
+    }
 
     for (unsigned i = 0; i < c->n_resources; i++) {
         struct cfg_resource *r = &c->resources[i];

@@ -21,10 +21,17 @@ struct cfg_addr {
     socklen_t len;
 };
 
-struct cfg_redis_url {
-    char *text;                 /* with any password masked */
+struct cfg_redis_seed {
     char *host;
     int port;
+};
+
+struct cfg_redis_url {
+    char *text;                 /* with any password masked */
+    char *host;                 /* the first host:port */
+    int port;
+    struct cfg_redis_seed *seeds; /* every host:port written (a cluster's seed nodes); [0] is host:port */
+    unsigned n_seeds;
     char *password;             /* NULL when none */
     char *username;             /* NULL when none (Redis 6 ACL user) */
     int db;
@@ -84,6 +91,8 @@ struct cfg_redis {
     int64_t command_timeout_ms;
     int64_t ping_interval_ms;
     int64_t max_pending;            /* commands awaiting replies, all connections; more: -EBUSY */
+    bool cluster;                   /* Redis Cluster: url holds seed nodes; slots routed by batchd */
+    int64_t cluster_refresh_ms;     /* CLUSTER SLOTS asked this often (and at once on MOVED) */
 };
 
 struct cfg_postgres {

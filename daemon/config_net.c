@@ -135,29 +135,51 @@ int config_parse_redis_url(const char *v, struct cfg_redis_url *u, struct buf *w
         p = at + 1;
     }
     size_t hostport_len = slash ? (size_t)(slash - p) : strlen(p);
-    char hp[256];
-    if (hostport_len == 0 || hostport_len >= sizeof(hp)) {
-        buf_append_str(why, "has no host");
-        return -1;
-    }
-    memcpy(hp, p, hostport_len);
-    hp[hostport_len] = '\0';
-    char host[256];
-    const char *port_s;
-    u->port = 6379;
-    if (split_host_port(hp, host, sizeof(host), &port_s) == 0) {
-        if (parse_port(port_s, &u->port) != 0) {
-            buf_append_str(why, "port must be a number from 1 to 65535");
+    /* host[:port], or several separated by commas (a cluster's seed nodes). */
+    const char *end = p + hostport_len;
+    while (p < end || u->n_seeds == 0) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        size_t n = (size_t)((comma ? comma : end) - p);
+        while (n && p[0] == ' ')
+            p++, n--;
+        while (n && p[n - 1] == ' ')
+            n--;
+        char hp[256], host[256];
+        if (n == 0 || n >= sizeof(hp)) {
+            buf_append_str(why, u->n_seeds ? "has an empty host between commas" : "has no host");
             return -1;
         }
-    } else {
-        if (hp[0] == '[' || strchr(hp, ':')) {
-            buf_append_str(why, "has a bad host:port");
+        if (u->n_seeds == 64) {
+            buf_append_str(why, "has more than 64 hosts");
             return -1;
         }
-        snprintf(host, sizeof(host), "%s", hp);
+        memcpy(hp, p, n);
+        hp[n] = '\0';
+        const char *port_s;
+        int port = 6379;
+        if (split_host_port(hp, host, sizeof(host), &port_s) == 0) {
+            if (parse_port(port_s, &port) != 0) {
+                buf_append_str(why, "port must be a number from 1 to 65535");
+                return -1;
+            }
+        } else {
+            if (hp[0] == '[' || strchr(hp, ':')) {
+                buf_append_str(why, "has a bad host:port");
+                return -1;
+            }
+            snprintf(host, sizeof(host), "%s", hp);
+        }
+        u->seeds = mem_realloc(u->seeds, (u->n_seeds + 1) * sizeof(*u->seeds));
+        u->seeds[u->n_seeds].host = mem_strdup(host);
+        u->seeds[u->n_seeds++].port = port;
+        p = comma ? comma + 1 : end;
+        if (comma && p == end) {
+            buf_append_str(why, "has an empty host after a comma");
+            return -1;
+        }
     }
-    u->host = mem_strdup(host);
+    u->host = mem_strdup(u->seeds[0].host);
+    u->port = u->seeds[0].port;
     u->db = 0;
     if (slash && slash[1] != '\0') {
         int64_t db;
@@ -168,8 +190,10 @@ int config_parse_redis_url(const char *v, struct cfg_redis_url *u, struct buf *w
         u->db = (int)db;
     }
     struct buf t = BUF_INIT;
-    buf_appendf(&t, "redis://%s%s%s:%d/%d", u->password ? (u->username ? u->username : "") : "",
-                u->password ? ":***@" : "", u->host, u->port, u->db);
+    buf_appendf(&t, "redis://%s%s", u->password ? (u->username ? u->username : "") : "", u->password ? ":***@" : "");
+    for (unsigned i = 0; i < u->n_seeds; i++)
+        buf_appendf(&t, "%s%s:%d", i ? "," : "", u->seeds[i].host, u->seeds[i].port);
+    buf_appendf(&t, "/%d", u->db);
     u->text = t.data;
     return 0;
 }

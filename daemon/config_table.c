@@ -72,6 +72,8 @@ const struct cfg_key config_keys[] = {
     R(command_timeout_ms, CFG_INT, 10, 600000, "2000", true),
     R(ping_interval_ms, CFG_INT, 100, 3600000, "5000", true),
     R(max_pending, CFG_INT, 1, 10000000, "50000", true),
+    R(cluster, CFG_BOOL, 0, 0, "no", false),
+    R(cluster_refresh_ms, CFG_INT, 100, 3600000, "5000", true),
 
     P(conninfo, CFG_CONNINFO, 0, 0, NULL, false),
     P(pool_size, CFG_INT, 1, 256, "4", false),
@@ -206,6 +208,9 @@ void config_key_release(const struct cfg_key *k, void *s)
         free(u->host);
         free(u->password);
         free(u->username);
+        for (unsigned i = 0; i < u->n_seeds; i++)
+            free(u->seeds[i].host);
+        free(u->seeds);
         memset(u, 0, sizeof(*u));
         break;
     }

@@ -74,7 +74,7 @@ static struct metric_hist *m_latency;
 
 static const struct pool_names names = { "postgres", "postgres", "batchd_pg", "PostgreSQL",
                                          "1 when a PostgreSQL connection is ready.",
-                                         "batchd_pg_pending_queries", "PostgreSQL queries in flight." };
+                                         "batchd_pg_pending_queries", "PostgreSQL queries in flight.", false };
 
 static struct pg_pool *pool_of(const struct pconn *c)
 {

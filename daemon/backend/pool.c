@@ -69,12 +69,16 @@ void pool_init(struct pool *p, uv_loop_t *loop, const struct pool_names *names,
     snprintf(metric, sizeof(metric), "%s_connects_total", names->metric);
     snprintf(help, sizeof(help), "%s connections established.", names->product);
     p->m_connects = metrics_counter(metric, "", help);
-    snprintf(metric, sizeof(metric), "%s_up", names->metric);
-    p->m_up = metrics_gauge(metric, "", names->up_help);
-    snprintf(metric, sizeof(metric), "%s_pool_connections", names->metric);
-    snprintf(help, sizeof(help), "%s pool connections by state.", names->product);
-    metrics_gauge_fn(metric, "state=\"ready\"", help, gauge_ready, p);
-    metrics_gauge_fn(names->pending, "", names->pending_help, gauge_pending, p);
+    if (names->member) {
+        p->m_up = &p->own_up;
+    } else {
+        snprintf(metric, sizeof(metric), "%s_up", names->metric);
+        p->m_up = metrics_gauge(metric, "", names->up_help);
+        snprintf(metric, sizeof(metric), "%s_pool_connections", names->metric);
+        snprintf(help, sizeof(help), "%s pool connections by state.", names->product);
+        metrics_gauge_fn(metric, "state=\"ready\"", help, gauge_ready, p);
+        metrics_gauge_fn(names->pending, "", names->pending_help, gauge_pending, p);
+    }
     for (unsigned i = 0; i < n; i++)
         conn_add(p, ops);
     p->n = n;

@@ -79,6 +79,8 @@ struct pool_names {
     const char *product;          /* "Redis", in the metrics' help */
     const char *up_help;
     const char *pending, *pending_help;   /* the gauge of replies awaited */
+    bool member;                  /* one of a group (a cluster's nodes): the group reports up,
+                                     connections and pending; this pool registers no gauges */
 };
 
 /* The limits a reload may change. */
@@ -106,6 +108,7 @@ struct pool {
     unsigned handles_open;
     uint64_t busy_rejected;       /* refusals since the pool became busy */
     int64_t *m_up;
+    int64_t own_up;               /* m_up's target for a member pool */
     uint64_t *m_connects, *m_rejected;
     char msg_up[32], msg_down[32], msg_closed[48], msg_busy[32], msg_unbusy[40];
 };

@@ -5,6 +5,9 @@
  *   redis_pool.c    connections (connect, handshake, break), commands, scripts
  *   redis_pubsub.c  the pub/sub connection: channels, heartbeat, messages
  *   redis_reply.c   reply objects, one arena per reply
+ *   redis_tracking.c CLIENT TRACKING on the pub/sub connection
+ *   redis_cluster.c  Redis Cluster: topology, one node pool per primary, routing
+ *   redis_cluster_sub.c  sharded pub/sub and tracking over the cluster's nodes
  */
 #ifndef BATCHD_REDIS_INT_H
 #define BATCHD_REDIS_INT_H
@@ -19,6 +22,7 @@
 
 struct rcmd;
 struct channel;
+struct redis_cluster;
 
 /* One connection; the core's part (state, pending, timer, backoff, last
  * reply) comes first. */
@@ -53,6 +57,8 @@ struct redis_pool {
     redis_track_fn track_fn;
     void *track_arg;
     bool track_up;              /* __redis__:invalidate confirmed on a tracking connection */
+    bool member;                /* a cluster's node: sharded pub/sub, no process-wide gauges */
+    struct redis_cluster *cluster;  /* cluster = yes: this pool only routes (no connections) */
 };
 
 static inline struct redis_pool *redis_pool_of(const struct rconn *c)
@@ -79,6 +85,16 @@ void redis_conn_handshake_step(struct rconn *c);
 void redis_pubsub_ensure(struct redis_pool *p);
 /* SUBSCRIBE / UNSUBSCRIBE on the pub/sub connection, when it is READY. */
 void redis_sub_send(struct rconn *c, const char *verb, const char *channel);
+
+/* A cluster node's pool (member): its own connections, sharded pub/sub. */
+struct redis_pool *redis_node_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms);
+/* redis_pool_command / _script on a node, after an ASK redirect when
+ * asking: ASKING goes first on the same connection. */
+int redis_node_command(struct redis_pool *p, bool asking, redis_reply_fn cb, void *ctx, int argc,
+                       const char **argv, const size_t *argvlen) __attribute__((warn_unused_result));
+int redis_node_script(struct redis_pool *p, bool asking, struct redis_script *script, redis_reply_fn cb,
+                      void *ctx, int argc, const char **argv, const size_t *argvlen)
+    __attribute__((warn_unused_result));
 
 /* --- redis_pubsub.c -------------------------------------------------------- */
 
@@ -108,9 +124,29 @@ void redis_tracking_free(struct redis_pool *p);
 
 /* --- redis_reply.c --------------------------------------------------------- */
 
+/* A node's pub/sub connection: sharded messages are reported under this
+ * channel, which it SUBSCRIBEs, so hiredis 0.14 (which knows no SSUBSCRIBE)
+ * routes them to its callback; the real channel rides along (redis_reply.c). */
+#define REDIS_SHARDED_CHANNEL "__batchd:sharded"
+/* The pub/sub gauges, set by the pool or, for a cluster, its router. */
+void redis_pubsub_report_up(bool up);
+void redis_tracking_report_up(bool up);
+
 /* hiredis reader functions that build each reply in its own arena. */
 extern redisReplyObjectFunctions redis_reply_fns;
 /* Frees the spare arena blocks (redis_pool_free). */
 void redis_reply_drain(void);
+/* The reader of a sharded pub/sub connection (redis_reply_fns mark its
+ * sharded pushes): its reader's privdata. */
+extern char redis_reply_sharded_mark;
+/* A sharded push's real channel (the reply's element[1] says
+ * REDIS_SHARDED_CHANNEL): NULL for any other reply. */
+const redisReply *redis_reply_sharded_channel(const redisReply *chan);
+/* An array of `elements` whose element pointers the caller sets to
+ * elements of part replies, each part held with _compose_hold (at most
+ * max_parts); it has one reference, dropped with redis_reply_put. */
+redisReply *redis_reply_compose(size_t elements, unsigned max_parts);
+void redis_reply_compose_hold(redisReply *top, const redisReply *part);
+void redis_reply_put(redisReply *top);
 
 #endif

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "daemon/backend/redis_cluster.h"
 #include "daemon/backend/redis_int.h"
 #include "daemon/backend/redis_uv.h"
 #include "daemon/log.h"
@@ -42,7 +43,9 @@ struct rcmd {
 
 static const char *const cmd_names[] = { "GET",  "MGET",   "SET",    "DEL",     "PING",        "AUTH",
                                          "SELECT", "EVALSHA", "EVAL", "SCRIPT", "XADD",   "XRANGE",
-                                         "XREVRANGE", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "CLIENT", "other" };
+                                         "XREVRANGE", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "CLIENT", "HGET",
+                                         "SPUBLISH", "SSUBSCRIBE", "SUNSUBSCRIBE", "CLUSTER", "ASKING",
+                                         "other" };
 #define N_CMDS (sizeof(cmd_names) / sizeof(cmd_names[0]))
 
 static uint64_t *m_cmds[N_CMDS];
@@ -51,7 +54,10 @@ static struct metric_hist *m_latency;
 
 static const struct pool_names names = { "redis", "redis", "batchd_redis", "Redis",
                                          "1 when a Redis command connection is ready.",
-                                         "batchd_redis_pending_replies", "Redis replies outstanding." };
+                                         "batchd_redis_pending_replies", "Redis replies outstanding.", false };
+/* A cluster node's: the cluster reports the group's gauges. */
+static const struct pool_names member_names = { "redis node", "redis", "batchd_redis", "Redis", NULL, NULL,
+                                                NULL, true };
 
 static void metrics_init(void)
 {
@@ -240,6 +246,7 @@ struct scall {
     int argc;
     char first[48];             /* first key, for the slow log */
     bool retried;
+    bool asking;                /* after an ASK redirect: ASKING before EVALSHA */
 };
 
 static int scall_send(struct scall *sc);
@@ -295,6 +302,12 @@ static int scall_send(struct scall *sc)
         size_t lens[3] = { 6, 4, strlen(s->src) };
         return send_cmd(c, script_load_cb, sc, 3, argv, lens);
     }
+    if (sc->asking) {
+        const char *argv[1] = { "ASKING" };
+        size_t lens[1] = { 6 };
+        if (send_cmd(c, NULL, NULL, 1, argv, lens) != 0)
+            return -EIO;
+    }
     static struct buf cmd;
     buf_reset(&cmd);
     buf_appendf(&cmd, "*%d\r\n$7\r\nEVALSHA\r\n$%zu\r\n%s\r\n", sc->argc + 2, strlen(s->sha), s->sha);
@@ -309,6 +322,14 @@ static int scall_send(struct scall *sc)
 int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_reply_fn cb, void *ctx,
                       int argc, const char **argv, const size_t *argvlen)
 {
+    if (p->cluster)
+        return redis_cluster_script(p->cluster, script, cb, ctx, argc, argv, argvlen);
+    return redis_node_script(p, false, script, cb, ctx, argc, argv, argvlen);
+}
+
+int redis_node_script(struct redis_pool *p, bool asking, struct redis_script *script, redis_reply_fn cb,
+                      void *ctx, int argc, const char **argv, const size_t *argvlen)
+{
     /* Admitted once: its SCRIPT LOAD and NOSCRIPT follow-ups continue it. */
     int rc = pick(p) ? pool_admit(&p->core) : -EAGAIN;
     if (rc != 0)
@@ -319,6 +340,7 @@ int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_r
     sc->cb = cb;
     sc->ctx = ctx;
     sc->argc = argc;
+    sc->asking = asking;
     resp_args(&sc->tail, argc, argv, argvlen);
     if (argc > 1)
         snprintf(sc->first, sizeof(sc->first), "%.*s", (int)argvlen[1], argv[1]);
@@ -333,15 +355,33 @@ int redis_pool_script(struct redis_pool *p, struct redis_script *script, redis_r
 int redis_pool_command(struct redis_pool *p, redis_reply_fn cb, void *ctx, int argc,
                        const char **argv, const size_t *argvlen)
 {
+    if (p->cluster)
+        return redis_cluster_command(p->cluster, cb, ctx, argc, argv, argvlen);
+    return redis_node_command(p, false, cb, ctx, argc, argv, argvlen);
+}
+
+int redis_node_command(struct redis_pool *p, bool asking, redis_reply_fn cb, void *ctx, int argc,
+                       const char **argv, const size_t *argvlen)
+{
     struct rconn *c = pick(p);
     int rc = c ? pool_admit(&p->core) : -EAGAIN;
     if (rc != 0)
         return rc;
+    if (asking) {
+        const char *a[1] = { "ASKING" };
+        size_t l[1] = { 6 };
+        if (send_cmd(c, NULL, NULL, 1, a, l) != 0)
+            return -EIO;
+    }
     return send_cmd(c, cb, ctx, argc, argv, argvlen);
 }
 
 void redis_pool_flush(struct redis_pool *p)
 {
+    if (p->cluster) {
+        redis_cluster_flush(p->cluster);
+        return;
+    }
     for (unsigned i = 0; i < p->core.n; i++) {
         struct rconn *c = (struct rconn *)p->core.conns[i];
         if (c->base.state == POOL_READY && c->base.pending > 0 && c->ac)
@@ -349,8 +389,15 @@ void redis_pool_flush(struct redis_pool *p)
     }
 }
 
+bool redis_pool_is_cluster(const struct redis_pool *p)
+{
+    return p->cluster != NULL;
+}
+
 bool redis_pool_up(const struct redis_pool *p)
 {
+    if (p->cluster)
+        return redis_cluster_up(p->cluster);
     return p->core.ready > 0;
 }
 
@@ -442,6 +489,8 @@ static void rconn_connect(struct rconn *c)
     /* hiredis frees an idle read buffer above 16 KiB and grows it again for
      * the next large reply; keep up to 1 MiB per connection instead. */
     ac->c.reader->maxbuf = 1024 * 1024;
+    if (c->pubsub && p->member)
+        ac->c.reader->privdata = &redis_reply_sharded_mark;
     if (redis_uv_attach(ac, p->core.loop) != REDIS_OK) {
         ac->data = NULL;
         redisAsyncFree(ac);
@@ -542,14 +591,15 @@ static void pool_destroy_cb(struct pool *core)
     free((struct redis_pool *)core);
 }
 
-struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms)
+static struct redis_pool *pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms, bool member)
 {
     struct redis_pool *p = mem_calloc(1, sizeof(*p));
     p->cfg = cfg;
+    p->member = member;
     snprintf(p->addr, sizeof(p->addr), "%s:%d", cfg->url.host, cfg->url.port);
     p->core.addr = p->addr;
-    pool_init(&p->core, loop, &names, &conn_ops, (unsigned)cfg->pool_size, sizeof(struct rconn),
-              limits_of(cfg, slow_ms), pool_destroy_cb);
+    pool_init(&p->core, loop, member ? &member_names : &names, &conn_ops, (unsigned)cfg->pool_size,
+              sizeof(struct rconn), limits_of(cfg, slow_ms), pool_destroy_cb);
     metrics_init();
     redis_pubsub_init();
     redis_tracking_init();
@@ -560,8 +610,31 @@ struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, 
     return p;
 }
 
+struct redis_pool *redis_pool_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms)
+{
+    if (!cfg->cluster)
+        return pool_new(loop, cfg, slow_ms, false);
+    metrics_init();
+    redis_pubsub_init();
+    redis_tracking_init();
+    struct redis_pool *p = mem_calloc(1, sizeof(*p));
+    p->cfg = cfg;
+    p->cluster = redis_cluster_new(p, loop, cfg, slow_ms);
+    return p;
+}
+
+struct redis_pool *redis_node_new(uv_loop_t *loop, const struct cfg_redis *cfg, int64_t slow_ms)
+{
+    return pool_new(loop, cfg, slow_ms, true);
+}
+
 void redis_pool_configure(struct redis_pool *p, const struct cfg_redis *cfg, int64_t slow_ms)
 {
+    if (p->cluster) {
+        p->cfg = cfg;
+        redis_cluster_configure(p->cluster, cfg, slow_ms);
+        return;
+    }
     p->cfg = cfg;
     pool_configure(&p->core, limits_of(cfg, slow_ms));
 }
@@ -570,6 +643,10 @@ void redis_pool_free(struct redis_pool *p)
 {
     if (p == NULL)
         return;
+    if (p->cluster) {
+        redis_cluster_free(p->cluster); /* frees its nodes, and this shell once its handles close */
+        return;
+    }
     redis_reply_drain();
     p->core.freeing = true;
     redis_pubsub_free(p);

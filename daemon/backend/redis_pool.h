@@ -38,10 +38,12 @@ enum redis_sub_event {
     REDIS_SUB_SUBSCRIBED,  /* channel's SUBSCRIBE is confirmed: messages flow from here on */
     REDIS_SUB_DOWN,        /* the connection dropped: no channel is subscribed */
     REDIS_SUB_UP,          /* reconnected; every channel's SUBSCRIBE has been sent again */
+    REDIS_SUB_LOST,        /* channel alone is no longer subscribed (a cluster: its node went
+                              down or its slot moved); SUBSCRIBED follows once it is again */
 };
 
 /* channel/message are valid only during the call; message only for
- * REDIS_SUB_MESSAGE, channel for MESSAGE and SUBSCRIBED. */
+ * REDIS_SUB_MESSAGE, channel for MESSAGE, SUBSCRIBED and LOST. */
 typedef void (*redis_message_fn)(void *arg, enum redis_sub_event ev, const char *channel,
                                  size_t channel_len, const char *message, size_t message_len);
 
@@ -83,8 +85,12 @@ void redis_reply_release(void *ref);
 /* Writes commands queued so far now rather than on the next poll. */
 void redis_pool_flush(struct redis_pool *p);
 
-/* True when at least one command connection is READY. */
+/* True when at least one command connection is READY (a cluster: a slot
+ * map is known and a primary is ready). */
 bool redis_pool_up(const struct redis_pool *p);
+/* True when the pool routes over a Redis Cluster ([redis] cluster = yes):
+ * a script's keys must then share a slot. */
+bool redis_pool_is_cluster(const struct redis_pool *p);
 
 /* Starts the pub/sub connection; messages and its state go to fn(arg). */
 void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *arg);

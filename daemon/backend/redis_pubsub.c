@@ -16,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "daemon/backend/redis_cluster.h"
 #include "daemon/backend/redis_int.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
@@ -30,9 +31,54 @@ struct channel {
 
 static int64_t *m_pubsub_up;
 
+void redis_pubsub_report_up(bool up)
+{
+    *m_pubsub_up = up;
+}
+
 void redis_pubsub_init(void)
 {
     m_pubsub_up = metrics_gauge("batchd_redis_pubsub_up", "", "1 when the pub/sub connection is ready.");
+}
+
+static struct channel *channel_find(struct redis_pool *p, const char *name, size_t len)
+{
+    struct channel *ch;
+    LIST_FOREACH(ch, &p->channels, link)
+        if (strlen(ch->name) == len && memcmp(ch->name, name, len) == 0)
+            return ch;
+    return NULL;
+}
+
+static void channel_forget(struct channel *ch)
+{
+    LIST_REMOVE(ch, link);
+    free(ch->name);
+    free(ch);
+}
+
+/* A cluster node's sharded push. Redis unsubscribes a shard channel by
+ * itself when its slot leaves the node: the channel is forgotten here (a
+ * reconnect must not subscribe it again) and reported lost. */
+static void sharded_push(struct redis_pool *p, const redisReply *kind, const redisReply *chan,
+                         const redisReply *msg)
+{
+    if (strcasecmp(kind->str, "smessage") == 0) {
+        if (p->sub_fn && msg->type == REDIS_REPLY_STRING)
+            p->sub_fn(p->sub_arg, REDIS_SUB_MESSAGE, chan->str, chan->len, msg->str, msg->len);
+    } else if (strcasecmp(kind->str, "ssubscribe") == 0) {
+        if (p->sub_fn && channel_find(p, chan->str, chan->len))
+            p->sub_fn(p->sub_arg, REDIS_SUB_SUBSCRIBED, chan->str, chan->len, NULL, 0);
+    } else { /* sunsubscribe */
+        struct channel *ch = channel_find(p, chan->str, chan->len);
+        if (ch == NULL)
+            return; /* one we asked to leave */
+        channel_forget(ch);
+        log_info("redis shard channel unsubscribed by the server (its slot moved)", "node=%s channel=%.*s",
+                 p->addr, (int)chan->len, chan->str);
+        if (p->sub_fn)
+            p->sub_fn(p->sub_arg, REDIS_SUB_LOST, chan->str, chan->len, NULL, 0);
+    }
 }
 
 static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
@@ -58,7 +104,12 @@ static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
         pool_conn_arm(&c->base);
         return;
     }
-    if (p->sub_fn == NULL)
+    const redisReply *real = redis_reply_sharded_channel(chan);
+    if (real) {
+        sharded_push(p, kind, real, msg);
+        return;
+    }
+    if (p->sub_fn == NULL || p->member)
         return;
     if (strcasecmp(kind->str, "message") == 0 && msg->type == REDIS_REPLY_STRING)
         p->sub_fn(p->sub_arg, REDIS_SUB_MESSAGE, chan->str, chan->len, msg->str, msg->len);
@@ -66,14 +117,44 @@ static void on_sub_message_cb(redisAsyncContext *ac, void *r, void *privdata)
         p->sub_fn(p->sub_arg, REDIS_SUB_SUBSCRIBED, chan->str, chan->len, NULL, 0);
 }
 
+/* SSUBSCRIBE / SUNSUBSCRIBE go out with no callback queued: hiredis 0.14
+ * would file one it never uses. Their confirmations, pushes and messages
+ * reach on_sub_message_cb through REDIS_SHARDED_CHANNEL; an error (MOVED:
+ * the slot is elsewhere) makes hiredis drop the connection, and the
+ * cluster finds the channel's node again. */
+static void sub_send_sharded(struct rconn *c, const char *verb, const char *channel)
+{
+    if (c->base.state != POOL_READY || c->ac == NULL)
+        return;
+
+    static struct buf cmd;
+    buf_reset(&cmd);
+    buf_appendf(&cmd, "*2\r\n$%zu\r\n%s\r\n$%zu\r\n", strlen(verb), verb, strlen(channel));
+    buf_append_str(&cmd, channel);
+    buf_append(&cmd, "\r\n", 2);
+    if (redisAppendFormattedCommand(&c->ac->c, cmd.data, cmd.len) == REDIS_OK)
+        redis_count_command(verb, strlen(verb));
+    redisAsyncHandleWrite(c->ac);
+}
+
 void redis_sub_send(struct rconn *c, const char *verb, const char *channel)
 {
     if (c->base.state != POOL_READY || c->ac == NULL)
         return;
+
     const char *argv[2] = { verb, channel };
     size_t lens[2] = { strlen(verb), strlen(channel) };
     if (redisAsyncCommandArgv(c->ac, on_sub_message_cb, c, 2, argv, lens) == REDIS_OK)
         redis_count_command(verb, lens[0]);
+}
+
+/* A channel of the caller's: sharded on a cluster's node. */
+static void sub_channel(struct rconn *c, bool on, const char *channel)
+{
+    if (redis_pool_of(c)->member)
+        sub_send_sharded(c, on ? "SSUBSCRIBE" : "SUNSUBSCRIBE", channel);
+    else
+        redis_sub_send(c, on ? "SUBSCRIBE" : "UNSUBSCRIBE", channel);
 }
 
 /* --- what the pool core asks: the heartbeat is this connection's reply ------------ */
@@ -107,13 +188,16 @@ static const struct pool_conn_ops sub_ops = { redis_conn_connect_cb, redis_conn_
 void redis_pubsub_ready(struct rconn *c)
 {
     struct redis_pool *p = redis_pool_of(c);
-    *m_pubsub_up = 1;
+    if (!p->member)
+        *m_pubsub_up = 1;
     redis_sub_send(c, "SUBSCRIBE", HEARTBEAT_CHANNEL);
+    if (p->member)
+        redis_sub_send(c, "SUBSCRIBE", REDIS_SHARDED_CHANNEL);
     redis_tracking_ready(c);
     struct channel *ch;
     unsigned n = 0;
     LIST_FOREACH(ch, &p->channels, link) {
-        redis_sub_send(c, "SUBSCRIBE", ch->name);
+        sub_channel(c, true, ch->name);
         n++;
     }
     if (c->ac)
@@ -126,7 +210,8 @@ void redis_pubsub_ready(struct rconn *c)
 void redis_pubsub_lost(struct rconn *c, bool was_ready, const char *reason)
 {
     struct redis_pool *p = redis_pool_of(c);
-    *m_pubsub_up = 0;
+    if (!p->member)
+        *m_pubsub_up = 0;
     redis_tracking_lost(c);
     if (was_ready && p->sub_fn)
         p->sub_fn(p->sub_arg, REDIS_SUB_DOWN, NULL, 0, NULL, 0);
@@ -143,13 +228,18 @@ void redis_pubsub_free(struct redis_pool *p)
         free(ch);
     }
     p->sub_fn = NULL;
-    *m_pubsub_up = 0;
+    if (!p->member)
+        *m_pubsub_up = 0;
 }
 
 /* --- API -------------------------------------------------------------------------- */
 
 void redis_pool_pubsub_start(struct redis_pool *p, redis_message_fn fn, void *arg)
 {
+    if (p->cluster) {
+        redis_cluster_pubsub_start(p->cluster, fn, arg);
+        return;
+    }
     p->sub_fn = fn;
     p->sub_arg = arg;
     redis_pubsub_ensure(p);
@@ -168,6 +258,10 @@ void redis_pubsub_ensure(struct redis_pool *p)
 
 void redis_pool_subscribe(struct redis_pool *p, const char *channel)
 {
+    if (p->cluster) {
+        redis_cluster_subscribe(p->cluster, channel, true);
+        return;
+    }
     /* Callbacks completed by redis_pool_free (a history read cut off by
      * shutdown, say) may ask for a channel: there is no connection to
      * come, and the channel list is gone already. */
@@ -183,7 +277,7 @@ void redis_pool_subscribe(struct redis_pool *p, const char *channel)
     ch->name = mem_strdup(channel);
     LIST_INSERT_HEAD(&p->channels, ch, link);
     if (p->sub) {
-        redis_sub_send(p->sub, "SUBSCRIBE", channel);
+        sub_channel(p->sub, true, channel);
         if (p->sub->ac && p->sub->base.state == POOL_READY)
             redisAsyncHandleWrite(p->sub->ac);
     }
@@ -191,22 +285,26 @@ void redis_pool_subscribe(struct redis_pool *p, const char *channel)
 
 void redis_pool_unsubscribe(struct redis_pool *p, const char *channel)
 {
+    if (p->cluster) {
+        redis_cluster_subscribe(p->cluster, channel, false);
+        return;
+    }
     if (p->core.freeing)
         return;
     struct channel *ch;
     LIST_FOREACH(ch, &p->channels, link) {
         if (strcmp(ch->name, channel) == 0) {
-            LIST_REMOVE(ch, link);
-            free(ch->name);
-            free(ch);
+            channel_forget(ch);
             break;
         }
     }
     if (p->sub)
-        redis_sub_send(p->sub, "UNSUBSCRIBE", channel);
+        sub_channel(p->sub, false, channel);
 }
 
 bool redis_pool_pubsub_up(const struct redis_pool *p)
 {
+    if (p->cluster)
+        return redis_cluster_pubsub_up(p->cluster);
     return p->sub && p->sub->base.state == POOL_READY;
 }

@@ -13,6 +13,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "daemon/backend/redis_int.h"
 #include "proto/freelist.h"
@@ -28,6 +29,8 @@ struct ablock {
 
 struct arena {
     uint32_t refs;
+    uint32_t n_parts;           /* a composed reply: the part arenas it holds */
+    struct arena **parts;
     struct ablock *blocks;      /* the first one also holds this header */
 };
 
@@ -86,6 +89,8 @@ static void arena_unref(struct arena *a)
 {
     if (--a->refs > 0)
         return;
+    for (uint32_t i = 0; i < a->n_parts; i++)
+        arena_unref(a->parts[i]);
     struct ablock *b = a->blocks;
     while (b) {
         struct ablock *next = b->next;
@@ -119,6 +124,8 @@ static redisReply *reply_new(const redisReadTask *task, int type, size_t hint)
         struct arena *a = (struct arena *)b->data;
         b->used = sizeof(*a);
         a->refs = 1;
+        a->n_parts = 0;
+        a->parts = NULL;
         a->blocks = b;
         r = arena_alloc(a, sizeof(*r));
     } else {
@@ -131,8 +138,51 @@ static redisReply *reply_new(const redisReadTask *task, int type, size_t hint)
     return r;
 }
 
+char redis_reply_sharded_mark;
+
+/* A sharded push (smessage, ssubscribe, sunsubscribe) on a node's pub/sub
+ * connection: its channel, element 1 of the top-level array. */
+static bool sharded_channel(const redisReadTask *task)
+{
+    if (task->privdata != &redis_reply_sharded_mark || task->idx != 1 || task->parent == NULL ||
+        task->parent->parent != NULL)
+        return false;
+    const redisReply *top = task->parent->obj;
+    const redisReply *kind = top->element[0];
+    return kind && kind->type == REDIS_REPLY_STRING && kind->len >= 8 && (kind->str[0] | 0x20) == 's' &&
+           (strcasecmp(kind->str, "smessage") == 0 || strcasecmp(kind->str, "ssubscribe") == 0 ||
+            strcasecmp(kind->str, "sunsubscribe") == 0);
+}
+
+const redisReply *redis_reply_sharded_channel(const redisReply *chan)
+{
+    if (chan->type != REDIS_REPLY_STRING || chan->elements != 1 ||
+        chan->len != sizeof(REDIS_SHARDED_CHANNEL) - 1 || strcmp(chan->str, REDIS_SHARDED_CHANNEL) != 0)
+        return NULL;
+    return chan->element[0];
+}
+
 static void *create_string_cb(const redisReadTask *task, char *str, size_t len)
 {
+    if (sharded_channel(task)) {
+        /* hiredis routes pushes by channel name: give it the one the
+         * connection subscribed, and keep the real one beneath. */
+        redisReply *r = reply_new(task, REDIS_REPLY_STRING, len + 64);
+        struct arena *a = task_arena(task, r);
+        r->str = (char *)REDIS_SHARDED_CHANNEL;
+        r->len = sizeof(REDIS_SHARDED_CHANNEL) - 1;
+        r->elements = 1;
+        r->element = arena_alloc(a, sizeof(redisReply *));
+        redisReply *real = arena_alloc(a, sizeof(*real));
+        memset(real, 0, sizeof(*real));
+        real->type = REDIS_REPLY_STRING;
+        real->str = arena_alloc(a, len + 1);
+        memcpy(real->str, str, len);
+        real->str[len] = '\0';
+        real->len = len;
+        r->element[0] = real;
+        return r;
+    }
     redisReply *r = reply_new(task, task->type, len + 1);
     r->str = arena_alloc(task_arena(task, r), len + 1);
     memcpy(r->str, str, len);
@@ -183,4 +233,39 @@ void *redis_reply_retain(const redisReply *reply)
 void redis_reply_release(void *ref)
 {
     arena_unref(ref);
+}
+
+/* --- composed replies (a cluster's MGET, merged from one MGET per slot) ------------ */
+
+redisReply *redis_reply_compose(size_t elements, unsigned max_parts)
+{
+    size_t need = sizeof(struct arena) + sizeof(redisReply) + elements * sizeof(redisReply *) +
+                  max_parts * sizeof(struct arena *) + 32;
+    struct ablock *b = block_get(need > ARENA_BLOCK ? need : ARENA_BLOCK);
+    b->next = NULL;
+    b->used = 0;
+    struct arena *a = (struct arena *)b->data;
+    b->used = sizeof(*a);
+    a->refs = 1;
+    a->n_parts = 0;
+    a->blocks = b;
+    redisReply *r = arena_alloc(a, sizeof(*r));
+    memset(r, 0, sizeof(*r));
+    r->type = REDIS_REPLY_ARRAY;
+    r->elements = elements;
+    r->element = elements ? arena_alloc(a, elements * sizeof(redisReply *)) : NULL;
+    a->parts = max_parts ? arena_alloc(a, max_parts * sizeof(struct arena *)) : NULL;
+    return r;
+}
+
+void redis_reply_compose_hold(redisReply *top, const redisReply *part)
+{
+    struct arena *a = arena_of(top), *pa = arena_of(part);
+    pa->refs++;
+    a->parts[a->n_parts++] = pa;
+}
+
+void redis_reply_put(redisReply *top)
+{
+    arena_unref(arena_of(top));
 }

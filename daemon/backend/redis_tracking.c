@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "daemon/backend/redis_cluster.h"
 #include "daemon/backend/redis_int.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
@@ -27,6 +28,11 @@
 
 static int64_t *m_up;
 static uint64_t *m_keys, *m_flushes, *m_lost, *m_refused;
+
+void redis_tracking_report_up(bool up)
+{
+    *m_up = up;
+}
 
 void redis_tracking_init(void)
 {
@@ -122,10 +128,11 @@ static void set_up(struct redis_pool *p, bool up)
     if (p->track_up == up)
         return;
     p->track_up = up;
-    *m_up = up;
+    if (!p->member)
+        *m_up = up;
     if (!up)
         (*m_lost)++;
-    log_info(up ? "redis tracking up" : "redis tracking down", "prefixes=%u", p->n_track);
+    log_info(up ? "redis tracking up" : "redis tracking down", "node=%s prefixes=%u", p->addr, p->n_track);
     if (p->track_fn)
         p->track_fn(p->track_arg, up ? REDIS_TRACK_UP : REDIS_TRACK_DOWN, NULL, 0);
 }
@@ -180,7 +187,8 @@ void redis_tracking_free(struct redis_pool *p)
     free_prefixes(p);
     p->track_fn = NULL;
     p->track_up = false;
-    *m_up = 0;
+    if (!p->member)
+        *m_up = 0;
 }
 
 static bool same_prefixes(const struct redis_pool *p, const char *const *prefixes, unsigned n)
@@ -196,6 +204,10 @@ static bool same_prefixes(const struct redis_pool *p, const char *const *prefixe
 void redis_pool_track(struct redis_pool *p, const char *const *prefixes, unsigned n, redis_track_fn fn,
                       void *arg)
 {
+    if (p->cluster) {
+        redis_cluster_track(p->cluster, prefixes, n, fn, arg);
+        return;
+    }
     if (p->core.freeing)
         return;
     if (fn == NULL) { /* the listener goes: tracking stays as it is, unreported */
@@ -228,6 +240,8 @@ void redis_pool_track(struct redis_pool *p, const char *const *prefixes, unsigne
 
 bool redis_pool_pubsub_drain(struct redis_pool *p, size_t max_bytes)
 {
+    if (p->cluster)
+        return redis_cluster_pubsub_drain(p->cluster, max_bytes);
     struct rconn *c = p->sub;
     size_t taken = 0;
     while (c && c->ac && c->base.state == POOL_READY) {

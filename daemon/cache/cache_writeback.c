@@ -14,6 +14,7 @@
 #include "daemon/backend/pg_pool.h"
 #include "daemon/backend/redis_pool.h"
 #include "daemon/cache/resource_int.h"
+#include "proto/cluster.h"
 #include "proto/mem.h"
 
 static const char WRITEBACK_SCRIPT[] =
@@ -80,8 +81,7 @@ static int send_invalidate(struct resource *res, const char *id, size_t len, str
 {
     struct buf key = BUF_INIT, tomb = BUF_INIT;
     resource_key_of(res, id, len, &key);
-    buf_append_str(&tomb, TOMBSTONE_PREFIX);
-    buf_append(&tomb, key.data, key.len);
+    resource_tomb_key(key.data, key.len, &tomb);
     char now[24], ttl[24];
     snprintf(now, sizeof(now), "%llu", (unsigned long long)resource_wall_ms());
     snprintf(ttl, sizeof(ttl), "%lld",
@@ -174,32 +174,16 @@ static void writeback_cb(void *ctx, const redisReply *reply, int err)
     free(w);
 }
 
-/* Caches the rows (and absences) a by_ids chunk loaded, in one script call
- * that respects invalidation tombstones. The entries stay joinable until
- * Redis acknowledges, so a reader in between gets them without a query. */
-void resource_write_back(struct resource *res, struct chunk *ch)
+/* One script call for entries es[0..n) (their keys share a slot on a cluster). */
+static void write_back_send(struct resource *res, struct batch_entry **es, unsigned n, uint64_t start_wall_ms)
 {
     struct redis_pool *redis = res->set->redis;
-    unsigned n = 0;
-    for (unsigned i = 0; i < ch->n; i++) {
-        struct batch_entry *e = ch->entries[i];
-        int64_t ttl = e->result == BATCH_FOUND ? res->cfg->ttl : res->cfg->negative_ttl;
-        if (e->state == BATCH_DONE && e->result != BATCH_FAILED && !e->stale && ttl > 0 && e->in_table &&
-            redis != NULL)
-            n++;
-        else
-            batch_table_remove(&res->table, e);
-    }
-    if (n == 0)
-        return;
     struct wb *w = mem_calloc(1, sizeof(*w) + n * sizeof(w->e[0]));
     w->res = res;
     struct buf keys = BUF_INIT, ttls = BUF_INIT;
     size_t *koff = mem_alloc(2 * n * sizeof(size_t)), *toff = mem_alloc(n * sizeof(size_t));
-    for (unsigned i = 0; i < ch->n; i++) {
-        struct batch_entry *e = ch->entries[i];
-        if (!e->in_table)
-            continue;
+    for (unsigned i = 0; i < n; i++) {
+        struct batch_entry *e = es[i];
         batch_entry_ref(e);
         koff[w->n] = keys.len;
         resource_key_of(res, e->id, e->id_len, &keys);
@@ -214,14 +198,14 @@ void resource_write_back(struct resource *res, struct chunk *ch)
     memcpy(snapshot, keys.data, key_bytes);
     for (unsigned i = 0; i < n; i++) {
         koff[n + i] = keys.len;
-        buf_append_str(&keys, TOMBSTONE_PREFIX);
-        buf_append_str(&keys, snapshot + koff[i]);
+        const char *k = snapshot + koff[i];
+        resource_tomb_key(k, strlen(k), &keys);
         buf_append_char(&keys, '\0');
     }
     free(snapshot);
     char nkeys[16], start[24];
     snprintf(nkeys, sizeof(nkeys), "%u", 2 * n);
-    snprintf(start, sizeof(start), "%llu", (unsigned long long)(ch->start_wall_ms - CLOCK_SKEW_MS));
+    snprintf(start, sizeof(start), "%llu", (unsigned long long)(start_wall_ms - CLOCK_SKEW_MS));
     unsigned argc = 2 + 2 * n + 2 * n;
     const char **argv = mem_alloc(argc * sizeof(char *));
     size_t *lens = mem_alloc(argc * sizeof(size_t));
@@ -253,4 +237,58 @@ void resource_write_back(struct resource *res, struct chunk *ch)
     free(toff);
     buf_deinit(&keys);
     buf_deinit(&ttls);
+}
+
+struct slot_entry {
+    unsigned slot;
+    unsigned i;
+    struct batch_entry *e;
+};
+
+static int cmp_slot_entry(const void *a, const void *b)
+{
+    const struct slot_entry *x = a, *y = b;
+    if (x->slot != y->slot)
+        return x->slot < y->slot ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Caches the rows (and absences) a by_ids chunk loaded, in one script call
+ * that respects invalidation tombstones (on a cluster, one per slot: a
+ * script's keys must share one). The entries stay joinable until Redis
+ * acknowledges, so a reader in between gets them without a query. */
+void resource_write_back(struct resource *res, struct chunk *ch)
+{
+    struct redis_pool *redis = res->set->redis;
+    struct batch_entry **es = mem_alloc((ch->n ? ch->n : 1) * sizeof(*es));
+    unsigned n = 0;
+    for (unsigned i = 0; i < ch->n; i++) {
+        struct batch_entry *e = ch->entries[i];
+        int64_t ttl = e->result == BATCH_FOUND ? res->cfg->ttl : res->cfg->negative_ttl;
+        if (e->state == BATCH_DONE && e->result != BATCH_FAILED && !e->stale && ttl > 0 && e->in_table &&
+            redis != NULL)
+            es[n++] = e;
+        else
+            batch_table_remove(&res->table, e);
+    }
+    if (n && !redis_pool_is_cluster(redis)) {
+        write_back_send(res, es, n, ch->start_wall_ms);
+    } else if (n) {
+        struct slot_entry *se = mem_alloc(n * sizeof(*se));
+        struct buf key = BUF_INIT;
+        for (unsigned i = 0; i < n; i++) {
+            buf_reset(&key);
+            resource_key_of(res, es[i]->id, es[i]->id_len, &key);
+            se[i] = (struct slot_entry){ cluster_key_slot(key.data, key.len), i, es[i] };
+        }
+        buf_deinit(&key);
+        qsort(se, n, sizeof(*se), cmp_slot_entry);
+        for (unsigned i = 0, j; i < n; i = j) {
+            for (j = i; j < n && se[j].slot == se[i].slot; j++)
+                es[j - i] = se[j].e;
+            write_back_send(res, es, j - i, ch->start_wall_ms);
+        }
+        free(se);
+    }
+    free(es);
 }

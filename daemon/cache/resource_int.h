@@ -15,11 +15,14 @@
 #include "daemon/cache/resource.h"
 #include "proto/batch.h"
 #include "proto/buf.h"
+#include "proto/slot_tag.h"
 
 /* A missing row, cached: starts with a NUL byte, so never a JSON document. */
 #define ABSENT_MARKER "\0batchd:absent"
 #define ABSENT_LEN (sizeof(ABSENT_MARKER) - 1)
+/* A key's tombstone: batchd:inval:{<key>}, in the key's cluster slot (proto/slot_tag.h). */
 #define TOMBSTONE_PREFIX "batchd:inval:"
+#define resource_tomb_key(key, len, out) slot_tag_prefixed(TOMBSTONE_PREFIX, key, len, out)
 #define TOMBSTONE_EXTRA_MS 5000
 /* Hosts' clocks may differ by this much; fills starting within it of an
  * invalidation are not cached. */

@@ -62,6 +62,12 @@ static void sub_cb(void *arg, enum redis_sub_event kind, const char *chan, size_
     }
     case REDIS_SUB_UP:
         return;
+    case REDIS_SUB_LOST: {
+        struct sse_channel *c = sse_channel_find(h, chan, chan_len);
+        if (c)
+            c->state = CH_SUBSCRIBING; /* resubscribed elsewhere; its gap is filled then */
+        return;
+    }
     case REDIS_SUB_SUBSCRIBED: {
         struct sse_channel *c = sse_channel_find(h, chan, chan_len);
         if (c && c->state == CH_SUBSCRIBING)

@@ -13,6 +13,7 @@
 #include "daemon/http/req.h"
 #include "proto/jtext.h"
 #include "proto/mem.h"
+#include "proto/slot_tag.h"
 #include "proto/sse.h"
 #include "proto/url.h"
 
@@ -22,21 +23,24 @@
  * nor a history entry that was never published. The key stores the id
  * and a digest of what was published, so that reusing a key for another
  * event is an error rather than a silent loss. */
-static const char PUBLISH_SCRIPT[] =
-    "local digest\n"
-    "if KEYS[2] then\n"
-    "  digest = redis.sha1hex(ARGV[2] .. '\\n' .. ARGV[3])\n"
-    "  local seen = redis.call('GET', KEYS[2])\n"
-    "  if seen then\n"
-    "    local id, d = string.match(seen, '^(%S+) (%x+)$')\n"
-    "    if id and d == digest then return {'replay', id} end\n"
-    "    return {'conflict', ''}\n"
-    "  end\n"
-    "end\n"
-    "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2], 'data', ARGV[3])\n"
-    "redis.call('PUBLISH', KEYS[1], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])\n"
-    "if KEYS[2] then redis.call('SET', KEYS[2], id .. ' ' .. digest, 'PX', ARGV[4]) end\n"
-    "return {'new', id}\n";
+#define PUBLISH_SCRIPT_WITH(publish) \
+    "local digest\n" \
+    "if KEYS[2] then\n" \
+    "  digest = redis.sha1hex(ARGV[2] .. '\\n' .. ARGV[3])\n" \
+    "  local seen = redis.call('GET', KEYS[2])\n" \
+    "  if seen then\n" \
+    "    local id, d = string.match(seen, '^(%S+) (%x+)$')\n" \
+    "    if id and d == digest then return {'replay', id} end\n" \
+    "    return {'conflict', ''}\n" \
+    "  end\n" \
+    "end\n" \
+    "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2], 'data', ARGV[3])\n" \
+    "redis.call('" publish "', KEYS[1], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])\n" \
+    "if KEYS[2] then redis.call('SET', KEYS[2], id .. ' ' .. digest, 'PX', ARGV[4]) end\n" \
+    "return {'new', id}\n"
+static const char PUBLISH_SCRIPT[] = PUBLISH_SCRIPT_WITH("PUBLISH");
+/* A cluster: the event goes to the Stream's shard channel (SSUBSCRIBE). */
+static const char SPUBLISH_SCRIPT[] = PUBLISH_SCRIPT_WITH("SPUBLISH");
 
 struct sse_publisher {
     struct redis_pool *redis;
@@ -56,7 +60,7 @@ struct sse_publisher *sse_publisher_new(struct redis_pool *redis)
 {
     struct sse_publisher *p = mem_calloc(1, sizeof(*p));
     p->redis = redis;
-    p->script.src = PUBLISH_SCRIPT;
+    p->script.src = redis && redis_pool_is_cluster(redis) ? SPUBLISH_SCRIPT : PUBLISH_SCRIPT;
     const char *help = "Publishes that failed: not_sent (the script never ran, 503), rejected (an error "
                        "reply, 503), unknown (Redis went away after the script was sent, 502/504).";
     p->m_not_sent = metrics_counter("batchd_sse_publish_errors_total", "outcome=\"not_sent\"", help);
@@ -157,9 +161,11 @@ void sse_publish_handle(struct sse_publisher *pub, struct req *r, const struct c
         config_ref(cfg->owner); /* a reload may replace the config before the reply */
         struct buf key = BUF_INIT, ikey = BUF_INIT;
         url_template_expand(cfg->key, "id", id, &key);
-        /* The hash tag puts the key in the Stream's slot. */
-        if (idem.len)
-            buf_appendf(&ikey, "batchd:idem:{%s}:%.*s", key.data, (int)idem.len, idem.p);
+        /* batchd:idem:{<stream key>}:<key>, in the Stream's slot. */
+        if (idem.len) {
+            slot_tag_prefixed("batchd:idem:", key.data, key.len, &ikey);
+            buf_appendf(&ikey, ":%.*s", (int)idem.len, idem.p);
+        }
         char maxlen[24], window[24];
         snprintf(maxlen, sizeof(maxlen), "%lld", (long long)cfg->max_len);
         snprintf(window, sizeof(window), "%lld", (long long)cfg->idempotency_window_ms);

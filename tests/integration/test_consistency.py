@@ -29,7 +29,7 @@ def proxied(start_batchd, redis, pg):
 
 
 def is_invalidation_of(key):
-    # EVALSHA sha 2 <key> batchd:inval:<key> <now> <ttl>
+    # EVALSHA sha 2 <key> batchd:inval:{<key>} <now> <ttl>
     return lambda a: a[0].upper() == b"EVALSHA" and len(a) == 7 and a[3] == key
 
 

@@ -44,7 +44,7 @@ def is_mget_of(key):
 
 
 def is_writeback_of(key):
-    # EVALSHA sha 2 <key> batchd:inval:<key> <start> <document> <ttl>
+    # EVALSHA sha 2 <key> batchd:inval:{<key>} <start> <document> <ttl>
     return lambda a: a[0].upper() == b"EVALSHA" and len(a) == 8 and a[3] == key
 
 

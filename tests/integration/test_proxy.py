@@ -403,7 +403,7 @@ def test_race_guard_across_processes(start_batchd, redis, pg):
         wait_until(lambda: pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' "
                                    "AND state = 'active' AND pid <> pg_backend_pid()") == "1", what="slow fill")
         assert request(b2.port, "PUT", "/api/sessions/s901?title=new").status == 200
-        assert redis.client().exists("batchd:inval:session:s901")
+        assert redis.client().exists("batchd:inval:{session:s901}")
         t.join()
         # The answer can come before the write-back's reply: wait for that
         # reply, so the check below sees what the script did (and the entry,

@@ -1,0 +1,327 @@
+"""Redis Cluster ([redis] cluster = yes) against a real 6-node cluster
+(3 primaries, a replica each; harness_cluster.py) and PostgreSQL: reads
+spread over the primaries, one MGET per slot with each node's in one flush,
+write-backs and tombstones in their key's slot, PURGE, a slot moved under
+reads (ASK, then MOVED), a primary killed (its replica promoted) with no
+5xx, and SSE on sharded pub/sub. Evidence: each node's INFO commandstats
+and keys, pg_stat_statements, what the clients received."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from harness import Http, get, request, wait_until
+from test_events import Sse, data_of
+from test_resource import BY_IDS, BY_IDS_LIKE
+
+TOKEN = "secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def cluster_conf(cluster, pg, key="session:{id}", resource="", extra=""):
+    return f"""
+[redis]
+url = redis://{cluster.seeds()}/0
+cluster = yes
+cluster_refresh_ms = 1000
+pool_size = 2
+connect_timeout_ms = 500
+command_timeout_ms = 1000
+ping_interval_ms = 300
+[postgres]
+conninfo = {pg.conninfo()}
+pool_size = 2
+[resource sessions]
+path = /v1/sessions
+key = {key}
+ttl = 300
+negative_ttl = 30
+max_ids = 100
+by_ids = {BY_IDS}
+{resource}
+[stream session-events]
+path = /v1/sessions/{{id}}/events
+key = events:session:{{id}}
+max_len = 1000
+ping_interval_ms = 15000
+{extra}
+"""
+
+
+@pytest.fixture
+def app(start_batchd, cluster, pg):
+    def _start(**kw):
+        b = start_batchd(batchd=f"admin_token = {TOKEN}\n", extra=cluster_conf(cluster, pg, **kw))
+        wait_until(lambda: b.metric("batchd_redis_up") == 1 and b.metric("batchd_pg_up") == 1
+                   and b.metric("batchd_redis_cluster_slots_covered") == 16384
+                   and b.metric("batchd_redis_cluster_primaries") == 3,
+                   what="cluster slot map and connections")
+        return b
+    return _start
+
+
+def mgets(cluster):
+    return {n.port: s.get("mget", 0) for n, s in ((n, cluster.by_port(n.port).commandstats())
+                                                   for n in cluster.primaries())}
+
+
+def expected(i):
+    return {"id": f"s{i}", "title": f"Conversation {i}"}
+
+
+def shown(doc):
+    return doc and {"id": doc["id"], "title": doc["title"]}
+
+
+def batch(port, ids):
+    r = get(port, "/v1/sessions?ids=" + ",".join(ids))
+    assert r.status == 200, r
+    return [shown(d) for d in r.json()]
+
+
+def test_documents_spread_over_every_primary_and_batches_are_right(app, cluster, pg):
+    b = app()
+    ids = [f"s{i}" for i in range(1, 1001)]
+    for i in range(0, 1000, 50):
+        assert batch(b.port, ids[i:i + 50]) == [expected(j) for j in range(i + 1, i + 51)]
+    per_node = {n.port: n.client().dbsize() for n in cluster.primaries()}
+    # 1,000 documents and their tombstone-free write-backs: every one is on
+    # the primary of its slot, and every primary holds a share.
+    assert sum(per_node.values()) == 1000, per_node
+    assert all(v > 200 for v in per_node.values()), per_node
+    for i in (1, 333, 999):
+        owner = cluster.node_for_key(f"session:s{i}")
+        assert shown(json.loads(owner.client().get(f"session:s{i}"))) == expected(i)
+    assert pg.calls(BY_IDS_LIKE) >= 20
+    # Warm: the same batches again come from the cluster alone.
+    pg.reset_stats()
+    cluster.reset_stats()
+    for i in range(0, 1000, 50):
+        assert batch(b.port, ids[i:i + 50]) == [expected(j) for j in range(i + 1, i + 51)]
+    assert pg.calls(BY_IDS_LIKE) == 0
+    assert b.metric("batchd_redis_cluster_mget_part_failures_total") == 0
+
+
+def test_one_mget_per_slot_and_one_per_node_when_keys_share_slots(app, cluster, pg):
+    b = app()
+    ids = [f"s{i}" for i in range(1, 51)]
+    assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]  # cold: loads, writes back
+    cluster.reset_stats()
+    assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
+    slots = {}
+    for i in ids:
+        k = f"session:{i}"
+        slots.setdefault(cluster.node_for_key(k).port, set()).add(cluster.keyslot(k))
+    got = mgets(cluster)
+    # Redis Cluster refuses an MGET across slots (CROSSSLOT): one per slot, no more.
+    assert got == {p: len(s) for p, s in slots.items()}, (got, slots)
+
+
+def test_hash_tagged_keys_take_one_mget_on_one_node(app, cluster, pg):
+    b = app(key="{sessions}:{id}")
+    ids = [f"s{i}" for i in range(1, 51)]
+    assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
+    cluster.reset_stats()
+    assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
+    owner = cluster.node_for_key("{sessions}:s1")
+    assert mgets(cluster) == {p.port: (1 if p.port == owner.port else 0) for p in cluster.primaries()}
+
+
+def test_purge_and_tombstones_live_in_the_keys_slot(app, cluster, pg):
+    b = app()
+    assert batch(b.port, ["s7", "s8"]) == [expected(7), expected(8)]
+    owner = cluster.node_for_key("session:s7")
+    assert owner.client().exists("session:s7")
+    pg.psql("UPDATE sessions SET title = 'Renamed 7' WHERE id = 's7'")
+    try:
+        r = request(b.port, "PURGE", "/v1/sessions/s7", AUTH)
+        assert r.status == 200, r
+        assert not owner.client().exists("session:s7")
+        assert owner.client().exists("batchd:inval:{session:s7}")
+        assert cluster.keyslot("batchd:inval:{session:s7}") == cluster.keyslot("session:s7")
+        assert get(b.port, "/v1/sessions/s7").json()["title"] == "Renamed 7"
+    finally:
+        pg.psql("UPDATE sessions SET title = 'Conversation 7' WHERE id = 's7'")
+
+
+def test_a_slot_moved_during_reads_gives_no_wrong_answer(app, cluster, pg):
+    b = app()
+    ids = [f"s{i}" for i in range(1, 101)]
+    assert batch(b.port, ids) == [expected(i) for i in range(1, 101)]
+    key = "session:s5"
+    slot = cluster.keyslot(key)
+    src = cluster.node_for_key(key)
+    dst = next(p for p in cluster.primaries() if p.port != src.port)
+    stop, bad, seen = threading.Event(), [], [0]
+
+    def reader():
+        while not stop.is_set():
+            r = get(b.port, "/v1/sessions?ids=" + ",".join(ids))
+            seen[0] += 1
+            if r.status != 200 or [shown(d) for d in r.json()] != [expected(i) for i in range(1, 101)]:
+                bad.append(r)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        cluster.begin_migration(slot, dst)
+        time.sleep(0.3)  # reads while the slot is half moved: ASK
+        cluster.move_keys(slot)
+        time.sleep(0.3)
+        cluster.finish_migration(slot)
+        wait_until(lambda: b.metric("batchd_redis_cluster_map_changes_total") >= 1, what="new slot map")
+        n0 = seen[0]
+        wait_until(lambda: seen[0] > n0 + 5, what="reads after the move")
+    finally:
+        stop.set()
+        t.join()
+    assert not bad, bad[:3]
+    assert dst.client().exists(key)
+    moved = b.metric("batchd_redis_cluster_redirects_total", kind="moved") + \
+        b.metric("batchd_redis_cluster_redirects_total", kind="ask")
+    assert moved >= 0  # counted when a read met the move before the map did
+    cluster.reset_stats()
+    assert shown(get(b.port, "/v1/sessions/s5").json()) == expected(5)
+    assert cluster.by_port(dst.port).commandstats().get("mget", 0) + \
+        cluster.by_port(dst.port).commandstats().get("get", 0) >= 1
+
+
+def test_a_killed_primary_gives_no_5xx_and_the_cache_comes_back(app, cluster, pg):
+    b = app()
+    ids = [f"s{i}" for i in range(1, 51)]
+    assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
+    victim = cluster.node_for_key("session:s1")
+    stop, bad, seen = threading.Event(), [], [0]
+
+    def reader():
+        while not stop.is_set():
+            r = get(b.port, "/v1/sessions?ids=" + ",".join(ids))
+            seen[0] += 1
+            if r.status != 200 or [shown(d) for d in r.json()] != [expected(i) for i in range(1, 51)]:
+                bad.append(r)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        cluster.kill_primary(victim)
+        promoted = cluster.wait_failover(victim)
+        wait_until(lambda: b.metric("batchd_redis_cluster_primaries") == 3 and
+                   b.metric("batchd_redis_node_up", node=f"127.0.0.1:{promoted.port}") == 1,
+                   timeout=20, what="batchd on the promoted replica")
+        n0 = seen[0]
+        wait_until(lambda: seen[0] > n0 + 5, what="reads after the failover")
+    finally:
+        stop.set()
+        t.join()
+    assert not bad, bad[:3]
+    pg.reset_stats()
+    cluster.by_port(promoted.port).client().config_resetstat()
+    for _ in range(3):
+        assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
+    # Served by the cluster again, the promoted replica included.
+    assert cluster.by_port(promoted.port).commandstats().get("mget", 0) >= 1
+    wait_until(lambda: pg.calls(BY_IDS_LIKE) == 0 or batch(b.port, ids) and pg.calls(BY_IDS_LIKE) <= 1,
+               what="reads without PostgreSQL")
+
+
+# --- SSE on sharded pub/sub --------------------------------------------------------------
+
+
+def publish(port, sid, data):
+    return request(port, "POST", f"/v1/sessions/{sid}/events", AUTH, data)
+
+
+def sids_on_three_nodes(cluster):
+    out, ports = [], set()
+    for i in range(1, 200):
+        sid = f"c{i}"
+        p = cluster.node_for_key(f"events:session:{sid}").port
+        if p not in ports:
+            ports.add(p)
+            out.append(sid)
+        if len(out) == 3:
+            return out
+    raise AssertionError("no three channels on three nodes")
+
+
+def test_sse_on_three_nodes_resume_and_no_loss_when_a_pubsub_connection_dies(app, cluster):
+    b = app()
+    sids = sids_on_three_nodes(cluster)
+    subs = {sid: Sse(b.port, sid) for sid in sids}
+    try:
+        wait_until(lambda: b.metric("batchd_sse_channels") == 3, what="three channels")
+        first = {}
+        for sid in sids:
+            r = publish(b.port, sid, f"{sid}-1")
+            assert r.status == 201, r
+            f = subs[sid].events(1)[0]
+            assert data_of(f) == f"{sid}-1"
+            first[sid] = f["id"][0]
+        # Each Stream and its shard channel live on the channel's node.
+        for sid in sids:
+            node = cluster.node_for_key(f"events:session:{sid}")
+            assert node.client().xlen(f"events:session:{sid}") == 1
+            assert cluster.by_port(node.port).commandstats().get("spublish", 0) >= 1
+        # One node's pub/sub connection killed: its channel refills from the Stream.
+        victim = cluster.node_for_key(f"events:session:{sids[0]}")
+        killed = victim.client().client_kill_filter(_type="pubsub")
+        assert killed >= 1
+        for k in range(2, 6):
+            for sid in sids:
+                assert publish(b.port, sid, f"{sid}-{k}").status == 201
+        for sid in sids:
+            got = [data_of(f) for f in subs[sid].events(4)]
+            assert got == [f"{sid}-{k}" for k in range(2, 6)], (sid, got)
+        # The victim's channel was refilled from its Stream (the others stayed).
+        assert b.metric("batchd_sse_resyncs_total", stream="session-events") >= 1
+        # Resume: a new client with Last-Event-ID gets what followed.
+        again = Sse(b.port, sids[1], last_id=first[sids[1]])
+        try:
+            assert [data_of(f) for f in again.events(4)] == [f"{sids[1]}-{k}" for k in range(2, 6)]
+        finally:
+            again.close()
+    finally:
+        for s in subs.values():
+            s.close()
+
+
+# --- the near cache over a cluster ---------------------------------------------------------
+
+
+def local_read(c, path):
+    return wait_until(lambda: (lambda r: r if r.headers.get("x-cache") == "local" else None)(
+        c.request("GET", path)), what=f"{path} held locally")
+
+
+def test_near_cache_is_kept_coherent_by_every_primary(app, cluster, pg):
+    b = app(resource="local_cache_bytes = 1048576\n")
+    wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking on every primary")
+    sids = []
+    for i in range(1, 100):
+        port = cluster.node_for_key(f"session:s{i}").port
+        if port not in [p for p, _ in sids]:
+            sids.append((port, i))
+    assert len(sids) == 3
+    with Http(b.port) as c:
+        for _, i in sids:
+            assert shown(local_read(c, f"/v1/sessions/s{i}").json()) == expected(i)
+        # A change behind batchd's back, on each node: the next read is fresh.
+        for port, i in sids:
+            n = b.metric("batchd_redis_tracking_keys_total")
+            cluster.by_port(port).client().set(f"session:s{i}", json.dumps({"id": f"s{i}", "title": f"changed {i}"}))
+            wait_until(lambda: b.metric("batchd_redis_tracking_keys_total") > n, what="the invalidation")
+            r = c.request("GET", f"/v1/sessions/s{i}")
+            assert (r.headers["x-cache"], r.json()["title"]) == ("hit", f"changed {i}"), r
+        # A primary lost: tracking is down (near cache bypassed) until every primary confirms it again.
+        victim = cluster.by_port(sids[0][0])
+        cluster.kill_primary(victim)
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 0, what="tracking down")
+        r = c.request("GET", f"/v1/sessions/s{sids[1][1]}")
+        assert r.status == 200 and r.headers["x-cache"] != "local", r
+        cluster.wait_failover(victim)
+        wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, timeout=20, what="tracking up again")
+        i = sids[0][1]
+        r = local_read(c, f"/v1/sessions/s{i}")
+        assert r.json()["title"] in (f"changed {i}", f"Conversation {i}")
