@@ -45,7 +45,7 @@ void slot_tag_prefixed(const char *prefix, const char *key, size_t len, struct b
     buf_append_str(out, prefix);
     if (has_tag(key, len)) {
         buf_append(out, key, len);
-    } else if (memchr(key, '}', len) == NULL) {
+    } else if (len > 0 && memchr(key, '}', len) == NULL) {
         buf_append_char(out, '{');
         buf_append(out, key, len);
         buf_append_char(out, '}');

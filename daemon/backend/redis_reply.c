@@ -191,8 +191,15 @@ static void *create_string_cb(const redisReadTask *task, char *str, size_t len)
     return r;
 }
 
+/* hiredis sizes an array by its header alone: "*2147483647" from a broken
+ * or hostile server would ask for 16 GiB. No reply batchd asks for comes
+ * near this; one that does breaks the connection (hiredis reports OOM). */
+#define MAX_ARRAY_ELEMENTS (1 << 20)
+
 static void *create_array_cb(const redisReadTask *task, int elements)
 {
+    if (elements > MAX_ARRAY_ELEMENTS)
+        return NULL;
     /* Room for the elements and, typically, their small strings. */
     redisReply *r = reply_new(task, REDIS_REPLY_ARRAY,
                               elements > 0 ? (size_t)elements * (sizeof(redisReply) + 8 + 256) : 0);

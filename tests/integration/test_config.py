@@ -59,6 +59,11 @@ def test_minimal_config_only_batchd(tmp_path):
     ("[batchd]\n[redis]\n[stream e]\npath = /e/events\nkey = e:{id}\n", 4, "must contain {id}"),
     ("[batchd]\nlisten = 127.0.0.1:7000\nadmin_listen = 127.0.0.1:7000\n", 1, "admin_listen: must differ from listen"),
     ("[batchd]\nmax_uri_bytes = 20000\n", 1, "max_uri_bytes: must not exceed max_header_bytes"),
+    ("[batchd]\n[redis]\nurl = redis://a:1,b:2/0\n", 2, "several hosts are a cluster's seed nodes; set cluster = yes"),
+    ("[batchd]\n[redis]\nurl = redis://a:1,b:2/3\ncluster = yes\n", 2, "a Redis Cluster has only database 0"),
+    ("[batchd]\n[redis]\nurl = redis://a:1,,b:2/0\ncluster = yes\n", 3, "has an empty host between commas"),
+    ("[batchd]\n[redis]\nurl = redis://a:1,b:x/0\ncluster = yes\n", 3, "port must be a number"),
+    ("[batchd]\n[redis]\ncluster = perhaps\n", 3, "must be yes or no"),
 ])
 def test_config_errors_name_file_line_key_rule(tmp_path, text, line, needle):
     rc, err, path = check(tmp_path, text)
