@@ -346,3 +346,31 @@ def test_near_cache_is_kept_coherent_by_every_primary(app, cluster, pg):
         i = sids[0][1]
         r = local_read(c, f"/v1/sessions/s{i}")
         assert r.json()["title"] in (f"changed {i}", f"Conversation {i}")
+
+
+def test_sse_channel_follows_its_slot_to_another_node(app, cluster):
+    b = app()
+    sid = "m1"
+    key = f"events:session:{sid}"
+    sub = Sse(b.port, sid)
+    try:
+        wait_until(lambda: b.metric("batchd_sse_channels") == 1, what="the channel")
+        assert publish(b.port, sid, "before").status == 201
+        assert data_of(sub.events(1)[0]) == "before"
+        slot = cluster.keyslot(key)
+        src = cluster.node_for_key(key)
+        dst = next(p for p in cluster.primaries() if p.port != src.port)
+        cluster.migrate_slot(slot, dst)
+        # Published at once, while batchd may still be on the old node (Redis
+        # unsubscribes the shard channel there; batchd moves it): from the Stream.
+        for k in range(3):
+            r = publish(b.port, sid, f"after-{k}")
+            assert r.status == 201, r
+        wait_until(lambda: cluster.by_port(dst.port).commandstats().get("ssubscribe", 0) >= 1,
+                   what="the channel subscribed on its new node")
+        for k in range(3, 5):
+            assert publish(b.port, sid, f"after-{k}").status == 201
+        assert [data_of(f) for f in sub.events(5)] == [f"after-{k}" for k in range(5)]
+        assert dst.client().xlen(key) == 6
+    finally:
+        sub.close()
