@@ -7,6 +7,7 @@ reads (ASK, then MOVED), a primary killed (its replica promoted) with no
 and keys, pg_stat_statements, what the clients received."""
 
 import json
+import subprocess
 import threading
 import time
 
@@ -374,3 +375,41 @@ def test_sse_channel_follows_its_slot_to_another_node(app, cluster):
         assert dst.client().xlen(key) == 6
     finally:
         sub.close()
+
+
+def test_redis_cli_reshard_under_reads_gives_no_wrong_answer(app, cluster, pg):
+    """redis-cli --cluster reshard moves 200 slots (keys included) from one
+    primary to another while three readers keep asking for 100 ids."""
+    b = app()
+    ids = [f"s{i}" for i in range(1, 101)]
+    want = [expected(i) for i in range(1, 101)]
+    assert batch(b.port, ids) == want
+    prim = cluster.primaries()
+    src, dst = prim[0], prim[1]
+    stop, bad, seen = threading.Event(), [], [0]
+
+    def reader():
+        while not stop.is_set():
+            r = get(b.port, "/v1/sessions?ids=" + ",".join(ids))
+            seen[0] += 1
+            if r.status != 200 or [shown(d) for d in r.json()] != want:
+                bad.append(r)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        out = subprocess.run(["redis-cli", "--cluster", "reshard", src.addr, "--cluster-from", src.id,
+                              "--cluster-to", dst.id, "--cluster-slots", "200", "--cluster-yes",
+                              "--cluster-pipeline", "10"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-500:]
+        cluster.wait_agreed()
+        wait_until(lambda: b.metric("batchd_redis_cluster_map_changes_total") >= 1, what="the new map")
+        n0 = seen[0]
+        wait_until(lambda: seen[0] > n0 + 10, what="reads after the reshard")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not bad, bad[:3]
+    assert seen[0] > 20

@@ -101,7 +101,8 @@ SCENARIOS = [
              bench_reads.hot_single),
     Scenario("hot-batch", "Hot 50-id batch (all cached, 50 random ids per request)",
              "batchd `GET /v1/sessions?ids=` (50 ids), near cache off and on; Webdis `/MGET/...`; FastAPI N+1 "
-             "(50 GETs in turn) and batched (one MGET); redis-benchmark `MGET` of 50 keys.",
+             "(50 GETs in turn) and batched (one MGET); redis-benchmark `MGET` of 50 keys; batchd on a 3-primary "
+             "Redis Cluster (`cluster = yes`, no replicas, the same documents; one MGET per slot).",
              bench_reads.hot_batch),
     Scenario("near-fill", "Near caches full and evicting: 50-id batches over 64 MiB of distinct documents",
              "batchd with `local_cache_bytes` = 16 MiB (batchd-fill) and 32 MiB (batchd-fill32), and a fresh "
@@ -118,7 +119,8 @@ SCENARIOS = [
     Scenario("cold-batch", "Cold 50-id batch: every id misses Redis, PostgreSQL answers, write-back follows",
              "Redis starts empty and a janitor empties it every 2 ms, so (nearly) every id misses, is loaded "
              "from PostgreSQL and written back (see method). pgbench runs batchd's query text with the ids as "
-             "an `ARRAY[...]` of parameters, prepared, 16 clients.",
+             "an `ARRAY[...]` of parameters, prepared, 16 clients. batchd on a 3-primary Redis Cluster: a janitor "
+             "per primary empties it the same way; write-backs go one script per slot.",
              bench_reads.cold_batch),
     Scenario("proxy", "Proxied request to a fixed upstream (nginx return 200)",
              "batchd `[upstream]` and nginx `proxy_pass` (keep-alive pool of 64) in front of the same origin, "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench_conf import N_SESSIONS, ROOT
 from bench_env import Env, NotAvailable, http_get, log
+from bench_cluster import ClusterServers
 from bench_near import NearServers
 
 
@@ -55,7 +56,7 @@ def rb_parse(out):
     return {"rps": float(d["rps"]), "p50": float(d["p50_latency_ms"]), "p99": float(d["p99_latency_ms"])}
 
 
-class Bench(NearServers, Env):
+class Bench(ClusterServers, NearServers, Env):
     """The environment (with the near-cache processes and Varnish:
     bench_near.NearServers), the rows measured in it (rows: one dict a row;
     sse: one a test of the sse scenario) and the jobs that measure them."""

@@ -11,6 +11,7 @@ jobs and runs them; bench.py lists them.
     mixed/cold  batchd                     FastAPI N+1 and MGET, pgbench (cold)
     proxy       batchd [upstream]          nginx proxy_pass, the origin itself
 """
+import bench_cluster
 import bench_near
 from bench_conf import N_SESSIONS
 
@@ -69,6 +70,7 @@ def hot_batch(b):
     b.set_cache("hot")
     jobs = batch_jobs(b, "hot-batch", [f"hot=1-{N_SESSIONS}"], extra=("c256", "webdis"))
     jobs[2:2] = bench_near.hot_batch_jobs(b, ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{N_SESSIONS}"])
+    jobs.insert(2, bench_cluster.batch_job(b, "hot-batch", "hot"))
     jobs.append(b.redis_benchmark_job("hot-batch", "redis-benchmark MGET-50", ["MGET"] + ["rb:__rand_int__"] * 50, 50))
     b.run_jobs(jobs)
     bench_near.record_rss(b, "batchd-near", "after hot-batch")
@@ -83,10 +85,13 @@ def mixed(b):
 def cold_batch(b):
     b.set_cache("cold")
     jobs = batch_jobs(b, "cold-batch", [f"hot=1-{N_SESSIONS}"])
+    jobs.insert(1, bench_cluster.batch_job(b, "cold-batch", "cold"))
     jobs.append(b.pgbench_job("cold-batch", "pgbench ANY-50 (16 clients)", 50))
     jobs.append(b.pgbench_job("cold-batch", "pgbench by-id (16 clients)", 1))
     b.run_jobs(jobs)
     b.set_cache("hot")
+    if b.cluster_nodes:
+        b.set_cluster_cache("hot")
 
 
 def proxy(b):
