@@ -102,6 +102,9 @@ struct cfg_postgres {
     int64_t query_timeout_ms;
     int64_t ping_interval_ms;
     int64_t max_pending;            /* queries awaiting results, all connections; more: -EBUSY */
+    struct cfg_list replicas;       /* read replicas' conninfos (';'-separated in the file) */
+    int64_t max_replica_lag_ms;     /* replicas further behind get no reads */
+    int64_t recent_writes_bytes;    /* bound of the record of keys written recently */
 };
 
 struct cfg_upstream {

@@ -169,6 +169,25 @@ static void find_secrets(enum cfg_type type, const char *v, struct spans *s)
         else if (strchr(v, '=')) /* otherwise libpq reads it as a database name */
             conninfo_spans(v, s);
         break;
+    case CFG_CONNINFO_LIST: {
+        /* Each ';'-separated piece as a conninfo. A ';' inside a quoted
+         * password splits it here too; the pieces are then masked as
+         * malformed conninfos are (words without '=' included). */
+        size_t at = 0;
+        while (v[at] != '\0') {
+            at += strspn(v + at, " \t"); /* a URI is recognised by its start */
+            size_t n = strcspn(v + at, ";");
+            char *piece = mem_strndup(v + at, n);
+            struct spans sub = { 0 };
+            find_secrets(CFG_CONNINFO, piece, &sub);
+            for (unsigned i = 0; i < sub.n; i++)
+                span_add(s, at + sub.v[i].off, sub.v[i].len);
+            free(sub.v);
+            free(piece);
+            at += n + (v[at + n] == ';');
+        }
+        break;
+    }
     default:
         break;
     }

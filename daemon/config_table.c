@@ -18,6 +18,7 @@
 
 #include "daemon/config.h"
 #include "daemon/log.h"
+#include "proto/connlist.h"
 #include "proto/mem.h"
 #include "proto/url.h"
 
@@ -81,6 +82,9 @@ const struct cfg_key config_keys[] = {
     P(query_timeout_ms, CFG_INT, 10, 3600000, "5000", true),
     P(ping_interval_ms, CFG_INT, 100, 3600000, "5000", true),
     P(max_pending, CFG_INT, 1, 1000000, "1000", true),
+    P(replicas, CFG_CONNINFO_LIST, 0, 0, "", false),
+    P(max_replica_lag_ms, CFG_INT, 10, 3600000, "1000", true),
+    P(recent_writes_bytes, CFG_INT, 4 * KB, 1 * GB, "1048576", true),
 
     U(url, CFG_HTTP_URL, 0, 0, NULL, false),
     U(pool_size, CFG_INT, 1, 10000, "64", false),
@@ -225,6 +229,7 @@ void config_key_release(const struct cfg_key *k, void *s)
     case CFG_TPL_LIST:
     case CFG_STR_LIST:
     case CFG_PATH_LIST:
+    case CFG_CONNINFO_LIST:
         list_release(FIELD(struct cfg_list, s, k));
         break;
     case CFG_CIDR_LIST: {
@@ -381,6 +386,37 @@ static int check_conninfo(const char *v, struct buf *why)
     return -1;
 }
 
+/* Most read replicas: each has its own pool and lag check. */
+#define MAX_REPLICAS 16
+
+static int parse_conninfo_list(const char *v, struct cfg_list *out, struct buf *why)
+{
+    struct connlist_item items[MAX_REPLICAS];
+    int n = connlist_split(v, items, MAX_REPLICAS);
+    if (n == CONNLIST_EMPTY_ITEM) {
+        buf_append_str(why, "an empty conninfo between ';' (write \"host=a port=5432; host=b port=5432\")");
+        return -1;
+    }
+    if (n == CONNLIST_TOO_MANY) {
+        buf_appendf(why, "at most %d conninfos", MAX_REPLICAS);
+        return -1;
+    }
+    if (n == CONNLIST_OPEN_QUOTE) {
+        buf_append_str(why, "a quote that is never closed");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        char *item = mem_strndup(v + items[i].off, items[i].len);
+        if (check_conninfo(item, why) != 0) {
+            free(item);
+            list_release(out);
+            return -1;
+        }
+        list_push(out, item);
+    }
+    return 0;
+}
+
 static int parse_bool(const char *v, bool *out)
 {
     static const char *const yes[] = { "yes", "true", "on", "1" };
@@ -454,6 +490,8 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
             return -1;
         *FIELD(char *, s, k) = mem_strdup(v);
         return 0;
+    case CFG_CONNINFO_LIST:
+        return parse_conninfo_list(v, FIELD(struct cfg_list, s, k), why);
     case CFG_ADDR_OPT:
         if (*v == '\0')
             return 0;
@@ -527,6 +565,7 @@ size_t config_key_size(const struct cfg_key *k)
     case CFG_TPL_LIST:
     case CFG_STR_LIST:
     case CFG_PATH_LIST:
+    case CFG_CONNINFO_LIST:
         return sizeof(struct cfg_list);
     case CFG_CIDR_LIST:
         return sizeof(struct cfg_cidrs);
@@ -564,7 +603,8 @@ bool config_key_equal(const struct cfg_key *k, const void *a, const void *b)
                         CFIELD(struct cfg_http_url, b, k)->text);
     case CFG_TPL_LIST:
     case CFG_STR_LIST:
-    case CFG_PATH_LIST: {
+    case CFG_PATH_LIST:
+    case CFG_CONNINFO_LIST: {
         const struct cfg_list *x = CFIELD(struct cfg_list, a, k);
         const struct cfg_list *y = CFIELD(struct cfg_list, b, k);
         if (x->n != y->n)

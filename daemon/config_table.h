@@ -36,6 +36,7 @@ enum cfg_type {
     CFG_PATH_LIST,  /* comma-separated URL path templates, {id} optional */
     CFG_ACCESS,     /* public | authenticated | owner (enum cfg_access) */
     CFG_HEADER,     /* an HTTP header name, or empty for "off" */
+    CFG_CONNINFO_LIST, /* conninfos separated by ';' (struct cfg_list), each as CFG_CONNINFO */
 };
 
 struct cfg_key {

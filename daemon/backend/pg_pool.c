@@ -11,6 +11,12 @@
  * The uv_poll handle is closed before PQfinish closes the socket under it,
  * and is heap-allocated because it outlives the connection attempt until
  * its close callback.
+ *
+ * A replica's pool is a pg_pool too (pg_replicas.c owns them and picks
+ * one per read). A read sent to a replica carries the primary as its
+ * fallback: if the replica fails it in a way that says nothing about the
+ * query (connection lost, deadline, shutdown, a conflict with recovery),
+ * it is sent to the primary instead of failing.
  */
 #include "daemon/backend/pg_pool.h"
 
@@ -20,6 +26,7 @@
 #include <string.h>
 #include <sys/queue.h>
 
+#include "daemon/backend/pg_replicas.h"
 #include "daemon/backend/pool.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
@@ -28,7 +35,7 @@
 #define DEADLINE_GRACE_MS 1000
 #define TEXTARRAYOID 1009
 
-enum pgq_kind { Q_USER, Q_SETUP, Q_PREPARE, Q_PING };
+enum pgq_kind { Q_USER, Q_SETUP, Q_PREPARE, Q_PING, Q_SQL };
 
 struct pgq {
     STAILQ_ENTRY(pgq) link;
@@ -39,6 +46,8 @@ struct pgq {
     int *lengths;               /* [nparams]; -1 for SQL NULL */
     unsigned batch;
     bool retried;
+    struct pg_pool *fallback;   /* a replica's read: the primary, to retry it on */
+    const char *sql;            /* Q_SQL: static text */
     pg_result_fn cb;
     void *ctx;
     PGresult *result;
@@ -65,8 +74,12 @@ struct stmt {
 struct pg_pool {
     struct pool core;           /* first: the connections are core.conns */
     const struct cfg_postgres *cfg;
+    const char *conninfo;       /* cfg->conninfo, or a replica's of cfg->replicas */
+    int replica;                /* index in cfg->replicas; -1 for the primary */
+    struct pg_replicas *replicas; /* the primary's, when replicas are configured */
     struct stmt *stmts;
     unsigned n_stmts;
+    char *labels, *addr;        /* a replica's metric labels and address (owned) */
 };
 
 static uint64_t *m_err_timeout, *m_err_conn, *m_err_query, *m_retries, *m_slow;
@@ -195,7 +208,7 @@ static void pconn_fail(struct pconn *c, int err, const char *why)
             if (dispatch(p, q) == 0)
                 continue;
         }
-        if (q->kind == Q_USER)
+        if (q->kind == Q_USER || q->kind == Q_SQL)
             complete(c, q, err);
         else
             pgq_free(q);
@@ -256,8 +269,8 @@ static int send_query(struct pconn *c, struct pgq *q)
     if (q->kind == Q_USER && !c->prepared[q->stmt] && send_prepare(c, q->stmt) != 0)
         return -EIO;
     int ok;
-    if (q->kind == Q_PING) {
-        ok = PQsendQueryParams(c->pg, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0);
+    if (q->kind == Q_PING || q->kind == Q_SQL) {
+        ok = PQsendQueryParams(c->pg, q->kind == Q_PING ? "SELECT 1" : q->sql, 0, NULL, NULL, NULL, NULL, 0);
     } else {
         const char *values[PG_POOL_MAX_PARAMS];
         const char *v = q->params;
@@ -293,9 +306,36 @@ static int dispatch(struct pg_pool *p, struct pgq *q)
 
 /* --- receiving ------------------------------------------------------------------------ */
 
+/* A replica's failure that says nothing about the query itself: the
+ * connection went (or the replica is shutting down), the deadline passed,
+ * or the query conflicted with recovery (SQLSTATE class 40 on a standby). */
+static bool replica_failure(int err, const PGresult *res)
+{
+    if (err == -ECONNRESET || err == -ETIMEDOUT)
+        return true;
+    if (err != -EIO || res == NULL)
+        return false;
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return state && (strncmp(state, "40", 2) == 0 || strncmp(state, "57P0", 4) == 0);
+}
+
 static void complete(struct pconn *c, struct pgq *q, int err)
 {
     struct pg_pool *p = pool_of(c);
+    if (q->fallback && !q->fallback->core.freeing && replica_failure(err, q->result)) {
+        struct pg_pool *primary = q->fallback;
+        log_debug("postgres replica read failed; sent to the primary", "replica=%d err=%d", p->replica, err);
+        q->fallback = NULL;
+        q->retried = false;
+        if (q->result) {
+            PQclear(q->result);
+            q->result = NULL;
+        }
+        pg_replicas_fell_back(primary->replicas);
+        if (dispatch(primary, q) == 0) /* not admitted: a retry of work that was */
+            return;
+        err = -ECONNRESET; /* the primary cannot take it either */
+    }
     uint64_t ns = uv_hrtime() - q->start_ns;
     metrics_observe(m_latency, (double)ns / 1e9);
     if (err == -ETIMEDOUT)
@@ -307,7 +347,8 @@ static void complete(struct pconn *c, struct pgq *q, int err)
     if (p->core.lim.slow_ms > 0 && ns / 1000000 >= (uint64_t)p->core.lim.slow_ms) {
         (*m_slow)++;
         char sql[160];
-        snprintf(sql, sizeof(sql), "%s", q->stmt < (int)p->n_stmts ? p->stmts[q->stmt].sql : "?");
+        snprintf(sql, sizeof(sql), "%s",
+                 q->kind == Q_SQL ? q->sql : q->stmt < (int)p->n_stmts ? p->stmts[q->stmt].sql : "?");
         log_warn("slow postgres query", "statement=%s batch=%u duration_ms=%.1f err=%d", LOG_Q(sql),
                  q->batch, (double)ns / 1e6, err);
     }
@@ -336,6 +377,7 @@ static void finish_head(struct pconn *c)
     int err = q->result ? result_error(q->result) : -EIO;
     switch (q->kind) {
     case Q_USER:
+    case Q_SQL:
         complete(c, q, err);
         return;
     case Q_SETUP:
@@ -487,7 +529,7 @@ static void pconn_connect(struct pconn *c)
     /* application_name first: the user's conninfo (expanded from dbname)
      * may override it. */
     const char *keys[] = { "application_name", "dbname", NULL };
-    const char *vals[] = { "batchd", p->cfg->conninfo, NULL };
+    const char *vals[] = { "batchd", p->conninfo, NULL };
     c->base.state = POOL_CONNECTING;
     c->fd = -1;
     c->pg = PQconnectStartParams(keys, vals, 1);
@@ -572,28 +614,92 @@ static void pool_destroy_cb(struct pool *core)
     for (unsigned i = 0; i < core->n; i++)
         free(conn_at(p, i)->prepared);
     pool_deinit(core);
+    free(p->labels);
+    free(p->addr);
     free(p);
 }
 
-struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct cfg_postgres *cfg, int64_t slow_ms)
+/* "host:port" of a conninfo, for logs; NULL when it names several hosts. */
+static char *addr_of(const char *conninfo)
+{
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+    if (opts == NULL)
+        return NULL;
+    const char *host = NULL, *port = NULL;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (strcmp(o->keyword, "host") == 0 && o->val && *o->val)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0 && o->val && *o->val && host == NULL)
+            host = o->val;
+        else if (strcmp(o->keyword, "port") == 0 && o->val && *o->val)
+            port = o->val;
+    }
+    char buf[300];
+    snprintf(buf, sizeof(buf), "%s:%s", host ? host : "localhost", port ? port : "5432");
+    PQconninfoFree(opts);
+    return mem_strdup(buf);
+}
+
+static struct pg_pool *pool_new(uv_loop_t *loop, const struct cfg_postgres *cfg, int replica,
+                                const struct pool_names *nm, const char *labels, int64_t slow_ms)
 {
     struct pg_pool *p = mem_calloc(1, sizeof(*p));
     p->cfg = cfg;
-    pool_init(&p->core, loop, &names, &conn_ops, (unsigned)cfg->pool_size, sizeof(struct pconn),
+    p->replica = replica;
+    p->conninfo = replica < 0 ? cfg->conninfo : cfg->replicas.items[replica];
+    pool_init_labelled(&p->core, loop, nm, labels, &conn_ops, (unsigned)cfg->pool_size, sizeof(struct pconn),
               limits_of(cfg, slow_ms), pool_destroy_cb);
     metrics_init();
     for (unsigned i = 0; i < p->core.n; i++) {
         conn_at(p, i)->fd = -1;
         STAILQ_INIT(&conn_at(p, i)->queue);
     }
+    return p;
+}
+
+struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct cfg_postgres *cfg, int64_t slow_ms)
+{
+    struct pg_pool *p = pool_new(loop, cfg, -1, &names, NULL, slow_ms);
+    pool_start(&p->core);
+    if (cfg->replicas.n > 0)
+        p->replicas = pg_replicas_new(p, loop, cfg, slow_ms);
+    return p;
+}
+
+struct pg_pool *pg_pool_new_replica(uv_loop_t *loop, const struct cfg_postgres *cfg, unsigned index,
+                                    int64_t slow_ms)
+{
+    char labels[32];
+    snprintf(labels, sizeof(labels), "replica=\"%u\"", index);
+    const struct pool_names nm = { "postgres replica", "postgres_replica", "batchd_pg_replica",
+                                   "PostgreSQL replica", "1 when a connection to this PostgreSQL replica is ready.",
+                                   "batchd_pg_replica_pending_queries", "Queries in flight on this replica.", false };
+    struct pg_pool *p = pool_new(loop, cfg, (int)index, &nm, labels, slow_ms);
+    p->labels = mem_strdup(labels);
+    p->addr = addr_of(p->conninfo);
+    p->core.addr = p->addr;
     pool_start(&p->core);
     return p;
+}
+
+const char *pg_pool_addr(const struct pg_pool *p)
+{
+    return p->addr ? p->addr : "primary";
+}
+
+unsigned pg_pool_pending(const struct pg_pool *p)
+{
+    return p->core.pending;
 }
 
 void pg_pool_configure(struct pg_pool *p, const struct cfg_postgres *cfg, int64_t slow_ms)
 {
     p->cfg = cfg;
+    /* replicas and conninfo are restart-only: the reload kept their values */
+    p->conninfo = p->replica < 0 ? cfg->conninfo : cfg->replicas.items[p->replica];
     pool_configure(&p->core, limits_of(cfg, slow_ms));
+    if (p->replicas)
+        pg_replicas_configure(p->replicas, cfg, slow_ms);
 }
 
 static int prepare(struct pg_pool *p, const char *sql, unsigned nparams)
@@ -616,13 +722,18 @@ static int prepare(struct pg_pool *p, const char *sql, unsigned nparams)
 
 int pg_pool_prepare(struct pg_pool *p, const char *sql)
 {
-    return prepare(p, sql, 0);
+    return pg_pool_prepare_n(p, sql, 0);
 }
 
 int pg_pool_prepare_n(struct pg_pool *p, const char *sql, unsigned nparams)
 {
-    assert(nparams >= 1 && nparams <= PG_POOL_MAX_PARAMS);
-    return prepare(p, sql, nparams);
+    assert(nparams <= PG_POOL_MAX_PARAMS);
+    int id = prepare(p, sql, nparams);
+    /* The replicas register it too, under the same id: a read is the
+     * same statement number wherever it runs. */
+    if (p->replicas)
+        pg_replicas_prepare(p->replicas, sql, nparams, id);
+    return id;
 }
 
 int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_len, unsigned batch,
@@ -632,8 +743,9 @@ int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_le
     return pg_pool_exec_params(p, stmt, 1, &param, &param_len, batch, cb, ctx);
 }
 
-int pg_pool_exec_params(struct pg_pool *p, int stmt, unsigned n, const char *const *values,
-                        const size_t *lengths, unsigned batch, pg_result_fn cb, void *ctx)
+static int exec_on(struct pg_pool *p, struct pg_pool *fallback, int stmt, unsigned n,
+                   const char *const *values, const size_t *lengths, unsigned batch, pg_result_fn cb,
+                   void *ctx)
 {
     assert(stmt >= 0 && (unsigned)stmt < p->n_stmts);
     assert(n == (p->stmts[stmt].nparams ? p->stmts[stmt].nparams : 1));
@@ -668,12 +780,70 @@ int pg_pool_exec_params(struct pg_pool *p, int stmt, unsigned n, const char *con
     q->batch = batch;
     q->cb = cb;
     q->ctx = ctx;
+    q->fallback = fallback;
     rc = dispatch(p, q);
     if (rc != 0) {
         q->cb = NULL;
         pgq_free(q);
     }
     return rc;
+}
+
+int pg_pool_exec_params(struct pg_pool *p, int stmt, unsigned n, const char *const *values,
+                        const size_t *lengths, unsigned batch, pg_result_fn cb, void *ctx)
+{
+    return exec_on(p, NULL, stmt, n, values, lengths, batch, cb, ctx);
+}
+
+int pg_pool_read(struct pg_pool *p, int stmt, unsigned n, const char *const *values, const size_t *lengths,
+                 unsigned batch, bool fresh, pg_result_fn cb, void *ctx)
+{
+    struct pg_pool *replica = p->replicas ? pg_replicas_pick(p->replicas, fresh) : NULL;
+    if (replica && exec_on(replica, p, stmt, n, values, lengths, batch, cb, ctx) == 0) {
+        pg_replicas_sent(p->replicas, true);
+        return 0;
+    }
+    /* No replica, or the one picked could not take it (busy, just lost). */
+    int rc = exec_on(p, NULL, stmt, n, values, lengths, batch, cb, ctx);
+    if (rc == 0 && p->replicas)
+        pg_replicas_sent(p->replicas, false);
+    return rc;
+}
+
+int pg_pool_exec_sql(struct pg_pool *p, const char *sql, pg_result_fn cb, void *ctx)
+{
+    struct pgq *q = pgq_new(Q_SQL);
+    q->stmt = -1;
+    q->sql = sql;
+    q->cb = cb;
+    q->ctx = ctx;
+    int rc = dispatch(p, q);
+    if (rc != 0) {
+        q->cb = NULL;
+        pgq_free(q);
+    }
+    return rc;
+}
+
+void pg_pool_note_write(struct pg_pool *p, const char *key, size_t len)
+{
+    if (p && p->replicas)
+        pg_replicas_note_write(p->replicas, key, len);
+}
+
+bool pg_pool_written_recently(struct pg_pool *p, const char *key, size_t len)
+{
+    return p && p->replicas && pg_replicas_recent(p->replicas, key, len);
+}
+
+bool pg_pool_tracks_writes(const struct pg_pool *p)
+{
+    return p && p->replicas;
+}
+
+uint64_t pg_pool_recent_window_ms(const struct cfg_postgres *cfg)
+{
+    return cfg->replicas.n ? pg_replicas_window_ms(cfg) : 0;
 }
 
 bool pg_pool_up(const struct pg_pool *p)
@@ -685,5 +855,9 @@ void pg_pool_free(struct pg_pool *p)
 {
     if (p == NULL)
         return;
+    /* The replicas first: their reads fall back to a primary still here. */
+    if (p->replicas)
+        pg_replicas_free(p->replicas);
+    p->replicas = NULL;
     pool_close(&p->core);
 }

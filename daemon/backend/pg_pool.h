@@ -18,6 +18,11 @@
  *
  * Statements take one text[] (pg_pool_prepare: by_ids) or n parameters
  * whose types the server infers (pg_pool_prepare_n: a list's page_query).
+ *
+ * With [postgres] replicas, the primary's pool owns one pool per replica
+ * (pg_replicas.c): pg_pool_read sends a read to a replica that is up and
+ * was measured under max_replica_lag_ms, unless the caller says the read
+ * must be fresh; a replica failing it sends it on to the primary.
  */
 #ifndef BATCHD_PG_POOL_H
 #define BATCHD_PG_POOL_H
@@ -67,6 +72,36 @@ int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_le
  * The values are copied; retries, deadlines and max_pending as above. */
 int pg_pool_exec_params(struct pg_pool *p, int stmt, unsigned n, const char *const *values,
                         const size_t *lengths, unsigned batch, pg_result_fn cb, void *ctx)
+    __attribute__((warn_unused_result));
+
+/* A read (by_ids, page_query) that a replica may answer: with replicas
+ * configured and `fresh` false, an eligible replica runs it, else the
+ * primary; a replica's connection loss, deadline or recovery conflict
+ * sends it on to the primary. Same contract as pg_pool_exec_params. */
+int pg_pool_read(struct pg_pool *p, int stmt, unsigned n, const char *const *values, const size_t *lengths,
+                 unsigned batch, bool fresh, pg_result_fn cb, void *ctx) __attribute__((warn_unused_result));
+
+/* Read-your-write with replicas: `key` (a cache key, a list's hash) was
+ * just written; pg_pool_written_recently is true for it during
+ * pg_pool_recent_window_ms, and the caller then reads with fresh = true.
+ * No-ops (false) without replicas. */
+void pg_pool_note_write(struct pg_pool *p, const char *key, size_t len);
+bool pg_pool_written_recently(struct pg_pool *p, const char *key, size_t len);
+/* True when the pool keeps that record (replicas configured). */
+bool pg_pool_tracks_writes(const struct pg_pool *p);
+/* How long a write counts as recent: max_replica_lag_ms + 2 ping intervals
+ * + 1 s; 0 without replicas. */
+uint64_t pg_pool_recent_window_ms(const struct cfg_postgres *cfg);
+
+/* For pg_replicas.c: a replica's pool (metrics labelled replica="index",
+ * logs "postgres replica up/down addr=host:port"); its address or
+ * "primary"; its queries in flight; and a statement run as plain text
+ * (static `sql`), not admitted against max_pending and not retried. */
+struct pg_pool *pg_pool_new_replica(uv_loop_t *loop, const struct cfg_postgres *cfg, unsigned index,
+                                    int64_t slow_ms);
+const char *pg_pool_addr(const struct pg_pool *p);
+unsigned pg_pool_pending(const struct pg_pool *p);
+int pg_pool_exec_sql(struct pg_pool *p, const char *sql, pg_result_fn cb, void *ctx)
     __attribute__((warn_unused_result));
 
 bool pg_pool_up(const struct pg_pool *p);

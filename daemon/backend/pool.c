@@ -52,6 +52,13 @@ void pool_init(struct pool *p, uv_loop_t *loop, const struct pool_names *names,
                const struct pool_conn_ops *ops, unsigned n, size_t conn_size,
                struct pool_limits lim, void (*destroy)(struct pool *p))
 {
+    pool_init_labelled(p, loop, names, NULL, ops, n, conn_size, lim, destroy);
+}
+
+void pool_init_labelled(struct pool *p, uv_loop_t *loop, const struct pool_names *names, const char *labels,
+                        const struct pool_conn_ops *ops, unsigned n, size_t conn_size,
+                        struct pool_limits lim, void (*destroy)(struct pool *p))
+{
     p->loop = loop;
     p->destroy = destroy;
     p->conn_size = conn_size;
@@ -61,23 +68,26 @@ void pool_init(struct pool *p, uv_loop_t *loop, const struct pool_names *names,
     snprintf(p->msg_closed, sizeof(p->msg_closed), "%s connections closed", names->name);
     snprintf(p->msg_busy, sizeof(p->msg_busy), "%s busy", names->name);
     snprintf(p->msg_unbusy, sizeof(p->msg_unbusy), "%s no longer busy", names->name);
-    char metric[64], help[96];
-    snprintf(metric, sizeof(metric), "backend=\"%s\",reason=\"busy\"", names->label);
-    p->m_rejected = metrics_counter("batchd_backend_rejected_total", metric,
+    char metric[64], help[96], lb[160];
+    const char *l = labels ? labels : "";
+    const char *sep = *l ? "," : "";
+    snprintf(lb, sizeof(lb), "backend=\"%s\",%s%sreason=\"busy\"", names->label, l, sep);
+    p->m_rejected = metrics_counter("batchd_backend_rejected_total", lb,
                                     "Commands and queries refused because max_pending were awaiting replies "
                                     "(reads and publishes answer 503 backend_busy).");
     snprintf(metric, sizeof(metric), "%s_connects_total", names->metric);
     snprintf(help, sizeof(help), "%s connections established.", names->product);
-    p->m_connects = metrics_counter(metric, "", help);
+    p->m_connects = metrics_counter(metric, l, help);
     if (names->member) {
         p->m_up = &p->own_up;
     } else {
         snprintf(metric, sizeof(metric), "%s_up", names->metric);
-        p->m_up = metrics_gauge(metric, "", names->up_help);
+        p->m_up = metrics_gauge(metric, l, names->up_help);
         snprintf(metric, sizeof(metric), "%s_pool_connections", names->metric);
         snprintf(help, sizeof(help), "%s pool connections by state.", names->product);
-        metrics_gauge_fn(metric, "state=\"ready\"", help, gauge_ready, p);
-        metrics_gauge_fn(names->pending, "", names->pending_help, gauge_pending, p);
+        snprintf(lb, sizeof(lb), "%s%sstate=\"ready\"", l, sep);
+        metrics_gauge_fn(metric, lb, help, gauge_ready, p);
+        metrics_gauge_fn(names->pending, l, names->pending_help, gauge_pending, p);
     }
     for (unsigned i = 0; i < n; i++)
         conn_add(p, ops);

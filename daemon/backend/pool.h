@@ -119,6 +119,11 @@ struct pool {
 void pool_init(struct pool *p, uv_loop_t *loop, const struct pool_names *names,
                const struct pool_conn_ops *ops, unsigned n, size_t conn_size,
                struct pool_limits lim, void (*destroy)(struct pool *p));
+/* The same, with `labels` (replica="0") on each of those metrics: one
+ * backend with several pools. */
+void pool_init_labelled(struct pool *p, uv_loop_t *loop, const struct pool_names *names, const char *labels,
+                        const struct pool_conn_ops *ops, unsigned n, size_t conn_size,
+                        struct pool_limits lim, void (*destroy)(struct pool *p));
 /* Asks every one of the pool's n connections to connect now. */
 void pool_start(struct pool *p);
 /* Takes a reload's limits. */

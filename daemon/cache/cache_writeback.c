@@ -84,8 +84,12 @@ static int send_invalidate(struct resource *res, const char *id, size_t len, str
     resource_tomb_key(key.data, key.len, &tomb);
     char now[24], ttl[24];
     snprintf(now, sizeof(now), "%llu", (unsigned long long)resource_wall_ms());
-    snprintf(ttl, sizeof(ttl), "%lld",
-             (long long)(res->set->cfg->postgres.query_timeout_ms + TOMBSTONE_EXTRA_MS));
+    /* With replicas a tombstone also outlives the recent-write window:
+     * replica reads are not cached over a younger one (resource.c). */
+    const struct cfg_postgres *pgc = &res->set->cfg->postgres;
+    uint64_t life = (uint64_t)pgc->query_timeout_ms + TOMBSTONE_EXTRA_MS;
+    uint64_t window = pg_pool_recent_window_ms(pgc);
+    snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)(window + TOMBSTONE_EXTRA_MS > life ? window + TOMBSTONE_EXTRA_MS : life));
     const char *argv[5] = { "2", key.data, tomb.data, now, ttl };
     size_t lens[5] = { 1, key.len, tomb.len, strlen(now), strlen(ttl) };
     op->pending++;
@@ -100,8 +104,15 @@ static int send_invalidate(struct resource *res, const char *id, size_t len, str
 int resource_invalidate(struct resource *res, const char *id, size_t id_len,
                         void (*cb)(void *ctx, int err), void *ctx)
 {
-    if (res->set->redis == NULL)
+    struct buf key = BUF_INIT;
+    resource_key_of(res, id, id_len, &key);
+    /* Replicas: reads naming this key go to the primary for a while (with
+     * or without a cache to drop). */
+    pg_pool_note_write(res->set->pg, key.data, key.len);
+    if (res->set->redis == NULL) {
+        buf_deinit(&key);
         return -ENOENT;
+    }
     struct invalidation *op = mem_calloc(1, sizeof(*op) + id_len + 1);
     op->cb = cb;
     op->ctx = ctx;
@@ -111,8 +122,6 @@ int resource_invalidate(struct resource *res, const char *id, size_t id_len,
     op->pending = 1; /* held while the parts are being sent */
     /* The near caches forget it at once (every resource that has this
      * key): read-your-write needs no message. */
-    struct buf key = BUF_INIT;
-    resource_key_of(res, id, id_len, &key);
     near_drop_key(res->set, key.data, key.len, NEAR_DROP_WRITE);
     buf_deinit(&key);
     /* Loads in flight may carry the old row: answer, but do not cache. */

@@ -381,7 +381,19 @@ static void page_query(struct page *p)
     p->state = PAGE_DB;
     p->start_ns = uv_hrtime();
     p->start_wall_ms = list_wall_ms();
-    int rc = pg_pool_exec_params(pg, p->stmt, p->nparams, values, lens, p->limit, query_cb, p);
+    /* Replicas: after the principal's write its pages read the primary;
+     * a page a replica answered is not cached over a tombstone younger
+     * than the recent-write window (any process's write). */
+    bool fresh = false;
+    if (pg_pool_tracks_writes(pg)) {
+        struct buf key = BUF_INIT;
+        list_cache_key(l, who, &key);
+        fresh = pg_pool_written_recently(pg, key.data, key.len);
+        buf_deinit(&key);
+        if (!fresh)
+            p->start_wall_ms -= pg_pool_recent_window_ms(&l->set->cfg->postgres);
+    }
+    int rc = pg_pool_read(pg, p->stmt, p->nparams, values, lens, p->limit, fresh, query_cb, p);
     if (rc == 0)
         p->refs++;
     else

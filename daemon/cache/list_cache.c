@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/backend/pg_pool.h"
 #include "daemon/backend/redis_pool.h"
 #include "daemon/cache/list_int.h"
 #include "daemon/log.h"
@@ -76,8 +77,7 @@ static const char DROP_SCRIPT[] =
 static struct redis_script store_script = { STORE_SCRIPT, "" };
 static struct redis_script drop_script = { DROP_SCRIPT, "" };
 
-/* The Redis key of a principal's pages in l, appended to out. */
-static void list_cache_key(const struct listing *l, str_t principal, struct buf *out)
+void list_cache_key(const struct listing *l, str_t principal, struct buf *out)
 {
     buf_append_str(out, LIST_KEY_PREFIX);
     buf_append_str(out, l->cfg->name);
@@ -178,13 +178,20 @@ static int list_invalidate(struct listing *l, str_t principal, void (*cb)(void *
 {
     struct list_set *s = l->set;
     list_forget_principal(l, principal.p, principal.len);
-    if (l->cfg->ttl == 0 || s->redis == NULL)
-        return -ENOENT;
     struct buf key = BUF_INIT;
     list_cache_key(l, principal, &key);
+    /* Replicas: the principal's pages read the primary for a while. */
+    pg_pool_note_write(s->pg, key.data, key.len);
+    if (l->cfg->ttl == 0 || s->redis == NULL) {
+        buf_deinit(&key);
+        return -ENOENT;
+    }
     char now[24], ttl[24];
     size_t now_n = fmt_u64(now, list_wall_ms());
-    size_t ttl_n = fmt_u64(ttl, (uint64_t)s->cfg->postgres.query_timeout_ms + LIST_TOMBSTONE_EXTRA_MS);
+    /* With replicas the tombstone outlives the recent-write window (list.c). */
+    uint64_t life = (uint64_t)s->cfg->postgres.query_timeout_ms + LIST_TOMBSTONE_EXTRA_MS;
+    uint64_t window = pg_pool_recent_window_ms(&s->cfg->postgres) + LIST_TOMBSTONE_EXTRA_MS;
+    size_t ttl_n = fmt_u64(ttl, window > life ? window : life);
     const char *argv[4] = { "1", key.data, now, ttl };
     size_t lens[4] = { 1, key.len, now_n, ttl_n };
     struct drop *d = mem_alloc(sizeof(*d));

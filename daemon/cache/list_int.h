@@ -163,6 +163,9 @@ int list_cache_lookup(struct page *p);
 /* Caches p's ids for ttl, unless the principal's pages were invalidated
  * after p's query started; p stays joinable until Redis answers. */
 void list_cache_store(struct page *p);
+/* The Redis key of a principal's pages in l (also its name in the record
+ * of recent writes, with replicas), appended to out. */
+void list_cache_key(const struct listing *l, str_t principal, struct buf *out);
 
 /* --- list.c, for list_cache.c ------------------------------------------------ */
 

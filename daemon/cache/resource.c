@@ -220,7 +220,12 @@ static void flight_db(struct flight *f)
         ch->start_ns = uv_hrtime();
         ch->start_wall_ms = resource_wall_ms();
         ch->track_gen = res->set->track_gen;
-        struct buf param = BUF_INIT;
+        struct buf param = BUF_INIT, key = BUF_INIT;
+        /* Read-your-write with replicas: a chunk naming a key written
+         * recently reads the primary. Otherwise a replica may answer, up to
+         * the recent-write window behind: its rows are then not cached over
+         * a tombstone younger than that window (any process's write). */
+        bool fresh = false, tracked = pg_pool_tracks_writes(pg);
         for (unsigned i = 0; i < n; i++) {
             struct batch_entry *next = e->next;
             e->next = NULL;
@@ -228,11 +233,21 @@ static void flight_db(struct flight *f)
             e->owner = ch;
             ch->entries[i] = e; /* takes over the flight's reference */
             ids_pg_array_add(&param, e->id, e->id_len);
+            if (tracked && !fresh) {
+                buf_reset(&key);
+                resource_key_of(res, e->id, e->id_len, &key);
+                fresh = pg_pool_written_recently(pg, key.data, key.len);
+            }
             e = next;
         }
+        buf_deinit(&key);
+        if (tracked && !fresh)
+            ch->start_wall_ms -= pg_pool_recent_window_ms(&res->set->cfg->postgres);
         ids_pg_array_end(&param);
         metrics_observe(res->m_query_ids, n);
-        int rc = pg_pool_exec(pg, res->stmt, param.data, param.len, n, db_cb, ch);
+        const char *value = param.data;
+        size_t value_len = param.len;
+        int rc = pg_pool_read(pg, res->stmt, 1, &value, &value_len, n, fresh, db_cb, ch);
         if (rc == 0) {
             (*res->m_pg_queries)++;
         } else {

@@ -447,6 +447,36 @@ full_page_writes = off
     def reset_stats(self):
         self.psql("SELECT pg_stat_statements_reset()")
 
+    def make_replica(self, workdir, port=None):
+        """A streaming replica of this (running) server: pg_basebackup -R -X stream
+        into workdir, its own port and socket directory, hot_standby on. Returns
+        it as a PgServer, not started. pg_stat_statements there counts what ran
+        there (the extension came over with the base backup)."""
+        r = PgServer(workdir, port)
+        r.dir.mkdir(parents=True, exist_ok=True)
+        if r.root:
+            pw = pwd.getpwnam("postgres")
+            os.chown(r.dir, pw.pw_uid, pw.pw_gid)
+        r._as_pg([str(self.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                  "-D", str(r.dir / "data"), "-R", "-X", "stream", "-c", "fast"])
+        with open(r.dir / "data" / "postgresql.conf", "a") as f:
+            f.write(f"""
+port = {r.port}
+unix_socket_directories = '{r.dir}'
+hot_standby = on
+hot_standby_feedback = on
+wal_receiver_status_interval = 1s
+""")
+        return r
+
+    def replay_pause(self, pause=True):
+        """A standby: stop (or resume) applying WAL; it keeps receiving it."""
+        self.psql("SELECT pg_wal_replay_pause()" if pause else "SELECT pg_wal_replay_resume()", user="postgres")
+
+    def holds_unreplayed_wal(self):
+        """A standby: has it received WAL it has not applied (replay paused)?"""
+        return self.psql("SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()", user="postgres") == "t"
+
 
 # --- many clients at once ------------------------------------------------------------------
 
