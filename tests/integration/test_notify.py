@@ -228,6 +228,8 @@ def test_unit_declares_notify_watchdog_reload_and_hardening():
         "NotifyAccess": "main",
         "WatchdogSec": "30s",
         "ExecReload": "/bin/kill -HUP $MAINPID",
+        # The master of several workers passes SIGTERM on (daemon/master).
+        "KillMode": "mixed",
         "ExecStartPre": "/usr/local/bin/batchd -t -c /etc/batchd/batchd.ini",
         "ExecStart": "/usr/local/bin/batchd -c /etc/batchd/batchd.ini",
         "LimitNOFILE": "65536",
