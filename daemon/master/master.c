@@ -508,6 +508,7 @@ out:
     }
     close_fd(&m.sig_fd);
     notify_close();
+    metrics_free_all(); /* the master's own (notify errors); the shared region goes with the process */
     free(m.slots);
     m.slots = NULL;
     config_unref(m.cfg);
