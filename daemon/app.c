@@ -28,6 +28,7 @@
 #include "daemon/cache/resource.h"
 #include "daemon/auth/cred_cache.h"
 #include "daemon/auth/identity.h"
+#include "daemon/auth/jwt.h"
 #include "daemon/http/router.h"
 #include "daemon/http/server.h"
 #include "daemon/proxy/upstream.h"
@@ -49,6 +50,8 @@ struct app {
     struct identity *identity;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t grace_timer;
+    uv_timer_t metrics_timer;   /* workers only: metrics_refresh() every second */
+    bool is_worker;
     bool stopping;
     bool finished;
 };
@@ -111,7 +114,10 @@ static void app_finish(struct app *a)
     a->events = NULL;
     close_handle((uv_handle_t *)&a->grace_timer);
     close_handle((uv_handle_t *)&a->sig_term);
-    close_handle((uv_handle_t *)&a->sig_int);
+    if (a->is_worker)
+        close_handle((uv_handle_t *)&a->metrics_timer);
+    else
+        close_handle((uv_handle_t *)&a->sig_int);
     close_handle((uv_handle_t *)&a->sig_hup);
     notify_close();
 }
@@ -149,20 +155,6 @@ static void begin_shutdown(struct app *a, const char *signame)
              a->server.main.open, (long long)a->cfg->batchd.shutdown_grace_ms);
     uv_timer_start(&a->grace_timer, grace_cb, (uint64_t)a->cfg->batchd.shutdown_grace_ms, 0);
     server_drain(&a->server, drained_cb, a);
-}
-
-/* Logs every line of buf with the given message. */
-static void log_lines(enum log_level level, const char *msg, const char *key, const struct buf *b)
-{
-    const char *p = b->data;
-    while (p && *p) {
-        const char *nl = strchr(p, '\n');
-        size_t n = nl ? (size_t)(nl - p) : strlen(p);
-        char line[512];
-        snprintf(line, sizeof(line), "%.*s", (int)n, p);
-        log_write(level, msg, "%s=%s", key, LOG_Q(line));
-        p = nl ? nl + 1 : NULL;
-    }
 }
 
 /* conf/batchd.ini ships this admin_token and `meson install` copies that
@@ -252,11 +244,37 @@ static void start_signal(struct app *a, uv_signal_t *h, int signum)
     uv_signal_start(h, signal_cb, signum);
 }
 
-int app_run(struct config *cfg)
+struct config *app_load_config(const char *file, struct buf *errors)
+{
+    struct config *cfg = config_load(file, errors);
+    if (cfg == NULL)
+        return NULL;
+    /* Key files are read now too, so a bad one fails the check (and the
+     * start) with the file named, not the first request. */
+    if (cfg->has_auth && (cfg->auth.jwt_secret_file[0] || cfg->auth.jwt_public_keys.n)) {
+        struct jwt_keys *keys = jwt_keys_load(&cfg->auth, errors);
+        jwt_keys_free(keys);
+        if (keys == NULL) {
+            config_unref(cfg);
+            return NULL;
+        }
+    }
+    return cfg;
+}
+
+static void metrics_timer_cb(uv_timer_t *t)
+{
+    metrics_refresh();
+}
+
+int app_run(struct config *cfg, const struct app_worker *w)
 {
     struct app *a = mem_calloc(1, sizeof(*a));
     int code = 0;
     a->cfg = cfg;
+    a->is_worker = w != NULL;
+    if (w)
+        log_set_worker((int)w->id);
     log_set_level((enum log_level)cfg->batchd.log_level);
     warn_example_token(cfg);
     signal(SIGPIPE, SIG_IGN);
@@ -268,7 +286,7 @@ int app_run(struct config *cfg)
                      "Configurations in memory: the running one, plus replaced ones that a removed resource or "
                      "stream, or a publish in flight, still uses.",
                      gauge_configs, NULL);
-    ops_init(ready_check, a);
+    ops_init(ready_check, a, w ? (int)w->id : -1);
 
     srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
     hashtab_seed_init(); /* aborts when getrandom() cannot answer */
@@ -305,11 +323,27 @@ int app_run(struct config *cfg)
     uv_timer_init(&a->loop, &a->grace_timer);
     a->grace_timer.data = a;
     start_signal(a, &a->sig_term, SIGTERM);
-    start_signal(a, &a->sig_int, SIGINT);
     start_signal(a, &a->sig_hup, SIGHUP);
-    notify_init(&a->loop);
+    if (w) {
+        /* A terminal's Ctrl-C reaches the whole process group: the master
+         * turns it into one SIGTERM per worker, so a worker ignores it. */
+        signal(SIGINT, SIG_IGN);
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGHUP);
+        sigaddset(&set, SIGCHLD);
+        sigprocmask(SIG_UNBLOCK, &set, NULL); /* a signal sent since the fork lands now */
+        notify_init_link(&a->loop, w->link_fd, w->watchdog_usec);
+        uv_timer_init(&a->loop, &a->metrics_timer);
+        uv_timer_start(&a->metrics_timer, metrics_timer_cb, 1000, 1000);
+        uv_unref((uv_handle_t *)&a->metrics_timer);
+    } else {
+        start_signal(a, &a->sig_int, SIGINT);
+        notify_init(&a->loop);
+    }
 
-    if (server_init(&a->server, &a->loop, &cfg->batchd) != 0) {
+    if (server_init(&a->server, &a->loop, &cfg->batchd, w ? w->main_fd : -1, w ? w->admin_fd : -1) != 0) {
         code = 1;
         app_finish(a);
         goto run;
@@ -328,6 +362,12 @@ int app_run(struct config *cfg)
 
 run:
     uv_run(&a->loop, UV_RUN_DEFAULT);
+    if (w) {
+        /* The loop no longer handles them: a late SIGTERM (the master
+         * passing on a second one) must not turn a clean exit into a kill. */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGHUP, SIG_IGN);
+    }
     int rc = uv_loop_close(&a->loop);
     if (rc != 0)
         log_error("loop closed with handles still open", "err=%s", uv_strerror(rc));

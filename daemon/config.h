@@ -69,6 +69,7 @@ struct cfg_batchd {
     struct cfg_addr listen;
     struct cfg_addr admin_listen;   /* len == 0 when not set */
     bool reuseport;
+    int64_t workers;                /* 0: one per CPU; 1: one process, no master */
     int64_t max_connections;
     int64_t header_timeout_ms;
     int64_t idle_timeout_ms;

@@ -53,6 +53,7 @@ const struct cfg_key config_keys[] = {
     B(listen, CFG_ADDR, 0, 0, "127.0.0.1:8080", false),
     B(admin_listen, CFG_ADDR_OPT, 0, 0, "", false),
     B(reuseport, CFG_BOOL, 0, 0, "no", false),
+    B(workers, CFG_INT, 0, 256, "1", false),
     B(max_connections, CFG_INT, 1, 1000000, "10000", true),
     B(header_timeout_ms, CFG_INT, 100, 3600000, "10000", true),
     B(idle_timeout_ms, CFG_INT, 100, 86400000, "60000", true),

@@ -1,6 +1,8 @@
 /* log: logfmt lines on stderr. See log.h. */
 #include "daemon/log.h"
 
+#include "proto/buf.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -8,12 +10,31 @@
 #include <unistd.h>
 
 enum log_level log_min_level = LOG_INFO;
+static int log_worker = -1;
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
 void log_set_level(enum log_level level)
 {
     log_min_level = level;
+}
+
+void log_set_worker(int worker)
+{
+    log_worker = worker;
+}
+
+void log_lines(enum log_level level, const char *msg, const char *key, const struct buf *b)
+{
+    const char *p = b->data;
+    while (p && *p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        char line[512];
+        snprintf(line, sizeof(line), "%.*s", (int)n, p);
+        log_write(level, msg, "%s=%s", key, LOG_Q(line));
+        p = nl ? nl + 1 : NULL;
+    }
 }
 
 int log_level_parse(const char *name, enum log_level *out)
@@ -70,6 +91,11 @@ void log_write(enum log_level level, const char *msg, const char *kvfmt, ...)
     if (n < 0)
         return;
     size_t len = (size_t)n;
+    if (log_worker >= 0 && len < sizeof(line)) {
+        int k = snprintf(line + len, sizeof(line) - len, " worker=%d", log_worker);
+        if (k > 0)
+            len += (size_t)k;
+    }
     if (kvfmt && kvfmt[0] && len + 2 < sizeof(line)) {
         line[len++] = ' ';
         va_list ap;

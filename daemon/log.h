@@ -24,6 +24,13 @@ int log_level_parse(const char *name, enum log_level *out);
 void log_write(enum log_level level, const char *msg, const char *kvfmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Every later line carries worker=N (a worker process of the master). */
+void log_set_worker(int worker);
+
+struct buf;
+/* Logs each line of `b` as one entry: msg, then key="the line". */
+void log_lines(enum log_level level, const char *msg, const char *key, const struct buf *b);
+
 /* Quotes s for a logfmt value into dst (truncating long values with "...").
  * Returns dst. */
 const char *log_quote(char *dst, size_t cap, const char *s);

@@ -4,6 +4,9 @@
  *
  *   batchd -c FILE       run in the foreground
  *   batchd -t -c FILE    check FILE and exit: 0 when valid, 2 otherwise
+ *
+ * With workers = 1 (the default) the process runs app_run itself; with
+ * more it becomes the master of that many workers (daemon/master).
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -11,8 +14,8 @@
 #include <string.h>
 
 #include "daemon/app.h"
-#include "daemon/auth/jwt.h"
 #include "daemon/config.h"
+#include "daemon/master/master.h"
 
 #define EXIT_CONFIG 2
 
@@ -60,25 +63,12 @@ int main(int argc, char **argv)
     }
 
     struct buf errors = BUF_INIT;
-    struct config *cfg = config_load(file, &errors);
+    struct config *cfg = app_load_config(file, &errors);
     if (cfg == NULL) {
         fprintf(stderr, "%s", errors.data ? errors.data : "");
         fprintf(stderr, "batchd: configuration file %s is invalid\n", file);
         buf_deinit(&errors);
         return EXIT_CONFIG;
-    }
-    /* Key files are read now too, so a bad one fails the check (and the
-     * start) with the file named, not the first request. */
-    if (cfg->has_auth && (cfg->auth.jwt_secret_file[0] || cfg->auth.jwt_public_keys.n)) {
-        struct jwt_keys *keys = jwt_keys_load(&cfg->auth, &errors);
-        jwt_keys_free(keys);
-        if (keys == NULL) {
-            fprintf(stderr, "%s", errors.data ? errors.data : "");
-            fprintf(stderr, "batchd: configuration file %s is invalid\n", file);
-            buf_deinit(&errors);
-            config_unref(cfg);
-            return EXIT_CONFIG;
-        }
     }
     buf_deinit(&errors);
     if (test) {
@@ -86,5 +76,8 @@ int main(int argc, char **argv)
         config_unref(cfg);
         return 0;
     }
-    return app_run(cfg);
+    unsigned workers = master_workers(cfg);
+    if (workers > 1)
+        return master_run(cfg, workers);
+    return app_run(cfg, NULL);
 }

@@ -6,10 +6,15 @@
  * is a metric name plus a label set written as Prometheus text, for example
  * `reason="header_timeout"`. Series that share a name are rendered under one
  * HELP/TYPE block in registration order.
+ *
+ * With several workers the registries live in memory shared by the group
+ * (metrics_group_*), and /metrics on any worker renders every worker's
+ * series, each with a `worker="i"` label.
  */
 #ifndef BATCHD_METRICS_H
 #define BATCHD_METRICS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "proto/buf.h"
@@ -44,6 +49,22 @@ extern const double metrics_latency_bounds[];
 extern const unsigned metrics_latency_n;
 
 void metrics_render(struct buf *out);
+
+/* Evaluates this process's computed gauges so that the other workers render
+ * fresh values (they cannot call another process's functions): a worker
+ * calls it every second. */
+void metrics_refresh(void);
+
+/* Master, before forking: maps the region shared by `n` workers. 0 or a
+ * negative errno. */
+int metrics_group_init(unsigned n) __attribute__((warn_unused_result));
+/* Worker `worker`, first thing after fork: its series live in its part of
+ * the shared region, continuing a previous worker's counters there. */
+void metrics_group_join(unsigned worker);
+/* Master: a worker runs in the slot now (restart: it replaces one that
+ * exited, counted in batchd_worker_restarts_total), or none does. */
+void metrics_group_worker_started(unsigned worker, int pid, bool restart);
+void metrics_group_worker_exited(unsigned worker);
 /* Frees the registry (at exit, so leak checkers see a clean heap). */
 void metrics_free_all(void);
 

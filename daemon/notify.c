@@ -39,7 +39,8 @@ static int sock_fd = -1;
 static struct sockaddr_un addr;
 static socklen_t addr_len;
 static bool failing;               /* the last send failed (already logged) */
-static uint64_t *m_errors;
+static uint64_t errors_unregistered;
+static uint64_t *m_errors = &errors_unregistered;
 
 static uv_timer_t watchdog_timer;
 static bool watchdog_on;
@@ -60,8 +61,10 @@ static void notify_send(const char *msg, size_t len)
     case NOTIFY_BROKEN: send_failed("socket unusable"); return;
     case NOTIFY_ON: break;
     }
-    ssize_t n = sendto(sock_fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT,
-                       (const struct sockaddr *)&addr, addr_len);
+    /* addr_len 0: a worker's link to its master, already connected. */
+    ssize_t n = addr_len ? sendto(sock_fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT,
+                                  (const struct sockaddr *)&addr, addr_len)
+                         : send(sock_fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
         send_failed(strerror(errno));
         return;
@@ -73,8 +76,7 @@ static void notify_send(const char *msg, size_t len)
 
 static void watchdog_cb(uv_timer_t *t)
 {
-    static const char msg[] = "WATCHDOG=1";
-    notify_send(msg, sizeof(msg) - 1);
+    notify_watchdog();
 }
 
 /* Parses a positive decimal; 0 when s is not one. */
@@ -113,24 +115,31 @@ static const char *set_address(const char *name)
     return NULL;
 }
 
-static void watchdog_start(uv_loop_t *loop)
+uint64_t notify_watchdog_usec(void)
 {
     const char *usec_s = getenv("WATCHDOG_USEC");
     const char *pid_s = getenv("WATCHDOG_PID");
     if (usec_s == NULL)
-        return;
+        return 0;
     uint64_t usec = parse_u64(usec_s);
     if (usec == 0) {
         log_warn("systemd watchdog off: bad WATCHDOG_USEC", "value=%s", LOG_Q(usec_s));
-        return;
+        return 0;
     }
     /* WATCHDOG_PID names the process systemd watches; a child that
      * inherited the environment must not ping for its parent. */
     if (pid_s != NULL && parse_u64(pid_s) != (uint64_t)getpid()) {
         log_info("systemd watchdog is for another process", "watchdog_pid=%s pid=%d",
                  LOG_Q(pid_s), (int)getpid());
-        return;
+        return 0;
     }
+    return usec;
+}
+
+static void watchdog_start(uv_loop_t *loop, uint64_t usec)
+{
+    if (usec == 0)
+        return;
     /* Half the timeout, as sd_watchdog_enabled(3) advises. */
     uint64_t interval_ms = usec / 2000;
     if (interval_ms == 0)
@@ -167,7 +176,24 @@ void notify_init(uv_loop_t *loop)
     }
     state = NOTIFY_ON;
     log_debug("systemd notify on", "socket=%s", LOG_Q(name));
-    watchdog_start(loop);
+    if (loop)
+        watchdog_start(loop, notify_watchdog_usec());
+}
+
+void notify_init_link(uv_loop_t *loop, int fd, uint64_t watchdog_usec)
+{
+    m_errors = metrics_counter("batchd_notify_errors_total", "",
+                               "Messages to systemd (NOTIFY_SOCKET) that could not be sent.");
+    sock_fd = fd;
+    addr_len = 0;
+    state = NOTIFY_ON;
+    watchdog_start(loop, watchdog_usec);
+}
+
+void notify_watchdog(void)
+{
+    static const char msg[] = "WATCHDOG=1";
+    notify_send(msg, sizeof(msg) - 1);
 }
 
 void notify_ready(void)
@@ -225,4 +251,5 @@ void notify_close(void)
     sock_fd = -1;
     state = NOTIFY_OFF;
     failing = false;
+    m_errors = &errors_unregistered;
 }

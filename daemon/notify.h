@@ -22,8 +22,22 @@
  * process, starts an unref'd timer on loop that sends WATCHDOG=1 every
  * WATCHDOG_USEC/2: the pings come from the loop, so they stop when it
  * hangs. Call once, before the listeners open; the environment is left
- * as it is. */
+ * as it is. With loop NULL (the master of several workers) there is no
+ * timer: the master sends notify_watchdog() itself. */
 void notify_init(uv_loop_t *loop);
+
+/* A worker of a master: every message goes to fd (a connected datagram
+ * socket whose other end the master reads), in the same format; the master
+ * speaks to systemd for the group. With watchdog_usec, pings as above. The
+ * fd is closed by notify_close. */
+void notify_init_link(uv_loop_t *loop, int fd, uint64_t watchdog_usec);
+
+/* WATCHDOG_USEC when it applies to this process (WATCHDOG_PID unset or
+ * ours), else 0; logs why not. */
+uint64_t notify_watchdog_usec(void);
+
+/* WATCHDOG=1. */
+void notify_watchdog(void);
 
 /* READY=1 with a STATUS line: the listeners are up (or, later, a reload
  * has finished). */

@@ -14,6 +14,7 @@
 static ops_ready_fn ready_fn;
 static void *ready_arg;
 static time_t start_time;
+static int worker_id = -1;
 
 static double rss_bytes(void *arg)
 {
@@ -34,8 +35,9 @@ static double start_seconds(void *arg)
     return (double)start_time;
 }
 
-void ops_init(ops_ready_fn ready, void *arg)
+void ops_init(ops_ready_fn ready, void *arg, int worker)
 {
+    worker_id = worker;
     ready_fn = ready;
     ready_arg = arg;
     start_time = time(NULL);
@@ -51,7 +53,15 @@ static void healthz(struct req *r, void *data)
 {
     (void)data;
     static const char body[] = "{\"status\":\"ok\"}\n";
-    req_respond_static(r, 200, "application/json", body, sizeof(body) - 1);
+    if (worker_id < 0) {
+        req_respond_static(r, 200, "application/json", body, sizeof(body) - 1);
+        return;
+    }
+    /* Several workers: say which one answered. */
+    struct buf b = BUF_INIT;
+    buf_appendf(&b, "{\"status\":\"ok\",\"worker\":%d,\"pid\":%d}\n", worker_id, (int)getpid());
+    req_respond_buf(r, 200, "application/json", &b);
+    buf_deinit(&b);
 }
 
 static void readyz(struct req *r, void *data)

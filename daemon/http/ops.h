@@ -13,7 +13,9 @@
 /* Returns NULL when ready, or a short reason ("shutting_down"). */
 typedef const char *(*ops_ready_fn)(void *arg);
 
-void ops_init(ops_ready_fn ready, void *arg);
+/* worker: the worker's number under a master (/healthz then names it and
+ * its pid), or -1 for a process of its own. */
+void ops_init(ops_ready_fn ready, void *arg, int worker);
 void ops_add_routes(struct router *rt);
 
 #endif

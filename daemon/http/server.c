@@ -54,8 +54,20 @@ static int bind_socket(const struct cfg_addr *a, bool reuseport)
     return fd;
 }
 
+int server_listen_socket(const struct cfg_addr *a)
+{
+    int fd = bind_socket(a, true);
+    if (fd >= 0 && listen(fd, LISTEN_BACKLOG) != 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+/* fd >= 0: a socket bound (and listening) already, taken over. */
 static int listener_init(struct server *s, struct listener *l, const char *name,
-                         const struct cfg_addr *a, bool reuseport)
+                         const struct cfg_addr *a, bool reuseport, int fd)
 {
     l->srv = s;
     l->name = name;
@@ -66,7 +78,8 @@ static int listener_init(struct server *s, struct listener *l, const char *name,
                                     "Client connections accepted.");
     l->m_rejected = metrics_counter("batchd_connections_rejected_total", labels,
                                     "Connections answered 503 because the listener was full.");
-    int fd = bind_socket(a, reuseport);
+    if (fd < 0)
+        fd = bind_socket(a, reuseport);
     if (fd < 0) {
         log_error("cannot bind", "listener=%s addr=%s err=%s", name, a->text, LOG_Q(strerror(-fd)));
         return fd;
@@ -100,7 +113,8 @@ static void raise_fd_limit(const struct cfg_batchd *cfg)
                  (unsigned long long)rl.rlim_cur, (long long)cfg->max_connections);
 }
 
-int server_init(struct server *s, uv_loop_t *loop, const struct cfg_batchd *cfg)
+int server_init(struct server *s, uv_loop_t *loop, const struct cfg_batchd *cfg, int main_fd,
+                int admin_fd)
 {
     memset(s, 0, sizeof(*s));
     s->loop = loop;
@@ -110,12 +124,12 @@ int server_init(struct server *s, uv_loop_t *loop, const struct cfg_batchd *cfg)
     m_accept_errors = metrics_counter("batchd_accept_errors_total", "",
                                       "accept() failures, such as EMFILE when out of file descriptors.");
     raise_fd_limit(cfg);
-    int rc = listener_init(s, &s->main, "main", &cfg->listen, cfg->reuseport);
+    int rc = listener_init(s, &s->main, "main", &cfg->listen, cfg->reuseport, main_fd);
     if (rc != 0)
         return rc;
     if (cfg->admin_listen.len) {
         s->has_admin = true;
-        rc = listener_init(s, &s->admin, "admin", &cfg->admin_listen, cfg->reuseport);
+        rc = listener_init(s, &s->admin, "admin", &cfg->admin_listen, cfg->reuseport, admin_fd);
         if (rc != 0)
             return rc;
     }

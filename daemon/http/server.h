@@ -45,10 +45,15 @@ struct server {
     void *drained_arg;
 };
 
-/* Binds the listeners (nothing is accepted until server_start). Returns 0 or
- * a negative errno, having logged what failed. */
-int server_init(struct server *s, uv_loop_t *loop, const struct cfg_batchd *cfg)
-    __attribute__((warn_unused_result));
+/* Binds the listeners (nothing is accepted until server_start). main_fd and
+ * admin_fd, when >= 0, are sockets bound already (by the master of several
+ * workers) that the server takes over instead. Returns 0 or a negative
+ * errno, having logged what failed. */
+int server_init(struct server *s, uv_loop_t *loop, const struct cfg_batchd *cfg, int main_fd,
+                int admin_fd) __attribute__((warn_unused_result));
+/* A socket bound to `a` with SO_REUSEPORT and listening: the fd, or a
+ * negative errno. For the master, which binds one per worker. */
+int server_listen_socket(const struct cfg_addr *a) __attribute__((warn_unused_result));
 int server_start(struct server *s) __attribute__((warn_unused_result));
 /* Takes new reload-safe settings (timeouts, limits). */
 void server_configure(struct server *s, const struct cfg_batchd *cfg);

@@ -228,6 +228,8 @@ def test_unit_declares_notify_watchdog_reload_and_hardening():
         "NotifyAccess": "main",
         "WatchdogSec": "30s",
         "ExecReload": "/bin/kill -HUP $MAINPID",
+        # The master of several workers passes SIGTERM on (daemon/master).
+        "KillMode": "mixed",
         "ExecStartPre": "/usr/local/bin/batchd -t -c /etc/batchd/batchd.ini",
         "ExecStart": "/usr/local/bin/batchd -c /etc/batchd/batchd.ini",
         "LimitNOFILE": "65536",
@@ -332,3 +334,56 @@ def test_systemd_analyze_verify(tmp_path):
     out = analyze_verify(bad)
     assert any("batchd" in line and "notfy" in line for line in (out.stdout + out.stderr).splitlines()), \
         f"verify did not report Type=notfy: {out.stdout + out.stderr}"
+
+
+# --- several workers (daemon/master) ---------------------------------------------
+
+
+class CredReceiver(Receiver):
+    """A Receiver that also records each datagram's sender pid (SO_PASSCRED),
+    as systemd checks it against NotifyAccess=main."""
+
+    def __init__(self, address, env_value):
+        super().__init__(address, env_value)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.senders = []
+
+    def recv(self, timeout):
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        except socket.timeout:
+            return None
+        pid = next(int.from_bytes(d[:4], "little") for lvl, typ, d in anc
+                   if lvl == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS)
+        fields = dict(line.partition("=")[::2] for line in data.decode().split("\n"))
+        fields["_pid"] = pid
+        self.seen.append(fields)
+        self.senders.append(pid)
+        return fields
+
+
+def test_workers_master_speaks_for_the_group(start_batchd, tmp_path):
+    r = CredReceiver(str(tmp_path / "n.sock"), str(tmp_path / "n.sock"))
+    try:
+        b = start_batchd(batchd="workers = 2\n", env=r.env(WATCHDOG_USEC="200000"), wait=False)
+        ready = r.wait_for("READY")
+        # READY=1 once both workers listen.
+        assert b.log().count('msg="listening" worker=') == 2, b.log()
+        assert port_open(b.port) and port_open(b.admin_port)
+        # Pings come from the master, relayed when both workers pinged.
+        got = r.collect(1.5)
+        assert len([m for m in got if m.get("WATCHDOG") == "1"]) >= 3, got
+        b.send_signal(signal.SIGHUP)
+        r.wait_for("RELOADING")
+        r.wait_for("READY")
+        log = b.log()
+        assert 'msg="reloaded" worker=0' in log and 'msg="reloaded" worker=1' in log, \
+            "READY=1 before both workers reloaded"
+        b.send_signal(signal.SIGTERM)
+        assert r.wait_for("STOPPING", timeout=10)["STOPPING"] == "1"
+        assert b.wait(20) == 0
+        assert set(r.senders) == {b.proc.pid}, f"datagrams from {set(r.senders)}, master is {b.proc.pid}"
+        assert ready["READY"] == "1"
+    finally:
+        r.close()

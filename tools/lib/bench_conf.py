@@ -137,6 +137,17 @@ def write_near_conf(run, port, name, listen, admin, local_cache_bytes):
     return path
 
 
+def write_workers_conf(run, port, name, admin, workers):
+    """The first batchd's config on ports of its own with `workers` worker
+    processes (the batchd-w2 row)."""
+    path = write_near_conf(run, port, name, name, admin, 0)
+    lines = path.read_text().splitlines()
+    i = lines.index("[batchd]")
+    lines.insert(i + 1, f"workers = {workers}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def write_access_conf(run, port, cfg, jwt_secret_file):
     """The second batchd's config, for the list and owner scenarios: the
     bench's [batchd], [redis] and [postgres] on ports of its own, no

@@ -28,7 +28,7 @@ import jwt
 import redis
 
 from bench_conf import (N_SESSIONS, OWNED_IDS, OWNED_KEY, OWNER, PAGE_QUERY, ROOT, owned_missing, read_conf,
-                        template, write_access_conf, write_batchd_conf)
+                        template, write_access_conf, write_batchd_conf, write_workers_conf)
 from driver import Procs
 
 
@@ -162,6 +162,7 @@ class Env:
             "varnish": self.base + 50, "batchd-fill0": self.base + 60, "fill0-admin": self.base + 61,
             "batchd-cg": self.base + 62, "cg-admin": self.base + 63,
             "batchd-cg-near": self.base + 64, "cg-near-admin": self.base + 65,
+            "batchd-w2": self.base + 66, "w2-admin": self.base + 67,
         }
         # CPU placement. Measured both ways on the 2-core VM this was written
         # on (quick runs, quiet machine): unpinned, batchd gained on /healthz
@@ -234,6 +235,15 @@ class Env:
         return self.start_batchd_with("batchd", write_batchd_conf(self.run, self.port), self.port["batchd"],
                                       self.port["admin"])
 
+    def start_batchd_w2(self):
+        """The first batchd's config with workers = 2 (a master and two
+        worker processes on the same ports), on ports of its own. Like
+        FastAPI with 2 workers, it gets both CPUs when pinned; compare it
+        with the one-process rows under --cpu shared."""
+        conf = write_workers_conf(self.run, self.port, "batchd-w2", "w2-admin", 2)
+        return self.start_batchd_with("batchd-w2", conf, self.port["batchd-w2"], self.port["w2-admin"],
+                                      cpus=self.wide_cpus)
+
     def start_batchd_access(self):
         why = owned_missing(self.cfg)
         if why:
@@ -241,7 +251,7 @@ class Env:
         conf = write_access_conf(self.run, self.port, self.cfg, self.jwt_secret_file)
         return self.start_batchd_with("batchd-access", conf, self.port["batchd-access"], self.port["access-admin"])
 
-    def start_batchd_with(self, name, conf, port, admin):
+    def start_batchd_with(self, name, conf, port, admin, cpus=None):
         chk = subprocess.run([str(self.batchd_bin), "-t", "-c", str(conf)], capture_output=True, text=True)
         if chk.returncode != 0:
             # The first line naming a key says why; the last is only
@@ -250,7 +260,7 @@ class Env:
             why = next((l for l in lines if "is invalid" not in l), lines[-1])
             why = why.replace(str(conf), conf.name)
             raise NotAvailable(f"batchd -t rejected the bench config {conf.name}: {why}")
-        p = self.procs.start(name, [str(self.batchd_bin), "-c", str(conf)])
+        p = self.procs.start(name, [str(self.batchd_bin), "-c", str(conf)], cpus=cpus)
         wait_port(port, p, name=name)
         wait_port(admin, p, name=f"{name} admin")
         for _ in range(100):

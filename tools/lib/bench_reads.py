@@ -6,6 +6,7 @@ jobs and runs them; bench.py lists them.
 
     http        batchd /healthz            nginx return 200
     hot-*       batchd, 64 and 256 conns   Webdis, FastAPI (1 and 2 workers), redis-benchmark
+                batchd workers=2 (a master and 2 worker processes, batchd-w2)
                 + bench_near's rows: batchd-near (near cache on; 64 and 256 conns single, 64 batch),
                 batchd /healthz (hot-single: its ceiling, same run), Varnish in front of FastAPI (hot-single)
     mixed/cold  batchd                     FastAPI N+1 and MGET, pgbench (cold)
@@ -32,6 +33,8 @@ def hot_single(b):
         b.http_job("hot-single", "batchd", "batchd", "batchd", p["batchd"], lua),
         b.http_job("hot-single", "batchd, 256 connections", "batchd-c256", "batchd", p["batchd"], lua,
                    conns=256, note="coalescing row"),
+        b.http_job("hot-single", "batchd workers=2", "batchd-w2", "batchd-w2", p["batchd-w2"], lua,
+                   note="2 worker processes; compare under --cpu shared"),
     ] + bench_near.hot_single_jobs(b, lua) + [
         b.http_job("hot-single", "Webdis GET (1 thread)", "peer", "webdis", p["webdis"],
                    ["path=/GET/session:{id}", f"hot=1-{N_SESSIONS}"]),
@@ -52,6 +55,9 @@ def batch_jobs(b, scenario, lua_ids, extra=()):
     p = b.port
     lua = ["path=/v1/sessions?ids={ids}", "k=50"] + lua_ids
     jobs = [b.http_job(scenario, "batchd", "batchd", "batchd", p["batchd"], lua, ids=50)]
+    if "w2" in extra:
+        jobs.append(b.http_job(scenario, "batchd workers=2", "batchd-w2", "batchd-w2", p["batchd-w2"], lua, ids=50,
+                               note="2 worker processes; compare under --cpu shared"))
     if "c256" in extra:
         jobs.append(b.http_job(scenario, "batchd, 256 connections", "batchd-c256", "batchd", p["batchd"],
                                lua, conns=256, ids=50, note="coalescing row"))
@@ -68,11 +74,12 @@ def batch_jobs(b, scenario, lua_ids, extra=()):
 
 def hot_batch(b):
     b.set_cache("hot")
-    jobs = batch_jobs(b, "hot-batch", [f"hot=1-{N_SESSIONS}"], extra=("c256", "webdis"))
+    jobs = batch_jobs(b, "hot-batch", [f"hot=1-{N_SESSIONS}"], extra=("c256", "webdis", "w2"))
     jobs[2:2] = bench_near.hot_batch_jobs(b, ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{N_SESSIONS}"])
     jobs.insert(2, bench_cluster.batch_job(b, "hot-batch", "hot"))
     jobs.append(b.redis_benchmark_job("hot-batch", "redis-benchmark MGET-50", ["MGET"] + ["rb:__rand_int__"] * 50, 50))
     b.run_jobs(jobs)
+    b.stop("batchd-w2")  # the later scenarios measure the one-process batchd only
     bench_near.record_rss(b, "batchd-near", "after hot-batch")
 
 
