@@ -15,6 +15,7 @@ import pytest
 
 from harness import Http, get, request, wait_until
 from test_events import Sse, data_of
+from test_lists import rows, secret_file  # noqa: F401 (fixtures)
 from test_resource import BY_IDS, BY_IDS_LIKE
 
 TOKEN = "secret"
@@ -413,3 +414,28 @@ def test_redis_cli_reshard_under_reads_gives_no_wrong_answer(app, cluster, pg):
             t.join()
     assert not bad, bad[:3]
     assert seen[0] > 20
+
+
+# --- lists over a cluster ------------------------------------------------------------------------
+
+
+def test_list_pages_and_their_cache_on_a_cluster(start_batchd, cluster, pg, rows, secret_file):
+    import test_lists as tl
+    conf = tl.list_conf(0, pg, secret_file).replace(
+        "url = redis://127.0.0.1:0/0", f"url = redis://{cluster.seeds()}/0\ncluster = yes")
+    b = start_batchd(extra=conf)
+    wait_until(lambda: b.metric("batchd_redis_up") == 1 and b.metric("batchd_redis_cluster_slots_covered") == 16384,
+               what="the cluster")
+    pg.reset_stats()
+    ids, pages = tl.walk(b, tl.A, 50)
+    assert ids == tl.newest_first(tl.A) and pages == 20
+    first = pg.calls(tl.PAGE_LIKE)
+    assert first == 20
+    again, _ = tl.walk(b, tl.A, 50)
+    assert again == ids
+    assert pg.calls(tl.PAGE_LIKE) == first  # every page from its hash on the principal's node
+    hgets = sum(n.commandstats().get("hget", 0) for n in cluster.primaries())
+    assert hgets >= 40
+    # bob never sees alice's
+    bob, _ = tl.walk(b, tl.B, 100)
+    assert bob == tl.newest_first(tl.B)

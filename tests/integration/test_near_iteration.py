@@ -121,11 +121,14 @@ def test_a_reader_after_an_invalidation_does_not_join_a_load_from_before_it(star
         r = redis.client()
         key = "session:s41"
         r.set(key, json.dumps({"id": "s41", "title": "old"}))
-        proxy.hold_reply(lambda a: a[0].upper() == b"MGET" and key.encode() in a[1:], 0.6)
+        proxy.hold_reply(lambda a: a[0].upper() == b"MGET" and key.encode() in a[1:], 0.8)  # under command_timeout_ms (1 s)
         seen = {}
         a = threading.Thread(target=lambda: seen.update(a=get(b.port, "/v1/sessions/s41").json()["title"]))
         a.start()
-        wait_until(lambda: b.metric("batchd_batch_ids_in_flight") >= 1, what="A's MGET on its way")
+        # The proxy has A's MGET (a scrape of batchd's gauge could miss a
+        # short hold on a loaded machine).
+        wait_until(lambda: proxy.held, what="A's MGET on its way")
+        assert b.metric("batchd_batch_ids_in_flight") >= 1
         keys0 = b.metric("batchd_redis_tracking_keys_total")
         r.set(key, json.dumps({"id": "s41", "title": "new"}))
         wait_until(lambda: b.metric("batchd_redis_tracking_keys_total") > keys0, what="the invalidation")
