@@ -115,18 +115,19 @@ def test_a_reader_after_an_invalidation_does_not_join_a_load_from_before_it(star
     arrives; reader B, arriving after it, must not join A's load."""
     proxy = RedisProxy(redis.port)
     try:
+        # A hold of 3 s (under a command timeout of 10 s): the steps below
+        # fit in it even on a loaded machine.
+        conf = resource_conf(proxy.port, pg, resource="local_cache_bytes = 1048576\n")
         b = start_batchd(batchd="admin_token = secret\n",
-                         extra=resource_conf(proxy.port, pg, resource="local_cache_bytes = 1048576\n"))
+                         extra=conf.replace("command_timeout_ms = 1000", "command_timeout_ms = 10000"))
         wait_until(lambda: b.metric("batchd_redis_tracking_up") == 1, what="tracking")
         r = redis.client()
         key = "session:s41"
         r.set(key, json.dumps({"id": "s41", "title": "old"}))
-        proxy.hold_reply(lambda a: a[0].upper() == b"MGET" and key.encode() in a[1:], 0.8)  # under command_timeout_ms (1 s)
+        proxy.hold_reply(lambda a: a[0].upper() == b"MGET" and key.encode() in a[1:], 3.0)
         seen = {}
         a = threading.Thread(target=lambda: seen.update(a=get(b.port, "/v1/sessions/s41").json()["title"]))
         a.start()
-        # The proxy has A's MGET (a scrape of batchd's gauge could miss a
-        # short hold on a loaded machine).
         wait_until(lambda: proxy.held, what="A's MGET on its way")
         assert b.metric("batchd_batch_ids_in_flight") >= 1
         keys0 = b.metric("batchd_redis_tracking_keys_total")
