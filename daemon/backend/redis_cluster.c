@@ -61,6 +61,10 @@ static void metrics_init(struct redis_cluster *cl)
     h = "Redirections followed, by kind.";
     cl->m_moved = metrics_counter("batchd_redis_cluster_redirects_total", "kind=\"moved\"", h);
     cl->m_ask = metrics_counter("batchd_redis_cluster_redirects_total", "kind=\"ask\"", h);
+    cl->m_script_fallbacks = metrics_counter(
+        "batchd_redis_cluster_read_script_fallbacks_total", "",
+        "A node's cross-slot read script refused (a key it does not serve: a slot moving; or a Redis "
+        "without script flags): its keys went again as one MGET a slot.");
     cl->m_part_err = metrics_counter("batchd_redis_cluster_mget_part_failures_total", "",
                                      "Per-slot MGETs that failed (node down, timeout, error): their keys "
                                      "were read from PostgreSQL.");
@@ -110,6 +114,7 @@ static struct cnode *node_get(struct redis_cluster *cl, const char *host, int po
     n->pool = redis_node_new(cl->loop, &n->cfg, cl->slow_ms);
     n->pool->core.m_up = n->m_up; /* the pool keeps its node's gauge */
     cl->nodes = mem_realloc(cl->nodes, (cl->n_nodes + 1) * sizeof(*cl->nodes));
+    n->idx = cl->n_nodes;
     cl->nodes[cl->n_nodes++] = n;
     redis_cluster_sub_attach(cl, n);
     log_info("redis cluster node added", "node=%s", n->addr);
@@ -135,6 +140,7 @@ static void node_retire(struct redis_cluster *cl, unsigned i)
     redis_cluster_sub_detach(cl, n);
     *n->m_up = 0;
     cl->nodes[i] = cl->nodes[--cl->n_nodes];
+    cl->nodes[i]->idx = i;
     for (unsigned s = 0; s < CLUSTER_SLOTS; s++)
         if (cl->slot_owner[s] == n)
             cl->slot_owner[s] = NULL;
@@ -288,6 +294,7 @@ struct ccmd {
     struct cnode *sent_to;          /* the node asked last */
     struct cmget *m;                /* a part of a split MGET */
     unsigned first, n;              /* its keys: m->order[first .. first + n) */
+    bool read_script;               /* a node's cross-slot read script (argv: "0", keys) */
     int argc;
     const char **argv;
     size_t *lens;
@@ -328,6 +335,7 @@ static struct ccmd *ccmd_new(struct redis_cluster *cl, int argc, const char **ar
 }
 
 static void ccmd_cb(void *ctx, const redisReply *reply, int err);
+static void read_script_fallback(struct ccmd *k, const redisReply *reply);
 
 static int ccmd_send(struct ccmd *k, struct cnode *n, bool asking)
 {
@@ -339,10 +347,15 @@ static int ccmd_send(struct ccmd *k, struct cnode *n, bool asking)
     return redis_node_command(n->pool, asking, ccmd_cb, k, k->argc, k->argv, k->lens);
 }
 
+/* err PART_REPLACED: its keys were sent again in other parts. */
+#define PART_REPLACED 1
+
 static void part_done(struct ccmd *k, const redisReply *reply, int err)
 {
     struct cmget *m = k->m;
-    if (err == 0 && reply->type == REDIS_REPLY_ARRAY && reply->elements == k->n) {
+    if (err == PART_REPLACED) {
+        /* nothing of its own to merge or count */
+    } else if (err == 0 && reply->type == REDIS_REPLY_ARRAY && reply->elements == k->n) {
         redis_reply_compose_hold(m->top, reply);
         for (unsigned j = 0; j < k->n; j++)
             m->top->element[(uint32_t)m->order[k->first + j]] = reply->element[j];
@@ -395,6 +408,12 @@ static void ccmd_cb(void *ctx, const redisReply *reply, int err)
     struct ccmd *k = ctx;
     struct redis_cluster *cl = k->cl;
     if (!cl->freeing) {
+        if (err == 0 && reply->type == REDIS_REPLY_ERROR && k->read_script) {
+            read_script_fallback(k, reply);
+            part_done(k, NULL, PART_REPLACED);
+            free(k);
+            return;
+        }
         if (err == 0 && reply->type == REDIS_REPLY_ERROR && redirect(k, reply))
             return;
         if (err < 0 && err != -ECANCELED && err != -EBUSY)
@@ -426,6 +445,78 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* A read-only script that may read keys of several slots (Redis 7's
+ * allow-cross-slot-keys), given as ARGV: one call a node a flush, in place
+ * of one MGET a slot. A key not served by that node (a slot moving) fails
+ * the whole call; its keys then go as MGETs a slot (mget_slot_parts). */
+static struct redis_script read_script = {
+    "#!lua flags=no-writes,allow-cross-slot-keys\n"
+    "local out = {}\n"
+    "for i = 1, #ARGV do out[i] = redis.call('GET', ARGV[i]) end\n"
+    "return out\n",
+    ""
+};
+
+static const char **pargv;
+static size_t *plens, pcap;
+
+static void part_args(unsigned n)
+{
+    if (pcap < n + 1) {
+        pcap = n + 1;
+        pargv = mem_realloc(pargv, pcap * sizeof(*pargv));
+        plens = mem_realloc(plens, pcap * sizeof(*plens));
+    }
+}
+
+/* Sends keys[0..n) (at positions first.. of m->order, sorted by slot) as
+ * one MGET a slot. Returns the error of the last part not sent, or 0. */
+static int mget_slot_parts(struct redis_cluster *cl, struct cmget *m, unsigned first, unsigned n,
+                           const char *const *keys, const size_t *klens)
+{
+    int last_err = 0;
+    part_args(n);
+    for (unsigned i = 0; i < n;) {
+        unsigned slot = (unsigned)(m->order[first + i] >> 32) & 0xFFFF, j = i;
+        pargv[0] = "MGET";
+        plens[0] = 4;
+        for (; j < n && ((m->order[first + j] >> 32) & 0xFFFF) == slot; j++) {
+            pargv[j - i + 1] = keys[j];
+            plens[j - i + 1] = klens[j];
+        }
+        struct ccmd *k = ccmd_new(cl, (int)(j - i + 1), pargv, plens);
+        k->slot = slot;
+        k->m = m;
+        k->first = first + i;
+        k->n = j - i;
+        m->outstanding++;
+        int rc = send_keyed(cl, k);
+        if (rc != 0) {
+            m->outstanding--;
+            (*cl->m_part_err)++;
+            last_err = rc;
+        }
+        i = j;
+    }
+    return last_err;
+}
+
+/* A node's read script failed with an error: its keys go again, a slot at a time. */
+static void read_script_fallback(struct ccmd *k, const redisReply *reply)
+{
+    struct redis_cluster *cl = k->cl;
+    (*cl->m_script_fallbacks)++;
+    if (strstr(reply->str, "flag") || strstr(reply->str, "shebang") || strstr(reply->str, "compiling")) {
+        if (!cl->no_read_script)
+            log_warn("redis cluster: the cross-slot read script is refused; reads go as one MGET a slot",
+                     "node=%s err=%s", k->sent_to->addr, LOG_Q(reply->str));
+        cl->no_read_script = true;
+    } else {
+        redis_cluster_refresh_soon(cl, "a node's read script met a key it does not serve");
+    }
+    (void)mget_slot_parts(cl, k->m, k->first, k->n, k->argv + 1, k->lens + 1);
+}
+
 static int mget(struct redis_cluster *cl, redis_reply_fn cb, void *ctx, int argc, const char **argv,
                 const size_t *lens)
 {
@@ -434,44 +525,70 @@ static int mget(struct redis_cluster *cl, redis_reply_fn cb, void *ctx, int argc
     m->cb = cb;
     m->ctx = ctx;
     m->order = mem_alloc(n * sizeof(*m->order));
-    for (unsigned i = 0; i < n; i++)
-        m->order[i] = (uint64_t)cluster_key_slot(argv[i + 1], lens[i + 1]) << 32 | i;
+    /* node index << 48 | slot << 32 | key index: sorted, a node's keys are
+     * together and, within them, a slot's (no primary known: last). */
+    for (unsigned i = 0; i < n; i++) {
+        unsigned slot = cluster_key_slot(argv[i + 1], lens[i + 1]);
+        const struct cnode *o = cl->slot_owner[slot];
+        uint64_t ni = o ? o->idx : 0xFFFF;
+        m->order[i] = ni << 48 | (uint64_t)slot << 32 | i;
+    }
     qsort(m->order, n, sizeof(*m->order), cmp_u64);
-    unsigned parts = 0;
-    for (unsigned i = 0; i < n; i++)
-        parts += i == 0 || m->order[i] >> 32 != m->order[i - 1] >> 32;
-    m->top = redis_reply_compose(n, parts);
+    unsigned slots = 0, nodes = 0;
+    for (unsigned i = 0; i < n; i++) {
+        slots += i == 0 || m->order[i] >> 32 != m->order[i - 1] >> 32;
+        nodes += i == 0 || m->order[i] >> 48 != m->order[i - 1] >> 48;
+    }
+    m->top = redis_reply_compose(n, slots + nodes);
     for (unsigned i = 0; i < n; i++)
         m->top->element[i] = (redisReply *)&nil_reply;
     m->outstanding = 1; /* held while sending */
-    static const char **pargv;
-    static size_t *plens, cap;
-    if (cap < n + 1) {
-        cap = n + 1;
-        pargv = mem_realloc(pargv, cap * sizeof(*pargv));
-        plens = mem_realloc(plens, cap * sizeof(*plens));
-    }
     int last_err = 0;
+    static const char **keys;
+    static size_t *klens, kcap;
+    if (kcap < n) {
+        kcap = n;
+        keys = mem_realloc(keys, kcap * sizeof(*keys));
+        klens = mem_realloc(klens, kcap * sizeof(*klens));
+    }
+    for (unsigned i = 0; i < n; i++) {
+        unsigned idx = (uint32_t)m->order[i];
+        keys[i] = argv[idx + 1];
+        klens[i] = lens[idx + 1];
+    }
     for (unsigned i = 0; i < n;) {
-        unsigned slot = (unsigned)(m->order[i] >> 32), j = i;
-        pargv[0] = "MGET";
-        plens[0] = 4;
-        for (; j < n && m->order[j] >> 32 == slot; j++) {
-            unsigned idx = (uint32_t)m->order[j];
-            pargv[j - i + 1] = argv[idx + 1];
-            plens[j - i + 1] = lens[idx + 1];
-        }
-        struct ccmd *k = ccmd_new(cl, (int)(j - i + 1), pargv, plens);
-        k->slot = slot;
-        k->m = m;
-        k->first = i;
-        k->n = j - i;
-        m->outstanding++;
-        int rc = send_keyed(cl, k);
-        if (rc != 0) {
-            m->outstanding--;
-            (*cl->m_part_err)++;
-            last_err = rc;
+        uint64_t ni = m->order[i] >> 48;
+        unsigned j = i;
+        while (j < n && m->order[j] >> 48 == ni)
+            j++;
+        struct cnode *node = ni == 0xFFFF ? NULL : cl->nodes[ni];
+        bool one_slot = (m->order[i] >> 32) == (m->order[j - 1] >> 32);
+        if (node == NULL || one_slot || cl->no_read_script) {
+            int rc = mget_slot_parts(cl, m, i, j - i, keys + i, klens + i);
+            last_err = rc ? rc : last_err;
+        } else {
+            part_args(j - i);
+            pargv[0] = "0";
+            plens[0] = 1;
+            for (unsigned x = i; x < j; x++) {
+                pargv[x - i + 1] = keys[x];
+                plens[x - i + 1] = klens[x];
+            }
+            struct ccmd *k = ccmd_new(cl, (int)(j - i + 1), pargv, plens);
+            k->m = m;
+            k->first = i;
+            k->n = j - i;
+            k->read_script = true;
+            k->sent_to = node;
+            m->outstanding++;
+            int rc = redis_node_script(node->pool, false, &read_script, ccmd_cb, k, k->argc, k->argv, k->lens);
+            if (rc != 0) {
+                m->outstanding--;
+                free(k);
+                /* Its pool is down or busy: the slot parts meet the same. */
+                rc = mget_slot_parts(cl, m, i, j - i, keys + i, klens + i);
+                last_err = rc ? rc : last_err;
+            }
         }
         i = j;
     }

@@ -20,6 +20,7 @@ struct cnode {
     char addr[280];             /* host:port */
     bool primary;               /* owns slots in the current map */
     bool track_up;              /* its tracking is confirmed */
+    unsigned idx;               /* its place in the cluster's nodes[] */
     int64_t *m_up;              /* batchd_redis_node_up{node="host:port"} */
 };
 
@@ -61,7 +62,8 @@ struct redis_cluster {
     void *track_arg;
     bool track_up;
     /* metrics */
-    uint64_t *m_refresh_ok, *m_refresh_err, *m_moved, *m_ask, *m_part_err, *m_changes;
+    bool no_read_script;        /* Redis refused the cross-slot read script: MGETs a slot only */
+    uint64_t *m_refresh_ok, *m_refresh_err, *m_moved, *m_ask, *m_part_err, *m_changes, *m_script_fallbacks;
 };
 
 /* redis_cluster.c */

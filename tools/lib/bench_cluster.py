@@ -20,7 +20,7 @@ import time
 import redis
 
 from bench_conf import N_SESSIONS, batchd_conf_lines, conf_lines
-from bench_env import NotAvailable, log
+from bench_env import NotAvailable, http_get, log
 
 PRIMARIES = 3
 
@@ -35,8 +35,12 @@ def write_cluster_conf(run, port, seeds):
         elif section == "batchd" and key == "admin_listen":
             line = f"admin_listen = 127.0.0.1:{port['cluster-admin']}"
         elif section == "redis" and key == "url":
-            line = f"url = redis://{seeds}/0\ncluster = yes"
+            line = f"url = redis://{seeds}/0"
+        elif section == "redis" and key == "cluster":
+            continue
         out.append(line)
+        if line.strip() == "[redis]":
+            out.append("cluster = yes")
     path = run / "batchd-cluster.ini"
     path.write_text("\n".join(out) + "\n")
     return path
@@ -50,8 +54,8 @@ class ClusterServers:
     cluster_janitors = ()
 
     def cluster_ports(self):
-        self.port.update({"batchd-cluster": self.base + 66, "cluster-admin": self.base + 67})
-        return [self.base + 70 + i for i in range(PRIMARIES)]
+        self.port.update({"batchd-cluster": self.base + 80, "cluster-admin": self.base + 81})
+        return [self.base + 82 + i for i in range(PRIMARIES)]
 
     def start_redis_cluster(self):
         ports = self.cluster_ports()
@@ -93,7 +97,18 @@ class ClusterServers:
         self.ensure("redis-cluster")
         conf = write_cluster_conf(self.run, self.port, self.cluster_seeds)
         p = self.start_batchd_with("batchd-cluster", conf, self.port["batchd-cluster"], self.port["cluster-admin"])
-        return p
+        # That it is this process, on the cluster, with the whole slot map.
+        deadline = time.monotonic() + 15
+        while True:
+            if p.poll() is not None:
+                raise NotAvailable(f"batchd-cluster exited (status {p.returncode}); see .bench/logs")
+            status, _, body = http_get(f"http://127.0.0.1:{self.port['cluster-admin']}/metrics")
+            text = body.decode(errors="replace") if status == 200 else ""
+            if "\nbatchd_redis_cluster_slots_covered 16384" in text and "\nbatchd_redis_up 1" in text:
+                return p
+            if time.monotonic() > deadline:
+                raise NotAvailable("batchd-cluster's /metrics never showed 16384 slots covered and Redis up")
+            time.sleep(0.1)
 
     def cluster_owner(self):
         """slot -> the primary's client."""

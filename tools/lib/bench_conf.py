@@ -141,7 +141,7 @@ def write_workers_conf(run, port, name, admin, workers):
     """The first batchd's config on ports of its own with `workers` worker
     processes (the batchd-w2 row)."""
     path = write_near_conf(run, port, name, name, admin, 0)
-    lines = path.read_text().splitlines()
+    lines = [l for l in path.read_text().splitlines() if not re.match(r"^\s*workers\s*=", l)]
     i = lines.index("[batchd]")
     lines.insert(i + 1, f"workers = {workers}")
     path.write_text("\n".join(lines) + "\n")
