@@ -102,7 +102,7 @@ SCENARIOS = [
     Scenario("hot-batch", "Hot 50-id batch (all cached, 50 random ids per request)",
              "batchd `GET /v1/sessions?ids=` (50 ids), near cache off and on; Webdis `/MGET/...`; FastAPI N+1 "
              "(50 GETs in turn) and batched (one MGET); redis-benchmark `MGET` of 50 keys; batchd on a 3-primary "
-             "Redis Cluster (`cluster = yes`, no replicas, the same documents; one MGET per slot).",
+             "Redis Cluster (`cluster = yes`, no replicas, the same documents; a flush reads each node's keys with one read-only script call).",
              bench_reads.hot_batch),
     Scenario("near-fill", "Near caches full and evicting: 50-id batches over 64 MiB of distinct documents",
              "batchd with `local_cache_bytes` = 16 MiB (batchd-fill) and 32 MiB (batchd-fill32), and a fresh "
