@@ -5,15 +5,17 @@
  *   CLUSTER SLOTS ──> proto/cluster.c ──> apply: nodes made / retired,
  *                                         slot_owner[16384], channels moved
  *   command(key) ──> slot_owner[slot(key)] ──> node pool ──> reply
- *                         ^                                    │ MOVED: map fixed, resent, refresh soon
+ *                         ^                                    │ MOVED: resent there, refresh soon
  *                         └────────────────────────────────────┘ ASK: ASKING + resent to that node
- *   MGET k1..kn ──> keys sorted by slot ──> one MGET per slot ──> merged (redis_reply_compose)
+ *   MGET k1..kn ──> keys grouped by node ──> one read script a node ──> merged (redis_reply_compose)
+ *                                             └ refused (a key it does not serve) ──> one MGET a slot
  *
  * Redis Cluster refuses a multi-key command whose keys are in different
- * slots (CROSSSLOT), so a flush's MGET becomes one MGET per slot; those
- * of one node leave in one write (the node pool pipelines them). A part
- * whose node is down or that fails answers nil for its keys: they are
- * misses, read from PostgreSQL, so a dead primary costs latency, not errors.
+ * slots (CROSSSLOT), also inside a script; Redis 7 lets a script flagged
+ * allow-cross-slot-keys read keys of several slots of its node, so a
+ * flush sends each node one call of such a read-only script. A part whose
+ * node is down or that fails answers nil for its keys: they are misses,
+ * read from PostgreSQL, so a dead primary costs latency, not errors.
  */
 #include "daemon/backend/redis_cluster.h"
 

@@ -1,8 +1,8 @@
 /*
  * redis_cluster: Redis Cluster behind the redis_pool API ([redis] cluster = yes).
  *
- *   redis_pool_command(MGET k1..kn) ──> one MGET per slot, each to its slot's
- *        │                               primary (all of a node's in one write)
+ *   redis_pool_command(MGET k1..kn) ──> one read-only script call a primary
+ *        │                               (a GET a key; one MGET a slot while a slot moves)
  *        └─ merged in request order <── replies, MOVED / ASK followed
  *   redis_pool_command(GET k) / _script(k, ...) ──> the primary of k's slot
  *   redis_pool_subscribe(ch) ──> SSUBSCRIBE on ch's node (redis_cluster_sub.c)
