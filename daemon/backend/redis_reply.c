@@ -99,6 +99,21 @@ static void arena_unref(struct arena *a)
     }
 }
 
+/* A new arena, its header at the start of a first block of cap bytes,
+ * with one reference; the top-level object is allocated right after it. */
+static struct arena *arena_open(size_t cap)
+{
+    struct ablock *b = block_get(cap);
+    b->next = NULL;
+    struct arena *a = (struct arena *)b->data;
+    b->used = sizeof(*a);
+    a->refs = 1;
+    a->n_parts = 0;
+    a->parts = NULL;
+    a->blocks = b;
+    return a;
+}
+
 static struct arena *task_arena(const redisReadTask *task, redisReply *r)
 {
     if (task->parent == NULL)
@@ -116,18 +131,7 @@ static redisReply *reply_new(const redisReadTask *task, int type, size_t hint)
     redisReply *r;
     if (task->parent == NULL) {
         size_t cap = sizeof(struct arena) + sizeof(redisReply) + ((hint + 7) & ~(size_t)7);
-        if (cap > ARENA_BLOCK)
-            cap = ARENA_BLOCK;
-        struct ablock *b = block_get(cap);
-        b->next = NULL;
-        b->used = 0;
-        struct arena *a = (struct arena *)b->data;
-        b->used = sizeof(*a);
-        a->refs = 1;
-        a->n_parts = 0;
-        a->parts = NULL;
-        a->blocks = b;
-        r = arena_alloc(a, sizeof(*r));
+        r = arena_alloc(arena_open(cap > ARENA_BLOCK ? ARENA_BLOCK : cap), sizeof(*r));
     } else {
         r = arena_alloc(task_arena(task, NULL), sizeof(*r));
         redisReply *parent = task->parent->obj;
@@ -248,14 +252,7 @@ redisReply *redis_reply_compose(size_t elements, unsigned max_parts)
 {
     size_t need = sizeof(struct arena) + sizeof(redisReply) + elements * sizeof(redisReply *) +
                   max_parts * sizeof(struct arena *) + 32;
-    struct ablock *b = block_get(need > ARENA_BLOCK ? need : ARENA_BLOCK);
-    b->next = NULL;
-    b->used = 0;
-    struct arena *a = (struct arena *)b->data;
-    b->used = sizeof(*a);
-    a->refs = 1;
-    a->n_parts = 0;
-    a->blocks = b;
+    struct arena *a = arena_open(need > ARENA_BLOCK ? need : ARENA_BLOCK);
     redisReply *r = arena_alloc(a, sizeof(*r));
     memset(r, 0, sizeof(*r));
     r->type = REDIS_REPLY_ARRAY;

@@ -9,7 +9,6 @@ and keys, pg_stat_statements, what the clients received."""
 import json
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -81,6 +80,39 @@ def batch(port, ids):
     r = get(port, "/v1/sessions?ids=" + ",".join(ids))
     assert r.status == 200, r
     return [shown(d) for d in r.json()]
+
+
+class Readers:
+    """n threads reading the same batch until the block ends; every answer
+    that is not 200 with the right documents is kept in .bad."""
+
+    def __init__(self, port, n_ids, n=1):
+        self.ids = [f"s{i}" for i in range(1, n_ids + 1)]
+        self.want = [expected(i) for i in range(1, n_ids + 1)]
+        self.port, self.stop, self.bad, self.seen = port, threading.Event(), [], 0
+        self.threads = [threading.Thread(target=self.run) for _ in range(n)]
+
+    def run(self):
+        while not self.stop.is_set():
+            r = get(self.port, "/v1/sessions?ids=" + ",".join(self.ids))
+            self.seen += 1
+            if r.status != 200 or [shown(d) for d in r.json()] != self.want:
+                self.bad.append(r)
+
+    def more(self, k):
+        """Waits for k more answers."""
+        n0 = self.seen
+        wait_until(lambda: self.seen > n0 + k, what=f"{k} more reads")
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
 
 
 def test_documents_spread_over_every_primary_and_batches_are_right(app, cluster, pg):
@@ -163,30 +195,15 @@ def test_a_slot_moved_during_reads_gives_no_wrong_answer(app, cluster, pg):
     slot = cluster.keyslot(key)
     src = cluster.node_for_key(key)
     dst = next(p for p in cluster.primaries() if p.port != src.port)
-    stop, bad, seen = threading.Event(), [], [0]
-
-    def reader():
-        while not stop.is_set():
-            r = get(b.port, "/v1/sessions?ids=" + ",".join(ids))
-            seen[0] += 1
-            if r.status != 200 or [shown(d) for d in r.json()] != [expected(i) for i in range(1, 101)]:
-                bad.append(r)
-
-    t = threading.Thread(target=reader)
-    t.start()
-    try:
+    with Readers(b.port, 100) as rd:
         cluster.begin_migration(slot, dst)
-        time.sleep(0.3)  # reads while the slot is half moved: ASK
+        rd.more(3)  # reads while the slot is marked moving, its keys still on src
         cluster.move_keys(slot)
-        time.sleep(0.3)
+        rd.more(3)  # reads while s5 is on dst and the slot still src's: ASK
         cluster.finish_migration(slot)
         wait_until(lambda: b.metric("batchd_redis_cluster_map_changes_total") >= 1, what="new slot map")
-        n0 = seen[0]
-        wait_until(lambda: seen[0] > n0 + 5, what="reads after the move")
-    finally:
-        stop.set()
-        t.join()
-    assert not bad, bad[:3]
+        rd.more(5)
+    assert not rd.bad, rd.bad[:3]
     assert dst.client().exists(key)
     # While s5 was on dst and its slot still src's, src's read script met a
     # key it no longer serves: those keys went again a slot at a time (ASK).
@@ -226,29 +243,14 @@ def test_a_killed_primary_gives_no_5xx_and_the_cache_comes_back(app, cluster, pg
     ids = [f"s{i}" for i in range(1, 51)]
     assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
     victim = cluster.node_for_key("session:s1")
-    stop, bad, seen = threading.Event(), [], [0]
-
-    def reader():
-        while not stop.is_set():
-            r = get(b.port, "/v1/sessions?ids=" + ",".join(ids))
-            seen[0] += 1
-            if r.status != 200 or [shown(d) for d in r.json()] != [expected(i) for i in range(1, 51)]:
-                bad.append(r)
-
-    t = threading.Thread(target=reader)
-    t.start()
-    try:
+    with Readers(b.port, 50) as rd:
         cluster.kill_primary(victim)
         promoted = cluster.wait_failover(victim)
         wait_until(lambda: b.metric("batchd_redis_cluster_primaries") == 3 and
                    b.metric("batchd_redis_node_up", node=f"127.0.0.1:{promoted.port}") == 1,
                    timeout=20, what="batchd on the promoted replica")
-        n0 = seen[0]
-        wait_until(lambda: seen[0] > n0 + 5, what="reads after the failover")
-    finally:
-        stop.set()
-        t.join()
-    assert not bad, bad[:3]
+        rd.more(5)
+    assert not rd.bad, rd.bad[:3]
     pg.reset_stats()
     cluster.by_port(promoted.port).client().config_resetstat()
     for _ in range(3):
@@ -393,37 +395,19 @@ def test_redis_cli_reshard_under_reads_gives_no_wrong_answer(app, cluster, pg):
     primary to another while three readers keep asking for 100 ids."""
     b = app()
     ids = [f"s{i}" for i in range(1, 101)]
-    want = [expected(i) for i in range(1, 101)]
-    assert batch(b.port, ids) == want
+    assert batch(b.port, ids) == [expected(i) for i in range(1, 101)]
     prim = cluster.primaries()
     src, dst = prim[0], prim[1]
-    stop, bad, seen = threading.Event(), [], [0]
-
-    def reader():
-        while not stop.is_set():
-            r = get(b.port, "/v1/sessions?ids=" + ",".join(ids))
-            seen[0] += 1
-            if r.status != 200 or [shown(d) for d in r.json()] != want:
-                bad.append(r)
-
-    threads = [threading.Thread(target=reader) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with Readers(b.port, 100, n=3) as rd:
         out = subprocess.run(["redis-cli", "--cluster", "reshard", src.addr, "--cluster-from", src.id,
                               "--cluster-to", dst.id, "--cluster-slots", "200", "--cluster-yes",
                               "--cluster-pipeline", "10"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-500:]
         cluster.wait_agreed()
         wait_until(lambda: b.metric("batchd_redis_cluster_map_changes_total") >= 1, what="the new map")
-        n0 = seen[0]
-        wait_until(lambda: seen[0] > n0 + 10, what="reads after the reshard")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert not bad, bad[:3]
-    assert seen[0] > 20
+        rd.more(10)
+    assert not rd.bad, rd.bad[:3]
+    assert rd.seen > 20
 
 
 # --- lists over a cluster ------------------------------------------------------------------------
