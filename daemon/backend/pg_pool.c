@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/queue.h>
 
+#include "daemon/backend/pg_int.h"
 #include "daemon/backend/pg_replicas.h"
 #include "daemon/backend/pool.h"
 #include "daemon/log.h"
@@ -34,53 +35,6 @@
 
 #define DEADLINE_GRACE_MS 1000
 #define TEXTARRAYOID 1009
-
-enum pgq_kind { Q_USER, Q_SETUP, Q_PREPARE, Q_PING, Q_SQL };
-
-struct pgq {
-    STAILQ_ENTRY(pgq) link;
-    enum pgq_kind kind;
-    int stmt;
-    unsigned nparams;
-    char *params;               /* the values back to back, each NUL-terminated */
-    int *lengths;               /* [nparams]; -1 for SQL NULL */
-    unsigned batch;
-    bool retried;
-    struct pg_pool *fallback;   /* a replica's read: the primary, to retry it on */
-    const char *sql;            /* Q_SQL: static text */
-    pg_result_fn cb;
-    void *ctx;
-    PGresult *result;
-    uint64_t start_ns, start_ms;
-};
-
-/* The core's part (state, pending, timer, backoff, last activity) comes first. */
-struct pconn {
-    struct pool_conn base;
-    PGconn *pg;
-    uv_poll_t *poll;
-    int fd;
-    int poll_events;
-    STAILQ_HEAD(pgq_list, pgq) queue;   /* sent, results awaited: oldest first */
-    bool *prepared;            /* [n_stmts]: PREPARE sent here and not failed */
-};
-
-struct stmt {
-    char *sql;
-    unsigned nparams;           /* 0: one text[] (pg_pool_prepare); else untyped */
-    char name[24];
-};
-
-struct pg_pool {
-    struct pool core;           /* first: the connections are core.conns */
-    const struct cfg_postgres *cfg;
-    const char *conninfo;       /* cfg->conninfo, or a replica's of cfg->replicas */
-    int replica;                /* index in cfg->replicas; -1 for the primary */
-    struct pg_replicas *replicas; /* the primary's, when replicas are configured */
-    struct stmt *stmts;
-    unsigned n_stmts;
-    char *labels, *addr;        /* a replica's metric labels and address (owned) */
-};
 
 static uint64_t *m_err_timeout, *m_err_conn, *m_err_query, *m_retries, *m_slow;
 static struct metric_hist *m_latency;
@@ -92,11 +46,6 @@ static const struct pool_names names = { "postgres", "postgres", "batchd_pg", "P
 static struct pg_pool *pool_of(const struct pconn *c)
 {
     return (struct pg_pool *)c->base.pool;
-}
-
-static struct pconn *conn_at(const struct pg_pool *p, unsigned i)
-{
-    return (struct pconn *)p->core.conns[i];
 }
 
 static void metrics_init(void)
@@ -118,7 +67,7 @@ static uint64_t now_ms(struct pg_pool *p)
     return uv_now(p->core.loop);
 }
 
-static void pgq_free(struct pgq *q)
+void pg_query_free(struct pgq *q)
 {
     if (q->result)
         PQclear(q->result);
@@ -130,7 +79,6 @@ static void pgq_free(struct pgq *q)
 /* --- connection lifecycle ------------------------------------------------------- */
 
 static void pconn_connect(struct pconn *c);
-static int dispatch(struct pg_pool *p, struct pgq *q);
 static void on_poll_cb(uv_poll_t *h, int status, int events);
 
 static void poll_closed_cb(uv_handle_t *h)
@@ -205,13 +153,13 @@ static void pconn_fail(struct pconn *c, int err, const char *why)
         if (q->kind == Q_USER && err == -ECONNRESET && !q->retried && !p->core.freeing) {
             q->retried = true;
             (*m_retries)++;
-            if (dispatch(p, q) == 0)
+            if (pg_query_dispatch(p, q) == 0)
                 continue;
         }
         if (q->kind == Q_USER || q->kind == Q_SQL)
             complete(c, q, err);
         else
-            pgq_free(q);
+            pg_query_free(q);
     }
     pool_conn_retry(&c->base);
 }
@@ -234,7 +182,7 @@ static void enqueue(struct pconn *c, struct pgq *q)
     pool_conn_push(&c->base);
 }
 
-static struct pgq *pgq_new(enum pgq_kind kind)
+struct pgq *pg_query_new(enum pgq_kind kind)
 {
     struct pgq *q = mem_calloc(1, sizeof(*q));
     q->kind = kind;
@@ -255,7 +203,7 @@ static int send_prepare(struct pconn *c, int stmt)
                              : PQsendPrepare(c->pg, s->name, s->sql, (int)s->nparams, NULL);
     if (!ok || !PQpipelineSync(c->pg))
         return -EIO;
-    struct pgq *q = pgq_new(Q_PREPARE);
+    struct pgq *q = pg_query_new(Q_PREPARE);
     q->stmt = stmt;
     q->start_ms = now_ms(p);
     enqueue(c, q);
@@ -291,14 +239,14 @@ static int send_query(struct pconn *c, struct pgq *q)
     return 0;
 }
 
-static int dispatch(struct pg_pool *p, struct pgq *q)
+int pg_query_dispatch(struct pg_pool *p, struct pgq *q)
 {
     struct pconn *best = (struct pconn *)pool_pick(&p->core);
     if (best == NULL)
         return -EAGAIN;
     if (send_query(best, q) != 0) {
         pconn_fail(best, -ECONNRESET, PQerrorMessage(best->pg));
-        return dispatch(p, q);
+        return pg_query_dispatch(p, q);
     }
     pconn_flush(best);
     return 0;
@@ -332,7 +280,7 @@ static void complete(struct pconn *c, struct pgq *q, int err)
             q->result = NULL;
         }
         pg_replicas_fell_back(primary->replicas);
-        if (dispatch(primary, q) == 0) /* not admitted: a retry of work that was */
+        if (pg_query_dispatch(primary, q) == 0) /* not admitted: a retry of work that was */
             return;
         err = -ECONNRESET; /* the primary cannot take it either */
     }
@@ -354,7 +302,7 @@ static void complete(struct pconn *c, struct pgq *q, int err)
     }
     if (q->cb)
         q->cb(q->ctx, err == 0 || err == -EIO ? q->result : NULL, err);
-    pgq_free(q);
+    pg_query_free(q);
 }
 
 static int result_error(const PGresult *res)
@@ -384,7 +332,7 @@ static void finish_head(struct pconn *c)
         if (err) {
             log_error("postgres connection setup failed", "conn=%u err=%s", c->base.index,
                       LOG_Q(q->result ? PQresultErrorMessage(q->result) : "no result"));
-            pgq_free(q);
+            pg_query_free(q);
             pconn_fail(c, -ECONNRESET, "setup failed");
             return;
         }
@@ -399,13 +347,13 @@ static void finish_head(struct pconn *c)
         break;
     case Q_PING:
         if (err) {
-            pgq_free(q);
+            pg_query_free(q);
             pconn_fail(c, -ECONNRESET, "health check failed");
             return;
         }
         break;
     }
-    pgq_free(q);
+    pg_query_free(q);
 }
 
 static void read_results(struct pconn *c)
@@ -465,7 +413,7 @@ static void on_connected(struct pconn *c)
         pconn_fail(c, -ECONNRESET, PQerrorMessage(c->pg));
         return;
     }
-    struct pgq *q = pgq_new(Q_SETUP);
+    struct pgq *q = pg_query_new(Q_SETUP);
     q->start_ms = now_ms(p);
     enqueue(c, q);
     for (unsigned i = 0; i < p->n_stmts; i++) {
@@ -573,9 +521,9 @@ static void conn_overdue_cb(struct pool_conn *pc)
 static void conn_ping_cb(struct pool_conn *pc)
 {
     struct pconn *c = (struct pconn *)pc;
-    struct pgq *q = pgq_new(Q_PING);
+    struct pgq *q = pg_query_new(Q_PING);
     if (send_query(c, q) != 0) {
-        pgq_free(q);
+        pg_query_free(q);
         pconn_fail(c, -ECONNRESET, "cannot send health check");
         return;
     }
@@ -700,150 +648,6 @@ void pg_pool_configure(struct pg_pool *p, const struct cfg_postgres *cfg, int64_
     pool_configure(&p->core, limits_of(cfg, slow_ms));
     if (p->replicas)
         pg_replicas_configure(p->replicas, cfg, slow_ms);
-}
-
-static int prepare(struct pg_pool *p, const char *sql, unsigned nparams)
-{
-    for (unsigned i = 0; i < p->n_stmts; i++)
-        if (strcmp(p->stmts[i].sql, sql) == 0 && p->stmts[i].nparams == nparams)
-            return (int)i; /* a reload that keeps by_ids */
-    p->stmts = mem_realloc(p->stmts, (p->n_stmts + 1) * sizeof(*p->stmts));
-    for (unsigned i = 0; i < p->core.n; i++) {
-        struct pconn *c = conn_at(p, i);
-        c->prepared = mem_realloc(c->prepared, (p->n_stmts + 1) * sizeof(*c->prepared));
-        c->prepared[p->n_stmts] = false; /* prepared before its first use there */
-    }
-    struct stmt *s = &p->stmts[p->n_stmts];
-    s->sql = mem_strdup(sql);
-    s->nparams = nparams;
-    snprintf(s->name, sizeof(s->name), "batchd_%u", p->n_stmts);
-    return (int)p->n_stmts++;
-}
-
-int pg_pool_prepare(struct pg_pool *p, const char *sql)
-{
-    return pg_pool_prepare_n(p, sql, 0);
-}
-
-int pg_pool_prepare_n(struct pg_pool *p, const char *sql, unsigned nparams)
-{
-    assert(nparams <= PG_POOL_MAX_PARAMS);
-    int id = prepare(p, sql, nparams);
-    /* The replicas register it too, under the same id: a read is the
-     * same statement number wherever it runs. */
-    if (p->replicas)
-        pg_replicas_prepare(p->replicas, sql, nparams, id);
-    return id;
-}
-
-int pg_pool_exec(struct pg_pool *p, int stmt, const char *param, size_t param_len, unsigned batch,
-                 pg_result_fn cb, void *ctx)
-{
-    assert(p->stmts[stmt].nparams == 0);
-    return pg_pool_exec_params(p, stmt, 1, &param, &param_len, batch, cb, ctx);
-}
-
-static int exec_on(struct pg_pool *p, struct pg_pool *fallback, int stmt, unsigned n,
-                   const char *const *values, const size_t *lengths, unsigned batch, pg_result_fn cb,
-                   void *ctx)
-{
-    assert(stmt >= 0 && (unsigned)stmt < p->n_stmts);
-    assert(n == (p->stmts[stmt].nparams ? p->stmts[stmt].nparams : 1));
-    if (p->core.ready == 0)
-        return -EAGAIN;
-    int rc = pool_admit(&p->core);
-    if (rc != 0)
-        return rc;
-    struct pgq *q = pgq_new(Q_USER);
-    q->stmt = stmt;
-    /* One block for the values, each followed by a NUL (libpq's text
-     * parameters are C strings; a value with a NUL inside is cut there,
-     * as PostgreSQL's text cannot hold one anyway). */
-    size_t total = 0;
-    for (unsigned i = 0; i < n; i++)
-        total += values[i] ? lengths[i] + 1 : 0;
-    q->nparams = n;
-    q->params = mem_alloc(total ? total : 1);
-    q->lengths = mem_alloc(n * sizeof(*q->lengths));
-    char *w = q->params;
-    for (unsigned i = 0; i < n; i++) {
-        if (values[i] == NULL) {
-            q->lengths[i] = -1;
-            continue;
-        }
-        assert(lengths[i] < INT32_MAX);
-        memcpy(w, values[i], lengths[i]);
-        w[lengths[i]] = '\0';
-        w += lengths[i] + 1;
-        q->lengths[i] = (int)lengths[i];
-    }
-    q->batch = batch;
-    q->cb = cb;
-    q->ctx = ctx;
-    q->fallback = fallback;
-    rc = dispatch(p, q);
-    if (rc != 0) {
-        q->cb = NULL;
-        pgq_free(q);
-    }
-    return rc;
-}
-
-int pg_pool_exec_params(struct pg_pool *p, int stmt, unsigned n, const char *const *values,
-                        const size_t *lengths, unsigned batch, pg_result_fn cb, void *ctx)
-{
-    return exec_on(p, NULL, stmt, n, values, lengths, batch, cb, ctx);
-}
-
-int pg_pool_read(struct pg_pool *p, int stmt, unsigned n, const char *const *values, const size_t *lengths,
-                 unsigned batch, bool fresh, pg_result_fn cb, void *ctx)
-{
-    struct pg_pool *replica = p->replicas ? pg_replicas_pick(p->replicas, fresh) : NULL;
-    if (replica && exec_on(replica, p, stmt, n, values, lengths, batch, cb, ctx) == 0) {
-        pg_replicas_sent(p->replicas, true);
-        return 0;
-    }
-    /* No replica, or the one picked could not take it (busy, just lost). */
-    int rc = exec_on(p, NULL, stmt, n, values, lengths, batch, cb, ctx);
-    if (rc == 0 && p->replicas)
-        pg_replicas_sent(p->replicas, false);
-    return rc;
-}
-
-int pg_pool_exec_sql(struct pg_pool *p, const char *sql, pg_result_fn cb, void *ctx)
-{
-    struct pgq *q = pgq_new(Q_SQL);
-    q->stmt = -1;
-    q->sql = sql;
-    q->cb = cb;
-    q->ctx = ctx;
-    int rc = dispatch(p, q);
-    if (rc != 0) {
-        q->cb = NULL;
-        pgq_free(q);
-    }
-    return rc;
-}
-
-void pg_pool_note_write(struct pg_pool *p, const char *key, size_t len)
-{
-    if (p && p->replicas)
-        pg_replicas_note_write(p->replicas, key, len);
-}
-
-bool pg_pool_written_recently(struct pg_pool *p, const char *key, size_t len)
-{
-    return p && p->replicas && pg_replicas_recent(p->replicas, key, len);
-}
-
-bool pg_pool_tracks_writes(const struct pg_pool *p)
-{
-    return p && p->replicas;
-}
-
-uint64_t pg_pool_recent_window_ms(const struct cfg_postgres *cfg)
-{
-    return cfg->replicas.n ? pg_replicas_window_ms(cfg) : 0;
 }
 
 bool pg_pool_up(const struct pg_pool *p)
