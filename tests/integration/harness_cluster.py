@@ -36,14 +36,28 @@ def _bindable(port):
             return False
 
 
+def ephemeral_low():
+    """The first port of Linux's ephemeral range (free_port() and every
+    outgoing connection take ports from it)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_cluster_ports(n, base=None):
-    """n ports below 55536 where both the port and its bus port (+10000)
-    are free, scanning up from base (random in 20000..45000 when None)."""
-    port = base or random.randrange(20000, 45000)
+    """n ports where both the port and its bus port (+10000) are free, all
+    below the ephemeral range: a node's peers keep dialling a dead node's
+    ports, and a port free_port() hands to a test's proxy or batchd must
+    never be one of those. Scans up from base (random in 20000..21500
+    when None)."""
+    limit = ephemeral_low()
+    port = base or random.randrange(20000, 21500)
     ports = []
     while len(ports) < n:
-        if port + 10000 > 65535:
-            raise RuntimeError("no free cluster ports")
+        if port + 10000 >= limit:
+            raise RuntimeError(f"no free cluster ports with bus ports below {limit}")
         if _bindable(port) and _bindable(port + 10000):
             ports.append(port)
         port += 1
@@ -71,6 +85,7 @@ class ClusterNode:
 
     def start(self):
         """Starts (or restarts) the process; nodes.conf keeps its identity."""
+        self.kill()  # never lose a live process (it would outlive the tests)
         self.proc = subprocess.Popen(
             ["redis-server", "--bind", HOST, "--port", str(self.port), "--dir", str(self.dir),
              "--save", "", "--appendonly", "no", "--logfile", str(self.dir / "redis.log"),

@@ -5,9 +5,10 @@ batchd's own cluster tests rely on all of it."""
 
 import time
 
+import pytest
 import redis
 
-from harness_cluster import free_cluster_ports
+from harness_cluster import ephemeral_low, free_cluster_ports
 
 
 def redirect(node, *cmd, asking=False):
@@ -134,7 +135,11 @@ def test_renew_replaces_a_broken_cluster(cluster):
     assert len(cluster.primaries()) == 3 and cluster.live()[0].client().dbsize() == 0
 
 
-def test_free_cluster_ports_leave_room_for_the_bus():
-    ports = free_cluster_ports(6, base=45000)
-    assert ports == sorted(set(ports)) and ports[0] >= 45000
-    assert all(p + 10000 <= 65535 for p in ports)
+def test_free_cluster_ports_stay_below_the_ephemeral_range():
+    low = ephemeral_low()
+    ports = free_cluster_ports(6, base=21000)
+    assert ports == sorted(set(ports)) and ports[0] >= 21000
+    # Neither a node's port nor its bus port can be one free_port() hands out.
+    assert all(p + 10000 < low for p in ports)
+    with pytest.raises(RuntimeError):
+        free_cluster_ports(6, base=low - 10003)
