@@ -436,3 +436,35 @@ def test_list_pages_and_their_cache_on_a_cluster(start_batchd, cluster, pg, rows
     # bob never sees alice's
     bob, _ = tl.walk(b, tl.B, 100)
     assert bob == tl.newest_first(tl.B)
+
+
+# --- the three together: workers, a cluster, a reload ---------------------------------------------
+
+
+def test_two_workers_on_a_cluster_serve_and_reload(start_batchd, cluster, pg):
+    """Each worker keeps its own pools to every primary; both read through
+    the cluster, and a SIGHUP reload (a new cluster_refresh_ms) keeps them
+    serving."""
+    import signal
+
+    from test_workers import per_worker, scrape, worker_pids
+    b = start_batchd(batchd=f"admin_token = {TOKEN}\nworkers = 2\n", extra=cluster_conf(cluster, pg))
+    pids = worker_pids(b.ops_port)
+    wait_until(lambda: set(per_worker(scrape(b), "batchd_redis_cluster_slots_covered").values()) == {16384}
+               and len(per_worker(scrape(b), "batchd_redis_cluster_slots_covered")) == 2,
+               what="both workers on the slot map")
+    ids = [f"s{i}" for i in range(1, 51)]
+    for _ in range(20):  # new connections: the kernel spreads them over both workers
+        assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
+    reads = per_worker(scrape(b), "batchd_http_requests_total")
+    assert len(reads) == 2 and all(v > 0 for v in reads.values()), reads
+    conf = b.conf.read_text()
+    assert "cluster_refresh_ms = 1000" in conf
+    b.conf.write_text(conf.replace("cluster_refresh_ms = 1000", "cluster_refresh_ms = 2000"))
+    b.send_signal(signal.SIGHUP)
+    wait_until(lambda: 'msg="workers reloaded"' in b.log(), what="both workers reloaded")
+    log = b.log()
+    assert 'msg="reloaded" worker=0' in log and 'msg="reloaded" worker=1' in log
+    for _ in range(10):
+        assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
+    assert worker_pids(b.ops_port) == pids  # reloaded in place, not restarted
