@@ -122,7 +122,12 @@ def test_killed_worker_is_replaced_and_the_port_keeps_answering(start_batchd):
     finally:
         stop.set()
         t.join(10)
-    assert not failures, f"{len(failures)} requests failed while worker 0 restarted: {failures[:3]}"
+    # The one request in flight on worker 0 when it was killed may be reset
+    # (the kernel cannot hand an accepted connection to another process);
+    # no connection is refused, and nothing else fails: the master keeps
+    # worker 0's socket open, and its replacement answers what queued there.
+    assert len(failures) <= 1 and all("Reset" in f or "closed by batchd" in f for f in failures), \
+        f"{len(failures)} requests failed while worker 0 restarted: {failures[:3]}"
     assert new != pids[0] and parent_of(new) == b.proc.pid
     assert worker_pids(b.port)[1] == pids[1], "worker 1 was restarted too"
     log = b.log()
