@@ -82,6 +82,11 @@ def batch(port, ids):
     return [shown(d) for d in r.json()]
 
 
+def written_back(cluster, n):
+    """Waits until the cluster holds n keys: write-backs land after the answer."""
+    wait_until(lambda: sum(p.client().dbsize() for p in cluster.primaries()) >= n, what=f"{n} keys written back")
+
+
 class Readers:
     """n threads reading the same batch until the block ends; every answer
     that is not 200 with the right documents is kept in .bad."""
@@ -120,6 +125,7 @@ def test_documents_spread_over_every_primary_and_batches_are_right(app, cluster,
     ids = [f"s{i}" for i in range(1, 1001)]
     for i in range(0, 1000, 50):
         assert batch(b.port, ids[i:i + 50]) == [expected(j) for j in range(i + 1, i + 51)]
+    written_back(cluster, 1000)
     per_node = {n.port: n.client().dbsize() for n in cluster.primaries()}
     # 1,000 documents and their tombstone-free write-backs: every one is on
     # the primary of its slot, and every primary holds a share.
@@ -142,7 +148,7 @@ def test_one_read_per_node_per_flush(app, cluster, pg):
     b = app()
     ids = [f"s{i}" for i in range(1, 51)]
     assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]  # cold: loads, writes back
-    wait_until(lambda: sum(p.client().dbsize() for p in cluster.primaries()) == 50, what="the write-backs")
+    written_back(cluster, 50)
     cluster.reset_stats()
     assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
     keys = {}
@@ -163,7 +169,7 @@ def test_hash_tagged_keys_take_one_mget_on_one_node(app, cluster, pg):
     b = app(key="{sessions}:{id}")
     ids = [f"s{i}" for i in range(1, 51)]
     assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
-    wait_until(lambda: sum(p.client().dbsize() for p in cluster.primaries()) == 50, what="the write-backs")
+    written_back(cluster, 50)
     cluster.reset_stats()
     assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
     owner = cluster.node_for_key("{sessions}:s1")
@@ -173,6 +179,7 @@ def test_hash_tagged_keys_take_one_mget_on_one_node(app, cluster, pg):
 def test_purge_and_tombstones_live_in_the_keys_slot(app, cluster, pg):
     b = app()
     assert batch(b.port, ["s7", "s8"]) == [expected(7), expected(8)]
+    written_back(cluster, 2)
     owner = cluster.node_for_key("session:s7")
     assert owner.client().exists("session:s7")
     pg.psql("UPDATE sessions SET title = 'Renamed 7' WHERE id = 's7'")
@@ -191,6 +198,7 @@ def test_a_slot_moved_during_reads_gives_no_wrong_answer(app, cluster, pg):
     b = app()
     ids = [f"s{i}" for i in range(1, 101)]
     assert batch(b.port, ids) == [expected(i) for i in range(1, 101)]
+    written_back(cluster, 100)
     key = "session:s5"
     slot = cluster.keyslot(key)
     src = cluster.node_for_key(key)
@@ -217,6 +225,7 @@ def test_a_slot_moved_during_reads_gives_no_wrong_answer(app, cluster, pg):
 def test_ask_and_moved_are_followed_for_a_slot_half_moved_then_moved(app, cluster, pg):
     b = app()
     assert batch(b.port, ["s9"]) == [expected(9)]
+    written_back(cluster, 1)
     key = "session:s9"
     slot = cluster.keyslot(key)
     src = cluster.node_for_key(key)
@@ -258,7 +267,7 @@ def test_a_killed_primary_gives_no_5xx_and_the_cache_comes_back(app, cluster, pg
     # Served by the cluster again, the promoted replica included: once what
     # the replica had not received yet is written back, no PostgreSQL read.
     assert cluster.by_port(promoted.port).commandstats().get("evalsha", 0) >= 1
-    wait_until(lambda: sum(p.client().dbsize() for p in cluster.primaries()) >= 50, what="every key written back")
+    written_back(cluster, 50)
     pg.reset_stats()
     assert batch(b.port, ids) == [expected(i) for i in range(1, 51)]
     assert pg.calls(BY_IDS_LIKE) == 0
@@ -399,6 +408,7 @@ def test_redis_cli_reshard_under_reads_gives_no_wrong_answer(app, cluster, pg):
     b = app()
     ids = [f"s{i}" for i in range(1, 101)]
     assert batch(b.port, ids) == [expected(i) for i in range(1, 101)]
+    written_back(cluster, 100)
     prim = cluster.primaries()
     src, dst = prim[0], prim[1]
     with Readers(b.port, 100, n=3) as rd:
