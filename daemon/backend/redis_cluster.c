@@ -134,7 +134,8 @@ static void reap_cb(uv_timer_t *t)
     cl->n_retired = 0;
 }
 
-/* Out of the map: its pool goes on the next tick, not inside its own reply. */
+/* Out of the map (apply has given its slots to others already): its pool
+ * goes on the next tick, not inside its own reply. */
 static void node_retire(struct redis_cluster *cl, unsigned i)
 {
     struct cnode *n = cl->nodes[i];
@@ -143,9 +144,6 @@ static void node_retire(struct redis_cluster *cl, unsigned i)
     *n->m_up = 0;
     cl->nodes[i] = cl->nodes[--cl->n_nodes];
     cl->nodes[i]->idx = i;
-    for (unsigned s = 0; s < CLUSTER_SLOTS; s++)
-        if (cl->slot_owner[s] == n)
-            cl->slot_owner[s] = NULL;
     cl->retired = mem_realloc(cl->retired, (cl->n_retired + 1) * sizeof(*cl->retired));
     cl->retired[cl->n_retired++] = n;
     uv_timer_start(&cl->reap, reap_cb, 0, 0);
@@ -309,7 +307,7 @@ struct cmget {
     redisReply *top;
     unsigned outstanding, ok;
     int err;
-    uint64_t *order;                /* slot << 32 | key index, sorted */
+    uint64_t *order;                /* node index << 48 | slot << 32 | key index, sorted */
 };
 
 static const redisReply nil_reply = { .type = REDIS_REPLY_NIL };

@@ -194,6 +194,29 @@ def test_purge_and_tombstones_live_in_the_keys_slot(app, cluster, pg):
         pg.psql("UPDATE sessions SET title = 'Conversation 7' WHERE id = 's7'")
 
 
+def test_pipelined_purge_then_read_on_one_connection_is_fresh(app, cluster, pg):
+    """PURGE and GET of the same id pipelined on one connection: the read
+    runs after the invalidation (its script on the key's node) and sees the
+    new row, for ids on every primary."""
+    b = app()
+    ids = ["s11", "s12", "s13", "s14", "s15", "s16"]
+    assert batch(b.port, ids) == [expected(int(i[1:])) for i in ids]
+    written_back(cluster, len(ids))
+    assert len({cluster.node_for_key(f"session:{i}").port for i in ids}) == 3
+    pg.psql("UPDATE sessions SET title = 'Fresh ' || id WHERE id IN ('s11','s12','s13','s14','s15','s16')")
+    try:
+        with Http(b.port) as c:
+            c.send("".join(f"PURGE /v1/sessions/{i} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+                           f"GET /v1/sessions/{i} HTTP/1.1\r\nHost: t\r\n\r\n" for i in ids))
+            for i in ids:
+                assert c.read_response().status == 200
+                r = c.read_response()
+                assert (r.status, r.json()["title"]) == (200, f"Fresh {i}"), r
+    finally:
+        pg.psql("UPDATE sessions SET title = 'Conversation ' || substr(id, 2) "
+                "WHERE id IN ('s11','s12','s13','s14','s15','s16')")
+
+
 def test_a_slot_moved_during_reads_gives_no_wrong_answer(app, cluster, pg):
     b = app()
     ids = [f"s{i}" for i in range(1, 101)]
@@ -372,6 +395,21 @@ def test_near_cache_is_kept_coherent_by_every_primary(app, cluster, pg):
         i = sids[0][1]
         r = local_read(c, f"/v1/sessions/s{i}")
         assert r.json()["title"] in (f"changed {i}", f"Conversation {i}")
+
+
+def test_a_first_subscriber_gets_an_event_published_at_once_on_each_node(app, cluster):
+    """A channel's first subscriber: the answer's head is out, the SSUBSCRIBE
+    may not be confirmed yet; an event published right then is not lost."""
+    b = app()
+    for sid in sids_on_three_nodes(cluster):
+        s = Sse(b.port, sid)
+        try:
+            r = publish(b.port, sid, f"first {sid}")
+            assert r.status == 201, r
+            f = s.events(1)[0]
+            assert (f["id"][0], data_of(f)) == (r.json()["id"], f"first {sid}")
+        finally:
+            s.close()
 
 
 def test_sse_channel_follows_its_slot_to_another_node(app, cluster):
