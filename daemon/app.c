@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "daemon/http/conn.h"
+#include "daemon/http/cors.h"
 #include "daemon/sse/events.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
@@ -73,6 +74,8 @@ static void build_routers(struct app *a, struct router **main_rt, struct router 
 {
     *main_rt = router_new();
     *admin_rt = router_new();
+    if (a->cfg->has_cors)
+        (*main_rt)->cors = cors_new(&a->cfg->cors);
     ops_add_routes(a->server.has_admin ? *admin_rt : *main_rt);
     resource_set_add_routes(a->resources, *main_rt);
     list_set_add_routes(a->lists, *main_rt);
@@ -282,6 +285,7 @@ int app_run(struct config *cfg, const struct app_worker *w)
 
     conn_metrics_init();
     req_metrics_init();
+    cors_metrics_init();
     metrics_gauge_fn("batchd_configs_in_memory", "",
                      "Configurations in memory: the running one, plus replaced ones that a removed resource or "
                      "stream, or a publish in flight, still uses.",

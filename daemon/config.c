@@ -70,6 +70,7 @@ static void *sect_struct(struct config *c, enum cfg_sect sect, int index)
     case SECT_STREAM: return &c->streams[index];
     case SECT_AUTH: return &c->auth;
     case SECT_LIST: return &c->lists[index];
+    case SECT_CORS: return &c->cors;
     default: return NULL;
     }
 }
@@ -138,7 +139,7 @@ static void begin_section(struct loader *ld, char *inner)
         if (strcmp(name, config_sect_names[i]) == 0)
             kind = i;
     if (kind < 0) {
-        error_at(ld, ld->line, "[%s]: unknown section (expected batchd, redis, postgres, upstream, auth, resource NAME, stream NAME or list NAME)", name);
+        error_at(ld, ld->line, "[%s]: unknown section (expected batchd, redis, postgres, upstream, auth, cors, resource NAME, stream NAME or list NAME)", name);
         return;
     }
     bool named = kind == SECT_RESOURCE || kind == SECT_STREAM || kind == SECT_LIST;
@@ -171,6 +172,7 @@ static void begin_section(struct loader *ld, char *inner)
     case SECT_POSTGRES: c->has_postgres = true; break;
     case SECT_UPSTREAM: c->has_upstream = true; break;
     case SECT_AUTH: c->has_auth = true; break;
+    case SECT_CORS: c->has_cors = true; break;
     case SECT_RESOURCE:
         index = (int)c->n_resources++;
         c->resources = mem_realloc(c->resources, c->n_resources * sizeof(*c->resources));
@@ -495,6 +497,16 @@ static void check_cross(struct loader *ld)
                      s->name, (long long)s->client_queue_bytes);
     }
     check_access(ld);
+    int cline = 0;
+    for (unsigned i = 0; i < ld->n_secs; i++)
+        if (ld->secs[i].sect == SECT_CORS)
+            cline = ld->secs[i].line;
+    if (c->has_cors && c->cors.credentials && c->cors.origins.n &&
+        strcmp(c->cors.origins.items[0], "*") == 0)
+        error_at(ld, cline, "[cors] origins: \"*\" cannot go with credentials = yes (browsers refuse it); list the origins");
+    if (c->has_cors && c->cors.credentials && c->cors.headers.n &&
+        strcmp(c->cors.headers.items[0], "*") == 0)
+        error_at(ld, cline, "[cors] headers: \"*\" cannot go with credentials = yes (browsers read it as a header named *); list the headers");
 }
 
 struct config *config_load(const char *path, struct buf *errors)
@@ -576,6 +588,7 @@ static void config_free(struct config *c)
         free(c->streams[i].name);
     }
     release_sect(SECT_AUTH, &c->auth);
+    release_sect(SECT_CORS, &c->cors);
     for (unsigned i = 0; i < c->n_lists; i++) {
         release_sect(SECT_LIST, &c->lists[i]);
         free(c->lists[i].name);

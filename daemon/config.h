@@ -209,6 +209,18 @@ struct cfg_listing {
     int64_t max_cached_pages;   /* pages kept per principal; a full hash is emptied first */
 };
 
+/* [cors]: which web pages on other origins may read batchd's answers
+ * (daemon/http/cors.c). */
+struct cfg_cors {
+    struct cfg_list origins;        /* exact origins, lower case; or the one item "*" */
+    struct cfg_list methods;        /* Access-Control-Allow-Methods */
+    struct cfg_list headers;        /* request headers a page may send; "*": any */
+    struct cfg_list expose_headers; /* answer headers a page may read */
+    int64_t max_age;                /* seconds a preflight may be cached */
+    bool credentials;               /* cookies / Authorization from the page */
+    bool proxied;                   /* also for the app's routes (else left to the app) */
+};
+
 struct config {
     char *file;
     struct cfg_batchd batchd;
@@ -224,6 +236,8 @@ struct config {
     struct cfg_auth auth;
     struct cfg_listing *lists;
     unsigned n_lists;
+    bool has_cors;
+    struct cfg_cors cors;
     unsigned refs;      /* holders: the app (while running), routers, resources, streams */
 };
 

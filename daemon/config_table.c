@@ -6,6 +6,7 @@
  */
 #include "daemon/config_table.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <libpq-fe.h>
 #include <netdb.h>
@@ -29,7 +30,7 @@
 const char *const config_sect_names[SECT__COUNT] = {
     [SECT_BATCHD] = "batchd",     [SECT_REDIS] = "redis",       [SECT_POSTGRES] = "postgres",
     [SECT_UPSTREAM] = "upstream", [SECT_RESOURCE] = "resource", [SECT_STREAM] = "stream",
-    [SECT_AUTH] = "auth",         [SECT_LIST] = "list",
+    [SECT_AUTH] = "auth",         [SECT_LIST] = "list",         [SECT_CORS] = "cors",
 };
 
 #define B(name, type, min, max, def, reload) \
@@ -48,6 +49,8 @@ const char *const config_sect_names[SECT__COUNT] = {
     { SECT_AUTH, #name, type, min, max, def, true, offsetof(struct cfg_auth, name) }
 #define L(name, type, min, max, def) \
     { SECT_LIST, #name, type, min, max, def, true, offsetof(struct cfg_listing, name) }
+#define C(name, type, min, max, def) \
+    { SECT_CORS, #name, type, min, max, def, true, offsetof(struct cfg_cors, name) }
 
 const struct cfg_key config_keys[] = {
     B(listen, CFG_ADDR, 0, 0, "127.0.0.1:8080", false),
@@ -156,6 +159,13 @@ const struct cfg_key config_keys[] = {
     L(invalidate, CFG_PATH_LIST, 0, 0, ""),
     L(max_pages_in_flight, CFG_INT, 1, 1000000, "1000"),
     L(max_cached_pages, CFG_INT, 1, 100000, "100"),
+    C(origins, CFG_ORIGIN_LIST, 0, 0, NULL),
+    C(methods, CFG_TOKEN_LIST, 0, 0, "GET, HEAD, POST"),
+    C(headers, CFG_TOKEN_LIST, 0, 0, "Authorization, Content-Type, Last-Event-ID, If-None-Match"),
+    C(expose_headers, CFG_TOKEN_LIST, 0, 0, "ETag, X-Cache, Server-Timing, Retry-After"),
+    C(max_age, CFG_INT, 0, 86400, "600"),
+    C(credentials, CFG_BOOL, 0, 0, "no"),
+    C(proxied, CFG_BOOL, 0, 0, "no"),
 };
 
 const size_t config_n_keys = sizeof(config_keys) / sizeof(config_keys[0]);
@@ -231,6 +241,8 @@ void config_key_release(const struct cfg_key *k, void *s)
     case CFG_STR_LIST:
     case CFG_PATH_LIST:
     case CFG_CONNINFO_LIST:
+    case CFG_ORIGIN_LIST:
+    case CFG_TOKEN_LIST:
         list_release(FIELD(struct cfg_list, s, k));
         break;
     case CFG_CIDR_LIST: {
@@ -335,11 +347,70 @@ static int add_word(char *item, void *arg, struct buf *why)
     return 0;
 }
 
+#define TCHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~"
+
+/* A method or header name (RFC 9110 token), or "*" alone. */
+static int add_token(char *item, void *arg, struct buf *why)
+{
+    struct cfg_list *l = arg;
+    size_t n = strlen(item);
+    bool star = strcmp(item, "*") == 0;
+    if (!star && (n > 64 || strspn(item, TCHARS) != n)) {
+        buf_appendf(why, "\"%.64s\" is not a method or header name (RFC 9110 token, at most 64 bytes)", item);
+        free(item);
+        return -1;
+    }
+    if ((star && l->n) || (l->n && strcmp(l->items[0], "*") == 0)) {
+        buf_append_str(why, "\"*\" stands alone");
+        free(item);
+        return -1;
+    }
+    list_push(l, item);
+    return 0;
+}
+
+/* A web origin as browsers send it in Origin (RFC 6454): scheme "://" host
+ * [":" port], no path, no user, no trailing '/'; or "*" alone. Kept in
+ * lower case (browsers serialise scheme and host so; compared exactly). */
+static int add_origin(char *item, void *arg, struct buf *why)
+{
+    struct cfg_list *l = arg;
+    if (strcmp(item, "*") == 0 || (l->n && strcmp(l->items[0], "*") == 0)) {
+        if (l->n == 0) {
+            list_push(l, item);
+            return 0;
+        }
+        buf_append_str(why, "\"*\" stands alone (any origin) or is left out");
+        free(item);
+        return -1;
+    }
+    for (char *p = item; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    const char *sep = strstr(item, "://");
+    size_t scheme = sep ? (size_t)(sep - item) : 0;
+    const char *host = sep ? sep + 3 : "";
+    const char *rb = host[0] == '[' ? strchr(host, ']') : NULL; /* an IPv6 literal */
+    size_t hlen = rb ? (size_t)(rb - host) + 1 : host[0] == '[' ? 0 : strcspn(host, ":");
+    const char *port = host + hlen;
+    bool ok = scheme > 0 && strspn(item, "abcdefghijklmnopqrstuvwxyz0123456789+.-") == scheme &&
+              isalpha((unsigned char)item[0]) && strlen(item) <= 255 && hlen > 0 &&
+              strspn(host, rb ? "[]:.0123456789abcdef" : "abcdefghijklmnopqrstuvwxyz0123456789-._") >= hlen &&
+              (*port == '\0' || (port[1] != '\0' && strspn(port + 1, "0123456789") == strlen(port + 1) &&
+                                  strlen(port + 1) <= 5));
+    if (!ok || strcmp(item, "null") == 0) {
+        buf_appendf(why, "\"%.80s\" is not an origin: scheme://host[:port], like https://app.example.com, with no path (\"null\" is never accepted)", item);
+        free(item);
+        return -1;
+    }
+    list_push(l, item);
+    return 0;
+}
+
 /* An HTTP header name: RFC 9110 token characters, at most 64 of them. */
 static int parse_header_name(const char *v, char **out, struct buf *why)
 {
     size_t n = strlen(v);
-    if (n > 64 || strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~") != n) {
+    if (n > 64 || strspn(v, TCHARS) != n) {
         buf_append_str(why, "must be a header name (letters, digits, '-'), at most 64 bytes, or empty for off");
         return -1;
     }
@@ -486,6 +557,10 @@ int config_key_set(const struct cfg_key *k, void *s, const char *v, struct buf *
         return config_each_item(v, add_word, FIELD(struct cfg_list, s, k), why);
     case CFG_PATH_LIST:
         return config_each_item(v, add_path, FIELD(struct cfg_list, s, k), why);
+    case CFG_TOKEN_LIST:
+        return config_each_item(v, add_token, FIELD(struct cfg_list, s, k), why);
+    case CFG_ORIGIN_LIST:
+        return config_each_item(v, add_origin, FIELD(struct cfg_list, s, k), why);
     case CFG_CONNINFO:
         if (check_conninfo(v, why) != 0)
             return -1;
@@ -567,6 +642,8 @@ size_t config_key_size(const struct cfg_key *k)
     case CFG_STR_LIST:
     case CFG_PATH_LIST:
     case CFG_CONNINFO_LIST:
+    case CFG_ORIGIN_LIST:
+    case CFG_TOKEN_LIST:
         return sizeof(struct cfg_list);
     case CFG_CIDR_LIST:
         return sizeof(struct cfg_cidrs);
@@ -605,7 +682,9 @@ bool config_key_equal(const struct cfg_key *k, const void *a, const void *b)
     case CFG_TPL_LIST:
     case CFG_STR_LIST:
     case CFG_PATH_LIST:
-    case CFG_CONNINFO_LIST: {
+    case CFG_CONNINFO_LIST:
+    case CFG_ORIGIN_LIST:
+    case CFG_TOKEN_LIST: {
         const struct cfg_list *x = CFIELD(struct cfg_list, a, k);
         const struct cfg_list *y = CFIELD(struct cfg_list, b, k);
         if (x->n != y->n)

@@ -12,7 +12,7 @@
 #include "proto/buf.h"
 
 enum cfg_sect { SECT_BATCHD, SECT_REDIS, SECT_POSTGRES, SECT_UPSTREAM, SECT_RESOURCE, SECT_STREAM,
-                SECT_AUTH, SECT_LIST, SECT__COUNT };
+                SECT_AUTH, SECT_LIST, SECT_CORS, SECT__COUNT };
 
 enum cfg_type {
     CFG_INT,
@@ -37,6 +37,8 @@ enum cfg_type {
     CFG_ACCESS,     /* public | authenticated | owner (enum cfg_access) */
     CFG_HEADER,     /* an HTTP header name, or empty for "off" */
     CFG_CONNINFO_LIST, /* conninfos separated by ';' (struct cfg_list), each as CFG_CONNINFO */
+    CFG_ORIGIN_LIST,   /* web origins, "https://app.example.com, http://localhost:3000", or "*" */
+    CFG_TOKEN_LIST,    /* HTTP tokens (method or header names), "GET, POST"; "*" allowed */
 };
 
 struct cfg_key {

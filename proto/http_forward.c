@@ -252,6 +252,8 @@ void http_forward_response(const struct http_response *resp, struct http_forward
         str_t n = http_header_name(resp, i), v = http_header_value(resp, i);
         if (IN(n, hop_headers) || named_in_connection(n, &conn))
             continue;
+        if (f->drop_cors && n.len >= 15 && str_eq_ci((str_t){ n.p, 15 }, STR_LIT("access-control-")))
+            continue;
         if (str_eq_ci(n, STR_LIT("via"))) {
             buf_append_str(out, "Via: ");
             buf_append(out, v.p, v.len);
@@ -263,6 +265,8 @@ void http_forward_response(const struct http_response *resp, struct http_forward
     }
     if (!via)
         buf_append_str(out, "Via: 1.1 batchd\r\n");
+    if (f->extra_len)
+        buf_append(out, f->extra, f->extra_len);
     if (f->chunked) {
         buf_append_str(out, "Transfer-Encoding: chunked\r\n");
     } else if (has_length && status >= 200 && status != 204) {

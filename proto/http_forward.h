@@ -47,6 +47,9 @@ struct http_forward_resp {
     bool head_request;          /* the answer is to a HEAD */
     bool client_http10;         /* the client spoke HTTP/1.0 */
     bool close;                 /* say Connection: close */
+    const char *extra;          /* header lines ("Name: v\r\n"...) to add, or NULL */
+    size_t extra_len;
+    bool drop_cors;             /* drop the app's Access-Control-* fields (extra replaces them) */
     /* out */
     bool body_allowed;          /* the client gets body bytes */
     bool chunked;               /* caller frames body pieces as chunks */

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "daemon/http/conn_int.h"
+#include "daemon/http/cors.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 
@@ -150,6 +151,8 @@ static int head_cb(struct http_parser *p, struct http_request *m)
     uint64_t allowed = 0;
     enum router_result rr = router_match(r->router, m->method, m->path, &r->route, &r->params,
                                          &allowed);
+    if (r->router->cors)
+        rr = cors_route(r->router->cors, r->router, r, rr);
     if (rr != ROUTER_FOUND) {
         r->route = NULL;
         r->allowed_methods = rr == ROUTER_BAD_METHOD ? allowed : 0;

@@ -268,7 +268,7 @@ static void build_head(struct req *r, int64_t content_length, bool chunked)
         memcpy(p, r->content_type, cl);
         p += cl;
     }
-    if (content_length >= 0) {
+    if (content_length >= 0 && r->status != 204) { /* RFC 9110 8.6: never on a 204 */
         PUT("\r\nContent-Length: ");
         size_t n = fmt_u64(num, (uint64_t)content_length);
         memcpy(p, num, n);

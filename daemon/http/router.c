@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/http/cors.h"
 #include "proto/mem.h"
 
 struct router *router_new(void)
@@ -110,5 +111,6 @@ void router_unref(struct router *rt)
     for (unsigned i = 0; i < rt->n; i++)
         free(rt->routes[i].pattern);
     free(rt->routes);
+    cors_free(rt->cors);
     free(rt);
 }

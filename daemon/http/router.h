@@ -43,10 +43,13 @@ struct route {
 
 enum router_result { ROUTER_FOUND, ROUTER_NOT_FOUND, ROUTER_BAD_METHOD };
 
+struct cors;
+
 struct router {
     struct route *routes;
     unsigned n;
     struct route fallback;  /* fn NULL: unmatched requests get 404 */
+    struct cors *cors;      /* the [cors] policy of this router's requests, or NULL (owned) */
     unsigned refs;
 };
 

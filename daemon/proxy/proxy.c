@@ -41,6 +41,7 @@
 
 #include "daemon/auth/identity.h"
 #include "daemon/cache/list.h"
+#include "daemon/http/cors.h"
 #include "daemon/http/req.h"
 #include "daemon/log.h"
 #include "daemon/proxy/proxy_int.h"
@@ -326,8 +327,14 @@ static void relay_head(struct proxy *px)
         .client_http10 = r->msg.version_minor == 0,
         .close = req_should_close(r),
     };
-    struct buf h = BUF_INIT;
+    struct buf h = BUF_INIT, cors = BUF_INIT;
+    if (r->router && cors_proxied_headers(r->router->cors, r, &cors)) {
+        f.drop_cors = true;
+        f.extra = cors.data;
+        f.extra_len = cors.len;
+    }
     http_forward_response(resp, &f, &h);
+    buf_deinit(&cors);
     px->resp_frame = !f.body_allowed ? PX_FRAME_NONE : f.chunked ? PX_FRAME_CHUNKED : PX_FRAME_RAW;
     if (f.close_delimited)
         r->close_after = true; /* the body ends when the connection does */

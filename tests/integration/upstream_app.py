@@ -18,6 +18,7 @@ Run:  python3 upstream_app.py PORT [POSTGRES_CONNINFO]
                             the principal batchd forwards in X-Principal (400 without one); 201
   DELETE /api/sessions/{id} DELETE that session; 200 (404 when no row)
   GET /close                answers with Connection: close
+  GET /headers?Name=value   200 with each query parameter as an answer header
   GET /page                 a small HTML page for the browser tests (test_browser.py): its
                             listen(name, url) opens an EventSource and keeps what it sees in
                             streams[name] (got: [lastEventId, data] pairs, opens, errors, states)
@@ -180,6 +181,8 @@ async def handle(reader, writer):
                 writer.write(response(200, PAGE, "text/html; charset=utf-8"))
             elif path == "/stats":
                 writer.write(response(200, json.dumps(STATS).encode()))
+            elif path == "/headers":
+                writer.write(response(200, b"{}", extra=[f"{k}: {v}" for k, v in q.items()]))
             elif path == "/close":
                 writer.write(response(200, b'{"bye":true}', close=True))
                 await writer.drain()
