@@ -184,6 +184,19 @@ static void answers_without_a_body(void **state)
     assert_true(http_status_bodyless(100) && http_status_bodyless(103) && !http_status_bodyless(200));
 }
 
+static void cors_lines_replace_the_apps(void **state)
+{
+    static const char extra[] = "Access-Control-Allow-Origin: https://a.example\r\n";
+    struct http_forward_resp f = { .extra = extra, .extra_len = sizeof(extra) - 1, .drop_cors = true };
+    check_answer("HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\naccess-control-allow-credentials: true\r\n"
+                 "Access-Control: kept\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n", &f,
+                 "HTTP/1.1 200 OK\r\nAccess-Control: kept\r\nX-A: 1\r\nVia: 1.1 batchd\r\n"
+                 "Access-Control-Allow-Origin: https://a.example\r\nContent-Length: 0\r\n\r\n");
+    f = (struct http_forward_resp){ 0 };
+    check_answer("HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 0\r\n\r\n", &f,
+                 "HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nVia: 1.1 batchd\r\nContent-Length: 0\r\n\r\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -192,6 +205,7 @@ int main(void)
         cmocka_unit_test(request_forwarded_headers_need_a_trusted_peer),
         cmocka_unit_test(answer_framing_comes_from_the_parse),
         cmocka_unit_test(answers_without_a_body),
+        cmocka_unit_test(cors_lines_replace_the_apps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
