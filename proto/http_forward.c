@@ -104,6 +104,16 @@ static bool is_forwarding_header(str_t n)
            str_eq_ci(n, STR_LIT("x-forwarded-host")) || str_eq_ci(n, STR_LIT("forwarded"));
 }
 
+const char *http_upgrade_name(enum http_upgrade u)
+{
+    static const char *const names[] = {
+#define X(name, text) text,
+        HTTP_UPGRADES(X)
+#undef X
+    };
+    return names[u];
+}
+
 enum http_upgrade http_request_upgrade(const struct http_request *m, str_t *protocols)
 {
     str_t up = STR_NULL;

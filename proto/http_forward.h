@@ -40,6 +40,7 @@ enum http_upgrade {
 #undef X
 };
 
+const char *http_upgrade_name(enum http_upgrade u);
 /* Classifies m; for HTTP_UPGRADE_OK, *protocols is its Upgrade value. */
 enum http_upgrade http_request_upgrade(const struct http_request *m, str_t *protocols);
 
