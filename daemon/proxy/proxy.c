@@ -729,27 +729,11 @@ static void proxy_handler(struct req *r, void *data)
         req_error(r, 413, "body_too_large");
         return;
     }
-    /* An upgrade request goes on its own connection (upool_acquire), not
-     * the pool's: max_tunnels bounds those. Whatever the app answers, the
-     * client connection is not read as HTTP after it (r->upgrade), and
-     * closes unless the app switches (close_after). */
     str_t offer = STR_NULL;
-    enum http_upgrade up = http_request_upgrade(m, &offer);
-    bool upgrade = up == HTTP_UPGRADE_OK && u->cfg->websocket;
-    if (up != HTTP_UPGRADE_NONE && !upgrade) {
-        tunnel_count(TUNNEL_RESULT_STRIPPED); /* forwarded as plain HTTP, as ever */
-        log_debug("upgrade not tunnelled", "why=%s websocket=%s", http_upgrade_name(up),
-                  u->cfg->websocket ? "yes" : "no");
-    }
-    if (upgrade) {
-        r->upgrade = true;
-        r->close_after = true;
-        if (!tunnel_reserve()) {
-            req_add_header(r, "Retry-After", "1");
-            req_error(r, 503, "too_many_tunnels");
-            return;
-        }
-    }
+    enum tunnel_admit ta = tunnel_admit(r, u->cfg->websocket, &offer);
+    if (ta == TUNNEL_ADMIT_REJECTED)
+        return; /* answered */
+    bool upgrade = ta == TUNNEL_ADMIT_UPGRADE;
     if (!upgrade && upool_full(u)) {
         /* Every connection busy and max_waiting queued already: a bounded
          * wait, not an unbounded pile of requests (and their bodies). */

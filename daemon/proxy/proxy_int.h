@@ -327,13 +327,19 @@ void tunnel_metrics_init(void);
 /* Takes reload-safe settings (websocket, limits); open tunnels follow the
  * new idle timeout and buffer limit. */
 void tunnel_configure(const struct cfg_upstream *cfg);
-/* A place under max_tunnels for an upgrade request until it settles;
- * false (counted as rejected) when there is none. */
-bool tunnel_reserve(void);
+enum tunnel_admit {
+    TUNNEL_ADMIT_PLAIN,    /* no upgrade, or one not tunnelled: Upgrade is dropped */
+    TUNNEL_ADMIT_UPGRADE,  /* forwarded with its Upgrade (*offer); holds a place under
+                            * max_tunnels until tunnel_settle or tunnel_start */
+    TUNNEL_ADMIT_REJECTED, /* over max_tunnels: answered 503 too_many_tunnels */
+};
+/* Decides what becomes of a proxied request's Upgrade (http_request_upgrade,
+ * `websocket`). For an upgrade, the client connection is not read as HTTP
+ * after the request (r->upgrade) and closes unless the app switches
+ * (r->close_after). */
+enum tunnel_admit tunnel_admit(struct req *r, bool websocket, str_t *offer);
 /* The reserved place is given back with the request's result. */
 void tunnel_settle(enum tunnel_result result);
-/* Counts an upgrade request that was not tunnelled (STRIPPED). */
-void tunnel_count(enum tunnel_result result);
 /* The app switched: client (from req_upgrade) and uc's stream become a
  * tunnel, which owns both from now on and closes them. The reserved
  * place becomes an open tunnel. */

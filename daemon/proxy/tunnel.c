@@ -26,8 +26,10 @@
 #include <stdlib.h>
 
 #include "daemon/http/close_reason.h"
+#include "daemon/http/req.h"
 #include "daemon/log.h"
 #include "daemon/proxy/proxy_int.h"
+#include "proto/http_forward.h"
 #include "proto/mem.h"
 
 enum tunnel_side { SIDE_CLIENT, SIDE_APP };
@@ -309,24 +311,32 @@ void tunnel_start(struct stream *client, struct uconn *uc)
 
 /* --- places, settings, metrics ------------------------------------------------------ */
 
-bool tunnel_reserve(void)
+enum tunnel_admit tunnel_admit(struct req *r, bool websocket, str_t *offer)
 {
+    enum http_upgrade up = http_request_upgrade(&r->msg, offer);
+    if (up == HTTP_UPGRADE_NONE)
+        return TUNNEL_ADMIT_PLAIN;
+    if (up != HTTP_UPGRADE_OK || !websocket) {
+        (*m_result[TUNNEL_RESULT_STRIPPED])++; /* forwarded as plain HTTP, as ever */
+        log_debug("upgrade not tunnelled", "why=%s websocket=%s", http_upgrade_name(up),
+                  websocket ? "yes" : "no");
+        return TUNNEL_ADMIT_PLAIN;
+    }
+    r->upgrade = true;
+    r->close_after = true;
     if (n_open + n_pending >= conf.max) {
         (*m_result[TUNNEL_RESULT_REJECTED])++;
-        return false;
+        req_add_header(r, "Retry-After", "1");
+        req_error(r, 503, "too_many_tunnels");
+        return TUNNEL_ADMIT_REJECTED;
     }
     n_pending++;
-    return true;
+    return TUNNEL_ADMIT_UPGRADE;
 }
 
 void tunnel_settle(enum tunnel_result result)
 {
     n_pending--;
-    (*m_result[result])++;
-}
-
-void tunnel_count(enum tunnel_result result)
-{
     (*m_result[result])++;
 }
 
