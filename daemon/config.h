@@ -120,6 +120,10 @@ struct cfg_upstream {
     int64_t request_buffer_bytes;   /* bodies up to this are read whole before a connection is taken */
     bool underscores_in_headers;    /* forward header names with '_' (dropped otherwise) */
     struct cfg_cidrs trusted_proxies; /* peers whose X-Forwarded-* are kept */
+    bool websocket;                 /* Upgrade requests may become tunnels (proxy/tunnel.c) */
+    int64_t tunnel_idle_timeout_ms; /* a tunnel with no byte either way this long is closed */
+    int64_t max_tunnels;            /* tunnels open or being set up; more: 503 */
+    int64_t tunnel_buffer_bytes;    /* per direction, before the tunnel stops reading a side */
 };
 
 struct config;

@@ -101,6 +101,10 @@ const struct cfg_key config_keys[] = {
     U(request_buffer_bytes, CFG_INT, 0, 64 * MB, "65536", true),
     U(underscores_in_headers, CFG_BOOL, 0, 0, "no", true),
     U(trusted_proxies, CFG_CIDR_LIST, 0, 0, "", true),
+    U(websocket, CFG_BOOL, 0, 0, "yes", true),
+    U(tunnel_idle_timeout_ms, CFG_INT, 100, 86400000, "300000", true),
+    U(max_tunnels, CFG_INT, 0, 1000000, "1024", true),
+    U(tunnel_buffer_bytes, CFG_INT, 4 * KB, 64 * MB, "262144", true),
 
     RS(path, CFG_PATH, 0, 0, NULL),
     RS(key, CFG_KEY_TPL, 0, 0, NULL),

@@ -489,6 +489,60 @@ bool http_parser_eof_mid_request(const struct http_parser *p)
     return p->req != NULL;
 }
 
+/* --- upgrade --------------------------------------------------------------- */
+
+/* Calls fn on each element of a comma-separated list, trimmed; an empty
+ * element (",,") counts as one. Stops when fn returns false. */
+static bool list_each(str_t list, bool (*fn)(str_t el, void *arg), void *arg)
+{
+    size_t i = 0;
+    for (;;) {
+        size_t start = i;
+        while (i < list.len && list.p[i] != ',')
+            i++;
+        size_t end = i;
+        while (start < end && (list.p[start] == ' ' || list.p[start] == '\t'))
+            start++;
+        while (end > start && (list.p[end - 1] == ' ' || list.p[end - 1] == '\t'))
+            end--;
+        if (!fn(str_make(list.p + start, end - start), arg))
+            return false;
+        if (i >= list.len)
+            return true;
+        i++; /* the comma */
+    }
+}
+
+static bool protocol_valid(str_t el, void *arg)
+{
+    (void)arg;
+    const char *slash = memchr(el.p, '/', el.len);
+    if (slash == NULL)
+        return http_token_valid(el.p, el.len);
+    size_t n = (size_t)(slash - el.p);
+    return http_token_valid(el.p, n) && http_token_valid(slash + 1, el.len - n - 1);
+}
+
+bool http_upgrade_list_valid(str_t list)
+{
+    return list.len > 0 && list_each(list, protocol_valid, NULL);
+}
+
+static bool differs(str_t el, void *arg)
+{
+    return !str_eq_ci(el, *(const str_t *)arg);
+}
+
+bool http_upgrade_offered(str_t offered, str_t chosen)
+{
+    if (!http_upgrade_list_valid(chosen) || memchr(chosen.p, ',', chosen.len))
+        return false;
+    while (chosen.len > 0 && (chosen.p[0] == ' ' || chosen.p[0] == '\t'))
+        chosen = str_make(chosen.p + 1, chosen.len - 1);
+    /* list_each stops (false) at the element equal to chosen */
+    return !list_each(offered, differs, &chosen);
+}
+
 /* --- response helpers ------------------------------------------------------ */
 
 const char *http_status_reason(int status)

@@ -163,6 +163,15 @@ bool http_token_valid(const char *s, size_t n);
 /* The header's value without trailing spaces and tabs (RFC 9110 5.5). */
 void http_header_trim(struct http_header *h, const char *head);
 
+/* Upgrade (RFC 9110 7.8). A protocol list, "websocket, foo/2": true when
+ * every element is a protocol (a token, optionally "/" and a token) and
+ * there is at least one. */
+bool http_upgrade_list_valid(str_t list);
+/* True when `chosen` (a 101's Upgrade value) is exactly one protocol and
+ * `offered` (the request's Upgrade value, valid) lists it; compared
+ * case-insensitively. */
+bool http_upgrade_offered(str_t offered, str_t chosen);
+
 /* Response helpers. */
 const char *http_status_reason(int status);
 /* "Sun, 06 Nov 1994 08:49:37 GMT" into out (at least 30 bytes); returns the length. */

@@ -104,6 +104,46 @@ static bool is_forwarding_header(str_t n)
            str_eq_ci(n, STR_LIT("x-forwarded-host")) || str_eq_ci(n, STR_LIT("forwarded"));
 }
 
+const char *http_upgrade_name(enum http_upgrade u)
+{
+    static const char *const names[] = {
+#define X(name, text) text,
+        HTTP_UPGRADES(X)
+#undef X
+    };
+    return names[u];
+}
+
+enum http_upgrade http_request_upgrade(const struct http_request *m, str_t *protocols)
+{
+    str_t up = STR_NULL;
+    unsigned n_up = 0;
+    bool conn_upgrade = false;
+    for (uint32_t i = 0; i < m->n_headers; i++) {
+        str_t n = http_header_name(m, i), v = http_header_value(m, i);
+        if (str_eq_ci(n, STR_LIT("upgrade"))) {
+            up = v;
+            n_up++;
+        } else if (str_eq_ci(n, STR_LIT("connection")) && str_list_has_token(v, STR_LIT("upgrade"))) {
+            conn_upgrade = true;
+        }
+    }
+    if (n_up == 0 || !conn_upgrade)
+        return HTTP_UPGRADE_NONE;
+    if (n_up > 1 || !http_upgrade_list_valid(up))
+        return HTTP_UPGRADE_MALFORMED;
+    if (str_list_has_token(up, STR_LIT("h2c")))
+        return HTTP_UPGRADE_H2C;
+    if (m->version_minor == 0)
+        return HTTP_UPGRADE_VERSION;
+    if (m->method != HTTP_GET)
+        return HTTP_UPGRADE_METHOD;
+    if (m->n_content_length > 0 || m->n_transfer_encoding > 0)
+        return HTTP_UPGRADE_BODY;
+    *protocols = up;
+    return HTTP_UPGRADE_OK;
+}
+
 void http_forward_request(const struct http_request *m, struct http_forward_req *f, struct buf *out)
 {
     struct conn_fields conn = { .req = m };
@@ -207,6 +247,11 @@ void http_forward_request(const struct http_request *m, struct http_forward_req 
     buf_append(out, "\r\n", 2);
     if (!via_seen)
         buf_append_str(out, m->version_minor == 0 ? "Via: 1.0 batchd\r\n" : "Via: 1.1 batchd\r\n");
+    if (f->upgrade.len > 0) {
+        buf_append_str(out, "Connection: Upgrade\r\nUpgrade: ");
+        buf_append(out, f->upgrade.p, f->upgrade.len);
+        buf_append(out, "\r\n", 2);
+    }
     if (f->chunked) {
         buf_append_str(out, "Transfer-Encoding: chunked\r\n");
     } else if (m->content_length != HTTP_NO_LENGTH &&
@@ -276,7 +321,13 @@ void http_forward_response(const struct http_response *resp, struct http_forward
         buf_append_u64(out, resp->content_length);
         buf_append(out, "\r\n", 2);
     }
-    if (close)
+    str_t up;
+    if (f->upgrade && status == 101 && http_response_header(resp, "upgrade", &up)) {
+        /* The connection goes on as the tunnel: no close, no keep-alive. */
+        buf_append_str(out, "Connection: Upgrade\r\nUpgrade: ");
+        buf_append(out, up.p, up.len);
+        buf_append(out, "\r\n", 2);
+    } else if (close)
         buf_append_str(out, "Connection: close\r\n");
     else if (f->client_http10)
         buf_append_str(out, "Connection: keep-alive\r\n");

@@ -20,8 +20,34 @@
 #include "proto/http.h"
 #include "proto/http_response.h"
 
+/* Whether a request asks to switch protocols, and whether batchd may let
+ * it (a tunnel, daemon/proxy/tunnel.c). Only the first is tunnelled; the
+ * others are forwarded as plain HTTP with Upgrade dropped, as every
+ * request is when tunnels are off. */
+#define HTTP_UPGRADES(X)                                                               \
+    X(NONE, "none")           /* no Upgrade field, or Connection does not name it */  \
+    X(OK, "ok")               /* GET, HTTP/1.1, no body framing, one valid Upgrade */ \
+    X(H2C, "h2c")             /* HTTP/2 over cleartext: batchd speaks HTTP/1.1 only */ \
+    X(METHOD, "method")       /* not GET */                                           \
+    X(BODY, "body")           /* Content-Length or Transfer-Encoding: the bytes after \
+                               * the head would be both body and tunnel */            \
+    X(VERSION, "version")     /* HTTP/1.0 */                                          \
+    X(MALFORMED, "malformed") /* several Upgrade fields, or not a protocol list */
+
+enum http_upgrade {
+#define X(name, text) HTTP_UPGRADE_##name,
+    HTTP_UPGRADES(X)
+#undef X
+};
+
+const char *http_upgrade_name(enum http_upgrade u);
+/* Classifies m; for HTTP_UPGRADE_OK, *protocols is its Upgrade value. */
+enum http_upgrade http_request_upgrade(const struct http_request *m, str_t *protocols);
+
 struct http_forward_req {
     /* in */
+    str_t upgrade;              /* non-empty: forward this Upgrade value with
+                                 * "Connection: Upgrade" (HTTP_UPGRADE_OK only) */
     const char *peer;           /* the client's address, for X-Forwarded-For */
     bool peer_trusted;          /* keep incoming X-Forwarded-* and Forwarded */
     bool pass_underscores;      /* forward header names containing '_' */
@@ -44,6 +70,8 @@ void http_forward_request(const struct http_request *m, struct http_forward_req 
 
 struct http_forward_resp {
     /* in */
+    bool upgrade;               /* a 101 the request asked for (resp->switching): its
+                                 * Upgrade value goes out with "Connection: Upgrade" */
     bool head_request;          /* the answer is to a HEAD */
     bool client_http10;         /* the client spoke HTTP/1.0 */
     bool close;                 /* say Connection: close */

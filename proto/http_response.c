@@ -158,6 +158,37 @@ static int on_header_value_complete(llhttp_t *ll)
     return 0;
 }
 
+/* A 101 is the end of HTTP on this connection: only for a request that
+ * asked, to a protocol it offered, and never with a body's framing (RFC
+ * 9110 8.6: no Content-Length in a 1xx). Anything else would let the app
+ * turn a connection batchd still reads as HTTP into a tunnel. */
+static int switching_head(struct http_rparser *p, struct http_response *r)
+{
+    llhttp_t *ll = &p->ll;
+    if (!p->upgrade_asked)
+        return fail(p, "101 to a request that did not ask to upgrade");
+    if ((ll->flags & (F_CHUNKED | F_CONTENT_LENGTH | F_TRANSFER_ENCODING)) ||
+        http_response_header(r, "content-length", &(str_t){ 0 }) ||
+        http_response_header(r, "transfer-encoding", &(str_t){ 0 }))
+        return fail(p, "101 with a body");
+    str_t chosen = STR_NULL;
+    unsigned n = 0;
+    for (uint32_t i = 0; i < r->n_headers; i++) {
+        if (str_eq_ci(http_header_name(r, i), STR_LIT("upgrade"))) {
+            chosen = http_header_value(r, i);
+            n++;
+        }
+    }
+    str_t offered = str_make(p->upgrade_offer.data, p->upgrade_offer.len);
+    if (n != 1 || !http_upgrade_offered(offered, chosen))
+        return fail(p, "101 to a protocol not offered");
+    p->interim = false;
+    r->switching = true;
+    ll->flags |= F_SKIPBODY;
+    int rc = p->cbs->head_cb(p, r);
+    return rc == HTTP_PARSER_PAUSE ? HPE_PAUSED : 0;
+}
+
 static int on_headers_complete(llhttp_t *ll)
 {
     struct http_rparser *p = parser_of(ll);
@@ -166,6 +197,8 @@ static int on_headers_complete(llhttp_t *ll)
     r->version_minor = ll->http_minor;
     if (r->status < 100)
         return fail(p, "bad status code"); /* llhttp 8 takes "42"; relayed, a client could not */
+    if (r->status == 101)
+        return switching_head(p, r);
     if (r->status >= 100 && r->status < 200) {
         p->interim = true; /* 100 Continue and friends: not relayed */
         ll->flags |= F_SKIPBODY;
@@ -243,6 +276,7 @@ void http_rparser_init(struct http_rparser *p, const struct http_rparser_cbs *cb
 
 void http_rparser_deinit(struct http_rparser *p)
 {
+    buf_deinit(&p->upgrade_offer);
     http_response_deinit(&p->resp);
 }
 
@@ -251,8 +285,15 @@ void http_rparser_reset(struct http_rparser *p, bool head_request)
     llhttp_reset(&p->ll);
     p->ll.data = p;
     p->head_request = head_request;
-    p->paused = p->failed = p->interim = false;
+    p->paused = p->failed = p->interim = p->upgrade_asked = false;
     p->error = NULL;
+}
+
+void http_rparser_expect_upgrade(struct http_rparser *p, str_t protocols)
+{
+    buf_reset(&p->upgrade_offer);
+    buf_append(&p->upgrade_offer, protocols.p, protocols.len);
+    p->upgrade_asked = true;
 }
 
 size_t http_rparser_execute(struct http_rparser *p, const char *data, size_t len)

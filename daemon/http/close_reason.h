@@ -31,7 +31,10 @@
     X(SSE_OVERLOADED, "sse_overloaded")           /* over max_sse_clients */     \
     X(SSE_UNAVAILABLE, "sse_unavailable")         /* no position or owner yet */ \
     X(UPSTREAM_ERROR, "upstream_error")                                        \
-    X(STREAM_ENDED, "stream_ended")
+    X(STREAM_ENDED, "stream_ended")                                            \
+    X(UPGRADE_REFUSED, "upgrade_refused")         /* the app did not switch */   \
+    X(TUNNEL_CLOSED, "tunnel_closed")             /* was a tunnel: see         \
+                                                   * batchd_tunnel_closes_total */
 
 enum conn_close_reason {
 #define X(name, text) CONN_CLOSE_##name,

@@ -117,6 +117,8 @@ static void conn_read_cb(struct stream *s, const char *data, size_t n)
  * lingering (every reason cleared then). */
 void conn_update_reading(struct conn *c)
 {
+    if (c->state == CONN_TUNNEL)
+        return;
     /* Time batchd spent not reading is not the client's: a request head
      * cut off by a pause gets a fresh header_timeout. */
     if (stream_read_update(&c->s) && c->reading && !c->reading->head_done && c->state == CONN_OPEN)
@@ -161,7 +163,7 @@ static void timer_set(struct conn *c, enum conn_timer_kind kind, uint64_t ms)
 /* Picks the one timeout that applies now. Called after every change. */
 void conn_update_timer(struct conn *c)
 {
-    if (c->state == CONN_CLOSING || c->state == CONN_LINGERING)
+    if (c->state == CONN_CLOSING || c->state == CONN_LINGERING || c->state == CONN_TUNNEL)
         return;
     const struct cfg_batchd *cfg = conn_srv(c)->cfg;
     uint64_t now = uv_now(conn_srv(c)->loop);
@@ -339,6 +341,8 @@ static enum log_level close_log_level(enum conn_close_reason reason)
     case CONN_CLOSE_CONNECTION_CLOSE:
     case CONN_CLOSE_SHUTDOWN:
     case CONN_CLOSE_STREAM_ENDED:
+    case CONN_CLOSE_TUNNEL_CLOSED: /* the tunnel logs its own reason */
+    case CONN_CLOSE_UPGRADE_REFUSED:
         return LOG_DEBUG;
     default:
         return LOG_INFO;

@@ -74,6 +74,8 @@ int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, void (*cb)(void
 int conn_write_copy(struct conn *c, const uv_buf_t *bufs, unsigned n);
 size_t conn_write_queued(const struct conn *c);
 void conn_body_resume(struct conn *c);
+/* req_upgrade's work (req.h): the connection becomes a tunnel's stream. */
+struct stream *conn_req_upgrade(struct conn *c, struct req *r, const struct buf *head);
 /* True once the server is shutting down. */
 bool conn_draining(const struct conn *c);
 /* The peer's address (0 or a negative libuv error), as text ("?" when

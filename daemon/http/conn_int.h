@@ -23,6 +23,8 @@ enum conn_state {
     CONN_LINGERING,     /* write side shut; discarding input briefly so the
                          * client reads our last response before any RST */
     CONN_CLOSING,       /* uv_close issued; freed in the close callback */
+    CONN_TUNNEL,        /* the app switched protocols: the stream belongs to a
+                         * tunnel (proxy/tunnel.c), which closes it */
 };
 
 /* Why reading is stopped (stream pause bits); reading resumes when all
@@ -33,7 +35,9 @@ enum conn_state {
     X(WRITEQ, "write_queue")      /* socket write queue over write_queue_bytes */        \
     X(AT_HEAD, "at_head")         /* a ROUTE_AT_HEAD request waits for its turn */       \
     X(BODY, "body")               /* a streamed body's consumer is full */               \
-    X(DONE, "done")               /* the last request is in (Connection: close, drain) */
+    X(DONE, "done")               /* the last request is in (Connection: close, drain) */ \
+    X(UPGRADE, "upgrade")         /* an upgrade request waits for the app's answer:    \
+                                   * what follows it is no HTTP of ours */
 
 enum conn_pause_bit {
 #define X(name, label) CONN_PAUSE_BIT_##name,

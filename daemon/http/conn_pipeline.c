@@ -199,6 +199,10 @@ static int complete_cb(struct http_parser *p, struct http_request *m)
     c->served_any = true;
     r->body_done = true;
     bool last = !m->keep_alive || c->draining;
+    /* After an upgrade request the client may send the new protocol at
+     * once: those bytes are held, unparsed, for the tunnel, or dropped
+     * with the connection when the app does not switch. */
+    bool upgrade = r->upgrade;
     if (last) {
         r->close_after = true;
         if (c->state == CONN_OPEN) /* else conn_finish stopped reading already: no pause */
@@ -217,6 +221,11 @@ static int complete_cb(struct http_parser *p, struct http_request *m)
         r->body_end_cb(r);
     if (c->state == CONN_CLOSING || last)
         return HTTP_PARSER_PAUSE;
+    if (upgrade) {
+        if (c->state == CONN_OPEN)
+            stream_pause(&c->s, CONN_PAUSE_UPGRADE);
+        return HTTP_PARSER_PAUSE;
+    }
     if (c->n_reqs >= (uint32_t)conn_srv(c)->cfg->max_pipeline) {
         stream_pause(&c->s, CONN_PAUSE_PIPELINE);
         return HTTP_PARSER_PAUSE;
@@ -422,6 +431,26 @@ void conn_req_stream_done(struct conn *c, struct req *r, bool close_conn,
         conn_finish(c, reason);
     }
     conn_flush(c);
+}
+
+struct stream *conn_req_upgrade(struct conn *c, struct req *r, const struct buf *head)
+{
+    if (c->state != CONN_OPEN || c->draining || !r->upgrade || conn_head(c) != r || c->n_reqs != 1 ||
+        c->reading != NULL || !r->body_done)
+        return NULL;
+    dequeue(c);
+    r->status = 101;
+    r->bytes_out = head->len;
+    req_observe(r);
+    req_put(r);
+    c->state = CONN_TUNNEL;
+    uv_timer_stop(&c->timer);
+    c->timer_kind = CONN_TIMER_NONE;
+    /* Copied: the caller's buffer goes when this returns. A failure closes
+     * the connection (still its own kind): the caller sees it closing. */
+    uv_buf_t b = uv_buf_init(head->data, (unsigned)head->len);
+    (void)conn_write_bufs(c, &b, 1, STREAM_COPY, NULL, NULL);
+    return &c->s;
 }
 
 void conn_req_abort(struct conn *c, struct req *r, enum conn_close_reason reason)

@@ -555,6 +555,13 @@ void req_stream_abort(struct req *r, enum conn_close_reason reason)
     conn_req_abort(c, r, reason);
 }
 
+struct stream *req_upgrade(struct req *r, const struct buf *head)
+{
+    if (r->conn == NULL)
+        return NULL;
+    return conn_req_upgrade(r->conn, r, head);
+}
+
 void req_body_resume(struct req *r)
 {
     if (r->conn)

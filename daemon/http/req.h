@@ -82,6 +82,9 @@ struct req {
     bool stream_chunked;        /* streamed response uses chunked framing */
     bool head_pending;          /* a streamed head not written yet (goes with the first piece) */
     bool deferred;              /* read in full, waiting for the answers ahead of it */
+    bool upgrade;               /* asks to switch protocols and may: once read, nothing
+                                 * after it is parsed as HTTP (the handler sets it, with
+                                 * close_after for the answers that do not switch) */
     const struct route *route;
     struct router *router;      /* reference held while the request lives */
     struct url_params params;
@@ -221,6 +224,18 @@ void req_stream_end(struct req *r);
 void req_stream_end_reason(struct req *r, enum conn_close_reason reason);
 /* Ends the response and closes the connection at once with the reason. */
 void req_stream_abort(struct req *r, enum conn_close_reason reason);
+
+/* The app switched protocols for an upgrade request (r->upgrade, read in
+ * full, the only one on its connection): the connection writes `head` (the
+ * 101), frees r, stops being HTTP and returns its stream, whose owner the
+ * caller becomes (it switches the stream's kind; the stream's held bytes
+ * are what the client sent after the request). The client's memory stays
+ * until the stream's closed_cb, which the caller must pass on to the kind
+ * it replaced, as close_cb (with a conn_close_reason). NULL when the
+ * connection cannot switch (draining, closing): r is untouched then.
+ * The returned stream may be closing already (the write failed): the
+ * caller then lets it go. */
+struct stream *req_upgrade(struct req *r, const struct buf *head);
 
 /* Streamed request bodies: resume reading after body_cb paused. */
 void req_body_resume(struct req *r);

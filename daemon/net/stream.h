@@ -102,7 +102,8 @@ struct stream_kind {
 
 struct stream {
     uv_tcp_t tcp;               /* first: libuv's callbacks find the stream from it */
-    const struct stream_kind *kind;
+    const struct stream_kind *kind; /* the owner may switch it (a tunnel takes over) */
+    void *owner;                /* for owners that do not embed the stream, or NULL */
     uv_handle_t *companion;     /* closed with the stream, or NULL */
     char *held;                 /* input the parser has not taken yet */
     uint32_t held_len, held_off;

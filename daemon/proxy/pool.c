@@ -36,6 +36,12 @@ static const char *const uc_close_names[] = {
 
 static void next_waiter(struct upstream *u);
 
+/* Connections that count against pool_size: not an upgrade request's. */
+static unsigned pooled(const struct upstream *u)
+{
+    return u->n_conns - u->n_outside;
+}
+
 /* --- deadlines --------------------------------------------------------------- */
 
 /* On the list iff linked: tqe_prev is cleared on removal. */
@@ -103,6 +109,8 @@ static void uconn_closed_cb(struct stream *s)
     struct uconn *uc = (struct uconn *)s;
     struct upstream *u = uc->up;
     http_rparser_deinit(&uc->parser);
+    if (uc->outside)
+        u->n_outside--;
     free(uc);
     u->n_conns--;
     if (!u->freeing)
@@ -129,7 +137,7 @@ static void uconn_release(struct uconn *uc, bool keep)
 {
     struct upstream *u = uc->up;
     uc->px = NULL;
-    if (!keep || u->freeing || stream_held_any(&uc->s)) {
+    if (!keep || u->freeing || stream_held_any(&uc->s) || uc->outside) {
         upool_close(uc, u->freeing ? UC_CLOSE_POOL_CLOSED : UC_CLOSE_NOT_REUSABLE);
         return;
     }
@@ -309,6 +317,10 @@ static bool upool_connect_for(struct upstream *u, struct proxy *px)
     struct uconn *uc = uconn_connect(u);
     if (uc == NULL)
         return false;
+    if (px->upgrade) {
+        uc->outside = true;
+        u->n_outside++;
+    }
     uconn_bind(uc, px);
     px->state = PX_CONNECTING;
     return true;
@@ -325,12 +337,21 @@ bool upool_retry(struct proxy *px, enum px_error kind)
 
 bool upool_full(const struct upstream *u)
 {
-    return LIST_EMPTY(&u->idle) && u->n_conns >= (unsigned)u->cfg->pool_size &&
+    return LIST_EMPTY(&u->idle) && pooled(u) >= (unsigned)u->cfg->pool_size &&
            u->n_waiting >= (unsigned)u->cfg->max_waiting;
 }
 
 void upool_acquire(struct upstream *u, struct proxy *px)
 {
+    if (px->upgrade) {
+        /* A connection of its own, never from or back to the pool: the app
+         * may switch it to another protocol, and a tunnel must not hold a
+         * place the pool's requests need (max_tunnels bounds them). */
+        px->attempt = PX_ATTEMPT_FRESH;
+        if (!upool_connect_for(u, px))
+            px->ops->fail(px, PX_ERR_REFUSED);
+        return;
+    }
     struct uconn *uc = LIST_FIRST(&u->idle);
     if (uc) {
         LIST_REMOVE(uc, link);
@@ -341,7 +362,7 @@ void upool_acquire(struct upstream *u, struct proxy *px)
         px->ops->ready(px);
         return;
     }
-    if (u->n_conns < (unsigned)u->cfg->pool_size) {
+    if (pooled(u) < (unsigned)u->cfg->pool_size) {
         px->attempt = PX_ATTEMPT_FRESH;
         if (!upool_connect_for(u, px))
             px->ops->fail(px, PX_ERR_REFUSED);
@@ -374,7 +395,7 @@ static void next_waiter(struct upstream *u)
 {
     struct proxy *px;
     while ((px = TAILQ_FIRST(&u->waiting)) &&
-           (!LIST_EMPTY(&u->idle) || u->n_conns < (unsigned)u->cfg->pool_size)) {
+           (!LIST_EMPTY(&u->idle) || pooled(u) < (unsigned)u->cfg->pool_size)) {
         upool_wait_remove(u, px);
         upool_acquire(u, px);
     }
@@ -432,6 +453,8 @@ struct upstream *upstream_new(uv_loop_t *loop, const struct cfg_upstream *cfg,
     };
     proxy_metrics_init(u);
     subrequest_metrics_init(u);
+    tunnel_metrics_init();
+    tunnel_configure(cfg);
     uv_timer_init(loop, &u->sweep);
     u->sweep.data = u;
     uv_timer_start(&u->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
@@ -444,6 +467,7 @@ void upstream_configure(struct upstream *u, const struct cfg_upstream *cfg,
 {
     u->cfg = cfg;
     u->resources = resources;
+    tunnel_configure(cfg);
 }
 
 void upstream_free(struct upstream *u)

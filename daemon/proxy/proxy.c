@@ -89,7 +89,12 @@ static double gauge_idle(void *arg)
 static double gauge_busy(void *arg)
 {
     struct upstream *u = arg;
-    return u->n_conns - u->n_idle;
+    return u->n_conns - u->n_idle - u->n_outside;
+}
+
+static double gauge_outside(void *arg)
+{
+    return ((struct upstream *)arg)->n_outside;
 }
 
 static double gauge_waiting(void *arg)
@@ -137,6 +142,8 @@ void proxy_metrics_init(struct upstream *u)
                      gauge_idle, u);
     metrics_gauge_fn("batchd_upstream_connections", "state=\"busy\"", "Connections to the app server.",
                      gauge_busy, u);
+    metrics_gauge_fn("batchd_upstream_connections", "state=\"upgrade\"", "Connections to the app server.",
+                     gauge_outside, u);
     metrics_gauge_fn("batchd_upstream_waiting", "", "Requests waiting for a free pool connection.",
                      gauge_waiting, u);
 }
@@ -169,12 +176,24 @@ static void resume_client_if_drained(struct proxy *px)
         resume_client(px, px->r);
 }
 
+/* An upgrade request's place under max_tunnels goes back, with how it
+ * ended (once). */
+static void px_tunnel_settle(struct proxy *px, enum tunnel_result result)
+{
+    if (px->tunnel_held) {
+        px->tunnel_held = false;
+        tunnel_settle(result);
+    }
+}
+
 /* Frees the proxy once nothing refers to it any more: its request, its
  * connection and pending invalidations. */
 static void px_maybe_free(struct proxy *px)
 {
     if (px->state != PX_DONE || px->r || px->uc || px->inval_pending)
         return;
+    px_tunnel_settle(px, TUNNEL_RESULT_FAILED);
+    buf_deinit(&px->upgrade_offer);
     upool_deadline_remove(px);
     while (!STAILQ_EMPTY(&px->queue)) { /* never sent */
         struct piece *pc = STAILQ_FIRST(&px->queue);
@@ -200,6 +219,7 @@ static void client_abort_cb(struct req *r)
 {
     struct proxy *px = r->hdata;
     px_forget_identity(px);
+    px_tunnel_settle(px, TUNNEL_RESULT_FAILED);
     px->r = NULL;
     upool_leave(px, UC_CLOSE_CLIENT_GONE);
     px->state = PX_DONE;
@@ -227,8 +247,12 @@ static struct req *px_take_req(struct proxy *px)
 
 static void px_end_client(struct proxy *px)
 {
+    bool upgrade = px->upgrade;
     struct req *r = px_take_req(px);
-    req_stream_end(r);
+    /* An upgrade the app refused: the connection closes after the answer
+     * (r->close_after), and what the client sent after the request, held
+     * unread, goes with it: it may be the new protocol's bytes. */
+    req_stream_end_reason(r, upgrade ? CONN_CLOSE_UPGRADE_REFUSED : CONN_CLOSE_STREAM_ENDED);
     px_maybe_free(px);
 }
 
@@ -286,6 +310,7 @@ static void proxy_fail(struct proxy *px, enum px_error kind)
     if (px->body == PX_BODY_NONE && px->r && method_idempotent(px->r->msg.method) && upool_retry(px, kind))
         return;
     (*u->m_err[kind])++;
+    px_tunnel_settle(px, TUNNEL_RESULT_FAILED);
     if (px->uc) {
         upool_close(px->uc, uc_close_for[kind]);
         px->uc = NULL;
@@ -382,6 +407,43 @@ static void list_inval_done_cb(void *ctx, int err)
     inval_settled(ctx);
 }
 
+/* The app switched protocols (the parser checked the 101 against what the
+ * request offered): the client gets the 101 and both sockets go to a
+ * tunnel. The request and px end here; uc's parser stays paused for good
+ * (the bytes after the 101 are the tunnel's). */
+static void switch_protocols(struct proxy *px, struct uconn *uc)
+{
+    struct http_forward_resp f = { .upgrade = true };
+    struct buf h = BUF_INIT;
+    http_forward_response(&uc->parser.resp, &f, &h);
+    struct req *r = px->r;
+    struct stream *cs = r ? req_upgrade(r, &h) : NULL;
+    buf_deinit(&h);
+    upool_deadline_remove(px);
+    px->uc = NULL;
+    uc->px = NULL;
+    if (cs == NULL) {
+        /* The client left, or batchd is draining: the app's side of a
+         * switch no one will use is closed. */
+        upool_close(uc, UC_CLOSE_CLIENT_GONE);
+        px_tunnel_settle(px, TUNNEL_RESULT_FAILED);
+        if (r) {
+            px_take_req(px);
+            req_error(r, 503, "shutting_down");
+        }
+        px->state = PX_DONE;
+        px_maybe_free(px);
+        return;
+    }
+    /* req_upgrade freed r: nothing of the request may be touched again. */
+    px_forget_identity(px);
+    px->r = NULL;
+    px->state = PX_DONE;
+    px->tunnel_held = false; /* the place is the tunnel's now */
+    tunnel_start(cs, uc);
+    px_maybe_free(px);
+}
+
 static int rhead_cb(struct http_rparser *p, struct http_response *resp)
 {
     struct uconn *uc = p->data;
@@ -394,6 +456,11 @@ static int rhead_cb(struct http_rparser *p, struct http_response *resp)
     upool_deadline_remove(px); /* back on once the answer is relayed */
     metrics_observe(px->up->m_latency, (double)(uv_hrtime() - px->start_ns) / 1e9);
     (*px->up->m_status[(resp->status / 100 - 1) % 5])++;
+    if (resp->switching) {
+        switch_protocols(px, uc);
+        return HTTP_PARSER_PAUSE;
+    }
+    px_tunnel_settle(px, TUNNEL_RESULT_REFUSED);
     if ((px->n_matches || px->list_writes) && resp->status >= 200 && resp->status < 300) {
         /* The write succeeded: delete the cached copies before the client
          * sees the answer, so it reads its own write. */
@@ -515,6 +582,8 @@ static void proxy_conn_ready(struct proxy *px)
 {
     struct uconn *uc = px->uc;
     http_rparser_reset(&uc->parser, px->r && px->r->msg.method == HTTP_HEAD);
+    if (px->upgrade)
+        http_rparser_expect_upgrade(&uc->parser, str_make(px->upgrade_offer.data, px->upgrade_offer.len));
     px->state = PX_SENDING;
     uv_buf_t h = uv_buf_init(px->head.data, (unsigned)px->head.len);
     px_send(px, &h, 1);
@@ -618,6 +687,7 @@ static void build_request_head(struct proxy *px, struct req *r)
         .pass_underscores = u->cfg->underscores_in_headers,
         .default_host = u->cfg->url.host,
         .proto = "http",
+        .upgrade = px->upgrade ? str_make(px->upgrade_offer.data, px->upgrade_offer.len) : STR_NULL,
     };
     f.strip_header = identity_forward_header();
     http_forward_request(&r->msg, &f, &px->head);
@@ -659,7 +729,12 @@ static void proxy_handler(struct req *r, void *data)
         req_error(r, 413, "body_too_large");
         return;
     }
-    if (upool_full(u)) {
+    str_t offer = STR_NULL;
+    enum tunnel_admit ta = tunnel_admit(r, u->cfg->websocket, &offer);
+    if (ta == TUNNEL_ADMIT_REJECTED)
+        return; /* answered */
+    bool upgrade = ta == TUNNEL_ADMIT_UPGRADE;
+    if (!upgrade && upool_full(u)) {
         /* Every connection busy and max_waiting queued already: a bounded
          * wait, not an unbounded pile of requests (and their bodies). */
         (*u->m_err_busy)++;
@@ -671,6 +746,10 @@ static void proxy_handler(struct req *r, void *data)
     px->ops = &proxy_ops;
     px->r = r;
     px->up = u;
+    if (upgrade) {
+        px->upgrade = px->tunnel_held = true;
+        buf_append(&px->upgrade_offer, offer.p, offer.len);
+    }
     px->start_ns = uv_hrtime();
     STAILQ_INIT(&px->queue);
     bool has_body = m->chunked || (m->content_length != HTTP_NO_LENGTH && m->content_length > 0);

@@ -169,6 +169,10 @@ struct proxy {
     struct identity_wait *idw;  /* the principal being looked up (forward auth) */
     bool id_pending;            /* ... so the head waits: no principal header yet */
     bool start_wanted;          /* px_start was called while id_pending */
+    bool upgrade;               /* forwarded with its Upgrade: on a connection of its own,
+                                 * and a 101 may turn it into a tunnel (tunnel.c) */
+    bool tunnel_held;           /* holds a place under max_tunnels (tunnel_reserve) */
+    struct buf upgrade_offer;   /* the protocols it offered, for the answer's parser */
     uint64_t deadline_ms;       /* the app must make progress by then */
     TAILQ_ENTRY(proxy) wait_link; /* the pool's line, while PX_WAITING */
     TAILQ_ENTRY(proxy) dl_link;   /* the pool's deadline list, oldest first */
@@ -205,7 +209,9 @@ enum uc_state { UC_CONNECTING, UC_IDLE, UC_BUSY, UC_CLOSING };
     X(CLIENT_GONE, "client_gone")           /* or a sub-request was cancelled */     \
     X(ANSWER_TOO_LARGE, "answer_too_large") /* a sub-request's answer body */        \
     X(BODY_TOO_LARGE, "body_too_large")     /* the client's body, mid-stream */      \
-    X(POOL_CLOSED, "pool_closed")
+    X(POOL_CLOSED, "pool_closed")                                                    \
+    X(TUNNEL_CLOSED, "tunnel_closed")       /* was a tunnel: see                     \
+                                             * batchd_tunnel_closes_total */
 
 enum uc_close_reason {
 #define X(name, text) UC_CLOSE_##name,
@@ -231,6 +237,8 @@ struct uconn {
     unsigned served;            /* times put back in the idle list */
     bool complete;              /* complete_cb ran during this parse */
     bool keep;                  /* ... and the connection may be reused */
+    bool outside;               /* an upgrade request's own: not counted in pool_size,
+                                 * never pooled */
     LIST_ENTRY(uconn) link;     /* the idle or the connecting list */
     uint64_t connect_deadline;  /* while connecting */
 };
@@ -246,6 +254,7 @@ struct upstream {
     struct uconn_list idle;     /* most recently used first */
     struct uconn_list connecting; /* connects in progress, for connect_timeout_ms */
     unsigned n_conns, n_idle;
+    unsigned n_outside;         /* of n_conns, upgrade requests' and tunnels' */
     struct proxy_list waiting;  /* requests in line for a connection, oldest first */
     unsigned n_waiting;
     struct proxy_list deadlines; /* requests the app owes progress, oldest first */
@@ -295,6 +304,46 @@ void upool_deadline_touch(struct proxy *px);
 /* --- proxy.c and subrequest.c, for pool.c ---------------------------------- */
 
 extern const struct px_ops proxy_ops;
+
+/* --- tunnel.c, for proxy.c and pool.c ---------------------------------------- */
+
+/* How an upgrade request ended, for batchd_tunnels_total{result}. */
+#define TUNNEL_RESULTS(X)                                                                \
+    X(SWITCHED, "switched")     /* the app answered 101: a tunnel */                     \
+    X(REFUSED, "refused")       /* the app answered otherwise: relayed, then closed */  \
+    X(FAILED, "failed")         /* no answer (connect, reset, timeout, a bad 101),      \
+                                 * or the client left first */                          \
+    X(REJECTED, "rejected")     /* over max_tunnels: 503 too_many_tunnels */            \
+    X(STRIPPED, "stripped")     /* not eligible (h2c, a body, not GET, HTTP/1.0) or     \
+                                 * websocket = no: forwarded as plain HTTP */
+
+enum tunnel_result {
+#define X(name, text) TUNNEL_RESULT_##name,
+    TUNNEL_RESULTS(X)
+#undef X
+};
+
+void tunnel_metrics_init(void);
+/* Takes reload-safe settings (websocket, limits); open tunnels follow the
+ * new idle timeout and buffer limit. */
+void tunnel_configure(const struct cfg_upstream *cfg);
+enum tunnel_admit {
+    TUNNEL_ADMIT_PLAIN,    /* no upgrade, or one not tunnelled: Upgrade is dropped */
+    TUNNEL_ADMIT_UPGRADE,  /* forwarded with its Upgrade (*offer); holds a place under
+                            * max_tunnels until tunnel_settle or tunnel_start */
+    TUNNEL_ADMIT_REJECTED, /* over max_tunnels: answered 503 too_many_tunnels */
+};
+/* Decides what becomes of a proxied request's Upgrade (http_request_upgrade,
+ * `websocket`). For an upgrade, the client connection is not read as HTTP
+ * after the request (r->upgrade) and closes unless the app switches
+ * (r->close_after). */
+enum tunnel_admit tunnel_admit(struct req *r, bool websocket, str_t *offer);
+/* The reserved place is given back with the request's result. */
+void tunnel_settle(enum tunnel_result result);
+/* The app switched: client (from req_upgrade) and uc's stream become a
+ * tunnel, which owns both from now on and closes them. The reserved
+ * place becomes an open tunnel. */
+void tunnel_start(struct stream *client, struct uconn *uc);
 void proxy_metrics_init(struct upstream *u);
 void subrequest_metrics_init(struct upstream *u);
 

@@ -20,6 +20,9 @@
  *   - framing from batchd's own parse: Transfer-Encoding: chunked iff
  *     f.chunked iff the request was chunked, else the parsed Content-Length
  *     (or none for an empty body); never both, never two of either;
+ *   - an upgrade request (http_request_upgrade OK) goes with one
+ *     "Connection: Upgrade" and its Upgrade value, and reads as the same
+ *     upgrade again; any other never reads as an upgrade request;
  *   - method, path and query as parsed; no hop-by-hop header, none the
  *     Connection header named, none with '_' unless asked, not the stripped
  *     one, no X-Forwarded-* or Forwarded from an untrusted peer;
@@ -205,7 +208,7 @@ static int again_head_cb(struct http_parser *p, struct http_request *m)
             host = http_header_value(o, i);
     if (host.len == 0 && f->default_host)
         host = str_cstr(f->default_host);
-    unsigned n_host = 0, n_xff = 0, n_via = 0, n_xfp = 0, n_xfh = 0;
+    unsigned n_host = 0, n_xff = 0, n_via = 0, n_xfp = 0, n_xfh = 0, n_up = 0, n_conn = 0;
     str_t last_via = STR_NULL;
     for (uint32_t i = 0; i < m->n_headers; i++) {
         str_t n = http_header_name(m, i), v = http_header_value(m, i);
@@ -233,6 +236,12 @@ static int again_head_cb(struct http_parser *p, struct http_request *m)
             CHECK(f->peer_trusted);
         } else if (str_eq_ci(n, STR_LIT("transfer-encoding"))) {
             CHECK(str_eq(v, STR_LIT("chunked")));
+        } else if (f->upgrade.len && str_eq_ci(n, STR_LIT("upgrade"))) {
+            n_up++;
+            CHECK(str_eq(v, f->upgrade));
+        } else if (f->upgrade.len && str_eq_ci(n, STR_LIT("connection"))) {
+            n_conn++;
+            CHECK(str_eq(v, STR_LIT("Upgrade")));
         } else if (!str_eq_ci(n, STR_LIT("content-length"))) {
             CHECK(!name_in(n, hop_by_hop, COUNT(hop_by_hop)));
             CHECK(!str_eq_ci(n, STR_LIT("expect")));
@@ -242,6 +251,14 @@ static int again_head_cb(struct http_parser *p, struct http_request *m)
         }
     }
     CHECK(n_host == 1 && n_xff == 1 && n_xfp == 1 && n_xfh == 1);
+    str_t again_offer = STR_NULL;
+    enum http_upgrade up = http_request_upgrade(m, &again_offer);
+    if (f->upgrade.len) {
+        CHECK(n_up == 1 && n_conn == 1);
+        CHECK(up == HTTP_UPGRADE_OK && str_eq(again_offer, f->upgrade));
+    } else {
+        CHECK(up == HTTP_UPGRADE_NONE);
+    }
     /* Via may be sent as several fields; batchd's entry ends the list. */
     CHECK(n_via >= 1 && ends_with(last_via, o->version_minor == 0 ? "1.0 batchd" : "1.1 batchd"));
     if (f->peer_trusted)
@@ -299,6 +316,9 @@ static int req_head_cb(struct http_parser *p, struct http_request *m)
         .proto = "http",
         .strip_header = strip_choices[(o >> 4) & 3],
     };
+    str_t offer = STR_NULL; /* as the daemon does with websocket = yes */
+    if (http_request_upgrade(m, &offer) == HTTP_UPGRADE_OK)
+        f.upgrade = offer;
     start_head(&c->out);
     http_forward_request(m, &f, &c->out);
     size_t len;

@@ -116,6 +116,82 @@ static void request_forwarded_headers_need_a_trusted_peer(void **state)
     assert_int_equal(f.dropped_forwarded + f.dropped_underscore, 0);
 }
 
+/* Parses raw's head and classifies its upgrade. */
+static enum http_upgrade classify(const char *raw, str_t *protocols)
+{
+    struct rctx c = { 0 };
+    http_request_init(&c.m);
+    struct http_parser p;
+    http_parser_init(&p, &rcbs, &limits, &c);
+    http_parser_execute(&p, raw, strlen(raw));
+    assert_false(p.failed);
+    *protocols = STR_NULL;
+    enum http_upgrade u = http_request_upgrade(&c.m, protocols);
+    if (u == HTTP_UPGRADE_OK) { /* copied out before the request goes */
+        static char keep[64];
+        assert_true(protocols->len < sizeof(keep));
+        memcpy(keep, protocols->p, protocols->len);
+        protocols->p = keep;
+    }
+    http_request_deinit(&c.m);
+    return u;
+}
+
+static void request_upgrades_are_classified(void **state)
+{
+    str_t pr;
+    assert_int_equal(classify("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n"
+                              "Upgrade: websocket\r\n\r\n", &pr), HTTP_UPGRADE_OK);
+    assert_str_eq(pr, "websocket");
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo/2, bar\r\n\r\n",
+                              &pr), HTTP_UPGRADE_OK);
+    assert_str_eq(pr, "foo/2, bar");
+    /* Without the connection option it is only a header: dropped as before. */
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n", &pr), HTTP_UPGRADE_NONE);
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n", &pr), HTTP_UPGRADE_NONE);
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                              "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n", &pr), HTTP_UPGRADE_H2C);
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket, H2C\r\n\r\n",
+                              &pr), HTTP_UPGRADE_H2C);
+    assert_int_equal(classify("POST / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", &pr),
+                     HTTP_UPGRADE_METHOD);
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+                              "Content-Length: 0\r\n\r\n", &pr), HTTP_UPGRADE_BODY);
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+                              "Transfer-Encoding: chunked\r\n\r\n", &pr), HTTP_UPGRADE_BODY);
+    assert_int_equal(classify("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", &pr),
+                     HTTP_UPGRADE_VERSION);
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+                              "Upgrade: foo\r\n\r\n", &pr), HTTP_UPGRADE_MALFORMED);
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: web socket\r\n\r\n",
+                              &pr), HTTP_UPGRADE_MALFORMED);
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: a,,b\r\n\r\n", &pr),
+                     HTTP_UPGRADE_MALFORMED);
+    assert_int_equal(classify("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: a/\r\n\r\n", &pr),
+                     HTTP_UPGRADE_MALFORMED);
+    /* A 101's choice must be one protocol the request offered. */
+    assert_true(http_upgrade_offered(STR_LIT("websocket"), STR_LIT("WebSocket")));
+    assert_true(http_upgrade_offered(STR_LIT("foo/2, bar"), STR_LIT("bar")));
+    assert_false(http_upgrade_offered(STR_LIT("foo/2, bar"), STR_LIT("foo")));
+    assert_false(http_upgrade_offered(STR_LIT("websocket"), STR_LIT("websocket, h2c")));
+    assert_false(http_upgrade_offered(STR_LIT("websocket"), STR_LIT("")));
+}
+
+static void request_upgrade_is_forwarded_when_asked(void **state)
+{
+    const char *raw = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"
+                      "Sec-WebSocket-Key: k\r\n\r\n";
+    struct http_forward_req f = { .peer = "10.1.1.1" };
+    check_request(raw, &f,
+                  "GET /ws HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.1.1\r\nSec-WebSocket-Key: k\r\n"
+                  "X-Forwarded-Proto: http\r\nX-Forwarded-Host: x\r\nVia: 1.1 batchd\r\n\r\n");
+    f = (struct http_forward_req){ .peer = "10.1.1.1", .upgrade = STR_LIT("websocket") };
+    check_request(raw, &f,
+                  "GET /ws HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.1.1\r\nSec-WebSocket-Key: k\r\n"
+                  "X-Forwarded-Proto: http\r\nX-Forwarded-Host: x\r\nVia: 1.1 batchd\r\n"
+                  "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+}
+
 /* --- answers ---------------------------------------------------------------------- */
 
 static int rhead_cb(struct http_rparser *p, struct http_response *r)
@@ -137,12 +213,15 @@ static int rcomplete_cb(struct http_rparser *p, struct http_response *r)
 
 static const struct http_rparser_cbs acbs = { rhead_cb, rbody_cb, rcomplete_cb };
 
-static void check_answer(const char *raw, struct http_forward_resp *f, const char *want)
+static void check_answer_to(const char *raw, const char *upgrade, struct http_forward_resp *f,
+                            const char *want)
 {
     bool head = false;
     struct http_rparser p;
     http_rparser_init(&p, &acbs, 4096, &head);
     http_rparser_reset(&p, f->head_request);
+    if (upgrade)
+        http_rparser_expect_upgrade(&p, str_cstr(upgrade));
     http_rparser_execute(&p, raw, strlen(raw));
     assert_false(p.failed);
     assert_true(head);
@@ -151,6 +230,21 @@ static void check_answer(const char *raw, struct http_forward_resp *f, const cha
     assert_str_eq(str_make(out.data, out.len), want);
     buf_deinit(&out);
     http_rparser_deinit(&p);
+}
+
+static void check_answer(const char *raw, struct http_forward_resp *f, const char *want)
+{
+    check_answer_to(raw, NULL, f, want);
+}
+
+static void switching_answer_keeps_its_upgrade(void **state)
+{
+    struct http_forward_resp f = { .upgrade = true, .close = true };
+    check_answer_to("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade, x-hop\r\n"
+                    "X-Hop: 1\r\nSec-WebSocket-Accept: a=\r\nKeep-Alive: 5\r\n\r\n", "websocket", &f,
+                    "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: a=\r\nVia: 1.1 batchd\r\n"
+                    "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert_false(f.body_allowed || f.chunked || f.close_delimited);
 }
 
 static void answer_framing_comes_from_the_parse(void **state)
@@ -203,6 +297,9 @@ int main(void)
         cmocka_unit_test(request_framing_comes_from_the_parse),
         cmocka_unit_test(request_host_and_target_are_normalised),
         cmocka_unit_test(request_forwarded_headers_need_a_trusted_peer),
+        cmocka_unit_test(request_upgrades_are_classified),
+        cmocka_unit_test(request_upgrade_is_forwarded_when_asked),
+        cmocka_unit_test(switching_answer_keeps_its_upgrade),
         cmocka_unit_test(answer_framing_comes_from_the_parse),
         cmocka_unit_test(answers_without_a_body),
         cmocka_unit_test(cors_lines_replace_the_apps),

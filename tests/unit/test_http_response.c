@@ -430,6 +430,98 @@ static void test_bad_header_name_fails(void **state)
     ctx_free(c);
 }
 
+/* --- 101: the end of HTTP on the connection ------------------------------- */
+
+struct sw {
+    int heads;
+    bool switching;
+};
+
+static int sw_head_cb(struct http_rparser *p, struct http_response *r)
+{
+    struct sw *w = p->data;
+    w->heads++;
+    w->switching = r->switching;
+    return HTTP_PARSER_PAUSE; /* as the proxy does: the tunnel takes the bytes after */
+}
+
+static int sw_body_cb(struct http_rparser *p, const char *at, size_t n)
+{
+    fail(); /* a 101 has no body */
+    return 0;
+}
+
+static const struct http_rparser_cbs sw_cbs = { sw_head_cb, sw_body_cb, complete_cb };
+
+/* Feeds `in` byte by byte when `bytewise`, else at once; returns the bytes
+ * consumed when the head pauses (or -1 when the parse failed, with *err). */
+static long switch_at(const char *in, const char *offer, bool bytewise, const char **err, struct sw *w)
+{
+    struct http_rparser p;
+    http_rparser_init(&p, &sw_cbs, HEAD_MAX, w);
+    http_rparser_reset(&p, false);
+    if (offer)
+        http_rparser_expect_upgrade(&p, str_cstr(offer));
+    size_t len = strlen(in), off = 0;
+    while (off < len && !p.failed && !p.paused)
+        off += http_rparser_execute(&p, in + off, bytewise ? 1 : len - off);
+    long rc = p.failed ? -1 : (long)off;
+    *err = p.error;
+    http_rparser_deinit(&p);
+    return rc;
+}
+
+static void test_switching_protocols(void **state)
+{
+    const char *ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi";
+    size_t head = strlen(ok) - 4;
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+        struct sw w = { 0 };
+        const char *err;
+        assert_int_equal(switch_at(ok, "websocket", bytewise, &err, &w), (long)head);
+        assert_true(w.switching);
+        assert_int_equal(w.heads, 1);
+        /* A 100 before it is skipped as ever. */
+        w = (struct sw){ 0 };
+        char both[256];
+        snprintf(both, sizeof(both), "HTTP/1.1 100 Continue\r\n\r\n%s", ok);
+        assert_int_equal(switch_at(both, "websocket", bytewise, &err, &w), (long)(head + 25));
+        assert_true(w.switching);
+    }
+    static const struct {
+        const char *in, *offer, *err;
+    } bad[] = {
+        /* The request did not ask: never a tunnel, whatever the 101 says. */
+        { "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", NULL,
+          "101 to a request that did not ask to upgrade" },
+        { "HTTP/1.1 101 Switching Protocols\r\n\r\n", NULL, "101 to a request that did not ask to upgrade" },
+        { "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n", "websocket",
+          "101 with a body" },
+        { "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+          "websocket", "101 with a body" },
+        { "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", "websocket", "101 to a protocol not offered" },
+        { "HTTP/1.1 101 Switching Protocols\r\n\r\n", "websocket", "101 to a protocol not offered" },
+        { "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nUpgrade: websocket\r\n\r\n", "websocket",
+          "101 to a protocol not offered" },
+        { "HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo, bar\r\n\r\n", "foo, bar", "101 to a protocol not offered" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct sw w = { 0 };
+        const char *err = NULL;
+        assert_int_equal(switch_at(bad[i].in, bad[i].offer, false, &err, &w), -1);
+        assert_int_equal(w.heads, 0);
+        assert_non_null(err);
+        if (strcmp(err, bad[i].err) != 0)
+            fail_msg("case %zu: %s, want %s", i, err, bad[i].err);
+    }
+    /* Asked, but the app answers as HTTP: a plain answer, parsed as ever. */
+    struct sw w = { 0 };
+    const char *err;
+    const char *refused = "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n";
+    assert_int_equal(switch_at(refused, "websocket", false, &err, &w), (long)strlen(refused));
+    assert_false(w.switching);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -446,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_value_trailing_whitespace_trimmed),
         cmocka_unit_test(test_bad_header_name_fails),
         cmocka_unit_test(test_obs_fold_flagged),
+        cmocka_unit_test(test_switching_protocols),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
