@@ -142,7 +142,7 @@ static void begin_section(struct loader *ld, char *inner)
         error_at(ld, ld->line, "[%s]: unknown section (expected batchd, redis, postgres, upstream, auth, cors, resource NAME, stream NAME or list NAME)", name);
         return;
     }
-    bool named = kind == SECT_RESOURCE || kind == SECT_STREAM || kind == SECT_LIST;
+    bool named = config_sect_named(kind);
     if (named && (arg == NULL || !valid_name(arg))) {
         error_at(ld, ld->line, "[%s]: needs a name of letters, digits, '_' or '-', like [%s sessions]", name, name);
         return;

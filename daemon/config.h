@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 #include "proto/buf.h"
@@ -268,5 +269,11 @@ unsigned config_restart_needed(const struct config *old, const struct config *ne
  * while everything reloadable comes from `next`. Use after
  * config_restart_needed has reported the differences. */
 void config_keep_restart_settings(struct config *running, struct config *next);
+
+/* Prints every setting of the table as one JSON object a line (section,
+ * named, name, type, default, min, max, required, reload): what
+ * `batchd --settings` shows. Returns 0, or -1 when writing failed.
+ * (config_dump.c) */
+int config_print_settings(FILE *out);
 
 #endif

@@ -54,6 +54,8 @@ struct cfg_key {
 extern const struct cfg_key config_keys[];
 extern const size_t config_n_keys;
 extern const char *const config_sect_names[SECT__COUNT];
+/* True for sections that take a name: [resource NAME]. (config_dump.c) */
+bool config_sect_named(enum cfg_sect s);
 
 /* Parses `value` into the key's field of `sect_struct`, releasing what was
  * there. Returns 0, or -1 with the rule that was broken appended to `why`. */

@@ -4,6 +4,7 @@
  *
  *   batchd -c FILE       run in the foreground
  *   batchd -t -c FILE    check FILE and exit: 0 when valid, 2 otherwise
+ *   batchd --settings    print the settings table (JSON lines) for tools
  *
  * With workers = 1 (the default) the process runs app_run itself; with
  * more it becomes the master of that many workers (daemon/master).
@@ -23,11 +24,13 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: batchd [-t] -c FILE\n"
+            "       batchd --settings\n"
             "\n"
             "  -c, --config FILE   configuration file (see conf/batchd.ini)\n"
             "  -t, --test          check the configuration and exit (0 valid, 2 invalid)\n"
             "  -h, --help          this help\n"
-            "  -v, --version       print the version\n");
+            "  -v, --version       print the version\n"
+            "      --settings      print every setting (one JSON object a line) and exit\n");
 }
 
 int main(int argc, char **argv)
@@ -37,6 +40,7 @@ int main(int argc, char **argv)
         { "test", no_argument, NULL, 't' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'v' },
+        { "settings", no_argument, NULL, 'S' }, /* long only: for tools, not people */
         { NULL, 0, NULL, 0 },
     };
     const char *file = NULL;
@@ -48,6 +52,7 @@ int main(int argc, char **argv)
         case 't': test = true; break;
         case 'h': usage(stdout); return 0;
         case 'v': printf("batchd %s\n", BATCHD_VERSION); return 0;
+        case 'S': return config_print_settings(stdout) == 0 ? 0 : 1;
         default: usage(stderr); return EXIT_CONFIG;
         }
     }

@@ -4,7 +4,7 @@
 #
 # The file holds secrets (admin_token, the PostgreSQL password): it is
 # root:batchd 0640, readable by root and by the group the service runs as
-# (systemd/batchd.service: User=batchd, Group=batchd). The user and group
+# (systemd/batchd.service.in: User=batchd, Group=batchd). The user and group
 # come from the sysusers.d file, applied here with systemd-sysusers.
 # An existing file keeps its contents (it may hold a real admin_token); its
 # group and mode are set all the same, since a service that cannot read its

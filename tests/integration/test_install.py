@@ -163,7 +163,10 @@ def test_installed_unit_passes_systemd_analyze_verify(dest, tmp_path):
     text = text.replace("/" + CONF, str(dest / CONF))
     copy = tmp_path / "batchd.service"
     copy.write_text(text)
-    r = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    # Documentation= names man pages: verify runs man(1) on them, found in
+    # the DESTDIR's man directory.
+    r = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "MANPATH": str(dest / PREFIX / "share/man")})
     out = (r.stdout + r.stderr).strip()
     # Lines about other units (the host's own unit files, which verify also
     # loads) are not ours. Documentation= names the installed README under

@@ -13,6 +13,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Build and run-time dependencies (Debian 12 names).
 BUILD_PKGS="build-essential pkg-config meson ninja-build libuv1-dev libhiredis-dev libpq-dev libinih-dev libjansson-dev libjwt-dev libssl-dev node-llhttp"
 SERVER_PKGS="redis-server redis-tools postgresql postgresql-contrib curl openssl"
+# tools/package (the Debian package) and tests/integration/test_package.py.
+PACKAGE_PKGS="debhelper dpkg-dev fakeroot lintian libcmocka-dev zlib1g-dev groff-base man-db"
 TEST_PKGS="libcmocka-dev python3-pytest python3-redis python3-psycopg2 python3-jwt python3-cryptography python3-httpx systemd chromium python3-websocket"
 
 log() { printf '%s\n' "$*" >&2; }
