@@ -43,6 +43,8 @@ static const char *type_name(enum cfg_type t)
     case CFG_ACCESS: return "access";
     case CFG_HEADER: return "header-or-empty";
     case CFG_CONNINFO_LIST: return "conninfo-list";
+    case CFG_ORIGIN_LIST: return "origin-list";
+    case CFG_TOKEN_LIST: return "token-list";
     }
     return "unknown";
 }
