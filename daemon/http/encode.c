@@ -139,8 +139,8 @@ static uint64_t body_hash(const struct req *r)
 {
     if (r->n_parts == 0)
         return etag_mix(ETAG_START, etag_hash(r->body_ptr, r->body_len));
-    /* Gathered iovecs are split where copies met held documents, which
-     * depends on sizes, not content: hash the bytes as one piece. */
+    /* A gathered answer its handler did not tag: each iovec a piece. The
+     * split follows the pieces' sizes, so equal answers split alike. */
     uint64_t acc = ETAG_START;
     for (unsigned i = 0; i < r->n_parts; i++)
         acc = etag_mix(acc, etag_hash(r->parts[i].base, r->parts[i].len));
