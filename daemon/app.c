@@ -17,6 +17,7 @@
 
 #include "daemon/http/conn.h"
 #include "daemon/http/cors.h"
+#include "daemon/http/encode.h"
 #include "daemon/sse/events.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
@@ -286,6 +287,7 @@ int app_run(struct config *cfg, const struct app_worker *w)
     conn_metrics_init();
     req_metrics_init();
     cors_metrics_init();
+    encode_metrics_init();
     metrics_gauge_fn("batchd_configs_in_memory", "",
                      "Configurations in memory: the running one, plus replaced ones that a removed resource or "
                      "stream, or a publish in flight, still uses.",
@@ -378,6 +380,7 @@ run:
     if (code == 0)
         log_info("stopped", "");
     req_pool_drain();
+    encode_deinit();
     batch_pool_drain();
     resource_pool_drain();
     cred_key_cleanup();

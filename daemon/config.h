@@ -84,6 +84,10 @@ struct cfg_batchd {
     int64_t slow_ms;
     int64_t log_level;              /* enum log_level */
     char *admin_token;              /* "" when not set */
+    bool gzip;                      /* gzip batchd's own answers when the client accepts it */
+    int64_t gzip_level;             /* deflate level, 1..9 */
+    int64_t gzip_min_bytes;         /* smaller answers go uncoded */
+    bool etag;                      /* ETag on batchd's own answers, 304 on If-None-Match */
 };
 
 struct cfg_redis {

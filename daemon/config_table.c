@@ -70,6 +70,10 @@ const struct cfg_key config_keys[] = {
     B(slow_ms, CFG_INT, 0, 3600000, "100", true),
     B(log_level, CFG_LOG_LEVEL, 0, 0, "info", true),
     B(admin_token, CFG_SECRET, 0, 0, "", true),
+    B(gzip, CFG_BOOL, 0, 0, "yes", true),
+    B(gzip_level, CFG_INT, 1, 9, "1", true),
+    B(gzip_min_bytes, CFG_INT, 0, 1 * GB, "1400", true),
+    B(etag, CFG_BOOL, 0, 0, "yes", true),
 
     R(url, CFG_REDIS_URL, 0, 0, "redis://127.0.0.1:6379/0", false),
     R(pool_size, CFG_INT, 1, 256, "4", false),

@@ -56,8 +56,10 @@ struct batch_entry {
     bool from_cache;
     bool stale;                     /* owner's: invalidated while loading */
     bool no_near;                   /* owner's: changed while loading, not to be kept locally */
+    bool tagged;                    /* owner's: tag holds the document's ETag hash (memo) */
     int err;                        /* for BATCH_FAILED: owner's code */
     uint32_t cache_us, db_us;       /* time spent in Redis / PostgreSQL */
+    uint64_t tag;
     char *doc;                      /* BATCH_FOUND: the document */
     size_t doc_len;
     void (*doc_release)(void *ref); /* set when doc is borrowed from ref */

@@ -36,9 +36,11 @@
 #include "daemon/backend/pg_pool.h"
 #include "daemon/backend/redis_pool.h"
 #include "daemon/cache/resource.h"
+#include "daemon/http/encode.h"
 #include "daemon/http/req.h"
 #include "daemon/log.h"
 #include "proto/cursor.h"
+#include "proto/etag.h"
 #include "proto/jtext.h"
 #include "proto/mem.h"
 #include "proto/url.h"
@@ -116,8 +118,14 @@ static void fetch_cb(void *ctx, const struct fetched *f, unsigned n, int fail)
     struct page *p = a->page;
     struct listing *l = p->list;
     struct buf body = BUF_INIT;
-    if (fail == 0)
+    uint64_t tag = 0;
+    bool tag_on = false;
+    if (fail == 0) {
         answer_body(a, f, n, &body);
+        tag_on = encode_etag_on(); /* hashed once for every waiter */
+        if (tag_on)
+            tag = etag_mix(ETAG_START, etag_hash(body.data, body.len));
+    }
     /* resource_fetch: 503 with no outcomes is the resource's max_ids_in_flight. */
     const char *code = fail == 500 ? "query_failed" : f == NULL && n == 0 ? "resource_busy" : "db_unavailable";
     if (a->res == NULL)
@@ -131,6 +139,7 @@ static void fetch_cb(void *ctx, const struct fetched *f, unsigned n, int fail)
             (*l->m_requests[LIST_OK])++;
             req_add_header(w->r, "Cache-Control", "private");
             req_add_header(w->r, "X-Cache", p->from_cache ? "hit" : "miss");
+            req_encodable(w->r, tag_on, tag);
             if (next) /* a copy each; the last one takes the body */
                 req_respond(w->r, 200, "application/json", body.data, body.len);
             else

@@ -61,11 +61,13 @@ struct near_entry {
     bool in_table;
     bool referenced;        /* CLOCK bit: hit since the hand last passed */
     bool absent;            /* a cached "no such row" */
+    bool tagged;            /* tag holds the document's etag_hash (computed at its first answer) */
     uint8_t owner_kind;     /* enum near_owner */
     uint32_t owner_off, owner_len;
     uint32_t doc_len;       /* the document; data[doc_len] is ',' */
     uint16_t id_len;
     uint64_t expires_ms;    /* loop time */
+    uint64_t tag;
     size_t charge;          /* bytes counted for it */
     char data[];            /* doc, ',', id, NUL */
 };

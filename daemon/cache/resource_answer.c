@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/http/encode.h"
 #include "daemon/http/req.h"
 #include "daemon/cache/near.h"
 #include "daemon/cache/resource_int.h"
+#include "proto/etag.h"
 #include "proto/jtext.h"
 #include "proto/freelist.h"
 #include "proto/mem.h"
@@ -213,6 +215,53 @@ static void piece_of(struct read *rd, struct req *r, unsigned i, const struct sl
         req_gather_piece(r, ",", 1);
 }
 
+/* --- ETags ------------------------------------------------------------------------ */
+
+/* Slot i's document hash, computed once per cached document (near-cache
+ * entry) or per loaded one (batch entry, shared by that flush's readers). */
+static uint64_t slot_hash(struct read *rd, unsigned i, const struct slot *sl)
+{
+    struct near_entry *l = sl->local ? rd->local[i] : NULL;
+    if (l) {
+        if (!l->tagged) {
+            l->tag = etag_hash(l->data, l->doc_len);
+            l->tagged = true;
+        }
+        return l->tag;
+    }
+    struct batch_entry *e = rd->rd.slots[i];
+    if (!e->tagged) {
+        e->tag = etag_hash(e->doc, e->doc_len);
+        e->tagged = true;
+    }
+    return e->tag;
+}
+
+/* The answer's tag, over its pieces "[" doc|null ("," doc|null)* "]" as
+ * proto/etag.h says: the same wherever each document came from. */
+static uint64_t batch_tag(struct read *rd, const bool *vis, unsigned n)
+{
+    static uint64_t h_open, h_close, h_comma, h_null;
+    if (h_open == 0) {
+        h_open = etag_hash("[", 1);
+        h_close = etag_hash("]", 1);
+        h_comma = etag_hash(",", 1);
+        h_null = etag_hash("null", 4);
+    }
+    uint64_t acc = etag_mix(ETAG_START, h_open);
+    for (unsigned i = 0; i < n; i++) {
+        if (i)
+            acc = etag_mix(acc, h_comma);
+        if (vis[i]) {
+            struct slot sl = slot_at(rd, i);
+            acc = etag_mix(acc, slot_hash(rd, i, &sl));
+        } else {
+            acc = etag_mix(acc, h_null);
+        }
+    }
+    return etag_mix(acc, h_close);
+}
+
 void resource_answer(struct read *rd)
 {
     if (rd->n_local && !near_read_current(rd))
@@ -289,6 +338,10 @@ void resource_answer(struct read *rd)
     } else if (rd->single) {
         struct slot sl = slot_at(rd, 0);
         if (vis[0]) {
+            if (encode_etag_on()) /* computed before piece_of moves a near entry to the request */
+                req_encodable(r, true, etag_mix(ETAG_START, slot_hash(rd, 0, &sl)));
+            else
+                req_encodable(r, false, 0);
             req_gather_begin(r, 1, sl.len);
             piece_of(rd, r, 0, &sl, false);
             req_respond_gathered(r, 200, "application/json");
@@ -305,6 +358,8 @@ void resource_answer(struct read *rd)
             bytes += len + 1;
             large += len + 1 >= REQ_COPY_BELOW;
         }
+        bool tag_on = encode_etag_on();
+        req_encodable(r, tag_on, tag_on ? batch_tag(rd, vis, n) : 0);
         req_gather_begin(r, 2 * large + 2, bytes);
         req_gather_piece(r, "[", 1);
         for (unsigned i = 0; i < n; i++) {

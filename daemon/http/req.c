@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "daemon/http/conn.h"
+#include "daemon/http/encode.h"
 #include "daemon/metrics.h"
 #include "proto/freelist.h"
 #include "proto/jtext.h"
@@ -111,6 +112,7 @@ static void req_destroy(void *p)
     free(r->holds);
     http_request_deinit(&r->msg);
     buf_deinit(&r->body);
+    buf_deinit(&r->zbody);
     buf_deinit(&r->head_extra);
     free(r);
 }
@@ -120,24 +122,27 @@ void req_put(struct req *r)
     router_unref(r->router);
     release_holds(r);
     if (r->msg.head.cap > REQ_KEEP_HEAD_BYTES || r->msg.body.cap > REQ_KEEP_BODY_BYTES ||
-        r->body.cap > REQ_KEEP_BODY_BYTES || r->head_extra.cap > REQ_KEEP_HEAD_BYTES ||
+        r->body.cap > REQ_KEEP_BODY_BYTES || r->zbody.cap > REQ_KEEP_BODY_BYTES ||
+        r->head_extra.cap > REQ_KEEP_HEAD_BYTES ||
         pool.len >= pool.max) {
         req_destroy(r);
         return;
     }
     struct http_request msg = r->msg;
-    struct buf body = r->body, extra = r->head_extra;
+    struct buf body = r->body, zbody = r->zbody, extra = r->head_extra;
     uv_buf_t *parts = r->parts;
     struct req_hold *holds = r->holds;
     unsigned cap_parts = r->cap_parts, cap_holds = r->cap_holds;
     http_request_reset(&msg);
     buf_reset(&body);
+    buf_reset(&zbody);
     buf_reset(&extra);
     memset(r, 0, offsetof(struct req, head_fixed));
     memset((char *)r + offsetof(struct req, head_fixed) + sizeof(r->head_fixed), 0,
            sizeof(*r) - offsetof(struct req, head_fixed) - sizeof(r->head_fixed));
     r->msg = msg;
     r->body = body;
+    r->zbody = zbody;
     r->head_extra = extra;
     r->parts = parts;
     r->holds = holds;
@@ -286,7 +291,9 @@ static void build_head(struct req *r, int64_t content_length, bool chunked)
 
 unsigned req_gather(struct req *r, uv_buf_t *iov)
 {
-    build_head(r, (int64_t)r->body_len, false);
+    /* A 304 says nothing of the length (RFC 9110 8.6: only the 200's
+     * length could be sent, and it is not needed). */
+    build_head(r, r->status == 304 ? -1 : (int64_t)r->body_len, false);
     buf_append(&r->head_extra, "\r\n", 2);
     unsigned n = 0;
     iov[n++] = uv_buf_init(r->head_fixed, r->head_fixed_len);
@@ -315,6 +322,8 @@ static void finish(struct req *r, int status, const char *content_type)
         req_put(r);
         return;
     }
+    if (r->encodable)
+        encode_answer(r);
     conn_req_ready(r->conn);
 }
 

@@ -115,6 +115,13 @@ struct req {
     struct req_hold *holds;
     unsigned n_holds, cap_holds;
     uint64_t bytes_out;         /* response bytes, for access logs/metrics */
+    /* batchd's own documents (req_encodable): the answer may be gzip-coded,
+     * get an ETag, or become a 304 (daemon/http/encode.c). */
+    bool encodable;
+    bool tagged;                /* tag holds the answer's hash (etag_mix of its pieces) */
+    uint64_t tag;
+    struct buf zbody;           /* the other body buffer: a coded body is written here,
+                                 * then swapped with body (both recycled) */
 
     /* handler hooks */
     void *hdata;
@@ -189,6 +196,17 @@ void req_gather_begin(struct req *r, unsigned max_pieces, size_t bytes);
 bool req_gather_piece(struct req *r, const char *p, size_t len);
 void req_respond_gathered(struct req *r, int status, const char *content_type);
 void req_hold(struct req *r, void (*release)(void *obj), void *obj);
+/* Marks the 200 answer about to be given as batchd's own representation
+ * of documents (entity, batch, list): it may then be gzip-coded, tagged
+ * and answered 304 (daemon/http/encode.h). Call before req_respond*.
+ * `tagged`: `tag` is the answer's hash, built by the caller from memoized
+ * piece hashes (proto/etag.h); otherwise the body is hashed. */
+static inline void req_encodable(struct req *r, bool tagged, uint64_t tag)
+{
+    r->encodable = true;
+    r->tagged = tagged;
+    r->tag = tag;
+}
 /* {"error":"code"} with the status. */
 void req_error(struct req *r, int status, const char *code);
 

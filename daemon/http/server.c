@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "daemon/http/conn_int.h"
+#include "daemon/http/encode.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 
@@ -29,6 +30,7 @@ static void apply_limits(struct server *s, const struct cfg_batchd *cfg)
     s->limits.max_headers = 100;
     s->main.max_open = (unsigned)cfg->max_connections;
     conn_configure(cfg);
+    encode_configure(cfg);
 }
 
 /* libuv 1.44 has no SO_REUSEPORT flag, so the socket is made here. */

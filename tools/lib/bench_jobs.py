@@ -155,6 +155,7 @@ class Bench(ClusterServers, NearServers, Env):
             else:
                 best = max(j["slices"], key=lambda r: r["rps"])
             notes = [n for n in (j["note"], best.get("note", "")) if n]
+            cost = {k: best[k] for k in ("bytes_per_answer", "cpu_per_1k") if k in best}  # bench_gzip
             if len(j["slices"]) > 1:
                 rest = [f"{r['rps']:,.0f}" for r in j["slices"] if r is not best]
                 notes.append(f"{'median' if pick == 'median' else 'best'} of {slice_text(slices)} "
@@ -163,7 +164,7 @@ class Bench(ClusterServers, NearServers, Env):
                      redis=best["redis"], pg=best["pg"], pg_rows=best.get("pg_rows"),
                      pg_page=best.get("pg_page"), other_cpu=best["other_cpu"],
                      requests=best["requests"], redis_detail=best.get("detail"), note="; ".join(notes),
-                     slices=[r["rps"] for r in j["slices"]], **meta)
+                     slices=[r["rps"] for r in j["slices"]], **cost, **meta)
 
     def wrk(self, port, args, conns, seconds, headers=None):
         hdr = [x for k, v in (headers or {}).items() for x in ("-H", f"{k}: {v}")]
@@ -230,7 +231,7 @@ class Bench(ClusterServers, NearServers, Env):
             return dict(rps=res["rps"], p50=res["p50_us"] / 1000, p99=res["p99_us"] / 1000,
                         redis=redis_calls / served, pg=pg_calls / served, pg_rows=detail["pg_rows"] / served,
                         pg_page=detail["pg_page"] / served, other_cpu=other, requests=n, detail=detail,
-                        note="; ".join(notes))
+                        bytes=res["bytes"], note="; ".join(notes))
 
         return self.job(scenario, system, kind, prepare, once, conns=conns, ids=ids, note=note, vs=vs)
 

@@ -7,12 +7,14 @@ jobs and runs them; bench.py lists them.
     http        batchd /healthz            nginx return 200
     hot-*       batchd, 64 and 256 conns   Webdis, FastAPI (1 and 2 workers), redis-benchmark
                 batchd workers=2 (a master and 2 worker processes, batchd-w2)
+                + bench_gzip's row: batchd, gzip (hot-batch: Accept-Encoding: gzip, bytes and CPU per answer)
                 + bench_near's rows: batchd-near (near cache on; 64 and 256 conns single, 64 batch),
                 batchd /healthz (hot-single: its ceiling, same run), Varnish in front of FastAPI (hot-single)
     mixed/cold  batchd                     FastAPI N+1 and MGET, pgbench (cold)
     proxy       batchd [upstream]          nginx proxy_pass, the origin itself
 """
 import bench_cluster
+import bench_gzip
 import bench_near
 from bench_conf import N_SESSIONS
 
@@ -75,6 +77,7 @@ def batch_jobs(b, scenario, lua_ids, extra=()):
 def hot_batch(b):
     b.set_cache("hot")
     jobs = batch_jobs(b, "hot-batch", [f"hot=1-{N_SESSIONS}"], extra=("c256", "webdis", "w2"))
+    jobs[0:1] = bench_gzip.hot_batch_jobs(b, jobs[0], ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{N_SESSIONS}"])
     jobs[2:2] = bench_near.hot_batch_jobs(b, ["path=/v1/sessions?ids={ids}", "k=50", f"hot=1-{N_SESSIONS}"])
     jobs.insert(2, bench_cluster.batch_job(b, "hot-batch", "hot"))
     jobs.append(b.redis_benchmark_job("hot-batch", "redis-benchmark MGET-50", ["MGET"] + ["rb:__rand_int__"] * 50, 50))

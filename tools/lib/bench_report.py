@@ -10,6 +10,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+import bench_gzip
 import bench_near
 import bench_sse
 from bench_conf import N_SESSIONS, ROOT
@@ -89,7 +90,7 @@ def goals(b, only):
     # The owner check's cost: access = owner ÷ access = public ≥ 0.9.
     goal("owner check costs ≤ 10% (access = owner ÷ access = public)", "owner",
          b.find("owner", "batchd, access = public"), 0.9)
-    return out + bench_near.goals(b, only)
+    return out + bench_near.goals(b, only) + bench_gzip.goals(b, only)
 
 
 def goal_met(ratio, target, upper):

@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 # Build and run-time dependencies (Debian 12 names).
-BUILD_PKGS="build-essential pkg-config meson ninja-build libuv1-dev libhiredis-dev libpq-dev libinih-dev libjansson-dev libjwt-dev libssl-dev node-llhttp"
+BUILD_PKGS="build-essential pkg-config meson ninja-build libuv1-dev libhiredis-dev libpq-dev libinih-dev libjansson-dev libjwt-dev libssl-dev zlib1g-dev node-llhttp"
 SERVER_PKGS="redis-server redis-tools postgresql postgresql-contrib curl openssl"
 # tools/package (the Debian package) and tests/integration/test_package.py.
 PACKAGE_PKGS="debhelper dpkg-dev fakeroot lintian libcmocka-dev zlib1g-dev groff-base man-db"
