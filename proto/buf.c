@@ -23,9 +23,9 @@ bool str_eq_ci(str_t a, str_t b)
     return true;
 }
 
-bool str_list_has_token(str_t list, str_t tok)
+bool str_list_next(str_t list, size_t *pos, str_t *item)
 {
-    size_t i = 0;
+    size_t i = *pos;
     while (i < list.len) {
         while (i < list.len && (list.p[i] == ' ' || list.p[i] == '\t' || list.p[i] == ','))
             i++;
@@ -35,9 +35,23 @@ bool str_list_has_token(str_t list, str_t tok)
         size_t end = i;
         while (end > start && (list.p[end - 1] == ' ' || list.p[end - 1] == '\t'))
             end--;
-        if (end > start && str_eq_ci(str_make(list.p + start, end - start), tok))
+        if (end > start) {
+            *pos = i;
+            *item = str_make(list.p + start, end - start);
             return true;
+        }
     }
+    *pos = i;
+    return false;
+}
+
+bool str_list_has_token(str_t list, str_t tok)
+{
+    size_t pos = 0;
+    str_t item;
+    while (str_list_next(list, &pos, &item))
+        if (str_eq_ci(item, tok))
+            return true;
     return false;
 }
 

@@ -30,6 +30,9 @@ static inline bool str_eq(str_t a, str_t b)
     return a.len == b.len && (a.len == 0 || memcmp(a.p, b.p, a.len) == 0);
 }
 bool str_eq_ci(str_t a, str_t b);
+/* The next non-empty element of a comma-separated header value, without
+ * its surrounding spaces and tabs: start with *pos = 0; false at the end. */
+bool str_list_next(str_t list, size_t *pos, str_t *item);
 /* Case-insensitive search for token `tok` in a comma-separated header value. */
 bool str_list_has_token(str_t list, str_t tok);
 /* Parses a decimal uint64 that fills all of `s`; 0 on success, -EINVAL otherwise. */

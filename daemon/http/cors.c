@@ -12,7 +12,6 @@
 #include <llhttp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "daemon/http/req.h"
 #include "daemon/metrics.h"
@@ -144,46 +143,33 @@ void cors_free(struct cors *c)
 
 /* --- matching -------------------------------------------------------------- */
 
-static bool origin_allowed(const struct cors *c, str_t origin)
+/* `s` is one of the list's items, compared without regard to case. */
+static bool in_list(const struct cfg_list *l, str_t s)
 {
-    if (origin.len == 0)
-        return false;
-    if (c->any_origin)
-        return true;
-    for (unsigned i = 0; i < c->origins.n; i++)
-        if (strlen(c->origins.items[i]) == origin.len &&
-            strncasecmp(c->origins.items[i], origin.p, origin.len) == 0)
+    for (unsigned i = 0; i < l->n; i++)
+        if (str_eq_ci(str_cstr(l->items[i]), s))
             return true;
     return false;
 }
 
+static bool origin_allowed(const struct cors *c, str_t origin)
+{
+    return origin.len > 0 && (c->any_origin || in_list(&c->origins, origin));
+}
+
 static bool header_allowed(const struct cors *c, str_t name)
 {
-    if (c->any_header)
-        return true;
-    for (unsigned i = 0; i < c->headers.n; i++)
-        if (strlen(c->headers.items[i]) == name.len &&
-            strncasecmp(c->headers.items[i], name.p, name.len) == 0)
-            return true;
-    return false;
+    return c->any_header || in_list(&c->headers, name);
 }
 
 /* Every name in Access-Control-Request-Headers ("content-type,authorization"). */
 static bool headers_allowed(const struct cors *c, str_t list)
 {
-    size_t i = 0;
-    while (i < list.len) {
-        while (i < list.len && (list.p[i] == ' ' || list.p[i] == '\t' || list.p[i] == ','))
-            i++;
-        size_t start = i;
-        while (i < list.len && list.p[i] != ',')
-            i++;
-        size_t end = i;
-        while (end > start && (list.p[end - 1] == ' ' || list.p[end - 1] == '\t'))
-            end--;
-        if (end > start && !header_allowed(c, (str_t){ list.p + start, end - start }))
+    size_t pos = 0;
+    str_t name;
+    while (str_list_next(list, &pos, &name))
+        if (!header_allowed(c, name))
             return false;
-    }
     return true;
 }
 
