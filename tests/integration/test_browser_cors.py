@@ -12,7 +12,6 @@ and which preflights Chromium sent (its Network events).
 
 import json
 import os
-import signal
 
 import pytest
 
@@ -24,10 +23,10 @@ if not os.path.exists(CHROMIUM):
 pytest.importorskip("websocket", reason="python3-websocket is missing (tools/test installs it)")
 
 from browser import Browser  # noqa: E402
-from harness import request, wait_until  # noqa: E402
-from test_cors import stream_conf_tail  # noqa: E402
-from test_proxy import App, upstream_conf  # noqa: E402
-from test_resource import expected, resource_conf  # noqa: E402
+from harness import request  # noqa: E402
+from test_cors import start_stack  # noqa: E402
+from test_proxy import App  # noqa: E402
+from test_resource import expected  # noqa: E402
 
 TOKEN = "secret"
 
@@ -43,14 +42,10 @@ def page_app():
 def start(start_batchd, redis, pg, page_app):
     """start(cors_origin) -> a batchd whose [cors] lets the page's origin in
     (or, with None, has no [cors] section)."""
-    def _start(origin, port=None, cors_extra=""):
-        cors = f"[cors]\norigins = {origin}\n{cors_extra}" if origin else ""
-        b = start_batchd(batchd=f"admin_token = {TOKEN}\n", port=port,
-                         extra=resource_conf(redis.port, pg) + upstream_conf(page_app.port) +
-                         stream_conf_tail() + "retry_ms = 200\n" + cors)
-        wait_until(lambda: b.metric("batchd_redis_up") == 1 and b.metric("batchd_pg_up") == 1,
-                   what="Redis and PostgreSQL connections")
-        return b
+    def _start(origin, port=None):
+        return start_stack(start_batchd, redis, pg, page_app,
+                           f"[cors]\norigins = {origin}\n" if origin else "", port=port,
+                           batchd=f"admin_token = {TOKEN}\n")
     return _start
 
 

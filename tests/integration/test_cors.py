@@ -29,15 +29,21 @@ def app_server():
     a.stop()
 
 
+def start_stack(start_batchd, redis, pg, app, cors, port=None, batchd="admin_token = secret\n"):
+    """A batchd with a resource, a stream (retry_ms = 200) and the app as
+    [upstream], plus `cors` (a [cors] section, or ""), once its backends are up."""
+    extra = (resource_conf(redis.port, pg) + upstream_conf(app.port) + stream_conf_tail() +
+             "retry_ms = 200\n" + cors)
+    b = start_batchd(batchd=batchd, extra=extra, port=port)
+    wait_until(lambda: b.metric("batchd_redis_up") == 1 and b.metric("batchd_pg_up") == 1,
+               what="Redis and PostgreSQL connections")
+    return b
+
+
 @pytest.fixture
 def start(start_batchd, redis, pg, app_server):
-    def _start(cors=None, batchd="admin_token = secret\n"):
-        extra = (resource_conf(redis.port, pg) + upstream_conf(app_server.port) +
-                 stream_conf_tail() + (cors_conf() if cors is None else cors))
-        b = start_batchd(batchd=batchd, extra=extra)
-        wait_until(lambda: b.metric("batchd_redis_up") == 1 and b.metric("batchd_pg_up") == 1,
-                   what="Redis and PostgreSQL connections")
-        return b
+    def _start(cors=None):
+        return start_stack(start_batchd, redis, pg, app_server, cors_conf() if cors is None else cors)
     return _start
 
 

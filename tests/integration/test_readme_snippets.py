@@ -9,14 +9,13 @@ import os
 import re
 import socket
 import threading
-import time
 
 import pytest
 
 from harness import ROOT, wait_until
-from test_cors import stream_conf_tail
-from test_proxy import App, upstream_conf
-from test_resource import expected, resource_conf
+from test_cors import start_stack
+from test_proxy import App
+from test_resource import expected
 
 httpx = pytest.importorskip("httpx", reason="python3-httpx is missing (tools/test installs it)")
 
@@ -55,13 +54,9 @@ def page_app():
 @pytest.fixture
 def start(start_batchd, redis, pg, page_app):
     def _start(port=None):
-        b = start_batchd(batchd=f"admin_token = {TOKEN}\n", port=port,
-                         extra=resource_conf(redis.port, pg) + upstream_conf(page_app.port) +
-                         stream_conf_tail() + "retry_ms = 200\n" +
-                         f"[cors]\norigins = http://127.0.0.1:{page_app.port}\n")
-        wait_until(lambda: b.metric("batchd_redis_up") == 1 and b.metric("batchd_pg_up") == 1,
-                   what="Redis and PostgreSQL connections")
-        return b
+        return start_stack(start_batchd, redis, pg, page_app,
+                           f"[cors]\norigins = http://127.0.0.1:{page_app.port}\n", port=port,
+                           batchd=f"admin_token = {TOKEN}\n")
     return _start
 
 
