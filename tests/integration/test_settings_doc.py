@@ -94,19 +94,19 @@ def test_drift_is_caught_and_names_the_key(settings, tmp_path, old, new, needle)
 
 
 def test_a_section_missing_from_the_file_is_caught(settings, tmp_path):
-    """What a branch adding [cors] to the table but not to the file gets,
+    """What a branch adding a section to the table but not to the file gets,
     with no edit to the check: a table that has a section the file lacks."""
     rows = table(settings) + [
-        {"section": "cors", "named": False, "name": "allow_origins", "type": "list", "default": "",
+        {"section": "telemetry", "named": False, "name": "sample_rate", "type": "list", "default": "",
          "min": None, "max": None, "required": False, "reload": True}]
     t = tmp_path / "settings.jsonl"
     t.write_text("".join(json.dumps(s) + "\n" for s in rows))
     r = gen_man("check", "--settings", t, "--ini", INI)
-    assert r.returncode == 1 and "[cors] allow_origins: in batchd's table, but" in r.stderr, r.stderr
+    assert r.returncode == 1 and "[telemetry] sample_rate: in batchd's table, but" in r.stderr, r.stderr
     # ... and passes once documented in the same style.
     ini = tmp_path / "batchd.ini"
-    ini.write_text(INI.read_text() + "\n; [cors]\n; Browsers from these origins may call batchd.  (reload)\n"
-                   "; allow_origins =\n")
+    ini.write_text(INI.read_text() + "\n; [telemetry]\n; The share of requests traced.  (reload)\n"
+                   "; sample_rate =\n")
     r = gen_man("check", "--settings", t, "--ini", ini)
     assert r.returncode == 0, r.stderr
 
