@@ -235,6 +235,30 @@ def test_websocket_off_strips_the_upgrade(start_batchd, app):
     assert b.metric("batchd_tunnels_total", result="switched") == 0
 
 
+def test_reload_turns_websocket_off_without_touching_an_open_tunnel(start_batchd, app):
+    b = start_batchd(extra=conf(app.port, "max_tunnels = 4"))
+    open_ws = ws_connect(b)
+    open_ws.send("before")
+    assert open_ws.recv() == "before"
+    b.conf.write_text(b.conf.read_text().replace("max_tunnels = 4", "max_tunnels = 4\nwebsocket = no"))
+    b.send_signal(signal.SIGHUP)
+    wait_until(lambda: "msg=\"reloaded\"" in b.log(), what="the reload")
+
+    def stripped():
+        try:
+            ws_connect(b).close()
+            return False
+        except websocket.WebSocketBadStatusException as e:
+            return e.status_code == 200
+    wait_until(stripped, what="new upgrades to be stripped")
+    # The tunnel made before the reload goes on under the settings it started with.
+    open_ws.send("after")
+    assert open_ws.recv() == "after"
+    open_ws.close()
+    assert b.metric("batchd_tunnels_total", result="switched") == 1
+    assert b.metric("batchd_tunnels_total", result="stripped") >= 1
+
+
 def test_requests_that_must_not_become_tunnels(start_batchd, app):
     b = start_batchd(extra=conf(app.port))
     up = "Connection: Upgrade\r\nUpgrade: websocket\r\n"
