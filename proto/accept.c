@@ -8,20 +8,6 @@ static bool ows(char c)
     return c == ' ' || c == '\t';
 }
 
-static char lower(char c)
-{
-    return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
-}
-
-static bool named(str_t s, const char *name)
-{
-    size_t i = 0;
-    for (; name[i]; i++)
-        if (i >= s.len || lower(s.p[i]) != name[i])
-            return false;
-    return i == s.len;
-}
-
 /* qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ), in
  * thousandths; -1 when it is not one. */
 static int qvalue(str_t s)
@@ -50,28 +36,21 @@ static void note(int *slot, int q)
 
 void accept_feed(struct accept_enc *a, str_t v)
 {
-    size_t i = 0, n = v.len;
-    const char *s = v.p;
-    while (i < n) {
-        /* one element: coding *( OWS ";" OWS param ) up to the next ',' */
-        size_t end = i;
-        while (end < n && s[end] != ',')
-            end++;
-        size_t j = i;
-        while (j < end && ows(s[j]))
-            j++;
-        size_t cs = j;
+    size_t pos = 0;
+    str_t el;
+    while (str_list_next(v, &pos, &el)) {
+        /* one element: coding *( OWS ";" OWS param ), OWS trimmed */
+        const char *s = el.p;
+        size_t j = 0, end = el.len;
         while (j < end && s[j] != ';' && !ows(s[j]))
             j++;
-        str_t coding = str_make(s + cs, j - cs);
+        str_t coding = str_make(s, j);
         int q = 1000;
         bool bad = coding.len == 0;
         while (!bad && j < end) {
             while (j < end && ows(s[j]))
                 j++;
-            if (j == end)
-                break;
-            if (s[j] != ';') {
+            if (s[j] != ';') { /* j < end: the element ends in no OWS */
                 bad = true;
                 break;
             }
@@ -82,21 +61,20 @@ void accept_feed(struct accept_enc *a, str_t v)
             while (j < end && s[j] != ';' && !ows(s[j]))
                 j++;
             str_t param = str_make(s + ps, j - ps);
-            if (param.len >= 2 && lower(param.p[0]) == 'q' && param.p[1] == '=') {
+            if (param.len >= 2 && (param.p[0] | 0x20) == 'q' && param.p[1] == '=') {
                 q = qvalue(str_make(param.p + 2, param.len - 2));
                 bad = q < 0;
             }
             /* other parameters are not in the grammar; ignored */
         }
-        if (!bad) {
-            if (named(coding, "gzip") || named(coding, "x-gzip"))
-                note(&a->gzip, q);
-            else if (named(coding, "*"))
-                note(&a->star, q);
-            else if (named(coding, "identity"))
-                note(&a->identity, q);
-        }
-        i = end + 1;
+        if (bad)
+            continue;
+        if (str_eq_ci(coding, STR_LIT("gzip")) || str_eq_ci(coding, STR_LIT("x-gzip")))
+            note(&a->gzip, q);
+        else if (str_eq(coding, STR_LIT("*")))
+            note(&a->star, q);
+        else if (str_eq_ci(coding, STR_LIT("identity")))
+            note(&a->identity, q);
     }
 }
 
