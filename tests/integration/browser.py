@@ -26,9 +26,25 @@ import tempfile
 import time
 import urllib.request
 
-import websocket
+try:
+    import websocket
+except ImportError:  # require() reports it as a skip
+    websocket = None
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+def require_browser():
+    """Skips the calling test module (or test) when Chromium or
+    python3-websocket is missing: reported as skipped, never passed.
+    tools/test installs both when run as root."""
+    import pytest
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; tools/test installs it)",
+                    allow_module_level=True)
+    if websocket is None:
+        pytest.skip("python3-websocket is missing (apt-get install python3-websocket; tools/test installs it)",
+                    allow_module_level=True)
 
 
 class BrowserError(Exception):

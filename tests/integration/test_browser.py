@@ -17,17 +17,13 @@ brings it back (after retry:), with Last-Event-ID once it has had an event.
 """
 
 import json
-import os
 import time
 
 import pytest
 
-from browser import CHROMIUM
+from browser import require_browser
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; tools/test installs it)",
-                allow_module_level=True)
-pytest.importorskip("websocket", reason="python3-websocket is missing (tools/test installs it)")
+require_browser()
 
 from browser import Browser  # noqa: E402
 from harness import free_port, request, wait_until  # noqa: E402

@@ -11,16 +11,12 @@ and which preflights Chromium sent (its Network events).
 """
 
 import json
-import os
 
 import pytest
 
-from browser import CHROMIUM
+from browser import require_browser
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; tools/test installs it)",
-                allow_module_level=True)
-pytest.importorskip("websocket", reason="python3-websocket is missing (tools/test installs it)")
+require_browser()
 
 from browser import Browser  # noqa: E402
 from harness import request  # noqa: E402

@@ -10,16 +10,12 @@ order and intact) and what the app received; batchd's metrics only say the
 tunnel was made and closed.
 """
 
-import os
 
 import pytest
 
-from browser import CHROMIUM
+from browser import require_browser
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; tools/test installs it)",
-                allow_module_level=True)
-pytest.importorskip("websocket", reason="python3-websocket is missing (tools/test installs it)")
+require_browser()
 
 from browser import Browser  # noqa: E402
 from harness import wait_until  # noqa: E402

@@ -142,10 +142,9 @@ class Refuser:
 
 
 def test_browser_subscribe_reopens_after_a_non_200_with_the_last_id(start, page_app, redis):
-    from browser import CHROMIUM, Browser
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; tools/test installs it)")
-    pytest.importorskip("websocket", reason="python3-websocket is missing (tools/test installs it)")
+    from browser import require_browser
+    require_browser()
+    from browser import Browser
     b1 = start()
     publisher = start()
     publish = load_python("python-publish", f"http://127.0.0.1:{publisher.port}")["publish"]
